@@ -1,0 +1,135 @@
+"""Decoding and validating storefront events (the vocabulary is in docs/events.md).
+
+``decode_event`` turns JSON bytes into an :class:`Event` or raises :class:`EventError`
+naming the field. Known event types also have their key properties checked (an
+``order_completed`` without a numeric ``total`` would silently corrupt LTV); custom types
+are accepted with any properties.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from engine.exceptions import EventError
+from engine.types import Event
+
+__all__ = ["KNOWN_TYPES", "decode_event", "decode_events", "validate_properties"]
+
+_decoder = msgspec.json.Decoder(Event)
+_list_decoder = msgspec.json.Decoder(list[Event])
+_PATH = re.compile(r" - at `(\$[^`]*)`$")
+_MISSING = re.compile(r"Object missing required field `([^`]+)`")
+
+
+class _CartItem(msgspec.Struct):
+    product_id: str
+    price: float = 0.0
+    quantity: int = 1
+
+
+class _CartRemove(msgspec.Struct):
+    product_id: str
+    quantity: int | None = None
+
+
+class _Order(msgspec.Struct):
+    order_id: str
+    total: float
+
+
+class _OrderRef(msgspec.Struct):
+    order_id: str
+
+
+class _Product(msgspec.Struct):
+    product_id: str
+
+
+class _Consent(msgspec.Struct):
+    email: bool | None = None
+    sms: bool | None = None
+    push: bool | None = None
+
+
+class _CustomerUpdate(msgspec.Struct):
+    consent: _Consent | None = None
+    timezone: str | None = None
+    attributes: dict[str, Any] | None = None
+
+
+class _Message(msgspec.Struct):
+    rule_id: str | None = None
+    template: str | None = None
+
+
+_SCHEMAS: dict[str, type[msgspec.Struct] | None] = {
+    "page_viewed": None,
+    "product_viewed": _Product,
+    "cart_item_added": _CartItem,
+    "cart_item_removed": _CartRemove,
+    "checkout_started": None,
+    "order_completed": _Order,
+    "order_delivered": _OrderRef,
+    "order_refunded": _OrderRef,
+    "customer_signed_up": _CustomerUpdate,
+    "customer_updated": _CustomerUpdate,
+    "email_sent": _Message,
+    "email_opened": _Message,
+    "email_clicked": _Message,
+    "sms_sent": _Message,
+    "sms_clicked": _Message,
+}
+KNOWN_TYPES: frozenset[str] = frozenset(_SCHEMAS)
+
+
+def _to_error(err: msgspec.MsgspecError, prefix: str, what: str = "") -> EventError:
+    """An EventError naming the JSON path of what msgspec refused."""
+    if not isinstance(err, msgspec.ValidationError):
+        return EventError(f"malformed JSON: {err}", field="$", reason="invalid_json")
+    text = str(err)
+    m = _PATH.search(text)
+    path, message = ("$", text) if m is None else (m.group(1), text[: m.start()])
+    reason = "invalid_field"
+    missing = _MISSING.match(message)
+    if missing:
+        reason = "missing_field"
+        path = f"{path}.{missing.group(1)}"
+    return EventError(what + message, field=prefix + path[1:], reason=reason)
+
+
+def validate_properties(event: Event, prefix: str = "$") -> None:
+    """Check the properties a known event type must carry; raise EventError naming the field."""
+    schema = _SCHEMAS.get(event.type)
+    if schema is None:
+        return
+    try:
+        msgspec.convert(event.properties, schema)
+    except msgspec.ValidationError as err:
+        raise _to_error(err, prefix + ".properties", f"{event.type}: ") from None
+
+
+def decode_event(raw: bytes | str) -> Event:
+    """Decode and validate one event. Raises EventError; never anything else."""
+    try:
+        event = _decoder.decode(raw)
+    except msgspec.MsgspecError as err:
+        raise _to_error(err, "$") from None
+    validate_properties(event)
+    return event
+
+
+def decode_events(raw: bytes) -> list[Event]:
+    """Decode one event object or a JSON array of them (the ingest body)."""
+    stripped = raw.lstrip()
+    if not stripped.startswith(b"["):
+        return [decode_event(raw)]
+    try:
+        events = _list_decoder.decode(raw)
+    except msgspec.MsgspecError as err:
+        raise _to_error(err, "$") from None
+    for i, event in enumerate(events):
+        validate_properties(event, prefix=f"$[{i}]")
+    return events

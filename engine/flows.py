@@ -1,0 +1,161 @@
+"""Running a flow instance through its compiled ops until it waits or ends.
+
+Send-time checks, in order: experiment holdout (no send, counted), quiet hours in the
+customer's zone (defer to the end of the quiet period, then check again), consent for the
+channel, the rule's per-customer cap, the channel's cap across rules. A suppressed send is
+counted and the flow moves on to its next step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from engine.localtime import in_range, next_local
+from engine.scope import RuleScope
+from engine.types import Action, Fire
+from rules.compiler import Branch, CompiledRule, Jump, Send, Wait
+from rules.ruleset import RuleSet
+from state.base import TimerStore
+from state.customer import CustomerState, FlowInstance
+
+if TYPE_CHECKING:
+    from engine.processor import Output
+
+__all__ = ["FlowRunner", "idempotency_key"]
+
+
+def idempotency_key(rule_id: str, version: int, customer_id: str, instance: str, pc: int) -> str:
+    """Stable across replays: the same input always yields the same key."""
+    raw = f"{rule_id}\0{version}\0{customer_id}\0{instance}\0{pc}".encode()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+class FlowRunner:
+    """Executes ops for one rule set; holds no per-customer data."""
+
+    def __init__(self, ruleset: RuleSet, timers: TimerStore) -> None:
+        self.rs = ruleset
+        self.timers = timers
+        self.consent = dict(ruleset.settings.default_consent)
+        self.default_tz = ruleset.settings.default_timezone
+
+    def close(self, st: CustomerState, inst: FlowInstance) -> None:
+        """End an instance: forget it and cancel its timer."""
+        if inst.due is not None:
+            self.timers.cancel(st.customer_id, inst.rule_id)
+            inst.due = None
+        if st.flows is not None:
+            st.flows.pop(inst.rule_id, None)
+            if not st.flows:
+                st.flows = None
+
+    def _suspend(self, st: CustomerState, inst: FlowInstance, due: int) -> None:
+        inst.due = due
+        self.timers.schedule(st.customer_id, inst.rule_id, due)
+
+    def run(
+        self, rule: CompiledRule, st: CustomerState, inst: FlowInstance, t: int, now: int,
+        out: Output,
+    ) -> None:
+        """Run from ``inst.pc``. ``t`` is the flow's own time (trigger event time, or the
+        due time of the timer that resumed it): waits count from it, so replays give the
+        same deadlines. Sends happen at ``now``."""
+        ops = rule.ops
+        n = len(ops)
+        while inst.pc < n:
+            op = ops[inst.pc]
+            if isinstance(op, Wait):
+                if op.name:
+                    inst.marks[op.name] = t
+                inst.pc += 1
+                if op.ms is not None:
+                    due = t + op.ms
+                else:
+                    assert op.until_minute is not None
+                    due = next_local(t, st.timezone or self.default_tz, op.until_minute)
+                self._suspend(st, inst, due)
+                return
+            if isinstance(op, Send):
+                if not self._send(rule, st, inst, op, now, out):
+                    return  # deferred by quiet hours
+                inst.pc += 1
+            elif isinstance(op, Branch):
+                scope = RuleScope(st, now, self.consent, flow=inst)
+                try:
+                    ok = op.expr.test(scope)
+                except (RuntimeError, TypeError, KeyError, ValueError) as err:
+                    out.errors.append(f"{rule.id}: {op.expr.source}: {err}")
+                    ok = False
+                inst.pc = inst.pc + 1 if ok else op.target
+            else:
+                assert isinstance(op, Jump)
+                inst.pc = op.target
+        self.close(st, inst)
+
+    def _blocked(self, rule: CompiledRule, st: CustomerState, channel: str, now: int) -> str | None:
+        consent = self.consent.get(channel, False)
+        if st.consent is not None and channel in st.consent:
+            consent = st.consent[channel]
+        if not consent:
+            return "suppressed_consent"
+        sends = st.sends
+        if sends:
+            if rule.cap is not None:
+                limit, period = rule.cap
+                if sum(1 for t, r, _ in sends if r == rule.id and t > now - period) >= limit:
+                    return "suppressed_rule_cap"
+            cap = self.rs.channel_caps.get(channel)
+            if cap is not None:
+                limit, period = cap
+                if sum(1 for t, _, c in sends if c == channel and t > now - period) >= limit:
+                    return "suppressed_channel_cap"
+        return None
+
+    def _send(
+        self, rule: CompiledRule, st: CustomerState, inst: FlowInstance, op: Send, now: int,
+        out: Output,
+    ) -> bool:
+        """Returns False when the send was deferred (quiet hours): the flow waits."""
+        variant = inst.variant
+        if variant == "holdout":
+            outcome: str | None = "holdout"
+        else:
+            quiet = rule.quiet
+            tz = st.timezone or self.default_tz
+            if quiet is not None and op.channel != "webhook" and in_range(now, tz, quiet):
+                self._suspend(st, inst, next_local(now, tz, quiet[1]))
+                return False
+            outcome = self._blocked(rule, st, op.channel, now)
+        if op.name:
+            inst.marks[op.name] = now
+        if outcome is not None:
+            out.fires.append(Fire(rule.id, variant, op.channel, outcome, now))
+            return True
+        plan = next((v for v in rule.variants if v.name == variant), None)
+        params: dict[str, Any] = dict(op.params)
+        template = op.template
+        if plan is not None:
+            params.update(plan.params)
+            template = plan.template or template
+        if op.dynamic:
+            scope = RuleScope(st, now, self.consent, flow=inst)
+            for name, expr in op.dynamic:
+                try:
+                    params[name] = expr.evaluate(scope)
+                except (RuntimeError, TypeError, KeyError, ValueError) as err:
+                    out.errors.append(f"{rule.id}: param {name}: {err}")
+                    params[name] = None
+        key = idempotency_key(rule.id, inst.version, st.customer_id, inst.instance_id, inst.pc)
+        out.actions.append(Action(rule.id, inst.version, st.customer_id, op.channel, template,
+                                  params, variant, key, now))
+        out.fires.append(Fire(rule.id, variant, op.channel, "sent", now))
+        sends = st.sends
+        horizon = now - self.rs.max_cap_period
+        if sends is None:
+            st.sends = [(now, rule.id, op.channel)]
+        else:
+            sends.append((now, rule.id, op.channel))
+            if sends[0][0] <= horizon:
+                st.sends = [s for s in sends if s[0] > horizon]
+        return True

@@ -1,0 +1,215 @@
+"""The pure per-customer processor: state + one input (an event, or a timer that came due)
+-> state changes, actions, fires, conversions and timer changes.
+
+It does no I/O and reads no clock: callers pass ``now``. Timers go to the injected
+:class:`~state.base.TimerStore` (one per open flow instance, id = customer + rule, so
+re-scheduling replaces). Semantics (dedup, lateness, re-entry, limits) are documented in
+docs/semantics.md; the stock recipes' scenario tests pin them down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.flows import FlowRunner
+from engine.profile import apply_event
+from engine.scope import RuleScope
+from engine.types import Action, Conversion, Event, Fire
+from rules.compiler import CompiledRule
+from rules.ruleset import RuleSet
+from state.base import StateStore, TimerStore
+from state.customer import DEDUP_WINDOW, CustomerState, FlowInstance
+
+__all__ = ["Output", "Processor", "assign_variant", "fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Output:
+    """What one input produced."""
+
+    actions: list[Action] = field(default_factory=list)
+    fires: list[Fire] = field(default_factory=list)
+    conversions: list[Conversion] = field(default_factory=list)
+    duplicate: bool = False
+    too_late: bool = False
+    lateness: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def extend(self, other: Output) -> None:
+        self.actions += other.actions
+        self.fires += other.fires
+        self.conversions += other.conversions
+        self.errors += other.errors
+
+
+def fingerprint(event_id: str) -> int:
+    """A 64-bit fingerprint of an event id, stable across processes."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+
+
+def assign_variant(customer_id: str, rule: CompiledRule) -> str:
+    """Deterministic experiment arm for (customer, rule): ``holdout`` or a variant name."""
+    if rule.holdout_upto == 0 and len(rule.variants) == 1:
+        return rule.variants[0].name
+    digest = hashlib.blake2b(f"{rule.id}\0{customer_id}".encode(), digest_size=8).digest()
+    bucket = int.from_bytes(digest, "big") % 10_000
+    if bucket < rule.holdout_upto:
+        return "holdout"
+    for v in rule.variants:
+        if bucket < v.upto:
+            return v.name
+    return rule.variants[-1].name
+
+
+class Processor:
+    """Runs a rule set over customer states. Swap ``ruleset`` to deploy new rules."""
+
+    def __init__(self, ruleset: RuleSet, store: StateStore, timers: TimerStore) -> None:
+        self.store = store
+        self.timers = timers
+        self.ruleset = ruleset
+
+    @property
+    def ruleset(self) -> RuleSet:
+        return self._rs
+
+    @ruleset.setter
+    def ruleset(self, rs: RuleSet) -> None:
+        self._rs = rs
+        self._consent = dict(rs.settings.default_consent)
+        self._runner = FlowRunner(rs, self.timers)
+
+    # --- events ------------------------------------------------------------------
+    def on_event(self, ev: Event, now: int) -> Output:
+        """Apply one event at processing time ``now``."""
+        out = Output()
+        rs = self._rs
+        ts = ev.ts
+        st = self.store.get(ev.customer_id)
+        created = st is None
+        if st is None:
+            st = CustomerState(ev.customer_id, ts)
+        fp = fingerprint(ev.event_id)
+        dedup = st.dedup
+        if dedup is None:
+            st.dedup = array("Q", (fp,))
+        elif fp in dedup:
+            out.duplicate = True
+            return out
+        else:
+            if len(dedup) >= DEDUP_WINDOW:
+                del dedup[0]
+            dedup.append(fp)
+        out.lateness = now - ts if now > ts else 0
+        out.too_late = out.lateness > rs.lateness
+        apply_event(st, ev, ts, now, rs.counted)
+        etype = ev.type
+        if st.flows:
+            for inst in st.flows.values():
+                if ts >= inst.started_at and inst.seen.get(etype, -1) < ts:
+                    inst.seen[etype] = ts
+            exits = rs.by_exit.get(etype)
+            if exits:
+                self._exits(st, ev, ts, now, exits, out)
+        if st.goals and etype in rs.goal_types:
+            self._conversions(st, ev, ts, now, out)
+        if not out.too_late:
+            for rule in rs.by_trigger.get(etype, ()):
+                self._trigger(rule, st, ev, ts, now, out)
+        if created:
+            self.store.put(st)
+        return out
+
+    def _exits(
+        self, st: CustomerState, ev: Event, ts: int, now: int,
+        rules: tuple[CompiledRule, ...], out: Output,
+    ) -> None:
+        flows = st.flows
+        assert flows is not None
+        for rule in rules:
+            inst = flows.get(rule.id)
+            if inst is None or ts < inst.started_at:
+                continue
+            for etype, flt in rule.exits:
+                if etype == ev.type and (
+                    flt is None or self._test(flt, RuleScope(st, now, self._consent, ev), out)
+                ):
+                    self._runner.close(st, inst)
+                    break
+
+    def _conversions(self, st: CustomerState, ev: Event, ts: int, now: int, out: Output) -> None:
+        """A goal event inside an open goal window converts it (once); windows that ended
+        longer ago than the allowed lateness are dropped."""
+        assert st.goals is not None
+        horizon = now - self._rs.lateness
+        keep = []
+        for g in st.goals:
+            rule_id, variant, etype, start, deadline = g
+            if etype == ev.type and start <= ts <= deadline:
+                out.conversions.append(Conversion(rule_id, variant, st.customer_id,
+                                                  ev.event_id, ts))
+            elif deadline >= horizon:
+                keep.append(g)
+        st.goals = keep or None
+
+    def _test(self, expr: Any, scope: RuleScope, out: Output) -> bool:
+        try:
+            return bool(expr.test(scope))
+        except (RuntimeError, TypeError, KeyError, ValueError) as err:
+            out.errors.append(f"{expr.source}: {err}")
+            return False
+
+    def _trigger(
+        self, rule: CompiledRule, st: CustomerState, ev: Event, ts: int, now: int, out: Output
+    ) -> None:
+        inst = st.flows.get(rule.id) if st.flows else None
+        if inst is not None:
+            if not rule.restart:
+                return
+        elif rule.reentry != "always" and st.entries and rule.id in st.entries:
+            if rule.reentry == "once" or ts - st.entries[rule.id] < rule.reentry_period:
+                return
+        if rule.trigger_filter is not None or rule.when is not None:
+            scope = RuleScope(st, now, self._consent, ev)
+            if rule.trigger_filter is not None and not self._test(rule.trigger_filter, scope, out):
+                return
+            if rule.when is not None and not self._test(rule.when, scope, out):
+                return
+        if inst is not None:
+            self._runner.close(st, inst)
+        variant = assign_variant(st.customer_id, rule)
+        inst = FlowInstance(rule.id, rule.version, ev.event_id, ts, variant, ev.properties)
+        if st.flows is None:
+            st.flows = {}
+        st.flows[rule.id] = inst
+        if st.entries is None:
+            st.entries = {}
+        st.entries[rule.id] = ts
+        if rule.goal is not None:
+            goal = (rule.id, variant, rule.goal[0], ts, ts + rule.goal[1])
+            st.goals = [*(st.goals or ()), goal]
+        self._runner.run(rule, st, inst, ts, now, out)
+
+    # --- timers ------------------------------------------------------------------
+    def on_timer(self, customer_id: str, rule_id: str, due: int, now: int) -> Output:
+        """Resume the flow instance whose timer came due. A timer whose rule or instance
+        is gone (rule removed by a deploy, customer erased) does nothing."""
+        out = Output()
+        st = self.store.get(customer_id)
+        inst = st.flows.get(rule_id) if st is not None and st.flows else None
+        if st is None or inst is None or inst.due != due:
+            return out
+        out.lateness = now - due if now > due else 0
+        inst.due = None
+        rule = self._rs.rules.get(rule_id)
+        if rule is None:
+            self._runner.close(st, inst)
+            return out
+        self._runner.run(rule, st, inst, due, now, out)
+        return out

@@ -1,0 +1,135 @@
+"""Applying an event to a customer's profile, cart, recently viewed list and counters.
+
+Cart and consent changes apply in arrival order; profile times and counters use event
+time (a late event lands in the bucket of its own time). See docs/semantics.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from engine.localtime import valid_timezone
+from engine.types import Event
+from state.customer import VIEWED_MAX, CustomerState
+from state.windows import increment
+
+__all__ = ["apply_event", "customer_view"]
+
+_CHANNELS = ("email", "sms", "push")
+_MAX_ATTRIBUTES = 32
+
+
+def _num(value: Any, default: float = 0.0) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else (
+        default
+    )
+
+
+def _consent(st: CustomerState, props: dict[str, Any]) -> None:
+    consent = props.get("consent")
+    if not isinstance(consent, dict):
+        return
+    for ch in _CHANNELS:
+        v = consent.get(ch)
+        if isinstance(v, bool):
+            if st.consent is None:
+                st.consent = {}
+            st.consent[ch] = v
+
+
+def _customer(st: CustomerState, props: dict[str, Any]) -> None:
+    _consent(st, props)
+    tz = props.get("timezone")
+    if tz is not None and valid_timezone(tz):
+        st.timezone = tz
+    attrs = props.get("attributes")
+    if isinstance(attrs, dict):
+        merged = dict(st.attributes or {})
+        merged.update(attrs)
+        st.attributes = dict(list(merged.items())[:_MAX_ATTRIBUTES])
+
+
+def apply_event(st: CustomerState, ev: Event, ts: int, now: int, counted: frozenset[str]) -> None:
+    """Update ``st`` with ``ev`` (event time ``ts``, processing time ``now``)."""
+    if ts > st.last_seen:
+        st.last_seen = ts
+    if ts < st.first_seen:
+        st.first_seen = ts
+    t = ev.type
+    props = ev.properties
+    if ev.context:
+        tz = ev.context.get("timezone")
+        if tz is not None and tz != st.timezone and valid_timezone(tz):
+            st.timezone = tz
+    if t == "product_viewed":
+        pid = sys.intern(str(props["product_id"]))
+        viewed = st.viewed
+        if viewed is None:
+            st.viewed = [pid]
+        else:
+            if pid in viewed:
+                viewed.remove(pid)
+            viewed.append(pid)
+            if len(viewed) > VIEWED_MAX:
+                del viewed[0]
+    elif t == "cart_item_added":
+        pid = sys.intern(str(props["product_id"]))
+        if st.cart is None:
+            st.cart = {}
+        item = st.cart.get(pid)
+        qty = _num(props.get("quantity"), 1.0)
+        price = _num(props.get("price"))
+        st.cart[pid] = [qty + (item[0] if item else 0.0), price]
+        st.cart_updated = ts
+    elif t == "cart_item_removed":
+        if st.cart:
+            pid = str(props["product_id"])
+            item = st.cart.get(pid)
+            if item is not None:
+                qty = props.get("quantity")
+                left = item[0] - _num(qty) if qty is not None else 0.0
+                if left > 0:
+                    item[0] = left
+                else:
+                    del st.cart[pid]
+            if not st.cart:
+                st.cart = None
+        st.cart_updated = ts
+    elif t == "order_completed":
+        st.orders += 1
+        st.revenue = round(st.revenue + _num(props.get("total")), 2)
+        if st.first_order is None or ts < st.first_order:
+            st.first_order = ts
+        if st.last_order is None or ts > st.last_order:
+            st.last_order = ts
+        st.cart = None
+        st.cart_updated = ts
+    elif t == "order_refunded":
+        st.revenue = round(max(0.0, st.revenue - _num(props.get("amount"))), 2)
+    elif t in ("customer_signed_up", "customer_updated"):
+        _customer(st, props)
+    if t in counted:
+        if st.counters is None:
+            st.counters = {}
+        increment(st.counters, t, ts, now)
+
+
+def customer_view(st: CustomerState, default_consent: dict[str, bool]) -> dict[str, Any]:
+    """The ``customer`` map rule expressions see (times in epoch ms, 0 when unknown)."""
+    consent = dict(default_consent)
+    if st.consent:
+        consent.update(st.consent)
+    return {
+        "id": st.customer_id,
+        "orders": st.orders,
+        "ltv": st.revenue,
+        "aov": st.aov,
+        "first_seen": st.first_seen,
+        "last_seen": st.last_seen,
+        "first_order": st.first_order or 0,
+        "last_order": st.last_order or 0,
+        "timezone": st.timezone or "",
+        "consent": consent,
+        "attributes": st.attributes or {},
+    }

@@ -1,0 +1,69 @@
+"""The variables and functions a rule expression sees, built only when referenced."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from engine.profile import customer_view
+from engine.types import Event
+from state.customer import CustomerState, FlowInstance
+from state.windows import count
+
+__all__ = ["RuleScope"]
+
+_NEVER = 1 << 62
+
+
+class RuleScope:
+    """One evaluation's view of a customer; ``event`` is set for trigger/exit filters and
+    ``when``, ``flow`` for steps."""
+
+    __slots__ = ("consent", "event", "flow", "now", "state")
+
+    def __init__(
+        self,
+        state: CustomerState,
+        now: int,
+        consent: dict[str, bool],
+        event: Event | None = None,
+        flow: FlowInstance | None = None,
+    ) -> None:
+        self.state = state
+        self.now = now
+        self.consent = consent
+        self.event = event
+        self.flow = flow
+
+    def variable(self, name: str) -> Any:
+        st = self.state
+        if name == "customer":
+            return customer_view(st, self.consent)
+        if name == "cart":
+            return {"value": st.cart_value, "items": st.cart_items,
+                    "updated_at": st.cart_updated or 0}
+        if name == "event" and self.event is not None:
+            ev = self.event
+            return {"type": ev.type, "properties": ev.properties, "context": ev.context,
+                    "timestamp": ev.ts}
+        if name == "trigger" and self.flow is not None:
+            return self.flow.trigger
+        return {}
+
+    def function(self, name: str) -> Callable[..., Any]:
+        return getattr(self, "_fn_" + name)  # type: ignore[no-any-return]
+
+    def _fn_count(self, event_type: str, window: str) -> int:
+        return count(self.state.counters or {}, event_type, window, self.now)
+
+    def _fn_seen(self, event_type: str) -> bool:
+        return self.flow is not None and event_type in self.flow.seen
+
+    def _fn_seen_since(self, event_type: str, step: str) -> bool:
+        flow = self.flow
+        if flow is None:
+            return False
+        return flow.seen.get(event_type, -1) >= flow.marks.get(step, _NEVER)
+
+    def _fn_viewed(self) -> list[str]:
+        return list(self.state.viewed or ())

@@ -1,0 +1,1 @@
+"""The rule language: YAML files -> typed specs -> compiled, indexed rule sets."""

@@ -1,0 +1,234 @@
+"""Compiling a RuleSpec into a CompiledRule: expressions compiled, durations in ms, the
+step tree flattened into a list of ops with jumps (an ``if`` becomes a conditional jump
+over its ``then`` ops), so an open flow's position is one integer, ``pc``."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from rules.durations import parse_cap, parse_clock, parse_duration, parse_range
+from rules.exceptions import RuleError
+from rules.expressions import Expression, ExpressionError
+from rules.loader import PathKey, Positions
+from rules.spec import IfStep, RuleSpec, SendStep, Settings, Step, Variant, WaitStep, WaitUntil
+from state.windows import WINDOWS
+
+__all__ = ["Branch", "CompiledRule", "Jump", "Op", "Send", "Wait", "compile_rule"]
+
+_TEMPLATE = "{{"
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    ms: int | None  # a duration, or None with until_minute set
+    until_minute: int | None
+    name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    channel: str
+    template: str
+    params: dict[str, Any]
+    dynamic: tuple[tuple[str, Expression], ...]  # params computed at send time
+    name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    """Jump to ``target`` when ``expr`` is not true."""
+
+    expr: Expression
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class Jump:
+    target: int
+
+
+Op = Wait | Send | Branch | Jump
+
+
+@dataclass(frozen=True, slots=True)
+class VariantPlan:
+    name: str
+    upto: int  # cumulative bucket bound out of 10,000
+    template: str | None
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """A rule ready to run. Immutable; shared by every customer's flow instances."""
+
+    id: str
+    version: int
+    priority: int
+    trigger: str
+    trigger_filter: Expression | None
+    when: Expression | None
+    restart: bool
+    reentry: str
+    reentry_period: int
+    exits: tuple[tuple[str, Expression | None], ...]
+    ops: tuple[Op, ...]
+    cap: tuple[int, int] | None
+    quiet: tuple[int, int] | None
+    holdout_upto: int  # buckets [0, holdout_upto) are the holdout
+    variants: tuple[VariantPlan, ...]
+    goal: tuple[str, int] | None
+    counted: frozenset[str]
+    digest: str
+
+    def sort_key(self) -> tuple[int, str]:
+        return (-self.priority, self.id)
+
+
+class _Compiler:
+    def __init__(self, spec: RuleSpec, pos: Positions, settings: Settings) -> None:
+        self.spec = spec
+        self.pos = pos
+        self.settings = settings
+        self.ops: list[Op] = []
+        self.errors: list[RuleError] = []
+        self.names: dict[str, int] = {}
+        self.counted: set[str] = set()
+        self.pending_seen: list[tuple[PathKey, str, int]] = []
+
+    def expr(self, source: str, key: PathKey, *, in_flow: bool) -> Expression | None:
+        try:
+            e = Expression(source)
+        except ExpressionError as err:
+            self.errors.append(self.pos.error(key, f"expression: {err.message}", err.column))
+            return None
+        for fn, arg, arg2 in e.calls:
+            if fn == "count":
+                self.counted.add(arg)
+                if arg2 is not None and arg2 not in WINDOWS:
+                    self.errors.append(self.pos.error(
+                        key, f"count(): window {arg2!r} is not one of {', '.join(WINDOWS)}"))
+            elif not in_flow:
+                self.errors.append(self.pos.error(key, f"{fn}() is only available in steps"))
+            elif fn == "seen_since" and arg2 is not None:
+                self.pending_seen.append((key, arg2, len(self.ops)))
+        if not in_flow and "trigger" in e.variables:
+            self.errors.append(self.pos.error(key, "'trigger' is only available in steps"))
+        return e
+
+    def steps(self, steps: list[Step], key: PathKey) -> None:
+        for i, step in enumerate(steps):
+            k = (*key, i)
+            name = step.name
+            if name is not None:
+                if name in self.names:
+                    self.errors.append(self.pos.error((*k, "name"), f"duplicate step name {name!r}"))
+                self.names[name] = len(self.ops)
+            if isinstance(step, WaitStep):
+                if isinstance(step.wait, WaitUntil):
+                    self.ops.append(Wait(None, parse_clock(step.wait.until), name))
+                else:
+                    self.ops.append(Wait(parse_duration(step.wait), None, name))
+            elif isinstance(step, SendStep):
+                branch_at = None
+                if step.if_ is not None:
+                    cond = self.expr(step.if_, (*k, "if"), in_flow=True)
+                    branch_at = len(self.ops)
+                    self.ops.append(Branch(cond or Expression("false"), -1))
+                self.ops.append(self.send(step, k))
+                if branch_at is not None:
+                    b = self.ops[branch_at]
+                    assert isinstance(b, Branch)
+                    self.ops[branch_at] = Branch(b.expr, len(self.ops))
+            else:
+                self.branch(step, k)
+
+    def branch(self, step: IfStep, k: PathKey) -> None:
+        cond = self.expr(step.if_, (*k, "if"), in_flow=True) or Expression("false")
+        at = len(self.ops)
+        self.ops.append(Branch(cond, -1))
+        self.steps(step.then, (*k, "then"))
+        if step.else_:
+            jump_at = len(self.ops)
+            self.ops.append(Jump(-1))
+            self.ops[at] = Branch(cond, len(self.ops))
+            self.steps(step.else_, (*k, "else"))
+            self.ops[jump_at] = Jump(len(self.ops))
+        else:
+            self.ops[at] = Branch(cond, len(self.ops))
+
+    def send(self, step: SendStep, k: PathKey) -> Send:
+        static: dict[str, Any] = {}
+        dynamic: list[tuple[str, Expression]] = []
+        for pname, value in step.send.params.items():
+            if isinstance(value, str) and value.startswith(_TEMPLATE) and value.endswith("}}"):
+                e = self.expr(value[2:-2].strip(), (*k, "send", "params", pname), in_flow=True)
+                if e is not None:
+                    dynamic.append((pname, e))
+            else:
+                static[pname] = value
+        return Send(step.send.channel, step.send.template, static, tuple(dynamic), step.name)
+
+    def variants(self) -> tuple[int, tuple[VariantPlan, ...]]:
+        exp = self.spec.experiment
+        if exp is None:
+            return 0, (VariantPlan("default", 10_000, None, {}),)
+        upto = exp.holdout * 100
+        holdout = upto
+        plans = []
+        for name, v in exp.variants.items():
+            weight = v.weight if isinstance(v, Variant) else v
+            upto += weight * 100
+            if isinstance(v, Variant):
+                plans.append(VariantPlan(name, upto, v.template, dict(v.params)))
+            else:
+                plans.append(VariantPlan(name, upto, None, {}))
+        return holdout, tuple(plans)
+
+    def run(self, digest: str) -> CompiledRule | None:
+        s = self.spec
+        tfilter = (self.expr(s.trigger.filter, ("trigger", "filter"), in_flow=False)
+                   if s.trigger.filter else None)
+        when = self.expr(s.when, ("when",), in_flow=False) if s.when else None
+        exits = []
+        for i, m in enumerate(s.exit_on):
+            f = self.expr(m.filter, ("exit_on", i, "filter"), in_flow=False) if m.filter else None
+            exits.append((m.event, f))
+        self.steps(s.steps, ("steps",))
+        for key, step_name, at in self.pending_seen:
+            if step_name not in self.names:
+                self.errors.append(self.pos.error(key, f"seen_since(): no step named {step_name!r}"))
+            elif self.names[step_name] >= at:
+                self.errors.append(
+                    self.pos.error(key, f"seen_since(): step {step_name!r} comes after this one"))
+        if self.errors:
+            return None
+        reentry = s.reentry if isinstance(s.reentry, str) else s.reentry.policy
+        period = 0 if isinstance(s.reentry, str) or s.reentry.period is None else parse_duration(
+            s.reentry.period)
+        quiet_text = s.limits.quiet_hours or self.settings.quiet_hours
+        holdout, variants = self.variants()
+        goal = None
+        if s.experiment is not None and s.experiment.goal is not None:
+            goal = (s.experiment.goal.event, parse_duration(s.experiment.goal.within))
+        return CompiledRule(
+            id=s.id, version=s.version, priority=s.priority, trigger=s.trigger.event,
+            trigger_filter=tfilter, when=when, restart=s.on_retrigger == "restart",
+            reentry=reentry, reentry_period=period, exits=tuple(exits), ops=tuple(self.ops),
+            cap=parse_cap(s.limits.per_customer) if s.limits.per_customer else None,
+            quiet=parse_range(quiet_text) if quiet_text else None,
+            holdout_upto=holdout, variants=variants, goal=goal,
+            counted=frozenset(self.counted), digest=digest,
+        )
+
+
+def compile_rule(
+    spec: RuleSpec, pos: Positions, settings: Settings
+) -> tuple[CompiledRule | None, list[RuleError]]:
+    """Compile one rule; on errors return (None, errors) naming file, line and column."""
+    digest = hashlib.sha256(spec.model_dump_json(by_alias=True).encode()).hexdigest()[:12]
+    c = _Compiler(spec, pos, settings)
+    rule = c.run(digest)
+    return rule, c.errors

@@ -1,0 +1,86 @@
+"""CEL expressions (common-expression-language, a Rust CEL implementation).
+
+An :class:`Expression` is compiled once when the rule set loads. Evaluating it needs only
+the variables it references (``program.variables()``), so the caller passes a
+:class:`Scope` that builds those lazily: converting a Python dict into CEL values is the
+dominant cost (measured: 250k evaluations/s with one small map, 64k/s with a nested
+customer map, 5M/s with none).
+
+Variables: ``event`` (type, properties, context, timestamp ms), ``customer``, ``cart``,
+``trigger`` (the properties of the event that started the flow). Functions:
+``count(type, window)``, ``seen(type)``, ``seen_since(type, step)``, ``viewed()``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import cel
+
+__all__ = ["FUNCTIONS", "VARIABLES", "Expression", "ExpressionError", "Scope"]
+
+VARIABLES = frozenset({"event", "customer", "cart", "trigger"})
+FUNCTIONS = frozenset({"count", "seen", "seen_since", "viewed"})
+_POS = re.compile(r"<input>:(\d+):(\d+): (.*?)(\n|$)")
+_CALL = re.compile(r"\b(count|seen|seen_since)\(\s*(['\"])([^'\"]*)\2(?:\s*,\s*(['\"])([^'\"]*)\4)?")
+
+
+class ExpressionError(ValueError):
+    """An expression that does not compile; ``column`` is 1-based within the source."""
+
+    def __init__(self, message: str, column: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.column = column
+
+
+class Scope(Protocol):
+    """Builds the variables and functions an expression may use, on demand."""
+
+    def variable(self, name: str) -> Any: ...
+
+    def function(self, name: str) -> Callable[..., Any]: ...
+
+
+class Expression:
+    """A compiled CEL expression and what it references."""
+
+    __slots__ = ("calls", "functions", "program", "source", "variables")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        try:
+            self.program = cel.compile(source)
+        except ValueError as err:
+            m = _POS.search(str(err))
+            if m:
+                raise ExpressionError(m.group(3), int(m.group(2)) + 1) from None
+            raise ExpressionError(str(err)) from None
+        refs = self.program.references()
+        unknown_vars = set(refs["variables"]) - VARIABLES
+        # names bound by macros (x in list.exists(x, ...)) show up as variables too
+        macros = {"all", "exists", "exists_one", "map", "filter"} & set(refs["functions"])
+        if unknown_vars and not macros:
+            raise ExpressionError(
+                f"unknown variable {sorted(unknown_vars)[0]!r}; use one of "
+                + ", ".join(sorted(VARIABLES))
+            )
+        self.variables = tuple(sorted(set(refs["variables"]) & VARIABLES))
+        self.functions = tuple(sorted(set(refs["functions"]) & FUNCTIONS))
+        # literal arguments of count/seen/seen_since, for checks at compile time
+        self.calls: tuple[tuple[str, str, str | None], ...] = tuple(
+            (m.group(1), m.group(3), m.group(5)) for m in _CALL.finditer(source)
+        )
+
+    def evaluate(self, scope: Scope) -> Any:
+        """Run against ``scope``; CEL runtime errors propagate (RuntimeError, TypeError, KeyError)."""
+        ctx: dict[str, Any] = {name: scope.variable(name) for name in self.variables}
+        for name in self.functions:
+            ctx[name] = scope.function(name)
+        return self.program.execute(ctx)
+
+    def test(self, scope: Scope) -> bool:
+        """Evaluate as a condition: true only for the boolean ``true``."""
+        return self.evaluate(scope) is True

@@ -1,0 +1,160 @@
+"""Reading rule files: YAML with positions, validated into specs, errors as file:line:col.
+
+PyYAML's composer gives every node its start mark; we build plain Python data from the
+node tree and remember where each path (``("steps", 2, "send")``) starts, so a pydantic
+error location or a CEL syntax error maps back to a line and column in the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from rules.exceptions import RuleError
+from rules.spec import RuleSpec, Settings
+
+__all__ = ["Positions", "SourceDoc", "load_documents", "parse_specs", "rule_files"]
+
+PathKey = tuple[str | int, ...]
+
+
+@dataclass
+class Positions:
+    """Where each value of one YAML document starts (1-based line and column)."""
+
+    path: str
+    marks: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
+    # scalar style per path: '' plain, "'" or '"' quoted, '|' or '>' block
+    styles: dict[PathKey, str] = field(default_factory=dict)
+
+    def locate(self, loc: tuple[Any, ...], data: Any) -> tuple[PathKey, tuple[int, int]]:
+        """The deepest path along a pydantic ``loc`` that exists in the file, and where it
+        starts. Union and tag names that pydantic inserts into ``loc`` are skipped."""
+        best: PathKey = ()
+        cur: PathKey = ()
+        node = data
+        for part in loc:
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                node = node[part]
+            else:
+                continue  # a union/tag name pydantic inserts, not a key in the file
+            cur = (*cur, part)
+            if cur in self.marks:
+                best = cur
+        return best, self.marks.get(best, (1, 1))
+
+    def error(self, key: PathKey, message: str, offset: int = 0) -> RuleError:
+        """A RuleError at ``key``; ``offset`` is a 1-based column inside a one-line scalar."""
+        line, col = self.marks.get(key, (1, 1))
+        if offset:
+            style = self.styles.get(key, "")
+            if style in ("", "'", '"'):
+                col += offset - 1 + (1 if style else 0)
+            elif style in ("|", ">"):
+                line, col = line + 1, offset  # first line of a block scalar; best effort
+        return RuleError(self.path, line, col, message)
+
+
+@dataclass
+class SourceDoc:
+    """One YAML document of a rule file, with positions."""
+
+    data: Any
+    positions: Positions
+
+
+def _build(node: yaml.Node, key: PathKey, pos: Positions) -> Any:
+    pos.marks[key] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for k_node, v_node in node.value:
+            k = _build_scalar(k_node)
+            if k in out:
+                raise RuleError(pos.path, k_node.start_mark.line + 1,
+                                k_node.start_mark.column + 1, f"duplicate key {k!r}")
+            out[k] = _build(v_node, (*key, k), pos)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(v, (*key, i), pos) for i, v in enumerate(node.value)]
+    assert isinstance(node, yaml.ScalarNode)
+    pos.styles[key] = node.style or ""
+    return _build_scalar(node)
+
+
+
+def _build_scalar(node: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def load_documents(path: str, text: str) -> list[SourceDoc]:
+    """Parse YAML text into documents with positions; syntax errors become RuleError."""
+    docs: list[SourceDoc] = []
+    try:
+        for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
+            if node is None:
+                continue
+            pos = Positions(path)
+            docs.append(SourceDoc(_build(node, (), pos), pos))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise RuleError(path, line, col, f"YAML syntax: {err.problem or err.context}") from None
+    return docs
+
+
+def _pydantic_errors(err: ValidationError, doc: SourceDoc) -> list[RuleError]:
+    out: dict[str, RuleError] = {}
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        key, (line, col) = doc.positions.locate(loc, doc.data)
+        where = ".".join(str(p) for p in key)
+        msg = e["msg"].removeprefix("Value error, ")
+        error = RuleError(doc.positions.path, line, col, f"{where}: {msg}" if where else msg)
+        out.setdefault(str(error), error)
+    return list(out.values())
+
+
+def parse_specs(
+    path: str, text: str
+) -> tuple[list[tuple[RuleSpec, SourceDoc]], list[tuple[Settings, SourceDoc]], list[RuleError]]:
+    """Every rule and settings document in one file, and every error found."""
+    rules: list[tuple[RuleSpec, SourceDoc]] = []
+    settings: list[tuple[Settings, SourceDoc]] = []
+    errors: list[RuleError] = []
+    try:
+        docs = load_documents(path, text)
+    except RuleError as err:
+        return rules, settings, [err]
+    for doc in docs:
+        if not isinstance(doc.data, dict):
+            errors.append(doc.positions.error((), "a rule document must be a mapping"))
+            continue
+        try:
+            if doc.data.get("kind") == "settings":
+                settings.append((Settings.model_validate(doc.data), doc))
+            else:
+                rules.append((RuleSpec.model_validate(doc.data), doc))
+        except ValidationError as err:
+            errors.extend(_pydantic_errors(err, doc))
+    return rules, settings, errors
+
+
+def rule_files(paths: list[str]) -> list[Path]:
+    """The .yaml/.yml files named, or found (sorted) under named directories."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if f.suffix in (".yaml", ".yml")))
+        else:
+            out.append(p)
+    return out

@@ -1,0 +1,108 @@
+"""A rule set: every rule of a deployment compiled, validated whole and indexed by event type.
+
+Loading is all-or-nothing: one error anywhere and :class:`RuleErrors` lists them all (file,
+line, column); the caller keeps its previous rule set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rules.compiler import CompiledRule, compile_rule
+from rules.durations import parse_cap, parse_duration, parse_range
+from rules.exceptions import RuleError, RuleErrors
+from rules.loader import Positions, SourceDoc, parse_specs, rule_files
+from rules.spec import RuleSpec, Settings
+
+__all__ = ["RECIPES_DIR", "RuleSet", "load_ruleset", "load_texts"]
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass
+class RuleSet:
+    """Compiled rules plus the indexes the processor uses on every event."""
+
+    rules: dict[str, CompiledRule]
+    settings: Settings
+    digest: str
+    by_trigger: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
+    by_exit: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
+    goal_types: frozenset[str] = frozenset()
+    counted: frozenset[str] = frozenset()
+    channel_caps: dict[str, tuple[int, int]] = field(default_factory=dict)
+    quiet_default: tuple[int, int] | None = None
+    lateness: int = 0
+    max_cap_period: int = 0
+
+    def __post_init__(self) -> None:
+        order = sorted(self.rules.values(), key=CompiledRule.sort_key)
+        trig: dict[str, list[CompiledRule]] = {}
+        exits: dict[str, list[CompiledRule]] = {}
+        for r in order:
+            trig.setdefault(r.trigger, []).append(r)
+            for ev in {e for e, _ in r.exits}:
+                exits.setdefault(ev, []).append(r)
+        self.by_trigger = {k: tuple(v) for k, v in trig.items()}
+        self.by_exit = {k: tuple(v) for k, v in exits.items()}
+        self.goal_types = frozenset(r.goal[0] for r in order if r.goal)
+        self.counted = frozenset(self.settings.counters).union(*(r.counted for r in order))
+        self.channel_caps = {c: parse_cap(v) for c, v in self.settings.channel_caps.items()}
+        self.quiet_default = (parse_range(self.settings.quiet_hours)
+                              if self.settings.quiet_hours else None)
+        self.lateness = parse_duration(self.settings.allowed_lateness)
+        periods = [p for _, p in self.channel_caps.values()]
+        periods += [r.cap[1] for r in order if r.cap]
+        self.max_cap_period = max(periods, default=0)
+
+
+def load_texts(sources: Iterable[tuple[str, str]]) -> RuleSet:
+    """Build a rule set from (path, text) pairs; raise RuleErrors with every error found."""
+    errors: list[RuleError] = []
+    specs: list[tuple[RuleSpec, SourceDoc]] = []
+    settings: list[tuple[Settings, SourceDoc]] = []
+    h = hashlib.sha256()
+    for path, text in sources:
+        h.update(path.encode() + b"\0" + text.encode() + b"\0")
+        r, s, e = parse_specs(path, text)
+        specs += r
+        settings += s
+        errors += e
+    if len(settings) > 1:
+        errors.append(settings[1][1].positions.error((), "only one settings document allowed"))
+    setting = settings[0][0] if settings else Settings(kind="settings")
+    rules: dict[str, CompiledRule] = {}
+    seen: dict[str, Positions] = {}
+    for spec, doc in specs:
+        if spec.id in seen:
+            first = seen[spec.id]
+            line = first.marks.get((), (1, 1))[0]
+            errors.append(doc.positions.error(
+                ("id",), f"duplicate rule id {spec.id!r} (first in {first.path}:{line})"))
+            continue
+        seen[spec.id] = doc.positions
+        compiled, errs = compile_rule(spec, doc.positions, setting)
+        errors += errs
+        if compiled is not None and spec.enabled:
+            rules[spec.id] = compiled
+    if errors:
+        raise RuleErrors(errors)
+    return RuleSet(rules=rules, settings=setting, digest=h.hexdigest()[:16])
+
+
+def load_ruleset(paths: Iterable[str | Path] | None = None) -> RuleSet:
+    """Load rule files and directories (default: the stock recipes)."""
+    names = [str(p) for p in paths] if paths is not None else [str(RECIPES_DIR)]
+    sources = []
+    errors = []
+    for f in rule_files(names):
+        try:
+            sources.append((str(f), f.read_text(encoding="utf-8")))
+        except OSError as err:
+            errors.append(RuleError(str(f), 1, 1, f"cannot read: {err.strerror}"))
+    if errors:
+        raise RuleErrors(errors)
+    return load_texts(sources)

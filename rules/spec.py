@@ -1,0 +1,199 @@
+"""Typed rule specs, parsed from YAML. The JSON Schema in rules/schema/ is generated from
+these models (``nudge rules schema``), never edited by hand.
+
+A spec is immutable configuration; rules/compiler.py turns it into a runnable rule.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from rules.durations import CAP_PATTERN, CLOCK_PATTERN, DURATION_PATTERN, RANGE_PATTERN
+
+__all__ = [
+    "EventMatch",
+    "Experiment",
+    "Goal",
+    "IfStep",
+    "Limits",
+    "Reentry",
+    "RuleSpec",
+    "SendSpec",
+    "SendStep",
+    "Settings",
+    "Step",
+    "Variant",
+    "WaitStep",
+    "WaitUntil",
+]
+
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, examples=["30m", "4h", "3d"])]
+Expr = Annotated[str, Field(min_length=1, description="A CEL expression (docs/rules.md)")]
+EventType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$", max_length=64)]
+Channel = Literal["email", "sms", "push", "webhook"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EventMatch(_Spec):
+    """An event type with an optional CEL filter over ``event``, ``customer``, ``cart``."""
+
+    event: EventType
+    filter: Expr | None = None
+
+
+class SendSpec(_Spec):
+    channel: Channel
+    template: Name
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Literal values; a string "{{ expr }}" is a CEL expression evaluated at send time',
+    )
+
+
+class WaitUntil(_Spec):
+    until: Annotated[str, Field(pattern=CLOCK_PATTERN)] = Field(
+        description="next occurrence of this local time in the customer's time zone"
+    )
+
+
+class WaitStep(_Spec):
+    """Pause the flow: a duration, or until a time of day in the customer's time zone."""
+
+    wait: Duration | WaitUntil
+    name: Name | None = None
+
+
+class SendStep(_Spec):
+    """Send one message. With ``if``, send only when the expression is true."""
+
+    send: SendSpec
+    name: Name | None = None
+    if_: Expr | None = Field(default=None, alias="if")
+
+
+class IfStep(_Spec):
+    """Branch: run ``then`` when the expression is true, else ``else``."""
+
+    if_: Expr = Field(alias="if")
+    then: list[Step] = Field(min_length=1)
+    else_: list[Step] = Field(default_factory=list, alias="else")
+    name: Name | None = None
+
+
+def _step_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "wait" in value:
+            return "wait-step"
+        if "send" in value:
+            return "send-step"
+        if "if" in value:
+            return "if-step"
+        return None
+    kinds = {WaitStep: "wait-step", SendStep: "send-step", IfStep: "if-step"}
+    return kinds.get(type(value))
+
+
+Step = Annotated[
+    Annotated[WaitStep, Tag("wait-step")]
+    | Annotated[SendStep, Tag("send-step")]
+    | Annotated[IfStep, Tag("if-step")],
+    Discriminator(
+        _step_kind,
+        custom_error_type="step_kind",
+        custom_error_message="a step needs one of: wait, send, if",
+    ),
+]
+
+
+class Reentry(_Spec):
+    """When a customer may enter this flow again once a previous run has ended."""
+
+    policy: Literal["always", "once", "once_per"] = "always"
+    period: Duration | None = None
+
+    @model_validator(mode="after")
+    def _period(self) -> Reentry:
+        if (self.policy == "once_per") != (self.period is not None):
+            raise ValueError("period is required with policy once_per, and only with it")
+        return self
+
+
+class Limits(_Spec):
+    per_customer: Annotated[str, Field(pattern=CAP_PATTERN)] | None = Field(
+        default=None, description="at most N sends of this rule per customer per period, e.g. 1/7d"
+    )
+    quiet_hours: Annotated[str, Field(pattern=RANGE_PATTERN)] | None = Field(
+        default=None, description="local time range (customer's zone) in which sends are deferred"
+    )
+
+
+class Variant(_Spec):
+    weight: Annotated[int, Field(ge=0, le=100)]
+    template: Name | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Goal(_Spec):
+    event: EventType
+    within: Duration
+
+
+class Experiment(_Spec):
+    variants: dict[Name, Annotated[int, Field(ge=0, le=100)] | Variant] = Field(min_length=1)
+    holdout: Annotated[int, Field(ge=0, le=100)] = 0
+    goal: Goal | None = None
+
+    @model_validator(mode="after")
+    def _total(self) -> Experiment:
+        total = self.holdout + sum(
+            v if isinstance(v, int) else v.weight for v in self.variants.values()
+        )
+        if total != 100:
+            raise ValueError(f"variant weights plus holdout must add up to 100, not {total}")
+        return self
+
+
+class RuleSpec(_Spec):
+    """One rule: a small flow started by a trigger event."""
+
+    id: Name
+    version: Annotated[int, Field(ge=1)] = 1
+    description: str = ""
+    enabled: bool = True
+    priority: int = Field(default=0, description="higher runs first when rules compete")
+    trigger: EventMatch
+    when: Expr | None = Field(default=None, description="condition checked when triggered")
+    on_retrigger: Literal["ignore", "restart"] = Field(
+        default="ignore", description="trigger while a run is open: ignore it or start over"
+    )
+    reentry: Literal["always", "once"] | Reentry = "always"
+    exit_on: list[EventMatch] = Field(default_factory=list)
+    steps: list[Step] = Field(min_length=1)
+    limits: Limits = Field(default_factory=Limits)
+    experiment: Experiment | None = None
+
+
+class Settings(_Spec):
+    """Rule-set wide settings, from ``settings.yaml`` beside the rule files."""
+
+    kind: Literal["settings"]
+    default_timezone: str = "UTC"
+    default_consent: dict[Channel, bool] = Field(
+        default_factory=lambda: {"email": True, "sms": False, "push": False, "webhook": True}
+    )
+    channel_caps: dict[Channel, Annotated[str, Field(pattern=CAP_PATTERN)]] = Field(
+        default_factory=dict, description="per customer, across all rules, e.g. sms: 2/7d"
+    )
+    quiet_hours: Annotated[str, Field(pattern=RANGE_PATTERN)] | None = None
+    allowed_lateness: Duration = Field(
+        default="24h", description="older events update state but trigger no new flow"
+    )
+    counters: list[EventType] = Field(
+        default_factory=list, description="event types to count besides those rules use"
+    )

@@ -1,0 +1,1 @@
+"""Per-customer state: the data model, windowed counters, and the store interface with backends."""

@@ -1,0 +1,82 @@
+"""In-memory backends: a dict of customer states and a heap of timers."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+
+from state.customer import CustomerState
+
+__all__ = ["MemoryStore", "MemoryTimers"]
+
+
+class MemoryStore:
+    """Customer states in a dict."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, CustomerState] = {}
+
+    def get(self, customer_id: str) -> CustomerState | None:
+        return self._data.get(customer_id)
+
+    def put(self, state: CustomerState) -> None:
+        self._data[state.customer_id] = state
+
+    def delete(self, customer_id: str) -> None:
+        self._data.pop(customer_id, None)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __iter__(self) -> Iterator[CustomerState]:
+        return iter(list(self._data.values()))
+
+
+class MemoryTimers:
+    """A heap of (due, customer_id, rule_id) with lazy deletion: the dict holds each
+    timer's current due time; heap entries that no longer match it are skipped."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, str, str]] = []
+        self._due: dict[tuple[str, str], int] = {}
+
+    def schedule(self, customer_id: str, rule_id: str, due: int) -> None:
+        key = (customer_id, rule_id)
+        if self._due.get(key) == due:
+            return
+        self._due[key] = due
+        heapq.heappush(self._heap, (due, customer_id, rule_id))
+        if len(self._heap) > 2 * len(self._due) + 1024:
+            self._compact()
+
+    def cancel(self, customer_id: str, rule_id: str) -> None:
+        self._due.pop((customer_id, rule_id), None)
+
+    def pop_due(self, now: int) -> tuple[int, str, str] | None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            due, cid, rid = heapq.heappop(heap)
+            if self._due.get((cid, rid)) == due:
+                del self._due[(cid, rid)]
+                return due, cid, rid
+        return None
+
+    def next_due(self) -> int | None:
+        heap = self._heap
+        while heap:
+            due, cid, rid = heap[0]
+            if self._due.get((cid, rid)) == due:
+                return due
+            heapq.heappop(heap)
+        return None
+
+    def pending(self) -> list[tuple[int, str, str]]:
+        """All pending timers in due order (for snapshots and the customer API)."""
+        return sorted((d, c, r) for (c, r), d in self._due.items())
+
+    def _compact(self) -> None:
+        self._heap = [(d, c, r) for (c, r), d in self._due.items()]
+        heapq.heapify(self._heap)
+
+    def __len__(self) -> int:
+        return len(self._due)

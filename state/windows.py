@@ -1,0 +1,70 @@
+"""Sliding-window event counters in bounded memory.
+
+Each counted event increments three buckets: a 5-minute bucket (serves the 1h window), an
+hour bucket (24h) and a day bucket (7d, 30d, 90d). Buckets live in one ``dict[int, int]``
+per customer keyed by ``type_code << 26 | granularity << 24 | bucket_index``, so a
+customer's counters cost a few dict slots, not a list of events. A window's start is
+rounded down to its bucket, so a count may include up to one bucket more than the exact
+window (at most 5 minutes for 1h, 1 hour for 24h, 1 day for the day windows). Buckets older
+than their retention are pruned when the dict grows.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+__all__ = ["WINDOWS", "Counters", "count", "increment", "type_code"]
+
+Counters = dict[int, int]
+
+_MIN5 = 300_000
+_HOUR = 3_600_000
+_DAY = 86_400_000
+# granularity -> (bucket size ms, retention ms)
+_GRANS = ((0, _MIN5, _HOUR + _MIN5), (1, _HOUR, _DAY + _HOUR), (2, _DAY, 91 * _DAY))
+WINDOWS: dict[str, tuple[int, int]] = {
+    "1h": (0, _HOUR),
+    "24h": (1, _DAY),
+    "7d": (2, 7 * _DAY),
+    "30d": (2, 30 * _DAY),
+    "90d": (2, 90 * _DAY),
+}
+_PRUNE_AT = 40
+_codes: dict[str, int] = {}
+
+
+def type_code(event_type: str) -> int:
+    """A stable 32-bit code for an event type (stable across processes: crc32, not hash())."""
+    code = _codes.get(event_type)
+    if code is None:
+        code = _codes[event_type] = zlib.crc32(event_type.encode())
+    return code
+
+
+def increment(counters: Counters, event_type: str, ts: int, now: int) -> None:
+    """Count one event of ``event_type`` at event time ``ts``. Events older than a bucket's
+    retention (relative to ``now``) are not counted in it."""
+    base = type_code(event_type) << 26
+    for gran, size, retention in _GRANS:
+        if now - ts < retention:
+            key = base | gran << 24 | (ts // size)
+            counters[key] = counters.get(key, 0) + 1
+    if len(counters) > _PRUNE_AT:
+        prune(counters, now)
+
+
+def prune(counters: Counters, now: int) -> None:
+    """Drop buckets past their retention."""
+    limits = [(now - retention) // size for _, size, retention in _GRANS]
+    dead = [k for k in counters if (k & 0xFFFFFF) < limits[(k >> 24) & 3]]
+    for k in dead:
+        del counters[k]
+
+
+def count(counters: Counters, event_type: str, window: str, now: int) -> int:
+    """Events of ``event_type`` in the sliding ``window`` ending at ``now``."""
+    gran, length = WINDOWS[window]
+    size = _GRANS[gran][1]
+    prefix = type_code(event_type) << 2 | gran
+    first = (now - length) // size
+    return sum(v for k, v in counters.items() if k >> 24 == prefix and (k & 0xFFFFFF) >= first)
