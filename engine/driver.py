@@ -62,16 +62,14 @@ class Driver:
 
     def feed(self, event: Event) -> Output:
         """Event-time mode: move the clock to the event's time (never backwards), firing
-        timers due before it, then process it."""
-        out = self.advance_to(event.ts)
-        out.extend(self.process(event))
-        return out
+        timers due before it, then process it. Returns the event's own Output; what the
+        timers produced went to ``on_output``."""
+        self.advance_to(event.ts)
+        return self.process(event)
 
-    def feed_all(self, events: Iterable[Event]) -> Output:
-        total = Output()
+    def feed_all(self, events: Iterable[Event]) -> None:
         for ev in events:
-            total.extend(self.feed(ev))
-        return total
+            self.feed(ev)
 
     def drain(self, until: int) -> Output:
         """After the last event: keep firing timers up to ``until``."""

@@ -56,7 +56,7 @@ class Expression:
         except ValueError as err:
             m = _POS.search(str(err))
             if m:
-                raise ExpressionError(m.group(3), int(m.group(2)) + 1) from None
+                raise ExpressionError(m.group(3), int(m.group(2))) from None
             raise ExpressionError(str(err)) from None
         refs = self.program.references()
         unknown_vars = set(refs["variables"]) - VARIABLES

@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from rules.exceptions import RuleError
+from rules.expressions import Expression, ExpressionError
 from rules.spec import RuleSpec, Settings
 
 __all__ = ["Positions", "SourceDoc", "load_documents", "parse_specs", "rule_files"]
@@ -146,7 +147,28 @@ def parse_specs(
                 rules.append((RuleSpec.model_validate(doc.data), doc))
         except ValidationError as err:
             errors.extend(_pydantic_errors(err, doc))
+            errors.extend(_expression_errors(doc.data, (), doc.positions))
     return rules, settings, errors
+
+
+_EXPR_KEYS = frozenset({"when", "filter", "if"})
+
+
+def _expression_errors(data: Any, key: PathKey, pos: Positions) -> list[RuleError]:
+    """Syntax errors of the expressions in a document that failed validation, so one
+    ``rules check`` run reports them too (a valid document's are checked when compiled)."""
+    out: list[RuleError] = []
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(
+        data, list) else ()
+    for k, v in items:
+        if k in _EXPR_KEYS and isinstance(v, str):
+            try:
+                Expression(v)
+            except ExpressionError as err:
+                out.append(pos.error((*key, k), f"expression: {err.message}", err.column))
+        else:
+            out.extend(_expression_errors(v, (*key, k), pos))
+    return out
 
 
 def rule_files(paths: list[str]) -> list[Path]:

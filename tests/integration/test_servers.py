@@ -28,8 +28,10 @@ from tests.support.servers import KafkaServer, RedisServer, free_port
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-def test_kafka_produce_consume(kafka_server: KafkaServer, kafka_topic_factory: KafkaTopicFactory) -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+def test_kafka_produce_consume(
+    kafka_server: KafkaServer, kafka_topic_factory: KafkaTopicFactory
+) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 
     topic = kafka_topic_factory("smoke", partitions=2)
 
@@ -99,7 +101,7 @@ def test_prometheus_scrapes_itself(prometheus_factory: PrometheusFactory) -> Non
     assert result[0]["value"][1] == "1"
 
 
-FAUST_APP = '''
+FAUST_APP = """
 import os, signal, sys, time, json
 import faust
 
@@ -133,14 +135,15 @@ async def count(stream):
         if seen == N:
             # faust redirects stdout into its logger: report through a file
             with open(RESULT_FILE, "w") as fh:
-                json.dump({"table": dict(counts.items()), "seconds": round(time.monotonic() - t0, 2)}, fh)
+                secs = round(time.monotonic() - t0, 2)
+                json.dump({"table": dict(counts.items()), "seconds": secs}, fh)
             os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
     worker.execute_from_commandline()
-'''
+"""
 
 
 def test_faust_agent_and_table(
@@ -183,4 +186,6 @@ def test_faust_agent_and_table(
     result = json.loads(result_file.read_text())
     assert result["table"] == {"user-0": 4, "user-1": 3, "user-2": 3}
     assert proc.returncode == 0, proc.stderr[-3000:]
-    print(f"faust: 10 events through agent+table {result['seconds']}s after import; run {elapsed:.1f}s")
+    print(
+        f"faust: 10 events via agent+table {result['seconds']}s after import, {elapsed:.1f}s total"
+    )

@@ -96,12 +96,14 @@ def kafka_server() -> Iterator[KafkaServer]:
 
 @pytest.fixture
 def kafka_topic_factory(kafka_server: KafkaServer) -> Iterator[KafkaTopicFactory]:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
     created: list[str] = []
 
     async def _create(name: str, partitions: int, config: Mapping[str, str] | None) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_server.bootstrap, request_timeout_ms=15000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=kafka_server.bootstrap, request_timeout_ms=15000
+        )
         await admin.start()
         try:
             topic = NewTopic(name, partitions, 1, topic_configs=dict(config or {}))
@@ -110,14 +112,18 @@ def kafka_topic_factory(kafka_server: KafkaServer) -> Iterator[KafkaTopicFactory
             await admin.close()
 
     async def _delete(names: list[str]) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_server.bootstrap, request_timeout_ms=15000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=kafka_server.bootstrap, request_timeout_ms=15000
+        )
         await admin.start()
         try:
             await admin.delete_topics(names)
         finally:
             await admin.close()
 
-    def create(prefix: str = "t", partitions: int = 4, config: Mapping[str, str] | None = None) -> str:
+    def create(
+        prefix: str = "t", partitions: int = 4, config: Mapping[str, str] | None = None
+    ) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"
         run_coro(lambda: _create(name, partitions, config))
         created.append(name)
@@ -128,7 +134,7 @@ def kafka_topic_factory(kafka_server: KafkaServer) -> Iterator[KafkaTopicFactory
     if created:
         try:
             run_coro(lambda: _delete(created))
-        except Exception:  # noqa: BLE001 - cleanup must not mask the test result
+        except Exception:  # cleanup must not mask the test result
             logger.exception("could not delete test topics %s", created)
 
 

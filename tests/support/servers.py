@@ -63,6 +63,31 @@ _LOG4J2 = (
     "logger.cfg.name = org.apache.kafka.common.config.AbstractConfig\n"
     "logger.cfg.level = WARN\n"
 )
+# Single-node KRaft, tuned for tests: RF 1 everywhere, few partitions, no rebalance delay.
+_KAFKA_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{host}:{cport}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}
+advertised.listeners=PLAINTEXT://{host}:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={data}
+num.partitions=4
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
+num.network.threads=2
+num.io.threads=2
+log.cleaner.enable=false"""
 
 
 class ServerStartError(RuntimeError):
@@ -320,45 +345,18 @@ def start_kafka(
     libs = _kafka_libs()
     workdir = Path(tempfile.mkdtemp(prefix="nudge-kafka-"))
     server = KafkaServer(workdir, free_port(), free_port(), libs)
-    props: dict[str, str] = {
-        "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{HOST}:{server.controller_port}",
-        "listeners": f"PLAINTEXT://{HOST}:{server.port},CONTROLLER://{HOST}:{server.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{server.bootstrap}",
-        "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "log.dirs": str(workdir / "data"),
-        "num.partitions": "4",
-        "auto.create.topics.enable": "true",
-        "offsets.topic.replication.factor": "1",
-        "offsets.topic.num.partitions": "4",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "transaction.state.log.num.partitions": "4",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
-        "group.initial.rebalance.delay.ms": "0",
-        "group.min.session.timeout.ms": "1000",
-        "num.network.threads": "2",
-        "num.io.threads": "2",
-        "log.cleaner.enable": "false",
-    }
+    props = dict(
+        line.split("=", 1)
+        for line in _KAFKA_PROPERTIES.format(
+            host=HOST, port=server.port, cport=server.controller_port, data=workdir / "data"
+        ).splitlines()
+    )
     props.update(extra_properties or {})
     config = workdir / "server.properties"
     config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
     (workdir / "log4j2.properties").write_text(_LOG4J2)
-    jvm = [
-        java,
-        f"-Xmx{heap}",
-        "-Xms128m",
-        "-XX:+UseSerialGC",
-        "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={workdir / 'log4j2.properties'}",
-        "-cp",
-        f"{libs}/*",
-    ]
+    log4j = f"-Dlog4j2.configurationFile={workdir / 'log4j2.properties'}"
+    jvm = [java, f"-Xmx{heap}", "-Xms128m", "-XX:+UseSerialGC", log4j, "-cp", f"{libs}/*"]
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     fmt = subprocess.run(
         [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
@@ -368,11 +366,14 @@ def start_kafka(
         check=False,
     )
     if fmt.returncode != 0:
-        raise ServerStartError(f"kafka StorageTool format failed:\n{fmt.stdout[-3000:]}{fmt.stderr[-3000:]}")
+        raise ServerStartError(
+            f"kafka StorageTool format failed:\n{fmt.stdout[-3000:]}{fmt.stderr[-3000:]}"
+        )
     started = time.monotonic()
     server._spawn([*jvm, "kafka.Kafka", str(config)])
     server._wait_ready(probe_timeout=2.0, deadline_s=timeout)
-    logger.info("kafka %s ready at %s in %.1fs", server.version, server.bootstrap, time.monotonic() - started)
+    took = time.monotonic() - started
+    logger.info("kafka %s ready at %s in %.1fs", server.version, server.bootstrap, took)
     return server
 
 
@@ -397,8 +398,8 @@ class RedisServer(_ManagedProcess):
             return sock.recv(64).startswith(b"+PONG")
 
     def start(self, timeout: float = 20.0) -> None:
-        argv = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-        argv += ["--dir", str(self.workdir), "--daemonize", "no", "--protected-mode", "no"]
+        argv = [self.binary, "--port", str(self.port), "--bind", HOST, "--dir", str(self.workdir)]
+        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"]
         self._spawn(argv)
         self._wait_ready(probe_timeout=1.0, deadline_s=timeout)
 
@@ -441,7 +442,9 @@ class PrometheusServer(_ManagedProcess):
             return False
 
 
-def start_prometheus(config_text: str, port: int | None = None, timeout: float = 30.0) -> PrometheusServer:
+def start_prometheus(
+    config_text: str, port: int | None = None, timeout: float = 30.0
+) -> PrometheusServer:
     """Start prometheus with ``config_text`` as prometheus.yml; waits for ``/-/ready``.
 
     Pass ``port`` (e.g. from :func:`free_port`) when the config must know it,

@@ -1,0 +1,124 @@
+"""The ``nudge`` command line: rules check|schema|list, backtest (run and worker come with
+their runtimes)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+
+from engine.types import to_ms
+from rules.exceptions import RuleErrors
+from rules.ruleset import RECIPES_DIR, load_ruleset
+from rules.schema import rule_schema
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _cmd_rules_check(args: argparse.Namespace) -> int:
+    try:
+        rs = load_ruleset(args.paths)
+    except RuleErrors as err:
+        for e in err.errors:
+            print(e, file=sys.stderr)
+        print(f"{len(err.errors)} error(s); rule set rejected", file=sys.stderr)
+        return 1
+    print(f"ok: {len(rs.rules)} rule(s), digest {rs.digest}")
+    return 0
+
+
+def _cmd_rules_list(args: argparse.Namespace) -> int:
+    try:
+        rs = load_ruleset(args.paths)
+    except RuleErrors as err:
+        print(err, file=sys.stderr)
+        return 1
+    for r in sorted(rs.rules.values(), key=lambda r: r.sort_key()):
+        print(f"{r.id}\tv{r.version}\tpriority={r.priority}\ttrigger={r.trigger}")
+    return 0
+
+
+def _cmd_rules_schema(args: argparse.Namespace) -> int:
+    text = json.dumps(rule_schema(), indent=2, sort_keys=True) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from engine.backtest import backtest, write_actions
+
+    try:
+        rs = load_ruleset(args.rules)
+    except RuleErrors as err:
+        print(err, file=sys.stderr)
+        return 1
+    until = None
+    if args.until:
+        try:
+            dt = datetime.fromisoformat(args.until)
+        except ValueError:
+            print(f"--until: not an RFC 3339 time: {args.until!r}", file=sys.stderr)
+            return 2
+        if dt.tzinfo is None:
+            print("--until: needs an offset (Z or +hh:mm)", file=sys.stderr)
+            return 2
+        until = to_ms(dt)
+    try:
+        with open(args.events, "rb") as fh:
+            result = backtest(rs, fh, until)
+    except OSError as err:
+        print(f"{args.events}: {err.strerror}", file=sys.stderr)
+        return 1
+    write_actions(result, sys.stdout.buffer)
+    sys.stdout.flush()
+    for line, field, message in result.rejected[:100]:
+        print(f"{args.events}:{line}: rejected: {field}: {message}", file=sys.stderr)
+    if len(result.rejected) > 100:
+        print(f"... {len(result.rejected) - 100} more rejected lines", file=sys.stderr)
+    sys.stderr.write(orjson.dumps(result.summary(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nudge", description="Real-time trigger engine for CRM")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    rules = sub.add_parser("rules", help="check, list or describe rule files")
+    rsub = rules.add_subparsers(dest="rules_command", required=True)
+    chk = rsub.add_parser("check", help="validate rule files; errors as file:line:col")
+    chk.add_argument("paths", nargs="+")
+    chk.set_defaults(func=_cmd_rules_check)
+    lst = rsub.add_parser("list", help="list the rules in files or directories")
+    lst.add_argument("paths", nargs="*", default=[str(RECIPES_DIR)])
+    lst.set_defaults(func=_cmd_rules_list)
+    sch = rsub.add_parser("schema", help="print the rule file JSON Schema")
+    sch.add_argument("-o", "--output")
+    sch.set_defaults(func=_cmd_rules_schema)
+
+    bt = sub.add_parser("backtest", help="run rules over a recorded JSONL trace")
+    bt.add_argument("--rules", nargs="+", default=[str(RECIPES_DIR)])
+    bt.add_argument("--events", required=True, help="JSONL file, one event per line")
+    bt.add_argument("--until", help="RFC 3339 time to fire timers up to after the last event")
+    bt.set_defaults(func=_cmd_backtest)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
