@@ -41,13 +41,15 @@ class BacktestResult:
     errors: Counter[str] = field(default_factory=Counter)
 
     def sorted_actions(self) -> list[Action]:
-        return sorted(self.actions, key=lambda a: (a.fire_at, a.customer_id, a.rule_id,
-                                                   a.idempotency_key))
+        return sorted(
+            self.actions, key=lambda a: (a.fire_at, a.customer_id, a.rule_id, a.idempotency_key)
+        )
 
     def summary(self) -> dict[str, Any]:
         by_rule = Counter(a.rule_id for a in self.actions)
-        reasons = Counter(m.split(":")[0] if m.startswith("malformed") else f
-                          for _, f, m in self.rejected)
+        reasons = Counter(
+            m.split(":")[0] if m.startswith("malformed") else f for _, f, m in self.rejected
+        )
         return {
             "events": self.events,
             "duplicates_ignored": self.duplicates,
@@ -57,9 +59,11 @@ class BacktestResult:
             "actions": len(self.actions),
             "actions_by_rule": dict(sorted(by_rule.items())),
             "fires_by_rule_variant_outcome": {
-                "/".join(k): v for k, v in sorted(self.fires.items())},
+                "/".join(k): v for k, v in sorted(self.fires.items())
+            },
             "conversions_by_rule_variant": {
-                "/".join(k): v for k, v in sorted(self.conversions.items())},
+                "/".join(k): v for k, v in sorted(self.conversions.items())
+            },
             "expression_errors": dict(self.errors.most_common(10)),
         }
 
@@ -76,11 +80,18 @@ def read_trace(lines: Iterable[bytes], result: BacktestResult) -> Iterator[Any]:
 
 
 def action_line(a: Action) -> bytes:
-    return orjson.dumps({
-        "fire_at": iso(a.fire_at), "rule_id": a.rule_id, "customer_id": a.customer_id,
-        "channel": a.channel, "template": a.template, "params": a.params,
-        "variant": a.variant, "idempotency_key": a.idempotency_key,
-    })
+    return orjson.dumps(
+        {
+            "fire_at": iso(a.fire_at),
+            "rule_id": a.rule_id,
+            "customer_id": a.customer_id,
+            "channel": a.channel,
+            "template": a.template,
+            "params": a.params,
+            "variant": a.variant,
+            "idempotency_key": a.idempotency_key,
+        }
+    )
 
 
 def backtest(ruleset: RuleSet, lines: Iterable[bytes], until: int | None = None) -> BacktestResult:

@@ -55,7 +55,12 @@ class FlowRunner:
         self.timers.schedule(st.customer_id, inst.rule_id, due)
 
     def run(
-        self, rule: CompiledRule, st: CustomerState, inst: FlowInstance, t: int, now: int,
+        self,
+        rule: CompiledRule,
+        st: CustomerState,
+        inst: FlowInstance,
+        t: int,
+        now: int,
         out: Output,
     ) -> None:
         """Run from ``inst.pc``. ``t`` is the flow's own time (trigger event time, or the
@@ -113,7 +118,12 @@ class FlowRunner:
         return None
 
     def _send(
-        self, rule: CompiledRule, st: CustomerState, inst: FlowInstance, op: Send, now: int,
+        self,
+        rule: CompiledRule,
+        st: CustomerState,
+        inst: FlowInstance,
+        op: Send,
+        now: int,
         out: Output,
     ) -> bool:
         """Returns False when the send was deferred (quiet hours): the flow waits."""
@@ -132,12 +142,14 @@ class FlowRunner:
         if outcome is not None:
             out.fires.append(Fire(rule.id, variant, op.channel, outcome, now))
             return True
-        plan = next((v for v in rule.variants if v.name == variant), None)
         params: dict[str, Any] = dict(op.params)
         template = op.template
-        if plan is not None:
-            params.update(plan.params)
-            template = plan.template or template
+        if op.name is not None:
+            plan = next((v for v in rule.variants if v.name == variant), None)
+            override = plan.steps.get(op.name) if plan is not None else None
+            if override is not None:
+                template = override[0] or template
+                params.update(override[1])
         if op.dynamic:
             scope = RuleScope(st, now, self.consent, flow=inst)
             for name, expr in op.dynamic:
@@ -147,8 +159,19 @@ class FlowRunner:
                     out.errors.append(f"{rule.id}: param {name}: {err}")
                     params[name] = None
         key = idempotency_key(rule.id, inst.version, st.customer_id, inst.instance_id, inst.pc)
-        out.actions.append(Action(rule.id, inst.version, st.customer_id, op.channel, template,
-                                  params, variant, key, now))
+        out.actions.append(
+            Action(
+                rule.id,
+                inst.version,
+                st.customer_id,
+                op.channel,
+                template,
+                params,
+                variant,
+                key,
+                now,
+            )
+        )
         out.fires.append(Fire(rule.id, variant, op.channel, "sent", now))
         sends = st.sends
         horizon = now - self.rs.max_cap_period

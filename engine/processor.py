@@ -127,8 +127,13 @@ class Processor:
         return out
 
     def _exits(
-        self, st: CustomerState, ev: Event, ts: int, now: int,
-        rules: tuple[CompiledRule, ...], out: Output,
+        self,
+        st: CustomerState,
+        ev: Event,
+        ts: int,
+        now: int,
+        rules: tuple[CompiledRule, ...],
+        out: Output,
     ) -> None:
         flows = st.flows
         assert flows is not None
@@ -152,8 +157,9 @@ class Processor:
         for g in st.goals:
             rule_id, variant, etype, start, deadline = g
             if etype == ev.type and start <= ts <= deadline:
-                out.conversions.append(Conversion(rule_id, variant, st.customer_id,
-                                                  ev.event_id, ts))
+                out.conversions.append(
+                    Conversion(rule_id, variant, st.customer_id, ev.event_id, ts)
+                )
             elif deadline >= horizon:
                 keep.append(g)
         st.goals = keep or None
@@ -172,9 +178,13 @@ class Processor:
         if inst is not None:
             if not rule.restart:
                 return
-        elif rule.reentry != "always" and st.entries and rule.id in st.entries:
-            if rule.reentry == "once" or ts - st.entries[rule.id] < rule.reentry_period:
-                return
+        elif (
+            rule.reentry != "always"
+            and st.entries
+            and rule.id in st.entries
+            and (rule.reentry == "once" or ts - st.entries[rule.id] < rule.reentry_period)
+        ):
+            return
         if rule.trigger_filter is not None or rule.when is not None:
             scope = RuleScope(st, now, self._consent, ev)
             if rule.trigger_filter is not None and not self._test(rule.trigger_filter, scope, out):

@@ -21,8 +21,10 @@ _MAX_ATTRIBUTES = 32
 
 
 def _num(value: Any, default: float = 0.0) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else (
-        default
+    return (
+        float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool)
+        else (default)
     )
 
 
@@ -87,8 +89,8 @@ def apply_event(st: CustomerState, ev: Event, ts: int, now: int, counted: frozen
             pid = str(props["product_id"])
             item = st.cart.get(pid)
             if item is not None:
-                qty = props.get("quantity")
-                left = item[0] - _num(qty) if qty is not None else 0.0
+                removed = props.get("quantity")
+                left = item[0] - _num(removed) if removed is not None else 0.0
                 if left > 0:
                     item[0] = left
                 else:

@@ -40,12 +40,19 @@ class RuleScope:
         if name == "customer":
             return customer_view(st, self.consent)
         if name == "cart":
-            return {"value": st.cart_value, "items": st.cart_items,
-                    "updated_at": st.cart_updated or 0}
+            return {
+                "value": st.cart_value,
+                "items": st.cart_items,
+                "updated_at": st.cart_updated or 0,
+            }
         if name == "event" and self.event is not None:
             ev = self.event
-            return {"type": ev.type, "properties": ev.properties, "context": ev.context,
-                    "timestamp": ev.ts}
+            return {
+                "type": ev.type,
+                "properties": ev.properties,
+                "context": ev.context,
+                "timestamp": ev.ts,
+            }
         if name == "trigger" and self.flow is not None:
             return self.flow.trigger
         return {}

@@ -104,8 +104,9 @@ class RuleKit:
         event_id: str | None = None,
     ) -> Output:
         """Process an event stamped ``at`` (default: now) at the current clock time."""
-        ev = make_event(type, customer_id, self.now if at is None else at, properties, context,
-                        event_id)
+        ev = make_event(
+            type, customer_id, self.now if at is None else at, properties, context, event_id
+        )
         return self.driver.process(ev)
 
     def process(self, event: Event) -> Output:
@@ -117,14 +118,20 @@ class RuleKit:
         return self.driver.advance(ms)
 
     def sent(self, rule_id: str | None = None, channel: str | None = None) -> list[Action]:
-        return [a for a in self.sink.actions
-                if (rule_id is None or a.rule_id == rule_id)
-                and (channel is None or a.channel == channel)]
+        return [
+            a
+            for a in self.sink.actions
+            if (rule_id is None or a.rule_id == rule_id)
+            and (channel is None or a.channel == channel)
+        ]
 
     def fired(self, rule_id: str | None = None, outcome: str | None = None) -> list[Fire]:
-        return [f for f in self.sink.fires
-                if (rule_id is None or f.rule_id == rule_id)
-                and (outcome is None or f.outcome == outcome)]
+        return [
+            f
+            for f in self.sink.fires
+            if (rule_id is None or f.rule_id == rule_id)
+            and (outcome is None or f.outcome == outcome)
+        ]
 
     def state(self, customer_id: str) -> Any:
         return self.driver.store.get(customer_id)

@@ -56,8 +56,8 @@ Op = Wait | Send | Branch | Jump
 class VariantPlan:
     name: str
     upto: int  # cumulative bucket bound out of 10,000
-    template: str | None
-    params: dict[str, Any]
+    # step name -> (template override or None, params merged over the step's)
+    steps: dict[str, tuple[str | None, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,11 @@ class _Compiler:
             if fn == "count":
                 self.counted.add(arg)
                 if arg2 is not None and arg2 not in WINDOWS:
-                    self.errors.append(self.pos.error(
-                        key, f"count(): window {arg2!r} is not one of {', '.join(WINDOWS)}"))
+                    self.errors.append(
+                        self.pos.error(
+                            key, f"count(): window {arg2!r} is not one of {', '.join(WINDOWS)}"
+                        )
+                    )
             elif not in_flow:
                 self.errors.append(self.pos.error(key, f"{fn}() is only available in steps"))
             elif fn == "seen_since" and arg2 is not None:
@@ -124,7 +127,9 @@ class _Compiler:
             name = step.name
             if name is not None:
                 if name in self.names:
-                    self.errors.append(self.pos.error((*k, "name"), f"duplicate step name {name!r}"))
+                    self.errors.append(
+                        self.pos.error((*k, "name"), f"duplicate step name {name!r}")
+                    )
                 self.names[name] = len(self.ops)
             if isinstance(step, WaitStep):
                 if isinstance(step.wait, WaitUntil):
@@ -174,23 +179,34 @@ class _Compiler:
     def variants(self) -> tuple[int, tuple[VariantPlan, ...]]:
         exp = self.spec.experiment
         if exp is None:
-            return 0, (VariantPlan("default", 10_000, None, {}),)
+            return 0, (VariantPlan("default", 10_000, {}),)
         upto = exp.holdout * 100
         holdout = upto
         plans = []
         for name, v in exp.variants.items():
             weight = v.weight if isinstance(v, Variant) else v
             upto += weight * 100
+            steps = {}
             if isinstance(v, Variant):
-                plans.append(VariantPlan(name, upto, v.template, dict(v.params)))
-            else:
-                plans.append(VariantPlan(name, upto, None, {}))
+                for step, o in v.steps.items():
+                    if step not in self.names:
+                        self.errors.append(
+                            self.pos.error(
+                                ("experiment", "variants", name, "steps", step),
+                                f"no step named {step!r}",
+                            )
+                        )
+                    steps[step] = (o.template, dict(o.params))
+            plans.append(VariantPlan(name, upto, steps))
         return holdout, tuple(plans)
 
     def run(self, digest: str) -> CompiledRule | None:
         s = self.spec
-        tfilter = (self.expr(s.trigger.filter, ("trigger", "filter"), in_flow=False)
-                   if s.trigger.filter else None)
+        tfilter = (
+            self.expr(s.trigger.filter, ("trigger", "filter"), in_flow=False)
+            if s.trigger.filter
+            else None
+        )
         when = self.expr(s.when, ("when",), in_flow=False) if s.when else None
         exits = []
         for i, m in enumerate(s.exit_on):
@@ -199,28 +215,45 @@ class _Compiler:
         self.steps(s.steps, ("steps",))
         for key, step_name, at in self.pending_seen:
             if step_name not in self.names:
-                self.errors.append(self.pos.error(key, f"seen_since(): no step named {step_name!r}"))
+                self.errors.append(
+                    self.pos.error(key, f"seen_since(): no step named {step_name!r}")
+                )
             elif self.names[step_name] >= at:
                 self.errors.append(
-                    self.pos.error(key, f"seen_since(): step {step_name!r} comes after this one"))
+                    self.pos.error(key, f"seen_since(): step {step_name!r} comes after this one")
+                )
+        holdout, variants = self.variants()
         if self.errors:
             return None
         reentry = s.reentry if isinstance(s.reentry, str) else s.reentry.policy
-        period = 0 if isinstance(s.reentry, str) or s.reentry.period is None else parse_duration(
-            s.reentry.period)
+        period = (
+            0
+            if isinstance(s.reentry, str) or s.reentry.period is None
+            else parse_duration(s.reentry.period)
+        )
         quiet_text = s.limits.quiet_hours or self.settings.quiet_hours
-        holdout, variants = self.variants()
         goal = None
         if s.experiment is not None and s.experiment.goal is not None:
             goal = (s.experiment.goal.event, parse_duration(s.experiment.goal.within))
         return CompiledRule(
-            id=s.id, version=s.version, priority=s.priority, trigger=s.trigger.event,
-            trigger_filter=tfilter, when=when, restart=s.on_retrigger == "restart",
-            reentry=reentry, reentry_period=period, exits=tuple(exits), ops=tuple(self.ops),
+            id=s.id,
+            version=s.version,
+            priority=s.priority,
+            trigger=s.trigger.event,
+            trigger_filter=tfilter,
+            when=when,
+            restart=s.on_retrigger == "restart",
+            reentry=reentry,
+            reentry_period=period,
+            exits=tuple(exits),
+            ops=tuple(self.ops),
             cap=parse_cap(s.limits.per_customer) if s.limits.per_customer else None,
             quiet=parse_range(quiet_text) if quiet_text else None,
-            holdout_upto=holdout, variants=variants, goal=goal,
-            counted=frozenset(self.counted), digest=digest,
+            holdout_upto=holdout,
+            variants=variants,
+            goal=goal,
+            counted=frozenset(self.counted),
+            digest=digest,
         )
 
 

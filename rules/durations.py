@@ -1,4 +1,4 @@
-"""Durations (``90s``, ``30m``, ``4h``, ``3d``, ``2w``), caps (``1/7d``) and clock times (``21:00``)."""
+"""Durations (``30m``, ``4h``, ``3d``), caps (``1/7d``) and clock times (``21:00``)."""
 
 from __future__ import annotations
 

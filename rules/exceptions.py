@@ -18,8 +18,12 @@ class RuleError(NudgeError):
         self.message = message
 
     def to_dict(self) -> dict[str, object]:
-        return {"file": self.path, "line": self.line, "column": self.column,
-                "message": self.message}
+        return {
+            "file": self.path,
+            "line": self.line,
+            "column": self.column,
+            "message": self.message,
+        }
 
 
 class RuleErrors(NudgeError):

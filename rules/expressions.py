@@ -24,7 +24,9 @@ __all__ = ["FUNCTIONS", "VARIABLES", "Expression", "ExpressionError", "Scope"]
 VARIABLES = frozenset({"event", "customer", "cart", "trigger"})
 FUNCTIONS = frozenset({"count", "seen", "seen_since", "viewed"})
 _POS = re.compile(r"<input>:(\d+):(\d+): (.*?)(\n|$)")
-_CALL = re.compile(r"\b(count|seen|seen_since)\(\s*(['\"])([^'\"]*)\2(?:\s*,\s*(['\"])([^'\"]*)\4)?")
+_CALL = re.compile(
+    r"\b(count|seen|seen_since)\(\s*(['\"])([^'\"]*)\2(?:\s*,\s*(['\"])([^'\"]*)\4)?"
+)
 
 
 class ExpressionError(ValueError):
@@ -75,7 +77,8 @@ class Expression:
         )
 
     def evaluate(self, scope: Scope) -> Any:
-        """Run against ``scope``; CEL runtime errors propagate (RuntimeError, TypeError, KeyError)."""
+        """Run against ``scope``; CEL runtime errors propagate (RuntimeError, TypeError,
+        KeyError)."""
         ctx: dict[str, Any] = {name: scope.variable(name) for name in self.variables}
         for name in self.functions:
             ctx[name] = scope.function(name)

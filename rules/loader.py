@@ -39,9 +39,9 @@ class Positions:
         cur: PathKey = ()
         node = data
         for part in loc:
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            if (isinstance(node, dict) and part in node) or (
+                isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+            ):
                 node = node[part]
             else:
                 continue  # a union/tag name pydantic inserts, not a key in the file
@@ -77,8 +77,12 @@ def _build(node: yaml.Node, key: PathKey, pos: Positions) -> Any:
         for k_node, v_node in node.value:
             k = _build_scalar(k_node)
             if k in out:
-                raise RuleError(pos.path, k_node.start_mark.line + 1,
-                                k_node.start_mark.column + 1, f"duplicate key {k!r}")
+                raise RuleError(
+                    pos.path,
+                    k_node.start_mark.line + 1,
+                    k_node.start_mark.column + 1,
+                    f"duplicate key {k!r}",
+                )
             out[k] = _build(v_node, (*key, k), pos)
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -86,7 +90,6 @@ def _build(node: yaml.Node, key: PathKey, pos: Positions) -> Any:
     assert isinstance(node, yaml.ScalarNode)
     pos.styles[key] = node.style or ""
     return _build_scalar(node)
-
 
 
 def _build_scalar(node: yaml.Node) -> Any:
@@ -102,8 +105,6 @@ def load_documents(path: str, text: str) -> list[SourceDoc]:
     docs: list[SourceDoc] = []
     try:
         for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
-            if node is None:
-                continue
             pos = Positions(path)
             docs.append(SourceDoc(_build(node, (), pos), pos))
     except yaml.MarkedYAMLError as err:
@@ -118,6 +119,8 @@ def _pydantic_errors(err: ValidationError, doc: SourceDoc) -> list[RuleError]:
     for e in err.errors(include_url=False):
         loc = tuple(e["loc"])
         key, (line, col) = doc.positions.locate(loc, doc.data)
+        if e["type"] == "missing":
+            key = (*key, loc[-1])  # name the missing field, positioned at its parent
         where = ".".join(str(p) for p in key)
         msg = e["msg"].removeprefix("Value error, ")
         error = RuleError(doc.positions.path, line, col, f"{where}: {msg}" if where else msg)
@@ -158,8 +161,13 @@ def _expression_errors(data: Any, key: PathKey, pos: Positions) -> list[RuleErro
     """Syntax errors of the expressions in a document that failed validation, so one
     ``rules check`` run reports them too (a valid document's are checked when compiled)."""
     out: list[RuleError] = []
-    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(
-        data, list) else ()
+    items = (
+        data.items()
+        if isinstance(data, dict)
+        else enumerate(data)
+        if isinstance(data, list)
+        else ()
+    )
     for k, v in items:
         if k in _EXPR_KEYS and isinstance(v, str):
             try:

@@ -51,8 +51,9 @@ class RuleSet:
         self.goal_types = frozenset(r.goal[0] for r in order if r.goal)
         self.counted = frozenset(self.settings.counters).union(*(r.counted for r in order))
         self.channel_caps = {c: parse_cap(v) for c, v in self.settings.channel_caps.items()}
-        self.quiet_default = (parse_range(self.settings.quiet_hours)
-                              if self.settings.quiet_hours else None)
+        self.quiet_default = (
+            parse_range(self.settings.quiet_hours) if self.settings.quiet_hours else None
+        )
         self.lateness = parse_duration(self.settings.allowed_lateness)
         periods = [p for _, p in self.channel_caps.values()]
         periods += [r.cap[1] for r in order if r.cap]
@@ -80,8 +81,11 @@ def load_texts(sources: Iterable[tuple[str, str]]) -> RuleSet:
         if spec.id in seen:
             first = seen[spec.id]
             line = first.marks.get((), (1, 1))[0]
-            errors.append(doc.positions.error(
-                ("id",), f"duplicate rule id {spec.id!r} (first in {first.path}:{line})"))
+            errors.append(
+                doc.positions.error(
+                    ("id",), f"duplicate rule id {spec.id!r} (first in {first.path}:{line})"
+                )
+            )
             continue
         seen[spec.id] = doc.positions
         compiled, errs = compile_rule(spec, doc.positions, setting)

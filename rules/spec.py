@@ -24,6 +24,7 @@ __all__ = [
     "SendStep",
     "Settings",
     "Step",
+    "StepOverride",
     "Variant",
     "WaitStep",
     "WaitUntil",
@@ -52,7 +53,7 @@ class SendSpec(_Spec):
     template: Name
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description='Literal values; a string "{{ expr }}" is a CEL expression evaluated at send time',
+        description='Literal values; a string "{{ expr }}" is CEL evaluated at send time',
     )
 
 
@@ -95,8 +96,11 @@ def _step_kind(value: Any) -> str | None:
         if "if" in value:
             return "if-step"
         return None
-    kinds = {WaitStep: "wait-step", SendStep: "send-step", IfStep: "if-step"}
-    return kinds.get(type(value))
+    if isinstance(value, WaitStep):
+        return "wait-step"
+    if isinstance(value, SendStep):
+        return "send-step"
+    return "if-step" if isinstance(value, IfStep) else None
 
 
 Step = Annotated[
@@ -133,10 +137,16 @@ class Limits(_Spec):
     )
 
 
-class Variant(_Spec):
-    weight: Annotated[int, Field(ge=0, le=100)]
+class StepOverride(_Spec):
     template: Name | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict, description="merged over the step's")
+
+
+class Variant(_Spec):
+    """An experiment arm: its weight and what it changes in named send steps."""
+
+    weight: Annotated[int, Field(ge=0, le=100)]
+    steps: dict[Name, StepOverride] = Field(default_factory=dict)
 
 
 class Goal(_Spec):
@@ -184,7 +194,7 @@ class Settings(_Spec):
 
     kind: Literal["settings"]
     default_timezone: str = "UTC"
-    default_consent: dict[Channel, bool] = Field(
+    default_consent: dict[str, bool] = Field(
         default_factory=lambda: {"email": True, "sms": False, "push": False, "webhook": True}
     )
     channel_caps: dict[Channel, Annotated[str, Field(pattern=CAP_PATTERN)]] = Field(

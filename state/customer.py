@@ -155,14 +155,15 @@ class CustomerState:
         st = cls.__new__(cls)
         for s in cls.__slots__:
             setattr(st, s, d.get(s))
-        if st.dedup is not None:
-            st.dedup = array("Q", st.dedup)
-        if st.flows is not None:
-            st.flows = {k: FlowInstance.from_dict(f) for k, f in st.flows.items()}
-        if st.counters is not None:
-            st.counters = {int(k): int(c) for k, c in st.counters}
-        if st.sends is not None:
-            st.sends = [(int(t), str(r), str(c)) for t, r, c in st.sends]
-        if st.goals is not None:
-            st.goals = [(str(r), str(v), str(g), int(a), int(b)) for r, v, g, a, b in st.goals]
+        raw: dict[str, Any] = d
+        if raw.get("dedup") is not None:
+            st.dedup = array("Q", raw["dedup"])
+        if raw.get("flows") is not None:
+            st.flows = {k: FlowInstance.from_dict(f) for k, f in raw["flows"].items()}
+        if raw.get("counters") is not None:
+            st.counters = {int(k): int(c) for k, c in raw["counters"]}
+        if raw.get("sends") is not None:
+            st.sends = [(int(t), str(r), str(c)) for t, r, c in raw["sends"]]
+        if raw.get("goals") is not None:
+            st.goals = [(str(r), str(v), str(g), int(a), int(b)) for r, v, g, a, b in raw["goals"]]
         return st

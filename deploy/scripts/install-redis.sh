@@ -19,6 +19,10 @@ export DEBIAN_FRONTEND=noninteractive
 if ! compgen -G "/var/lib/apt/lists/*_Packages" >/dev/null; then
     "${sudo_cmd[@]}" apt-get update -qq >&2
 fi
-"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends redis-server >&2
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends redis-server >&2 || {
+    # stale package lists (a mirror moved on): refresh once and retry
+    "${sudo_cmd[@]}" apt-get update -qq >&2
+    "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends redis-server >&2
+}
 
 command -v redis-server

@@ -102,11 +102,14 @@ def free_port() -> int:
 
 
 def _tail(path: Path, lines: int = 40) -> str:
+    """Last ``lines`` of a log, preceded by its first ERROR/FATAL lines (often scrolled off)."""
     try:
-        text = path.read_text(errors="replace")
+        text = path.read_text(errors="replace").splitlines()
     except OSError as exc:
         return f"<cannot read {path}: {exc}>"
-    return "\n".join(text.splitlines()[-lines:])
+    errors = [ln for ln in text[:-lines] if " ERROR " in ln or " FATAL " in ln][:10]
+    head = ["--- first errors ---", *errors, "--- tail ---"] if errors else []
+    return "\n".join(head + text[-lines:])
 
 
 def _run_install(script: str) -> str:
