@@ -90,6 +90,16 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from engine.embedded.server import ServeOptions, serve
+
+    speed = args.clock_speed if args.clock_speed is not None else (600.0 if args.demo else 1.0)
+    return serve(ServeOptions(
+        rules=args.rules, data=Path(args.data), host=args.host, port=args.port,
+        clock_speed=speed, sinks=Path(args.sinks) if args.sinks else None,
+        partitions=args.partitions, demo=args.demo, synchronous=args.synchronous))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nudge", description="Real-time trigger engine for CRM")
     sub = p.add_subparsers(dest="command", required=True)
@@ -105,6 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     sch = rsub.add_parser("schema", help="print the rule file JSON Schema")
     sch.add_argument("-o", "--output")
     sch.set_defaults(func=_cmd_rules_schema)
+
+    run = sub.add_parser("run", help="run the embedded engine: HTTP ingest, durable state")
+    run.add_argument("--rules", nargs="+", help="rule files or directories (default: recipes)")
+    run.add_argument("--data", default="nudge-data", help="data directory (default ./nudge-data)")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8080)
+    run.add_argument("--clock-speed", type=float, default=None,
+                     help="virtual clock X times faster than real time (demos, load tests)")
+    run.add_argument("--sinks", help="YAML/JSON action routing config (connectors/routing.py)")
+    run.add_argument("--partitions", type=int, default=4)
+    run.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
+                     help="SQLite durability: FULL survives power loss, NORMAL a crash")
+    run.add_argument("--demo", action="store_true",
+                     help="also run a synthetic storefront and print fires (clock x600)")
+    run.set_defaults(func=_cmd_run)
 
     bt = sub.add_parser("backtest", help="run rules over a recorded JSONL trace")
     bt.add_argument("--rules", nargs="+", default=[str(RECIPES_DIR)])

@@ -41,8 +41,9 @@ class Driver:
             self.on_output(out)
         return out
 
-    def advance_to(self, t: int) -> Output:
-        """Fire every timer due at or before ``t``, then set the clock to ``t``."""
+    def fire_due(self, t: int) -> Output:
+        """Fire every timer due at or before ``t``, each at its due time (or the clock, if
+        later). The clock ends at the last due time fired, not at ``t``."""
         total = Output()
         timers = self.timers
         clock = self.clock
@@ -50,7 +51,12 @@ class Driver:
             due, cid, rid = item
             clock.set(due)
             total.extend(self._emit(self.processor.on_timer(cid, rid, due, clock.now())))
-        clock.set(t)
+        return total
+
+    def advance_to(self, t: int) -> Output:
+        """Fire every timer due at or before ``t``, then set the clock to ``t``."""
+        total = self.fire_due(t)
+        self.clock.set(t)
         return total
 
     def advance(self, ms: int) -> Output:

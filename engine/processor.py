@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 class Output:
     """What one input produced."""
 
+    customer_id: str = ""
+    timer_due: int | None = None  # set when a timer produced this output
     actions: list[Action] = field(default_factory=list)
     fires: list[Fire] = field(default_factory=list)
     conversions: list[Conversion] = field(default_factory=list)
@@ -88,7 +90,7 @@ class Processor:
     # --- events ------------------------------------------------------------------
     def on_event(self, ev: Event, now: int) -> Output:
         """Apply one event at processing time ``now``."""
-        out = Output()
+        out = Output(ev.customer_id)
         rs = self._rs
         ts = ev.ts
         st = self.store.get(ev.customer_id)
@@ -210,7 +212,7 @@ class Processor:
     def on_timer(self, customer_id: str, rule_id: str, due: int, now: int) -> Output:
         """Resume the flow instance whose timer came due. A timer whose rule or instance
         is gone (rule removed by a deploy, customer erased) does nothing."""
-        out = Output()
+        out = Output(customer_id, due)
         st = self.store.get(customer_id)
         inst = st.flows.get(rule_id) if st is not None and st.flows else None
         if st is None or inst is None or inst.due != due:

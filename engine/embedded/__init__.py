@@ -1,0 +1,1 @@
+"""The embedded runtime (``nudge run``): one process, durable on local disk."""

@@ -1,0 +1,322 @@
+"""The embedded runtime: journal, partitions, timers, checkpoints and the outbox, wired.
+
+Start-up recovers: rules (latest deployed version, else the rule paths), checkpointed
+states (with their timers), then the journal after each partition's checkpoint position
+is replayed through the same deterministic core. Timers that came due while the process
+was down fire right after, and their lateness is observed in a metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from connectors.deadletter import DeadLetterStore
+from connectors.routing import Router
+from engine.clock import Clock, SystemClock
+from engine.embedded.exceptions import NotReady
+from engine.embedded.ingest import GroupCommitWriter, Item
+from engine.embedded.outbox import Outbox
+from engine.embedded.partition import Partition
+from engine.events import decode_event
+from engine.exceptions import EventError
+from engine.metrics import Metrics, type_label
+from engine.processor import Output
+from engine.types import Event
+from rules.ruleset import RuleSet, load_ruleset, load_texts
+from rules.loader import rule_files
+from state.sqlite import SqliteStore
+
+__all__ = ["Runtime", "RuntimeConfig"]
+
+logger = logging.getLogger(__name__)
+
+_DAY = 86_400_000
+
+
+@dataclass
+class RuntimeConfig:
+    data_dir: Path
+    rules: list[str] | None = None
+    partitions: int = 4
+    max_queue: int = 200_000
+    checkpoint_interval: float = 5.0
+    journal_retention_days: float = 7.0
+    synchronous: str = "FULL"
+    sinks: dict[str, Any] = field(default_factory=lambda: {"default": "log"})
+    delivery_concurrency: int = 32
+
+
+def partition_of(customer_id: str, n: int) -> int:
+    return zlib.crc32(customer_id.encode()) % n
+
+
+class Runtime:
+    """One process: ingest -> journal -> partitions -> outbox -> sinks."""
+
+    def __init__(self, cfg: RuntimeConfig, metrics: Metrics, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.ready = False
+        self.ruleset: RuleSet | None = None
+        self.rules_version = 0
+        self.rules_files: dict[str, str] = {}
+        self._exec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nudge-db")
+        self.store: SqliteStore | None = None
+        self.parts: list[Partition] = []
+        self._queues: list[list[tuple[int, int, Event]]] = []
+        self._wakes: list[asyncio.Event] = []
+        self.queued = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.observers: list[Callable[[Output], None]] = []
+
+    async def db(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._exec, fn, *args)
+
+    # --- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store = await self.db(SqliteStore, cfg.data_dir / "nudge.db",
+                                           cfg.synchronous)
+        self.dead = await self.db(DeadLetterStore, cfg.data_dir / "deadletter.db")
+        self.router = Router.from_config(cfg.sinks)
+        await self.router.start_all()
+        await self._load_rules()
+        assert self.ruleset is not None
+        n = cfg.partitions
+        self.parts = [Partition(i, self.ruleset, self._on_output) for i in range(n)]
+        self._queues = [[] for _ in range(n)]
+        self._wakes = [asyncio.Event() for _ in range(n)]
+        self.outbox = Outbox(self.db, store, self.router, self.dead, self.metrics, self.clock,
+                             concurrency=cfg.delivery_concurrency)
+        self.writer = GroupCommitWriter(
+            self.clock, self._append, self._deliver, max_queue=cfg.max_queue,
+            queued=lambda: self.queued, on_commit=self._on_commit)
+        await self._recover()
+        self.outbox.start()
+        await self.outbox.load_pending()
+        self.writer.start()
+        for i in range(n):
+            self._tasks.append(asyncio.create_task(self._partition_loop(i), name=f"part-{i}"))
+        self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoint"))
+        self.ready = True
+        self.metrics.up.labels("embedded").set(1)
+
+    async def stop(self) -> None:
+        """Graceful: stop intake, process what is queued, checkpoint, close."""
+        self.ready = False
+        self._stopping = True
+        await self.writer.close()
+        while self.queued:
+            await asyncio.sleep(0.01)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.checkpoint()
+        await self.outbox.close()
+        await self.router.close_all()
+        assert self.store is not None
+        await self.db(self.store.close)
+        await self.db(self.dead.close)
+        self._exec.shutdown(wait=True)
+        self.metrics.up.labels("embedded").set(0)
+
+    async def _load_rules(self) -> None:
+        assert self.store is not None
+        latest = await self.db(self.store.latest_rules)
+        if latest is not None:
+            self.rules_version, self.rules_files = latest
+            self.ruleset = load_texts(sorted(self.rules_files.items()))
+        else:
+            rs = load_ruleset(self.cfg.rules)
+            files = {str(f): f.read_text(encoding="utf-8")
+                     for f in rule_files(self.cfg.rules or [str(_recipes())])}
+            self.rules_version = await self.db(self.store.save_rules, self.clock.now(), files)
+            self.rules_files, self.ruleset = files, rs
+        self.metrics.ruleset_version.set(self.rules_version)
+
+    async def _recover(self) -> None:
+        assert self.store is not None
+        t0 = time.perf_counter()
+        n = len(self.parts)
+        states = await self.db(lambda: list(self.store.load_states()))  # type: ignore[union-attr]
+        for st in states:
+            self.parts[partition_of(st.customer_id, n)].load(st)
+        seqs = await self.db(self.store.checkpoint_seqs)
+        if sorted(seqs) != list(range(n)):  # first start, or partition count changed
+            floor = min(seqs.values(), default=0)
+            seqs = dict.fromkeys(range(n), floor)
+        for p in self.parts:
+            p.last_seq = seqs[p.index]
+        entries = await self.db(lambda: list(self.store.journal_after(min(seqs.values()))))  # type: ignore[union-attr]
+        replayed = 0
+        for seq, accepted_at, cid, raw in entries:
+            part = self.parts[partition_of(cid, n)]
+            if seq <= part.last_seq:
+                continue
+            try:
+                ev = decode_event(raw)
+            except EventError:
+                logger.error("journal entry %d no longer decodes; skipped", seq)
+                continue
+            part.apply(seq, accepted_at, ev)
+            replayed += 1
+        await self.outbox.flush()
+        logger.info("recovered %d customers, replayed %d journal entries in %.2fs",
+                    len(states), replayed, time.perf_counter() - t0)
+
+    # --- ingest --------------------------------------------------------------------
+    async def accept(self, items: list[Item]) -> None:
+        """Journal events durably, then queue them for processing."""
+        if not self.ready:
+            raise NotReady("starting or stopping")
+        await self.writer.accept(items)
+        for ev, _ in items:
+            self.metrics.events_accepted.labels(type_label(ev.type)).inc()
+
+    async def _append(self, accepted_at: int, rows: list[tuple[str, bytes]]) -> int:
+        assert self.store is not None
+        first: int = await self.db(self.store.append, accepted_at, rows)
+        return first
+
+    def _on_commit(self, n: int, seconds: float) -> None:
+        self.metrics.journal_commit.observe(seconds)
+        self.metrics.journal_batch.observe(n)
+
+    def _deliver(self, first: int, accepted_at: int, items: list[Item]) -> None:
+        n = len(self.parts)
+        touched = set()
+        for i, (ev, _) in enumerate(items):
+            p = partition_of(ev.customer_id, n)
+            self._queues[p].append((first + i, accepted_at, ev))
+            touched.add(p)
+        self.queued += len(items)
+        for p in touched:
+            self._wakes[p].set()
+
+    # --- processing ----------------------------------------------------------------
+    def safe_time(self) -> int:
+        """Timers may fire up to here without overtaking an accepted event."""
+        now = self.clock.now()
+        since = self.writer.pending_since
+        return now if since is None else min(now, since - 1)
+
+    async def _partition_loop(self, index: int) -> None:
+        part = self.parts[index]
+        queue = self._queues[index]
+        wake = self._wakes[index]
+        m = self.metrics
+        while True:
+            if queue:
+                batch = queue[:500]
+                del queue[:500]
+                t0 = time.perf_counter()
+                for seq, accepted_at, ev in batch:
+                    if not part.apply(seq, accepted_at, ev):
+                        m.events_duplicate.inc()
+                m.processing.observe((time.perf_counter() - t0) / len(batch))
+                self.queued -= len(batch)
+                await asyncio.sleep(0)
+                continue
+            part.fire_until(self.safe_time())
+            wake.clear()
+            nxt = part.timers.next_due()
+            timeout = 0.05 if nxt is None else min(0.05, max(0.001, (nxt - self.clock.now()) / 1000))
+            try:
+                await asyncio.wait_for(wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _on_output(self, out: Output) -> None:
+        m = self.metrics
+        if out.timer_due is not None:
+            m.timer_lateness.observe(max(0, self.clock.now() - out.timer_due) / 1000)
+        elif out.too_late:
+            m.events_too_late.inc()
+        for f in out.fires:
+            m.rule_fires.labels(f.rule_id, f.variant, f.outcome).inc()
+        for c in out.conversions:
+            m.conversions.labels(c.rule_id, c.variant).inc()
+        if out.errors:
+            m.expression_errors.inc(len(out.errors))
+        for a in out.actions:
+            self.outbox.add(a, out.timer_due is None)
+        for observe in self.observers:
+            observe(out)
+
+    # --- checkpoints ---------------------------------------------------------------
+    async def checkpoint(self) -> None:
+        """Persist changed states with the journal position they include and the actions
+        produced so far, in one transaction. The snapshot is taken without yielding."""
+        assert self.store is not None
+        t0 = time.perf_counter()
+        rows: list[tuple[str, bytes]] = []
+        deleted: list[str] = []
+        seqs = {}
+        for p in self.parts:
+            states, gone = p.take_dirty()
+            rows += [(st.customer_id, orjson.dumps(st.to_dict())) for st in states]
+            deleted += gone
+            seqs[p.index] = p.last_seq
+        actions = self.outbox.take_buffer()
+        trim = self.clock.now() - int(self.cfg.journal_retention_days * _DAY)
+        await self.db(self.store.checkpoint, rows, deleted, seqs, self.outbox.rows(actions), trim)
+        await self.outbox.dispatch_persisted(actions)
+        self.metrics.checkpoint.observe(time.perf_counter() - t0)
+
+    async def _checkpoint_loop(self) -> None:
+        m = self.metrics
+        while True:
+            await asyncio.sleep(self.cfg.checkpoint_interval)
+            try:
+                await self.checkpoint()
+            except Exception:
+                logger.exception("checkpoint failed; will retry")
+            m.pending_timers.set(sum(len(p.timers) for p in self.parts))
+            m.customers.set(sum(len(p.store) for p in self.parts))
+            m.queue_depth.set(self.queued + self.writer.buffered)
+            m.outbox_pending.set(self.outbox.pending)
+            m.dead_letters.set(await self.db(self.dead.count))
+
+    # --- customers and rules ---------------------------------------------------------
+    def partition(self, customer_id: str) -> Partition:
+        return self.parts[partition_of(customer_id, len(self.parts))]
+
+    async def erase(self, customer_id: str) -> dict[str, Any]:
+        """Erase a customer everywhere: state, timers, journal, pending actions."""
+        assert self.store is not None
+        had_state = self.partition(customer_id).erase(customer_id)
+        self.outbox.erased.add(customer_id)
+        counts: dict[str, int] = await self.db(self.store.erase_customer, customer_id)
+        return {"customer_id": customer_id, "state": had_state,
+                "journal_entries": counts["journal"], "pending_actions": counts["outbox"],
+                "checkpoint": counts["states"]}
+
+    async def deploy(self, files: dict[str, str]) -> int:
+        """Validate a whole rule set and swap it in; raises RuleErrors (nothing changes)."""
+        assert self.store is not None
+        rs = load_texts(sorted(files.items()))
+        version: int = await self.db(self.store.save_rules, self.clock.now(), files)
+        self.ruleset, self.rules_files, self.rules_version = rs, dict(files), version
+        for p in self.parts:
+            p.set_ruleset(rs)
+        self.metrics.ruleset_version.set(version)
+        return version
+
+
+def _recipes() -> Path:
+    from rules.ruleset import RECIPES_DIR
+
+    return RECIPES_DIR

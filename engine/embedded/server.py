@@ -1,0 +1,107 @@
+"""``nudge run``: the embedded runtime behind the HTTP API, on uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+
+from engine.clock import Clock, ScaledClock, SystemClock
+from engine.embedded.runtime import Runtime, RuntimeConfig
+from engine.http.app import create_app
+from engine.http.auth import Tokens
+from engine.metrics import Metrics
+
+__all__ = ["ServeOptions", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+class ServeOptions:
+    """Options of ``nudge run`` (see ``nudge run --help``)."""
+
+    def __init__(self, *, rules: list[str] | None, data: Path, host: str, port: int,
+                 clock_speed: float, sinks: Path | None, partitions: int, demo: bool,
+                 synchronous: str) -> None:
+        self.rules = rules
+        self.data = data
+        self.host = host
+        self.port = port
+        self.clock_speed = clock_speed
+        self.sinks = sinks
+        self.partitions = partitions
+        self.demo = demo
+        self.synchronous = synchronous
+
+
+def sinks_config(path: Path | None, data_dir: Path) -> dict[str, Any]:
+    """Routing config from a YAML/JSON file, else: every action to ``actions.jsonl`` in the
+    data directory and to the log."""
+    if path is not None:
+        loaded: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return loaded
+    return {
+        "default": "file",
+        "sinks": {"file": {"type": "jsonl", "path": str(data_dir / "actions.jsonl")}},
+    }
+
+
+async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
+    clock: Clock = ScaledClock(opts.clock_speed) if opts.clock_speed != 1 else SystemClock()
+    metrics = Metrics()
+    cfg = RuntimeConfig(data_dir=opts.data, rules=opts.rules, partitions=opts.partitions,
+                        sinks=sinks_config(opts.sinks, opts.data), synchronous=opts.synchronous)
+    runtime = Runtime(cfg, metrics, clock)
+    tokens, token_path, created = Tokens.load_or_create(opts.data)
+    await runtime.start()
+    app = create_app(runtime, tokens, metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, opts.host, opts.port)
+    await site.start()
+    print(orjson.dumps({
+        "listening": f"http://{opts.host}:{opts.port}", "data_dir": str(opts.data),
+        "tokens": str(token_path), "tokens_created": created,
+        "rules_version": runtime.rules_version, "rules": sorted(runtime.ruleset.rules)
+        if runtime.ruleset else [],
+    }).decode(), flush=True)
+    demo_task = None
+    if opts.demo:
+        from engine.embedded.demo import run_demo
+
+        demo_task = asyncio.create_task(run_demo(runtime, clock))
+    await stop.wait()
+    if demo_task is not None:
+        demo_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await demo_task
+    await runner.cleanup()
+    await runtime.stop()
+
+
+def serve(opts: ServeOptions) -> int:
+    """Run until SIGINT/SIGTERM, then stop gracefully (final checkpoint)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        uvloop = None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await _serve(opts, stop)
+
+    if uvloop is not None:
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+    return 0

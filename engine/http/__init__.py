@@ -1,0 +1,1 @@
+"""The HTTP API shared by ``nudge run`` and the distributed ingest (OpenAPI in openapi.json)."""

@@ -1,0 +1,249 @@
+"""The aiohttp application: ingest, rules, customers, metrics, health, OpenAPI.
+
+Limits (documented in docs/api.md and the OpenAPI file): a request body of at most
+``max_body`` bytes (1 MiB) -> else 413; at most ``max_events`` (1,000) events per request ->
+else 413; a full pipeline -> 429 with ``Retry-After``. Every error is JSON:
+``{"error": {"code", "message", ...}}``; a bad event batch is rejected whole with the index
+and field of each bad event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from engine.embedded.exceptions import Backpressure, NotReady
+from engine.events import decode_event
+from engine.exceptions import EventError
+from engine.http.auth import Tokens
+from engine.http.views import customer_json
+from engine.metrics import Metrics
+from rules.exceptions import RuleErrors
+from rules.ruleset import load_texts
+
+__all__ = ["OPENAPI_PATH", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+OPENAPI_PATH = Path(__file__).parent / "openapi.json"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_BACKEND: web.AppKey[Any] = web.AppKey("backend", object)
+_TOKENS: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
+_METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+_LIMITS: web.AppKey[tuple[int, int]] = web.AppKey("limits", tuple)
+
+
+def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    body = {"error": {"code": code, "message": message, **extra}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def ok(body: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _route(request: web.Request) -> str:
+    info = request.match_info
+    if isinstance(info, web.UrlMappingMatchInfo) and info.route.resource is not None:
+        return info.route.resource.canonical
+    return "unmatched"
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[_METRICS]
+    try:
+        resp = await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        metrics.events_rejected.labels("body_too_large").inc()
+        resp = error(413, "body_too_large", exc.text or "request body too large",
+                     limit_bytes=request.app[_LIMITS][0])
+    except web.HTTPException as exc:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        resp = error(exc.status, code, exc.reason)
+    except Exception:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        resp = error(500, "internal", "internal error")
+    metrics.http_requests.labels(_route(request), str(resp.status)).inc()
+    return resp
+
+
+def _auth(request: web.Request, scope: str) -> web.Response | None:
+    got = request.app[_TOKENS].scope_of(request.headers.get("Authorization"))
+    if got is None:
+        request.app[_METRICS].events_rejected.labels("unauthorized").inc()
+        return error(401, "unauthorized", "missing or invalid bearer token")
+    if scope == "admin" and got != "admin":
+        return error(403, "forbidden", "this endpoint needs the admin token")
+    return None
+
+
+async def post_events(request: web.Request) -> web.Response:
+    if (denied := _auth(request, "write")) is not None:
+        return denied
+    metrics = request.app[_METRICS]
+    max_body, max_events = request.app[_LIMITS]
+    body = await request.read()
+    stripped = body.lstrip()
+    try:
+        raws = _raw_list.decode(body) if stripped[:1] == b"[" else [msgspec.Raw(body)]
+    except msgspec.DecodeError as err:
+        metrics.events_rejected.labels("invalid_json").inc()
+        return error(400, "invalid_json", f"body is not JSON: {err}", field="$")
+    except msgspec.ValidationError as err:
+        metrics.events_rejected.labels("invalid_json").inc()
+        return error(400, "invalid_json", f"expected an event or an array: {err}", field="$")
+    if not raws:
+        metrics.events_rejected.labels("empty_batch").inc()
+        return error(400, "empty_batch", "no events in the request", field="$")
+    if len(raws) > max_events:
+        metrics.events_rejected.labels("too_many_events").inc()
+        return error(413, "too_many_events", f"at most {max_events} events per request",
+                     limit_events=max_events)
+    items = []
+    bad = []
+    for i, raw in enumerate(raws):
+        chunk = bytes(raw)
+        try:
+            items.append((decode_event(chunk), chunk))
+        except EventError as err:
+            metrics.events_rejected.labels(err.reason).inc()
+            bad.append({"index": i, **err.to_dict()})
+    if bad:
+        return error(400, "invalid_events", f"{len(bad)} of {len(raws)} events are invalid; "
+                     "nothing was accepted", events=bad)
+    backend = request.app[_BACKEND]
+    try:
+        await backend.accept(items)
+    except Backpressure as bp:
+        metrics.events_rejected.labels("backpressure").inc(len(items))
+        resp = error(429, "backpressure", str(bp), retry_after=bp.retry_after)
+        resp.headers["Retry-After"] = str(max(1, round(bp.retry_after)))
+        return resp
+    except NotReady as nr:
+        return error(503, "not_ready", str(nr))
+    return ok({"accepted": len(items)}, status=202)
+
+
+async def get_rules(request: web.Request) -> web.Response:
+    if (denied := _auth(request, "admin")) is not None:
+        return denied
+    b = request.app[_BACKEND]
+    rs = b.ruleset
+    rules = [{"id": r.id, "version": r.version, "priority": r.priority, "trigger": r.trigger,
+              "digest": r.digest} for r in sorted(rs.rules.values(), key=lambda r: r.sort_key())]
+    return ok({"version": b.rules_version, "rules": rules, "files": b.rules_files})
+
+
+async def _rule_files(request: web.Request) -> dict[str, str] | web.Response:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as err:
+        return error(400, "invalid_json", f"body is not JSON: {err}", field="$")
+    files = body.get("files") if isinstance(body, dict) else None
+    if not isinstance(files, dict) or not files or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        return error(400, "invalid_field", "expected {\"files\": {\"name.yaml\": \"text\"}}",
+                     field="$.files")
+    return files
+
+
+def _rule_errors(err: RuleErrors) -> web.Response:
+    return error(400, "invalid_rules", f"{len(err.errors)} error(s); rule set rejected",
+                 errors=[e.to_dict() for e in err.errors])
+
+
+async def put_rules(request: web.Request) -> web.Response:
+    if (denied := _auth(request, "admin")) is not None:
+        return denied
+    files = await _rule_files(request)
+    if isinstance(files, web.Response):
+        return files
+    metrics = request.app[_METRICS]
+    try:
+        version = await request.app[_BACKEND].deploy(files)
+    except RuleErrors as err:
+        metrics.rule_deploys.labels("rejected").inc()
+        return _rule_errors(err)
+    metrics.rule_deploys.labels("ok").inc()
+    return ok({"version": version, "rules": len(request.app[_BACKEND].ruleset.rules)})
+
+
+async def validate_rules(request: web.Request) -> web.Response:
+    if (denied := _auth(request, "admin")) is not None:
+        return denied
+    files = await _rule_files(request)
+    if isinstance(files, web.Response):
+        return files
+    try:
+        rs = load_texts(sorted(files.items()))
+    except RuleErrors as err:
+        return _rule_errors(err)
+    return ok({"valid": True, "rules": sorted(rs.rules)})
+
+
+async def get_customer(request: web.Request) -> web.Response:
+    if (denied := _auth(request, "admin")) is not None:
+        return denied
+    b = request.app[_BACKEND]
+    cid = request.match_info["customer_id"]
+    part = b.partition(cid)
+    st = part.store.get(cid)
+    if st is None:
+        return error(404, "not_found", f"no customer {cid!r}")
+    return ok(customer_json(st, b.ruleset, b.clock.now()))
+
+
+async def delete_customer(request: web.Request) -> web.Response:
+    if (denied := _auth(request, "admin")) is not None:
+        return denied
+    return ok({"erased": await request.app[_BACKEND].erase(request.match_info["customer_id"])})
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    data = generate_latest(request.app[_METRICS].registry)
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return ok({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[_BACKEND].ready:
+        return ok({"status": "ready"})
+    return error(503, "not_ready", "starting, recovering or stopping")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/json")
+
+
+def create_app(backend: Any, tokens: Tokens, metrics: Metrics, *, max_body: int = 1 << 20,
+               max_events: int = 1000) -> web.Application:
+    """The API over ``backend`` (the embedded Runtime, or the distributed ingest)."""
+    app = web.Application(client_max_size=max_body, middlewares=[_errors])
+    app[_BACKEND] = backend
+    app[_TOKENS] = tokens
+    app[_METRICS] = metrics
+    app[_LIMITS] = (max_body, max_events)
+    app.router.add_post("/v1/events", post_events)
+    app.router.add_get("/v1/rules", get_rules)
+    app.router.add_put("/v1/rules", put_rules)
+    app.router.add_post("/v1/rules/validate", validate_rules)
+    app.router.add_get("/v1/customers/{customer_id}", get_customer)
+    app.router.add_delete("/v1/customers/{customer_id}", delete_customer)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi)
+    return app
