@@ -41,25 +41,28 @@ class Driver:
             self.on_output(out)
         return out
 
-    def fire_due(self, t: int) -> Output:
+    def fire_due(self, t: int) -> int:
         """Fire every timer due at or before ``t``, each at its due time (or the clock, if
-        later). The clock ends at the last due time fired, not at ``t``."""
-        total = Output()
+        later); outputs go to ``on_output``. The clock ends at the last due time fired,
+        not at ``t``. Returns how many timers fired."""
         timers = self.timers
         clock = self.clock
+        on_timer = self.processor.on_timer
+        fired = 0
         while (item := timers.pop_due(t)) is not None:
             due, cid, rid = item
             clock.set(due)
-            total.extend(self._emit(self.processor.on_timer(cid, rid, due, clock.now())))
-        return total
+            self._emit(on_timer(cid, rid, due, clock.now()))
+            fired += 1
+        return fired
 
-    def advance_to(self, t: int) -> Output:
+    def advance_to(self, t: int) -> int:
         """Fire every timer due at or before ``t``, then set the clock to ``t``."""
-        total = self.fire_due(t)
+        fired = self.fire_due(t)
         self.clock.set(t)
-        return total
+        return fired
 
-    def advance(self, ms: int) -> Output:
+    def advance(self, ms: int) -> int:
         return self.advance_to(self.clock.now() + ms)
 
     def process(self, event: Event) -> Output:
@@ -70,13 +73,15 @@ class Driver:
         """Event-time mode: move the clock to the event's time (never backwards), firing
         timers due before it, then process it. Returns the event's own Output; what the
         timers produced went to ``on_output``."""
-        self.advance_to(event.ts)
-        return self.process(event)
+        ts = event.ts
+        if ts > self.clock.now():
+            self.advance_to(ts)
+        return self._emit(self.processor.on_event(event, self.clock.now(), ts))
 
     def feed_all(self, events: Iterable[Event]) -> None:
         for ev in events:
             self.feed(ev)
 
-    def drain(self, until: int) -> Output:
+    def drain(self, until: int) -> int:
         """After the last event: keep firing timers up to ``until``."""
         return self.advance_to(until)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zlib
 from array import array
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,8 +52,11 @@ class Output:
 
 
 def fingerprint(event_id: str) -> int:
-    """A 64-bit fingerprint of an event id, stable across processes."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+    """A 64-bit fingerprint of an event id, stable across processes (CRC-32 and Adler-32
+    side by side: a tenth of blake2b's cost; only the last 32 ids of one customer are
+    compared, so collisions are negligible)."""
+    raw = event_id.encode()
+    return zlib.crc32(raw) << 32 | zlib.adler32(raw)
 
 
 def assign_variant(customer_id: str, rule: CompiledRule) -> str:
@@ -88,11 +92,13 @@ class Processor:
         self._runner = FlowRunner(rs, self.timers)
 
     # --- events ------------------------------------------------------------------
-    def on_event(self, ev: Event, now: int) -> Output:
-        """Apply one event at processing time ``now``."""
+    def on_event(self, ev: Event, now: int, ts: int | None = None) -> Output:
+        """Apply one event at processing time ``now`` (``ts``: the event time in ms, when
+        the caller already computed it)."""
         out = Output(ev.customer_id)
         rs = self._rs
-        ts = ev.ts
+        if ts is None:
+            ts = ev.ts
         st = self.store.get(ev.customer_id)
         created = st is None
         if st is None:

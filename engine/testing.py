@@ -112,8 +112,9 @@ class RuleKit:
     def process(self, event: Event) -> Output:
         return self.driver.process(event)
 
-    def advance(self, *, days: float = 0, hours: float = 0, minutes: float = 0) -> Output:
-        """Move the clock forward, firing timers as they come due."""
+    def advance(self, *, days: float = 0, hours: float = 0, minutes: float = 0) -> int:
+        """Move the clock forward, firing timers as they come due (outputs go to the
+        sink); returns how many timers fired."""
         ms = int(((days * 24 + hours) * 60 + minutes) * 60_000)
         return self.driver.advance(ms)
 

@@ -24,6 +24,11 @@ __all__ = ["FUNCTIONS", "VARIABLES", "Expression", "ExpressionError", "Scope"]
 VARIABLES = frozenset({"event", "customer", "cart", "trigger"})
 FUNCTIONS = frozenset({"count", "seen", "seen_since", "viewed"})
 _POS = re.compile(r"<input>:(\d+):(\d+): (.*?)(\n|$)")
+# A bare field selection ("cart.value", "trigger.product_id") or a no-argument call
+# ("viewed()") is looked up directly: same result as CEL, without converting the variable
+# into CEL values first (the dominant cost). Anything else runs in CEL.
+_PATH = re.compile(r"^\s*([a-z_][a-z0-9_]*)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*$")
+_NOARG = re.compile(r"^\s*(viewed)\(\s*\)\s*$")
 _CALL = re.compile(
     r"\b(count|seen|seen_since)\(\s*(['\"])([^'\"]*)\2(?:\s*,\s*(['\"])([^'\"]*)\4)?"
 )
@@ -49,7 +54,7 @@ class Scope(Protocol):
 class Expression:
     """A compiled CEL expression and what it references."""
 
-    __slots__ = ("calls", "functions", "program", "source", "variables")
+    __slots__ = ("calls", "fast", "functions", "program", "source", "variables")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -75,10 +80,25 @@ class Expression:
         self.calls: tuple[tuple[str, str, str | None], ...] = tuple(
             (m.group(1), m.group(3), m.group(5)) for m in _CALL.finditer(source)
         )
+        self.fast: tuple[str, str, tuple[str, ...]] | None = None
+        if (m := _PATH.match(source)) and m.group(1) in VARIABLES:
+            self.fast = ("var", m.group(1), tuple(m.group(2).split(".")[1:]))
+        elif m := _NOARG.match(source):
+            self.fast = ("call", m.group(1), ())
 
     def evaluate(self, scope: Scope) -> Any:
         """Run against ``scope``; CEL runtime errors propagate (RuntimeError, TypeError,
         KeyError)."""
+        fast = self.fast
+        if fast is not None:
+            if fast[0] == "call":
+                return scope.function(fast[1])()
+            value = scope.variable(fast[1])
+            for key in fast[2]:
+                if not isinstance(value, dict):
+                    raise TypeError(f"no such key: {key!r} on a non-map value")
+                value = value[key]  # KeyError, as CEL's "no such key"
+            return value
         ctx: dict[str, Any] = {name: scope.variable(name) for name in self.variables}
         for name in self.functions:
             ctx[name] = scope.function(name)

@@ -116,3 +116,27 @@ def test_experiment_weights_must_add_up(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_published_schema_is_generated_not_hand_kept() -> None:
     assert json.loads(SCHEMA_PATH.read_text()) == json.loads(json.dumps(rule_schema()))
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [("cart.value", 42.5), ("trigger.product_id", "p9"), ("viewed()", ["p1", "p9"]),
+     ("customer.consent.sms", False), ("cart.value * 2.0", 85.0)],
+)
+def test_field_selection_fast_path_matches_cel(source: str, expected: object) -> None:
+    import cel
+
+    from engine.scope import RuleScope
+    from rules.expressions import Expression
+    from state.customer import CustomerState, FlowInstance
+
+    st = CustomerState("c1", 0)
+    st.cart = {"p9": [1.0, 42.5]}
+    st.viewed = ["p1", "p9"]
+    flow = FlowInstance("r", 1, "e1", 0, "default", {"product_id": "p9"})
+    scope = RuleScope(st, 0, {"sms": False}, flow=flow)
+    expr = Expression(source)
+    assert expr.evaluate(scope) == expected
+    ctx = {n: scope.variable(n) for n in expr.variables}
+    ctx.update({n: scope.function(n) for n in expr.functions})
+    assert cel.compile(source).execute(ctx) == expected
