@@ -137,12 +137,11 @@ class Outbox:
                 continue
             sink = self._router.sink_for(action)
             try:
-                await deliver(sink, action, self._policy)
+                await deliver(sink, action, self._router.policy_for(sink, self._policy))
             except SinkError as err:
                 logger.warning("action %s to %s dead-lettered: %s", key, sink.name, err)
                 m.actions.labels(action.channel, "dead_lettered").inc()
-                await self._db(self._dead.add, action, sink.name, str(err),
-                               self._policy.max_attempts)
+                await self._db(self._dead.add, action, sink.name, str(err), err.attempts)
                 await self._db(self._store.outbox_mark, [key], "dead")
             else:
                 m.actions.labels(action.channel, "delivered").inc()

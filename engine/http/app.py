@@ -117,6 +117,9 @@ async def post_events(request: web.Request) -> web.Response:
         except EventError as err:
             metrics.events_rejected.labels(err.reason).inc()
             bad.append({"index": i, **err.to_dict()})
+    if bad and stripped[:1] != b"[" and bad[0]["field"] == "$":
+        return error(400, "invalid_json", f"body is not a JSON event object: {bad[0]['message']}",
+                     field="$")
     if bad:
         return error(400, "invalid_events", f"{len(bad)} of {len(raws)} events are invalid; "
                      "nothing was accepted", events=bad)

@@ -1,0 +1,209 @@
+"""Benchmark: sustained ingest into `nudge run`, and ingest-to-action latency.
+
+Starts `nudge run` as a subprocess (stock recipes plus a probe rule that sends a webhook
+immediately for `probe_viewed` events), a webhook receiver, and drives HTTP load from this
+process with batches of 100 events:
+
+1. throughput: N connections post as fast as they are acknowledged for D seconds;
+   prints acknowledged events/s;
+2. latency: open-loop at a fixed rate (default: half the measured throughput); each batch
+   carries one probe event whose `sent_at` comes back in the action's params; prints
+   p50/p99/p99.9 from send to webhook arrival.
+
+    python -m load_tests.bench_ingest --seconds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import ClientSession, TCPConnector, web
+
+from rules.ruleset import RECIPES_DIR
+
+__all__ = ["main"]
+
+PROBE_RULE = """\
+id: probe
+trigger: {event: probe_viewed}
+steps:
+  - send: {channel: webhook, template: probe, params: {sent_at: "{{ trigger.sent_at }}"}}
+"""
+TOKEN = "bench-write"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _iso(ms: int) -> str:
+    t = time.gmtime(ms / 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{ms % 1000:03d}Z"
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.count = 0
+
+    async def hook(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        self.count += 1
+        sent_at = body.get("params", {}).get("sent_at")
+        if isinstance(sent_at, float | int):
+            self.latencies.append(time.time() * 1000 - sent_at)
+        return web.Response()
+
+
+def _batch(seq: int, customers: int, size: int, probe: bool) -> bytes:
+    now = int(time.time() * 1000)
+    events: list[dict[str, Any]] = []
+    for i in range(size):
+        n = seq * size + i
+        cid = f"c{n % customers}"
+        kind = n % 10
+        if kind < 5:
+            etype, props = "page_viewed", {"url": "/"}
+        elif kind < 8:
+            etype, props = "product_viewed", {"product_id": f"p{n % 300}"}
+        else:
+            etype, props = "cart_item_added", {"product_id": f"p{n % 300}", "price": 20.0}
+        events.append({"event_id": f"b{seq}-{i}", "type": etype, "customer_id": cid,
+                       "timestamp": _iso(now), "properties": props})
+    if probe:
+        events[-1] = {"event_id": f"probe-{seq}", "type": "probe_viewed",
+                      "customer_id": f"probe{seq % 1000}", "timestamp": _iso(now),
+                      "properties": {"sent_at": time.time() * 1000}}
+    return orjson.dumps(events)
+
+
+async def _throughput(url: str, seconds: float, conns: int, customers: int) -> float:
+    acked = 0
+    seq = 0
+    stop = time.monotonic() + seconds
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+    async def worker(session: ClientSession) -> None:
+        nonlocal acked, seq
+        while time.monotonic() < stop:
+            seq += 1
+            body = _batch(seq, customers, 100, probe=False)
+            async with session.post(url, data=body, headers=headers) as r:
+                if r.status == 202:
+                    acked += 100
+                elif r.status == 429:
+                    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    async with ClientSession(connector=TCPConnector(limit=conns)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(conns)))
+    return acked / (time.monotonic() - t0)
+
+
+async def _latency(url: str, rate: float, seconds: float, customers: int,
+                   receiver: Receiver) -> dict[str, float]:
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    interval = 100 / rate
+    tasks: list[asyncio.Task[Any]] = []
+    errors = 0
+    async with ClientSession(connector=TCPConnector(limit=256)) as session:
+
+        async def post(body: bytes) -> None:
+            nonlocal errors
+            async with session.post(url, data=body, headers=headers) as r:
+                if r.status != 202:
+                    errors += 1
+
+        start = time.monotonic()
+        n = 0
+        while (now := time.monotonic()) - start < seconds:
+            due = start + n * interval  # open loop: send on schedule, never wait for replies
+            if due > now:
+                await asyncio.sleep(due - now)
+            tasks.append(asyncio.create_task(post(_batch(10**6 + n, customers, 100, True))))
+            n += 1
+        await asyncio.gather(*tasks)
+        await asyncio.sleep(2.0)
+    lat = sorted(receiver.latencies)
+    if not lat:
+        return {"probes": 0}
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))]
+
+    return {"probes": len(lat), "sent_batches": n, "errors": errors, "p50_ms": pct(0.5),
+            "p99_ms": pct(0.99), "p999_ms": pct(0.999), "max_ms": lat[-1]}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", receiver.hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    hook_port = _port()
+    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
+    tmp = Path(tempfile.mkdtemp(prefix="nudge-bench-"))
+    rules = tmp / "rules"
+    rules.mkdir()
+    for f in RECIPES_DIR.glob("*.yaml"):
+        (rules / f.name).write_text(f.read_text())
+    (rules / "probe.yaml").write_text(PROBE_RULE)
+    sinks = tmp / "sinks.json"
+    sinks.write_text(orjson.dumps({"default": "hook", "sinks": {
+        "hook": {"type": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook"}}}).decode())
+    port = _port()
+    env = {**os.environ, "NUDGE_WRITE_TOKEN": TOKEN, "NUDGE_ADMIN_TOKEN": "bench-admin"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "run", "--data", str(tmp / "data"), "--rules",
+         str(rules), "--port", str(port), "--sinks", str(sinks), "--synchronous",
+         args.synchronous], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1/events"
+    try:
+        async with ClientSession() as s:
+            for _ in range(300):
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                await asyncio.sleep(0.1)
+        tput = await _throughput(url, args.seconds, args.connections, args.customers)
+        await asyncio.sleep(3)
+        rate = args.rate or tput / 2
+        lat = await _latency(url, rate, args.seconds, args.customers, receiver)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        await runner.cleanup()
+    return {"throughput_events_per_s": round(tput), "latency_rate_events_per_s": round(rate),
+            **{k: round(v, 2) if isinstance(v, float) else v for k, v in lat.items()},
+            "synchronous": args.synchronous}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--customers", type=int, default=100_000)
+    p.add_argument("--rate", type=float, default=0, help="latency phase events/s")
+    p.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    args = p.parse_args(argv)
+    print(orjson.dumps(asyncio.run(run(args)), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""A running embedded runtime behind real HTTP on loopback, with a webhook receiver."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+
+from engine.clock import VirtualClock
+from engine.embedded.runtime import Runtime, RuntimeConfig
+from engine.http.app import create_app
+from engine.http.auth import Tokens
+from engine.metrics import Metrics
+from engine.testing import START
+from tests.support.webhook import WebhookReceiver
+
+
+@dataclass
+class Harness:
+    runtime: Runtime
+    server: TestServer
+    session: ClientSession
+    hook: WebhookReceiver
+    clock: VirtualClock
+    tokens: Tokens
+    data: Path
+
+    def url(self, path: str) -> str:
+        return str(self.server.make_url(path))
+
+    def auth(self, scope: str = "write") -> dict[str, str]:
+        token = self.tokens.admin if scope == "admin" else self.tokens.write
+        return {"Authorization": f"Bearer {token}"}
+
+    async def post_events(self, body: Any, scope: str = "write") -> tuple[int, Any]:
+        import orjson
+
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        async with self.session.post(self.url("/v1/events"), data=data,
+                                     headers=self.auth(scope)) as r:
+            return r.status, await r.json()
+
+    async def settle(self) -> None:
+        """Wait until the runtime processed everything accepted and flushed its outbox."""
+        import asyncio
+
+        for _ in range(500):
+            if self.runtime.queued == 0 and self.runtime.outbox.pending == 0:
+                await asyncio.sleep(0.02)
+                if self.runtime.queued == 0 and self.runtime.outbox.pending == 0:
+                    return
+            await asyncio.sleep(0.01)
+        raise AssertionError("runtime did not settle")
+
+
+def webhook_sinks(url: str) -> dict[str, Any]:
+    return {"default": "hook", "sinks": {"hook": {"type": "webhook", "url": url}}}
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    hook = WebhookReceiver()
+    await hook.start()
+    clock = VirtualClock(START)
+    metrics = Metrics()
+    cfg = RuntimeConfig(data_dir=tmp_path / "data", sinks=webhook_sinks(hook.url),
+                        checkpoint_interval=0.2, synchronous="NORMAL")
+    runtime = Runtime(cfg, metrics, clock)
+    await runtime.start()
+    tokens, _, _ = Tokens.load_or_create(cfg.data_dir)
+    app: web.Application = create_app(runtime, tokens, metrics)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    session = ClientSession()
+    try:
+        yield Harness(runtime, server, session, hook, clock, tokens, cfg.data_dir)
+    finally:
+        await session.close()
+        await server.close()
+        if runtime.ready:
+            await runtime.stop()
+        await hook.stop()
