@@ -94,10 +94,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from engine.embedded.server import ServeOptions, serve
 
     speed = args.clock_speed if args.clock_speed is not None else (600.0 if args.demo else 1.0)
-    return serve(ServeOptions(
-        rules=args.rules, data=Path(args.data), host=args.host, port=args.port,
-        clock_speed=speed, sinks=Path(args.sinks) if args.sinks else None,
-        partitions=args.partitions, demo=args.demo, synchronous=args.synchronous))
+    return serve(
+        ServeOptions(
+            rules=args.rules,
+            data=Path(args.data),
+            host=args.host,
+            port=args.port,
+            clock_speed=speed,
+            sinks=Path(args.sinks) if args.sinks else None,
+            partitions=args.partitions,
+            demo=args.demo,
+            synchronous=args.synchronous,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,14 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", default="nudge-data", help="data directory (default ./nudge-data)")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8080)
-    run.add_argument("--clock-speed", type=float, default=None,
-                     help="virtual clock X times faster than real time (demos, load tests)")
+    run.add_argument(
+        "--clock-speed",
+        type=float,
+        default=None,
+        help="virtual clock X times faster than real time (demos, load tests)",
+    )
     run.add_argument("--sinks", help="YAML/JSON action routing config (connectors/routing.py)")
     run.add_argument("--partitions", type=int, default=4)
-    run.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
-                     help="SQLite durability: FULL survives power loss, NORMAL a crash")
-    run.add_argument("--demo", action="store_true",
-                     help="also run a synthetic storefront and print fires (clock x600)")
+    run.add_argument(
+        "--synchronous",
+        choices=["FULL", "NORMAL"],
+        default="FULL",
+        help="SQLite durability: FULL survives power loss, NORMAL a crash",
+    )
+    run.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run a synthetic storefront and print fires (clock x600)",
+    )
     run.set_defaults(func=_cmd_run)
 
     bt = sub.add_parser("backtest", help="run rules over a recorded JSONL trace")

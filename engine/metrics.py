@@ -18,7 +18,7 @@ from engine.events import KNOWN_TYPES
 
 __all__ = ["Metrics", "type_label"]
 
-disable_created_metrics()  # *_created series double the scrape size and nobody graphs them
+disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the scrape size and nobody graphs them
 
 # latency buckets: 0.5 ms .. 60 s
 _LAT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -37,63 +37,94 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
         self.events_accepted = Counter(
-            "nudge_events_accepted", "Events accepted (durable)", ["type"], registry=r)
+            "nudge_events_accepted", "Events accepted (durable)", ["type"], registry=r
+        )
         self.events_rejected = Counter(
-            "nudge_events_rejected", "Events or requests rejected", ["reason"], registry=r)
+            "nudge_events_rejected", "Events or requests rejected", ["reason"], registry=r
+        )
         self.events_duplicate = Counter(
-            "nudge_events_duplicate", "Events ignored as duplicates (same event_id)", registry=r)
+            "nudge_events_duplicate", "Events ignored as duplicates (same event_id)", registry=r
+        )
         self.events_too_late = Counter(
-            "nudge_events_too_late", "Events later than allowed_lateness (no trigger)",
-            registry=r)
+            "nudge_events_too_late", "Events later than allowed_lateness (no trigger)", registry=r
+        )
         self.event_lateness = Histogram(
-            "nudge_event_lateness_seconds", "Processing time minus event time", buckets=_LATE,
-            registry=r)
+            "nudge_event_lateness_seconds",
+            "Processing time minus event time",
+            buckets=_LATE,
+            registry=r,
+        )
         self.processing = Histogram(
-            "nudge_processing_seconds", "Core processing time per event", buckets=_LAT,
-            registry=r)
+            "nudge_processing_seconds", "Core processing time per event", buckets=_LAT, registry=r
+        )
         self.event_to_action = Histogram(
             "nudge_event_to_action_seconds",
             "From an event's acceptance to its action's delivery (event-triggered sends)",
-            buckets=_LAT, registry=r)
+            buckets=_LAT,
+            registry=r,
+        )
         self.timer_lateness = Histogram(
-            "nudge_timer_lateness_seconds", "Timer fire time minus due time", buckets=_LATE,
-            registry=r)
-        self.pending_timers = Gauge(
-            "nudge_pending_timers", "Timers waiting to fire", registry=r)
+            "nudge_timer_lateness_seconds",
+            "Timer fire time minus due time",
+            buckets=_LATE,
+            registry=r,
+        )
+        self.pending_timers = Gauge("nudge_pending_timers", "Timers waiting to fire", registry=r)
         self.customers = Gauge("nudge_customers", "Customers with state", registry=r)
         self.rule_fires = Counter(
-            "nudge_rule_fires", "Send steps reached, by outcome (sent, holdout, suppressed_*)",
-            ["rule", "variant", "outcome"], registry=r)
+            "nudge_rule_fires",
+            "Send steps reached, by outcome (sent, holdout, suppressed_*)",
+            ["rule", "variant", "outcome"],
+            registry=r,
+        )
         self.actions = Counter(
-            "nudge_actions", "Action deliveries by channel and outcome",
-            ["channel", "outcome"], registry=r)
+            "nudge_actions",
+            "Action deliveries by channel and outcome",
+            ["channel", "outcome"],
+            registry=r,
+        )
         self.conversions = Counter(
-            "nudge_goal_conversions", "Experiment goal conversions", ["rule", "variant"],
-            registry=r)
+            "nudge_goal_conversions", "Experiment goal conversions", ["rule", "variant"], registry=r
+        )
         self.expression_errors = Counter(
-            "nudge_expression_errors", "Rule expressions that failed at run time", registry=r)
+            "nudge_expression_errors", "Rule expressions that failed at run time", registry=r
+        )
         self.queue_depth = Gauge(
-            "nudge_queue_depth", "Accepted events waiting to be processed", registry=r)
+            "nudge_queue_depth", "Accepted events waiting to be processed", registry=r
+        )
         self.outbox_pending = Gauge(
-            "nudge_outbox_pending", "Actions in the outbox not yet delivered", registry=r)
+            "nudge_outbox_pending", "Actions in the outbox not yet delivered", registry=r
+        )
         self.dead_letters = Gauge(
-            "nudge_dead_letters", "Actions in the dead-letter store", registry=r)
+            "nudge_dead_letters", "Actions in the dead-letter store", registry=r
+        )
         self.journal_commit = Histogram(
-            "nudge_journal_commit_seconds", "Journal group-commit time", buckets=_LAT,
-            registry=r)
+            "nudge_journal_commit_seconds", "Journal group-commit time", buckets=_LAT, registry=r
+        )
         self.journal_batch = Histogram(
-            "nudge_journal_batch_events", "Events per journal group commit",
-            buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000, 50000), registry=r)
+            "nudge_journal_batch_events",
+            "Events per journal group commit",
+            buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000, 50000),
+            registry=r,
+        )
         self.checkpoint = Histogram(
-            "nudge_checkpoint_seconds", "State checkpoint time", buckets=_LAT, registry=r)
+            "nudge_checkpoint_seconds", "State checkpoint time", buckets=_LAT, registry=r
+        )
         self.http_requests = Counter(
-            "nudge_http_requests", "HTTP requests by route and status", ["route", "status"],
-            registry=r)
+            "nudge_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
         self.rule_deploys = Counter(
-            "nudge_rule_deploys", "Rule set deploys by result (ok, rejected)", ["result"],
-            registry=r)
+            "nudge_rule_deploys",
+            "Rule set deploys by result (ok, rejected)",
+            ["result"],
+            registry=r,
+        )
         self.ruleset_version = Gauge(
-            "nudge_ruleset_version", "Version of the running rule set", registry=r)
+            "nudge_ruleset_version", "Version of the running rule set", registry=r
+        )
         self.up = Gauge("nudge_up", "1 while the process is serving", ["role"], registry=r)
         self.build = Info("nudge_build", "Build information", registry=r)
         self.build.info({"version": __version__})

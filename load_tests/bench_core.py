@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", type=Path, default=None, help="existing JSONL trace to use")
     args = p.parse_args(argv)
     path = args.trace or Path(os.environ.get("TMPDIR", "/tmp")) / (
-        f"nudge-trace-{args.customers}-{args.events}-{args.seed}.jsonl")
+        f"nudge-trace-{args.customers}-{args.events}-{args.seed}.jsonl"
+    )
     t0 = time.perf_counter()
     _trace(path, args.customers, args.events, args.seed)
     gen_s = time.perf_counter() - t0
@@ -83,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
 
     driver, result, elapsed = _run(lines)
     report: dict[str, Any] = {
-        "events": result.events, "rejected": len(result.rejected),
-        "actions": result.errors["actions"], "customers": len(driver.store),
-        "seconds": round(elapsed, 2), "events_per_s_one_core": round(result.events / elapsed),
+        "events": result.events,
+        "rejected": len(result.rejected),
+        "actions": result.errors["actions"],
+        "customers": len(driver.store),
+        "seconds": round(elapsed, 2),
+        "events_per_s_one_core": round(result.events / elapsed),
         "trace_generation_s": round(gen_s, 1),
     }
     del driver

@@ -80,12 +80,23 @@ def _batch(seq: int, customers: int, size: int, probe: bool) -> bytes:
             etype, props = "product_viewed", {"product_id": f"p{n % 300}"}
         else:
             etype, props = "cart_item_added", {"product_id": f"p{n % 300}", "price": 20.0}
-        events.append({"event_id": f"b{seq}-{i}", "type": etype, "customer_id": cid,
-                       "timestamp": _iso(now), "properties": props})
+        events.append(
+            {
+                "event_id": f"b{seq}-{i}",
+                "type": etype,
+                "customer_id": cid,
+                "timestamp": _iso(now),
+                "properties": props,
+            }
+        )
     if probe:
-        events[-1] = {"event_id": f"probe-{seq}", "type": "probe_viewed",
-                      "customer_id": f"probe{seq % 1000}", "timestamp": _iso(now),
-                      "properties": {"sent_at": time.time() * 1000}}
+        events[-1] = {
+            "event_id": f"probe-{seq}",
+            "type": "probe_viewed",
+            "customer_id": f"probe{seq % 1000}",
+            "timestamp": _iso(now),
+            "properties": {"sent_at": time.time() * 1000},
+        }
     return orjson.dumps(events)
 
 
@@ -105,14 +116,16 @@ async def _throughput(url: str, seconds: float, conns: int, customers: int) -> f
                     acked += 100
                 elif r.status == 429:
                     await asyncio.sleep(0.05)
+
     t0 = time.monotonic()
     async with ClientSession(connector=TCPConnector(limit=conns)) as session:
         await asyncio.gather(*(worker(session) for _ in range(conns)))
     return acked / (time.monotonic() - t0)
 
 
-async def _latency(url: str, rate: float, seconds: float, customers: int,
-                   receiver: Receiver) -> dict[str, float]:
+async def _latency(
+    url: str, rate: float, seconds: float, customers: int, receiver: Receiver
+) -> dict[str, float]:
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     interval = 100 / rate
     tasks: list[asyncio.Task[Any]] = []
@@ -142,8 +155,15 @@ async def _latency(url: str, rate: float, seconds: float, customers: int,
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p * len(lat)))]
 
-    return {"probes": len(lat), "sent_batches": n, "errors": errors, "p50_ms": pct(0.5),
-            "p99_ms": pct(0.99), "p999_ms": pct(0.999), "max_ms": lat[-1]}
+    return {
+        "probes": len(lat),
+        "sent_batches": n,
+        "errors": errors,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999),
+        "max_ms": lat[-1],
+    }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,14 +181,37 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         (rules / f.name).write_text(f.read_text())
     (rules / "probe.yaml").write_text(PROBE_RULE)
     sinks = tmp / "sinks.json"
-    sinks.write_text(orjson.dumps({"default": "hook", "sinks": {
-        "hook": {"type": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook"}}}).decode())
+    sinks.write_text(
+        orjson.dumps(
+            {
+                "default": "hook",
+                "sinks": {"hook": {"type": "webhook", "url": f"http://127.0.0.1:{hook_port}/hook"}},
+            }
+        ).decode()
+    )
     port = _port()
     env = {**os.environ, "NUDGE_WRITE_TOKEN": TOKEN, "NUDGE_ADMIN_TOKEN": "bench-admin"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "run", "--data", str(tmp / "data"), "--rules",
-         str(rules), "--port", str(port), "--sinks", str(sinks), "--synchronous",
-         args.synchronous], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "run",
+            "--data",
+            str(tmp / "data"),
+            "--rules",
+            str(rules),
+            "--port",
+            str(port),
+            "--sinks",
+            str(sinks),
+            "--synchronous",
+            args.synchronous,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/v1/events"
     try:
         async with ClientSession() as s:
@@ -188,9 +231,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         proc.terminate()
         proc.wait(timeout=60)
         await runner.cleanup()
-    return {"throughput_events_per_s": round(tput), "latency_rate_events_per_s": round(rate),
-            **{k: round(v, 2) if isinstance(v, float) else v for k, v in lat.items()},
-            "synchronous": args.synchronous}
+    return {
+        "throughput_events_per_s": round(tput),
+        "latency_rate_events_per_s": round(rate),
+        **{k: round(v, 2) if isinstance(v, float) else v for k, v in lat.items()},
+        "synchronous": args.synchronous,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,7 +88,9 @@ class SqliteStore:
         while True:
             rows = self.db.execute(
                 "SELECT seq, accepted_at, customer_id, body FROM journal WHERE seq > ? "
-                "ORDER BY seq LIMIT ?", (seq, batch)).fetchall()
+                "ORDER BY seq LIMIT ?",
+                (seq, batch),
+            ).fetchall()
             if not rows:
                 return
             for r in rows:
@@ -97,8 +99,12 @@ class SqliteStore:
 
     # --- checkpoints ---------------------------------------------------------------
     def checkpoint(
-        self, states: list[tuple[str, bytes]], deleted: Iterable[str], seqs: dict[int, int],
-        outbox: list[tuple[str, str, bytes, int]], trim_before: int | None = None,
+        self,
+        states: list[tuple[str, bytes]],
+        deleted: Iterable[str],
+        seqs: dict[int, int],
+        outbox: list[tuple[str, str, bytes, int]],
+        trim_before: int | None = None,
     ) -> None:
         """Atomically write serialized states, erasures, each partition's journal position
         and the actions produced up to that position (so none is lost between the two)."""
@@ -106,15 +112,19 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             self.outbox_add(outbox)
-            db.executemany("INSERT OR REPLACE INTO states (customer_id, body) VALUES (?, ?)",
-                           states)
-            db.executemany("DELETE FROM states WHERE customer_id = ?",
-                           ((cid,) for cid in deleted))
-            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                           ((f"checkpoint_seq:{p}", str(s)) for p, s in seqs.items()))
+            db.executemany(
+                "INSERT OR REPLACE INTO states (customer_id, body) VALUES (?, ?)", states
+            )
+            db.executemany("DELETE FROM states WHERE customer_id = ?", ((cid,) for cid in deleted))
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                ((f"checkpoint_seq:{p}", str(s)) for p, s in seqs.items()),
+            )
             if trim_before is not None and seqs:
-                db.execute("DELETE FROM journal WHERE seq <= ? AND accepted_at < ?",
-                           (min(seqs.values()), trim_before))
+                db.execute(
+                    "DELETE FROM journal WHERE seq <= ? AND accepted_at < ?",
+                    (min(seqs.values()), trim_before),
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -133,11 +143,13 @@ class SqliteStore:
         """Queue (key, customer_id, action JSON, cause_at); a key already present is kept."""
         self.db.executemany(
             "INSERT OR IGNORE INTO outbox (key, customer_id, body, cause_at) VALUES (?, ?, ?, ?)",
-            entries)
+            entries,
+        )
 
     def outbox_mark(self, keys: list[str], status: str) -> None:
-        self.db.executemany("UPDATE outbox SET status = ? WHERE key = ?",
-                            ((status, k) for k in keys))
+        self.db.executemany(
+            "UPDATE outbox SET status = ? WHERE key = ?", ((status, k) for k in keys)
+        )
 
     def outbox_pending_keys(self, keys: list[str]) -> list[str]:
         """Which of ``keys`` are still pending."""
@@ -146,13 +158,15 @@ class SqliteStore:
             chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))
             rows = self.db.execute(
-                f"SELECT key FROM outbox WHERE status = 'pending' AND key IN ({marks})", chunk)
+                f"SELECT key FROM outbox WHERE status = 'pending' AND key IN ({marks})", chunk
+            )
             out += [str(k) for (k,) in rows]
         return out
 
     def outbox_pending(self) -> list[OutboxEntry]:
         rows = self.db.execute(
-            "SELECT key, body, cause_at FROM outbox WHERE status = 'pending' ORDER BY rowid")
+            "SELECT key, body, cause_at FROM outbox WHERE status = 'pending' ORDER BY rowid"
+        )
         return [(str(k), bytes(b), int(c)) for k, b, c in rows]
 
     def outbox_count(self, status: str) -> int:
@@ -179,13 +193,16 @@ class SqliteStore:
     def save_rules(self, created_at: int, files: dict[str, str]) -> int:
         row = self.db.execute("SELECT COALESCE(MAX(version), 0) FROM rules").fetchone()
         version = int(row[0]) + 1
-        self.db.execute("INSERT INTO rules (version, created_at, files) VALUES (?, ?, ?)",
-                        (version, created_at, orjson.dumps(files)))
+        self.db.execute(
+            "INSERT INTO rules (version, created_at, files) VALUES (?, ?, ?)",
+            (version, created_at, orjson.dumps(files)),
+        )
         return version
 
     def latest_rules(self) -> tuple[int, dict[str, str]] | None:
         row = self.db.execute(
-            "SELECT version, files FROM rules ORDER BY version DESC LIMIT 1").fetchone()
+            "SELECT version, files FROM rules ORDER BY version DESC LIMIT 1"
+        ).fetchone()
         if row is None:
             return None
         files: dict[str, Any] = orjson.loads(row[1])

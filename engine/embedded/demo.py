@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import random
 import sys
+from typing import Any
 
 import orjson
 
@@ -25,12 +26,16 @@ _ZONES = ["Europe/Paris", "America/New_York", "Asia/Tokyo", "UTC"]
 
 def _print_fires(out: Output) -> None:
     for a in out.actions:
-        sys.stdout.write(f"{iso(a.fire_at)}  FIRE {a.rule_id:<20} {a.channel:<8} "
-                         f"{a.template:<22} -> {a.customer_id} {orjson.dumps(a.params).decode()}\n")
+        sys.stdout.write(
+            f"{iso(a.fire_at)}  FIRE {a.rule_id:<20} {a.channel:<8} "
+            f"{a.template:<22} -> {a.customer_id} {orjson.dumps(a.params).decode()}\n"
+        )
     for f in out.fires:
         if f.outcome != "sent":
-            sys.stdout.write(f"{iso(f.at)}  {f.outcome.upper():<12} {f.rule_id} "
-                             f"({f.channel}, variant {f.variant})\n")
+            sys.stdout.write(
+                f"{iso(f.at)}  {f.outcome.upper():<12} {f.rule_id} "
+                f"({f.channel}, variant {f.variant})\n"
+            )
     sys.stdout.flush()
 
 
@@ -43,19 +48,31 @@ async def run_demo(runtime: Runtime, clock: Clock, seed: int = 7) -> None:
     while True:
         cid = f"demo-{next(shoppers)}"
         zone = rng.choice(_ZONES)
-        events = [("customer_signed_up", {"consent": {"email": True, "sms": rng.random() < 0.6},
-                                          "timezone": zone})]
+        events: list[tuple[str, dict[str, Any]]] = [
+            (
+                "customer_signed_up",
+                {"consent": {"email": True, "sms": rng.random() < 0.6}, "timezone": zone},
+            )
+        ]
         for pid, price in rng.sample(_PRODUCTS, 2):
             events.append(("product_viewed", {"product_id": pid}))
             if rng.random() < 0.6:
-                events.append(("cart_item_added", {"product_id": pid, "price": price,
-                                                   "quantity": 1}))
+                events.append(
+                    ("cart_item_added", {"product_id": pid, "price": price, "quantity": 1})
+                )
         if rng.random() < 0.3:
             events.append(("order_completed", {"order_id": f"o-{cid}", "total": 99.0}))
         for etype, props in events:
-            raw = orjson.dumps({"event_id": f"demo-{next(ids)}", "type": etype,
-                                "customer_id": cid, "timestamp": iso(clock.now()),
-                                "properties": props, "context": {"timezone": zone}})
+            raw = orjson.dumps(
+                {
+                    "event_id": f"demo-{next(ids)}",
+                    "type": etype,
+                    "customer_id": cid,
+                    "timestamp": iso(clock.now()),
+                    "properties": props,
+                    "context": {"timezone": zone},
+                }
+            )
             await runtime.accept([(decode_event(raw), raw)])
             sys.stdout.write(f"{iso(clock.now())}  event {etype:<20} {cid}\n")
             await asyncio.sleep(0.3)

@@ -32,8 +32,14 @@ class GroupCommitWriter:
     then hands them to ``deliver`` and acknowledges the requests."""
 
     def __init__(
-        self, clock: Clock, append: AppendFn, deliver: DeliverFn, *, max_queue: int,
-        queued: Callable[[], int], on_commit: Callable[[int, float], None],
+        self,
+        clock: Clock,
+        append: AppendFn,
+        deliver: DeliverFn,
+        *,
+        max_queue: int,
+        queued: Callable[[], int],
+        on_commit: Callable[[int, float], None],
     ) -> None:
         self.clock = clock
         self._append = append
@@ -97,8 +103,9 @@ class GroupCommitWriter:
             accepted_at = max(self.clock.now(), self._inflight_since or 0)
             t0 = time.perf_counter()
             try:
-                first = await self._append(accepted_at,
-                                           [(ev.customer_id, raw) for ev, raw in batch])
+                first = await self._append(
+                    accepted_at, [(ev.customer_id, raw) for ev, raw in batch]
+                )
             except Exception as err:  # disk full, I/O error: fail these requests, go on
                 logger.exception("journal append failed")
                 for fut in waiters:

@@ -38,8 +38,16 @@ class Outbox:
     """Buffers new actions, persists them, delivers them with bounded concurrency."""
 
     def __init__(
-        self, db: DbCall, store: Any, router: Router, dead: DeadLetterStore, metrics: Metrics,
-        clock: Clock, *, concurrency: int = 32, policy: RetryPolicy | None = None,
+        self,
+        db: DbCall,
+        store: Any,
+        router: Router,
+        dead: DeadLetterStore,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        concurrency: int = 32,
+        policy: RetryPolicy | None = None,
     ) -> None:
         self._db = db
         self._store = store

@@ -28,8 +28,9 @@ class Partition:
         self.store = MemoryStore()
         self.timers = MemoryTimers()
         self.clock = VirtualClock(0)
-        self.driver = Driver(ruleset, store=self.store, timers=self.timers, clock=self.clock,
-                             on_output=self._output)
+        self.driver = Driver(
+            ruleset, store=self.store, timers=self.timers, clock=self.clock, on_output=self._output
+        )
         self._on_output = on_output
         self.last_seq = 0
         self.dirty: set[str] = set()

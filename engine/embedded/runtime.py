@@ -9,11 +9,12 @@ was down fire right after, and their lateness is observed in a metric.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,8 @@ from engine.exceptions import EventError
 from engine.metrics import Metrics, type_label
 from engine.processor import Output
 from engine.types import Event
-from rules.ruleset import RuleSet, load_ruleset, load_texts
 from rules.loader import rule_files
+from rules.ruleset import RuleSet, load_ruleset, load_texts
 from state.sqlite import SqliteStore
 
 __all__ = ["Runtime", "RuntimeConfig"]
@@ -88,8 +89,7 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = store = await self.db(SqliteStore, cfg.data_dir / "nudge.db",
-                                           cfg.synchronous)
+        self.store = store = await self.db(SqliteStore, cfg.data_dir / "nudge.db", cfg.synchronous)
         self.dead = await self.db(DeadLetterStore, cfg.data_dir / "deadletter.db")
         self.router = Router.from_config(cfg.sinks)
         await self.router.start_all()
@@ -99,11 +99,23 @@ class Runtime:
         self.parts = [Partition(i, self.ruleset, self._on_output) for i in range(n)]
         self._queues = [[] for _ in range(n)]
         self._wakes = [asyncio.Event() for _ in range(n)]
-        self.outbox = Outbox(self.db, store, self.router, self.dead, self.metrics, self.clock,
-                             concurrency=cfg.delivery_concurrency)
+        self.outbox = Outbox(
+            self.db,
+            store,
+            self.router,
+            self.dead,
+            self.metrics,
+            self.clock,
+            concurrency=cfg.delivery_concurrency,
+        )
         self.writer = GroupCommitWriter(
-            self.clock, self._append, self._deliver, max_queue=cfg.max_queue,
-            queued=lambda: self.queued, on_commit=self._on_commit)
+            self.clock,
+            self._append,
+            self._deliver,
+            max_queue=cfg.max_queue,
+            queued=lambda: self.queued,
+            on_commit=self._on_commit,
+        )
         await self._recover()
         self.outbox.start()
         await self.outbox.load_pending()
@@ -141,8 +153,10 @@ class Runtime:
             self.ruleset = load_texts(sorted(self.rules_files.items()))
         else:
             rs = load_ruleset(self.cfg.rules)
-            files = {str(f): f.read_text(encoding="utf-8")
-                     for f in rule_files(self.cfg.rules or [str(_recipes())])}
+            files = {
+                str(f): f.read_text(encoding="utf-8")
+                for f in rule_files(self.cfg.rules or [str(_recipes())])
+            }
             self.rules_version = await self.db(self.store.save_rules, self.clock.now(), files)
             self.rules_files, self.ruleset = files, rs
         self.metrics.ruleset_version.set(self.rules_version)
@@ -151,7 +165,8 @@ class Runtime:
         assert self.store is not None
         t0 = time.perf_counter()
         n = len(self.parts)
-        states = await self.db(lambda: list(self.store.load_states()))  # type: ignore[union-attr]
+        store = self.store
+        states = await self.db(lambda: list(store.load_states()))
         for st in states:
             self.parts[partition_of(st.customer_id, n)].load(st)
         seqs = await self.db(self.store.checkpoint_seqs)
@@ -160,7 +175,8 @@ class Runtime:
             seqs = dict.fromkeys(range(n), floor)
         for p in self.parts:
             p.last_seq = seqs[p.index]
-        entries = await self.db(lambda: list(self.store.journal_after(min(seqs.values()))))  # type: ignore[union-attr]
+        floor = min(seqs.values())
+        entries = await self.db(lambda: list(store.journal_after(floor)))
         replayed = 0
         for seq, accepted_at, cid, raw in entries:
             part = self.parts[partition_of(cid, n)]
@@ -174,8 +190,12 @@ class Runtime:
             part.apply(seq, accepted_at, ev)
             replayed += 1
         await self.outbox.flush()
-        logger.info("recovered %d customers, replayed %d journal entries in %.2fs",
-                    len(states), replayed, time.perf_counter() - t0)
+        logger.info(
+            "recovered %d customers, replayed %d journal entries in %.2fs",
+            len(states),
+            replayed,
+            time.perf_counter() - t0,
+        )
 
     # --- ingest --------------------------------------------------------------------
     async def accept(self, items: list[Item]) -> None:
@@ -233,11 +253,11 @@ class Runtime:
             part.fire_until(self.safe_time())
             wake.clear()
             nxt = part.timers.next_due()
-            timeout = 0.05 if nxt is None else min(0.05, max(0.001, (nxt - self.clock.now()) / 1000))
-            try:
+            timeout = (
+                0.05 if nxt is None else min(0.05, max(0.001, (nxt - self.clock.now()) / 1000))
+            )
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout)
-            except TimeoutError:
-                pass
 
     def _on_output(self, out: Output) -> None:
         m = self.metrics
@@ -300,9 +320,13 @@ class Runtime:
         had_state = self.partition(customer_id).erase(customer_id)
         self.outbox.erased.add(customer_id)
         counts: dict[str, int] = await self.db(self.store.erase_customer, customer_id)
-        return {"customer_id": customer_id, "state": had_state,
-                "journal_entries": counts["journal"], "pending_actions": counts["outbox"],
-                "checkpoint": counts["states"]}
+        return {
+            "customer_id": customer_id,
+            "state": had_state,
+            "journal_entries": counts["journal"],
+            "pending_actions": counts["outbox"],
+            "checkpoint": counts["states"],
+        }
 
     async def deploy(self, files: dict[str, str]) -> int:
         """Validate a whole rule set and swap it in; raises RuleErrors (nothing changes)."""

@@ -27,9 +27,19 @@ logger = logging.getLogger(__name__)
 class ServeOptions:
     """Options of ``nudge run`` (see ``nudge run --help``)."""
 
-    def __init__(self, *, rules: list[str] | None, data: Path, host: str, port: int,
-                 clock_speed: float, sinks: Path | None, partitions: int, demo: bool,
-                 synchronous: str) -> None:
+    def __init__(
+        self,
+        *,
+        rules: list[str] | None,
+        data: Path,
+        host: str,
+        port: int,
+        clock_speed: float,
+        sinks: Path | None,
+        partitions: int,
+        demo: bool,
+        synchronous: str,
+    ) -> None:
         self.rules = rules
         self.data = data
         self.host = host
@@ -56,8 +66,13 @@ def sinks_config(path: Path | None, data_dir: Path) -> dict[str, Any]:
 async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
     clock: Clock = ScaledClock(opts.clock_speed) if opts.clock_speed != 1 else SystemClock()
     metrics = Metrics()
-    cfg = RuntimeConfig(data_dir=opts.data, rules=opts.rules, partitions=opts.partitions,
-                        sinks=sinks_config(opts.sinks, opts.data), synchronous=opts.synchronous)
+    cfg = RuntimeConfig(
+        data_dir=opts.data,
+        rules=opts.rules,
+        partitions=opts.partitions,
+        sinks=sinks_config(opts.sinks, opts.data),
+        synchronous=opts.synchronous,
+    )
     runtime = Runtime(cfg, metrics, clock)
     tokens, token_path, created = Tokens.load_or_create(opts.data)
     await runtime.start()
@@ -66,12 +81,19 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
     await runner.setup()
     site = web.TCPSite(runner, opts.host, opts.port)
     await site.start()
-    print(orjson.dumps({
-        "listening": f"http://{opts.host}:{opts.port}", "data_dir": str(opts.data),
-        "tokens": str(token_path), "tokens_created": created,
-        "rules_version": runtime.rules_version, "rules": sorted(runtime.ruleset.rules)
-        if runtime.ruleset else [],
-    }).decode(), flush=True)
+    print(
+        orjson.dumps(
+            {
+                "listening": f"http://{opts.host}:{opts.port}",
+                "data_dir": str(opts.data),
+                "tokens": str(token_path),
+                "tokens_created": created,
+                "rules_version": runtime.rules_version,
+                "rules": sorted(runtime.ruleset.rules) if runtime.ruleset else [],
+            }
+        ).decode(),
+        flush=True,
+    )
     demo_task = None
     if opts.demo:
         from engine.embedded.demo import run_demo
@@ -88,10 +110,7 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
 
 def serve(opts: ServeOptions) -> int:
     """Run until SIGINT/SIGTERM, then stop gracefully (final checkpoint)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        uvloop = None
+    import uvloop
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -100,8 +119,5 @@ def serve(opts: ServeOptions) -> int:
             loop.add_signal_handler(sig, stop.set)
         await _serve(opts, stop)
 
-    if uvloop is not None:
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+    uvloop.run(main())
     return 0

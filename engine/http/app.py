@@ -64,8 +64,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         resp = await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:
         metrics.events_rejected.labels("body_too_large").inc()
-        resp = error(413, "body_too_large", exc.text or "request body too large",
-                     limit_bytes=request.app[_LIMITS][0])
+        resp = error(
+            413,
+            "body_too_large",
+            exc.text or "request body too large",
+            limit_bytes=request.app[_LIMITS][0],
+        )
     except web.HTTPException as exc:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         resp = error(exc.status, code, exc.reason)
@@ -90,7 +94,7 @@ async def post_events(request: web.Request) -> web.Response:
     if (denied := _auth(request, "write")) is not None:
         return denied
     metrics = request.app[_METRICS]
-    max_body, max_events = request.app[_LIMITS]
+    _max_body, max_events = request.app[_LIMITS]
     body = await request.read()
     stripped = body.lstrip()
     try:
@@ -106,8 +110,12 @@ async def post_events(request: web.Request) -> web.Response:
         return error(400, "empty_batch", "no events in the request", field="$")
     if len(raws) > max_events:
         metrics.events_rejected.labels("too_many_events").inc()
-        return error(413, "too_many_events", f"at most {max_events} events per request",
-                     limit_events=max_events)
+        return error(
+            413,
+            "too_many_events",
+            f"at most {max_events} events per request",
+            limit_events=max_events,
+        )
     items = []
     bad = []
     for i, raw in enumerate(raws):
@@ -118,11 +126,16 @@ async def post_events(request: web.Request) -> web.Response:
             metrics.events_rejected.labels(err.reason).inc()
             bad.append({"index": i, **err.to_dict()})
     if bad and stripped[:1] != b"[" and bad[0]["field"] == "$":
-        return error(400, "invalid_json", f"body is not a JSON event object: {bad[0]['message']}",
-                     field="$")
+        return error(
+            400, "invalid_json", f"body is not a JSON event object: {bad[0]['message']}", field="$"
+        )
     if bad:
-        return error(400, "invalid_events", f"{len(bad)} of {len(raws)} events are invalid; "
-                     "nothing was accepted", events=bad)
+        return error(
+            400,
+            "invalid_events",
+            f"{len(bad)} of {len(raws)} events are invalid; nothing was accepted",
+            events=bad,
+        )
     backend = request.app[_BACKEND]
     try:
         await backend.accept(items)
@@ -141,8 +154,16 @@ async def get_rules(request: web.Request) -> web.Response:
         return denied
     b = request.app[_BACKEND]
     rs = b.ruleset
-    rules = [{"id": r.id, "version": r.version, "priority": r.priority, "trigger": r.trigger,
-              "digest": r.digest} for r in sorted(rs.rules.values(), key=lambda r: r.sort_key())]
+    rules = [
+        {
+            "id": r.id,
+            "version": r.version,
+            "priority": r.priority,
+            "trigger": r.trigger,
+            "digest": r.digest,
+        }
+        for r in sorted(rs.rules.values(), key=lambda r: r.sort_key())
+    ]
     return ok({"version": b.rules_version, "rules": rules, "files": b.rules_files})
 
 
@@ -152,17 +173,24 @@ async def _rule_files(request: web.Request) -> dict[str, str] | web.Response:
     except orjson.JSONDecodeError as err:
         return error(400, "invalid_json", f"body is not JSON: {err}", field="$")
     files = body.get("files") if isinstance(body, dict) else None
-    if not isinstance(files, dict) or not files or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    if (
+        not isinstance(files, dict)
+        or not files
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
     ):
-        return error(400, "invalid_field", "expected {\"files\": {\"name.yaml\": \"text\"}}",
-                     field="$.files")
+        return error(
+            400, "invalid_field", 'expected {"files": {"name.yaml": "text"}}', field="$.files"
+        )
     return files
 
 
 def _rule_errors(err: RuleErrors) -> web.Response:
-    return error(400, "invalid_rules", f"{len(err.errors)} error(s); rule set rejected",
-                 errors=[e.to_dict() for e in err.errors])
+    return error(
+        400,
+        "invalid_rules",
+        f"{len(err.errors)} error(s); rule set rejected",
+        errors=[e.to_dict() for e in err.errors],
+    )
 
 
 async def put_rules(request: web.Request) -> web.Response:
@@ -231,8 +259,14 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/json")
 
 
-def create_app(backend: Any, tokens: Tokens, metrics: Metrics, *, max_body: int = 1 << 20,
-               max_events: int = 1000) -> web.Application:
+def create_app(
+    backend: Any,
+    tokens: Tokens,
+    metrics: Metrics,
+    *,
+    max_body: int = 1 << 20,
+    max_events: int = 1000,
+) -> web.Application:
     """The API over ``backend`` (the embedded Runtime, or the distributed ingest)."""
     app = web.Application(client_max_size=max_body, middlewares=[_errors])
     app[_BACKEND] = backend

@@ -26,24 +26,40 @@ def customer_json(st: CustomerState, rs: RuleSet, now: int) -> dict[str, Any]:
     flows = []
     timers = []
     for inst in (st.flows or {}).values():
-        flows.append({"rule_id": inst.rule_id, "version": inst.version,
-                      "instance_id": inst.instance_id, "started_at": _t(inst.started_at),
-                      "step": inst.pc, "variant": inst.variant, "due": _t(inst.due)})
+        flows.append(
+            {
+                "rule_id": inst.rule_id,
+                "version": inst.version,
+                "instance_id": inst.instance_id,
+                "started_at": _t(inst.started_at),
+                "step": inst.pc,
+                "variant": inst.variant,
+                "due": _t(inst.due),
+            }
+        )
         if inst.due is not None:
             timers.append({"rule_id": inst.rule_id, "due": _t(inst.due)})
     return {
         "customer_id": st.customer_id,
         "profile": {
-            "first_seen": _t(st.first_seen), "last_seen": _t(st.last_seen),
-            "timezone": st.timezone or rs.settings.default_timezone, "consent": consent,
-            "orders": st.orders, "ltv": st.revenue, "aov": st.aov,
-            "first_order": _t(st.first_order), "last_order": _t(st.last_order),
+            "first_seen": _t(st.first_seen),
+            "last_seen": _t(st.last_seen),
+            "timezone": st.timezone or rs.settings.default_timezone,
+            "consent": consent,
+            "orders": st.orders,
+            "ltv": st.revenue,
+            "aov": st.aov,
+            "first_order": _t(st.first_order),
+            "last_order": _t(st.last_order),
             "attributes": st.attributes or {},
         },
         "cart": {
-            "items": [{"product_id": pid, "quantity": q, "price": p}
-                      for pid, (q, p) in (st.cart or {}).items()],
-            "value": st.cart_value, "updated_at": _t(st.cart_updated),
+            "items": [
+                {"product_id": pid, "quantity": q, "price": p}
+                for pid, (q, p) in (st.cart or {}).items()
+            ],
+            "value": st.cart_value,
+            "updated_at": _t(st.cart_updated),
         },
         "recently_viewed": list(st.viewed or ()),
         "counters": counters,

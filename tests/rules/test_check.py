@@ -120,8 +120,13 @@ def test_published_schema_is_generated_not_hand_kept() -> None:
 
 @pytest.mark.parametrize(
     ("source", "expected"),
-    [("cart.value", 42.5), ("trigger.product_id", "p9"), ("viewed()", ["p1", "p9"]),
-     ("customer.consent.sms", False), ("cart.value * 2.0", 85.0)],
+    [
+        ("cart.value", 42.5),
+        ("trigger.product_id", "p9"),
+        ("viewed()", ["p1", "p9"]),
+        ("customer.consent.sms", False),
+        ("cart.value * 2.0", 85.0),
+    ],
 )
 def test_field_selection_fast_path_matches_cel(source: str, expected: object) -> None:
     import cel

@@ -41,8 +41,9 @@ class Harness:
         import orjson
 
         data = body if isinstance(body, bytes) else orjson.dumps(body)
-        async with self.session.post(self.url("/v1/events"), data=data,
-                                     headers=self.auth(scope)) as r:
+        async with self.session.post(
+            self.url("/v1/events"), data=data, headers=self.auth(scope)
+        ) as r:
             return r.status, await r.json()
 
     async def settle(self) -> None:
@@ -68,8 +69,12 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     await hook.start()
     clock = VirtualClock(START)
     metrics = Metrics()
-    cfg = RuntimeConfig(data_dir=tmp_path / "data", sinks=webhook_sinks(hook.url),
-                        checkpoint_interval=0.2, synchronous="NORMAL")
+    cfg = RuntimeConfig(
+        data_dir=tmp_path / "data",
+        sinks=webhook_sinks(hook.url),
+        checkpoint_interval=0.2,
+        synchronous="NORMAL",
+    )
     runtime = Runtime(cfg, metrics, clock)
     await runtime.start()
     tokens, _, _ = Tokens.load_or_create(cfg.data_dir)

@@ -24,13 +24,19 @@ def check_schema(path: str, method: str, status: int, body: Any) -> None:
     """The response body matches the OpenAPI document's schema for that status."""
     op = SPEC["paths"][path][method]
     schema = op["responses"][str(status)]["content"]["application/json"]["schema"]
-    jsonschema.validate(body, {**schema, "components": SPEC["components"]},
-                        cls=jsonschema.Draft202012Validator)
+    jsonschema.validate(
+        body, {**schema, "components": SPEC["components"]}, cls=jsonschema.Draft202012Validator
+    )
 
 
 def ev(i: int, etype: str, cid: str, props: dict[str, Any], at: int = START) -> dict[str, Any]:
-    return {"event_id": f"e{i}", "type": etype, "customer_id": cid, "timestamp": iso(at),
-            "properties": props}
+    return {
+        "event_id": f"e{i}",
+        "type": etype,
+        "customer_id": cid,
+        "timestamp": iso(at),
+        "properties": props,
+    }
 
 
 async def metric(h: Harness, name: str, **labels: str) -> float:
@@ -46,26 +52,29 @@ async def metric(h: Harness, name: str, **labels: str) -> float:
 
 async def test_event_to_webhook_with_idempotency_key(harness: Harness) -> None:
     status, body = await harness.post_events(
-        ev(1, "order_completed", "c1", {"order_id": "o1", "total": 650.0}))
+        ev(1, "order_completed", "c1", {"order_id": "o1", "total": 650.0})
+    )
     assert status == 202
     check_schema("/v1/events", "post", 202, body)
     [d] = await harness.hook.wait_for(1)
     assert d.body["rule_id"] == "vip-segment"
     assert d.body["params"] == {"ltv": 650.0, "orders": 1}
-    assert d.key == d.body["idempotency_key"] and len(d.key) == 32
+    assert d.key == d.body["idempotency_key"]
+    assert len(d.key) == 32
     await harness.settle()
-    assert await metric(harness, "nudge_actions_total", channel="webhook",
-                        outcome="delivered") == 1
+    assert await metric(harness, "nudge_actions_total", channel="webhook", outcome="delivered") == 1
     assert await metric(harness, "nudge_rule_fires_total", rule="vip-segment") == 1
     assert await metric(harness, "nudge_events_accepted_total", type="order_completed") == 1
 
 
 async def test_timer_fires_on_the_clock_alone(harness: Harness) -> None:
     cid = "c1"  # arm "a" of abandoned-cart (c-cart would be in the holdout)
-    status, _ = await harness.post_events([
-        ev(1, "customer_updated", cid, {"consent": {"email": True}}),
-        ev(2, "cart_item_added", cid, {"product_id": "p1", "price": 25.0}),
-    ])
+    status, _ = await harness.post_events(
+        [
+            ev(1, "customer_updated", cid, {"consent": {"email": True}}),
+            ev(2, "cart_item_added", cid, {"product_id": "p1", "price": 25.0}),
+        ]
+    )
     assert status == 202
     await harness.settle()
     assert harness.hook.deliveries == []
@@ -78,27 +87,32 @@ async def test_timer_fires_on_the_clock_alone(harness: Harness) -> None:
 
 
 async def test_customer_view_and_erase(harness: Harness) -> None:
-    await harness.post_events([
-        ev(1, "product_viewed", "c9", {"product_id": "p1"}),
-        ev(2, "cart_item_added", "c9", {"product_id": "p1", "price": 10.0, "quantity": 2}),
-    ])
+    await harness.post_events(
+        [
+            ev(1, "product_viewed", "c9", {"product_id": "p1"}),
+            ev(2, "cart_item_added", "c9", {"product_id": "p1", "price": 10.0, "quantity": 2}),
+        ]
+    )
     await harness.settle()
-    async with harness.session.get(harness.url("/v1/customers/c9"),
-                                   headers=harness.auth("admin")) as r:
+    async with harness.session.get(
+        harness.url("/v1/customers/c9"), headers=harness.auth("admin")
+    ) as r:
         assert r.status == 200
         body = await r.json()
     check_schema("/v1/customers/{customer_id}", "get", 200, body)
     assert body["cart"]["value"] == 20.0
     assert [f["rule_id"] for f in body["flows"]] == ["abandoned-cart"]
     assert body["pending_timers"][0]["due"] == iso(START + 4 * H)
-    async with harness.session.delete(harness.url("/v1/customers/c9"),
-                                      headers=harness.auth("admin")) as r:
+    async with harness.session.delete(
+        harness.url("/v1/customers/c9"), headers=harness.auth("admin")
+    ) as r:
         erased = await r.json()
     check_schema("/v1/customers/{customer_id}", "delete", 200, erased)
     assert erased["erased"]["state"] is True
     assert erased["erased"]["journal_entries"] == 2
-    async with harness.session.get(harness.url("/v1/customers/c9"),
-                                   headers=harness.auth("admin")) as r:
+    async with harness.session.get(
+        harness.url("/v1/customers/c9"), headers=harness.auth("admin")
+    ) as r:
         assert r.status == 404
     harness.clock.advance(5 * H)
     await harness.settle()
@@ -106,8 +120,10 @@ async def test_customer_view_and_erase(harness: Harness) -> None:
 
 
 async def test_rules_deploy_validate_and_reject(harness: Harness) -> None:
-    rule = ("id: hello\ntrigger: {event: page_viewed}\n"
-            "steps:\n  - send: {channel: webhook, template: hi}\n")
+    rule = (
+        "id: hello\ntrigger: {event: page_viewed}\n"
+        "steps:\n  - send: {channel: webhook, template: hi}\n"
+    )
     admin = harness.auth("admin")
     bad = {"files": {"bad.yaml": rule.replace("webhook", "pigeon")}}
     async with harness.session.put(harness.url("/v1/rules"), json=bad, headers=admin) as r:
@@ -116,11 +132,13 @@ async def test_rules_deploy_validate_and_reject(harness: Harness) -> None:
     check_schema("/v1/rules", "put", 400, body)
     [err] = body["error"]["errors"]
     assert (err["file"], err["line"], err["column"]) == ("bad.yaml", 4, 21)
-    async with harness.session.post(harness.url("/v1/rules/validate"),
-                                    json={"files": {"ok.yaml": rule}}, headers=admin) as r:
+    async with harness.session.post(
+        harness.url("/v1/rules/validate"), json={"files": {"ok.yaml": rule}}, headers=admin
+    ) as r:
         assert (r.status, (await r.json())["rules"]) == (200, ["hello"])
-    async with harness.session.put(harness.url("/v1/rules"), json={"files": {"ok.yaml": rule}},
-                                   headers=admin) as r:
+    async with harness.session.put(
+        harness.url("/v1/rules"), json={"files": {"ok.yaml": rule}}, headers=admin
+    ) as r:
         assert r.status == 200
         assert (await r.json())["version"] == 2
     async with harness.session.get(harness.url("/v1/rules"), headers=admin) as r:
@@ -138,24 +156,41 @@ async def test_rules_deploy_validate_and_reject(harness: Harness) -> None:
         (b"{not json", "write", 400, "invalid_json"),
         (b"42", "write", 400, "invalid_json"),
         (b"[]", "write", 400, "empty_batch"),
-        (orjson.dumps({"event_id": "e", "type": "page_viewed", "customer_id": "c"}), "write",
-         400, "invalid_events"),
-        (orjson.dumps([ev(1, "page_viewed", "c", {}), {**ev(2, "page_viewed", "c", {}),
-                                                        "customer_id": 7}]),
-         "write", 400, "invalid_events"),
-        (orjson.dumps(ev(1, "order_completed", "c", {"order_id": "o", "total": "ten"})),
-         "write", 400, "invalid_events"),
-        (orjson.dumps([ev(i, "page_viewed", "c", {}) for i in range(1001)]), "write", 413,
-         "too_many_events"),
+        (
+            orjson.dumps({"event_id": "e", "type": "page_viewed", "customer_id": "c"}),
+            "write",
+            400,
+            "invalid_events",
+        ),
+        (
+            orjson.dumps(
+                [ev(1, "page_viewed", "c", {}), {**ev(2, "page_viewed", "c", {}), "customer_id": 7}]
+            ),
+            "write",
+            400,
+            "invalid_events",
+        ),
+        (
+            orjson.dumps(ev(1, "order_completed", "c", {"order_id": "o", "total": "ten"})),
+            "write",
+            400,
+            "invalid_events",
+        ),
+        (
+            orjson.dumps([ev(i, "page_viewed", "c", {}) for i in range(1001)]),
+            "write",
+            413,
+            "too_many_events",
+        ),
         (b'{"x": "' + b"a" * (1 << 20) + b'"}', "write", 413, "body_too_large"),
         (orjson.dumps(ev(1, "page_viewed", "c", {})), "none", 401, "unauthorized"),
         (orjson.dumps(ev(1, "page_viewed", "c", {})), "bogus", 401, "unauthorized"),
     ],
 )
-async def test_bad_input_gets_a_clear_4xx(harness: Harness, body: bytes, headers: str,
-                                          status: int, code: str) -> None:
-    hdrs = {"none": {}, "bogus": {"Authorization": "Bearer nope"},
-            "write": harness.auth()}[headers]
+async def test_bad_input_gets_a_clear_4xx(
+    harness: Harness, body: bytes, headers: str, status: int, code: str
+) -> None:
+    hdrs = {"none": {}, "bogus": {"Authorization": "Bearer nope"}, "write": harness.auth()}[headers]
     data = io.BytesIO(body) if len(body) > 65536 else body
     async with harness.session.post(harness.url("/v1/events"), data=data, headers=hdrs) as r:
         assert r.status == status
@@ -166,13 +201,17 @@ async def test_bad_input_gets_a_clear_4xx(harness: Harness, body: bytes, headers
 
 
 async def test_invalid_batch_names_each_bad_event(harness: Harness) -> None:
-    batch = [ev(0, "page_viewed", "c", {}),
-             {**ev(1, "page_viewed", "c", {}), "timestamp": "2026-01-05T10:00:00"},
-             ev(2, "order_completed", "c", {"order_id": "o"})]
+    batch = [
+        ev(0, "page_viewed", "c", {}),
+        {**ev(1, "page_viewed", "c", {}), "timestamp": "2026-01-05T10:00:00"},
+        ev(2, "order_completed", "c", {"order_id": "o"}),
+    ]
     status, body = await harness.post_events(batch)
     assert status == 400
     assert [(e["index"], e["field"]) for e in body["error"]["events"]] == [
-        (1, "$.timestamp"), (2, "$.properties.total")]
+        (1, "$.timestamp"),
+        (2, "$.properties.total"),
+    ]
     await harness.settle()
     assert harness.runtime.partition("c").store.get("c") is None  # nothing accepted
 
@@ -195,8 +234,7 @@ async def test_routes_scopes_and_health(harness: Harness) -> None:
 
 async def test_backpressure_answers_429_with_retry_after(harness: Harness) -> None:
     harness.runtime.writer._max_queue = 5
-    status, body = await harness.post_events([ev(i, "page_viewed", f"c{i}", {})
-                                              for i in range(6)])
+    status, body = await harness.post_events([ev(i, "page_viewed", f"c{i}", {}) for i in range(6)])
     assert status == 429
     assert body["error"]["code"] == "backpressure"
     assert await metric(harness, "nudge_events_rejected_total", reason="backpressure") == 6

@@ -29,15 +29,21 @@ pytestmark = pytest.mark.slow
 
 RULES = {
     "settings.yaml": "kind: settings\ndefault_consent: {email: true, sms: true, webhook: true}\n",
-    "order.yaml": ("id: order-thanks\ntrigger: {event: order_completed}\n"
-                   "steps:\n  - send: {channel: webhook, template: thanks}\n"),
-    "view.yaml": ("id: viewed\ntrigger: {event: product_viewed}\nreentry: always\n"
-                  "steps:\n  - send: {channel: webhook, template: seen, "
-                  "params: {p: '{{ trigger.product_id }}'}}\n"),
+    "order.yaml": (
+        "id: order-thanks\ntrigger: {event: order_completed}\n"
+        "steps:\n  - send: {channel: webhook, template: thanks}\n"
+    ),
+    "view.yaml": (
+        "id: viewed\ntrigger: {event: product_viewed}\nreentry: always\n"
+        "steps:\n  - send: {channel: webhook, template: seen, "
+        "params: {p: '{{ trigger.product_id }}'}}\n"
+    ),
     # reentry once: one run per customer, so what fires does not depend on how fast the
     # 1s timers fire relative to the next cart event (processing time is acceptance time)
-    "cart.yaml": ("id: cart-later\ntrigger: {event: cart_item_added}\nreentry: once\n"
-                  "steps:\n  - wait: 1s\n  - send: {channel: webhook, template: later}\n"),
+    "cart.yaml": (
+        "id: cart-later\ntrigger: {event: cart_item_added}\nreentry: once\n"
+        "steps:\n  - wait: 1s\n  - send: {channel: webhook, template: later}\n"
+    ),
 }
 WRITE = "test-write-token"
 
@@ -49,15 +55,24 @@ def free_port() -> int:
 
 
 def make_events(n: int, start: int) -> list[dict[str, Any]]:
-    kinds = [("product_viewed", {"product_id": "p1"}),
-             ("cart_item_added", {"product_id": "p2", "price": 5.0}),
-             ("order_completed", {"order_id": "o", "total": 12.0}),
-             ("page_viewed", {})]
+    kinds = [
+        ("product_viewed", {"product_id": "p1"}),
+        ("cart_item_added", {"product_id": "p2", "price": 5.0}),
+        ("order_completed", {"order_id": "o", "total": 12.0}),
+        ("page_viewed", {}),
+    ]
     out = []
     for i in range(n):
         etype, props = kinds[i % len(kinds)]
-        out.append({"event_id": f"e{i}", "type": etype, "customer_id": f"c{i % 97}",
-                    "timestamp": iso(start + i), "properties": props})
+        out.append(
+            {
+                "event_id": f"e{i}",
+                "type": etype,
+                "customer_id": f"c{i % 97}",
+                "timestamp": iso(start + i),
+                "properties": props,
+            }
+        )
     return out
 
 
@@ -69,8 +84,11 @@ class Engine:
         for name, text in RULES.items():
             (self.rules / name).write_text(text)
         self.sinks = tmp / "sinks.yaml"
-        self.sinks.write_text(orjson.dumps(
-            {"default": "hook", "sinks": {"hook": {"type": "webhook", "url": hook_url}}}).decode())
+        self.sinks.write_text(
+            orjson.dumps(
+                {"default": "hook", "sinks": {"hook": {"type": "webhook", "url": hook_url}}}
+            ).decode()
+        )
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = tmp / "engine.log"
@@ -79,10 +97,26 @@ class Engine:
         env = {**os.environ, "NUDGE_WRITE_TOKEN": WRITE, "NUDGE_ADMIN_TOKEN": "test-admin"}
         with self.log.open("ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "run", "--data", str(self.data), "--rules",
-                 str(self.rules), "--port", str(self.port), "--sinks", str(self.sinks),
-                 "--synchronous", "NORMAL"],
-                env=env, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "engine.cli",
+                    "run",
+                    "--data",
+                    str(self.data),
+                    "--rules",
+                    str(self.rules),
+                    "--port",
+                    str(self.port),
+                    "--sinks",
+                    str(self.sinks),
+                    "--synchronous",
+                    "NORMAL",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -108,11 +142,13 @@ class Engine:
 
     async def send(self, session: ClientSession, batch: list[dict[str, Any]]) -> bool:
         try:
-            async with session.post(f"http://127.0.0.1:{self.port}/v1/events",
-                                    data=orjson.dumps(batch),
-                                    headers={"Authorization": f"Bearer {WRITE}"}) as r:
+            async with session.post(
+                f"http://127.0.0.1:{self.port}/v1/events",
+                data=orjson.dumps(batch),
+                headers={"Authorization": f"Bearer {WRITE}"},
+            ) as r:
                 return r.status == 202
-        except (ClientError, asyncio.TimeoutError):
+        except (TimeoutError, ClientError):
             return False
 
 
@@ -121,7 +157,7 @@ async def test_sigkill_twice_loses_and_duplicates_nothing(tmp_path: Path) -> Non
     await hook.start()
     engine = Engine(tmp_path, hook.url)
     events = make_events(2400, int(time.time() * 1000) - 60_000)
-    batches = [events[i:i + 50] for i in range(0, len(events), 50)]
+    batches = [events[i : i + 50] for i in range(0, len(events), 50)]
     kill_at = {int(k) for k in os.environ.get("NUDGE_CRASH_KILLS", "15,31").split(",") if k}
     accepted: list[dict[str, Any]] = []
     engine.start()
@@ -145,8 +181,10 @@ async def test_sigkill_twice_loses_and_duplicates_nothing(tmp_path: Path) -> Non
             # let the 1s timers fire and the outbox drain
             expected_keys = {
                 a.idempotency_key
-                for a in backtest(load_ruleset([str(engine.rules)]),
-                                  [orjson.dumps(e) for e in accepted]).actions}
+                for a in backtest(
+                    load_ruleset([str(engine.rules)]), [orjson.dumps(e) for e in accepted]
+                ).actions
+            }
             end = time.monotonic() + 30
             while set(hook.keys()) != expected_keys and time.monotonic() < end:
                 await asyncio.sleep(0.1)
@@ -157,8 +195,10 @@ async def test_sigkill_twice_loses_and_duplicates_nothing(tmp_path: Path) -> Non
     missing = expected_keys - set(got)
     extra = set(got) - expected_keys
     redelivered = len(got) - len(set(got))
-    print(f"expected={len(expected_keys)} delivered={len(got)} unique={len(set(got))} "
-          f"missing={len(missing)} extra={len(extra)} redelivered={redelivered}")
+    print(
+        f"expected={len(expected_keys)} delivered={len(got)} unique={len(set(got))} "
+        f"missing={len(missing)} extra={len(extra)} redelivered={redelivered}"
+    )
     assert not missing
     assert not extra
     assert len(expected_keys) > 1000
