@@ -93,7 +93,7 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from engine.embedded.server import ServeOptions, serve
 
-    speed = args.clock_speed if args.clock_speed is not None else (600.0 if args.demo else 1.0)
+    speed = args.clock_speed if args.clock_speed is not None else (1800.0 if args.demo else 1.0)
     return serve(
         ServeOptions(
             rules=args.rules,

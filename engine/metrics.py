@@ -125,6 +125,9 @@ class Metrics:
         self.ruleset_version = Gauge(
             "nudge_ruleset_version", "Version of the running rule set", registry=r
         )
+        self.customers_erased = Counter(
+            "nudge_customers_erased", "Customers erased through the API", registry=r
+        )
         self.up = Gauge("nudge_up", "1 while the process is serving", ["role"], registry=r)
         self.build = Info("nudge_build", "Build information", registry=r)
         self.build.info({"version": __version__})

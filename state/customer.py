@@ -2,7 +2,7 @@
 
 Both use ``__slots__`` and ``None`` for empty parts: most customers never open a flow or
 hold a cart, and the memory budget is about 1 KB per customer. Snapshots are plain
-JSON-able dicts (``to_dict``/``from_dict``) for checkpoints and the customer API.
+JSON-able lists (``to_row``/``from_row``) for checkpoints.
 """
 
 from __future__ import annotations
@@ -56,14 +56,14 @@ class FlowInstance:
         self.seen: dict[str, int] = {}
         self.marks: dict[str, int] = {}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {s: getattr(self, s) for s in self.__slots__}
+    def to_row(self) -> list[Any]:
+        return [getattr(self, s) for s in self.__slots__]
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FlowInstance:
+    def from_row(cls, row: list[Any]) -> FlowInstance:
         inst = cls.__new__(cls)
-        for s in cls.__slots__:
-            setattr(inst, s, d[s])
+        for s, v in zip(cls.__slots__, row, strict=True):
+            setattr(inst, s, v)
         return inst
 
 
@@ -88,12 +88,14 @@ class CustomerState:
         "orders",
         "revenue",
         "sends",
+        "seq",
         "timezone",
         "viewed",
     )
 
     def __init__(self, customer_id: str, now: int) -> None:
         self.customer_id = customer_id
+        self.seq = 0  # last journal entry applied (runtimes), so replays skip what is in
         self.first_seen = now
         self.last_seen = now
         self.timezone: str | None = None
@@ -135,35 +137,39 @@ class CustomerState:
         return round(self.revenue / self.orders, 2) if self.orders else 0.0
 
     # --- snapshots -----------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {}
-        for s in self.__slots__:
-            v = getattr(self, s)
-            if s == "dedup" and v is not None:
-                v = list(v)
-            elif s == "flows" and v is not None:
-                v = {k: f.to_dict() for k, f in v.items()}
-            elif s == "counters" and v is not None:
-                v = [[k, c] for k, c in v.items()]
-            elif s in ("sends", "goals") and v is not None:
-                v = [list(t) for t in v]
-            d[s] = v
-        return d
+    def to_row(self) -> list[Any]:
+        """A JSON-able list of the slots in ``__slots__`` order (checkpoints: cheaper than a
+        dict; ``from_row`` reads it back)."""
+        row: list[Any] = [getattr(self, s) for s in self.__slots__]
+        if self.dedup is not None:
+            row[_DEDUP] = list(self.dedup)
+        if self.flows is not None:
+            row[_FLOWS] = [f.to_row() for f in self.flows.values()]
+        if self.counters is not None:
+            row[_COUNTERS] = list(self.counters.items())
+        return row
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CustomerState:
+    def from_row(cls, row: list[Any]) -> CustomerState:
         st = cls.__new__(cls)
-        for s in cls.__slots__:
-            setattr(st, s, d.get(s))
-        raw: dict[str, Any] = d
-        if raw.get("dedup") is not None:
-            st.dedup = array("Q", raw["dedup"])
-        if raw.get("flows") is not None:
-            st.flows = {k: FlowInstance.from_dict(f) for k, f in raw["flows"].items()}
-        if raw.get("counters") is not None:
-            st.counters = {int(k): int(c) for k, c in raw["counters"]}
-        if raw.get("sends") is not None:
-            st.sends = [(int(t), str(r), str(c)) for t, r, c in raw["sends"]]
-        if raw.get("goals") is not None:
-            st.goals = [(str(r), str(v), str(g), int(a), int(b)) for r, v, g, a, b in raw["goals"]]
+        for s, v in zip(cls.__slots__, row, strict=True):
+            setattr(st, s, v)
+        if st.dedup is not None:
+            st.dedup = array("Q", row[_DEDUP])
+        if row[_FLOWS] is not None:
+            flows = [FlowInstance.from_row(f) for f in row[_FLOWS]]
+            st.flows = {f.rule_id: f for f in flows}
+        if row[_COUNTERS] is not None:
+            st.counters = {int(k): int(c) for k, c in row[_COUNTERS]}
+        if row[_SENDS] is not None:
+            st.sends = [(int(t), str(r), str(c)) for t, r, c in row[_SENDS]]
+        if row[_GOALS] is not None:
+            st.goals = [(str(r), str(v), str(g), int(a), int(b)) for r, v, g, a, b in row[_GOALS]]
         return st
+
+
+_DEDUP = CustomerState.__slots__.index("dedup")
+_FLOWS = CustomerState.__slots__.index("flows")
+_COUNTERS = CustomerState.__slots__.index("counters")
+_SENDS = CustomerState.__slots__.index("sends")
+_GOALS = CustomerState.__slots__.index("goals")

@@ -1,8 +1,10 @@
 """The embedded runtime's durable store: standard-library SQLite in WAL mode.
 
-Tables: ``journal`` (accepted events, in acceptance order), ``states`` (customer state
-checkpoints), ``meta`` (checkpoint positions), ``outbox`` (actions by idempotency key, so a
-replay never queues one twice) and ``rules`` (deployed rule set versions).
+Tables: ``journal`` (accepted requests, one row per request: a JSON array of events whose
+seqs are ``seq``, ``seq + 1``, ...; an erased customer's events become ``null``),
+``states`` (customer state checkpoints), ``meta`` (checkpoint positions), ``outbox``
+(actions by idempotency key, so a replay never queues one twice) and ``rules`` (deployed
+rule set versions).
 
 All methods are blocking and must be called from one thread (the runtime gives this store
 a dedicated single-thread executor). ``synchronous=FULL`` makes a commit durable against
@@ -12,27 +14,35 @@ power loss, not only against a process crash; ``NORMAL`` trades that for speed.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from state.customer import CustomerState
 
 __all__ = ["JournalEntry", "OutboxEntry", "SqliteStore"]
 
-JournalEntry = tuple[int, int, str, bytes]  # seq, accepted_at ms, customer_id, raw event
+JournalEntry = tuple[int, int, bytes]  # first seq, accepted_at ms, JSON array of events
 OutboxEntry = tuple[str, bytes, int]  # idempotency key, action JSON, accepted_at of cause
+
+
+class _Cid(msgspec.Struct):
+    customer_id: str
+
+
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_cid = msgspec.json.Decoder(_Cid)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY,
+    n INTEGER NOT NULL,
     accepted_at INTEGER NOT NULL,
-    customer_id TEXT NOT NULL,
     body BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS journal_customer ON journal (customer_id);
 CREATE TABLE IF NOT EXISTS states (customer_id TEXT PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -66,16 +76,21 @@ class SqliteStore:
         self.db.close()
 
     # --- journal -------------------------------------------------------------------
-    def append(self, accepted_at: int, events: list[tuple[str, bytes]]) -> int:
-        """Append (customer_id, raw) events in one transaction; returns the first seq."""
+    def append(self, accepted_at: int, batches: list[tuple[int, bytes]]) -> int:
+        """Append requests ((event count, JSON array), ...) in one transaction; returns the
+        seq of the first event. Seqs are consecutive across the batches."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()
-            first = int(row[0]) + 1
+            row = db.execute("SELECT seq + n FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+            first = int(row[0]) if row else 1
+            rows = []
+            seq = first
+            for n, body in batches:
+                rows.append((seq, n, accepted_at, body))
+                seq += n
             db.executemany(
-                "INSERT INTO journal (seq, accepted_at, customer_id, body) VALUES (?, ?, ?, ?)",
-                ((first + i, accepted_at, cid, raw) for i, (cid, raw) in enumerate(events)),
+                "INSERT INTO journal (seq, n, accepted_at, body) VALUES (?, ?, ?, ?)", rows
             )
             db.execute("COMMIT")
         except BaseException:
@@ -83,21 +98,54 @@ class SqliteStore:
             raise
         return first
 
-    def journal_after(self, seq: int, batch: int = 10_000) -> Iterator[JournalEntry]:
-        """Journal entries with seq > ``seq`` in order."""
+    def journal_after(self, seq: int, batch: int = 1000) -> Iterator[JournalEntry]:
+        """Journal rows holding events with seq > ``seq``, in order."""
+        row = self.db.execute(
+            "SELECT seq FROM journal WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (seq,)
+        ).fetchone()
+        at = int(row[0]) - 1 if row else 0
         while True:
             rows = self.db.execute(
-                "SELECT seq, accepted_at, customer_id, body FROM journal WHERE seq > ? "
-                "ORDER BY seq LIMIT ?",
-                (seq, batch),
+                "SELECT seq, accepted_at, body FROM journal WHERE seq > ? ORDER BY seq LIMIT ?",
+                (at, batch),
             ).fetchall()
             if not rows:
                 return
             for r in rows:
-                yield int(r[0]), int(r[1]), str(r[2]), bytes(r[3])
-            seq = int(rows[-1][0])
+                yield int(r[0]), int(r[1]), bytes(r[2])
+            at = int(rows[-1][0])
+
+    def rewrite_journal(self, fn: Callable[[bytes], bytes | None]) -> int:
+        """Rewrite journal bodies: ``fn`` returns a new body, or None to keep it. Returns
+        how many rows changed (customer erasure; rare, scans the retained journal)."""
+        db = self.db
+        changed = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for seq, body in db.execute("SELECT seq, body FROM journal").fetchall():
+                new = fn(bytes(body))
+                if new is not None:
+                    db.execute("UPDATE journal SET body = ? WHERE seq = ?", (new, seq))
+                    changed += 1
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return changed
 
     # --- checkpoints ---------------------------------------------------------------
+    def write_states(self, states: list[tuple[str, bytes]]) -> None:
+        """One chunk of a checkpoint: serialized states (each knows its last seq)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO states (customer_id, body) VALUES (?, ?)", states
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
     def checkpoint(
         self,
         states: list[tuple[str, bytes]],
@@ -106,8 +154,8 @@ class SqliteStore:
         outbox: list[tuple[str, str, bytes, int]],
         trim_before: int | None = None,
     ) -> None:
-        """Atomically write serialized states, erasures, each partition's journal position
-        and the actions produced up to that position (so none is lost between the two)."""
+        """Finish a checkpoint: the last states, erasures, each partition's replay start
+        and the actions produced so far (so none is lost), atomically."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -122,7 +170,7 @@ class SqliteStore:
             )
             if trim_before is not None and seqs:
                 db.execute(
-                    "DELETE FROM journal WHERE seq <= ? AND accepted_at < ?",
+                    "DELETE FROM journal WHERE seq + n - 1 <= ? AND accepted_at < ?",
                     (min(seqs.values()), trim_before),
                 )
             db.execute("COMMIT")
@@ -136,7 +184,7 @@ class SqliteStore:
 
     def load_states(self) -> Iterator[CustomerState]:
         for (body,) in self.db.execute("SELECT body FROM states"):
-            yield CustomerState.from_dict(orjson.loads(body))
+            yield CustomerState.from_row(orjson.loads(body))
 
     # --- outbox --------------------------------------------------------------------
     def outbox_add(self, entries: list[tuple[str, str, bytes, int]]) -> None:
@@ -175,12 +223,27 @@ class SqliteStore:
 
     # --- customers -----------------------------------------------------------------
     def erase_customer(self, customer_id: str) -> dict[str, int]:
-        """Delete everything stored about a customer; returns counts per table."""
+        """Delete everything stored about a customer; returns counts per table. Journal
+        entries become ``null`` (seq numbering stays); this scans the retained journal."""
         db = self.db
-        out = {}
+        erased = 0
+
+        def scrub(body: bytes) -> bytes | None:
+            nonlocal erased
+            raws = _raw_list.decode(body)
+            hit = False
+            for i, raw in enumerate(raws):
+                if raw != b"null" and _cid.decode(raw).customer_id == customer_id:
+                    raws[i] = msgspec.Raw(b"null")
+                    hit = True
+                    erased += 1
+            return b"[" + b",".join(bytes(r) for r in raws) + b"]" if hit else None
+
+        self.rewrite_journal(scrub)
+        out = {"journal": erased}
         db.execute("BEGIN IMMEDIATE")
         try:
-            for table in ("journal", "states", "outbox"):
+            for table in ("states", "outbox"):
                 cur = db.execute(f"DELETE FROM {table} WHERE customer_id = ?", (customer_id,))
                 out[table] = cur.rowcount
             db.execute("COMMIT")

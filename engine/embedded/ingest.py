@@ -18,13 +18,13 @@ from engine.clock import Clock
 from engine.embedded.exceptions import Backpressure
 from engine.types import Event
 
-__all__ = ["GroupCommitWriter", "Item"]
+__all__ = ["Batch", "GroupCommitWriter"]
 
 logger = logging.getLogger(__name__)
 
-Item = tuple[Event, bytes]
-AppendFn = Callable[[int, list[tuple[str, bytes]]], Awaitable[int]]
-DeliverFn = Callable[[int, int, list[Item]], None]  # first seq, accepted_at, items
+Batch = tuple[list[Event], bytes]  # one request: its events and their JSON array
+AppendFn = Callable[[int, list[tuple[int, bytes]]], Awaitable[int]]
+DeliverFn = Callable[[int, int, list[Event]], None]  # first seq, accepted_at, events
 
 
 class GroupCommitWriter:
@@ -47,7 +47,8 @@ class GroupCommitWriter:
         self._max_queue = max_queue
         self._queued = queued
         self._on_commit = on_commit
-        self._buf: list[Item] = []
+        self._buf: list[Batch] = []
+        self._buffered = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._buf_since: int | None = None
         self._inflight_since: int | None = None
@@ -64,7 +65,7 @@ class GroupCommitWriter:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return self._buffered
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="journal-writer")
@@ -75,16 +76,17 @@ class GroupCommitWriter:
         if self._task is not None:
             await self._task
 
-    async def accept(self, items: list[Item]) -> None:
-        """Journal ``items``; returns once they are durable. Raises Backpressure when the
-        pipeline holds ``max_queue`` events or more."""
-        queued = self._queued() + len(self._buf)
-        if queued + len(items) > self._max_queue:
+    async def accept(self, batch: Batch) -> None:
+        """Journal one request's events; returns once they are durable. Raises
+        Backpressure when the pipeline would hold more than ``max_queue`` events."""
+        queued = self._queued() + self._buffered
+        if queued + len(batch[0]) > self._max_queue:
             raise Backpressure(1.0, queued)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self._buf:
             self._buf_since = self.clock.now()
-        self._buf.extend(items)
+        self._buf.append(batch)
+        self._buffered += len(batch[0])
         self._waiters.append(fut)
         self._wake.set()
         await fut
@@ -97,15 +99,15 @@ class GroupCommitWriter:
                 if self._closing:
                     return
                 continue
-            batch, waiters = self._buf, self._waiters
+            batches, waiters = self._buf, self._waiters
             self._inflight_since = self._buf_since
             self._buf, self._waiters, self._buf_since = [], [], None
+            n = self._buffered
+            self._buffered = 0
             accepted_at = max(self.clock.now(), self._inflight_since or 0)
             t0 = time.perf_counter()
             try:
-                first = await self._append(
-                    accepted_at, [(ev.customer_id, raw) for ev, raw in batch]
-                )
+                first = await self._append(accepted_at, [(len(e), body) for e, body in batches])
             except Exception as err:  # disk full, I/O error: fail these requests, go on
                 logger.exception("journal append failed")
                 for fut in waiters:
@@ -113,8 +115,8 @@ class GroupCommitWriter:
                         fut.set_exception(err)
                 self._inflight_since = None
                 continue
-            self._on_commit(len(batch), time.perf_counter() - t0)
-            self._deliver(first, accepted_at, batch)
+            self._on_commit(n, time.perf_counter() - t0)
+            self._deliver(first, accepted_at, [ev for events, _ in batches for ev in events])
             self._inflight_since = None
             for fut in waiters:
                 if not fut.done():

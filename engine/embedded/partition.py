@@ -53,11 +53,18 @@ class Partition:
 
     def apply(self, seq: int, accepted_at: int, event: Event) -> bool:
         """Fire timers due up to ``accepted_at``, then process the event at that time.
-        Returns False for a duplicate."""
+        Returns False for a duplicate, or an entry the customer's state already includes
+        (a replay after a checkpoint written while processing went on)."""
         self.fire_until(accepted_at)
         self.clock.set(accepted_at)
-        out = self.driver.process(event)
         self.last_seq = seq
+        st = self.store.get(event.customer_id)
+        if st is not None and st.seq >= seq:
+            return False  # a replay: this state was checkpointed after the entry
+        out = self.driver.process(event)
+        st = self.store.get(event.customer_id)
+        if st is not None:
+            st.seq = seq
         return not out.duplicate
 
     def fire_until(self, t: int) -> None:
@@ -75,10 +82,9 @@ class Partition:
         self.deleted.add(customer_id)
         return True
 
-    def take_dirty(self) -> tuple[list[CustomerState], list[str]]:
-        """The states changed and the customers erased since the last call."""
-        states = [st for cid in self.dirty if (st := self.store.get(cid)) is not None]
-        deleted = list(self.deleted)
+    def take_dirty(self) -> tuple[list[str], list[str]]:
+        """The customers changed and the customers erased since the last call."""
+        dirty, deleted = list(self.dirty), list(self.deleted)
         self.dirty = set()
         self.deleted = set()
-        return states, deleted
+        return dirty, deleted

@@ -13,23 +13,23 @@ import contextlib
 import logging
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from connectors.deadletter import DeadLetterStore
 from connectors.routing import Router
 from engine.clock import Clock, SystemClock
 from engine.embedded.exceptions import NotReady
-from engine.embedded.ingest import GroupCommitWriter, Item
+from engine.embedded.ingest import Batch, GroupCommitWriter
 from engine.embedded.outbox import Outbox
 from engine.embedded.partition import Partition
-from engine.events import decode_event
-from engine.exceptions import EventError
 from engine.metrics import Metrics, type_label
 from engine.processor import Output
 from engine.types import Event
@@ -42,6 +42,7 @@ __all__ = ["Runtime", "RuntimeConfig"]
 logger = logging.getLogger(__name__)
 
 _DAY = 86_400_000
+_journal_batch = msgspec.json.Decoder(list[Event | None])
 
 
 @dataclass
@@ -176,19 +177,21 @@ class Runtime:
         for p in self.parts:
             p.last_seq = seqs[p.index]
         floor = min(seqs.values())
-        entries = await self.db(lambda: list(store.journal_after(floor)))
+        rows = await self.db(lambda: list(store.journal_after(floor)))
         replayed = 0
-        for seq, accepted_at, cid, raw in entries:
-            part = self.parts[partition_of(cid, n)]
-            if seq <= part.last_seq:
-                continue
+        for first, accepted_at, body in rows:
             try:
-                ev = decode_event(raw)
-            except EventError:
-                logger.error("journal entry %d no longer decodes; skipped", seq)
+                events = _journal_batch.decode(body)
+            except msgspec.MsgspecError:
+                logger.error("journal row %d no longer decodes; skipped", first)
                 continue
-            part.apply(seq, accepted_at, ev)
-            replayed += 1
+            for i, ev in enumerate(events):
+                if ev is None:  # erased
+                    continue
+                part = self.parts[partition_of(ev.customer_id, n)]
+                if first + i > part.last_seq:
+                    part.apply(first + i, accepted_at, ev)
+                    replayed += 1
         await self.outbox.flush()
         logger.info(
             "recovered %d customers, replayed %d journal entries in %.2fs",
@@ -198,15 +201,16 @@ class Runtime:
         )
 
     # --- ingest --------------------------------------------------------------------
-    async def accept(self, items: list[Item]) -> None:
-        """Journal events durably, then queue them for processing."""
+    async def accept(self, batch: Batch) -> None:
+        """Journal one request's events durably, then queue them for processing.
+        ``batch`` is the validated events and their JSON array (kept as sent)."""
         if not self.ready:
             raise NotReady("starting or stopping")
-        await self.writer.accept(items)
-        for ev, _ in items:
-            self.metrics.events_accepted.labels(type_label(ev.type)).inc()
+        await self.writer.accept(batch)
+        for etype, n in Counter(type_label(ev.type) for ev in batch[0]).items():
+            self.metrics.events_accepted.labels(etype).inc(n)
 
-    async def _append(self, accepted_at: int, rows: list[tuple[str, bytes]]) -> int:
+    async def _append(self, accepted_at: int, rows: list[tuple[int, bytes]]) -> int:
         assert self.store is not None
         first: int = await self.db(self.store.append, accepted_at, rows)
         return first
@@ -215,14 +219,14 @@ class Runtime:
         self.metrics.journal_commit.observe(seconds)
         self.metrics.journal_batch.observe(n)
 
-    def _deliver(self, first: int, accepted_at: int, items: list[Item]) -> None:
+    def _deliver(self, first: int, accepted_at: int, events: list[Event]) -> None:
         n = len(self.parts)
         touched = set()
-        for i, (ev, _) in enumerate(items):
+        for i, ev in enumerate(events):
             p = partition_of(ev.customer_id, n)
             self._queues[p].append((first + i, accepted_at, ev))
             touched.add(p)
-        self.queued += len(items)
+        self.queued += len(events)
         for p in touched:
             self._wakes[p].set()
 
@@ -277,19 +281,31 @@ class Runtime:
             observe(out)
 
     # --- checkpoints ---------------------------------------------------------------
-    async def checkpoint(self) -> None:
-        """Persist changed states with the journal position they include and the actions
-        produced so far, in one transaction. The snapshot is taken without yielding."""
+    async def checkpoint(self, chunk: int = 2000) -> None:
+        """Persist changed states without stopping processing: states are serialized and
+        written in chunks, yielding to the event loop between chunks. Each state carries
+        the journal seq it includes, so a replay from the partitions' positions taken at
+        the start skips what a state already has. The last transaction also writes the
+        actions produced up to its end, so none is lost between state and outbox."""
         assert self.store is not None
         t0 = time.perf_counter()
-        rows: list[tuple[str, bytes]] = []
+        seqs = {p.index: p.last_seq for p in self.parts}
+        dirty: list[tuple[Partition, str]] = []
         deleted: list[str] = []
-        seqs = {}
         for p in self.parts:
-            states, gone = p.take_dirty()
-            rows += [(st.customer_id, orjson.dumps(st.to_dict())) for st in states]
+            cids, gone = p.take_dirty()
+            dirty += [(p, cid) for cid in cids]
             deleted += gone
-            seqs[p.index] = p.last_seq
+        rows: list[tuple[str, bytes]] = []
+        for i in range(0, len(dirty), chunk):
+            rows = [
+                (cid, orjson.dumps(st.to_row()))
+                for p, cid in dirty[i : i + chunk]
+                if (st := p.store.get(cid)) is not None
+            ]
+            if i + chunk < len(dirty):
+                await self.db(self.store.write_states, rows)
+                rows = []
         actions = self.outbox.take_buffer()
         trim = self.clock.now() - int(self.cfg.journal_retention_days * _DAY)
         await self.db(self.store.checkpoint, rows, deleted, seqs, self.outbox.rows(actions), trim)
@@ -320,6 +336,7 @@ class Runtime:
         had_state = self.partition(customer_id).erase(customer_id)
         self.outbox.erased.add(customer_id)
         counts: dict[str, int] = await self.db(self.store.erase_customer, customer_id)
+        self.metrics.customers_erased.inc()
         return {
             "customer_id": customer_id,
             "state": had_state,
