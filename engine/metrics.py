@@ -42,6 +42,11 @@ class Metrics:
         self.events_rejected = Counter(
             "nudge_events_rejected", "Events or requests rejected", ["reason"], registry=r
         )
+        self.events_processed = Counter(
+            "nudge_events_processed",
+            "Events applied by the core (accepted minus processed = backlog)",
+            registry=r,
+        )
         self.events_duplicate = Counter(
             "nudge_events_duplicate", "Events ignored as duplicates (same event_id)", registry=r
         )

@@ -4,8 +4,9 @@ Starts `nudge run` as a subprocess (stock recipes plus a probe rule that sends a
 immediately for `probe_viewed` events), a webhook receiver, and drives HTTP load from this
 process with batches of 100 events:
 
-1. throughput: N connections post as fast as they are acknowledged for D seconds;
-   prints acknowledged events/s;
+1. throughput: N connections post as fast as they are acknowledged for D seconds; prints
+   the acknowledged rate and the sustained rate (events processed / time until the
+   backlog is drained);
 2. latency: open-loop at a fixed rate (default: half the measured throughput); each batch
    carries one probe event whose `sent_at` comes back in the action's params; prints
    p50/p99/p99.9 from send to webhook arrival.
@@ -56,6 +57,7 @@ def _iso(ms: int) -> str:
 class Receiver:
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.samples: list[tuple[float, float]] = []  # (sent_at ms, latency ms)
         self.count = 0
 
     async def hook(self, request: web.Request) -> web.Response:
@@ -63,7 +65,9 @@ class Receiver:
         self.count += 1
         sent_at = body.get("params", {}).get("sent_at")
         if isinstance(sent_at, float | int):
-            self.latencies.append(time.time() * 1000 - sent_at)
+            lat = time.time() * 1000 - sent_at
+            self.latencies.append(lat)
+            self.samples.append((sent_at, lat))
         return web.Response()
 
 
@@ -123,6 +127,22 @@ async def _throughput(url: str, seconds: float, conns: int, customers: int) -> f
     return acked / (time.monotonic() - t0)
 
 
+async def _drained(metrics_url: str) -> float:
+    """Wait until every accepted event was processed; returns the processed count."""
+    async with ClientSession() as s:
+        while True:
+            async with s.get(metrics_url) as r:
+                text = await r.text()
+            lines = text.splitlines()
+            acc = sum(float(x.rsplit(" ", 1)[1]) for x in lines
+                      if x.startswith("nudge_events_accepted_total{"))
+            done = sum(float(x.rsplit(" ", 1)[1]) for x in lines
+                       if x.startswith("nudge_events_processed_total "))
+            if acc and done >= acc:
+                return done
+            await asyncio.sleep(0.2)
+
+
 async def _latency(
     url: str, rate: float, seconds: float, customers: int, receiver: Receiver
 ) -> dict[str, float]:
@@ -148,6 +168,10 @@ async def _latency(
             n += 1
         await asyncio.gather(*tasks)
         await asyncio.sleep(2.0)
+    if os.environ.get("NUDGE_BENCH_TRACE"):
+        t0 = min(s for s, _ in receiver.samples)
+        slow = [(round((s - t0) / 1000, 2), round(v)) for s, v in receiver.samples if v > 100]
+        print("slow probes per second:", sorted(__import__("collections").Counter(int(s) for s, _ in slow).items()), "max per second:", sorted({int(s): 0 for s, _ in slow}.keys())[:0] or [(k, max(v for s2, v in slow if int(s2) == k)) for k in sorted({int(s) for s, _ in slow})], file=sys.stderr)
     lat = sorted(receiver.latencies)
     if not lat:
         return {"probes": 0}
@@ -223,8 +247,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 except OSError:
                     pass
                 await asyncio.sleep(0.1)
-        tput = await _throughput(url, args.seconds, args.connections, args.customers)
-        await asyncio.sleep(3)
+        t0 = time.monotonic()
+        acked = await _throughput(url, args.seconds, args.connections, args.customers)
+        processed = await _drained(f"http://127.0.0.1:{port}/metrics")
+        tput = processed / (time.monotonic() - t0)
         rate = args.rate or tput / 2
         lat = await _latency(url, rate, args.seconds, args.customers, receiver)
     finally:
@@ -232,7 +258,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         proc.wait(timeout=60)
         await runner.cleanup()
     return {
-        "throughput_events_per_s": round(tput),
+        "acknowledged_events_per_s": round(acked),
+        "sustained_processed_events_per_s": round(tput),
         "latency_rate_events_per_s": round(rate),
         **{k: round(v, 2) if isinstance(v, float) else v for k, v in lat.items()},
         "synchronous": args.synchronous,

@@ -36,13 +36,15 @@ class _Cid(msgspec.Struct):
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _cid = msgspec.json.Decoder(_Cid)
 
-_SCHEMA = """
+_JOURNAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY,
     n INTEGER NOT NULL,
     accepted_at INTEGER NOT NULL,
     body BLOB NOT NULL
 );
+"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS states (customer_id TEXT PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -61,25 +63,37 @@ CREATE TABLE IF NOT EXISTS rules (
 """
 
 
-class SqliteStore:
-    """Journal, checkpoints, outbox and rule versions in one SQLite file."""
+def _connect(path: Path, synchronous: str, schema: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.executescript(schema)
+    return db
 
-    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={synchronous}")
-        self.db.executescript(_SCHEMA)
+
+class SqliteStore:
+    """The journal in ``journal.db``; checkpoints, outbox and rule versions in ``state.db``.
+
+    Two files, so bulk checkpoint writes never hold the lock (or the WAL) that the ingest
+    path's group commits need. Journal methods (``append``, ``journal_after``,
+    ``trim_journal``, ``erase_from_journal``) use one connection and must be called from
+    one thread; all others use the second connection, from a second thread."""
+
+    def __init__(self, data_dir: str | Path, synchronous: str = "FULL") -> None:
+        self.path = Path(data_dir)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.jdb = _connect(self.path / "journal.db", synchronous, _JOURNAL_SCHEMA)
+        self.db = _connect(self.path / "state.db", synchronous, _SCHEMA)
 
     def close(self) -> None:
+        self.jdb.close()
         self.db.close()
 
     # --- journal -------------------------------------------------------------------
     def append(self, accepted_at: int, batches: list[tuple[int, bytes]]) -> int:
         """Append requests ((event count, JSON array), ...) in one transaction; returns the
         seq of the first event. Seqs are consecutive across the batches."""
-        db = self.db
+        db = self.jdb
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute("SELECT seq + n FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
@@ -100,12 +114,12 @@ class SqliteStore:
 
     def journal_after(self, seq: int, batch: int = 1000) -> Iterator[JournalEntry]:
         """Journal rows holding events with seq > ``seq``, in order."""
-        row = self.db.execute(
+        row = self.jdb.execute(
             "SELECT seq FROM journal WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (seq,)
         ).fetchone()
         at = int(row[0]) - 1 if row else 0
         while True:
-            rows = self.db.execute(
+            rows = self.jdb.execute(
                 "SELECT seq, accepted_at, body FROM journal WHERE seq > ? ORDER BY seq LIMIT ?",
                 (at, batch),
             ).fetchall()
@@ -115,10 +129,18 @@ class SqliteStore:
                 yield int(r[0]), int(r[1]), bytes(r[2])
             at = int(rows[-1][0])
 
+    def trim_journal(self, upto_seq: int, before: int) -> int:
+        """Delete journal rows whose events are all at or below ``upto_seq`` (checkpointed)
+        and that were accepted before ``before`` (retention)."""
+        cur = self.jdb.execute(
+            "DELETE FROM journal WHERE seq + n - 1 <= ? AND accepted_at < ?", (upto_seq, before)
+        )
+        return cur.rowcount
+
     def rewrite_journal(self, fn: Callable[[bytes], bytes | None]) -> int:
         """Rewrite journal bodies: ``fn`` returns a new body, or None to keep it. Returns
         how many rows changed (customer erasure; rare, scans the retained journal)."""
-        db = self.db
+        db = self.jdb
         changed = 0
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -152,7 +174,6 @@ class SqliteStore:
         deleted: Iterable[str],
         seqs: dict[int, int],
         outbox: list[tuple[str, str, bytes, int]],
-        trim_before: int | None = None,
     ) -> None:
         """Finish a checkpoint: the last states, erasures, each partition's replay start
         and the actions produced so far (so none is lost), atomically."""
@@ -168,11 +189,6 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                 ((f"checkpoint_seq:{p}", str(s)) for p, s in seqs.items()),
             )
-            if trim_before is not None and seqs:
-                db.execute(
-                    "DELETE FROM journal WHERE seq + n - 1 <= ? AND accepted_at < ?",
-                    (min(seqs.values()), trim_before),
-                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -222,10 +238,9 @@ class SqliteStore:
         return int(row[0])
 
     # --- customers -----------------------------------------------------------------
-    def erase_customer(self, customer_id: str) -> dict[str, int]:
-        """Delete everything stored about a customer; returns counts per table. Journal
-        entries become ``null`` (seq numbering stays); this scans the retained journal."""
-        db = self.db
+    def erase_from_journal(self, customer_id: str) -> int:
+        """Replace a customer's journaled events with ``null`` (seq numbering stays);
+        returns how many. Scans the retained journal: erasure is rare."""
         erased = 0
 
         def scrub(body: bytes) -> bytes | None:
@@ -240,11 +255,20 @@ class SqliteStore:
             return b"[" + b",".join(bytes(r) for r in raws) + b"]" if hit else None
 
         self.rewrite_journal(scrub)
-        out = {"journal": erased}
+        return erased
+
+    def erase_customer(self, customer_id: str) -> dict[str, int]:
+        """Delete a customer's checkpointed state and undelivered actions; returns counts."""
+        db = self.db
+        out = {}
         db.execute("BEGIN IMMEDIATE")
         try:
             for table in ("states", "outbox"):
-                cur = db.execute(f"DELETE FROM {table} WHERE customer_id = ?", (customer_id,))
+                cur = db.execute(
+                    f"DELETE FROM {table} WHERE customer_id = ? AND "
+                    + ("1" if table == "states" else "status = 'pending'"),
+                    (customer_id,),
+                )
                 out[table] = cur.rowcount
             db.execute("COMMIT")
         except BaseException:
