@@ -291,9 +291,9 @@ class Runtime:
             observe(out)
 
     # --- checkpoints ---------------------------------------------------------------
-    async def checkpoint(self, chunk: int = 2000) -> None:
+    async def checkpoint(self, chunk: int = 1000, pause: float = 0.0) -> None:
         """Persist changed states without stopping processing: states are serialized and
-        written in chunks, yielding to the event loop between chunks. Each state carries
+        written in chunks of ``chunk``, yielding (``pause`` seconds) between chunks. Each state carries
         the journal seq it includes, so a replay from the partitions' positions taken at
         the start skips what a state already has. The last transaction also writes the
         actions produced up to its end, so none is lost between state and outbox."""
@@ -319,6 +319,7 @@ class Runtime:
             if i + chunk < len(dirty):
                 await self.db(self.store.write_states, rows)
                 rows = []
+                await asyncio.sleep(pause)  # pace it: ingest and timers keep their latency
         actions = self.outbox.take_buffer()
         await self.db(self.store.checkpoint, rows, deleted, seqs, self.outbox.rows(actions))
         trim = self.clock.now() - int(self.cfg.journal_retention_days * _DAY)
@@ -330,8 +331,13 @@ class Runtime:
         gc.freeze()
         took = time.perf_counter() - t0
         self.metrics.checkpoint.observe(took)
-        logger.info("checkpoint: %d states (serialized in %.3fs), %d actions, %.3fs in all",
-                    len(dirty), ser, len(actions), took)
+        logger.info(
+            "checkpoint: %d states (serialized in %.3fs), %d actions, %.3fs in all",
+            len(dirty),
+            ser,
+            len(actions),
+            took,
+        )
 
     async def _checkpoint_loop(self) -> None:
         m = self.metrics
