@@ -295,8 +295,9 @@ class Runtime:
         """Persist changed states without stopping processing: states are serialized and
         written in chunks of ``chunk``, yielding (``pause`` seconds) between chunks. Each
         state carries the journal seq it includes, so a replay from the partitions'
-        positions taken at the start skips what a state already has. The last transaction also writes the
-        actions produced up to its end, so none is lost between state and outbox."""
+        positions taken at the start skips what a state already has. The last transaction
+        also writes the actions produced up to its end, so none is lost between state and
+        outbox."""
         assert self.store is not None
         t0 = time.perf_counter()
         seqs = {p.index: p.last_seq for p in self.parts}
