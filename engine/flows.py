@@ -31,6 +31,13 @@ def idempotency_key(rule_id: str, version: int, customer_id: str, instance: str,
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
+def _mark(inst: FlowInstance, name: str, t: int) -> None:
+    if inst.marks is None:
+        inst.marks = {name: t}
+    else:
+        inst.marks[name] = t
+
+
 class FlowRunner:
     """Executes ops for one rule set; holds no per-customer data."""
 
@@ -72,7 +79,7 @@ class FlowRunner:
             op = ops[inst.pc]
             if isinstance(op, Wait):
                 if op.name:
-                    inst.marks[op.name] = t
+                    _mark(inst, op.name, t)
                 inst.pc += 1
                 if op.ms is not None:
                     due = t + op.ms
@@ -138,7 +145,7 @@ class FlowRunner:
                 return False
             outcome = self._blocked(rule, st, op.channel, now)
         if op.name:
-            inst.marks[op.name] = now
+            _mark(inst, op.name, now)
         if outcome is not None:
             out.fires.append(Fire(rule.id, variant, op.channel, outcome, now))
             return True
@@ -173,6 +180,8 @@ class FlowRunner:
             )
         )
         out.fires.append(Fire(rule.id, variant, op.channel, "sent", now))
+        if rule.cap is None and op.channel not in self.rs.channel_caps:
+            return True  # no cap will ever count this send
         sends = st.sends
         horizon = now - self.rs.max_cap_period
         if sends is None:

@@ -120,8 +120,12 @@ class Processor:
         etype = ev.type
         if st.flows:
             for inst in st.flows.values():
-                if ts >= inst.started_at and inst.seen.get(etype, -1) < ts:
-                    inst.seen[etype] = ts
+                if ts >= inst.started_at:
+                    seen = inst.seen
+                    if seen is None:
+                        inst.seen = {etype: ts}
+                    elif seen.get(etype, -1) < ts:
+                        seen[etype] = ts
             exits = rs.by_exit.get(etype)
             if exits:
                 self._exits(st, ev, ts, now, exits, out)
@@ -202,13 +206,15 @@ class Processor:
         if inst is not None:
             self._runner.close(st, inst)
         variant = assign_variant(st.customer_id, rule)
-        inst = FlowInstance(rule.id, rule.version, ev.event_id, ts, variant, ev.properties)
+        trigger = ev.properties if rule.uses_trigger else None
+        inst = FlowInstance(rule.id, rule.version, ev.event_id, ts, variant, trigger)
         if st.flows is None:
             st.flows = {}
         st.flows[rule.id] = inst
-        if st.entries is None:
-            st.entries = {}
-        st.entries[rule.id] = ts
+        if rule.reentry != "always":  # only these policies ever read it back
+            if st.entries is None:
+                st.entries = {}
+            st.entries[rule.id] = ts
         if rule.goal is not None:
             goal = (rule.id, variant, rule.goal[0], ts, ts + rule.goal[1])
             st.goals = [*(st.goals or ()), goal]

@@ -54,7 +54,7 @@ class RuleScope:
                 "timestamp": ev.ts,
             }
         if name == "trigger" and self.flow is not None:
-            return self.flow.trigger
+            return self.flow.trigger or {}
         return {}
 
     def function(self, name: str) -> Callable[..., Any]:
@@ -64,11 +64,13 @@ class RuleScope:
         return count(self.state.counters or {}, event_type, window, self.now)
 
     def _fn_seen(self, event_type: str) -> bool:
-        return self.flow is not None and event_type in self.flow.seen
+        return (
+            self.flow is not None and self.flow.seen is not None and (event_type in self.flow.seen)
+        )
 
     def _fn_seen_since(self, event_type: str, step: str) -> bool:
         flow = self.flow
-        if flow is None:
+        if flow is None or flow.seen is None or flow.marks is None:
             return False
         return flow.seen.get(event_type, -1) >= flow.marks.get(step, _NEVER)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import os
 import sys
 import time
@@ -34,11 +35,10 @@ _DAY = 86_400_000
 def _trace(path: Path, customers: int, events: int, seed: int) -> Path:
     if path.exists():
         return path
-    from load_tests.traffic import TrafficConfig, generate
-
-    cfg = TrafficConfig(customers=customers, events=events, seed=seed)
+    traffic = importlib.import_module("load_tests.traffic")  # the load-test kit's generator
+    cfg = traffic.TrafficConfig(customers=customers, events=events, seed=seed)
     with path.open("wb") as fh:
-        for ev in generate(cfg):
+        for ev in traffic.generate(cfg):
             fh.write(orjson.dumps(ev) + b"\n")
     return path
 

@@ -78,6 +78,7 @@ def _batch(seq: int, customers: int, size: int, probe: bool) -> bytes:
         n = seq * size + i
         cid = f"c{n % customers}"
         kind = n % 10
+        props: dict[str, Any]
         if kind < 5:
             etype, props = "page_viewed", {"url": "/"}
         elif kind < 8:

@@ -82,6 +82,7 @@ class CompiledRule:
     goal: tuple[str, int] | None
     counted: frozenset[str]
     digest: str
+    uses_trigger: bool  # some expression reads ``trigger``: keep the trigger's properties
 
     def sort_key(self) -> tuple[int, str]:
         return (-self.priority, self.id)
@@ -97,6 +98,7 @@ class _Compiler:
         self.names: dict[str, int] = {}
         self.counted: set[str] = set()
         self.pending_seen: list[tuple[PathKey, str, int]] = []
+        self.uses_trigger = False
 
     def expr(self, source: str, key: PathKey, *, in_flow: bool) -> Expression | None:
         try:
@@ -117,6 +119,8 @@ class _Compiler:
                 self.errors.append(self.pos.error(key, f"{fn}() is only available in steps"))
             elif fn == "seen_since" and arg2 is not None:
                 self.pending_seen.append((key, arg2, len(self.ops)))
+        if "trigger" in e.variables:
+            self.uses_trigger = True
         if not in_flow and "trigger" in e.variables:
             self.errors.append(self.pos.error(key, "'trigger' is only available in steps"))
         return e
@@ -254,6 +258,7 @@ class _Compiler:
             goal=goal,
             counted=frozenset(self.counted),
             digest=digest,
+            uses_trigger=self.uses_trigger,
         )
 
 

@@ -43,7 +43,7 @@ class FlowInstance:
         instance_id: str,
         started_at: int,
         variant: str,
-        trigger: dict[str, Any],
+        trigger: dict[str, Any] | None,
     ) -> None:
         self.rule_id = rule_id
         self.version = version
@@ -53,8 +53,9 @@ class FlowInstance:
         self.trigger = trigger
         self.pc = 0
         self.due: int | None = None
-        self.seen: dict[str, int] = {}
-        self.marks: dict[str, int] = {}
+        # created on first use: most instances wait without seeing anything
+        self.seen: dict[str, int] | None = None
+        self.marks: dict[str, int] | None = None
 
     def to_row(self) -> list[Any]:
         return [getattr(self, s) for s in self.__slots__]

@@ -1,0 +1,48 @@
+"""The worker's settings: one immutable object the app factory and the CLI share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["WorkerConfig"]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a ``nudge worker`` needs.
+
+    ``partitions`` must equal the ``events`` topic's partition count (the customer table
+    and the actions topic are created with it: co-partitioning). ``batch_size`` /
+    ``batch_within`` bound a processing batch (events per batch, seconds to wait for a
+    full one). ``session_timeout`` bounds how long a dead worker keeps its partitions.
+    ``rules`` are the files seeded into Redis when no rule set was deployed yet.
+    """
+
+    broker: str = "kafka://127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    app_id: str = "nudge"
+    partitions: int = 4
+    replication_factor: int = 1
+    events_topic: str = "events"
+    actions_topic: str = "actions"
+    rules: list[str] | None = None
+    sinks: dict[str, Any] = field(default_factory=lambda: {"default": "log"})
+    batch_size: int = 2000
+    batch_within: float = 0.05
+    action_batch_size: int = 500
+    tick: float = 0.1
+    session_timeout: float = 10.0
+    heartbeat_interval: float = 1.0
+    commit_interval: float = 1.0
+    redis_prefix: str = "nudge"
+    claim_ttl: int = 30
+    idempotency_ttl: int = 7 * 86_400
+    delivery_concurrency: int = 64
+    rules_poll: float = 5.0
+    stats_file: str | None = None
+    stats_interval: float = 1.0
+
+    @property
+    def dead_topic(self) -> str:
+        return f"{self.actions_topic}-dead"
