@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from engine.distributed.cli import add_worker_parser
 from engine.types import to_ms
 from rules.exceptions import RuleErrors
 from rules.ruleset import RECIPES_DIR, load_ruleset
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run a synthetic storefront and print fires (clock x600)",
     )
     run.set_defaults(func=_cmd_run)
+
+    add_worker_parser(sub)
 
     bt = sub.add_parser("backtest", help="run rules over a recorded JSONL trace")
     bt.add_argument("--rules", nargs="+", default=[str(RECIPES_DIR)])

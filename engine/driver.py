@@ -35,8 +35,21 @@ class Driver:
         self.clock = clock if clock is not None else VirtualClock()
         self.processor = Processor(ruleset, self.store, self.timers)
         self.on_output = on_output
+        # idle customers are compacted in memory (state/memory.py): every `compact_every`
+        # events, those untouched for `idle_ms` of this driver's clock
+        self._mem = self.store if isinstance(self.store, MemoryStore) else None
+        self.idle_ms = 3_600_000
+        self.compact_every = 20_000
+        self._until_compact = self.compact_every
 
     def _emit(self, out: Output) -> Output:
+        mem = self._mem
+        if mem is not None:
+            mem.touch(out.customer_id, self.clock.now())
+            self._until_compact -= 1
+            if self._until_compact <= 0:
+                self._until_compact = self.compact_every
+                mem.compact_idle(self.clock.now() - self.idle_ms)
         if self.on_output is not None:
             self.on_output(out)
         return out

@@ -44,7 +44,7 @@ class SendActions(Protocol):
     def __call__(self, actions: list[Action], /) -> Awaitable[None]: ...
 
 
-WriteRows = Callable[[int, list[CustomerState]], None]
+WriteRows = Callable[[int, list[CustomerState]], object]
 """Write changed rows of a partition to the changelog (buffered)."""
 
 
@@ -66,6 +66,7 @@ class EngineStats:
     undecodable: int = 0
     not_owned: int = 0
     timers_fired: int = 0
+    timers_restored: int = 0
     actions: int = 0
     batches: int = 0
     rows_written: int = 0
@@ -100,6 +101,7 @@ class PartitionEngine:
             part.load(st)
             n += 1
         self.parts[index] = part
+        self.stats.timers_restored += len(part.timers)
         logger.info("partition %d: %d customers, %d timers restored", index, n, len(part.timers))
         return part
 

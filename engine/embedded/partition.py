@@ -45,8 +45,9 @@ class Partition:
         self.driver.processor.ruleset = ruleset
 
     def load(self, st: CustomerState) -> None:
-        """Restore a checkpointed state and its timers."""
+        """Restore a checkpointed state and its timers (compacted at the next sweep)."""
         self.store.put(st)
+        self.store.touch(st.customer_id, 0)
         for inst in (st.flows or {}).values():
             if inst.due is not None:
                 self.timers.schedule(st.customer_id, inst.rule_id, inst.due)

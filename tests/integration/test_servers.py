@@ -58,7 +58,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 def test_kafka_produce_consume(
     kafka_server: KafkaServer, kafka_topic_factory: KafkaTopicFactory
 ) -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     topic = kafka_topic_factory("smoke", partitions=2)
 

@@ -96,7 +96,7 @@ def kafka_server() -> Iterator[KafkaServer]:
 
 @pytest.fixture
 def kafka_topic_factory(kafka_server: KafkaServer) -> Iterator[KafkaTopicFactory]:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     created: list[str] = []
 

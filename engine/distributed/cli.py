@@ -1,0 +1,143 @@
+"""``nudge worker``: run one distributed worker (faust) until SIGTERM/SIGINT.
+
+Wire into ``engine/cli.py`` with ``add_worker_parser(sub)`` next to the other commands.
+Also runnable alone: ``python -m engine.distributed.cli worker ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = ["add_worker_parser", "config_from_args", "run_worker"]
+
+logger = logging.getLogger(__name__)
+
+
+def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``worker`` sub-command to an argparse sub-parser set."""
+    w: argparse.ArgumentParser = subparsers.add_parser(
+        "worker", help="run a distributed worker: faust on Kafka, Redis for sends and rules"
+    )
+    w.add_argument("--broker", default="kafka://127.0.0.1:9092")
+    w.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    w.add_argument("--app-id", default="nudge")
+    w.add_argument("--partitions", type=int, default=4, help="= the events topic's partitions")
+    w.add_argument("--events-topic", default="events")
+    w.add_argument("--actions-topic", default="actions")
+    w.add_argument("--rules", nargs="+", help="seed rule set when Redis has none")
+    w.add_argument("--sinks", help="JSON/YAML action routing config (connectors/routing.py)")
+    w.add_argument("--batch-size", type=int, default=2000)
+    w.add_argument("--batch-within", type=float, default=0.05)
+    w.add_argument("--session-timeout", type=float, default=10.0)
+    w.add_argument("--heartbeat-interval", type=float, default=1.0)
+    w.add_argument("--redis-prefix", default="nudge")
+    w.add_argument("--claim-ttl", type=int, default=30)
+    w.add_argument("--stats-file", help="write JSON counters here every --stats-interval s")
+    w.add_argument("--stats-interval", type=float, default=1.0)
+    w.add_argument("--http-port", type=int, help="also serve HTTP ingest on this port")
+    w.add_argument("--http-host", default="127.0.0.1")
+    w.add_argument("--data", default="nudge-data", help="where tokens.json lives (ingest)")
+    w.add_argument("--loglevel", default="INFO")
+    w.set_defaults(func=run_worker)
+    return w
+
+
+def _load_sinks(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {"default": "log"}
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected a mapping")
+    return data
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from engine.distributed.config import WorkerConfig
+
+    return WorkerConfig(
+        broker=args.broker,
+        redis_url=args.redis,
+        app_id=args.app_id,
+        partitions=args.partitions,
+        events_topic=args.events_topic,
+        actions_topic=args.actions_topic,
+        rules=args.rules,
+        sinks=_load_sinks(args.sinks),
+        batch_size=args.batch_size,
+        batch_within=args.batch_within,
+        session_timeout=args.session_timeout,
+        heartbeat_interval=args.heartbeat_interval,
+        redis_prefix=args.redis_prefix,
+        claim_ttl=args.claim_ttl,
+        stats_file=args.stats_file,
+        stats_interval=args.stats_interval,
+    )
+
+
+def run_worker(args: argparse.Namespace) -> NoReturn:
+    """Build the app and run it with a faust Worker (blocks until stopped)."""
+    import faust
+
+    from engine.distributed.app import create_app
+
+    cfg = config_from_args(args)
+    worker_app = create_app(cfg)
+    if args.http_port:
+        _add_ingest(worker_app, args)
+    worker = faust.Worker(
+        worker_app.app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False
+    )
+    worker.execute_from_commandline()  # exits the process
+
+
+def _add_ingest(worker_app: Any, args: argparse.Namespace) -> None:
+    """Serve ``create_app(KafkaIngest)`` on the worker's event loop."""
+    from aiohttp import web
+
+    from engine.distributed.ingest import KafkaIngest
+    from engine.http.app import create_app as create_http_app
+    from engine.http.auth import Tokens
+    from engine.metrics import Metrics
+    from state.redis import RedisState
+
+    cfg = worker_app.cfg
+
+    async def serve() -> None:
+        ingest = KafkaIngest(
+            cfg.broker,
+            cfg.events_topic,
+            redis=RedisState(cfg.redis_url, prefix=cfg.redis_prefix),
+        )
+        await ingest.start()
+        tokens, _, _ = Tokens.load_or_create(Path(args.data))
+        runner = web.AppRunner(create_http_app(ingest, tokens, Metrics()), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, args.http_host, args.http_port).start()
+        logger.info("ingest on http://%s:%d", args.http_host, args.http_port)
+
+    worker_app.app.task(serve)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(prog="nudge")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_worker_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

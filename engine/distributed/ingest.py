@@ -1,0 +1,116 @@
+"""HTTP ingest for the distributed runtime: a backend for
+:func:`engine.http.app.create_app` that produces each accepted event to the ``events``
+topic (key: customer id, timestamp: acceptance time) with ``acks=all`` and an idempotent
+producer, and answers only after the broker acknowledged every event of the request.
+
+Rule endpoints go to Redis (``PUT /v1/rules`` publishes a new version to every worker).
+Customer read/erase need the owning worker and are not served here (HTTP 500 "internal").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaProducer
+
+from engine.clock import Clock, SystemClock
+from engine.embedded.exceptions import Backpressure, NotReady
+from engine.types import Event
+from rules.ruleset import RuleSet, load_texts
+from state.redis import RedisState
+
+__all__ = ["KafkaIngest"]
+
+logger = logging.getLogger(__name__)
+
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+Batch = tuple[list[Event], bytes]
+
+
+class KafkaIngest:
+    """``accept((events, body))`` returns once every event is in Kafka (acks=all).
+
+    Raises :class:`NotReady` before :meth:`start` / after :meth:`stop`, and
+    :class:`Backpressure` when more than ``max_inflight`` events await their acks.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str = "events",
+        *,
+        redis: RedisState | None = None,
+        clock: Clock | None = None,
+        max_inflight: int = 100_000,
+        linger_ms: int = 2,
+    ) -> None:
+        self.bootstrap = bootstrap.removeprefix("kafka://")
+        self.topic = topic
+        self.redis = redis
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.max_inflight = max_inflight
+        self.linger_ms = linger_ms
+        self.ready = False
+        self.inflight = 0
+        self._producer: Any = None
+        self.ruleset: RuleSet | None = None
+        self.rules_version = 0
+        self.rules_files: dict[str, str] = {}
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self.linger_ms,
+            max_batch_size=256 * 1024,
+        )
+        await self._producer.start()
+        if self.redis is not None:
+            rec = await self.redis.load_rules()
+            if rec is not None:
+                self.ruleset = load_texts(sorted(rec.files.items()))
+                self.rules_version, self.rules_files = rec.version, rec.files
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def accept(self, batch: Batch) -> None:
+        if not self.ready or self._producer is None:
+            raise NotReady("ingest not connected to Kafka")
+        events, body = batch
+        if self.inflight + len(events) > self.max_inflight:
+            raise Backpressure(1.0, self.inflight)
+        raws = _raw_list.decode(body)  # the events as sent, one message each
+        accepted_at = self.clock.now()
+        send = self._producer.send
+        self.inflight += len(events)
+        try:
+            futs = [
+                await send(
+                    self.topic,
+                    value=bytes(raw),
+                    key=ev.customer_id.encode(),
+                    timestamp_ms=accepted_at,
+                )
+                for ev, raw in zip(events, raws, strict=True)
+            ]
+            await asyncio.gather(*futs)
+        finally:
+            self.inflight -= len(events)
+
+    async def deploy(self, files: dict[str, str]) -> int:
+        """Validate and publish a rule set to every worker (raises RuleErrors)."""
+        if self.redis is None:
+            raise NotReady("no redis configured for rule deploys")
+        rs = load_texts(sorted(files.items()))
+        version = await self.redis.put_rules(dict(files))
+        self.ruleset, self.rules_version, self.rules_files = rs, version, dict(files)
+        return version

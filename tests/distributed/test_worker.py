@@ -1,0 +1,55 @@
+"""Events through Kafka -> ``nudge worker`` (faust, subprocess) -> actions at a webhook
+equal the core over the same events (``engine.backtest``), each delivered once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.distributed.conftest import Cluster, expected_keys, make_events, produce
+from tests.support.webhook import WebhookReceiver
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+async def wait_keys(
+    hook: WebhookReceiver, want: set[str], cluster: Cluster, timeout: float = 60.0
+) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if {d.key for d in hook.deliveries} >= want:
+            await asyncio.sleep(1.0)  # late duplicates would show up now
+            return
+        for name, proc in cluster.procs.items():
+            if proc.poll() is not None and name not in cluster.killed:
+                raise AssertionError(f"worker {name} exited:\n{cluster.log_tail(name)}")
+        await asyncio.sleep(0.2)
+
+
+def check(hook: WebhookReceiver, want: set[str]) -> tuple[int, int, int]:
+    got = [d.key for d in hook.deliveries]
+    missing = want - set(got)
+    extra = set(got) - want
+    twice = len(got) - len(set(got))
+    return len(missing), len(extra), twice
+
+
+async def test_events_to_actions_match_backtest(cluster_factory) -> None:  # type: ignore[no-untyped-def]
+    hook = WebhookReceiver()
+    await hook.start()
+    try:
+        c: Cluster = cluster_factory(hook.url)
+        events = make_events(1200, int(time.time() * 1000) - 60_000)
+        want = expected_keys(c.rules_dir, events)
+        await produce(c.kafka.bootstrap, c.events_topic, events)
+        c.start_worker("w1")
+        await wait_keys(hook, want, c)
+        missing, extra, twice = check(hook, want)
+        stats = c.stats("w1")
+        print(f"expected={len(want)} delivered={len(hook.deliveries)} stats={stats}")
+        assert (missing, extra, twice) == (0, 0, 0), c.log_tail("w1")
+        assert len(want) > 500
+    finally:
+        await hook.stop()
