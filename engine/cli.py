@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from engine.admin import add_admin_parsers
 from engine.distributed.cli import add_worker_parser
 from engine.types import to_ms
 from rules.exceptions import RuleErrors
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = rsub.add_parser("list", help="list the rules in files or directories")
     lst.add_argument("paths", nargs="*", default=[str(RECIPES_DIR)])
     lst.set_defaults(func=_cmd_rules_list)
+    add_admin_parsers(sub, rsub)
     sch = rsub.add_parser("schema", help="print the rule file JSON Schema")
     sch.add_argument("-o", "--output")
     sch.set_defaults(func=_cmd_rules_schema)

@@ -1,0 +1,142 @@
+"""Admin commands: ``nudge rules deploy`` (over the HTTP API) and ``nudge deadletter``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import orjson
+
+from rules.exceptions import RuleErrors
+from rules.loader import rule_files
+from rules.ruleset import load_ruleset
+
+__all__ = ["add_admin_parsers"]
+
+
+def _admin_token(args: argparse.Namespace) -> str | None:
+    if args.token:
+        return str(args.token)
+    if env := os.environ.get("NUDGE_ADMIN_TOKEN"):
+        return env
+    path = Path(args.data) / "tokens.json"
+    if path.exists():
+        return str(orjson.loads(path.read_bytes())["admin"])
+    return None
+
+
+async def _deploy(url: str, token: str, files: dict[str, str]) -> tuple[int, dict[str, object]]:
+    from aiohttp import ClientSession
+
+    async with (
+        ClientSession() as s,
+        s.put(
+            url.rstrip("/") + "/v1/rules",
+            json={"files": files},
+            headers={"Authorization": f"Bearer {token}"},
+        ) as r,
+    ):
+        return r.status, await r.json()
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    """Check locally first (file:line:col), then PUT the whole set; the server re-checks."""
+    try:
+        load_ruleset(args.paths)
+    except RuleErrors as err:
+        for e in err.errors:
+            print(e, file=sys.stderr)
+        print("rule set rejected locally; nothing deployed", file=sys.stderr)
+        return 1
+    token = _admin_token(args)
+    if token is None:
+        print(
+            "no admin token: --token, NUDGE_ADMIN_TOKEN or --data DIR/tokens.json", file=sys.stderr
+        )
+        return 2
+    files = {str(f): f.read_text(encoding="utf-8") for f in rule_files(args.paths)}
+    try:
+        status, body = asyncio.run(_deploy(args.url, token, files))
+    except OSError as err:
+        print(f"{args.url}: {err}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"deploy refused ({status}): {orjson.dumps(body).decode()}", file=sys.stderr)
+        return 1
+    print(f"deployed version {body['version']} ({body['rules']} rules) to {args.url}")
+    return 0
+
+
+def _cmd_deadletter(args: argparse.Namespace) -> int:
+    from connectors.deadletter import DeadLetterStore
+
+    store = DeadLetterStore(Path(args.data) / "deadletter.db")
+    try:
+        if args.action == "list":
+            for letter in store.list(args.limit):
+                print(
+                    orjson.dumps(
+                        {
+                            "key": letter.key,
+                            "sink": letter.sink_name,
+                            "attempts": letter.attempts,
+                            "error": letter.error,
+                            "action": letter.action.to_json_dict(),
+                        }
+                    ).decode()
+                )
+            return 0
+        if not args.sinks:
+            print(
+                "replay needs --sinks FILE (the routing config to deliver through)", file=sys.stderr
+            )
+            return 2
+        return asyncio.run(_replay(store, args))
+    finally:
+        store.close()
+
+
+async def _replay(store: object, args: argparse.Namespace) -> int:
+    import yaml
+
+    from connectors.deadletter import DeadLetterStore
+    from connectors.retry import RetryPolicy
+    from connectors.routing import Router
+
+    assert isinstance(store, DeadLetterStore)
+    config = yaml.safe_load(Path(args.sinks).read_text(encoding="utf-8"))
+    router = Router.from_config(config)
+    await router.start_all()
+    delivered = failed = 0
+    try:
+        for sink in router.sinks.values():
+            d, f = await store.replay(sink, router.policy_for(sink, RetryPolicy()))
+            delivered += d
+            failed += f
+    finally:
+        await router.close_all()
+    print(orjson.dumps({"delivered": delivered, "failed": failed, "left": store.count()}).decode())
+    return 0 if failed == 0 else 1
+
+
+def add_admin_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    rules: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """``rules deploy`` under ``rules``; ``deadletter list|replay`` at the top level."""
+    dep = rules.add_parser("deploy", help="check rule files, then deploy them over the API")
+    dep.add_argument("paths", nargs="+")
+    dep.add_argument("--url", default="http://127.0.0.1:8080")
+    dep.add_argument("--token", help="admin token (else NUDGE_ADMIN_TOKEN or --data)")
+    dep.add_argument("--data", default="nudge-data", help="where tokens.json is")
+    dep.set_defaults(func=_cmd_deploy)
+
+    dl = sub.add_parser("deadletter", help="list or replay undeliverable actions")
+    dl.add_argument("action", choices=["list", "replay"])
+    dl.add_argument("--data", default="nudge-data")
+    dl.add_argument("--limit", type=int, default=100)
+    dl.add_argument("--sinks", help="routing config to replay through (YAML/JSON)")
+    dl.set_defaults(func=_cmd_deadletter)
