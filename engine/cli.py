@@ -107,6 +107,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             partitions=args.partitions,
             demo=args.demo,
             synchronous=args.synchronous,
+            compact_idle=args.compact_idle,
         )
     )
 
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="FULL",
         help="SQLite durability: FULL survives power loss, NORMAL a crash",
     )
+    run.add_argument("--compact-idle", type=float, default=300.0,
+                     help="seconds before an idle customer's state is kept serialized")
     run.add_argument(
         "--demo",
         action="store_true",

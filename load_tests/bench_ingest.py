@@ -203,6 +203,63 @@ async def _latency(
     }
 
 
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _memory(url: str, port: int, pid: int, customers: int) -> dict[str, Any]:
+    """Resident memory of `nudge run` holding ``customers`` customers (one product view
+    and one cart add each: an open abandoned-cart flow with a pending timer, and a browse
+    flow that the cart add ends)."""
+    base = _rss_mb(pid)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    now = int(time.time() * 1000)
+    sem = asyncio.Semaphore(16)
+
+    async def post(session: ClientSession, start: int) -> None:
+        events = []
+        for c in range(start, min(start + 50, customers)):
+            for j, (etype, props) in enumerate(
+                [
+                    ("product_viewed", {"product_id": f"p{c % 300}"}),
+                    ("cart_item_added", {"product_id": f"p{c % 300}", "price": 20.0}),
+                ]
+            ):
+                events.append(
+                    {
+                        "event_id": f"m{c}-{j}",
+                        "type": etype,
+                        "customer_id": f"m{c}",
+                        "timestamp": _iso(now),
+                        "properties": props,
+                    }
+                )
+        async with sem:
+            while True:
+                async with session.post(url, data=orjson.dumps(events), headers=headers) as r:
+                    if r.status == 202:
+                        return
+                await asyncio.sleep(0.2)  # 429: the engine is catching up
+
+    async with ClientSession(connector=TCPConnector(limit=16)) as session:
+        for block in range(0, customers, 50_000):
+            await asyncio.gather(
+                *(post(session, s) for s in range(block, min(block + 50_000, customers), 50))
+            )
+    await _drained(f"http://127.0.0.1:{port}/metrics")
+    await asyncio.sleep(15)  # a checkpoint, then idle (5 s, set above) customers are compacted
+    rss = _rss_mb(pid)
+    return {
+        "customers": customers,
+        "rss_mb_before": round(base),
+        "rss_mb_after": round(rss),
+        "bytes_per_customer": round((rss - base) * 1024 * 1024 / customers),
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     receiver = Receiver()
     app = web.Application()
@@ -244,6 +301,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             str(sinks),
             "--synchronous",
             args.synchronous,
+            "--compact-idle",
+            str(5.0 if args.memory_customers else 300.0),
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -260,6 +319,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 except OSError:
                     pass
                 await asyncio.sleep(0.1)
+        if args.memory_customers:
+            return await _memory(url, port, proc.pid, args.memory_customers)
         t0 = time.monotonic()
         acked = await _throughput(url, args.seconds, args.connections, args.customers)
         processed = await _drained(f"http://127.0.0.1:{port}/metrics")
@@ -286,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--customers", type=int, default=100_000)
     p.add_argument("--rate", type=float, default=0, help="latency phase events/s")
     p.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    p.add_argument(
+        "--memory-customers",
+        type=int,
+        default=0,
+        help="instead: load N customers and report resident memory",
+    )
     args = p.parse_args(argv)
     print(orjson.dumps(asyncio.run(run(args)), option=orjson.OPT_INDENT_2).decode())
     return 0

@@ -57,6 +57,7 @@ class RuntimeConfig:
     synchronous: str = "FULL"
     sinks: dict[str, Any] = field(default_factory=lambda: {"default": "log"})
     delivery_concurrency: int = 32
+    compact_idle_s: float = 300.0  # customers idle this long are kept serialized in memory
 
 
 def partition_of(customer_id: str, n: int) -> int:
@@ -105,6 +106,8 @@ class Runtime:
         assert self.ruleset is not None
         n = cfg.partitions
         self.parts = [Partition(i, self.ruleset, self._on_output) for i in range(n)]
+        for p in self.parts:
+            p.driver.idle_ms = int(cfg.compact_idle_s * 1000)
         self._queues = [[] for _ in range(n)]
         self._wakes = [asyncio.Event() for _ in range(n)]
         self.outbox = Outbox(
@@ -348,6 +351,9 @@ class Runtime:
                 await self.checkpoint()
             except Exception:
                 logger.exception("checkpoint failed; will retry")
+            idle_before = self.clock.now() - int(self.cfg.compact_idle_s * 1000)
+            for p in self.parts:  # also when no event arrives to trigger the drivers' sweep
+                p.store.compact_idle(idle_before)
             m.pending_timers.set(sum(len(p.timers) for p in self.parts))
             m.customers.set(sum(len(p.store) for p in self.parts))
             m.queue_depth.set(self.queued + self.writer.buffered)

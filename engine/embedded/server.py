@@ -39,6 +39,7 @@ class ServeOptions:
         partitions: int,
         demo: bool,
         synchronous: str,
+        compact_idle: float = 300.0,
     ) -> None:
         self.rules = rules
         self.data = data
@@ -49,6 +50,8 @@ class ServeOptions:
         self.partitions = partitions
         self.demo = demo
         self.synchronous = synchronous
+        self.compact_idle = compact_idle
+        self.compact_idle = compact_idle
 
 
 def sinks_config(path: Path | None, data_dir: Path) -> dict[str, Any]:
@@ -72,6 +75,7 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         partitions=opts.partitions,
         sinks=sinks_config(opts.sinks, opts.data),
         synchronous=opts.synchronous,
+        compact_idle_s=opts.compact_idle,
     )
     runtime = Runtime(cfg, metrics, clock)
     tokens, token_path, created = Tokens.load_or_create(opts.data)
