@@ -29,6 +29,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._data: dict[str, CustomerState | bytes] = {}
         self._hot: dict[str, int] = {}  # live objects: customer id -> last touch time
+        self._now = 0  # latest touch time seen
 
     def get(self, customer_id: str) -> CustomerState | None:
         st = self._data.get(customer_id)
@@ -37,11 +38,14 @@ class MemoryStore:
         assert isinstance(st, bytes)
         live = CustomerState.from_row(_decode(st))
         self._data[customer_id] = live
+        self._hot[customer_id] = self._now  # live again: compact it again once idle
         return live
 
     def touch(self, customer_id: str, now: int) -> None:
         """Mark a customer active at ``now`` (kept live until idle past a compaction)."""
         self._hot[customer_id] = now
+        if now > self._now:
+            self._now = now
 
     def compact_idle(self, before: int) -> int:
         """Serialize the states of customers not touched since ``before``; returns how many."""
