@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ import orjson
 from engine.backtest import BacktestResult, read_trace
 from engine.driver import Driver
 from engine.processor import Output
+from load_tests.storefront import StorefrontConfig, storefront
 from rules.ruleset import load_ruleset
 
 __all__ = ["main"]
@@ -35,10 +35,9 @@ _DAY = 86_400_000
 def _trace(path: Path, customers: int, events: int, seed: int) -> Path:
     if path.exists():
         return path
-    traffic = importlib.import_module("load_tests.traffic")  # the load-test kit's generator
-    cfg = traffic.TrafficConfig(customers=customers, events=events, seed=seed)
+    cfg = StorefrontConfig(customers=customers, events=events, seed=seed)
     with path.open("wb") as fh:
-        for ev in traffic.generate(cfg):
+        for ev in storefront(cfg):
             fh.write(orjson.dumps(ev) + b"\n")
     return path
 
