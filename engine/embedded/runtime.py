@@ -335,7 +335,7 @@ class Runtime:
         gc.freeze()
         took = time.perf_counter() - t0
         self.metrics.checkpoint.observe(took)
-        logger.info(
+        logger.debug(
             "checkpoint: %d states (serialized in %.3fs), %d actions, %.3fs in all",
             len(dirty),
             ser,

@@ -247,12 +247,19 @@ async def test_restart_recovers_state_and_timers(harness: Harness) -> None:
     await rt.stop()
     from engine.embedded.runtime import Runtime
 
-    again = Runtime(rt.cfg, rt.metrics.__class__(), harness.clock)
+    harness.clock.advance(5 * H)  # the 4h timer comes due while the engine is down
+    metrics = rt.metrics.__class__()
+    again = Runtime(rt.cfg, metrics, harness.clock)
     await again.start()
     try:
         st = again.partition("c5").store.get("c5")
         assert st is not None
         assert st.cart_value == 9.0
-        assert len(again.partition("c5").timers) == 1
+        [d] = await harness.hook.wait_for(1)  # fired on start, no event needed
+        assert d.body["rule_id"] == "abandoned-cart"
+        assert d.body["fire_at"] == iso(START + 4 * H)
+        lateness = metrics.timer_lateness.collect()[0]
+        total = next(s.value for s in lateness.samples if s.name.endswith("_sum"))
+        assert total == pytest.approx(3600.0)  # due at 4h, fired at 5h: one hour late
     finally:
         await again.stop()
