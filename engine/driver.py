@@ -87,8 +87,8 @@ class Driver:
         timers due before it, then process it. Returns the event's own Output; what the
         timers produced went to ``on_output``."""
         ts = event.ts
-        if ts > self.clock.now():
-            self.advance_to(ts)
+        self.fire_due(ts)  # also overdue timers when ts is at or before the clock
+        self.clock.set(ts)
         return self._emit(self.processor.on_event(event, self.clock.now(), ts))
 
     def feed_all(self, events: Iterable[Event]) -> None:

@@ -18,7 +18,8 @@ Contract:
   happen with small probabilities. A share of events is re-sent (same ``event_id``:
   ``duplicate_share`` of all lines) and a share is held back and sent late
   (``late_share``): mostly by up to ``late_minutes``, a ``late_long_share`` of them by
-  24h to ``late_long_hours``.
+  24h to ``late_long_hours`` and a ``late_hours_share`` of them (default none) by 1h to
+  23h (offline devices syncing: late enough for a flow's first wait to be due already).
 - The yielded dicts are fresh per event except that a duplicate is the *same* dict object
   as its original; treat them as read-only.
 
@@ -78,6 +79,7 @@ class TrafficConfig:
     late_minutes: float = 30.0
     late_long_share: float = 0.1
     late_long_hours: float = 72.0
+    late_hours_share: float = 0.0
     new_share: float = 0.4
     products: int = 2_000
 
@@ -117,8 +119,8 @@ class Traffic:
         self.end = config.start + int(config.days * _DAY)
         self.arrival_mean = max(1.0, 0.7 * config.days * _DAY / max(1, config.customers))
         per_customer = config.events / max(1, config.customers)
-        sessions = max(1.0, 1.3 * per_customer / 7.0)
-        self.session_gap = max(float(_H), 0.5 * config.days * _DAY / sessions)
+        extra_sessions = max(0.1, 1.2 * per_customer / 6.5 - 1.0)  # ~6.5 events a session
+        self.session_gap = max(float(_H), 0.65 * config.days * _DAY / extra_sessions)
         n = max(1, config.products)
         self.prices = [round(4.99 + (i * 7919 % 190) + (i % 3) * 0.5, 2) for i in range(n)]
         self.skus = [f"sku-{i:05d}" for i in range(n)]
@@ -239,8 +241,12 @@ class Traffic:
         if viewed and rng.random() < 0.35:
             for p in viewed[: rng.randrange(1, 4)]:
                 qty = 1 if rng.random() < 0.85 else 2
-                ev(t, c, "cart_item_added", {"product_id": self.skus[p], "price": self.prices[p],
-                                             "quantity": qty})
+                ev(
+                    t,
+                    c,
+                    "cart_item_added",
+                    {"product_id": self.skus[p], "price": self.prices[p], "quantity": qty},
+                )
                 c.cart[self.skus[p]] = c.cart.get(self.skus[p], 0) + qty
                 t += step()
         if c.cart and rng.random() < 0.15:
@@ -272,8 +278,12 @@ class Traffic:
         self.next_order += 1
         oid = f"ord-{self.cfg.seed}-{self.next_order:08d}"
         items = sum(c.cart.values())
-        self._ev(t, c, "order_completed",
-                 {"order_id": oid, "total": total, "currency": "EUR", "items": items})
+        self._ev(
+            t,
+            c,
+            "order_completed",
+            {"order_id": oid, "total": total, "currency": "EUR", "items": items},
+        )
         c.cart.clear()
         c.orders += 1
         delivered = t + rng.randrange(_DAY, 5 * _DAY)
@@ -290,8 +300,9 @@ class Traffic:
             tpl = rng.choice(("newsletter", "cart_reminder", "welcome_1", "promo"))
             self._ev(at, c, "email_opened", {"template": tpl})
             if rng.random() < 0.3:
-                self._ev(at + rng.randrange(5 * _S, 10 * _MIN), c, "email_clicked",
-                         {"template": tpl})
+                self._ev(
+                    at + rng.randrange(5 * _S, 10 * _MIN), c, "email_clicked", {"template": tpl}
+                )
         if rng.random() < 0.03:
             self._ev(t + rng.randrange(_MIN, 8 * _H), c, "sms_clicked", {"template": "promo"})
 
@@ -315,8 +326,11 @@ class Traffic:
     def _maybe_dup(self, send_ts: int, event: dict[str, Any]) -> None:
         rng = self.rng
         if rng.random() < self.p_dup:
-            gap = rng.randrange(100, 30 * _S) if rng.random() < 0.8 else rng.randrange(
-                30 * _S, 2 * _H)
+            gap = (
+                rng.randrange(100, 30 * _S)
+                if rng.random() < 0.8
+                else rng.randrange(30 * _S, 2 * _H)
+            )
             self._push(send_ts + gap, _DUP, event)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -340,8 +354,11 @@ class Traffic:
                 ts, c, typ, props = obj
                 event = self._build(ts, c, typ, props)
                 if late > 0 and rng.random() < late:
-                    if rng.random() < cfg.late_long_share:
+                    r = rng.random()
+                    if r < cfg.late_long_share:
                         delay = rng.randrange(long_lo, long_hi)
+                    elif r < cfg.late_long_share + cfg.late_hours_share:
+                        delay = rng.randrange(_H, 23 * _H)
                     else:
                         delay = rng.randrange(1, late_short) if late_short > 1 else 1
                     self._push(send_ts + delay, _LATE, event)
@@ -369,8 +386,11 @@ def generate(config: TrafficConfig) -> Iterator[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: write the trace as JSONL (``-o -`` for stdout); stats go to stderr."""
-    ap = argparse.ArgumentParser(prog="python -m load_tests.traffic", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m load_tests.traffic",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     d = TrafficConfig()
     ap.add_argument("--customers", type=int, default=d.customers)
     ap.add_argument("--events", type=int, default=d.events)
@@ -382,19 +402,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--late-minutes", type=float, default=d.late_minutes)
     ap.add_argument("--late-long-share", type=float, default=d.late_long_share)
     ap.add_argument("--late-long-hours", type=float, default=d.late_long_hours)
+    ap.add_argument("--late-hours-share", type=float, default=d.late_hours_share)
     ap.add_argument("--new-share", type=float, default=d.new_share)
     ap.add_argument("-o", "--output", default="-")
     args = ap.parse_args(argv)
     start = DEFAULT_START
     if args.start is not None:
         s = str(args.start)
-        start = int(s) if s.isdigit() else int(
-            datetime.fromisoformat(s).astimezone(UTC).timestamp() * 1000)
+        start = (
+            int(s)
+            if s.isdigit()
+            else int(datetime.fromisoformat(s).astimezone(UTC).timestamp() * 1000)
+        )
     cfg = TrafficConfig(
-        customers=args.customers, events=args.events, seed=args.seed, start=start,
-        days=args.days, duplicate_share=args.duplicate_share, late_share=args.late_share,
-        late_minutes=args.late_minutes, late_long_share=args.late_long_share,
-        late_long_hours=args.late_long_hours, new_share=args.new_share,
+        customers=args.customers,
+        events=args.events,
+        seed=args.seed,
+        start=start,
+        days=args.days,
+        duplicate_share=args.duplicate_share,
+        late_share=args.late_share,
+        late_minutes=args.late_minutes,
+        late_long_share=args.late_long_share,
+        late_long_hours=args.late_long_hours,
+        late_hours_share=args.late_hours_share,
+        new_share=args.new_share,
     )
     out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
     t0 = time.perf_counter()

@@ -294,9 +294,9 @@ class Runtime:
             observe(out)
 
     # --- checkpoints ---------------------------------------------------------------
-    async def checkpoint(self, chunk: int = 1000, pause: float = 0.0) -> None:
+    async def checkpoint(self, chunk: int = 250, spread: float = 0.0) -> None:
         """Persist changed states without stopping processing: states are serialized and
-        written in chunks of ``chunk``, yielding (``pause`` seconds) between chunks. Each
+        written in chunks of ``chunk``, spread over about ``spread`` seconds. Each
         state carries the journal seq it includes, so a replay from the partitions'
         positions taken at the start skips what a state already has. The last transaction
         also writes the actions produced up to its end, so none is lost between state and
@@ -312,6 +312,7 @@ class Runtime:
             deleted += gone
         rows: list[tuple[str, bytes]] = []
         ser = 0.0
+        pause = spread / max(1, len(dirty) // chunk)
         for i in range(0, len(dirty), chunk):
             t1 = time.perf_counter()
             rows = [
@@ -348,7 +349,7 @@ class Runtime:
         while True:
             await asyncio.sleep(self.cfg.checkpoint_interval)
             try:
-                await self.checkpoint()
+                await self.checkpoint(spread=self.cfg.checkpoint_interval * 0.4)
             except Exception:
                 logger.exception("checkpoint failed; will retry")
             idle_before = self.clock.now() - int(self.cfg.compact_idle_s * 1000)

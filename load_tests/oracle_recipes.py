@@ -1,0 +1,337 @@
+"""The stock recipes and settings (rules/recipes/*.yaml) written out as plain Python for
+the oracle (load_tests/oracle.py), with the per-customer records it keeps and the time and
+hashing helpers of docs/semantics.md. Imports nothing from engine/, rules/ or state/.
+
+Each recipe's ``ops`` is its compiled op list (an ``if`` on a send is a Branch that jumps
+over it), so an op's index is the ``pc`` in idempotency keys: abandoned-cart sends at pcs
+1 and 4, welcome-series at 0, 2 and 6, the others at 0 (no wait) or 1 (after a wait).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from datetime import time as clock_time
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+__all__ = [
+    "ALLOWED_LATENESS",
+    "BY_ID",
+    "BY_PRIORITY",
+    "CHANNEL_CAPS",
+    "DAY",
+    "DEFAULT_CONSENT",
+    "DRAIN",
+    "QUIET_END",
+    "RECIPES",
+    "VIEWED_MAX",
+    "Branch",
+    "Customer",
+    "Flow",
+    "Recipe",
+    "Send",
+    "Wait",
+    "WaitUntil",
+    "experiment_arm",
+    "idempotency_key",
+    "in_quiet_hours",
+    "iso",
+    "next_local_time",
+    "number",
+    "parse_ts",
+    "valid_zone",
+]
+
+SECOND = 1000
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+DRAIN = 400 * DAY
+
+# --- settings.yaml -------------------------------------------------------------------
+DEFAULT_TIMEZONE = "UTC"
+DEFAULT_CONSENT = {"email": True, "sms": False, "push": False, "webhook": True}
+CHANNEL_CAPS = {"email": (3, DAY), "sms": (1, DAY)}
+ALLOWED_LATENESS = 24 * HOUR
+DEDUP_RING = 32
+VIEWED_MAX = 5
+QUIET_START, QUIET_END = 21 * 60, 9 * 60  # "21:00-09:00", minutes after local midnight
+
+
+# --- customers and flows ---------------------------------------------------------------
+@dataclass
+class Flow:
+    """An open instance of a recipe for one customer."""
+
+    recipe: Recipe
+    instance_id: str
+    started_at: int
+    variant: str
+    trigger: dict[str, Any]
+    pc: int = 0
+    due: int | None = None
+    seen: dict[str, int] = field(default_factory=dict)
+    marks: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Customer:
+    id: str
+    timezone: str | None = None
+    consent: dict[str, bool] = field(default_factory=dict)
+    cart: dict[str, list[float]] = field(default_factory=dict)  # product -> [qty, price]
+    orders: int = 0
+    ltv: float = 0.0
+    viewed: list[str] = field(default_factory=list)
+    recent_ids: deque[str] = field(default_factory=lambda: deque(maxlen=DEDUP_RING))
+    flows: dict[str, Flow] = field(default_factory=dict)
+    last_entry: dict[str, int] = field(default_factory=dict)
+    sends: list[tuple[int, str, str]] = field(default_factory=list)  # (at, rule, channel)
+
+    def cart_value(self) -> float:
+        return round(sum(qty * price for qty, price in self.cart.values()), 2)
+
+    def cart_items(self) -> int:
+        return int(sum(qty for qty, _ in self.cart.values()))
+
+    def zone(self) -> str:
+        return self.timezone or DEFAULT_TIMEZONE
+
+
+# --- the recipes as plain Python -------------------------------------------------------
+@dataclass(frozen=True)
+class Wait:
+    ms: int
+
+
+@dataclass(frozen=True)
+class WaitUntil:
+    minute: int  # local minutes after midnight
+
+
+@dataclass(frozen=True)
+class Send:
+    channel: str
+    template: str
+    params: Callable[[Customer, Flow], dict[str, Any]]
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Go on with the next op when ``test`` holds, else jump to ``target``."""
+
+    test: Callable[[Customer, Flow], bool]
+    target: int
+
+
+Op = Wait | WaitUntil | Send | Branch
+
+
+@dataclass(frozen=True)
+class Recipe:
+    id: str
+    priority: int
+    trigger: str
+    ops: tuple[Op, ...]
+    when: Callable[[Customer], bool] | None = None
+    restart: bool = False
+    reentry: str = "always"  # always | once | once_per
+    period: int = 0
+    exits: tuple[tuple[str, Callable[[Customer], bool] | None], ...] = ()
+    cap: tuple[int, int] | None = None
+    quiet: bool = False  # 21:00-09:00 local
+    holdout: int = 0  # percent
+    variants: tuple[tuple[str, int, dict[str, str]], ...] = ()  # name, weight, step->template
+    version: int = 1
+
+
+def _none(c: Customer, f: Flow) -> dict[str, Any]:
+    return {}
+
+
+def _static(**params: Any) -> Callable[[Customer, Flow], dict[str, Any]]:
+    return lambda c, f: dict(params)
+
+
+RECIPES: tuple[Recipe, ...] = (
+    Recipe(
+        "abandoned-cart",
+        10,
+        "cart_item_added",
+        when=lambda c: c.cart_value() > 0.0,
+        restart=True,
+        exits=(("order_completed", None), ("cart_item_removed", lambda c: c.cart_items() == 0)),
+        ops=(
+            Wait(4 * HOUR),
+            Send(
+                "email",
+                "cart_reminder",
+                name="reminder",
+                params=lambda c, f: {"cart_value": c.cart_value(), "items": c.cart_items()},
+            ),
+            Wait(4 * HOUR),
+            Branch(lambda c, f: not f.seen.get("email_opened", -1) >= f.marks["reminder"], 5),
+            Send("sms", "cart_10pct", _static(discount_pct=10)),
+        ),
+        cap=(2, 7 * DAY),
+        quiet=True,
+        holdout=10,
+        variants=(("a", 45, {}), ("b", 45, {"reminder": "cart_reminder_urgent"})),
+    ),
+    Recipe(
+        "welcome-series",
+        5,
+        "customer_signed_up",
+        reentry="once",
+        ops=(
+            Send("email", "welcome_1", _none, name="welcome"),
+            Wait(2 * DAY),
+            Send("email", "welcome_2", _none),
+            Wait(5 * DAY),
+            Branch(lambda c, f: "order_completed" not in f.seen, 7),
+            WaitUntil(10 * 60),
+            Send("email", "welcome_3_offer", _static(discount_pct=15)),
+        ),
+    ),
+    Recipe(
+        "vip-segment",
+        6,
+        "order_completed",
+        reentry="once",
+        when=lambda c: c.ltv >= 500.0,
+        ops=(
+            Send("webhook", "vip_segment_joined", lambda c, f: {"ltv": c.ltv, "orders": c.orders}),
+        ),
+    ),
+    Recipe(
+        "loyalty-5th-order",
+        4,
+        "order_completed",
+        reentry="once",
+        when=lambda c: c.orders == 5,
+        ops=(Send("email", "loyalty_5th_order", _none),),
+    ),
+    Recipe(
+        "win-back",
+        3,
+        "order_completed",
+        restart=True,
+        quiet=True,
+        ops=(Wait(60 * DAY), Send("email", "win_back", _static(discount_pct=20))),
+    ),
+    Recipe(
+        "review-request",
+        2,
+        "order_delivered",
+        quiet=True,
+        exits=(("order_refunded", None),),
+        ops=(
+            Wait(3 * DAY),
+            Send("email", "review_request", lambda c, f: {"order_id": f.trigger.get("order_id")}),
+        ),
+    ),
+    Recipe(
+        "browse-abandonment",
+        1,
+        "product_viewed",
+        restart=True,
+        reentry="once_per",
+        period=7 * DAY,
+        quiet=True,
+        exits=(("cart_item_added", None), ("order_completed", None)),
+        ops=(
+            Wait(2 * HOUR),
+            Send(
+                "email",
+                "browse_reminder",
+                lambda c, f: {
+                    "product_id": f.trigger.get("product_id"),
+                    "recently_viewed": list(c.viewed),
+                },
+            ),
+        ),
+    ),
+)
+BY_PRIORITY = sorted(RECIPES, key=lambda r: (-r.priority, r.id))
+BY_ID = {r.id: r for r in RECIPES}
+
+
+# --- time helpers -------------------------------------------------------------------
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_ts(text: str) -> int:
+    """RFC 3339 with offset -> epoch ms (exact integer arithmetic)."""
+    delta = datetime.fromisoformat(text) - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def iso(ms: int) -> str:
+    """Epoch ms -> ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+def valid_zone(name: Any) -> bool:
+    if not isinstance(name, str) or not name or len(name) > 64:
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def local_minute(ms: int, zone: str) -> int:
+    local = datetime.fromtimestamp(ms // 1000, tz=ZoneInfo(zone))
+    return local.hour * 60 + local.minute
+
+
+def next_local_time(ms: int, zone: str, minute: int) -> int:
+    """The first instant strictly after ``ms`` whose local wall time is ``minute``."""
+    tz = ZoneInfo(zone)
+    today = datetime.fromtimestamp(ms // 1000, tz=tz).date()
+    for days in range(3):
+        wall = datetime.combine(
+            today + timedelta(days=days), clock_time(minute // 60, minute % 60), tzinfo=tz
+        )
+        at = int(wall.timestamp()) * 1000
+        if at > ms:
+            return at
+    raise AssertionError("a local time of day recurs within three days")
+
+
+def in_quiet_hours(ms: int, zone: str) -> bool:
+    m = local_minute(ms, zone)
+    return m >= QUIET_START or m < QUIET_END
+
+
+def number(value: Any, default: float = 0.0) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return default
+
+
+def experiment_arm(recipe: Recipe, customer_id: str) -> str:
+    if not recipe.variants:
+        return "default"
+    digest = hashlib.blake2b(f"{recipe.id}\0{customer_id}".encode(), digest_size=8).digest()
+    bucket = int.from_bytes(digest, "big") % 10_000
+    if bucket < recipe.holdout * 100:
+        return "holdout"
+    bound = recipe.holdout * 100
+    for name, weight, _ in recipe.variants:
+        bound += weight * 100
+        if bucket < bound:
+            return name
+    return recipe.variants[-1][0]
+
+
+def idempotency_key(recipe: Recipe, customer_id: str, instance_id: str, pc: int) -> str:
+    raw = f"{recipe.id}\0{recipe.version}\0{customer_id}\0{instance_id}\0{pc}".encode()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
