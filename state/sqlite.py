@@ -216,16 +216,23 @@ class SqliteStore:
         )
 
     def outbox_pending_keys(self, keys: list[str]) -> list[str]:
-        """Which of ``keys`` are still pending."""
+        """Which of ``keys`` are still pending. Looks rows up by primary key (a filter on
+        ``status`` in SQL would let the planner scan every pending row instead)."""
         out: list[str] = []
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT key FROM outbox WHERE status = 'pending' AND key IN ({marks})", chunk
-            )
-            out += [str(k) for (k,) in rows]
+            rows = self.db.execute(f"SELECT key, status FROM outbox WHERE key IN ({marks})", chunk)
+            out += [str(k) for k, status in rows if status == "pending"]
         return out
+
+    def outbox_prune(self, before: int) -> int:
+        """Forget delivered actions fired before ``before`` (replays after a crash start at
+        the last checkpoint, so they never re-create actions that old)."""
+        cur = self.db.execute(
+            "DELETE FROM outbox WHERE status = 'sent' AND cause_at < ?", (before,)
+        )
+        return cur.rowcount
 
     def outbox_pending(self) -> list[OutboxEntry]:
         rows = self.db.execute(

@@ -329,6 +329,7 @@ class Runtime:
         await self.db(self.store.checkpoint, rows, deleted, seqs, self.outbox.rows(actions))
         trim = self.clock.now() - int(self.cfg.journal_retention_days * _DAY)
         await self.jdb(self.store.trim_journal, min(seqs.values(), default=0), trim)
+        await self.db(self.store.outbox_prune, self.clock.now() - _DAY)
         await self.outbox.dispatch_persisted(actions)
         # Customer states are long-lived and acyclic: move everything alive now out of the
         # cyclic GC's reach, or full collections over millions of objects stall the loop
