@@ -11,67 +11,33 @@ is skipped, however many events ago it was.
 
 from __future__ import annotations
 
-from engine.clock import VirtualClock
-from engine.driver import Driver, OutputHandler
+from engine.driver import OutputHandler
 from engine.processor import Output
+from engine.shard import Shard
 from engine.types import Event
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
-from state.memory import MemoryStore, MemoryTimers
 
 __all__ = ["OwnedPartition"]
 
 
-class OwnedPartition:
-    """A driver over one partition. ``dirty``: customers changed since the last write."""
+class OwnedPartition(Shard):
+    """A shard (engine/shard.py) for one Kafka partition; ``last_offset``: the last offset
+    applied. States record offset + 1 as their log position."""
 
     def __init__(self, index: int, ruleset: RuleSet, on_output: OutputHandler) -> None:
-        self.index = index
-        self.store = MemoryStore()
-        self.timers = MemoryTimers()
-        self.clock = VirtualClock(0)
-        self.driver = Driver(
-            ruleset, store=self.store, timers=self.timers, clock=self.clock, on_output=self._out
-        )
-        self._on_output = on_output
-        self.dirty: set[str] = set()
+        super().__init__(index, ruleset, on_output)
         self.last_offset = -1
 
-    def _out(self, out: Output) -> None:
-        if out.customer_id:
-            self.dirty.add(out.customer_id)
-        self._on_output(out)
-
-    def set_ruleset(self, ruleset: RuleSet) -> None:
-        self.driver.processor.ruleset = ruleset
-
-    def load(self, st: CustomerState) -> None:
-        """Restore a state from the changelog, and its timers."""
-        self.store.put(st)
-        for inst in (st.flows or {}).values():
-            if inst.due is not None:
-                self.timers.schedule(st.customer_id, inst.rule_id, inst.due)
-
     def apply(self, offset: int, accepted_at: int, event: Event) -> Output | None:
-        """Fire timers due up to ``accepted_at``, then process the event at that time.
-        None when the customer's state already includes this offset (a reprocessing)."""
+        """Process the event at ``offset``; None when the customer's state already
+        includes it (a reprocessing after a crash or rebalance)."""
         if offset > self.last_offset:
             self.last_offset = offset
-        st = self.store.get(event.customer_id)
-        if st is not None and st.seq > offset:
-            return None
-        self.driver.fire_due(accepted_at)
-        self.clock.set(accepted_at)
-        out = self.driver.process(event)
-        st = self.store.get(event.customer_id)
-        if st is not None:
-            st.seq = offset + 1
+        out = self.apply_at(offset + 1, accepted_at, event)
+        if out is not None:
             self.dirty.add(event.customer_id)
         return out
-
-    def fire_until(self, t: int) -> int:
-        """Fire every timer due at or before ``t``; returns how many fired."""
-        return self.driver.fire_due(t)
 
     def take_dirty(self) -> list[CustomerState]:
         """The states changed since the last call."""
