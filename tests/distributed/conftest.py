@@ -19,7 +19,6 @@ import orjson
 import pytest
 
 from engine.backtest import backtest
-from engine.types import iso
 from rules.ruleset import load_ruleset
 from tests.support.fixtures import KafkaTopicFactory
 from tests.support.servers import KafkaServer, RedisServer
@@ -44,28 +43,6 @@ RULES = {
         "steps:\n  - wait: 1s\n  - send: {channel: webhook, template: later}\n"
     ),
 }
-
-
-def make_events(n: int, start: int, customers: int = 97, prefix: str = "e") -> list[dict[str, Any]]:
-    kinds = [
-        ("product_viewed", {"product_id": "p1"}),
-        ("cart_item_added", {"product_id": "p2", "price": 5.0}),
-        ("order_completed", {"order_id": "o", "total": 12.0}),
-        ("page_viewed", {}),
-    ]
-    out = []
-    for i in range(n):
-        etype, props = kinds[i % len(kinds)]
-        out.append(
-            {
-                "event_id": f"{prefix}{i}",
-                "type": etype,
-                "customer_id": f"c{i % customers}",
-                "timestamp": iso(start + i),
-                "properties": props,
-            }
-        )
-    return out
 
 
 def expected_keys(rules_dir: Path, events: list[dict[str, Any]]) -> set[str]:

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from engine.distributed.rules import publish_rules_async
-from tests.distributed.conftest import Cluster, expected_keys, make_events, produce
+from tests.distributed.conftest import Cluster, expected_keys, produce
 from tests.distributed.test_worker import check, wait_keys
 from tests.support.servers import RedisServer
+from tests.support.traces import make_events
 from tests.support.webhook import WebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]

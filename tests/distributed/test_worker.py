@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.distributed.conftest import Cluster, expected_keys, make_events, produce
+from tests.distributed.conftest import Cluster, expected_keys, produce
+from tests.support.traces import make_events
 from tests.support.webhook import WebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]

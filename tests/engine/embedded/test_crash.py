@@ -21,8 +21,8 @@ import pytest
 from aiohttp import ClientError, ClientSession
 
 from engine.backtest import backtest
-from engine.types import iso
 from rules.ruleset import load_ruleset
+from tests.support.traces import make_events
 from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.slow
@@ -52,28 +52,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def make_events(n: int, start: int) -> list[dict[str, Any]]:
-    kinds = [
-        ("product_viewed", {"product_id": "p1"}),
-        ("cart_item_added", {"product_id": "p2", "price": 5.0}),
-        ("order_completed", {"order_id": "o", "total": 12.0}),
-        ("page_viewed", {}),
-    ]
-    out = []
-    for i in range(n):
-        etype, props = kinds[i % len(kinds)]
-        out.append(
-            {
-                "event_id": f"e{i}",
-                "type": etype,
-                "customer_id": f"c{i % 97}",
-                "timestamp": iso(start + i),
-                "properties": props,
-            }
-        )
-    return out
 
 
 class Engine:
