@@ -148,8 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="FULL",
         help="SQLite durability: FULL survives power loss, NORMAL a crash",
     )
-    run.add_argument("--compact-idle", type=float, default=300.0,
-                     help="seconds before an idle customer's state is kept serialized")
+    run.add_argument(
+        "--compact-idle",
+        type=float,
+        default=300.0,
+        help="seconds before an idle customer's state is kept serialized",
+    )
     run.add_argument(
         "--demo",
         action="store_true",

@@ -143,9 +143,7 @@ class WorkerApp:
         self.engine.set_ruleset(ruleset, version)
 
     # --- rebalances ----------------------------------------------------------------
-    async def _on_revoked(
-        self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any
-    ) -> None:
+    async def _on_revoked(self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         self.rebalancing = True
         self._recovered = False
 
