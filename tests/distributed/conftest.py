@@ -22,27 +22,11 @@ from engine.backtest import backtest
 from rules.ruleset import load_ruleset
 from tests.support.fixtures import KafkaTopicFactory
 from tests.support.servers import KafkaServer, RedisServer
+from tests.support.traces import TIMING_FREE_RULES
 
 ROOT = Path(__file__).resolve().parents[2]
 
-RULES = {
-    "settings.yaml": "kind: settings\ndefault_consent: {email: true, sms: true, webhook: true}\n",
-    "order.yaml": (
-        "id: order-thanks\ntrigger: {event: order_completed}\n"
-        "steps:\n  - send: {channel: webhook, template: thanks}\n"
-    ),
-    "view.yaml": (
-        "id: viewed\ntrigger: {event: product_viewed}\nreentry: always\n"
-        "steps:\n  - send: {channel: webhook, template: seen, "
-        "params: {p: '{{ trigger.product_id }}'}}\n"
-    ),
-    # reentry once + a 1s wait: one run per customer whatever the timing, and a timer
-    # that must fire with no further event
-    "cart.yaml": (
-        "id: cart-later\ntrigger: {event: cart_item_added}\nreentry: once\n"
-        "steps:\n  - wait: 1s\n  - send: {channel: webhook, template: later}\n"
-    ),
-}
+RULES = TIMING_FREE_RULES
 
 
 def expected_keys(rules_dir: Path, events: list[dict[str, Any]]) -> set[str]:

@@ -6,7 +6,28 @@ from typing import Any
 
 from engine.types import iso
 
-__all__ = ["make_events"]
+__all__ = ["TIMING_FREE_RULES", "make_events"]
+
+TIMING_FREE_RULES = {
+    "settings.yaml": "kind: settings\ndefault_consent: {email: true, sms: true, webhook: true}\n",
+    "order.yaml": (
+        "id: order-thanks\ntrigger: {event: order_completed}\n"
+        "steps:\n  - send: {channel: webhook, template: thanks}\n"
+    ),
+    "view.yaml": (
+        "id: viewed\ntrigger: {event: product_viewed}\nreentry: always\n"
+        "steps:\n  - send: {channel: webhook, template: seen, "
+        "params: {p: '{{ trigger.product_id }}'}}\n"
+    ),
+    # reentry once: one run per customer, so what fires does not depend on how fast the
+    # 1s timers fire relative to the next cart event (processing time is acceptance time);
+    # and a timer that must fire with no further event
+    "cart.yaml": (
+        "id: cart-later\ntrigger: {event: cart_item_added}\nreentry: once\n"
+        "steps:\n  - wait: 1s\n  - send: {channel: webhook, template: later}\n"
+    ),
+}
+"""Rule files whose actions on ``make_events`` traces do not depend on processing speed."""
 
 _KINDS: list[tuple[str, dict[str, Any]]] = [
     ("product_viewed", {"product_id": "p1"}),

@@ -22,29 +22,12 @@ from aiohttp import ClientError, ClientSession
 
 from engine.backtest import backtest
 from rules.ruleset import load_ruleset
-from tests.support.traces import make_events
+from tests.support.traces import TIMING_FREE_RULES, make_events
 from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 
-RULES = {
-    "settings.yaml": "kind: settings\ndefault_consent: {email: true, sms: true, webhook: true}\n",
-    "order.yaml": (
-        "id: order-thanks\ntrigger: {event: order_completed}\n"
-        "steps:\n  - send: {channel: webhook, template: thanks}\n"
-    ),
-    "view.yaml": (
-        "id: viewed\ntrigger: {event: product_viewed}\nreentry: always\n"
-        "steps:\n  - send: {channel: webhook, template: seen, "
-        "params: {p: '{{ trigger.product_id }}'}}\n"
-    ),
-    # reentry once: one run per customer, so what fires does not depend on how fast the
-    # 1s timers fire relative to the next cart event (processing time is acceptance time)
-    "cart.yaml": (
-        "id: cart-later\ntrigger: {event: cart_item_added}\nreentry: once\n"
-        "steps:\n  - wait: 1s\n  - send: {channel: webhook, template: later}\n"
-    ),
-}
+RULES = TIMING_FREE_RULES
 WRITE = "test-write-token"
 
 
