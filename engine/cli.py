@@ -16,6 +16,7 @@ import orjson
 from engine.admin import add_admin_parsers
 from engine.distributed.cli import add_worker_parser
 from engine.types import to_ms
+from load_tests.cli import add_loadtest_parsers
 from rules.exceptions import RuleErrors
 from rules.ruleset import RECIPES_DIR, load_ruleset
 from rules.schema import rule_schema
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     add_worker_parser(sub)
+    add_loadtest_parsers(sub)
 
     bt = sub.add_parser("backtest", help="run rules over a recorded JSONL trace")
     bt.add_argument("--rules", nargs="+", default=[str(RECIPES_DIR)])

@@ -10,6 +10,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     disable_created_metrics,
 )
 
@@ -135,4 +136,5 @@ class Metrics:
         )
         self.up = Gauge("nudge_up", "1 while the process is serving", ["role"], registry=r)
         self.build = Info("nudge_build", "Build information", registry=r)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes
         self.build.info({"version": __version__})

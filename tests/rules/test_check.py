@@ -145,3 +145,12 @@ def test_field_selection_fast_path_matches_cel(source: str, expected: object) ->
     ctx = {n: scope.variable(n) for n in expr.variables}
     ctx.update({n: scope.function(n) for n in expr.functions})
     assert cel.compile(source).execute(ctx) == expected
+
+
+def test_hidden_directories_are_skipped(tmp_path: Path) -> None:
+    from rules.loader import rule_files
+
+    (tmp_path / "a.yaml").write_text(GOOD)
+    (tmp_path / "..2026_11_22").mkdir()
+    (tmp_path / "..2026_11_22" / "a.yaml").write_text(GOOD)  # a ConfigMap's second copy
+    assert rule_files([str(tmp_path)]) == [tmp_path / "a.yaml"]

@@ -1,0 +1,518 @@
+"""``nudge loadtest``: open-loop load against a running engine, with latency figures.
+
+What it does:
+
+1. Precomputes the timeline: ``rate * duration`` events from
+   :func:`load_tests.traffic.generate` (event ids prefixed by a run id), cut into batches of
+   ``--batch``; request *k* is due at ``start + k * batch / rate``. Each request's last
+   event is a *probe*: type ``loadtest_probe`` with ``properties.sent_at`` (epoch ms).
+2. Starts a webhook receiver on ``--hook-port`` (all paths). The engine under test must
+   route actions there, e.g. ``nudge run --sinks sinks.json`` with::
+
+       {"default": "hook",
+        "sinks": {"hook": {"type": "webhook", "url": "http://127.0.0.1:8099/hook"}}}
+
+   and must run the probe rule (written to ``OUT/probe.yaml``): deploy it with
+   ``nudge rules deploy YOUR_RULES OUT/probe.yaml --url TARGET`` (a deploy replaces the
+   whole set), or pass ``--admin-token`` and this command appends it to the running set
+   (GET then PUT /v1/rules) and restores the previous set at the end.
+3. Sends on schedule, never waiting for replies (no coordinated omission): each request
+   is its own task; a request that could not be sent on time is counted as late
+   (``--late-ms``, default 10 ms) and its latency is also recorded from its *scheduled*
+   time. Timestamps are rewritten to the send time.
+4. Measures: ingest latency (request start to 202) in an HdrHistogram; event-to-action
+   latency (probe ``sent_at`` to its arrival at the webhook); timer lateness from the
+   target's ``/metrics`` (``nudge_timer_lateness_seconds``, delta over the run, p50/p99
+   interpolated in the buckets); responses by status.
+5. Writes ``OUT/report.json``, ``OUT/report.md`` and ``latency_over_time.png``,
+   ``latency_distribution.png``, ``throughput.png``; prints the Markdown summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from load_tests.replay import events_url
+from load_tests.report import (
+    bucket_quantile,
+    counts_per_second,
+    hdr_distribution,
+    hdr_summary,
+    histogram_delta,
+    parse_histogram,
+    render_markdown,
+    write_plots,
+)
+from load_tests.traffic import TrafficConfig, generate
+
+__all__ = ["PROBE_RULE", "PROBE_TYPE", "LoadtestOptions", "loadtest", "run_loadtest"]
+
+PROBE_TYPE = "loadtest_probe"
+PROBE_RULE_ID = "loadtest-probe"
+PROBE_FILE = "loadtest_probe.yaml"
+PROBE_RULE = f"""\
+# nudge loadtest: a webhook at once for every {PROBE_TYPE} event; params.sent_at is the
+# probe's send time (epoch ms), so the receiver measures event-to-action latency.
+id: {PROBE_RULE_ID}
+trigger: {{event: {PROBE_TYPE}}}
+steps:
+  - send:
+      channel: webhook
+      template: {PROBE_TYPE}
+      params: {{sent_at: "{{{{ trigger.sent_at }}}}"}}
+"""
+TIMER_METRIC = "nudge_timer_lateness_seconds"
+_NOW = b'"@@LOADTEST_NOW@@"'
+_SENT = b'"@@LOADTEST_SENT_AT@@"'
+_HDR_MAX_US = 3_600_000_000  # one hour
+
+
+@dataclass
+class LoadtestOptions:
+    target: str
+    token: str
+    rate: float
+    duration: float
+    customers: int
+    out: Path
+    hook_port: int = 8099
+    hook_host: str = "127.0.0.1"
+    batch: int = 100
+    admin_token: str | None = None
+    seed: int = 1
+    connections: int = 256
+    drain: float = 15.0
+    late_ms: float = 10.0
+    warmup: float = 10.0
+
+
+def _iso(epoch_s: float) -> bytes:
+    ms = int(epoch_s * 1000)
+    t = time.gmtime(ms // 1000)
+    return (time.strftime('"%Y-%m-%dT%H:%M:%S', t) + f'.{ms % 1000:03d}Z"').encode()
+
+
+def _base(target: str) -> str:
+    t = target.rstrip("/")
+    return t.removesuffix("/v1/events")
+
+
+def build_timeline(opts: LoadtestOptions, run_id: str) -> tuple[list[bytes], list[int]]:
+    """Request bodies (with placeholders for the send time) and their event counts."""
+    total = max(1, round(opts.rate * opts.duration))
+    bodies: list[bytes] = []
+    counts: list[int] = []
+    batch: list[dict[str, Any]] = []
+    seed = opts.seed
+    made = 0
+
+    def close() -> None:
+        k = len(bodies)
+        batch[-1] = {
+            "event_id": f"{run_id}-probe-{k}",
+            "type": PROBE_TYPE,
+            "customer_id": f"{run_id}-probe-{k}",
+            "timestamp": "@@LOADTEST_NOW@@",
+            "properties": {"sent_at": "@@LOADTEST_SENT_AT@@"},
+        }
+        bodies.append(orjson.dumps(batch))
+        counts.append(len(batch))
+        batch.clear()
+
+    while made < total:
+        before = made
+        cfg = TrafficConfig(customers=max(1, opts.customers), events=total - made, seed=seed)
+        for ev in generate(cfg):
+            batch.append(
+                {
+                    **ev,
+                    "event_id": f"{run_id}-{ev['event_id']}",
+                    "timestamp": "@@LOADTEST_NOW@@",
+                }
+            )
+            made += 1
+            if len(batch) >= opts.batch:
+                close()
+        if made == before:  # the generator cannot produce anything: give up
+            break
+        seed += 1  # every customer's life ended early: go on with new lives
+    if batch:
+        close()
+    return bodies, counts
+
+
+class _Receiver:
+    """The webhook the engine delivers to; records probe latencies and action arrivals."""
+
+    def __init__(self, hdr: Any) -> None:
+        self.hdr = hdr
+        self.start = time.monotonic()
+        self.samples: list[tuple[float, float]] = []  # (s since start, latency ms)
+        self.arrivals: list[float] = []
+        self.probe_keys: set[str] = set()
+        self.actions = 0
+        self.duplicates = 0
+        self.warm = asyncio.Event()
+        self.measuring = False
+
+    async def hook(self, request: Any) -> Any:
+        from aiohttp import web
+
+        now_ms = time.time() * 1000
+        t = time.monotonic() - self.start
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return web.Response(status=400)
+        if not isinstance(body, dict):
+            return web.Response(status=400)
+        self.actions += 1
+        self.arrivals.append(t)
+        if body.get("rule_id") == PROBE_RULE_ID or body.get("template") == PROBE_TYPE:
+            self.warm.set()
+            key = request.headers.get("Idempotency-Key") or str(body.get("idempotency_key"))
+            if key in self.probe_keys:
+                self.duplicates += 1
+                return web.Response()
+            params = body.get("params")
+            sent = params.get("sent_at") if isinstance(params, dict) else None
+            try:
+                sent_ms = float(sent) if isinstance(sent, int | float | str) else None
+            except ValueError:
+                sent_ms = None
+            if sent_ms is not None and self.measuring:
+                self.probe_keys.add(key)
+                lat = max(0.0, now_ms - sent_ms)
+                self.hdr.record_value(max(1, round(lat * 1000)))
+                self.samples.append((t, lat))
+        return web.Response()
+
+
+async def _metrics(session: Any, base: str) -> str | None:
+    from aiohttp import ClientError
+
+    try:
+        async with session.get(base + "/metrics") as r:
+            return str(await r.text()) if r.status == 200 else None
+    except (TimeoutError, ClientError, OSError):
+        return None
+
+
+async def _deploy_probe(session: Any, base: str, token: str) -> dict[str, str] | None:
+    """Append the probe rule to the running set; returns the previous files (to restore),
+    or None if it was already there."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with session.get(base + "/v1/rules", headers=headers) as r:
+        body = await r.json()
+        if r.status != 200:
+            raise RuntimeError(f"GET /v1/rules: {r.status} {body}")
+    files: dict[str, str] = dict(body.get("files") or {})
+    if any(f"id: {PROBE_RULE_ID}" in text for text in files.values()):
+        return None
+    async with session.put(
+        base + "/v1/rules", json={"files": {**files, PROBE_FILE: PROBE_RULE}}, headers=headers
+    ) as r:
+        res = await r.json()
+        if r.status != 200:
+            raise RuntimeError(f"PUT /v1/rules: {r.status} {res}")
+    print(f"deployed the probe rule: rules version {res.get('version')}", file=sys.stderr)
+    return files
+
+
+async def _restore(session: Any, base: str, token: str, files: dict[str, str]) -> None:
+    async with session.put(
+        base + "/v1/rules", json={"files": files}, headers={"Authorization": f"Bearer {token}"}
+    ) as r:
+        res = await r.json()
+    print(f"restored the previous rule set: {r.status} {res.get('version')}", file=sys.stderr)
+
+
+async def _run(opts: LoadtestOptions, run_id: str) -> dict[str, Any]:
+    from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+    from hdrh.histogram import HdrHistogram
+
+    base = _base(opts.target)
+    url = events_url(opts.target)
+    headers = {"Authorization": f"Bearer {opts.token}", "Content-Type": "application/json"}
+    ingest = HdrHistogram(1, _HDR_MAX_US, 3)
+    from_sched = HdrHistogram(1, _HDR_MAX_US, 3)
+    e2a = HdrHistogram(1, _HDR_MAX_US, 3)
+
+    t_gen = time.monotonic()
+    bodies, counts = build_timeline(opts, run_id)
+    print(
+        f"timeline: {sum(counts):,} events in {len(bodies):,} requests "
+        f"(built in {time.monotonic() - t_gen:.1f}s)",
+        file=sys.stderr,
+    )
+
+    recv = _Receiver(e2a)
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", recv.hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, opts.hook_host, opts.hook_port).start()
+    restore: dict[str, str] | None = None
+    statuses: dict[str, int] = {}
+    ingest_samples: list[tuple[float, float]] = []
+    sent_at_s: list[tuple[float, int]] = []
+    acked_at_s: list[tuple[float, int]] = []
+    lags: list[float] = []
+    probes_acked = 0
+    late = 0
+    try:
+        async with ClientSession(
+            connector=TCPConnector(limit=opts.connections),
+            timeout=ClientTimeout(total=60),
+        ) as session:
+            if opts.admin_token:
+                restore = await _deploy_probe(session, base, opts.admin_token)
+            before = await _metrics(session, base)
+
+            # warm-up: one probe through the whole path (rule deployed, sinks routed here)
+            warm = orjson.dumps(
+                {
+                    "event_id": f"{run_id}-warmup",
+                    "type": PROBE_TYPE,
+                    "customer_id": f"{run_id}-warmup",
+                    "timestamp": _iso(time.time()).decode().strip('"'),
+                    "properties": {"sent_at": time.time() * 1000},
+                }
+            )
+            try:
+                async with session.post(url, data=warm, headers=headers) as r:
+                    warm_status = r.status
+                    await r.read()
+            except (TimeoutError, ClientError, OSError) as err:
+                raise RuntimeError(f"{url}: {err}") from err
+            if warm_status != 202:
+                raise RuntimeError(f"{url}: warm-up probe refused with {warm_status}")
+            try:
+                await asyncio.wait_for(recv.warm.wait(), opts.warmup)
+            except TimeoutError:
+                print(
+                    f"warning: the warm-up probe did not reach the webhook on port "
+                    f"{opts.hook_port} within {opts.warmup:g}s: is the probe rule deployed "
+                    f"({opts.out / 'probe.yaml'}) and are actions routed to "
+                    f"http://{opts.hook_host}:{opts.hook_port}/hook? "
+                    "Event-to-action latency will be missing.",
+                    file=sys.stderr,
+                )
+
+            interval = opts.batch / opts.rate
+            late_s = opts.late_ms / 1000
+            loop_start = time.monotonic() + 0.05
+            recv.start = loop_start
+            recv.arrivals.clear()
+            recv.measuring = True
+            tasks: set[asyncio.Task[None]] = set()
+
+            async def post(due: float, body: bytes, n: int) -> None:
+                nonlocal probes_acked
+                t0 = time.monotonic()
+                try:
+                    async with session.post(url, data=body, headers=headers) as r:
+                        status = r.status
+                        await r.read()
+                except (TimeoutError, ClientError, OSError):
+                    status = 0
+                t1 = time.monotonic()
+                key = str(status) if status else "connection_error"
+                statuses[key] = statuses.get(key, 0) + 1
+                if status == 202:
+                    ingest.record_value(max(1, round((t1 - t0) * 1e6)))
+                    from_sched.record_value(max(1, round((t1 - due) * 1e6)))
+                    ingest_samples.append((t0 - loop_start, (t1 - t0) * 1000))
+                    acked_at_s.append((t1 - loop_start, n))
+                    probes_acked += 1
+
+            for k, body in enumerate(bodies):
+                due = loop_start + k * interval
+                now = time.monotonic()
+                if due > now:
+                    await asyncio.sleep(due - now)
+                    now = time.monotonic()
+                lag = now - due
+                lags.append(lag)
+                if lag > late_s:
+                    late += 1
+                wall = time.time()
+                data = body.replace(_NOW, _iso(wall)).replace(_SENT, b"%.3f" % (wall * 1000))
+                sent_at_s.append((now - loop_start, counts[k]))
+                task = asyncio.create_task(post(due, data, counts[k]))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            send_end = time.monotonic()
+            bodies.clear()
+            while tasks:
+                await asyncio.gather(*list(tasks))
+            # wait for the probes still in the engine
+            end = time.monotonic() + opts.drain
+            while len(recv.probe_keys) < probes_acked and time.monotonic() < end:
+                await asyncio.sleep(0.1)
+            after = await _metrics(session, base)
+            if restore is not None and opts.admin_token:
+                await _restore(session, base, opts.admin_token, restore)
+    finally:
+        await runner.cleanup()
+
+    sent_time = max(1e-9, send_end - loop_start)
+    events_sent = sum(n for _, n in sent_at_s)
+    events_acked = sum(n for _, n in acked_at_s)
+    timer: dict[str, Any] = {"available": before is not None and after is not None}
+    if before is not None and after is not None:
+        delta = histogram_delta(
+            parse_histogram(before, TIMER_METRIC), parse_histogram(after, TIMER_METRIC)
+        )
+        q50, q99 = bucket_quantile(0.5, delta), bucket_quantile(0.99, delta)
+        timer.update(
+            count=int(delta[-1][1]) if delta else 0,
+            p50=None if q50 is None else round(q50, 4),
+            p99=None if q99 is None else round(q99, 4),
+        )
+    lags.sort()
+    ingest_dist = hdr_distribution(ingest)
+    e2a_dist = hdr_distribution(e2a)
+    report: dict[str, Any] = {
+        "run_id": run_id,
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(opts).items()
+            if k not in ("token", "admin_token")
+        },
+        "requests": {
+            "scheduled": len(counts),
+            "sent": len(sent_at_s),
+            "late": late,
+            "late_threshold_ms": opts.late_ms,
+            "max_send_lag_ms": round(lags[-1] * 1000, 3) if lags else 0.0,
+            "p99_send_lag_ms": (
+                round(lags[min(len(lags) - 1, int(0.99 * len(lags)))] * 1000, 3) if lags else 0.0
+            ),
+            "events_sent": events_sent,
+            "events_acknowledged": events_acked,
+            "send_rate": round(events_sent / sent_time, 1),
+            "ack_rate": round(events_acked / sent_time, 1),
+        },
+        "statuses": dict(sorted(statuses.items())),
+        "errors": {k: v for k, v in sorted(statuses.items()) if k != "202"},
+        "ingest_latency_ms": hdr_summary(ingest),
+        "ingest_from_schedule_ms": hdr_summary(from_sched),
+        "event_to_action_ms": hdr_summary(e2a),
+        "probes": {
+            "sent": len(sent_at_s),
+            "acknowledged": probes_acked,
+            "received": len(recv.probe_keys),
+            "missing": max(0, probes_acked - len(recv.probe_keys)),
+            "redelivered": recv.duplicates,
+        },
+        "actions_received": recv.actions,
+        "timer_lateness_s": timer,
+        "series": {
+            "events_sent_per_s": counts_per_second(
+                [t for t, _ in sent_at_s], [float(n) for _, n in sent_at_s]
+            ),
+            "events_acknowledged_per_s": counts_per_second(
+                [t for t, _ in acked_at_s], [float(n) for _, n in acked_at_s]
+            ),
+            "actions_per_s": counts_per_second(recv.arrivals),
+        },
+        "ingest_distribution_ms": ingest_dist,
+        "event_to_action_distribution_ms": e2a_dist,
+    }
+    plots = write_plots(
+        opts.out,
+        ingest_samples,
+        recv.samples,
+        ingest_dist,
+        e2a_dist,
+        report["series"]["events_sent_per_s"],
+        report["series"]["events_acknowledged_per_s"],
+        report["series"]["actions_per_s"],
+    )
+    report["plots"] = [p.name for p in plots]
+    return report
+
+
+def loadtest(opts: LoadtestOptions) -> dict[str, Any]:
+    """Run a load test; writes probe.yaml, report.json, report.md and the plots to
+    ``opts.out`` and returns the report."""
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / "probe.yaml").write_text(PROBE_RULE, encoding="utf-8")
+    run_id = "lt" + uuid.uuid4().hex[:8]
+    report = _run_loop(opts, run_id)
+    md = render_markdown(report)
+    (opts.out / "report.json").write_bytes(
+        orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"
+    )
+    (opts.out / "report.md").write_text(md, encoding="utf-8")
+    report["markdown"] = md
+    return report
+
+
+def _run_loop(opts: LoadtestOptions, run_id: str) -> dict[str, Any]:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
+        return asyncio.run(_run(opts, run_id))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_run(opts, run_id))
+
+
+def run_loadtest(args: Any) -> int:
+    """The ``loadtest`` command handler (argparse namespace from load_tests.cli)."""
+    token = args.token or os.environ.get("NUDGE_WRITE_TOKEN")
+    if not token:
+        print("no write token: --token or NUDGE_WRITE_TOKEN", file=sys.stderr)
+        return 2
+    if not (args.rate > 0 and args.duration > 0 and args.customers > 0):
+        print("--rate, --duration and --customers must be > 0", file=sys.stderr)
+        return 2
+    if not 2 <= args.batch <= 1000:
+        print("--batch: 2 to 1000 events (one of them is the probe)", file=sys.stderr)
+        return 2
+    if not math.isfinite(args.rate):
+        return 2
+    out = Path(args.out)
+    opts = LoadtestOptions(
+        target=args.target,
+        token=token,
+        rate=float(args.rate),
+        duration=float(args.duration),
+        customers=int(args.customers),
+        out=out,
+        hook_port=args.hook_port,
+        hook_host=args.hook_host,
+        batch=args.batch,
+        admin_token=args.admin_token or None,
+        seed=args.seed,
+        connections=args.connections,
+        drain=args.drain,
+        late_ms=args.late_ms,
+    )
+    if not opts.admin_token:
+        print(
+            f"probe rule: {out / 'probe.yaml'}; deploy it with your rules, e.g.\n"
+            f"  nudge rules deploy RULES_DIR {out / 'probe.yaml'} --url {_base(args.target)}\n"
+            f"and route actions to http://{opts.hook_host}:{opts.hook_port}/hook "
+            "(or pass --admin-token to deploy it for the run)",
+            file=sys.stderr,
+        )
+    try:
+        report = loadtest(opts)
+    except (RuntimeError, OSError) as err:
+        print(f"loadtest: {err}", file=sys.stderr)
+        return 1
+    sys.stdout.write(report["markdown"])
+    sys.stdout.flush()
+    return 0

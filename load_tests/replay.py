@@ -1,0 +1,376 @@
+"""``nudge replay FILE --target URL``: post a recorded JSONL trace to ``URL/v1/events``.
+
+- Pacing: ``--speed 100x`` keeps the trace's rhythm, compressed: an event is sent when
+  (its timestamp - the first timestamp) / speed has elapsed; events sent late (older
+  timestamps than one already seen: late or re-sent events in the trace) go at once.
+  ``--rate N/s`` sends at a fixed rate instead; neither: as fast as acknowledged.
+- Batching: up to ``--batch`` events a request; a batch never waits more than 50 ms for
+  more events, and is sent when its last event is due (never early).
+- Retries: 429 after its ``Retry-After``; 5xx, timeouts and connection errors with
+  exponential backoff (0.1 s doubling, at most 5 s), up to ``--max-attempts`` tries. A
+  400 ``invalid_events`` drops the listed events (counted as rejected) and re-sends the
+  rest; any other 4xx rejects the whole batch.
+- Lines that are not JSON objects are counted as malformed and skipped.
+
+Progress (sent, acknowledged, rejected, retried, rate) goes to stderr; the JSON summary to
+stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["ReplayOptions", "ReplayStats", "parse_rate", "parse_speed", "replay", "run_replay"]
+
+LINGER_S = 0.05
+
+
+def parse_speed(text: str) -> float:
+    """``100x`` or ``100`` -> 100.0 (must be > 0)."""
+    v = float(text.strip().lower().removesuffix("x"))
+    if not v > 0:
+        raise ValueError(f"speed must be > 0: {text!r}")
+    return v
+
+
+def parse_rate(text: str) -> float:
+    """``2000/s`` or ``2000`` -> 2000.0 events per second (must be > 0)."""
+    v = float(text.strip().lower().removesuffix("/s"))
+    if not v > 0:
+        raise ValueError(f"rate must be > 0: {text!r}")
+    return v
+
+
+def events_url(target: str) -> str:
+    t = target.rstrip("/")
+    return t if t.endswith("/v1/events") else t + "/v1/events"
+
+
+@dataclass
+class ReplayOptions:
+    path: Path
+    target: str
+    token: str
+    speed: float | None = None
+    rate: float | None = None
+    batch: int = 100
+    concurrency: int = 16
+    max_attempts: int = 20
+    timeout: float = 30.0
+    progress: bool = True
+
+
+@dataclass
+class ReplayStats:
+    lines: int = 0
+    malformed: int = 0
+    sent: int = 0
+    acknowledged: int = 0
+    rejected: int = 0
+    retried: int = 0
+    failed: int = 0
+    requests: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def status(self, key: str) -> None:
+        self.statuses[key] = self.statuses.get(key, 0) + 1
+
+
+def _ts_ms(value: object) -> int | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        return None
+    return int(dt.timestamp() * 1000)
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(0.0, float(value)) if value is not None else 1.0
+    except ValueError:
+        return 1.0
+
+
+class _Replayer:
+    def __init__(self, opts: ReplayOptions, stats: ReplayStats) -> None:
+        self.opts = opts
+        self.stats = stats
+        self.url = events_url(opts.target)
+        self.headers = {
+            "Authorization": f"Bearer {opts.token}",
+            "Content-Type": "application/json",
+        }
+
+    async def post(self, session: Any, events: list[dict[str, Any]]) -> None:
+        from aiohttp import ClientError
+
+        st = self.stats
+        attempt = 0
+        while events:
+            attempt += 1
+            st.requests += 1
+            try:
+                async with session.post(
+                    self.url, data=orjson.dumps(events), headers=self.headers
+                ) as r:
+                    status = r.status
+                    retry_after = r.headers.get("Retry-After")
+                    body = await r.read()
+            except (TimeoutError, ClientError, OSError):
+                status, retry_after, body = 0, None, b""
+            st.status(str(status) if status else "connection_error")
+            if status == 202:
+                st.acknowledged += len(events)
+                return
+            if status == 400:
+                bad = _invalid_indices(body, len(events))
+                if bad:  # only those are invalid: drop them, send the others again
+                    st.rejected += len(bad)
+                    events = [e for i, e in enumerate(events) if i not in bad]
+                    continue
+            if 400 <= status < 500 and status != 429:
+                st.rejected += len(events)
+                return
+            if attempt >= self.opts.max_attempts:
+                st.failed += len(events)
+                return
+            st.retried += 1
+            if status == 429:
+                await asyncio.sleep(_retry_after(retry_after))
+            else:
+                delay = min(5.0, 0.1 * 2 ** (attempt - 1))
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    async def run(self) -> float:
+        from aiohttp import ClientSession, ClientTimeout, TCPConnector
+
+        opts = self.opts
+        st = self.stats
+        sem = asyncio.Semaphore(opts.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        progress = _Progress(opts.path, st, opts.progress)
+        start = time.monotonic()
+        t0: int | None = None
+        clock = 0
+        index = 0
+        pending: list[dict[str, Any]] = []
+        first_due = last_due = 0.0
+
+        async with ClientSession(
+            connector=TCPConnector(limit=opts.concurrency),
+            timeout=ClientTimeout(total=opts.timeout),
+        ) as session:
+
+            async def send(batch: list[dict[str, Any]]) -> None:
+                try:
+                    await self.post(session, batch)
+                finally:
+                    sem.release()
+
+            async def flush() -> None:
+                nonlocal pending
+                wait = last_due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await sem.acquire()
+                batch, pending = pending, []
+                st.sent += len(batch)
+                task = asyncio.create_task(send(batch))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                progress.update()
+
+            with progress, opts.path.open("rb") as fh:
+                for raw in fh:
+                    progress.read(len(raw))
+                    line = raw.strip()
+                    if not line:
+                        continue
+                    st.lines += 1
+                    try:
+                        event = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        event = None
+                    if not isinstance(event, dict):
+                        st.malformed += 1
+                        continue
+                    if opts.rate is not None:
+                        due = start + index / opts.rate
+                    elif opts.speed is not None:
+                        ts = _ts_ms(event.get("timestamp"))
+                        if ts is not None:
+                            if t0 is None:
+                                t0 = clock = ts
+                            clock = max(clock, ts)
+                        due = start + (clock - (t0 or 0)) / 1000.0 / opts.speed
+                    else:
+                        due = start
+                    index += 1
+                    if pending and (len(pending) >= opts.batch or due - first_due > LINGER_S):
+                        await flush()
+                    if not pending:
+                        first_due = due
+                    pending.append(event)
+                    last_due = due
+                if pending:
+                    await flush()
+                while tasks:
+                    await asyncio.gather(*list(tasks))
+                progress.update()
+        return time.monotonic() - start
+
+
+def _invalid_indices(body: bytes, n: int) -> set[int]:
+    try:
+        doc = orjson.loads(body)
+        items = doc["error"]["events"]
+        bad = {int(e["index"]) for e in items}
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return set()
+    return {i for i in bad if 0 <= i < n}
+
+
+class _Progress:
+    """A rich progress bar over the file's bytes with live counters (stderr)."""
+
+    def __init__(self, path: Path, stats: ReplayStats, enabled: bool) -> None:
+        self.stats = stats
+        self.enabled = enabled
+        self.total = path.stat().st_size if path.exists() else None
+        self.bar: Any = None
+        self.task: Any = None
+        self.done = 0
+        self.start = time.monotonic()
+        self.last = 0.0
+
+    def __enter__(self) -> _Progress:
+        if not self.enabled:
+            return self
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]replay"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn(
+                "sent {task.fields[sent]:,} · acked {task.fields[acked]:,} · "
+                "rejected {task.fields[rejected]:,} · retried {task.fields[retried]:,} · "
+                "{task.fields[rate]:,.0f} ev/s"
+            ),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            refresh_per_second=5,
+        )
+        self.bar.__enter__()
+        self.task = self.bar.add_task(
+            "replay", total=self.total, sent=0, acked=0, rejected=0, retried=0, rate=0.0
+        )
+        return self
+
+    def read(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last > 0.1:
+            self.last = now
+            self.update()
+
+    def update(self) -> None:
+        if self.bar is None:
+            return
+        st = self.stats
+        elapsed = max(1e-9, time.monotonic() - self.start)
+        self.bar.update(
+            self.task,
+            completed=self.done,
+            sent=st.sent,
+            acked=st.acknowledged,
+            rejected=st.rejected,
+            retried=st.retried,
+            rate=st.acknowledged / elapsed,
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.update()
+            self.bar.__exit__(None, None, None)
+
+
+def replay(opts: ReplayOptions) -> dict[str, Any]:
+    """Run a replay to completion; returns the summary printed by the command."""
+    stats = ReplayStats()
+    elapsed = asyncio.run(_Replayer(opts, stats).run())
+    return {
+        "file": str(opts.path),
+        "target": events_url(opts.target),
+        "pacing": (
+            f"{opts.rate:g}/s"
+            if opts.rate is not None
+            else f"{opts.speed:g}x"
+            if opts.speed is not None
+            else "max"
+        ),
+        "lines": stats.lines,
+        "malformed": stats.malformed,
+        "sent": stats.sent,
+        "acknowledged": stats.acknowledged,
+        "rejected": stats.rejected,
+        "retried": stats.retried,
+        "failed": stats.failed,
+        "requests": stats.requests,
+        "statuses": dict(sorted(stats.statuses.items())),
+        "elapsed_s": round(elapsed, 3),
+        "rate_per_s": round(stats.acknowledged / elapsed, 1) if elapsed > 0 else 0.0,
+    }
+
+
+def run_replay(args: Any) -> int:
+    """The ``replay`` command handler (argparse namespace from load_tests.cli)."""
+    import sys
+
+    token = args.token or os.environ.get("NUDGE_WRITE_TOKEN")
+    if not token:
+        print("no write token: --token or NUDGE_WRITE_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        speed = parse_speed(args.speed) if args.speed else None
+        rate = parse_rate(args.rate) if args.rate else None
+    except ValueError as err:
+        print(f"replay: {err}", file=sys.stderr)
+        return 2
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"{path}: no such file", file=sys.stderr)
+        return 2
+    if not 1 <= args.batch <= 1000:
+        print("--batch: 1 to 1000 events", file=sys.stderr)
+        return 2
+    summary = replay(
+        ReplayOptions(
+            path=path,
+            target=args.target,
+            token=token,
+            speed=speed,
+            rate=rate,
+            batch=args.batch,
+            concurrency=args.concurrency,
+            max_attempts=args.max_attempts,
+            progress=not args.no_progress,
+        )
+    )
+    sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+    return 0 if summary["failed"] == 0 else 1

@@ -1,0 +1,211 @@
+"""``replay`` and ``loadtest`` against a real ``nudge run`` subprocess (stock recipes,
+actions routed to the webhook port the load test listens on)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from load_tests.traffic import TrafficConfig, generate
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+WRITE = "lt-write-token"
+ADMIN = "lt-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Engine:
+    def __init__(self, base: str, hook_port: int, log: Path) -> None:
+        self.base = base
+        self.hook_port = hook_port
+        self.log = log
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    tmp = tmp_path_factory.mktemp("engine")
+    hook_port = free_port()
+    port = free_port()
+    sinks = tmp / "sinks.json"
+    sinks.write_bytes(
+        orjson.dumps(
+            {
+                "default": "hook",
+                "sinks": {
+                    "hook": {
+                        "type": "webhook",
+                        "url": f"http://127.0.0.1:{hook_port}/hook",
+                        "max_attempts": 2,
+                        "base_delay": 0.05,
+                    }
+                },
+            }
+        )
+    )
+    log = tmp / "engine.log"
+    env = {**os.environ, "NUDGE_WRITE_TOKEN": WRITE, "NUDGE_ADMIN_TOKEN": ADMIN}
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "engine.cli",
+                "run",
+                "--data",
+                str(tmp / "data"),
+                "--port",
+                str(port),
+                "--sinks",
+                str(sinks),
+                "--synchronous",
+                "NORMAL",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if proc.poll() is not None or time.monotonic() > end:
+                raise AssertionError("engine not ready: " + log.read_text()[-2000:])
+            time.sleep(0.1)
+        yield Engine(base, hook_port, log)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "load_tests.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "NUDGE_WRITE_TOKEN"},
+    )
+
+
+def test_replay_counts_acknowledged_and_malformed(engine: Engine, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    lines = [orjson.dumps(e) for e in generate(TrafficConfig(customers=200, events=2000, seed=7))]
+    assert len(lines) == 2000
+    lines.insert(1000, b'{"event_id": "broken", not json')
+    lines.insert(1500, b"[1, 2, 3]")  # JSON, but not an event object
+    trace.write_bytes(b"\n".join(lines) + b"\n\n")  # a blank line is not a line
+
+    res = run_cli(
+        "replay", str(trace), "--target", engine.base, "--rate", "2000/s", "--token", WRITE
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary: dict[str, Any] = orjson.loads(res.stdout)
+    assert summary["lines"] == 2002
+    assert summary["malformed"] == 2
+    assert summary["sent"] == 2000
+    assert summary["acknowledged"] == summary["lines"] - summary["malformed"]
+    assert summary["rejected"] == 0
+    assert summary["failed"] == 0
+    assert summary["statuses"].get("202", 0) >= 20  # batches of at most 100
+    assert summary["pacing"] == "2000/s"
+
+
+def test_replay_rejects_bad_token_and_invalid_events(engine: Engine, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.jsonl"
+    good = [orjson.dumps(e) for e in generate(TrafficConfig(customers=20, events=30, seed=8))]
+    bad = orjson.dumps({"event_id": "x1", "type": "order_completed", "customer_id": "c1"})
+    trace.write_bytes(b"\n".join([*good[:10], bad, *good[10:]]) + b"\n")
+    res = run_cli(
+        "replay", str(trace), "--target", engine.base, "--speed", "1000000x", "--token", WRITE
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = orjson.loads(res.stdout)
+    assert (summary["lines"], summary["malformed"]) == (31, 0)
+    assert (summary["acknowledged"], summary["rejected"]) == (30, 1)
+
+    res = run_cli("replay", str(trace), "--target", engine.base, "--token", "wrong")
+    summary = orjson.loads(res.stdout)
+    assert summary["rejected"] == 31
+    assert summary["acknowledged"] == 0
+    assert summary["statuses"] == {"401": 1}
+
+
+def test_loadtest_writes_report_and_plots(engine: Engine, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    res = run_cli(
+        "loadtest",
+        "--target",
+        engine.base,
+        "--rate",
+        "500",
+        "--duration",
+        "3",
+        "--customers",
+        "300",
+        "--batch",
+        "25",
+        "--token",
+        WRITE,
+        "--admin-token",
+        ADMIN,
+        "--hook-port",
+        str(engine.hook_port),
+        "--out",
+        str(out),
+    )
+    assert res.returncode == 0, res.stderr[-3000:] + engine.log.read_text()[-2000:]
+    report = orjson.loads((out / "report.json").read_bytes())
+    assert report["requests"]["scheduled"] == 60
+    assert report["requests"]["sent"] == 60
+    assert report["requests"]["events_sent"] == 1500
+    assert report["requests"]["events_acknowledged"] == 1500
+    assert report["errors"] == {}
+    for key in ("ingest_latency_ms", "event_to_action_ms"):
+        figures = report[key]
+        assert figures["count"] > 0, key
+        assert 0 < figures["p50"] <= figures["p99"] <= figures["max"], key
+    assert report["ingest_latency_ms"]["count"] == 60
+    assert report["event_to_action_ms"]["count"] == report["probes"]["received"]
+    assert report["probes"]["received"] == report["probes"]["acknowledged"] == 60
+    assert report["timer_lateness_s"]["available"] is True
+    assert (out / "probe.yaml").read_text().startswith("# nudge loadtest")
+    md = (out / "report.md").read_text()
+    assert "event to action" in md
+    assert md in res.stdout
+    for name in ("latency_over_time.png", "latency_distribution.png", "throughput.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG"), name
+    # the probe rule was deployed for the run only
+    req = urllib.request.Request(
+        engine.base + "/v1/rules", headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        ids = [rule["id"] for rule in orjson.loads(r.read())["rules"]]
+    assert "loadtest-probe" not in ids
