@@ -233,21 +233,34 @@ def write_plots(
 
     paths: list[Path] = []
 
+    def finish(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+        """Label, grid, legend, save and close one figure."""
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        return path
+
     fig, ax = plt.subplots(figsize=(10, 5))
     for name, samples in (("ingest", ingest), ("event to action", e2a)):
         series = per_second(samples)
         xs = [s["second"] for s in series]
         ax.plot(xs, [s["p50"] for s in series], label=f"{name} p50")
         ax.plot(xs, [s["p99"] for s in series], label=f"{name} p99", linestyle="--")
-    ax.set_xlabel("seconds since start")
-    ax.set_ylabel("latency (ms)")
     ax.set_yscale("log")
-    ax.set_title("Latency over time (per second)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    paths.append(out / "latency_over_time.png")
-    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    paths.append(
+        finish(
+            fig,
+            ax,
+            out / "latency_over_time.png",
+            "seconds since start",
+            "latency (ms)",
+            "Latency over time (per second)",
+        )
+    )
 
     fig, ax = plt.subplots(figsize=(10, 5))
     for name, dist in (("ingest", ingest_dist), ("event to action", e2a_dist)):
@@ -258,14 +271,16 @@ def write_plots(
     ticks = [1, 2, 10, 100, 1000, 10000, 100000]
     ax.set_xticks(ticks)
     ax.set_xticklabels(["0%", "50%", "90%", "99%", "99.9%", "99.99%", "99.999%"])
-    ax.set_xlabel("percentile")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title("Latency by percentile (HdrHistogram)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    paths.append(out / "latency_distribution.png")
-    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    paths.append(
+        finish(
+            fig,
+            ax,
+            out / "latency_distribution.png",
+            "percentile",
+            "latency (ms)",
+            "Latency by percentile (HdrHistogram)",
+        )
+    )
 
     fig, ax = plt.subplots(figsize=(10, 5))
     for name, counts in (
@@ -274,12 +289,14 @@ def write_plots(
         ("actions received/s", actions_per_s),
     ):
         ax.plot([s for s, _ in counts], [v for _, v in counts], label=name)
-    ax.set_xlabel("seconds since start")
-    ax.set_ylabel("per second")
-    ax.set_title("Throughput over time")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    paths.append(out / "throughput.png")
-    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    paths.append(
+        finish(
+            fig,
+            ax,
+            out / "throughput.png",
+            "seconds since start",
+            "per second",
+            "Throughput over time",
+        )
+    )
     return paths
