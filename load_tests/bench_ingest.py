@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import ClientSession, TCPConnector, web
 
+from load_tests.nudge_proc import start_nudge_run, wait_ready
 from rules.ruleset import RECIPES_DIR
 
 __all__ = ["main"]
@@ -284,41 +284,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ).decode()
     )
     port = _port()
-    env = {**os.environ, "NUDGE_WRITE_TOKEN": TOKEN, "NUDGE_ADMIN_TOKEN": "bench-admin"}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "engine.cli",
-            "run",
-            "--data",
-            str(tmp / "data"),
-            "--rules",
-            str(rules),
-            "--port",
-            str(port),
-            "--sinks",
-            str(sinks),
+    proc = start_nudge_run(
+        tmp / "data",
+        port,
+        sinks,
+        tokens=(TOKEN, "bench-admin"),
+        rules=rules,
+        extra=(
             "--synchronous",
             args.synchronous,
             "--compact-idle",
             str(5.0 if args.memory_customers else 300.0),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        ),
     )
     url = f"http://127.0.0.1:{port}/v1/events"
     try:
-        async with ClientSession() as s:
-            for _ in range(300):
-                try:
-                    async with s.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                await asyncio.sleep(0.1)
+        await asyncio.to_thread(wait_ready, port, proc)
         if args.memory_customers:
             return await _memory(url, port, proc.pid, args.memory_customers)
         t0 = time.monotonic()

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from load_tests.nudge_proc import start_nudge_run, wait_ready
 from load_tests.traffic import TrafficConfig, generate
 
 pytestmark = pytest.mark.slow
@@ -61,41 +61,10 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         )
     )
     log = tmp / "engine.log"
-    env = {**os.environ, "NUDGE_WRITE_TOKEN": WRITE, "NUDGE_ADMIN_TOKEN": ADMIN}
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "engine.cli",
-                "run",
-                "--data",
-                str(tmp / "data"),
-                "--port",
-                str(port),
-                "--sinks",
-                str(sinks),
-                "--synchronous",
-                "NORMAL",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_nudge_run(tmp / "data", port, sinks, tokens=(WRITE, ADMIN), log=log, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     try:
-        end = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if proc.poll() is not None or time.monotonic() > end:
-                raise AssertionError("engine not ready: " + log.read_text()[-2000:])
-            time.sleep(0.1)
+        wait_ready(port, proc, log)
         yield Engine(base, hook_port, log)
     finally:
         proc.terminate()

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from aiohttp import ClientError, ClientSession
 
 from engine.backtest import backtest
+from load_tests.nudge_proc import start_nudge_run, wait_ready
 from rules.ruleset import load_ruleset
 from tests.support.traces import TIMING_FREE_RULES, make_events
 from tests.support.webhook import WebhookReceiver
@@ -55,29 +55,14 @@ class Engine:
         self.log = tmp / "engine.log"
 
     def start(self) -> None:
-        env = {**os.environ, "NUDGE_WRITE_TOKEN": WRITE, "NUDGE_ADMIN_TOKEN": "test-admin"}
-        with self.log.open("ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "engine.cli",
-                    "run",
-                    "--data",
-                    str(self.data),
-                    "--rules",
-                    str(self.rules),
-                    "--port",
-                    str(self.port),
-                    "--sinks",
-                    str(self.sinks),
-                    "--synchronous",
-                    "NORMAL",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.proc = start_nudge_run(
+            self.data,
+            self.port,
+            self.sinks,
+            tokens=(WRITE, "test-admin"),
+            log=self.log,
+            rules=self.rules,
+        )
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -90,16 +75,8 @@ class Engine:
             self.proc.wait(timeout=30)
 
     async def ready(self, session: ClientSession) -> None:
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            try:
-                async with session.get(f"http://127.0.0.1:{self.port}/readyz") as r:
-                    if r.status == 200:
-                        return
-            except ClientError:
-                pass
-            await asyncio.sleep(0.05)
-        raise AssertionError("engine not ready: " + self.log.read_text()[-2000:])
+        assert self.proc is not None
+        await asyncio.to_thread(wait_ready, self.port, self.proc, self.log, 30.0)
 
     async def send(self, session: ClientSession, batch: list[dict[str, Any]]) -> bool:
         try:
