@@ -118,9 +118,11 @@ class Processor:
         out.too_late = out.lateness > rs.lateness
         apply_event(st, ev, ts, now, rs.counted)
         etype = ev.type
-        if st.flows:
-            for inst in st.flows.values():
-                if ts >= inst.started_at:
+        flows = st.flows
+        if flows:
+            for rule_id in rs.seen_rules(etype):
+                inst = flows.get(rule_id)
+                if inst is not None and ts >= inst.started_at:
                     seen = inst.seen
                     if seen is None:
                         inst.seen = {etype: ts}

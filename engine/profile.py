@@ -7,6 +7,7 @@ time (a late event lands in the bucket of its own time). See docs/semantics.md.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from engine.localtime import valid_timezone
@@ -14,7 +15,7 @@ from engine.types import Event
 from state.customer import VIEWED_MAX, CustomerState
 from state.windows import increment
 
-__all__ = ["apply_event", "customer_view"]
+__all__ = ["CUSTOMER_FIELDS", "apply_event", "customer_view"]
 
 _CHANNELS = ("email", "sms", "push")
 _MAX_ATTRIBUTES = 32
@@ -117,21 +118,35 @@ def apply_event(st: CustomerState, ev: Event, ts: int, now: int, counted: frozen
         increment(st.counters, t, ts, now)
 
 
-def customer_view(st: CustomerState, default_consent: dict[str, bool]) -> dict[str, Any]:
-    """The ``customer`` map rule expressions see (times in epoch ms, 0 when unknown)."""
+def _consent_view(st: CustomerState, default_consent: dict[str, bool]) -> dict[str, bool]:
     consent = dict(default_consent)
     if st.consent:
         consent.update(st.consent)
-    return {
-        "id": st.customer_id,
-        "orders": st.orders,
-        "ltv": st.revenue,
-        "aov": st.aov,
-        "first_seen": st.first_seen,
-        "last_seen": st.last_seen,
-        "first_order": st.first_order or 0,
-        "last_order": st.last_order or 0,
-        "timezone": st.timezone or "",
-        "consent": consent,
-        "attributes": st.attributes or {},
-    }
+    return consent
+
+
+CustomerField = Callable[[CustomerState, dict[str, bool]], Any]
+CUSTOMER_FIELDS: dict[str, CustomerField] = {
+    "id": lambda st, _: st.customer_id,
+    "orders": lambda st, _: st.orders,
+    "ltv": lambda st, _: st.revenue,
+    "aov": lambda st, _: st.aov,
+    "first_seen": lambda st, _: st.first_seen,
+    "last_seen": lambda st, _: st.last_seen,
+    "first_order": lambda st, _: st.first_order or 0,
+    "last_order": lambda st, _: st.last_order or 0,
+    "timezone": lambda st, _: st.timezone or "",
+    "consent": _consent_view,
+    "attributes": lambda st, _: st.attributes or {},
+}
+"""The ``customer`` map rule expressions see, field by field (times in epoch ms, 0 when
+unknown)."""
+
+
+def customer_view(
+    st: CustomerState, default_consent: dict[str, bool], keys: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """The ``customer`` map, whole or only its ``keys``."""
+    if keys is None:
+        return {k: f(st, default_consent) for k, f in CUSTOMER_FIELDS.items()}
+    return {k: CUSTOMER_FIELDS[k](st, default_consent) for k in keys if k in CUSTOMER_FIELDS}

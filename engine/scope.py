@@ -13,6 +13,12 @@ from state.windows import count
 __all__ = ["RuleScope"]
 
 _NEVER = 1 << 62
+_CART_FIELDS: tuple[tuple[str, Callable[[CustomerState], Any]], ...] = (
+    ("value", lambda st: st.cart_value),
+    ("items", lambda st: st.cart_items),
+    ("updated_at", lambda st: st.cart_updated or 0),
+)
+_CART = frozenset(k for k, _ in _CART_FIELDS)
 
 
 class RuleScope:
@@ -35,26 +41,27 @@ class RuleScope:
         self.event = event
         self.flow = flow
 
-    def variable(self, name: str) -> Any:
-        st = self.state
+    def variable(self, name: str, keys: frozenset[str] | None = None) -> Any:
+        """The map bound to ``name`` (see rules.expressions.Scope); with ``keys``, only
+        those of its top-level keys that exist."""
         if name == "customer":
-            return customer_view(st, self.consent)
+            return customer_view(self.state, self.consent, keys)
         if name == "cart":
-            return {
-                "value": st.cart_value,
-                "items": st.cart_items,
-                "updated_at": st.cart_updated or 0,
-            }
+            fields = _CART if keys is None else keys & _CART
+            return {k: getter(self.state) for k, getter in _CART_FIELDS if k in fields}
         if name == "event" and self.event is not None:
             ev = self.event
-            return {
+            view: dict[str, Any] = {
                 "type": ev.type,
                 "properties": ev.properties,
                 "context": ev.context,
-                "timestamp": ev.ts,
             }
+            if keys is None or "timestamp" in keys:
+                view["timestamp"] = ev.ts
+            return view
         if name == "trigger" and self.flow is not None:
-            return self.flow.trigger or {}
+            trigger = self.flow.trigger or {}
+            return trigger if keys is None else {k: trigger[k] for k in keys if k in trigger}
         return {}
 
     def function(self, name: str) -> Callable[..., Any]:

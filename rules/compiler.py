@@ -83,6 +83,9 @@ class CompiledRule:
     counted: frozenset[str]
     digest: str
     uses_trigger: bool  # some expression reads ``trigger``: keep the trigger's properties
+    # event types the flow's seen()/seen_since() calls name: what an open instance records
+    # in ``seen`` (None: every type, a call's argument is not a literal)
+    seen_types: frozenset[str] | None = frozenset()
 
     def sort_key(self) -> tuple[int, str]:
         return (-self.priority, self.id)
@@ -99,6 +102,7 @@ class _Compiler:
         self.counted: set[str] = set()
         self.pending_seen: list[tuple[PathKey, str, int]] = []
         self.uses_trigger = False
+        self.seen: set[str] | None = set()
 
     def expr(self, source: str, key: PathKey, *, in_flow: bool) -> Expression | None:
         try:
@@ -117,8 +121,13 @@ class _Compiler:
                     )
             elif not in_flow:
                 self.errors.append(self.pos.error(key, f"{fn}() is only available in steps"))
-            elif fn == "seen_since" and arg2 is not None:
-                self.pending_seen.append((key, arg2, len(self.ops)))
+            else:
+                if self.seen is not None:
+                    self.seen.add(arg)
+                if fn == "seen_since" and arg2 is not None:
+                    self.pending_seen.append((key, arg2, len(self.ops)))
+        if e.dynamic_calls:
+            self.seen = None
         if "trigger" in e.variables:
             self.uses_trigger = True
         if not in_flow and "trigger" in e.variables:
@@ -259,6 +268,7 @@ class _Compiler:
             counted=frozenset(self.counted),
             digest=digest,
             uses_trigger=self.uses_trigger,
+            seen_types=None if self.seen is None else frozenset(self.seen),
         )
 
 

@@ -37,6 +37,13 @@ class RuleSet:
     quiet_default: tuple[int, int] | None = None
     lateness: int = 0
     max_cap_period: int = 0
+    # event type -> ids of the rules whose open instances record it in ``seen``
+    seen_by: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    seen_any: tuple[str, ...] = ()  # rules that record every type
+
+    def seen_rules(self, event_type: str) -> tuple[str, ...]:
+        """Ids of the rules whose open flow instances record ``event_type`` in ``seen``."""
+        return self.seen_by.get(event_type, self.seen_any)
 
     def __post_init__(self) -> None:
         order = sorted(self.rules.values(), key=CompiledRule.sort_key)
@@ -49,6 +56,12 @@ class RuleSet:
         self.by_trigger = {k: tuple(v) for k, v in trig.items()}
         self.by_exit = {k: tuple(v) for k, v in exits.items()}
         self.goal_types = frozenset(r.goal[0] for r in order if r.goal)
+        self.seen_any = tuple(r.id for r in order if r.seen_types is None)
+        seen: dict[str, list[str]] = {}
+        for r in order:
+            for t in r.seen_types or ():
+                seen.setdefault(t, list(self.seen_any)).append(r.id)
+        self.seen_by = {k: tuple(v) for k, v in seen.items()}
         self.counted = frozenset(self.settings.counters).union(*(r.counted for r in order))
         self.channel_caps = {c: parse_cap(v) for c, v in self.settings.channel_caps.items()}
         self.quiet_default = (

@@ -126,6 +126,11 @@ def test_published_schema_is_generated_not_hand_kept() -> None:
         ("viewed()", ["p1", "p9"]),
         ("customer.consent.sms", False),
         ("cart.value * 2.0", 85.0),
+        # only the selected keys are built: same result as CEL on the whole map
+        ("customer.orders == 0 && !customer.consent.sms", True),
+        ("cart.items == 1 && cart.value > 40.0", True),
+        ("trigger.product_id == 'p9' && has(trigger.size)", False),
+        ("size(customer) > 3", True),
     ],
 )
 def test_field_selection_fast_path_matches_cel(source: str, expected: object) -> None:
@@ -147,6 +152,23 @@ def test_field_selection_fast_path_matches_cel(source: str, expected: object) ->
     assert cel.compile(source).execute(ctx) == expected
 
 
+@pytest.mark.parametrize(
+    ("source", "keys"),
+    [
+        ("customer.orders == 5", {"orders"}),
+        ("customer.ltv >= 500.0 && customer . consent.sms", {"ltv", "consent"}),
+        ("has(customer.x)", {"x"}),
+        ("customer.orders > size(customer)", None),  # the whole map is used
+        ("customer.orders > 1 && 'customer' != ''", None),  # a mention in a string: whole
+        ("[1].exists(customer, customer > 0)", None),  # a macro binding the name
+    ],
+)
+def test_selected_keys(source: str, keys: set[str] | None) -> None:
+    from rules.expressions import selected_keys
+
+    assert selected_keys(source, "customer") == (None if keys is None else frozenset(keys))
+
+
 def test_hidden_directories_are_skipped(tmp_path: Path) -> None:
     from rules.loader import rule_files
 
@@ -154,3 +176,36 @@ def test_hidden_directories_are_skipped(tmp_path: Path) -> None:
     (tmp_path / "..2026_11_22").mkdir()
     (tmp_path / "..2026_11_22" / "a.yaml").write_text(GOOD)  # a ConfigMap's second copy
     assert rule_files([str(tmp_path)]) == [tmp_path / "a.yaml"]
+
+
+def test_flows_record_only_the_event_types_their_rules_ask_about() -> None:
+    from engine.testing import RuleKit
+
+    rule = """\
+id: r
+trigger: {event: cart_item_added}
+steps:
+  - name: first
+    send: {channel: email, template: t1}
+  - wait: 1h
+  - if: "seen_since('email_opened', 'first') || seen('order_completed')"
+    send: {channel: email, template: t2}
+"""
+    dynamic = rule.replace("id: r", "id: d").replace("'order_completed'", "trigger.kind")
+    rs = load_texts([("r.yaml", rule)])
+    assert rs.rules["r"].seen_types == {"email_opened", "order_completed"}
+    assert rs.seen_rules("email_opened") == ("r",)
+    assert rs.seen_rules("page_viewed") == ()
+    both = load_texts([("r.yaml", rule), ("d.yaml", dynamic)])
+    assert both.rules["d"].seen_types is None  # an argument that is not a literal: every type
+    assert both.seen_rules("page_viewed") == ("d",)
+    assert set(both.seen_rules("email_opened")) == {"d", "r"}
+
+    kit = RuleKit(rs)
+    kit.send("cart_item_added", "c1", {"product_id": "p1", "price": 5.0})
+    kit.send("page_viewed", "c1", {})
+    kit.send("email_opened", "c1", {})
+    inst = kit.state("c1").flows["r"]
+    assert set(inst.seen or ()) == {"email_opened"}
+    kit.advance(hours=1)
+    assert [a.template for a in kit.sent("r")] == ["t1", "t2"]
