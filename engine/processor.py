@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import zlib
-from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +22,7 @@ from engine.types import Action, Conversion, Event, Fire
 from rules.compiler import CompiledRule
 from rules.ruleset import RuleSet
 from state.base import StateStore, TimerStore
-from state.customer import DEDUP_WINDOW, CustomerState, FlowInstance
+from state.customer import CustomerState, FlowInstance
 
 __all__ = ["Output", "Processor", "assign_variant", "fingerprint"]
 
@@ -102,18 +101,10 @@ class Processor:
         st = self.store.get(ev.customer_id)
         created = st is None
         if st is None:
-            st = CustomerState(ev.customer_id, ts)
-        fp = fingerprint(ev.event_id)
-        dedup = st.dedup
-        if dedup is None:
-            st.dedup = array("Q", (fp,))
-        elif fp in dedup:
+            st = CustomerState(ev.customer_id, ts, ts)
+        if not st.remember(fingerprint(ev.event_id)):
             out.duplicate = True
             return out
-        else:
-            if len(dedup) >= DEDUP_WINDOW:
-                del dedup[0]
-            dedup.append(fp)
         out.lateness = now - ts if now > ts else 0
         out.too_late = out.lateness > rs.lateness
         apply_event(st, ev, ts, now, rs.counted)

@@ -1,17 +1,27 @@
 """The per-customer state record and the flow instance record.
 
-Both use ``__slots__`` and ``None`` for empty parts: most customers never open a flow or
-hold a cart, and the memory budget is about 1 KB per customer. Snapshots are plain
-JSON-able lists (``to_row``/``from_row``) for checkpoints.
+Both are msgspec Structs (``gc=False``: no reference cycles, no GC header; ``array_like``:
+rows are positional) with ``None`` for empty parts: most customers never open a flow or
+hold a cart, and the memory budget is about 1 KB per customer. Structs encode and decode
+in one C call, so idle customers are kept as packed bytes (``pack``/``unpack``, MessagePack)
+and inflated on their next input; checkpoints use JSON rows (``to_row``/``from_row``).
 """
 
 from __future__ import annotations
 
-from array import array
-from operator import attrgetter
 from typing import Any
 
-__all__ = ["DEDUP_WINDOW", "VIEWED_MAX", "CustomerState", "FlowInstance"]
+import msgspec
+
+__all__ = [
+    "DEDUP_WINDOW",
+    "VIEWED_MAX",
+    "CustomerState",
+    "FlowInstance",
+    "pack",
+    "packed_json",
+    "unpack",
+]
 
 DEDUP_WINDOW = 32
 """Event ids remembered per customer for duplicate detection (as 64-bit fingerprints)."""
@@ -19,107 +29,61 @@ VIEWED_MAX = 5
 """Recently viewed products kept per customer, most recent last."""
 
 
-class FlowInstance:
+class FlowInstance(msgspec.Struct, array_like=True, gc=False):
     """One open run of a rule for a customer. ``pc`` indexes the compiled rule's op list;
     ``due`` is the pending timer (None: no timer). ``seen`` maps event type to the last
-    event time seen since the flow started; ``marks`` maps step names to when they ran."""
+    event time seen since the flow started (only the types the rule asks about);
+    ``marks`` maps step names to when they ran."""
 
-    __slots__ = (
-        "due",
-        "instance_id",
-        "marks",
-        "pc",
-        "rule_id",
-        "seen",
-        "started_at",
-        "trigger",
-        "variant",
-        "version",
-    )
-
-    def __init__(
-        self,
-        rule_id: str,
-        version: int,
-        instance_id: str,
-        started_at: int,
-        variant: str,
-        trigger: dict[str, Any] | None,
-    ) -> None:
-        self.rule_id = rule_id
-        self.version = version
-        self.instance_id = instance_id
-        self.started_at = started_at
-        self.variant = variant
-        self.trigger = trigger
-        self.pc = 0
-        self.due: int | None = None
-        # created on first use: most instances wait without seeing anything
-        self.seen: dict[str, int] | None = None
-        self.marks: dict[str, int] | None = None
+    rule_id: str
+    version: int
+    instance_id: str
+    started_at: int
+    variant: str
+    trigger: dict[str, Any] | None
+    pc: int = 0
+    due: int | None = None
+    # created on first use: most instances wait without seeing anything
+    seen: dict[str, int] | None = None
+    marks: dict[str, int] | None = None
 
     def to_row(self) -> list[Any]:
-        return list(_FLOW_SLOTS(self))
+        return msgspec.to_builtins(self, str_keys=True)  # type: ignore[no-any-return]
 
     @classmethod
     def from_row(cls, row: list[Any]) -> FlowInstance:
-        inst = cls.__new__(cls)
-        for s, v in zip(cls.__slots__, row, strict=True):
-            setattr(inst, s, v)
-        return inst
+        return msgspec.convert(row, cls, str_keys=True)
 
 
-class CustomerState:
-    """Everything Nudge knows about one customer."""
+class CustomerState(msgspec.Struct, array_like=True, gc=False):
+    """Everything Nudge knows about one customer. Create with ``CustomerState(id, t, t)``
+    (first and last seen)."""
 
-    __slots__ = (
-        "attributes",
-        "cart",
-        "cart_updated",
-        "consent",
-        "counters",
-        "customer_id",
-        "dedup",
-        "entries",
-        "first_order",
-        "first_seen",
-        "flows",
-        "goals",
-        "last_order",
-        "last_seen",
-        "orders",
-        "revenue",
-        "sends",
-        "seq",
-        "timezone",
-        "viewed",
-    )
-
-    def __init__(self, customer_id: str, now: int) -> None:
-        self.customer_id = customer_id
-        self.seq = 0  # last journal entry applied (runtimes), so replays skip what is in
-        self.first_seen = now
-        self.last_seen = now
-        self.timezone: str | None = None
-        self.consent: dict[str, bool] | None = None
-        self.attributes: dict[str, Any] | None = None
-        self.orders = 0
-        self.revenue = 0.0
-        self.first_order: int | None = None
-        self.last_order: int | None = None
-        # product_id -> [quantity, unit price]
-        self.cart: dict[str, list[float]] | None = None
-        self.cart_updated: int | None = None
-        self.viewed: list[str] | None = None
-        self.counters: dict[int, int] | None = None
-        self.dedup: array[int] | None = None
-        self.flows: dict[str, FlowInstance] | None = None
-        # rule_id -> last time a flow of that rule was entered
-        self.entries: dict[str, int] | None = None
-        # recent sends for frequency caps: (time, rule_id, channel)
-        self.sends: list[tuple[int, str, str]] | None = None
-        # open experiment goal windows: (rule_id, variant, goal event type, start, deadline)
-        self.goals: list[tuple[str, str, str, int, int]] | None = None
+    customer_id: str
+    first_seen: int
+    last_seen: int
+    seq: int = 0  # last journal entry applied (runtimes), so replays skip what is in
+    timezone: str | None = None
+    consent: dict[str, bool] | None = None
+    attributes: dict[str, Any] | None = None
+    orders: int = 0
+    revenue: float = 0.0
+    first_order: int | None = None
+    last_order: int | None = None
+    # product_id -> [quantity, unit price]
+    cart: dict[str, list[float]] | None = None
+    cart_updated: int | None = None
+    viewed: list[str] | None = None
+    counters: dict[int, int] | None = None
+    # the last DEDUP_WINDOW event id fingerprints, 8 bytes each, little-endian
+    dedup: bytearray | None = None
+    flows: dict[str, FlowInstance] | None = None
+    # rule_id -> last time a flow of that rule was entered
+    entries: dict[str, int] | None = None
+    # recent sends for frequency caps: (time, rule_id, channel)
+    sends: list[tuple[int, str, str]] | None = None
+    # open experiment goal windows: (rule_id, variant, goal event type, start, deadline)
+    goals: list[tuple[str, str, str, int, int]] | None = None
 
     # --- derived views -------------------------------------------------------------
     @property
@@ -138,42 +102,51 @@ class CustomerState:
     def aov(self) -> float:
         return round(self.revenue / self.orders, 2) if self.orders else 0.0
 
+    # --- duplicates ----------------------------------------------------------------
+    def remember(self, fingerprint: int) -> bool:
+        """Record an event id fingerprint; False if it is among the last DEDUP_WINDOW."""
+        fp = fingerprint.to_bytes(8, "little")
+        dedup = self.dedup
+        if dedup is None:
+            self.dedup = bytearray(fp)
+            return True
+        i = dedup.find(fp)
+        while i >= 0:
+            if i % 8 == 0:
+                return False
+            i = dedup.find(fp, i + 1)
+        if len(dedup) >= 8 * DEDUP_WINDOW:
+            del dedup[:8]
+        dedup += fp
+        return True
+
     # --- snapshots -----------------------------------------------------------------
     def to_row(self) -> list[Any]:
-        """A JSON-able list of the slots in ``__slots__`` order (checkpoints: cheaper than a
-        dict; ``from_row`` reads it back)."""
-        row: list[Any] = list(_SLOTS(self))  # attrgetter: one C call for all slots
-        if self.dedup is not None:
-            row[_DEDUP] = list(self.dedup)
-        if self.flows is not None:
-            row[_FLOWS] = [f.to_row() for f in self.flows.values()]
-        if self.counters is not None:
-            row[_COUNTERS] = list(self.counters.items())
-        return row
+        """A JSON-able list of the fields in order (checkpoints; ``from_row`` reads it
+        back)."""
+        return msgspec.to_builtins(self, str_keys=True)  # type: ignore[no-any-return]
 
     @classmethod
     def from_row(cls, row: list[Any]) -> CustomerState:
-        st = cls.__new__(cls)
-        for s, v in zip(cls.__slots__, row, strict=True):
-            setattr(st, s, v)
-        if st.dedup is not None:
-            st.dedup = array("Q", row[_DEDUP])
-        if row[_FLOWS] is not None:
-            flows = [FlowInstance.from_row(f) for f in row[_FLOWS]]
-            st.flows = {f.rule_id: f for f in flows}
-        if row[_COUNTERS] is not None:
-            st.counters = {int(k): int(c) for k, c in row[_COUNTERS]}
-        if row[_SENDS] is not None:
-            st.sends = [(int(t), str(r), str(c)) for t, r, c in row[_SENDS]]
-        if row[_GOALS] is not None:
-            st.goals = [(str(r), str(v), str(g), int(a), int(b)) for r, v, g, a, b in row[_GOALS]]
-        return st
+        return msgspec.convert(row, cls, str_keys=True)
 
 
-_SLOTS = attrgetter(*CustomerState.__slots__)
-_FLOW_SLOTS = attrgetter(*FlowInstance.__slots__)
-_DEDUP = CustomerState.__slots__.index("dedup")
-_FLOWS = CustomerState.__slots__.index("flows")
-_COUNTERS = CustomerState.__slots__.index("counters")
-_SENDS = CustomerState.__slots__.index("sends")
-_GOALS = CustomerState.__slots__.index("goals")
+_pack = msgspec.msgpack.Encoder().encode
+_unpack_state = msgspec.msgpack.Decoder(CustomerState).decode
+_unpack_any = msgspec.msgpack.Decoder().decode
+_json = msgspec.json.Encoder().encode
+
+
+def pack(st: CustomerState) -> bytes:
+    """The state as compact bytes (MessagePack of the row), for idle customers in memory."""
+    return _pack(st)
+
+
+def unpack(raw: bytes) -> CustomerState:
+    """The state ``pack`` made ``raw`` from."""
+    return _unpack_state(raw)
+
+
+def packed_json(raw: bytes) -> bytes:
+    """The JSON row (``to_row``, as bytes) of a packed state, without inflating it."""
+    return _json(_unpack_any(raw))

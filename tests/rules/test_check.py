@@ -140,7 +140,7 @@ def test_field_selection_fast_path_matches_cel(source: str, expected: object) ->
     from rules.expressions import Expression
     from state.customer import CustomerState, FlowInstance
 
-    st = CustomerState("c1", 0)
+    st = CustomerState("c1", 0, 0)
     st.cart = {"p9": [1.0, 42.5]}
     st.viewed = ["p1", "p9"]
     flow = FlowInstance("r", 1, "e1", 0, "default", {"product_id": "p9"})
