@@ -33,16 +33,26 @@ def add_loadtest_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     """``replay`` and ``loadtest`` at the top level of ``nudge``."""
     rp = sub.add_parser(
         "replay",
-        help="post a JSONL trace to a running engine (paced, batched, with retries)",
-        description="Post a JSONL trace (python -m load_tests.traffic) to TARGET/v1/events.",
+        help="send a JSONL trace to a running engine over HTTP or Kafka (paced, with retries)",
+        description=(
+            "Send a JSONL trace (python -m load_tests.traffic) to TARGET: http://HOST:PORT "
+            "posts to /v1/events; kafka://HOST:PORT[/TOPIC] produces to the events topic "
+            "of nudge worker (default topic: events)."
+        ),
     )
     rp.add_argument("file", help="JSONL trace, one event per line")
-    rp.add_argument("--target", required=True, help="engine base URL, e.g. http://127.0.0.1:8080")
+    rp.add_argument(
+        "--target",
+        required=True,
+        help="http://127.0.0.1:8080 (HTTP ingest) or kafka://127.0.0.1:9092[/events]",
+    )
     pace = rp.add_mutually_exclusive_group()
     pace.add_argument("--speed", help="follow event timestamps, X times faster (e.g. 100x)")
     pace.add_argument("--rate", help="fixed rate in events per second (e.g. 2000/s)")
-    rp.add_argument("--token", help="write token (else NUDGE_WRITE_TOKEN)")
-    rp.add_argument("--batch", type=int, default=100, help="events per request (max 1000)")
+    rp.add_argument("--token", help="write token for HTTP (else NUDGE_WRITE_TOKEN)")
+    rp.add_argument(
+        "--batch", type=int, default=100, help="events per request or produce batch (max 1000)"
+    )
     rp.add_argument("--concurrency", type=int, default=16, help="requests in flight at most")
     rp.add_argument("--max-attempts", type=int, default=20, help="tries per batch")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")

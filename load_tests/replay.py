@@ -1,4 +1,10 @@
-"""``nudge replay FILE --target URL``: post a recorded JSONL trace to ``URL/v1/events``.
+"""``nudge replay FILE --target URL``: send a recorded JSONL trace to a running Nudge.
+
+- Targets: ``http://HOST:PORT`` posts to ``/v1/events`` (``nudge run``, or the distributed
+  ingest); ``kafka://HOST:PORT[/TOPIC]`` produces straight to the ``events`` topic of
+  ``nudge worker`` (default topic ``events``), keyed by customer id, ``acks=all``. Kafka has
+  no server-side validation, so each event is checked locally first (the engine's own
+  validator: what HTTP would answer 400 is counted as rejected and not produced).
 
 - Pacing: ``--speed 100x`` keeps the trace's rhythm, compressed: an event is sent when
   (its timestamp - the first timestamp) / speed has elapsed; events sent late (older
@@ -6,8 +12,9 @@
   ``--rate N/s`` sends at a fixed rate instead; neither: as fast as acknowledged.
 - Batching: up to ``--batch`` events a request; a batch never waits more than 50 ms for
   more events, and is sent when its last event is due (never early).
-- Retries: 429 after its ``Retry-After``; 5xx, timeouts and connection errors with
-  exponential backoff (0.1 s doubling, at most 5 s), up to ``--max-attempts`` tries. A
+- Retries: 429 after its ``Retry-After``; 5xx, timeouts, connection errors and Kafka
+  errors with exponential backoff (0.1 s doubling, at most 5 s), up to ``--max-attempts``
+  tries. A
   400 ``invalid_events`` drops the listed events (counted as rejected) and re-sends the
   rest; any other 4xx rejects the whole batch.
 - Lines that are not JSON objects are counted as malformed and skipped.
@@ -51,8 +58,26 @@ def parse_rate(text: str) -> float:
 
 
 def events_url(target: str) -> str:
+    if target.startswith("kafka://"):
+        bootstrap, topic = kafka_target(target)
+        return f"kafka://{bootstrap}/{topic}"
     t = target.rstrip("/")
     return t if t.endswith("/v1/events") else t + "/v1/events"
+
+
+def kafka_target(target: str) -> tuple[str, str]:
+    """``kafka://HOST:PORT[,HOST:PORT][/TOPIC]`` -> (bootstrap servers, topic)."""
+    rest = target.removeprefix("kafka://")
+    bootstrap, _, topic = rest.partition("/")
+    if not bootstrap:
+        raise ValueError(f"no broker in {target!r}")
+    return bootstrap, topic.strip("/") or "events"
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with jitter: 0.1 s doubling, at most 5 s."""
+    delay = min(5.0, 0.1 * 2.0 ** (attempt - 1))
+    return delay * (0.5 + random.random() / 2)
 
 
 @dataclass
@@ -104,7 +129,9 @@ def _retry_after(value: str | None) -> float:
         return 1.0
 
 
-class _Replayer:
+class _HttpSender:
+    """Posts batches to ``/v1/events``; counts what the server acknowledged or refused."""
+
     def __init__(self, opts: ReplayOptions, stats: ReplayStats) -> None:
         self.opts = opts
         self.stats = stats
@@ -113,10 +140,24 @@ class _Replayer:
             "Authorization": f"Bearer {opts.token}",
             "Content-Type": "application/json",
         }
+        self.session: Any = None
 
-    async def post(self, session: Any, events: list[dict[str, Any]]) -> None:
+    async def __aenter__(self) -> _HttpSender:
+        from aiohttp import ClientSession, ClientTimeout, TCPConnector
+
+        self.session = ClientSession(
+            connector=TCPConnector(limit=self.opts.concurrency),
+            timeout=ClientTimeout(total=self.opts.timeout),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+
+    async def post(self, events: list[dict[str, Any]]) -> None:
         from aiohttp import ClientError
 
+        session = self.session
         st = self.stats
         attempt = 0
         while events:
@@ -151,12 +192,87 @@ class _Replayer:
             if status == 429:
                 await asyncio.sleep(_retry_after(retry_after))
             else:
-                delay = min(5.0, 0.1 * 2 ** (attempt - 1))
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                await asyncio.sleep(_backoff(attempt))
+
+
+class _KafkaSender:
+    """Produces each event to the events topic (key: customer id, ``acks=all``, idempotent
+    producer) once the engine's validator accepts it; a batch counts as acknowledged when
+    the broker acknowledged every message of it."""
+
+    def __init__(self, opts: ReplayOptions, stats: ReplayStats) -> None:
+        self.opts = opts
+        self.stats = stats
+        self.bootstrap, self.topic = kafka_target(opts.target)
+        self.producer: Any = None
+        # batches are handed to the producer one at a time, in the order they were sent
+        # off, so one customer's events keep the file's order (the idempotent producer
+        # keeps it from there)
+        self.order = asyncio.Lock()
+
+    async def __aenter__(self) -> _KafkaSender:
+        from aiokafka import AIOKafkaProducer
+
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            request_timeout_ms=int(self.opts.timeout * 1000),
+        )
+        await self.producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.producer.stop()
+
+    async def post(self, events: list[dict[str, Any]]) -> None:
+        from aiokafka.errors import KafkaError
+
+        from engine.events import decode_event
+        from engine.exceptions import EventError
+
+        st = self.stats
+        messages: list[tuple[bytes, bytes]] = []
+        for event in events:
+            raw = orjson.dumps(event)
+            try:
+                key = decode_event(raw).customer_id.encode()
+            except EventError:
+                st.rejected += 1
+                continue
+            messages.append((key, raw))
+        attempt = 0
+        while messages:
+            attempt += 1
+            st.requests += 1
+            try:
+                send = self.producer.send
+                async with self.order:
+                    futs = [await send(self.topic, value=raw, key=key) for key, raw in messages]
+                await asyncio.gather(*futs)
+            except (KafkaError, TimeoutError, OSError) as err:
+                st.status(type(err).__name__)
+                if attempt >= self.opts.max_attempts:
+                    st.failed += len(messages)
+                    return
+                st.retried += 1
+                await asyncio.sleep(_backoff(attempt))
+                continue  # at-least-once: a retried batch may be written twice (the
+                # engine drops duplicate event ids) and after batches sent since
+            st.status("acked")
+            st.acknowledged += len(messages)
+            return
+
+
+class _Replayer:
+    def __init__(self, opts: ReplayOptions, stats: ReplayStats) -> None:
+        self.opts = opts
+        self.stats = stats
+        kafka = opts.target.startswith("kafka://")
+        self.sender = _KafkaSender(opts, stats) if kafka else _HttpSender(opts, stats)
 
     async def run(self) -> float:
-        from aiohttp import ClientSession, ClientTimeout, TCPConnector
-
         opts = self.opts
         st = self.stats
         sem = asyncio.Semaphore(opts.concurrency)
@@ -169,14 +285,11 @@ class _Replayer:
         pending: list[dict[str, Any]] = []
         first_due = last_due = 0.0
 
-        async with ClientSession(
-            connector=TCPConnector(limit=opts.concurrency),
-            timeout=ClientTimeout(total=opts.timeout),
-        ) as session:
+        async with self.sender as sender:
 
             async def send(batch: list[dict[str, Any]]) -> None:
                 try:
-                    await self.post(session, batch)
+                    await sender.post(batch)
                 finally:
                     sem.release()
 
@@ -341,11 +454,13 @@ def run_replay(args: Any) -> int:
     """The ``replay`` command handler (argparse namespace from load_tests.cli)."""
     import sys
 
-    token = args.token or os.environ.get("NUDGE_WRITE_TOKEN")
-    if not token:
+    token = args.token or os.environ.get("NUDGE_WRITE_TOKEN") or ""
+    if not token and not args.target.startswith("kafka://"):
         print("no write token: --token or NUDGE_WRITE_TOKEN", file=sys.stderr)
         return 2
     try:
+        if args.target.startswith("kafka://"):
+            kafka_target(args.target)
         speed = parse_speed(args.speed) if args.speed else None
         rate = parse_rate(args.rate) if args.rate else None
     except ValueError as err:
