@@ -40,6 +40,7 @@ class Output:
     conversions: list[Conversion] = field(default_factory=list)
     duplicate: bool = False
     too_late: bool = False
+    future: bool = False  # stamped ahead of the clock beyond tolerance: processed at ``now``
     lateness: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -98,6 +99,9 @@ class Processor:
         rs = self._rs
         if ts is None:
             ts = ev.ts
+        if ts > now + rs.future_tolerance:
+            ts = now
+            out.future = True
         st = self.store.get(ev.customer_id)
         created = st is None
         if st is None:

@@ -36,6 +36,7 @@ class RuleSet:
     channel_caps: dict[str, tuple[int, int]] = field(default_factory=dict)
     quiet_default: tuple[int, int] | None = None
     lateness: int = 0
+    future_tolerance: int = 0
     max_cap_period: int = 0
     # event type -> ids of the rules whose open instances record it in ``seen``
     seen_by: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -68,6 +69,7 @@ class RuleSet:
             parse_range(self.settings.quiet_hours) if self.settings.quiet_hours else None
         )
         self.lateness = parse_duration(self.settings.allowed_lateness)
+        self.future_tolerance = parse_duration(self.settings.future_tolerance)
         periods = [p for _, p in self.channel_caps.values()]
         periods += [r.cap[1] for r in order if r.cap]
         self.max_cap_period = max(periods, default=0)

@@ -204,6 +204,13 @@ class Settings(_Spec):
     allowed_lateness: Duration = Field(
         default="24h", description="older events update state but trigger no new flow"
     )
+    future_tolerance: Duration = Field(
+        default="5m",
+        description=(
+            "events stamped further ahead of the processing clock than this (a client with "
+            "a wrong clock) are processed as if stamped at the processing time"
+        ),
+    )
     counters: list[EventType] = Field(
         default_factory=list, description="event types to count besides those rules use"
     )

@@ -187,6 +187,19 @@ class TestAbandonedCart:
         kit.advance(days=1)
         assert kit.sent("abandoned-cart") == []
 
+    def test_event_from_a_wrong_clock_is_processed_at_the_clock(self, kit: RuleKit) -> None:
+        cid = find_arm(kit, "abandoned-cart", "a")
+        year = 365 * 24 * H
+        out = kit.send("cart_item_added", cid, {"product_id": "p1", "price": 9.0}, at=START + year)
+        assert out.future
+        assert kit.state(cid).last_seen == START  # not a year ahead
+        kit.advance(hours=4)  # the wait counts from the clock, not from next year
+        assert [a.fire_at for a in kit.sent("abandoned-cart")] == [START + 4 * H]
+        # within the tolerance (default 5 minutes) the event's own time stands
+        out = kit.send("page_viewed", cid, {}, at=kit.now + 4 * 60_000)
+        assert not out.future
+        assert kit.state(cid).last_seen == kit.now + 4 * 60_000
+
     def test_order_before_flow_start_does_not_exit(self, kit: RuleKit) -> None:
         cid = find_arm(kit, "abandoned-cart", "a")
         kit.advance(hours=1)
