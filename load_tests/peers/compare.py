@@ -13,8 +13,10 @@ backtest drains timers 400 days past the end, which no peer does. Prints one JSO
     python -m load_tests.peers.compare --events 50000
 
 ``--broker`` reuses a running broker (``host:port``), else ``tests/support/servers.
-start_kafka()`` starts one. ``--nudge-worker`` also runs ``load_tests.bench_worker``'s
-phase 1 on the same broker (it starts a Redis; note its trace and rules are its own).
+start_kafka()`` starts one. ``--nudge-worker`` also runs ``nudge worker`` over the same
+topic with the same recipe (:mod:`load_tests.peers.nudge_worker`; it starts a Redis). The
+trace is stamped from the moment it is generated (the peers run on event time, so this
+changes nothing for them; the worker processes events at their acceptance time).
 """
 
 from __future__ import annotations
@@ -128,7 +130,12 @@ def compare(
     nudge_worker: bool = False,
     timeout: float = 600.0,
 ) -> dict[str, Any]:
-    cfg = TrafficConfig(customers=customers or max(100, events // 10), events=events, seed=seed)
+    cfg = TrafficConfig(
+        customers=customers or max(100, events // 10),
+        events=events,
+        seed=seed,
+        start=time.time_ns() // 1_000_000,
+    )
     trace = list(generate(cfg))
     lines = [orjson.dumps(ev) for ev in trace]
     keys = [str(ev["customer_id"]).encode() for ev in trace]
@@ -154,17 +161,18 @@ def compare(
         for name in PEERS:
             result[name] = run_peer(name, bootstrap, topic, len(lines), tmp, timeout)
         if nudge_worker:
-            from load_tests import bench_worker
+            from load_tests.peers.nudge_worker import run_nudge_worker
 
-            args = argparse.Namespace(
-                events=len(lines), customers=cfg.customers, partitions=PARTITIONS,
-                batch_size=2000, rate=0, seconds=0.0, broker=f"kafka://{bootstrap}", redis=None,
-            )  # fmt: skip
-            result["nudge_worker_bench_worker_phase1"] = asyncio.run(bench_worker.run(args))
-        else:
-            result["nudge_worker_command"] = (
-                f"python -m load_tests.bench_worker --events {len(lines)} --seconds 0"
+            result["nudge_worker"] = run_nudge_worker(
+                bootstrap, topic, len(lines), PARTITIONS, tmp, timeout
             )
+            for name in PEERS:
+                if result["nudge_worker"]["events_per_second"]:
+                    result[f"ratio_nudge_worker_to_{name}"] = round(
+                        result["nudge_worker"]["events_per_second"]
+                        / max(1, result[name]["events_per_second"]),
+                        2,
+                    )
         result["note"] = (
             "the peers fire a timer only when a later event arrives (faust: any event on the "
             "same partition; quix: the same customer's next event) and never after the last "
@@ -189,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--customers", type=int, help="default: events / 10")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--broker", help="host:port of a running Kafka (else one is started)")
-    ap.add_argument("--nudge-worker", action="store_true", help="also run bench_worker phase 1")
+    ap.add_argument(
+        "--nudge-worker", action="store_true", help="also run nudge worker on the same topic"
+    )
     ap.add_argument("--timeout", type=float, default=600.0, help="per peer, seconds")
     args = ap.parse_args(argv)
     res = compare(args.events, args.customers, args.seed, args.broker, args.nudge_worker,

@@ -16,7 +16,13 @@ EVENTS = 2000
 
 def test_compare_tiny_trace(kafka_server: KafkaServer, capsys: pytest.CaptureFixture[str]) -> None:
     assert (
-        main(["--events", str(EVENTS), "--broker", kafka_server.bootstrap, "--timeout", "120"]) == 0
+        main(
+            [
+                *("--events", str(EVENTS), "--broker", kafka_server.bootstrap),
+                *("--timeout", "120", "--nudge-worker"),
+            ]
+        )
+        == 0
     )
     result = json.loads(capsys.readouterr().out)
     assert result["trace"]["events"] == EVENTS
@@ -30,4 +36,6 @@ def test_compare_tiny_trace(kafka_server: KafkaServer, capsys: pytest.CaptureFix
         assert peer["exit_code"] == 0, (name, peer)
         assert isinstance(peer["emails"], int), (name, peer)
         assert peer["emails"] >= 0
-    assert "nudge_worker_command" in result
+    worker = result["nudge_worker"]  # the same topic, through nudge worker
+    assert worker["processed"] == EVENTS, worker
+    assert worker["events_per_second"] > 0
