@@ -4,17 +4,24 @@ Idle customers are kept compacted: ``compact_idle`` replaces the state objects o
 customers not touched since a given time with their packed bytes (``state.customer.pack``,
 MessagePack: about 480 bytes on the storefront trace, where the JSON row took 890); ``get``
 inflates one transparently on its next event or timer. Most customers of a shop are
-idle at any moment, so this keeps memory near the serialized size per customer."""
+idle at any moment, so this keeps memory near the serialized size per customer.
+
+Live customers are kept in touch order (oldest first), so a sweep stops at the first
+customer touched too recently, and a runtime can compact in small slices (``limit``)
+without rescanning everyone."""
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
 
-from state.customer import CustomerState, pack, unpack
+import msgspec
+
+from state.customer import CustomerState, pack, packed_json, unpack
 
 __all__ = ["MemoryStore", "MemoryTimers"]
 
+_encode = msgspec.json.Encoder().encode
 
 
 class MemoryStore:
@@ -22,8 +29,12 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._data: dict[str, CustomerState | bytes] = {}
-        self._hot: dict[str, int] = {}  # live objects: customer id -> last touch time
+        # live objects: customer id -> last touch time, in touch order (oldest first)
+        self._hot: dict[str, int] = {}
         self._now = 0  # latest touch time seen
+        # cap for ``compact_idle`` calls that pass no limit (a runtime that must not stall
+        # its event loop sets it and sweeps the rest in slices); None: no cap
+        self.compact_limit: int | None = None
 
     def get(self, customer_id: str) -> CustomerState | None:
         st = self._data.get(customer_id)
@@ -36,23 +47,44 @@ class MemoryStore:
         return live
 
     def touch(self, customer_id: str, now: int) -> None:
-        """Mark a customer active at ``now`` (kept live until idle past a compaction)."""
-        self._hot[customer_id] = now
+        """Mark a customer active at ``now`` (kept live until idle past a compaction).
+        Touch times are expected not to decrease (a driver's clock); the customer moves
+        to the end of the touch order."""
+        hot = self._hot
+        hot.pop(customer_id, None)
+        hot[customer_id] = now
         if now > self._now:
             self._now = now
 
-    def compact_idle(self, before: int) -> int:
-        """Serialize the states of customers not touched since ``before``; returns how many."""
+    def compact_idle(self, before: int, limit: int | None = None) -> int:
+        """Serialize the states of customers not touched since ``before``, oldest first,
+        at most ``limit`` of them (``compact_limit`` when None); returns how many left the
+        live set (a caller slicing the work calls again while it returns ``limit``)."""
+        if limit is None:
+            limit = self.compact_limit
+        hot = self._hot
+        idle: list[str] = []
+        for cid, t in hot.items():
+            if t >= before or (limit is not None and len(idle) >= limit):
+                break
+            idle.append(cid)
         data = self._data
-        n = 0
-        for cid, t in list(self._hot.items()):
-            if t < before:
-                del self._hot[cid]
-                st = data.get(cid)
-                if type(st) is CustomerState:
-                    data[cid] = pack(st)
-                    n += 1
-        return n
+        for cid in idle:
+            del hot[cid]
+            st = data.get(cid)
+            if type(st) is CustomerState:
+                data[cid] = pack(st)
+        return len(idle)
+
+    def row(self, customer_id: str) -> bytes | None:
+        """The customer's state as JSON bytes of ``to_row()`` (a compacted state's bytes
+        as held, a live one encoded now); None if unknown. Never inflates."""
+        st = self._data.get(customer_id)
+        if st is None:
+            return None
+        if type(st) is bytes:
+            return packed_json(st)
+        return _encode(st)
 
     def put(self, state: CustomerState) -> None:
         self._data[state.customer_id] = state

@@ -1,10 +1,16 @@
 """The embedded runtime's durable store: standard-library SQLite in WAL mode.
 
-Tables: ``journal`` (accepted requests, one row per request: a JSON array of events whose
-seqs are ``seq``, ``seq + 1``, ...; an erased customer's events become ``null``),
-``states`` (customer state checkpoints), ``meta`` (checkpoint positions), ``outbox``
-(actions by idempotency key, so a replay never queues one twice) and ``rules`` (deployed
-rule set versions).
+Three files. ``journal.db``: ``journal`` (accepted requests, one row per request: a JSON
+array of events whose seqs are ``seq``, ``seq + 1``, ...; an erased customer's events
+become ``null``). ``states.db``: ``states`` (customer state checkpoints) and ``meta``
+(checkpoint positions). ``state.db``: ``outbox`` (actions by idempotency key, so a replay
+never queues one twice) and ``rules`` (deployed rule set versions). A data directory from
+before ``states.db`` existed has its states and positions moved there on first open.
+
+Each file has its own lock, so a checkpoint's bulk write never delays the ingest path's
+group commits (journal) nor the outbox's writes (actions on their way to a sink). Order
+across files is what keeps a crash harmless: the actions produced by the events a
+checkpointed state includes are committed to the outbox before that state.
 
 All methods are blocking and must be called from one thread (the runtime gives this store
 a dedicated single-thread executor). ``synchronous=FULL`` makes a commit durable against
@@ -23,7 +29,7 @@ import orjson
 
 from state.customer import CustomerState
 
-__all__ = ["JournalEntry", "OutboxEntry", "SqliteStore"]
+__all__ = ["JournalEntry", "OutboxEntry", "SqliteStore", "write_snapshot"]
 
 JournalEntry = tuple[int, int, bytes]  # first seq, accepted_at ms, JSON array of events
 OutboxEntry = tuple[str, bytes, int]  # idempotency key, action JSON, accepted_at of cause
@@ -44,9 +50,11 @@ CREATE TABLE IF NOT EXISTS journal (
     body BLOB NOT NULL
 );
 """
-_SCHEMA = """
+_STATES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS states (customer_id TEXT PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     key TEXT PRIMARY KEY,
     customer_id TEXT NOT NULL,
@@ -71,6 +79,93 @@ def _connect(path: Path, synchronous: str, schema: str) -> sqlite3.Connection:
     return db
 
 
+def _outbox_add(db: sqlite3.Connection, entries: list[tuple[str, str, bytes, int]]) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO outbox (key, customer_id, body, cause_at) VALUES (?, ?, ?, ?)",
+        entries,
+    )
+
+
+def _write_states(
+    sdb: sqlite3.Connection,
+    states: Iterable[list[tuple[str, bytes]]],
+    deleted: Iterable[str],
+    seqs: dict[int, int],
+) -> int:
+    """In one transaction of ``states.db``: erasures first (a customer erased and then
+    seen again keeps its new state), the states, the replay positions."""
+    sdb.execute("BEGIN IMMEDIATE")
+    try:
+        sdb.executemany("DELETE FROM states WHERE customer_id = ?", ((cid,) for cid in deleted))
+        n = 0
+        for chunk in states:
+            sdb.executemany(
+                "INSERT OR REPLACE INTO states (customer_id, body) VALUES (?, ?)", chunk
+            )
+            n += len(chunk)
+        sdb.executemany(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+            ((f"checkpoint_seq:{p}", str(s)) for p, s in seqs.items()),
+        )
+        sdb.execute("COMMIT")
+    except BaseException:
+        sdb.execute("ROLLBACK")
+        raise
+    return n
+
+
+def write_snapshot(
+    data_dir: str | Path,
+    synchronous: str,
+    outbox: list[tuple[str, str, bytes, int]],
+    deleted: list[str],
+    chunks: Iterable[list[tuple[str, bytes]]],
+    seqs: dict[int, int],
+) -> int:
+    """Write one checkpoint taken as a snapshot (all of it as of one instant) through
+    connections of its own: for a forked child, which must never use a connection
+    inherited from its parent. Returns how many states were written.
+
+    First the actions the snapshot's events produced go to the outbox (``state.db``, a
+    short transaction; keys already there are kept): a replay skips the events a stored
+    state includes, so it would not re-create them. Then erasures, the states and the
+    replay positions in one transaction of ``states.db``. A crash before that commits
+    leaves the previous checkpoint whole."""
+    path = Path(data_dir)
+    db = sqlite3.connect(path / "state.db", timeout=60.0, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("BEGIN IMMEDIATE")
+        _outbox_add(db, outbox)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    sdb = sqlite3.connect(path / "states.db", timeout=60.0, isolation_level=None)
+    try:
+        sdb.execute(f"PRAGMA synchronous={synchronous}")
+        return _write_states(sdb, chunks, deleted, seqs)
+    finally:
+        sdb.close()
+
+
+def _migrate_states(db: sqlite3.Connection, sdb: sqlite3.Connection) -> None:
+    """Move states and positions from ``state.db`` (data directories from before
+    ``states.db``) when ``states.db`` holds none yet; the copy commits before the delete,
+    so a crash in between only leaves a stale copy that the next open removes."""
+    old = db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='states'")
+    if old.fetchone() is None:
+        return
+    if sdb.execute("SELECT 1 FROM meta LIMIT 1").fetchone() is None:
+        rows = db.execute("SELECT customer_id, body FROM states").fetchall()
+        meta = db.execute("SELECT key, value FROM meta WHERE key LIKE 'checkpoint_seq:%'")
+        seqs = {int(k.split(":")[1]): int(v) for k, v in meta}
+        if not rows and not seqs:
+            return
+        _write_states(sdb, [rows], [], seqs)
+    db.execute("DELETE FROM states")
+    db.execute("DELETE FROM meta WHERE key LIKE 'checkpoint_seq:%'")
+
+
 class SqliteStore:
     """The journal in ``journal.db``; checkpoints, outbox and rule versions in ``state.db``.
 
@@ -84,10 +179,13 @@ class SqliteStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self.jdb = _connect(self.path / "journal.db", synchronous, _JOURNAL_SCHEMA)
         self.db = _connect(self.path / "state.db", synchronous, _SCHEMA)
+        self.sdb = _connect(self.path / "states.db", synchronous, _STATES_SCHEMA)
+        _migrate_states(self.db, self.sdb)
 
     def close(self) -> None:
         self.jdb.close()
         self.db.close()
+        self.sdb.close()
 
     # --- journal -------------------------------------------------------------------
     def append(self, accepted_at: int, batches: list[tuple[int, bytes]]) -> int:
@@ -156,17 +254,16 @@ class SqliteStore:
         return changed
 
     # --- checkpoints ---------------------------------------------------------------
-    def write_states(self, states: list[tuple[str, bytes]]) -> None:
-        """One chunk of a checkpoint: serialized states (each knows its last seq)."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO states (customer_id, body) VALUES (?, ?)", states
-            )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+    def write_states(
+        self,
+        states: list[tuple[str, bytes]],
+        outbox: list[tuple[str, str, bytes, int]] | None = None,
+    ) -> None:
+        """One chunk of a checkpoint: serialized states (each knows its last seq), after
+        ``outbox``: the actions produced up to their serialization, committed first."""
+        if outbox:
+            self.outbox_add(outbox)
+        _write_states(self.sdb, [states], [], {})
 
     def checkpoint(
         self,
@@ -175,45 +272,45 @@ class SqliteStore:
         seqs: dict[int, int],
         outbox: list[tuple[str, str, bytes, int]],
     ) -> None:
-        """Finish a checkpoint: the last states, erasures, each partition's replay start
-        and the actions produced so far (so none is lost), atomically."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self.outbox_add(outbox)
-            db.executemany(
-                "INSERT OR REPLACE INTO states (customer_id, body) VALUES (?, ?)", states
-            )
-            db.executemany("DELETE FROM states WHERE customer_id = ?", ((cid,) for cid in deleted))
-            db.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                ((f"checkpoint_seq:{p}", str(s)) for p, s in seqs.items()),
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        """Finish a checkpoint: the actions produced so far (committed first, so none is
+        lost), then the last states, erasures and each partition's replay start, the
+        latter atomically."""
+        self.outbox_add(outbox)
+        _write_states(self.sdb, [states], deleted, seqs)
 
     def checkpoint_seqs(self) -> dict[int, int]:
-        rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'checkpoint_seq:%'")
+        rows = self.sdb.execute("SELECT key, value FROM meta WHERE key LIKE 'checkpoint_seq:%'")
         return {int(k.split(":")[1]): int(v) for k, v in rows}
 
     def load_states(self) -> Iterator[CustomerState]:
-        for (body,) in self.db.execute("SELECT body FROM states"):
+        for (body,) in self.sdb.execute("SELECT body FROM states"):
             yield CustomerState.from_row(orjson.loads(body))
 
     # --- outbox --------------------------------------------------------------------
     def outbox_add(self, entries: list[tuple[str, str, bytes, int]]) -> None:
-        """Queue (key, customer_id, action JSON, cause_at); a key already present is kept."""
-        self.db.executemany(
-            "INSERT OR IGNORE INTO outbox (key, customer_id, body, cause_at) VALUES (?, ?, ?, ?)",
-            entries,
-        )
+        """Queue (key, customer_id, action JSON, cause_at); a key already present is kept.
+        One transaction (autocommit would commit, and sync, every row)."""
+        if not entries:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            _outbox_add(self.db, entries)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def outbox_mark(self, keys: list[str], status: str) -> None:
-        self.db.executemany(
-            "UPDATE outbox SET status = ? WHERE key = ?", ((status, k) for k in keys)
-        )
+        """Set the status of ``keys``, in one transaction."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                "UPDATE outbox SET status = ? WHERE key = ?", ((status, k) for k in keys)
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def outbox_pending_keys(self, keys: list[str]) -> list[str]:
         """Which of ``keys`` are still pending. Looks rows up by primary key (a filter on
@@ -266,21 +363,13 @@ class SqliteStore:
 
     def erase_customer(self, customer_id: str) -> dict[str, int]:
         """Delete a customer's checkpointed state and undelivered actions; returns counts."""
-        db = self.db
         out = {}
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for table in ("states", "outbox"):
-                cur = db.execute(
-                    f"DELETE FROM {table} WHERE customer_id = ? AND "
-                    + ("1" if table == "states" else "status = 'pending'"),
-                    (customer_id,),
-                )
-                out[table] = cur.rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        for table, db, extra in (
+            ("states", self.sdb, ""),
+            ("outbox", self.db, " AND status = 'pending'"),
+        ):
+            cur = db.execute(f"DELETE FROM {table} WHERE customer_id = ?{extra}", (customer_id,))
+            out[table] = cur.rowcount
         return out
 
     # --- rules ---------------------------------------------------------------------

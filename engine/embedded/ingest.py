@@ -121,5 +121,5 @@ class GroupCommitWriter:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
-            if self._buf:
+            if self._buf or self._closing:  # closing: return once the buffer is empty
                 self._wake.set()

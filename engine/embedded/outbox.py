@@ -57,6 +57,7 @@ class Outbox:
         self._clock = clock
         self._policy = policy if policy is not None else RetryPolicy()
         self._buf: list[tuple[Action, bool]] = []  # (action, caused by an event)
+        self._persisting: list[list[tuple[Action, bool]]] = []  # taken, not yet committed
         self._sent: list[str] = []
         self._queue: asyncio.Queue[tuple[Action, bool]] = asyncio.Queue()
         self._inflight: set[str] = set()
@@ -73,6 +74,12 @@ class Outbox:
         """The actions buffered so far (a checkpoint persists them with the states)."""
         buf, self._buf = self._buf, []
         return buf
+
+    def unpersisted(self) -> list[tuple[Action, bool]]:
+        """Every action produced so far whose outbox insert may not have committed yet:
+        the buffer and the flushes in flight. A snapshot checkpoint writes them with its
+        states (inserts of a key already present are ignored, so writing twice is safe)."""
+        return [x for buf in self._persisting for x in buf] + self._buf
 
     @staticmethod
     def rows(buf: list[tuple[Action, bool]]) -> list[tuple[str, str, bytes, int]]:
@@ -115,7 +122,11 @@ class Outbox:
         """Persist buffered actions, then queue the ones not delivered yet."""
         buf = self.take_buffer()
         if buf:
-            await self._db(self._store.outbox_add, self.rows(buf))
+            self._persisting.append(buf)
+            try:
+                await self._db(self._store.outbox_add, self.rows(buf))
+            finally:  # by identity: two buffers may hold equal actions
+                self._persisting = [b for b in self._persisting if b is not buf]
             await self.dispatch_persisted(buf)
         await self._mark_sent()
 

@@ -44,3 +44,9 @@ class Partition(Shard):
         self.dirty = set()
         self.deleted = set()
         return dirty, deleted
+
+    def restore_dirty(self, dirty: list[str], deleted: list[str]) -> None:
+        """Give back what ``take_dirty`` returned, for a checkpoint that failed: the next
+        one writes them again (a state erased since is skipped then)."""
+        self.dirty.update(dirty)
+        self.deleted.update(deleted)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import orjson
 
 from connectors.deadletter import DeadLetterStore
 from connectors.routing import Router
@@ -31,6 +30,8 @@ from engine.embedded.exceptions import NotReady
 from engine.embedded.ingest import Batch, GroupCommitWriter
 from engine.embedded.outbox import Outbox
 from engine.embedded.partition import Partition
+from engine.embedded.snapshot import available as fork_available
+from engine.embedded.snapshot import fork_snapshot, park, wait_child
 from engine.metrics import Metrics, type_label
 from engine.processor import Output
 from engine.types import Event
@@ -58,6 +59,11 @@ class RuntimeConfig:
     sinks: dict[str, Any] = field(default_factory=lambda: {"default": "log"})
     delivery_concurrency: int = 32
     compact_idle_s: float = 300.0  # customers idle this long are kept serialized in memory
+    # periodic checkpoints written by a forked child from a copy-on-write snapshot
+    # (engine/embedded/snapshot.py); False, or not on Linux: in-process, paced
+    checkpoint_fork: bool = True
+    checkpoint_timeout: float = 300.0  # a checkpoint child still running then is killed
+    compact_slice: int = 500  # states compacted per event loop turn
 
 
 def partition_of(customer_id: str, n: int) -> int:
@@ -84,6 +90,11 @@ class Runtime:
         self.queued = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._no_snapshot = asyncio.Event()  # set while no checkpoint child runs
+        self._no_snapshot.set()
+        # one checkpoint at a time: an older snapshot committing after a newer one could
+        # overwrite newer states under newer positions
+        self._ckpt_lock = asyncio.Lock()
         self.observers: list[Callable[[Output], None]] = []
 
     async def db(self, fn: Any, *args: Any) -> Any:
@@ -108,6 +119,7 @@ class Runtime:
         self.parts = [Partition(i, self.ruleset, self._on_output) for i in range(n)]
         for p in self.parts:
             p.driver.idle_ms = int(cfg.compact_idle_s * 1000)
+            p.store.compact_limit = cfg.compact_slice  # the driver's sweeps: one slice each
         self._queues = [[] for _ in range(n)]
         self._wakes = [asyncio.Event() for _ in range(n)]
         self.outbox = Outbox(
@@ -295,12 +307,16 @@ class Runtime:
 
     # --- checkpoints ---------------------------------------------------------------
     async def checkpoint(self, chunk: int = 250, spread: float = 0.0) -> None:
-        """Persist changed states without stopping processing: states are serialized and
-        written in chunks of ``chunk``, spread over about ``spread`` seconds. Each
-        state carries the journal seq it includes, so a replay from the partitions'
-        positions taken at the start skips what a state already has. The last transaction
-        also writes the actions produced up to its end, so none is lost between state and
-        outbox."""
+        """Persist changed states in-process (at stop, and where a checkpoint cannot be
+        forked): states are serialized and written in chunks of ``chunk``, spread over
+        about ``spread`` seconds. Each state carries the journal seq it includes, so a
+        replay from the partitions' positions taken at the start skips what a state
+        already has. Each chunk's states are committed after the actions produced up to
+        their serialization, so none is lost between state and outbox."""
+        async with self._ckpt_lock:
+            await self._checkpoint_inline(chunk, spread)
+
+    async def _checkpoint_inline(self, chunk: int, spread: float) -> None:
         assert self.store is not None
         t0 = time.perf_counter()
         seqs = {p.index: p.last_seq for p in self.parts}
@@ -316,20 +332,19 @@ class Runtime:
         for i in range(0, len(dirty), chunk):
             t1 = time.perf_counter()
             rows = [
-                (cid, orjson.dumps(st.to_row()))
+                (cid, body)
                 for p, cid in dirty[i : i + chunk]
-                if (st := p.store.get(cid)) is not None
+                if (body := p.store.row(cid)) is not None
             ]
             ser += time.perf_counter() - t1
             if i + chunk < len(dirty):
-                await self.db(self.store.write_states, rows)
+                done = self.outbox.rows(self.outbox.unpersisted())  # their events' actions
+                await self.db(self.store.write_states, rows, done)
                 rows = []
                 await asyncio.sleep(pause)  # pace it: ingest and timers keep their latency
         actions = self.outbox.take_buffer()
         await self.db(self.store.checkpoint, rows, deleted, seqs, self.outbox.rows(actions))
-        trim = self.clock.now() - int(self.cfg.journal_retention_days * _DAY)
-        await self.jdb(self.store.trim_journal, min(seqs.values(), default=0), trim)
-        await self.db(self.store.outbox_prune, self.clock.now() - _DAY)
+        await self._checkpointed(seqs)
         await self.outbox.dispatch_persisted(actions)
         # Customer states are long-lived and acyclic: move everything alive now out of the
         # cyclic GC's reach, or full collections over millions of objects stall the loop
@@ -345,17 +360,80 @@ class Runtime:
             took,
         )
 
+    async def snapshot_checkpoint(self) -> bool:
+        """Checkpoint from a copy-on-write snapshot written by a forked child
+        (engine/embedded/snapshot.py): the loop pays for the fork, not for serializing.
+        Returns whether the checkpoint was written; if not, the customers it took are
+        changed again for the next one and the previous checkpoint stands."""
+        async with self._ckpt_lock:
+            return await self._checkpoint_forked()
+
+    async def _checkpoint_forked(self) -> bool:
+        assert self.store is not None
+        t0 = time.perf_counter()
+        release = await park([self._exec, self._jexec])
+        try:
+            snap = fork_snapshot(
+                self.parts, self.outbox.unpersisted(), self.cfg.data_dir, self.cfg.synchronous
+            )
+        finally:
+            release.set()
+        self._no_snapshot.clear()
+        try:
+            code = await wait_child(snap.pid, self.cfg.checkpoint_timeout)
+        except BaseException:
+            snap.give_back()
+            raise
+        finally:
+            self._no_snapshot.set()
+        if code != 0:
+            snap.give_back()
+            logger.error("checkpoint child exited with %d; its states go in the next one", code)
+            return False
+        await self._checkpointed(snap.seqs)
+        took = time.perf_counter() - t0
+        self.metrics.checkpoint.observe(took)
+        logger.debug(
+            "checkpoint: %d states by a child (fork %.1f ms), %.3fs in all",
+            snap.states,
+            snap.fork_seconds * 1000,
+            took,
+        )
+        return True
+
+    async def _checkpointed(self, seqs: dict[int, int]) -> None:
+        """After a checkpoint committed: drop what it made redundant."""
+        assert self.store is not None
+        trim = self.clock.now() - int(self.cfg.journal_retention_days * _DAY)
+        await self.jdb(self.store.trim_journal, min(seqs.values(), default=0), trim)
+        await self.db(self.store.outbox_prune, self.clock.now() - _DAY)
+
+    async def _compact(self) -> int:
+        """Compact idle customers (state/memory.py) a slice per loop turn."""
+        before = self.clock.now() - int(self.cfg.compact_idle_s * 1000)
+        size = self.cfg.compact_slice
+        n = 0
+        for p in self.parts:
+            while (k := p.store.compact_idle(before, size)) > 0:
+                n += k
+                await asyncio.sleep(0)
+                if k < size:
+                    break
+        return n
+
     async def _checkpoint_loop(self) -> None:
         m = self.metrics
+        fork = self.cfg.checkpoint_fork and fork_available()
         while True:
             await asyncio.sleep(self.cfg.checkpoint_interval)
             try:
-                await self.checkpoint(spread=self.cfg.checkpoint_interval * 0.4)
+                if fork:
+                    await self.snapshot_checkpoint()
+                else:
+                    await self.checkpoint(spread=self.cfg.checkpoint_interval * 0.4)
             except Exception:
                 logger.exception("checkpoint failed; will retry")
-            idle_before = self.clock.now() - int(self.cfg.compact_idle_s * 1000)
-            for p in self.parts:  # also when no event arrives to trigger the drivers' sweep
-                p.store.compact_idle(idle_before)
+            await self._compact()  # also when no event arrives to trigger the drivers' sweep
             m.pending_timers.set(sum(len(p.timers) for p in self.parts))
             m.customers.set(sum(len(p.store) for p in self.parts))
             m.queue_depth.set(self.queued + self.writer.buffered)
@@ -371,6 +449,9 @@ class Runtime:
         assert self.store is not None
         had_state = self.partition(customer_id).erase(customer_id)
         self.outbox.erased.add(customer_id)
+        # a checkpoint child snapshotted before the erasure may still write the state:
+        # let it finish, then delete (the next checkpoint deletes it again regardless)
+        await self._no_snapshot.wait()
         counts: dict[str, int] = await self.db(self.store.erase_customer, customer_id)
         counts["journal"] = await self.jdb(self.store.erase_from_journal, customer_id)
         self.metrics.customers_erased.inc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         sinks=sinks_config(opts.sinks, opts.data),
         synchronous=opts.synchronous,
         compact_idle_s=opts.compact_idle,
+        # seconds between checkpoints; tests shorten it to crash mid-checkpoint
+        checkpoint_interval=float(os.environ.get("NUDGE_CHECKPOINT_INTERVAL", "10")),
     )
     runtime = Runtime(cfg, metrics, clock)
     tokens, token_path, created = Tokens.load_or_create(opts.data)

@@ -90,7 +90,13 @@ class Engine:
             return False
 
 
-async def test_sigkill_twice_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+async def test_sigkill_twice_loses_and_duplicates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # checkpoints every 0.25 s: kills land while a forked child writes one, too
+    monkeypatch.setenv(
+        "NUDGE_CHECKPOINT_INTERVAL", os.environ.get("NUDGE_CRASH_CHECKPOINT", "0.25")
+    )
     hook = WebhookReceiver()
     await hook.start()
     engine = Engine(tmp_path, hook.url)

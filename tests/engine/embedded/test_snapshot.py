@@ -1,0 +1,92 @@
+"""Checkpoints written by a forked child from a copy-on-write snapshot
+(engine/embedded/snapshot.py): what lands in states.db, and a failing child."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import engine.embedded.snapshot as snapshot
+from engine.testing import START
+from engine.types import iso
+from state.customer import CustomerState
+from tests.engine.embedded.conftest import Harness
+
+pytestmark = pytest.mark.skipif(not snapshot.available(), reason="needs os.fork and prctl")
+
+_SEQ = CustomerState.__struct_fields__.index("seq")
+
+
+def events(n: int, prefix: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "event_id": f"{prefix}{i}",
+            "type": "product_viewed",
+            "customer_id": f"{prefix}c{i}",
+            "timestamp": iso(START),
+            "properties": {"product_id": "p1"},
+        }
+        for i in range(n)
+    ]
+
+
+def stored(data: Path) -> tuple[dict[str, int], dict[int, int]]:
+    """customer id -> stored seq, partition -> stored replay position"""
+    db = sqlite3.connect(data / "states.db")
+    try:
+        states = {
+            str(r[0]): int(orjson.loads(r[1])[_SEQ])
+            for r in db.execute("SELECT customer_id, body FROM states")
+        }
+        seqs = {
+            int(k.split(":")[1]): int(v)
+            for k, v in db.execute("SELECT key, value FROM meta WHERE key LIKE 'checkpoint_seq:%'")
+        }
+    finally:
+        db.close()
+    return states, seqs
+
+
+async def test_child_writes_changed_states_and_positions(harness: Harness) -> None:
+    rt = harness.runtime
+    status, _ = await harness.post_events(events(300, "a"))
+    assert status == 202
+    await harness.settle()
+    assert await rt.snapshot_checkpoint()
+    states, seqs = stored(harness.data)
+    assert {f"ac{i}" for i in range(300)} <= set(states)
+    assert seqs == {p.index: p.last_seq for p in rt.parts}
+    for p in rt.parts:
+        assert not p.dirty
+        for cid in list(states):
+            st = p.store.get(cid) if rt.partition(cid) is p else None
+            if st is not None:
+                assert states[cid] == st.seq
+
+
+async def test_failed_child_gives_the_customers_back(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = harness.runtime
+    assert await rt.snapshot_checkpoint()  # whatever start-up changed
+    before = stored(harness.data)
+
+    def boom(*args: Any, **kwargs: Any) -> int:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(snapshot, "write_snapshot", boom)
+    status, _ = await harness.post_events(events(50, "b"))
+    assert status == 202
+    await harness.settle()
+    assert not await rt.snapshot_checkpoint()
+    assert stored(harness.data) == before  # the earlier checkpoint stands
+    dirty = set().union(*(p.dirty for p in rt.parts))
+    assert {f"bc{i}" for i in range(50)} <= dirty
+    monkeypatch.undo()
+    assert await rt.snapshot_checkpoint()
+    states, _ = stored(harness.data)
+    assert {f"bc{i}" for i in range(50)} <= set(states)
