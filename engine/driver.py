@@ -87,9 +87,12 @@ class Driver:
         timers due before it, then process it. Returns the event's own Output; what the
         timers produced went to ``on_output``."""
         ts = event.ts
-        self.fire_due(ts)  # also overdue timers when ts is at or before the clock
-        self.clock.set(ts)
-        return self._emit(self.processor.on_event(event, self.clock.now(), ts))
+        due = self.timers.next_due()
+        if due is not None and due <= ts:
+            self.fire_due(ts)  # also overdue timers when ts is at or before the clock
+        clock = self.clock
+        clock.set(ts)
+        return self._emit(self.processor.on_event(event, clock.now(), ts))
 
     def feed_all(self, events: Iterable[Event]) -> None:
         for ev in events:

@@ -111,11 +111,12 @@ class Processor:
             return out
         out.lateness = now - ts if now > ts else 0
         out.too_late = out.lateness > rs.lateness
-        apply_event(st, ev, ts, now, rs.counted)
         etype = ev.type
+        plan = rs.plans.get(etype, rs.default_plan)
+        apply_event(st, ev, ts, now, plan.counted)
         flows = st.flows
         if flows:
-            for rule_id in rs.seen_rules(etype):
+            for rule_id in plan.seen:
                 inst = flows.get(rule_id)
                 if inst is not None and ts >= inst.started_at:
                     seen = inst.seen
@@ -123,13 +124,12 @@ class Processor:
                         inst.seen = {etype: ts}
                     elif seen.get(etype, -1) < ts:
                         seen[etype] = ts
-            exits = rs.by_exit.get(etype)
-            if exits:
-                self._exits(st, ev, ts, now, exits, out)
-        if st.goals and etype in rs.goal_types:
+            if plan.exits:
+                self._exits(st, ev, ts, now, plan.exits, out)
+        if plan.goal and st.goals:
             self._conversions(st, ev, ts, now, out)
         if not out.too_late:
-            for rule in rs.by_trigger.get(etype, ()):
+            for rule in plan.triggers:
                 self._trigger(rule, st, ev, ts, now, out)
         if created:
             self.store.put(st)

@@ -53,8 +53,9 @@ def _customer(st: CustomerState, props: dict[str, Any]) -> None:
         st.attributes = dict(list(merged.items())[:_MAX_ATTRIBUTES])
 
 
-def apply_event(st: CustomerState, ev: Event, ts: int, now: int, counted: frozenset[str]) -> None:
-    """Update ``st`` with ``ev`` (event time ``ts``, processing time ``now``)."""
+def apply_event(st: CustomerState, ev: Event, ts: int, now: int, counted: bool) -> None:
+    """Update ``st`` with ``ev`` (event time ``ts``, processing time ``now``); ``counted``:
+    the type is kept in the windowed counters."""
     if ts > st.last_seen:
         st.last_seen = ts
     if ts < st.first_seen:
@@ -112,7 +113,7 @@ def apply_event(st: CustomerState, ev: Event, ts: int, now: int, counted: frozen
         st.revenue = round(max(0.0, st.revenue - _num(props.get("amount"))), 2)
     elif t in ("customer_signed_up", "customer_updated"):
         _customer(st, props)
-    if t in counted:
+    if counted:
         if st.counters is None:
             st.counters = {}
         increment(st.counters, t, ts, now)

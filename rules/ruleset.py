@@ -17,9 +17,21 @@ from rules.exceptions import RuleError, RuleErrors
 from rules.loader import Positions, SourceDoc, parse_specs, rule_files
 from rules.spec import RuleSpec, Settings
 
-__all__ = ["RECIPES_DIR", "RuleSet", "load_ruleset", "load_texts"]
+__all__ = ["RECIPES_DIR", "RuleSet", "TypePlan", "load_ruleset", "load_texts"]
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+@dataclass(frozen=True, slots=True)
+class TypePlan:
+    """What the processor does with an event of one type, beyond the profile update: one
+    lookup per event instead of one per index."""
+
+    seen: tuple[str, ...]  # ids of the rules whose open instances record the type in seen
+    exits: tuple[CompiledRule, ...]  # rules with an exit_on for the type, priority order
+    triggers: tuple[CompiledRule, ...]  # rules it triggers, priority order
+    goal: bool  # some rule's experiment goal is this type
+    counted: bool  # kept in the windowed counters
 
 
 @dataclass
@@ -41,10 +53,15 @@ class RuleSet:
     # event type -> ids of the rules whose open instances record it in ``seen``
     seen_by: dict[str, tuple[str, ...]] = field(default_factory=dict)
     seen_any: tuple[str, ...] = ()  # rules that record every type
+    plans: dict[str, TypePlan] = field(default_factory=dict)
+    default_plan: TypePlan = TypePlan((), (), (), False, False)  # any type not in ``plans``
 
     def seen_rules(self, event_type: str) -> tuple[str, ...]:
         """Ids of the rules whose open flow instances record ``event_type`` in ``seen``."""
         return self.seen_by.get(event_type, self.seen_any)
+
+    def plan(self, event_type: str) -> TypePlan:
+        return self.plans.get(event_type, self.default_plan)
 
     def __post_init__(self) -> None:
         order = sorted(self.rules.values(), key=CompiledRule.sort_key)
@@ -64,6 +81,18 @@ class RuleSet:
                 seen.setdefault(t, list(self.seen_any)).append(r.id)
         self.seen_by = {k: tuple(v) for k, v in seen.items()}
         self.counted = frozenset(self.settings.counters).union(*(r.counted for r in order))
+        types = set(self.by_trigger) | set(self.by_exit) | self.goal_types | set(self.seen_by)
+        self.plans = {
+            t: TypePlan(
+                self.seen_rules(t),
+                self.by_exit.get(t, ()),
+                self.by_trigger.get(t, ()),
+                t in self.goal_types,
+                t in self.counted,
+            )
+            for t in types | self.counted
+        }
+        self.default_plan = TypePlan(self.seen_any, (), (), False, False)
         self.channel_caps = {c: parse_cap(v) for c, v in self.settings.channel_caps.items()}
         self.quiet_default = (
             parse_range(self.settings.quiet_hours) if self.settings.quiet_hours else None
