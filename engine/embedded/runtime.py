@@ -294,6 +294,8 @@ class Runtime:
             m.timer_lateness.observe(max(0, self.clock.now() - out.timer_due) / 1000)
         elif out.too_late:
             m.events_too_late.inc()
+        if out.future:
+            m.events_future.inc()
         for f in out.fires:
             m.rule_fires.labels(f.rule_id, f.variant, f.outcome).inc()
         for c in out.conversions:
