@@ -54,6 +54,11 @@ class Metrics:
         self.events_too_late = Counter(
             "nudge_events_too_late", "Events later than allowed_lateness (no trigger)", registry=r
         )
+        self.events_future = Counter(
+            "nudge_events_future",
+            "Events stamped beyond future_tolerance ahead of the clock (processed at the clock)",
+            registry=r,
+        )
         self.event_lateness = Histogram(
             "nudge_event_lateness_seconds",
             "Processing time minus event time",
