@@ -5,9 +5,6 @@ locally (as HTTP ingest would answer 400), malformed lines skipped."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +12,10 @@ import orjson
 import pytest
 
 from load_tests.traffic import TrafficConfig, generate
+from tests.support.cli import run_cli
 from tests.support.servers import KafkaServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _consume(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes, bytes]]:
@@ -55,18 +51,8 @@ def test_replay_to_kafka(
     trace = tmp_path / "trace.jsonl"
     trace.write_bytes(b"\n".join([*lines[:400], invalid, b"{not json", *lines[400:]]) + b"\n")
 
-    res = subprocess.run(
-        [
-            *(sys.executable, "-m", "load_tests.cli", "replay", str(trace), "--no-progress"),
-            *("--target", f"kafka://{kafka_server.bootstrap}/{topic}", "--rate", "4000/s"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-        env={k: v for k, v in os.environ.items() if k != "NUDGE_WRITE_TOKEN"},
-    )
+    target = f"kafka://{kafka_server.bootstrap}/{topic}"
+    res = run_cli("replay", str(trace), "--no-progress", "--target", target, "--rate", "4000/s")
     assert res.returncode == 0, res.stderr[-3000:]
     summary = orjson.loads(res.stdout)
     assert (summary["lines"], summary["malformed"], summary["rejected"]) == (802, 1, 1)

@@ -3,10 +3,7 @@ actions routed to the webhook port the load test listens on)."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,10 +15,10 @@ import pytest
 
 from load_tests.nudge_proc import start_nudge_run, wait_ready
 from load_tests.traffic import TrafficConfig, generate
+from tests.support.cli import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 WRITE = "lt-write-token"
 ADMIN = "lt-admin-token"
 
@@ -69,18 +66,6 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "load_tests.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-        env={k: v for k, v in os.environ.items() if k != "NUDGE_WRITE_TOKEN"},
-    )
 
 
 def test_replay_counts_acknowledged_and_malformed(engine: Engine, tmp_path: Path) -> None:
