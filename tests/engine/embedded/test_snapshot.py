@@ -90,3 +90,36 @@ async def test_failed_child_gives_the_customers_back(
     assert await rt.snapshot_checkpoint()
     states, _ = stored(harness.data)
     assert {f"bc{i}" for i in range(50)} <= set(states)
+
+
+def test_states_move_from_state_db_on_first_open(tmp_path: Path) -> None:
+    """A data directory from before states.db: its checkpoint is moved, once."""
+    from engine.testing import RuleKit
+    from state.memory import MemoryStore
+    from state.sqlite import SqliteStore
+
+    kit = RuleKit.from_paths()
+    kit.send("cart_item_added", "m1", {"product_id": "p1", "price": 30.0})
+    mem = kit.driver.store
+    assert isinstance(mem, MemoryStore)
+    body = mem.row("m1")
+    assert body is not None
+    old = sqlite3.connect(tmp_path / "state.db")
+    old.executescript(
+        "CREATE TABLE states (customer_id TEXT PRIMARY KEY, body BLOB NOT NULL);"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    )
+    old.execute("INSERT INTO states VALUES ('m1', ?)", (body,))
+    old.execute("INSERT INTO meta VALUES ('checkpoint_seq:0', '7')")
+    old.commit()
+    old.close()
+    for _ in range(2):  # the second open finds it moved already
+        store = SqliteStore(tmp_path, "NORMAL")
+        try:
+            assert [st.customer_id for st in store.load_states()] == ["m1"]
+            assert store.checkpoint_seqs() == {0: 7}
+        finally:
+            store.close()
+    old = sqlite3.connect(tmp_path / "state.db")
+    assert old.execute("SELECT COUNT(*) FROM states").fetchone() == (0,)
+    old.close()
