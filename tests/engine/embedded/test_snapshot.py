@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,40 @@ def test_states_move_from_state_db_on_first_open(tmp_path: Path) -> None:
     old = sqlite3.connect(tmp_path / "state.db")
     assert old.execute("SELECT COUNT(*) FROM states").fetchone() == (0,)
     old.close()
+
+
+async def test_stop_while_a_child_writes_kills_it_and_checkpoints_in_process(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import time
+
+    rt = harness.runtime
+    children: list[int] = []
+    fork = snapshot.fork_snapshot
+
+    def recording_fork(*args: Any, **kwargs: Any) -> snapshot.Snapshot:
+        snap = fork(*args, **kwargs)
+        children.append(snap.pid)
+        return snap
+
+    def stuck(*args: Any, **kwargs: Any) -> int:  # runs in the child
+        time.sleep(60)
+        return 0
+
+    monkeypatch.setattr(snapshot, "write_snapshot", stuck)
+    monkeypatch.setattr("engine.embedded.runtime.fork_snapshot", recording_fork)
+    status, _ = await harness.post_events(events(30, "s"))
+    assert status == 202
+    await harness.settle()
+    while not children:  # the periodic checkpoint (every 0.2 s) forked a child
+        await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    await rt.stop()
+    assert time.monotonic() - t0 < 20
+    for pid in children:  # killed and reaped
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    states, seqs = stored(harness.data)
+    assert {f"sc{i}" for i in range(30)} <= set(states)  # the final in-process checkpoint
+    assert seqs == {p.index: p.last_seq for p in rt.parts}
