@@ -312,6 +312,22 @@ class SqliteStore:
             self.db.execute("ROLLBACK")
             raise
 
+    def outbox_sync(self, entries: list[tuple[str, str, bytes, int]], sent: list[str]) -> list[str]:
+        """One transaction (one sync) for a flush of the outbox: queue ``entries`` (a key
+        already present is kept), mark ``sent`` delivered; returns which of the entries'
+        keys are still pending (the others were delivered before: a replay)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            _outbox_add(db, entries)
+            db.executemany("UPDATE outbox SET status = 'sent' WHERE key = ?", ((k,) for k in sent))
+            pending = self.outbox_pending_keys([e[0] for e in entries])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return pending
+
     def outbox_pending_keys(self, keys: list[str]) -> list[str]:
         """Which of ``keys`` are still pending. Looks rows up by primary key (a filter on
         ``status`` in SQL would let the planner scan every pending row instead)."""

@@ -90,7 +90,9 @@ class Outbox:
         if not buf:
             return
         keys = [a.idempotency_key for a, _ in buf]
-        pending = set(await self._db(self._store.outbox_pending_keys, keys))
+        self._queue_pending(buf, set(await self._db(self._store.outbox_pending_keys, keys)))
+
+    def _queue_pending(self, buf: list[tuple[Action, bool]], pending: set[str]) -> None:
         for action, from_event in buf:
             key = action.idempotency_key
             if key in pending and key not in self._inflight:
@@ -119,16 +121,23 @@ class Outbox:
         return len(rows)
 
     async def flush(self) -> None:
-        """Persist buffered actions, then queue the ones not delivered yet."""
+        """Persist buffered actions and mark delivered ones sent, in one transaction, then
+        queue the new ones not delivered before. If the write fails, both go back to be
+        retried by the next flush."""
         buf = self.take_buffer()
-        if buf:
-            self._persisting.append(buf)
-            try:
-                await self._db(self._store.outbox_add, self.rows(buf))
-            finally:  # by identity: two buffers may hold equal actions
-                self._persisting = [b for b in self._persisting if b is not buf]
-            await self.dispatch_persisted(buf)
-        await self._mark_sent()
+        sent, self._sent = self._sent, []
+        if not buf and not sent:
+            return
+        self._persisting.append(buf)
+        try:
+            pending = await self._db(self._store.outbox_sync, self.rows(buf), sent)
+        except BaseException:
+            self._buf = buf + self._buf
+            self._sent = sent + self._sent
+            raise
+        finally:  # by identity: two buffers may hold equal actions
+            self._persisting = [b for b in self._persisting if b is not buf]
+        self._queue_pending(buf, set(pending))
 
     async def _mark_sent(self) -> None:
         if self._sent:
