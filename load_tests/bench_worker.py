@@ -1,27 +1,43 @@
-"""Benchmark one ``nudge worker`` (faust on Kafka, Redis for sends).
+"""Benchmark ``nudge worker`` (faust on Kafka, Redis for sends).
 
-Phase 1 (throughput): N events are produced to the ``events`` topic before the worker
-starts; events/s = N / time from the worker's first processed batch until all N are
-processed (stats polled every 0.2 s). Phase 2 (latency): ``--rate`` events/s for
-``--seconds`` once caught up; event-to-action latency = webhook arrival - acceptance
-time (the Kafka timestamp, which is the immediate actions' ``fire_at``).
+Throughput (default): N events are produced to the ``events`` topic before one worker
+starts; events/s = events processed / time from the worker's first processed batch
+until all N are processed (stats polled every 50 ms), and the same per CPU-second of the
+worker process (utime + stime over that window: the figure that depends least on what
+else runs on the machine). Then, once every action of that backlog was delivered, the
+latency phase: ``--rate`` events/s for ``--seconds``; event-to-action latency = webhook
+arrival - the event's Kafka timestamp (set by the producer as it sends; an order's
+"thanks" action fires at once, so its ``fire_at`` is that timestamp). Timer actions
+(cart "later", due 1 s after the event) are reported apart: arrival - due time.
+
+Failover (``--failover``): two workers own the partitions; cart events whose 1 s waits
+come due every 10 ms over the next minute are produced to explicit partitions; one
+worker is killed with SIGKILL; failover time = the first webhook arrival of a timer
+action from one of the dead worker's partitions that came due after the kill, minus
+the kill time. The survivor's rebalance (all partitions owned, from its stats) is shown
+too. ``--session-timeout`` bounds how long the group waits for the dead worker.
 
 Uses ``--broker``/``--redis`` when given, else starts the test servers
 (tests/support/servers.py). Prints one JSON object.
 
-    python -m load_tests.bench_worker --events 100000
+    python -m load_tests.bench_worker --events 200000
+    python -m load_tests.bench_worker --failover --session-timeout 10
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -118,7 +134,75 @@ def stats(path: Path) -> dict[str, Any]:
         return {}
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[int], q: float) -> int:
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+@dataclass
+class Arrival:
+    at: int  # wall ms at the webhook
+    fire_at: int
+    customer_id: str
+    template: str
+
+
+@dataclass
+class Bench:
+    """Servers, a webhook receiver, rule files and sinks shared by the workers of a run."""
+
+    broker: str
+    redis_url: str
+    tmp: Path
+    hook_url: str
+    arrivals: list[Arrival] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.removeprefix("kafka://")
+
+    @property
+    def topic(self) -> str:
+        return f"bench-events-{self.run_id}"
+
+    def start_worker(self, name: str, args: argparse.Namespace) -> subprocess.Popen[bytes]:
+        cmd = [
+            sys.executable, "-m", "engine.distributed.cli", "worker",
+            "--broker", self.broker, "--redis", self.redis_url,
+            "--app-id", f"bench-{self.run_id}", "--partitions", str(args.partitions),
+            "--events-topic", self.topic, "--actions-topic", f"bench-actions-{self.run_id}",
+            "--rules", str(self.tmp / "rules"), "--sinks", str(self.tmp / "sinks.json"),
+            "--redis-prefix", f"bench{self.run_id}", "--batch-size", str(args.batch_size),
+            "--session-timeout", str(getattr(args, "session_timeout", 10.0)),
+            "--stats-file", str(self.stats_path(name)), "--stats-interval", "0.1",
+            "--loglevel", "WARNING",
+        ]  # fmt: skip
+        log = (self.tmp / f"{name}.log").open("wb")
+        try:
+            return subprocess.Popen(
+                cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=os.environ
+            )
+        finally:
+            log.close()
+
+    def stats_path(self, name: str) -> Path:
+        return self.tmp / f"{name}.stats.json"
+
+    def stats(self, name: str) -> dict[str, Any]:
+        return stats(self.stats_path(name))
+
+    def log_tail(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")[-2000:]
+
+
+@contextlib.asynccontextmanager
+async def bench_env(args: argparse.Namespace) -> AsyncIterator[Bench]:
     servers: list[Any] = []
     broker, redis_url = args.broker, args.redis
     if broker is None or redis_url is None:
@@ -131,19 +215,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if redis_url is None:
             servers.append(start_redis())
             redis_url = servers[-1].url
-    bootstrap = broker.removeprefix("kafka://")
     tmp = Path(tempfile.mkdtemp(prefix="nudge-bench-"))
     rules = tmp / "rules"
     rules.mkdir()
     for name, text in RULES.items():
         (rules / name).write_text(text)
-    arrivals: list[tuple[int, int]] = []  # (arrival ms, fire_at ms) of phase-2 actions
+    arrivals: list[Arrival] = []
 
     async def hook(request: web.Request) -> web.Response:
+        at = int(time.time() * 1000)
         body = orjson.loads(await request.read())
-        if body["customer_id"].startswith("lat"):
-            fire_ms = to_ms(datetime.fromisoformat(body["fire_at"].replace("Z", "+00:00")))
-            arrivals.append((int(time.time() * 1000), fire_ms))
+        fire_ms = to_ms(datetime.fromisoformat(body["fire_at"].replace("Z", "+00:00")))
+        arrivals.append(Arrival(at, fire_ms, body["customer_id"], body["template"]))
         return web.Response(status=200)
 
     app = web.Application()
@@ -153,73 +236,211 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    sinks = tmp / "sinks.json"
     hook_url = f"http://127.0.0.1:{port}/hook"
-    sinks.write_bytes(
+    (tmp / "sinks.json").write_bytes(
         orjson.dumps({"default": "h", "sinks": {"h": {"type": "webhook", "url": hook_url}}})
     )
-    run_id = uuid.uuid4().hex[:8]
-    topic = f"bench-events-{run_id}"
-    t0 = time.perf_counter()
-    await produce(bootstrap, topic, args.events, "b", args.customers)
-    produce_s = time.perf_counter() - t0
-    stats_file = tmp / "stats.json"
-    cmd = [
-        sys.executable, "-m", "engine.distributed.cli", "worker",
-        "--broker", broker, "--redis", redis_url, "--app-id", f"bench-{run_id}",
-        "--partitions", str(args.partitions), "--events-topic", topic,
-        "--actions-topic", f"bench-actions-{run_id}", "--rules", str(rules),
-        "--sinks", str(sinks), "--redis-prefix", f"bench{run_id}",
-        "--batch-size", str(args.batch_size), "--stats-file", str(stats_file),
-        "--stats-interval", "0.2", "--loglevel", "WARNING",
-    ]  # fmt: skip
-    log = (tmp / "worker.log").open("wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
-    result: dict[str, Any] = {"events": args.events, "produce_seconds": round(produce_s, 2)}
+    b = Bench(broker, redis_url, tmp, hook_url, arrivals)
     try:
-        first: float | None = None
-        first_n = 0
-        while True:
-            s = stats(stats_file).get("engine", {})
-            n = s.get("events", 0)
-            if first is None and n > 0:
-                first, first_n = time.monotonic(), n
-            if n >= args.events:
-                break
-            if proc.poll() is not None:
-                raise SystemExit("worker exited: " + (tmp / "worker.log").read_text()[-2000:])
-            await asyncio.sleep(0.05)
-        assert first is not None
-        wall = time.monotonic() - first
-        s = stats(stats_file)["engine"]
-        result["events_per_second_wall"] = round((args.events - first_n) / max(wall, 1e-9))
-        result["events_per_second_processing"] = round(
-            s["events"] / max(s["processing_seconds"], 1e-9)
-        )
-        result["actions"] = s["actions"]
-        if args.seconds > 0:
-            await paced(bootstrap, topic, args.rate, args.seconds, "lat")
-            await asyncio.sleep(3)
-            lat = sorted(a - f for a, f in arrivals)
-            if lat:
-                result["latency_phase"] = {
-                    "rate": args.rate,
-                    "seconds": args.seconds,
-                    "actions": len(lat),
-                    "event_to_action_ms_p50": lat[len(lat) // 2],
-                    "event_to_action_ms_p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
-                }
+        await create_topic(b.bootstrap, b.topic, args.partitions)
+        yield b
     finally:
-        proc.terminate()
+        await runner.cleanup()
+        for srv in servers:
+            srv.stop()
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
-        log.close()
-        await runner.cleanup()
-        for srv in servers:
-            srv.stop()
+            proc.wait()
+
+
+async def wait_for(cond: Any, b: Bench, procs: dict[str, Any], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                raise SystemExit(f"worker {name} exited: {b.log_tail(name)}")
+        if time.monotonic() > end:
+            raise SystemExit(f"timed out waiting for {what}: {[b.stats(n) for n in procs]}")
+        await asyncio.sleep(0.05)
+
+
+async def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    async with bench_env(args) as b:
+        t0 = time.perf_counter()
+        await produce(b.bootstrap, b.topic, args.events, "b", args.customers)
+        result: dict[str, Any] = {
+            "events": args.events,
+            "produce_seconds": round(time.perf_counter() - t0, 2),
+        }
+        proc = b.start_worker("w1", args)
+        procs = {"w1": proc}
+        try:
+            first: float | None = None
+            first_n = 0
+            cpu0 = 0.0
+            while True:
+                s = b.stats("w1").get("engine", {})
+                n = s.get("events", 0)
+                if first is None and n > 0:
+                    first, first_n, cpu0 = time.monotonic(), n, cpu_seconds(proc.pid)
+                if n >= args.events:
+                    break
+                await wait_for(lambda: True, b, procs, 1, "")
+                await asyncio.sleep(0.05)
+            assert first is not None
+            wall = time.monotonic() - first
+            cpu = cpu_seconds(proc.pid) - cpu0
+            s = b.stats("w1")["engine"]
+            done = args.events - first_n
+            result["events_per_second_wall"] = round(done / max(wall, 1e-9))
+            result["events_per_worker_cpu_second"] = round(done / max(cpu, 1e-9))
+            result["events_per_second_processing"] = round(
+                s["events"] / max(s["processing_seconds"], 1e-9)
+            )
+            result["events_per_second_core"] = round(s["events"] / max(s["core_seconds"], 1e-9))
+            result["batches"] = s["batches"]
+            if args.seconds > 0:
+                result["latency_phase"] = await latency(args, b, procs)
+        finally:
+            stop(list(procs.values()))
     return result
+
+
+async def latency(args: argparse.Namespace, b: Bench, procs: dict[str, Any]) -> dict[str, Any]:
+    def drained() -> bool:
+        st = b.stats("w1")
+        d = st.get("delivery", {})
+        return bool(d) and d["sent"] + d["skipped_done"] >= st["engine"]["actions"]
+
+    t0 = time.monotonic()
+    await wait_for(drained, b, procs, 300, "the backlog's actions to be delivered")
+    print(f"backlog delivered {time.monotonic() - t0:.1f}s after processing", file=sys.stderr)
+    await asyncio.sleep(2)  # the backlog's 1 s timers fire and are delivered
+    t0 = int(time.time() * 1000)
+    await paced(b.bootstrap, b.topic, args.rate, args.seconds, "lat")
+    await asyncio.sleep(3)
+    mine = [a for a in b.arrivals if a.customer_id.startswith("lat") and a.at >= t0]
+    now_ = sorted(a.at - a.fire_at for a in mine if a.template == "thanks")
+    timers = sorted(a.at - a.fire_at for a in mine if a.template == "later")
+    out: dict[str, Any] = {"rate": args.rate, "seconds": args.seconds}
+    if now_:
+        out["event_to_action_ms"] = {
+            "n": len(now_), "p50": pct(now_, 0.5), "p99": pct(now_, 0.99), "max": now_[-1]
+        }  # fmt: skip
+    if timers:
+        out["due_to_action_ms"] = {
+            "n": len(timers), "p50": pct(timers, 0.5), "p99": pct(timers, 0.99),
+            "max": timers[-1],
+        }  # fmt: skip
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The throughput run (and latency phase when ``args.seconds``): used by
+    load_tests/peers/compare.py."""
+    return await throughput(args)
+
+
+def iso_ms(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+async def failover(args: argparse.Namespace) -> dict[str, Any]:
+    from aiokafka import AIOKafkaProducer
+
+    async with bench_env(args) as b:
+        procs = {"w1": b.start_worker("w1", args), "w2": b.start_worker("w2", args)}
+        try:
+
+            def spread() -> bool:
+                parts = [b.stats(n).get("engine", {}).get("partitions", []) for n in procs]
+                return all(parts) and sum(len(p) for p in parts) == args.partitions
+
+            await wait_for(spread, b, procs, 120, "both workers to own partitions")
+            victim = set(b.stats("w2")["engine"]["partitions"])
+            # cart events now, each due 1 s after its own time: one every 10 ms for 60 s
+            producer = AIOKafkaProducer(bootstrap_servers=b.bootstrap, acks="all", linger_ms=5)
+            await producer.start()
+            now = int(time.time() * 1000)
+            n = 6000
+            try:
+                for i in range(n):
+                    cid = f"fo{i}"
+                    body = orjson.dumps(
+                        {
+                            "event_id": f"fo-{i}",
+                            "type": "cart_item_added",
+                            "customer_id": cid,
+                            "timestamp": iso_ms(now + 2000 + 10 * i),
+                            "properties": {"product_id": "p", "price": 5.0},
+                        }
+                    )
+                    part = i % args.partitions
+                    await producer.send(b.topic, body, key=cid.encode(), partition=part)
+                await producer.flush()
+            finally:
+                await producer.stop()
+
+            def fired_both() -> bool:
+                fired = {int(a.customer_id[2:]) % args.partitions for a in b.arrivals}
+                return bool(len(fired) == args.partitions)
+
+            await wait_for(fired_both, b, procs, 60, "timers firing on both workers")
+            await asyncio.sleep(args.kill_after)
+            w2 = procs.pop("w2")
+            kill_at = int(time.time() * 1000)
+            w2.send_signal(signal.SIGKILL)
+            w2.wait()
+
+            def owns_all() -> bool:
+                owned = b.stats("w1").get("engine", {}).get("partitions", [])
+                return bool(len(owned) == args.partitions)
+
+            await wait_for(owns_all, b, procs, 120, "the survivor to own every partition")
+            owned_at = int(time.time() * 1000)
+
+            def taken_over() -> list[Arrival]:
+                return [
+                    a
+                    for a in b.arrivals
+                    if a.template == "later"
+                    and int(a.customer_id[2:]) % args.partitions in victim
+                    and a.fire_at > kill_at
+                ]
+
+            await wait_for(lambda: bool(taken_over()), b, procs, 120, "a taken-over timer")
+            first = min(a.at for a in taken_over())
+            restored = b.stats("w1")["engine"]["timers_restored"]
+            return {
+                "partitions": args.partitions,
+                "session_timeout_s": args.session_timeout,
+                "killed_partitions": sorted(victim),
+                "survivor_owns_all_after_ms": owned_at - kill_at,
+                "failover_ms_kill_to_first_taken_over_timer_at_sink": first - kill_at,
+                "survivor_timers_restored": restored,
+            }
+        finally:
+            stop(list(procs.values()))
 
 
 def main() -> None:
@@ -230,9 +451,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2000)
     p.add_argument("--rate", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--session-timeout", type=float, default=10.0)
+    p.add_argument("--failover", action="store_true")
+    p.add_argument("--kill-after", type=float, default=3.0, help="s after timers start")
     p.add_argument("--broker")
     p.add_argument("--redis")
     args = p.parse_args()
+    run = failover if args.failover else throughput
     print(orjson.dumps(asyncio.run(run(args))).decode())
 
 

@@ -3,10 +3,13 @@ the ``events`` topic).
 
 The runtime keeps decoded :class:`~state.customer.CustomerState` objects per partition
 in memory (a :class:`~state.memory.MemoryStore`) and uses the table only as the durable
-log: after a batch it writes one changelog record per customer it touched, with the
-partition given explicitly (never faust's "current event", which is wrong for a batch
-mixing partitions). After a rebalance the rows faust restored for a newly assigned
-partition are decoded once into that partition's store and dropped from faust's store.
+log: after a batch it produces one changelog record per customer it touched, to the
+partition of the batch's events (co-partitioning), in record batches straight through
+the producer (:meth:`TableLog.records`, ``engine.distributed.batching.BatchSender``)
+rather than faust's one-message-at-a-time ``send_changelog`` buffer; the runtime awaits
+the broker's acks before it acks the events' offsets. After a rebalance the rows faust
+restored for a newly assigned partition are decoded once into that partition's store
+and dropped from faust's store.
 
 Timers are not a separate table: a pending timer is ``FlowInstance.due`` inside the row,
 so restoring the rows restores the timers (the runtime rebuilds its heap from them).
@@ -45,18 +48,15 @@ class TableLog:
     def __init__(self, table: Any) -> None:
         self.table = table
 
-    def write(self, partition: int, states: Iterable[CustomerState]) -> int:
-        """Send one changelog record per state to ``partition`` (buffered by faust's
-        producer, flushed before any offset commit). Returns how many."""
-        send = self.table.send_changelog
-        n = 0
-        for st in states:
-            send(partition, st.customer_id.encode(), encode_row(st), "raw", "raw")
-            n += 1
-        return n
+    @property
+    def topic(self) -> str:
+        """The changelog topic's name."""
+        return str(self.table.changelog_topic.get_topic_name())
 
-    def delete(self, partition: int, customer_id: str) -> None:
-        self.table.send_changelog(partition, customer_id.encode(), None, "raw", "raw")
+    @staticmethod
+    def records(states: Iterable[CustomerState]) -> list[tuple[bytes, bytes | None]]:
+        """The changelog records (key, value) of ``states``."""
+        return [(st.customer_id.encode(), encode_row(st)) for st in states]
 
     def take_restored(self, partition: int) -> Iterator[CustomerState]:
         """Decode and remove the rows faust restored for ``partition`` (memory store)."""

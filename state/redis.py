@@ -141,6 +141,29 @@ class RedisState:
 
         return await self._retry(op, "claim")
 
+    async def claim_many(self, keys: list[str]) -> list[Claim]:
+        """:meth:`claim` for each of ``keys``, in one pipeline (plus one for the values
+        of the keys already held)."""
+        names = [self._idem(k) for k in keys]
+
+        async def op() -> list[Claim]:
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.set(name, b"sending", nx=True, ex=self.claim_ttl)
+            got = await pipe.execute()
+            held = [i for i, ok in enumerate(got) if not ok]
+            out = [Claim.ACQUIRED] * len(names)
+            if held:
+                pipe = self.client.pipeline(transaction=False)
+                for i in held:
+                    pipe.get(names[i])
+                for i, value in zip(held, await pipe.execute(), strict=True):
+                    done = value is not None and value not in (b"sending", "sending")
+                    out[i] = Claim.DONE if done else Claim.BUSY
+            return out
+
+        return await self._retry(op, "claim")
+
     async def mark(self, key: str, outcome: str = "sent") -> None:
         """Record that action ``key`` was sent (or dead-lettered), kept ``ttl`` seconds."""
         name = self._idem(key)

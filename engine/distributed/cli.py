@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,11 +89,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def run_worker(args: argparse.Namespace) -> NoReturn:
     """Build the app and run it with a faust Worker (blocks until stopped)."""
+    import asyncio
+
     import faust
 
     from engine.distributed.app import create_app
+    from engine.distributed.topics import ensure_topics
 
     cfg = config_from_args(args)
+    asyncio.run(ensure_topics(cfg))
+    _maybe_profile()
     worker_app = create_app(cfg)
     if args.http_port:
         _add_ingest(worker_app, args)
@@ -100,6 +106,25 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
         worker_app.app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False
     )
     worker.execute_from_commandline()  # exits the process
+
+
+def _maybe_profile() -> None:
+    """``NUDGE_WORKER_PROFILE=PATH``: profile the whole worker process with cProfile
+    (one event loop thread) and write the stats to PATH at exit (SIGTERM stops cleanly)."""
+    path = os.environ.get("NUDGE_WORKER_PROFILE")
+    if not path:
+        return
+    import atexit
+    import cProfile
+
+    prof = cProfile.Profile()
+
+    def dump() -> None:
+        prof.disable()
+        prof.dump_stats(path)
+
+    atexit.register(dump)
+    prof.enable()
 
 
 def _add_ingest(worker_app: Any, args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -40,12 +41,19 @@ class DeliveryStats:
     skipped_done: int = 0  # already sent: a redelivery
     waited_busy: int = 0
     dead: int = 0
-    latencies_ms: list[int] = field(default_factory=list)  # delivered - fire_at, sampled
+    # delivered - fire_at of the most recent sends
+    latencies_ms: deque[int] = field(default_factory=lambda: deque(maxlen=10_000))
 
     def observe(self, ms: int) -> None:
-        lat = self.latencies_ms
-        if len(lat) < 200_000:
-            lat.append(ms)
+        self.latencies_ms.append(ms)
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "sent": self.sent,
+            "skipped_done": self.skipped_done,
+            "waited_busy": self.waited_busy,
+            "dead": self.dead,
+        }
 
 
 class Deliverer:
@@ -72,27 +80,32 @@ class Deliverer:
         self._wall_ms = wall_ms
 
     async def deliver_all(self, actions: list[Action]) -> None:
-        """Deliver (or skip) every action; returns when each one is settled."""
+        """Deliver (or skip) every action; returns when each one is settled. The claims
+        of the whole batch go to Redis in one pipeline; each send is marked on its own
+        as soon as it succeeded."""
         if len(actions) == 1:
             await self.deliver_one(actions[0])
             return
-        await asyncio.gather(*(self._bounded(a) for a in actions))
+        claims = await self.redis.claim_many([a.idempotency_key for a in actions])
+        await asyncio.gather(*(self._bounded(a, c) for a, c in zip(actions, claims, strict=True)))
 
-    async def _bounded(self, action: Action) -> None:
+    async def _bounded(self, action: Action, claim: Claim) -> None:
         async with self._sem:
-            await self.deliver_one(action)
+            await self.deliver_one(action, claim)
 
-    async def deliver_one(self, action: Action) -> None:
+    async def deliver_one(self, action: Action, claim: Claim | None = None) -> None:
         key = action.idempotency_key
         stats = self.stats
         while True:
-            claim = await self.redis.claim(key)
+            if claim is None:
+                claim = await self.redis.claim(key)
             if claim is Claim.DONE:
                 stats.skipped_done += 1
                 return
             if claim is Claim.BUSY:
                 stats.waited_busy += 1
                 await asyncio.sleep(self.busy_wait)
+                claim = None
                 continue
             break
         sink = self.router.sink_for(action)

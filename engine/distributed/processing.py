@@ -5,52 +5,73 @@ Order inside a batch (under one lock, so timer ticks and batches never interleav
 
 1. every event goes through its partition's processor (timers due before the event's
    acceptance time fire first);
-2. the actions produced are sent to the ``actions`` topic and the broker's acks awaited;
-3. the changed customer rows go to the table's changelog.
+2. ``flush`` queues the batch's output: the actions to the ``actions`` topic (each to
+   its source partition); once the broker acknowledged them, the changed customer rows
+   to the table's changelog (rows of earlier batches always first); it returns a future
+   that resolves when the rows are acknowledged too;
+3. only then the runtime marks the batch's offsets acked (faust commits them later).
+   The runtime (app.py) awaits that future before it runs the next batch or tick.
 
-So a row in the changelog implies its actions are in Kafka, and faust flushes the
-changelog before it commits the events' offsets: after a crash, events whose offsets were
-not committed are processed again; the ones a restored row already includes are skipped
-(offset check), the others produce the same actions with the same idempotency keys, which
-the delivery step dedupes in Redis.
+So a row in the changelog implies its actions are in Kafka, and a committed offset
+implies both: after a crash, events whose offsets were not committed are processed
+again; the ones a restored row already includes are skipped (offset check), the others
+produce the same actions with the same idempotency keys, which the delivery step dedupes
+in Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import msgspec
 
 from engine.distributed.partition import OwnedPartition
+from engine.driver import OutputHandler
 from engine.processor import Output
 from engine.types import Action, Event
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
 
-__all__ = ["EngineStats", "InputRecord", "PartitionEngine", "SendActions", "WriteRows"]
+__all__ = ["EngineStats", "Flush", "InputRecord", "PartitionEngine", "Record"]
 
 logger = logging.getLogger(__name__)
 
 _decode_event = msgspec.json.Decoder(Event).decode
 
 
-class SendActions(Protocol):
-    """Produce actions to the actions topic; returns once the broker acknowledged all."""
+class Flush(Protocol):
+    """Queue a batch's output: ``actions`` by partition to the actions topic, then (once
+    those are acknowledged) ``rows`` by partition to the changelog, in submission order.
+    Returns, once queued, a future that resolves when the broker acknowledged all."""
 
-    def __call__(self, actions: list[Action], /) -> Awaitable[None]: ...
+    def __call__(
+        self, actions: dict[int, list[Action]], rows: dict[int, list[CustomerState]], /
+    ) -> Awaitable[asyncio.Future[None]]: ...
 
 
-WriteRows = Callable[[int, list[CustomerState]], object]
-"""Write changed rows of a partition to the changelog (buffered)."""
+class Record(Protocol):
+    """What processing reads of an ``events`` message (aiokafka's ``ConsumerRecord``
+    has these attributes, so fetched records are processed as they are)."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def value(self) -> bytes | None: ...
 
 
 @dataclass(slots=True)
 class InputRecord:
-    """One ``events`` message: partition, offset, broker timestamp (ms), raw value."""
+    """One ``events`` message: partition, offset, broker timestamp (ms), raw value
+    (a :class:`Record`)."""
 
     partition: int
     offset: int
@@ -71,7 +92,8 @@ class EngineStats:
     batches: int = 0
     rows_written: int = 0
     expression_errors: int = 0
-    processing_seconds: float = 0.0
+    processing_seconds: float = 0.0  # whole batches: core + flush
+    core_seconds: float = 0.0  # decode + apply only (the pure core)
     partitions: list[int] = field(default_factory=list)
     rules_version: int = 0
     pending_timers: int = 0
@@ -81,21 +103,18 @@ class EngineStats:
 class PartitionEngine:
     """The owned partitions of one worker and the rule set they run."""
 
-    def __init__(
-        self, ruleset: RuleSet, rules_version: int, send: SendActions, write: WriteRows
-    ) -> None:
+    def __init__(self, ruleset: RuleSet, rules_version: int, flush: Flush) -> None:
         self.ruleset = ruleset
         self.rules_version = rules_version
         self.parts: dict[int, OwnedPartition] = {}
-        self._send = send
-        self._write = write
-        self._actions: list[Action] = []
+        self._flush_out = flush
+        self._actions: dict[int, list[Action]] = {}
         self.stats = EngineStats(rules_version=rules_version)
 
     # --- ownership -----------------------------------------------------------------
     def assign(self, index: int, states: Iterable[CustomerState]) -> OwnedPartition:
         """Take partition ``index`` with its restored states (timers rebuilt from them)."""
-        part = OwnedPartition(index, self.ruleset, self._on_output)
+        part = OwnedPartition(index, self.ruleset, self._output_handler(index))
         n = 0
         for st in states:
             part.load(st)
@@ -116,18 +135,28 @@ class PartitionEngine:
         for part in self.parts.values():
             part.set_ruleset(ruleset)
 
-    def _on_output(self, out: Output) -> None:
-        if out.timer_due is not None:
-            self.stats.timers_fired += 1
-        if out.errors:
-            self.stats.expression_errors += len(out.errors)
-        if out.actions:
-            self._actions += out.actions
+    def _output_handler(self, index: int) -> OutputHandler:
+        stats = self.stats
+        pending = self._actions
+
+        def on_output(out: Output) -> None:
+            if out.timer_due is not None:
+                stats.timers_fired += 1
+            if out.errors:
+                stats.expression_errors += len(out.errors)
+            if out.actions:
+                got = pending.get(index)
+                if got is None:
+                    pending[index] = list(out.actions)
+                else:
+                    got += out.actions
+
+        return on_output
 
     # --- inputs --------------------------------------------------------------------
-    async def process(self, records: list[InputRecord]) -> None:
+    async def process(self, records: Iterable[Record]) -> asyncio.Future[None]:
         """Process one batch of ``events`` messages (any partitions, offset order within
-        each), then send its actions and write its rows."""
+        each) and queue its output; returns the future of that output's durability."""
         t0 = time.perf_counter()
         parts = self.parts
         stats = self.stats
@@ -138,7 +167,7 @@ class PartitionEngine:
                 stats.not_owned += 1
                 continue
             try:
-                ev = _decode_event(rec.value)
+                ev = _decode_event(rec.value or b"")
             except msgspec.MsgspecError as err:
                 stats.undecodable += 1
                 logger.error(
@@ -154,12 +183,14 @@ class PartitionEngine:
             if out.duplicate:
                 stats.duplicates += 1
         stats.batches += 1
-        await self._flush(touched)
+        stats.core_seconds += time.perf_counter() - t0
+        durable = await self._flush(touched)
         stats.processing_seconds += time.perf_counter() - t0
+        return durable
 
     async def fire_timers(self, limits: dict[int, int]) -> int:
         """Fire the timers of each partition in ``limits`` due up to its limit (epoch ms),
-        then send the actions and write the rows. Returns how many fired."""
+        then queue the actions and the rows (``flush``). Returns how many fired."""
         fired = 0
         touched = set()
         for index, t in limits.items():
@@ -174,18 +205,19 @@ class PartitionEngine:
             await self._flush(touched)
         return fired
 
-    async def _flush(self, touched: set[int]) -> None:
-        actions, self._actions = self._actions, []
-        if actions:
-            await self._send(actions)
-            self.stats.actions += len(actions)
+    async def _flush(self, touched: set[int]) -> asyncio.Future[None]:
+        actions = dict(self._actions)
+        self._actions.clear()
+        rows: dict[int, list[CustomerState]] = {}
         for index in touched:
             part = self.parts.get(index)
             if part is not None:
-                rows = part.take_dirty()
-                if rows:
-                    self._write(index, rows)
-                    self.stats.rows_written += len(rows)
+                dirty = part.take_dirty()
+                if dirty:
+                    rows[index] = dirty
+        self.stats.actions += sum(len(a) for a in actions.values())
+        self.stats.rows_written += sum(len(r) for r in rows.values())
+        return await self._flush_out(actions, rows)
 
     def refresh_gauges(self) -> None:
         s = self.stats

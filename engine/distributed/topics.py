@@ -1,0 +1,46 @@
+"""Create the worker's output topics before faust subscribes.
+
+faust assigns partitions only of topics that exist when the group forms; an ``actions``
+topic first created by the first action produced (broker auto-create) leaves the
+deliver agent without partitions until the group's next rebalance. So ``nudge worker``
+creates ``actions`` and its dead-letter topic (``partitions`` each, co-partitioned with
+``events``) when missing, and waits until the broker's metadata lists them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from engine.distributed.config import WorkerConfig
+
+__all__ = ["ensure_topics"]
+
+logger = logging.getLogger(__name__)
+
+
+async def ensure_topics(cfg: WorkerConfig, timeout: float = 30.0) -> None:
+    """Create the actions and dead-letter topics if missing; return once listed."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    wanted = [cfg.actions_topic, cfg.dead_topic]
+    admin = AIOKafkaAdminClient(bootstrap_servers=cfg.broker.removeprefix("kafka://"))
+    await admin.start()
+    try:
+        missing = [t for t in wanted if t not in set(await admin.list_topics())]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker did
+                await admin.create_topics(
+                    [NewTopic(t, cfg.partitions, cfg.replication_factor) for t in missing]
+                )
+            logger.info("created topics %s", missing)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while not set(wanted) <= set(await admin.list_topics()):
+            if loop.time() > end:
+                raise TimeoutError(f"topics {wanted} not listed after {timeout}s")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
