@@ -121,8 +121,13 @@ class WorkerApp:
         app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
         app.topics.add(self.events_topic)  # subscribed; records go to _on_batch
         consumer = app.batch_consumer
-        consumer.batch_topics = frozenset({cfg.events_topic})
-        consumer.batch_handler = self._on_batch
+        consumer.add_batch_handler(cfg.events_topic, self._on_batch)
+        app.topics.add(self.actions_topic)  # subscribed; records go to _on_actions
+        # deliveries are not awaited on a revoke (a send may wait on Redis or a claim):
+        # offsets acked after a revoke are discarded and the new owner's delivery skips
+        # what was marked sent
+        consumer.add_batch_handler(cfg.actions_topic, self._on_actions, wait_on_revoke=False)
+        self._deliveries: set[asyncio.Task[None]] = set()
         self.pipeline = OutputPipeline(
             BatchSender(lambda: cast(Any, app.producer)._ensure_producer()),
             cfg.actions_topic,
@@ -130,7 +135,6 @@ class WorkerApp:
             depth=cfg.output_depth,
             on_error=self._output_failed,
         )
-        app.agent(self.actions_topic, name="nudge-deliver")(self._deliver_agent)
         app.timer(cfg.tick)(self._tick)
         app.task(self._startup)
         if cfg.stats_file:
@@ -286,19 +290,37 @@ class WorkerApp:
             os._exit(70)
 
     # --- delivery ------------------------------------------------------------------
-    async def _deliver_agent(self, stream: Any) -> None:
-        cfg = self.cfg
-        async for values in stream.take(cfg.action_batch_size, within=cfg.batch_within):
-            await self._ready.wait()
-            deliverer = self.deliverer
-            assert deliverer is not None
-            actions = []
-            for raw in values:
+    async def _on_actions(self, batch: dict[TP, list[Any]]) -> asyncio.Future[None] | None:
+        """One fetch of ``actions`` records: delivered by a task (at most
+        ``delivery_batches`` in flight; beyond, the fetch loop waits); the consumer acks
+        the offsets when the task is done. ``None`` when a rebalance began first."""
+        consumer = self.app.consumer
+        while self.deliverer is None:
+            if not consumer.flow_active:
+                return None
+            await asyncio.sleep(0.02)
+        actions = []
+        for recs in batch.values():
+            for rec in recs:
                 try:
-                    actions.append(_decode_action(raw))
+                    actions.append(_decode_action(rec.value or b""))
                 except msgspec.MsgspecError as err:
                     logger.error("undecodable action skipped: %s", err)
-            await deliverer.deliver_all(actions)
+        while len(self._deliveries) >= self.cfg.delivery_batches:
+            if not consumer.flow_active:  # a rebalance must not wait on a slow sink
+                return None
+            await asyncio.wait(self._deliveries, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.get_running_loop().create_task(self._guard(self._deliver(actions)))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
+        return task
+
+    async def _deliver(self, actions: list[Action]) -> None:
+        deliverer = self.deliverer
+        assert deliverer is not None
+        size = self.cfg.action_batch_size
+        for i in range(0, len(actions), size):
+            await deliverer.deliver_all(actions[i : i + size])
 
     async def _dead_letter(self, action: Action, error: str) -> None:
         body = orjson.dumps({"action": action.to_json_dict(), "error": error})

@@ -3,9 +3,9 @@
 faust hands every fetched record to the conductor one by one (a ``Message``, a channel
 ``Event``, a queue put, a stream step, sensors, an ack), about 100 us of framework per
 record. :class:`BatchConsumer` is faust's aiokafka consumer with one change in its fetch
-loop: the records of the topics in ``batch_topics`` go, as one ``{TP: [record]}`` map
-per fetch, to ``batch_handler``; every other record (changelog recovery, the actions
-topic) takes faust's usual path. What faust guarantees is kept:
+loop: the records of a topic with a batch handler (``add_batch_handler``) go, as one
+``{TP: [record]}`` map per fetch and topic, to that handler; every other record
+(changelog recovery) takes faust's usual path. What faust guarantees is kept:
 
 - an offset is marked acked (so faust's commit loop may commit it) only when the
   future the handler returned resolved: the batch's actions and changelog rows are
@@ -45,22 +45,27 @@ __all__ = ["BatchApp", "BatchConsumer", "BatchHandler", "BatchSender"]
 logger = logging.getLogger(__name__)
 
 BatchHandler = Callable[[dict[TP, list[Any]]], Awaitable["asyncio.Future[None] | None"]]
-"""Process one fetch (records of ``batch_topics`` by partition). Returns ``None`` when
+"""Process one fetch (records of one topic, by partition). Returns ``None`` when
 it processed nothing (a rebalance began), else a future that resolves once the fetch's
 output is acknowledged by the broker (then its offsets are acked)."""
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
-    """faust's aiokafka consumer; records of ``batch_topics`` go to ``batch_handler``."""
+    """faust's aiokafka consumer; topics with a batch handler skip the per-message path."""
 
-    batch_topics: frozenset[str] = frozenset()
-    batch_handler: BatchHandler | None = None
+    def add_batch_handler(
+        self, topic: str, handler: BatchHandler, *, wait_on_revoke: bool = True
+    ) -> None:
+        """Records of ``topic`` go to ``handler``, one call per fetch. With
+        ``wait_on_revoke`` the outputs it returns are awaited by :meth:`wait_batches`."""
+        self._handlers[topic] = (handler, wait_on_revoke)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._batch_idle = asyncio.Event()
         self._batch_idle.set()
         self._outputs: set[asyncio.Future[None]] = set()
+        self._handlers: dict[str, tuple[BatchHandler, bool]] = {}
 
     async def wait_batches(self) -> None:
         """Until the batch in flight is processed and the output of every batch before
@@ -89,23 +94,24 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     await self._seek_back()
                     continue
                 generation = self.app.consumer_generation_id
-                batch: dict[TP, list[Any]] = {}
+                batches: dict[str, dict[TP, list[Any]]] = {}
                 others: list[tuple[TP, list[Any]]] = []
                 buffered = self._buffered_partitions
-                handler = self.batch_handler
+                handlers = self._handlers
                 for tp, recs in records.items():
                     if active is not None and tp not in active and tp not in buffered:
                         # paused meanwhile (a rebalance, recovery): fetch these again
                         await self._rewind(tp, recs[0].offset)
                         continue
-                    if handler is not None and tp.topic in self.batch_topics:
+                    if tp.topic in handlers:
                         fresh = await self._fresh(tp, recs)
                         if fresh:
-                            batch[tp] = fresh
+                            batches.setdefault(tp.topic, {})[tp] = fresh
                     else:
                         others.append((tp, recs))
-                if batch and handler is not None:
-                    await self._run_batch(handler, batch, generation)
+                for topic, batch in batches.items():
+                    handler, tracked = handlers[topic]
+                    await self._run_batch(handler, batch, generation, tracked)
                 for tp, recs in others:
                     await self._deliver_one_by_one(tp, recs, generation)
         except self.consumer_stopped_errors:
@@ -145,7 +151,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
         return recs
 
     async def _run_batch(
-        self, handler: BatchHandler, batch: dict[TP, list[Any]], generation: int
+        self,
+        handler: BatchHandler,
+        batch: dict[TP, list[Any]],
+        generation: int,
+        tracked: bool = True,
     ) -> None:
         self._batch_idle.clear()
         try:
@@ -158,7 +168,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
             return
         for tp, recs in batch.items():
             self._read_offset[tp] = recs[-1].offset
-        self._outputs.add(durable)
+        if tracked:
+            self._outputs.add(durable)
         durable.add_done_callback(partial(self._on_durable, batch, generation))
         commit_every = self._commit_every
         if commit_every is not None and self._n_acked >= commit_every:
