@@ -84,6 +84,7 @@ class EngineStats:
     events: int = 0
     skipped: int = 0  # reprocessed offsets a restored state already held
     duplicates: int = 0
+    future: int = 0  # stamped beyond future_tolerance ahead of the clock: processed at it
     undecodable: int = 0
     not_owned: int = 0
     timers_fired: int = 0
@@ -182,6 +183,8 @@ class PartitionEngine:
             stats.events += 1
             if out.duplicate:
                 stats.duplicates += 1
+            elif out.future:
+                stats.future += 1
         stats.batches += 1
         stats.core_seconds += time.perf_counter() - t0
         durable = await self._flush(touched)
