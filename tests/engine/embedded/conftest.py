@@ -17,6 +17,7 @@ from engine.http.app import create_app
 from engine.http.auth import Tokens
 from engine.metrics import Metrics
 from engine.testing import START
+from engine.types import iso
 from tests.support.webhook import WebhookReceiver
 
 
@@ -57,6 +58,20 @@ class Harness:
                     return
             await asyncio.sleep(0.01)
         raise AssertionError("runtime did not settle")
+
+
+def product_views(n: int, prefix: str) -> list[dict[str, Any]]:
+    """``n`` product_viewed events at START, one per customer ``{prefix}c{i}``."""
+    return [
+        {
+            "event_id": f"{prefix}{i}",
+            "type": "product_viewed",
+            "customer_id": f"{prefix}c{i}",
+            "timestamp": iso(START),
+            "properties": {"product_id": "p1"},
+        }
+        for i in range(n)
+    ]
 
 
 def webhook_sinks(url: str) -> dict[str, Any]:

@@ -3,30 +3,14 @@ customers must not stall ingest and timers), oldest first, and inflate on access
 
 from __future__ import annotations
 
-from typing import Any
-
 from engine.testing import START, RuleKit
-from engine.types import iso
 from state.memory import MemoryStore
-from tests.engine.embedded.conftest import Harness
-
-
-def views(n: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "event_id": f"v{i}",
-            "type": "product_viewed",
-            "customer_id": f"vc{i}",
-            "timestamp": iso(START),
-            "properties": {"product_id": "p1"},
-        }
-        for i in range(n)
-    ]
+from tests.engine.embedded.conftest import Harness, product_views
 
 
 async def test_runtime_compacts_in_slices(harness: Harness) -> None:
     rt = harness.runtime
-    status, _ = await harness.post_events(views(40))
+    status, _ = await harness.post_events(product_views(40, "v"))
     assert status == 202
     await harness.settle()
     rt.cfg.compact_slice = 3

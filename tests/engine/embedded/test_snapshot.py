@@ -12,27 +12,12 @@ import orjson
 import pytest
 
 import engine.embedded.snapshot as snapshot
-from engine.testing import START
-from engine.types import iso
 from state.customer import CustomerState
-from tests.engine.embedded.conftest import Harness
+from tests.engine.embedded.conftest import Harness, product_views
 
 pytestmark = pytest.mark.skipif(not snapshot.available(), reason="needs os.fork and prctl")
 
 _SEQ = CustomerState.__struct_fields__.index("seq")
-
-
-def events(n: int, prefix: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "event_id": f"{prefix}{i}",
-            "type": "product_viewed",
-            "customer_id": f"{prefix}c{i}",
-            "timestamp": iso(START),
-            "properties": {"product_id": "p1"},
-        }
-        for i in range(n)
-    ]
 
 
 def stored(data: Path) -> tuple[dict[str, int], dict[int, int]]:
@@ -54,7 +39,7 @@ def stored(data: Path) -> tuple[dict[str, int], dict[int, int]]:
 
 async def test_child_writes_changed_states_and_positions(harness: Harness) -> None:
     rt = harness.runtime
-    status, _ = await harness.post_events(events(300, "a"))
+    status, _ = await harness.post_events(product_views(300, "a"))
     assert status == 202
     await harness.settle()
     assert await rt.snapshot_checkpoint()
@@ -80,7 +65,7 @@ async def test_failed_child_gives_the_customers_back(
         raise OSError("disk gone")
 
     monkeypatch.setattr(snapshot, "write_snapshot", boom)
-    status, _ = await harness.post_events(events(50, "b"))
+    status, _ = await harness.post_events(product_views(50, "b"))
     assert status == 202
     await harness.settle()
     assert not await rt.snapshot_checkpoint()
@@ -147,7 +132,7 @@ async def test_stop_while_a_child_writes_kills_it_and_checkpoints_in_process(
 
     monkeypatch.setattr(snapshot, "write_snapshot", stuck)
     monkeypatch.setattr("engine.embedded.runtime.fork_snapshot", recording_fork)
-    status, _ = await harness.post_events(events(30, "s"))
+    status, _ = await harness.post_events(product_views(30, "s"))
     assert status == 202
     await harness.settle()
     while not children:  # the periodic checkpoint (every 0.2 s) forked a child
