@@ -34,7 +34,6 @@ def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
     w.add_argument("--rules", nargs="+", help="seed rule set when Redis has none")
     w.add_argument("--sinks", help="JSON/YAML action routing config (connectors/routing.py)")
     w.add_argument("--batch-size", type=int, default=2000)
-    w.add_argument("--batch-within", type=float, default=0.05)
     w.add_argument("--session-timeout", type=float, default=10.0)
     w.add_argument("--heartbeat-interval", type=float, default=1.0)
     w.add_argument("--redis-prefix", default="nudge")
@@ -77,7 +76,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
         rules=args.rules,
         sinks=_load_sinks(args.sinks),
         batch_size=args.batch_size,
-        batch_within=args.batch_within,
         session_timeout=args.session_timeout,
         heartbeat_interval=args.heartbeat_interval,
         redis_prefix=args.redis_prefix,

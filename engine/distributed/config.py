@@ -16,9 +16,9 @@ class WorkerConfig:
     and the actions topic are created with it: co-partitioning). ``batch_size`` bounds a
     processing batch (records per fetch, all partitions together; ``fetch_bytes`` is the
     per-partition fetch size). Actions are delivered per fetch, ``action_batch_size`` at
-    a time, with up to ``delivery_batches`` fetches in flight. ``batch_within`` is unused
-    (kept for the CLI). ``producer_batch_bytes``: the producer's record batch size;
-    ``output_depth``: outputs (batches, timer ticks) in flight at once.
+    a time, with up to ``delivery_batches`` fetches in flight. ``producer_batch_bytes``:
+    the producer's record batch size; ``output_depth``: outputs (batches, timer ticks) in
+    flight at once.
     ``session_timeout`` bounds how long a dead worker keeps its partitions.
     ``rules`` are the files seeded into Redis when no rule set was deployed yet.
     """
@@ -33,7 +33,6 @@ class WorkerConfig:
     rules: list[str] | None = None
     sinks: dict[str, Any] = field(default_factory=lambda: {"default": "log"})
     batch_size: int = 2000
-    batch_within: float = 0.05
     action_batch_size: int = 500
     delivery_batches: int = 8
     fetch_bytes: int = 4 * 1_048_576

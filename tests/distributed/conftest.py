@@ -100,8 +100,6 @@ class Cluster:
             "0.5",
             "--claim-ttl",
             "3",
-            "--batch-within",
-            "0.02",
             "--stats-file",
             str(self.tmp / f"{name}.stats.json"),
             "--loglevel",
