@@ -60,9 +60,6 @@ class RuleSet:
         """Ids of the rules whose open flow instances record ``event_type`` in ``seen``."""
         return self.seen_by.get(event_type, self.seen_any)
 
-    def plan(self, event_type: str) -> TypePlan:
-        return self.plans.get(event_type, self.default_plan)
-
     def __post_init__(self) -> None:
         order = sorted(self.rules.values(), key=CompiledRule.sort_key)
         trig: dict[str, list[CompiledRule]] = {}

@@ -21,8 +21,7 @@ _MIN5 = 300_000
 _HOUR = 3_600_000
 _DAY = 86_400_000
 # granularity -> (bucket size ms, retention ms)
-_R0, _R1, _R2 = _HOUR + _MIN5, _DAY + _HOUR, 91 * _DAY
-_GRANS = ((0, _MIN5, _R0), (1, _HOUR, _R1), (2, _DAY, _R2))
+_GRANS = ((0, _MIN5, _HOUR + _MIN5), (1, _HOUR, _DAY + _HOUR), (2, _DAY, 91 * _DAY))
 WINDOWS: dict[str, tuple[int, int]] = {
     "1h": (0, _HOUR),
     "24h": (1, _DAY),
@@ -46,18 +45,10 @@ def increment(counters: Counters, event_type: str, ts: int, now: int) -> None:
     """Count one event of ``event_type`` at event time ``ts``. Events older than a bucket's
     retention (relative to ``now``) are not counted in it."""
     base = type_code(event_type) << 26
-    age = now - ts
-    get = counters.get
-    # the three granularities of _GRANS, unrolled (this runs for most events)
-    if age < _R0:
-        key = base | ts // _MIN5
-        counters[key] = get(key, 0) + 1
-    if age < _R1:
-        key = base | 1 << 24 | ts // _HOUR
-        counters[key] = get(key, 0) + 1
-    if age < _R2:
-        key = base | 2 << 24 | ts // _DAY
-        counters[key] = get(key, 0) + 1
+    for gran, size, retention in _GRANS:
+        if now - ts < retention:
+            key = base | gran << 24 | (ts // size)
+            counters[key] = counters.get(key, 0) + 1
     if len(counters) > _PRUNE_AT:
         prune(counters, now)
 
