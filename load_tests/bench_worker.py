@@ -4,8 +4,9 @@ Throughput (default): N events are produced to the ``events`` topic before one w
 starts; events/s = events processed / time from the worker's first processed batch
 until all N are processed (stats polled every 50 ms), and the same per CPU-second of the
 worker process (utime + stime over that window). The worker delivers the actions of
-those events (Redis claims, webhook POSTs) in the same process while it processes, so
-also: events / time from the first batch until the last of their actions was
+those events (Redis claims, webhook POSTs) in the same process while it processes
+(``--split``: a second worker, ``--role deliver``, delivers and the first only processes),
+so also: events / time from the first batch until the last of their actions was
 delivered. Then the latency phase: ``--rate`` events/s for ``--seconds``;
 event-to-action latency = webhook arrival - the event's Kafka timestamp (set by the
 producer as it sends; an order's "thanks" action fires at once, so its ``fire_at`` is
@@ -173,7 +174,9 @@ class Bench:
     def topic(self) -> str:
         return f"bench-events-{self.run_id}"
 
-    def start_worker(self, name: str, args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, name: str, args: argparse.Namespace, role: str = "all"
+    ) -> subprocess.Popen[bytes]:
         cmd = [
             sys.executable, "-m", "engine.distributed.cli", "worker",
             "--broker", self.broker, "--redis", self.redis_url,
@@ -183,7 +186,7 @@ class Bench:
             "--redis-prefix", f"bench{self.run_id}", "--batch-size", str(args.batch_size),
             "--session-timeout", str(getattr(args, "session_timeout", 10.0)),
             "--stats-file", str(self.stats_path(name)), "--stats-interval", "0.1",
-            "--loglevel", "WARNING",
+            "--loglevel", "WARNING", "--role", role,
         ]  # fmt: skip
         log = (self.tmp / f"{name}.log").open("wb")
         try:
@@ -294,8 +297,12 @@ async def throughput(args: argparse.Namespace) -> dict[str, Any]:
             "events": args.events,
             "produce_seconds": round(time.perf_counter() - t0, 2),
         }
-        proc = b.start_worker("w1", args)
+        proc = b.start_worker("w1", args, "process" if args.split else "all")
         procs = {"w1": proc}
+        sender = "w1"
+        if args.split:
+            sender = "d1"
+            procs[sender] = b.start_worker(sender, args, "deliver")
         try:
             first: float | None = None
             first_n = 0
@@ -323,9 +330,9 @@ async def throughput(args: argparse.Namespace) -> dict[str, Any]:
             result["batches"] = s["batches"]
 
             def drained() -> bool:
-                st = b.stats("w1")
-                d = st.get("delivery", {})
-                return bool(d) and d["sent"] + d["skipped_done"] >= st["engine"]["actions"]
+                d = b.stats(sender).get("delivery", {})
+                actions = b.stats("w1")["engine"]["actions"]
+                return bool(d) and d["sent"] + d["skipped_done"] >= actions
 
             await wait_for(drained, b, procs, 300, "the backlog's actions to be delivered")
             delivered = time.monotonic() - first
@@ -456,6 +463,11 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--session-timeout", type=float, default=10.0)
+    p.add_argument(
+        "--split",
+        action="store_true",
+        help="process events in one worker (--role process), deliver in another (--role deliver)",
+    )
     p.add_argument("--failover", action="store_true")
     p.add_argument("--kill-after", type=float, default=3.0, help="s after timers start")
     p.add_argument("--broker")

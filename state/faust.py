@@ -14,8 +14,10 @@ and dropped from faust's store.
 Timers are not a separate table: a pending timer is ``FlowInstance.due`` inside the row,
 so restoring the rows restores the timers (the runtime rebuilds its heap from them).
 
-Keys are the customer id as UTF-8 bytes, values ``orjson(CustomerState.to_row())``; a
-deleted customer is a tombstone (``None``).
+Keys are the customer id as UTF-8 bytes, values the state as MessagePack
+(:func:`state.customer.pack`: one C call, about half the bytes of the JSON row); rows
+written as JSON (``to_row``) by earlier versions still decode. A deleted customer is a
+tombstone (``None``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import msgspec
 import orjson
 
-from state.customer import CustomerState
+from state.customer import CustomerState, pack, unpack
 
 __all__ = ["TableLog", "decode_row", "encode_row"]
 
@@ -34,11 +37,13 @@ logger = logging.getLogger(__name__)
 
 
 def encode_row(st: CustomerState) -> bytes:
-    return orjson.dumps(st.to_row())
+    return pack(st)
 
 
 def decode_row(raw: bytes) -> CustomerState:
-    return CustomerState.from_row(orjson.loads(raw))
+    if raw[:1] == b"[":  # a JSON row (written before rows were MessagePack)
+        return CustomerState.from_row(orjson.loads(raw))
+    return unpack(raw)
 
 
 class TableLog:
@@ -71,5 +76,5 @@ class TableLog:
                 continue
             try:
                 yield decode_row(raw)
-            except (orjson.JSONDecodeError, TypeError, ValueError) as err:
+            except (orjson.JSONDecodeError, msgspec.MsgspecError, TypeError, ValueError) as err:
                 logger.error("customer row %r no longer decodes (%s); dropped", key, err)

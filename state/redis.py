@@ -169,6 +169,17 @@ class RedisState:
         name = self._idem(key)
         await self._retry(lambda: self.client.set(name, outcome.encode(), ex=self.ttl), "mark")
 
+    async def mark_many(self, marks: list[tuple[str, str]]) -> None:
+        """:meth:`mark` for each ``(key, outcome)``, in one pipeline."""
+
+        async def op() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for key, outcome in marks:
+                pipe.set(self._idem(key), outcome.encode(), ex=self.ttl)
+            await pipe.execute()
+
+        await self._retry(op, "mark")
+
     async def release(self, key: str) -> None:
         """Give a claim back (the send failed in a way worth retrying later)."""
         name = self._idem(key)

@@ -12,8 +12,10 @@ consumer (:class:`~engine.distributed.batching.BatchConsumer`) hands each whole 
 :meth:`WorkerApp._on_batch`, which runs it through
 :class:`~engine.distributed.processing.PartitionEngine`, produces the actions and the
 changelog rows in record batches, awaits the broker's acks and only then lets the
-consumer ack the offsets. The ``deliver`` agent takes batches of actions into
-:class:`~engine.distributed.delivery.Deliverer`. A faust timer drains due
+consumer ack the offsets. Fetches of ``actions`` go the same way into
+:class:`~engine.distributed.delivery.Deliverer`. ``cfg.role`` picks one side only:
+``process`` (no actions subscription) or ``deliver`` (its own consumer group, no table,
+no events). A faust timer drains due
 timers of the partitions this worker owns every ``tick`` seconds: up to the wall clock
 when the partition is caught up (nothing unread before it), else up to the partition's
 clock, so a timer never overtakes an event accepted before it came due.
@@ -69,7 +71,7 @@ class WorkerApp:
         # worker's CPU even when nothing prints them
         logging.getLogger("aiokafka").setLevel(logging.INFO)
         self.app: Any = BatchApp(
-            cfg.app_id,
+            cfg.group_id,
             broker=cfg.broker,
             store="memory://",
             topic_partitions=cfg.partitions,
@@ -99,14 +101,9 @@ class WorkerApp:
         self.events_topic = app.topic(cfg.events_topic, **raw)
         self.actions_topic = app.topic(cfg.actions_topic, **raw)  # see topics.py
         self.dead_topic = app.topic(cfg.dead_topic, **raw)
-        self.table = app.Table(
-            "customers",
-            default=None,
-            partitions=cfg.partitions,
-            key_type=bytes,  # bytes: the "raw" serializer both ways
-            value_type=bytes,
-        )
-        self.log = TableLog(self.table)
+        self.table: Any = None  # the processing role's (see _subscribe_events)
+        self.log: TableLog
+        self.pipeline: OutputPipeline
         self.engine: PartitionEngine | None = None
         self.deliverer: Deliverer | None = None
         self.redis: RedisState | None = None
@@ -117,17 +114,39 @@ class WorkerApp:
         self.rebalancing = True  # until the first recovery completes
         self._recovered = False
         self._last_input: dict[int, int] = {}
-        self.table.on_recover(self._on_recovered)
-        app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
-        app.topics.add(self.events_topic)  # subscribed; records go to _on_batch
-        consumer = app.batch_consumer
-        consumer.add_batch_handler(cfg.events_topic, self._on_batch)
-        app.topics.add(self.actions_topic)  # subscribed; records go to _on_actions
-        # deliveries are not awaited on a revoke (a send may wait on Redis or a claim):
-        # offsets acked after a revoke are discarded and the new owner's delivery skips
-        # what was marked sent
-        consumer.add_batch_handler(cfg.actions_topic, self._on_actions, wait_on_revoke=False)
         self._deliveries: set[asyncio.Task[None]] = set()
+        app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
+        if cfg.processing:
+            self._subscribe_events()
+        else:
+            self.rebalancing = False  # nothing to recover: no table
+        if cfg.delivering:
+            app.topics.add(self.actions_topic)  # subscribed; records go to _on_actions
+            # deliveries are not awaited on a revoke (a send may wait on Redis or a
+            # claim): offsets acked after a revoke are discarded and the new owner's
+            # delivery skips what was marked sent
+            app.batch_consumer.add_batch_handler(
+                cfg.actions_topic, self._on_actions, wait_on_revoke=False
+            )
+        app.task(self._startup)
+        if cfg.stats_file:
+            app.timer(cfg.stats_interval)(self._write_stats)
+
+    def _subscribe_events(self) -> None:
+        """The processing role: the events topic (records to ``_on_batch``), the customer
+        table, the output pipeline and the timer ticker."""
+        app, cfg = self.app, self.cfg
+        self.table = app.Table(
+            "customers",
+            default=None,
+            partitions=cfg.partitions,
+            key_type=bytes,  # bytes: the "raw" serializer both ways
+            value_type=bytes,
+        )
+        self.log = TableLog(self.table)
+        self.table.on_recover(self._on_recovered)
+        app.topics.add(self.events_topic)  # subscribed; records go to _on_batch
+        app.batch_consumer.add_batch_handler(cfg.events_topic, self._on_batch)
         self.pipeline = OutputPipeline(
             BatchSender(lambda: cast(Any, app.producer)._ensure_producer()),
             cfg.actions_topic,
@@ -136,9 +155,6 @@ class WorkerApp:
             on_error=self._output_failed,
         )
         app.timer(cfg.tick)(self._tick)
-        app.task(self._startup)
-        if cfg.stats_file:
-            app.timer(cfg.stats_interval)(self._write_stats)
 
     # --- start-up ------------------------------------------------------------------
     async def _startup(self) -> None:
@@ -149,18 +165,23 @@ class WorkerApp:
             claim_ttl=cfg.claim_ttl,
             ttl=cfg.idempotency_ttl,
         )
+        if cfg.delivering:
+            self.router = Router.from_config(cfg.sinks)
+            await self.router.start_all()
+            self.deliverer = Deliverer(
+                self.router, self.redis, self._dead_letter, concurrency=cfg.delivery_concurrency
+            )
+        if not cfg.processing:
+            self._ready.set()
+            logger.info("worker %s ready (delivery only)", cfg.group_id)
+            return
         self.watcher = RuleWatcher(self.redis, files_from_paths(cfg.rules))
         ruleset, version = await self.watcher.initial()
-        self.router = Router.from_config(cfg.sinks)
-        await self.router.start_all()
         self.engine = PartitionEngine(ruleset, version, self._flush)
-        self.deliverer = Deliverer(
-            self.router, self.redis, self._dead_letter, concurrency=cfg.delivery_concurrency
-        )
         self._ready.set()
         if self._recovered:
             await self._sync_assignment()
-        logger.info("worker %s ready: rules version %d", cfg.app_id, version)
+        logger.info("worker %s ready (%s): rules version %d", cfg.app_id, cfg.role, version)
         await self.watcher.watch(self._on_rules, cfg.rules_poll)
 
     def _on_rules(self, ruleset: RuleSet, version: int) -> None:
@@ -169,6 +190,8 @@ class WorkerApp:
 
     # --- rebalances ----------------------------------------------------------------
     async def _on_revoked(self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        if not self.cfg.processing:
+            return
         self.rebalancing = True
         self._recovered = False
         await self.app.batch_consumer.wait_batches()

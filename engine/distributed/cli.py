@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``worker`` sub-command to an argparse sub-parser set."""
+    from engine.distributed.config import ROLES
+
     w: argparse.ArgumentParser = subparsers.add_parser(
         "worker", help="run a distributed worker: faust on Kafka, Redis for sends and rules"
     )
@@ -44,6 +46,13 @@ def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
     w.add_argument("--http-host", default="127.0.0.1")
     w.add_argument("--data", default="nudge-data", help="where tokens.json lives (ingest)")
     w.add_argument("--loglevel", default="INFO")
+    w.add_argument(
+        "--role",
+        choices=ROLES,
+        default="all",
+        help="all: process events and deliver actions; process / deliver: one of them "
+        "(delivery then is its own consumer group, <app-id>-deliver)",
+    )
     w.set_defaults(func=run_worker)
     return w
 
@@ -82,6 +91,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         claim_ttl=args.claim_ttl,
         stats_file=args.stats_file,
         stats_interval=args.stats_interval,
+        role=args.role,
     )
 
 

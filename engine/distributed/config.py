@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["WorkerConfig"]
+__all__ = ["ROLES", "WorkerConfig"]
+
+ROLES = ("all", "process", "deliver")
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,9 @@ class WorkerConfig:
     flight at once.
     ``session_timeout`` bounds how long a dead worker keeps its partitions.
     ``rules`` are the files seeded into Redis when no rule set was deployed yet.
+    ``role``: ``all`` processes events and delivers actions in one process; ``process``
+    and ``deliver`` split them (delivery then runs as its own consumer group,
+    ``<app_id>-deliver``, and scales on its own).
     """
 
     broker: str = "kafka://127.0.0.1:9092"
@@ -49,6 +54,20 @@ class WorkerConfig:
     rules_poll: float = 5.0
     stats_file: str | None = None
     stats_interval: float = 1.0
+    role: str = "all"
+
+    @property
+    def processing(self) -> bool:
+        return self.role in ("all", "process")
+
+    @property
+    def delivering(self) -> bool:
+        return self.role in ("all", "deliver")
+
+    @property
+    def group_id(self) -> str:
+        """The faust app id (Kafka consumer group) of this role."""
+        return self.app_id if self.processing else f"{self.app_id}-deliver"
 
     @property
     def dead_topic(self) -> str:

@@ -5,7 +5,10 @@ An action is never sent without a successful claim: while Redis is down the deli
 waits (and the actions consumer with it). A claim held by another sender (a rebalance
 race, or a sender that died mid-send) is waited on until it is marked sent (skip) or
 its short TTL expires (send). A permanently refused action is produced to the dead
-letter topic and marked ``dead``.
+letter topic and marked ``dead``. Marks are coalesced: the sends that finish while one
+mark pipeline is in flight are marked together in the next (one round trip instead of
+one per action; a crash between a send and its mark is the same window as before,
+longer by at most one round trip).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from connectors.routing import Router
 from engine.types import Action
 from state.redis import Claim, RedisState
 
-__all__ = ["Deliverer", "DeliveryStats"]
+__all__ = ["Deliverer", "DeliveryStats", "MarkBatcher"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,43 @@ class DeliveryStats:
         }
 
 
+class MarkBatcher:
+    """``mark`` calls of one event loop, written to Redis in pipelines, one at a time."""
+
+    def __init__(self, redis: RedisState) -> None:
+        self.redis = redis
+        self._pending: list[tuple[str, str]] = []
+        self._next: asyncio.Future[None] | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def mark(self, key: str, outcome: str) -> None:
+        """Returns once ``key`` is marked ``outcome`` in Redis."""
+        self._pending.append((key, outcome))
+        fut = self._next
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = self._next = loop.create_future()
+            task = loop.create_task(self._flush(fut))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(fut)  # a cancelled sender's mark is still written
+
+    async def _flush(self, fut: asyncio.Future[None]) -> None:
+        async with self._lock:  # marks arriving meanwhile wait for the next pipeline
+            batch, self._pending, self._next = self._pending, [], None
+            try:
+                await self.redis.mark_many(batch)
+            except asyncio.CancelledError:
+                fut.cancel()
+                raise
+            except Exception as err:
+                fut.set_exception(err)
+                fut.exception()  # retrieved: its senders may have been cancelled meanwhile
+            else:
+                fut.set_result(None)
+
+
 class Deliverer:
     """Sends actions at most once each (per idempotency key) through ``router``."""
 
@@ -78,6 +118,7 @@ class Deliverer:
         self.stats = DeliveryStats()
         self._sem = asyncio.Semaphore(concurrency)
         self._wall_ms = wall_ms
+        self._marks = MarkBatcher(redis)
 
     async def deliver_all(self, actions: list[Action]) -> None:
         """Deliver (or skip) every action; returns when each one is settled. The claims
@@ -114,12 +155,12 @@ class Deliverer:
         except SinkError as err:
             logger.error("action %s to %s dead-lettered: %s", key, sink.name, err)
             await self.dead_letter(action, str(err))
-            await self.redis.mark(key, "dead")
+            await self._marks.mark(key, "dead")
             stats.dead += 1
             return
         except BaseException:
             await asyncio.shield(self.redis.release(key))  # cancelled: let a retry send it
             raise
-        await self.redis.mark(key, "sent")
+        await self._marks.mark(key, "sent")
         stats.sent += 1
         stats.observe(self._wall_ms() - action.fire_at)

@@ -54,3 +54,30 @@ async def test_events_to_actions_match_backtest(cluster_factory) -> None:  # typ
         assert len(want) > 500
     finally:
         await hook.stop()
+
+
+async def test_split_roles_process_and_deliver(cluster_factory) -> None:  # type: ignore[no-untyped-def]
+    """``--role process`` and ``--role deliver`` in two processes: the same actions, once."""
+    hook = WebhookReceiver()
+    await hook.start()
+    try:
+        c: Cluster = cluster_factory(hook.url)
+        events = make_events(1200, int(time.time() * 1000) - 60_000)
+        want = expected_keys(c.rules_dir, events)
+        await produce(c.kafka.bootstrap, c.events_topic, events)
+        c.start_worker("proc", "--role", "process")
+        c.start_worker("send", "--role", "deliver")
+        await wait_keys(hook, want, c)
+        assert check(hook, want) == (0, 0, 0), c.log_tail("proc") + c.log_tail("send")
+        end = time.monotonic() + 10  # stats files are rewritten every second
+        while time.monotonic() < end:
+            proc, send = c.stats("proc"), c.stats("send")
+            if send.get("delivery", {}).get("sent") == len(want):
+                break
+            await asyncio.sleep(0.2)
+        assert "delivery" not in proc
+        assert proc["engine"]["events"] == len(events)
+        assert "engine" not in send
+        assert send["delivery"]["sent"] == len(want)
+    finally:
+        await hook.stop()
