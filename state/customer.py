@@ -4,7 +4,9 @@ Both are msgspec Structs (``gc=False``: no reference cycles, no GC header; ``arr
 rows are positional) with ``None`` for empty parts: most customers never open a flow or
 hold a cart, and the memory budget is about 1 KB per customer. Structs encode and decode
 in one C call, so idle customers are kept as packed bytes (``pack``/``unpack``, MessagePack)
-and inflated on their next input; checkpoints use JSON rows (``to_row``/``from_row``).
+and inflated on their next input. Checkpoints and changelog rows are the same packed
+bytes; JSON rows (``to_row``/``from_row``) written by earlier versions still load
+(``load``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ __all__ = [
     "VIEWED_MAX",
     "CustomerState",
     "FlowInstance",
+    "load",
     "pack",
-    "packed_json",
     "unpack",
 ]
 
@@ -133,8 +135,6 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
 
 _pack = msgspec.msgpack.Encoder().encode
 _unpack_state = msgspec.msgpack.Decoder(CustomerState).decode
-_unpack_any = msgspec.msgpack.Decoder().decode
-_json = msgspec.json.Encoder().encode
 
 
 def pack(st: CustomerState) -> bytes:
@@ -147,6 +147,9 @@ def unpack(raw: bytes) -> CustomerState:
     return _unpack_state(raw)
 
 
-def packed_json(raw: bytes) -> bytes:
-    """The JSON row (``to_row``, as bytes) of a packed state, without inflating it."""
-    return _json(_unpack_any(raw))
+def load(raw: bytes) -> CustomerState:
+    """A stored state: packed bytes, or a JSON row of an earlier version (starts with
+    ``[``, which no MessagePack array does)."""
+    if raw[:1] == b"[":
+        return CustomerState.from_row(msgspec.json.decode(raw))
+    return _unpack_state(raw)

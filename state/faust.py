@@ -27,9 +27,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
-import orjson
 
-from state.customer import CustomerState, pack, unpack
+from state.customer import CustomerState, load, pack
 
 __all__ = ["TableLog", "decode_row", "encode_row"]
 
@@ -41,9 +40,7 @@ def encode_row(st: CustomerState) -> bytes:
 
 
 def decode_row(raw: bytes) -> CustomerState:
-    if raw[:1] == b"[":  # a JSON row (written before rows were MessagePack)
-        return CustomerState.from_row(orjson.loads(raw))
-    return unpack(raw)
+    return load(raw)
 
 
 class TableLog:
@@ -76,5 +73,5 @@ class TableLog:
                 continue
             try:
                 yield decode_row(raw)
-            except (orjson.JSONDecodeError, msgspec.MsgspecError, TypeError, ValueError) as err:
+            except (msgspec.MsgspecError, TypeError, ValueError) as err:
                 logger.error("customer row %r no longer decodes (%s); dropped", key, err)

@@ -15,13 +15,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 
-import msgspec
-
-from state.customer import CustomerState, pack, packed_json, unpack
+from state.customer import CustomerState, pack, unpack
 
 __all__ = ["MemoryStore", "MemoryTimers"]
-
-_encode = msgspec.json.Encoder().encode
 
 
 class MemoryStore:
@@ -77,14 +73,12 @@ class MemoryStore:
         return len(idle)
 
     def row(self, customer_id: str) -> bytes | None:
-        """The customer's state as JSON bytes of ``to_row()`` (a compacted state's bytes
-        as held, a live one encoded now); None if unknown. Never inflates."""
+        """The customer's state as stored bytes (``state.customer.pack``: a compacted
+        state's bytes as held, a live one packed now); None if unknown. Never inflates."""
         st = self._data.get(customer_id)
-        if st is None:
-            return None
-        if type(st) is bytes:
-            return packed_json(st)
-        return _encode(st)
+        if st is None or isinstance(st, bytes):
+            return st
+        return pack(st)
 
     def put(self, state: CustomerState) -> None:
         self._data[state.customer_id] = state

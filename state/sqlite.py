@@ -19,15 +19,16 @@ power loss, not only against a process crash; ``NORMAL`` trades that for speed.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import orjson
 
-from state.customer import CustomerState
+from state.customer import CustomerState, load
 
 __all__ = ["JournalEntry", "OutboxEntry", "SqliteStore", "write_snapshot"]
 
@@ -79,11 +80,51 @@ def _connect(path: Path, synchronous: str, schema: str) -> sqlite3.Connection:
     return db
 
 
+# Rows per multi-row statement: 4 columns x 200 stays far below SQLite's limit of
+# 32,766 bound variables.
+_ROWS_PER_STATEMENT = 200
+
+
+@functools.lru_cache(maxsize=256)
+def _values(columns: int, rows: int) -> str:
+    one = "(" + ",".join("?" * columns) + ")"
+    return ",".join([one] * rows)
+
+
+@functools.lru_cache(maxsize=256)
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``head`` (``INSERT ... (cols) VALUES``) for ``rows`` in a few multi-row statements.
+
+    Why not ``executemany``: the sqlite3 module releases the GIL around every step, so
+    ``executemany`` of k rows takes the GIL back k times, and each time it waits for the
+    event loop's thread to give it up (up to the 5 ms switch interval while the loop is
+    busy): a group commit of 9 requests measured 15-25 ms under load, for a 0.2 ms fsync.
+    One statement is one step."""
+    if not rows:
+        return
+    width = len(rows[0])
+    for i in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[i : i + _ROWS_PER_STATEMENT]
+        db.execute(f"{head} {_values(width, len(chunk))}", [v for row in chunk for v in row])
+
+
 def _outbox_add(db: sqlite3.Connection, entries: list[tuple[str, str, bytes, int]]) -> None:
-    db.executemany(
-        "INSERT OR IGNORE INTO outbox (key, customer_id, body, cause_at) VALUES (?, ?, ?, ?)",
-        entries,
+    _insert_rows(
+        db, "INSERT OR IGNORE INTO outbox (key, customer_id, body, cause_at) VALUES", entries
     )
+
+
+def _set_status(db: sqlite3.Connection, keys: Sequence[str], status: str) -> None:
+    """``status`` for every one of ``keys``, one statement per 500 keys (see _insert_rows)."""
+    for i in range(0, len(keys), 500):
+        chunk = keys[i : i + 500]
+        db.execute(
+            f"UPDATE outbox SET status = ? WHERE key IN ({_marks(len(chunk))})", [status, *chunk]
+        )
 
 
 def _write_states(
@@ -99,9 +140,7 @@ def _write_states(
         sdb.executemany("DELETE FROM states WHERE customer_id = ?", ((cid,) for cid in deleted))
         n = 0
         for chunk in states:
-            sdb.executemany(
-                "INSERT OR REPLACE INTO states (customer_id, body) VALUES (?, ?)", chunk
-            )
+            _insert_rows(sdb, "INSERT OR REPLACE INTO states (customer_id, body) VALUES", chunk)
             n += len(chunk)
         sdb.executemany(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
@@ -181,6 +220,8 @@ class SqliteStore:
         self.db = _connect(self.path / "state.db", synchronous, _SCHEMA)
         self.sdb = _connect(self.path / "states.db", synchronous, _STATES_SCHEMA)
         _migrate_states(self.db, self.sdb)
+        row = self.jdb.execute("SELECT seq + n FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+        self._next_seq = int(row[0]) if row else 1  # appends are this connection's alone
 
     def close(self) -> None:
         self.jdb.close()
@@ -192,22 +233,24 @@ class SqliteStore:
         """Append requests ((event count, JSON array), ...) in one transaction; returns the
         seq of the first event. Seqs are consecutive across the batches."""
         db = self.jdb
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            row = db.execute("SELECT seq + n FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
-            first = int(row[0]) if row else 1
-            rows = []
-            seq = first
-            for n, body in batches:
-                rows.append((seq, n, accepted_at, body))
-                seq += n
-            db.executemany(
-                "INSERT INTO journal (seq, n, accepted_at, body) VALUES (?, ?, ?, ?)", rows
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        first = self._next_seq
+        rows = []
+        seq = first
+        for n, body in batches:
+            rows.append((seq, n, accepted_at, body))
+            seq += n
+        head = "INSERT INTO journal (seq, n, accepted_at, body) VALUES"
+        if len(rows) <= _ROWS_PER_STATEMENT:  # the usual case: one statement, autocommit
+            _insert_rows(db, head, rows)
+        else:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                _insert_rows(db, head, rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        self._next_seq = seq
         return first
 
     def journal_after(self, seq: int, batch: int = 1000) -> Iterator[JournalEntry]:
@@ -284,7 +327,7 @@ class SqliteStore:
 
     def load_states(self) -> Iterator[CustomerState]:
         for (body,) in self.sdb.execute("SELECT body FROM states"):
-            yield CustomerState.from_row(orjson.loads(body))
+            yield load(body)
 
     # --- outbox --------------------------------------------------------------------
     def outbox_add(self, entries: list[tuple[str, str, bytes, int]]) -> None:
@@ -304,9 +347,7 @@ class SqliteStore:
         """Set the status of ``keys``, in one transaction."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.executemany(
-                "UPDATE outbox SET status = ? WHERE key = ?", ((status, k) for k in keys)
-            )
+            _set_status(self.db, keys, status)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -320,7 +361,7 @@ class SqliteStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             _outbox_add(db, entries)
-            db.executemany("UPDATE outbox SET status = 'sent' WHERE key = ?", ((k,) for k in sent))
+            _set_status(db, sent, "sent")
             pending = self.outbox_pending_keys([e[0] for e in entries])
             db.execute("COMMIT")
         except BaseException:
@@ -329,15 +370,21 @@ class SqliteStore:
         return pending
 
     def outbox_pending_keys(self, keys: list[str]) -> list[str]:
-        """Which of ``keys`` are still pending. Looks rows up by primary key (a filter on
-        ``status`` in SQL would let the planner scan every pending row instead)."""
-        out: list[str] = []
+        """Which of ``keys`` are not settled (sent or dead); callers pass keys they have
+        stored. Looks rows up by primary key (a filter on ``status`` the planner could use
+        would let it scan every pending row instead)."""
+        settled: set[str] = set()
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(f"SELECT key, status FROM outbox WHERE key IN ({marks})", chunk)
-            out += [str(k) for k, status in rows if status == "pending"]
-        return out
+            # only the rows not pending come back (rare: a replay), so one step, not one per
+            # key (see _insert_rows); "+status" keeps the planner on the primary key
+            rows = self.db.execute(
+                f"SELECT key FROM outbox WHERE key IN ({_marks(len(chunk))})"
+                " AND +status != 'pending'",
+                chunk,
+            )
+            settled.update(str(k) for (k,) in rows)
+        return [k for k in keys if k not in settled]
 
     def outbox_prune(self, before: int) -> int:
         """Forget delivered actions fired before ``before`` (replays after a crash start at

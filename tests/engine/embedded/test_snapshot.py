@@ -8,16 +8,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 import engine.embedded.snapshot as snapshot
-from state.customer import CustomerState
+from state.customer import load
 from tests.engine.embedded.conftest import Harness, product_views
 
 pytestmark = pytest.mark.skipif(not snapshot.available(), reason="needs os.fork and prctl")
-
-_SEQ = CustomerState.__struct_fields__.index("seq")
 
 
 def stored(data: Path) -> tuple[dict[str, int], dict[int, int]]:
@@ -25,8 +22,7 @@ def stored(data: Path) -> tuple[dict[str, int], dict[int, int]]:
     db = sqlite3.connect(data / "states.db")
     try:
         states = {
-            str(r[0]): int(orjson.loads(r[1])[_SEQ])
-            for r in db.execute("SELECT customer_id, body FROM states")
+            str(r[0]): load(r[1]).seq for r in db.execute("SELECT customer_id, body FROM states")
         }
         seqs = {
             int(k.split(":")[1]): int(v)
