@@ -4,7 +4,10 @@ equal the core over the same events (``engine.backtest``), each delivered once."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -37,7 +40,12 @@ def check(hook: WebhookReceiver, want: set[str]) -> tuple[int, int, int]:
     return len(missing), len(extra), twice
 
 
-async def test_events_to_actions_match_backtest(cluster_factory) -> None:  # type: ignore[no-untyped-def]
+@contextlib.asynccontextmanager
+async def trace_through(
+    cluster_factory: Any, workers: dict[str, tuple[str, ...]]
+) -> AsyncIterator[tuple[Cluster, WebhookReceiver, list[dict[str, Any]], set[str]]]:
+    """A generated trace produced, ``workers`` (name -> extra args) started, and every
+    expected action key delivered (late duplicates given a second to show up)."""
     hook = WebhookReceiver()
     await hook.start()
     try:
@@ -45,29 +53,30 @@ async def test_events_to_actions_match_backtest(cluster_factory) -> None:  # typ
         events = make_events(1200, int(time.time() * 1000) - 60_000)
         want = expected_keys(c.rules_dir, events)
         await produce(c.kafka.bootstrap, c.events_topic, events)
-        c.start_worker("w1")
+        for name, extra in workers.items():
+            c.start_worker(name, *extra)
         await wait_keys(hook, want, c)
+        yield c, hook, events, want
+    finally:
+        await hook.stop()
+
+
+async def test_events_to_actions_match_backtest(cluster_factory: Any) -> None:
+    async with trace_through(cluster_factory, {"w1": ()}) as (c, hook, _, want):
         missing, extra, twice = check(hook, want)
         stats = c.stats("w1")
         print(f"expected={len(want)} delivered={len(hook.deliveries)} stats={stats}")
         assert (missing, extra, twice) == (0, 0, 0), c.log_tail("w1")
         assert len(want) > 500
-    finally:
-        await hook.stop()
 
 
-async def test_split_roles_process_and_deliver(cluster_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_split_roles_process_and_deliver(cluster_factory: Any) -> None:
     """``--role process`` and ``--role deliver`` in two processes: the same actions, once."""
-    hook = WebhookReceiver()
-    await hook.start()
-    try:
-        c: Cluster = cluster_factory(hook.url)
-        events = make_events(1200, int(time.time() * 1000) - 60_000)
-        want = expected_keys(c.rules_dir, events)
-        await produce(c.kafka.bootstrap, c.events_topic, events)
-        c.start_worker("proc", "--role", "process")
-        c.start_worker("send", "--role", "deliver")
-        await wait_keys(hook, want, c)
+    workers: dict[str, tuple[str, ...]] = {
+        "proc": ("--role", "process"),
+        "send": ("--role", "deliver"),
+    }
+    async with trace_through(cluster_factory, workers) as (c, hook, events, want):
         assert check(hook, want) == (0, 0, 0), c.log_tail("proc") + c.log_tail("send")
         end = time.monotonic() + 10  # stats files are rewritten every second
         while time.monotonic() < end:
@@ -79,5 +88,3 @@ async def test_split_roles_process_and_deliver(cluster_factory) -> None:  # type
         assert proc["engine"]["events"] == len(events)
         assert "engine" not in send
         assert send["delivery"]["sent"] == len(want)
-    finally:
-        await hook.stop()
