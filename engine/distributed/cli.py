@@ -44,6 +44,9 @@ def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
     w.add_argument("--stats-interval", type=float, default=1.0)
     w.add_argument("--http-port", type=int, help="also serve HTTP ingest on this port")
     w.add_argument("--http-host", default="127.0.0.1")
+    w.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on /metrics on this port"
+    )
     w.add_argument("--data", default="nudge-data", help="where tokens.json lives (ingest)")
     w.add_argument("--loglevel", default="INFO")
     w.add_argument(
@@ -110,6 +113,8 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
     worker_app = create_app(cfg)
     if args.http_port:
         _add_ingest(worker_app, args)
+    if args.metrics_port:
+        _add_metrics(worker_app, args)
     worker = faust.Worker(
         worker_app.app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False
     )
@@ -133,6 +138,23 @@ def _maybe_profile() -> None:
 
     atexit.register(dump)
     prof.enable()
+
+
+def _add_metrics(worker_app: Any, args: argparse.Namespace) -> None:
+    """Serve the worker's metrics (engine/distributed/metrics.py) on its event loop."""
+    from aiohttp import web
+
+    from engine.distributed.metrics import WorkerCollector, metrics_app
+
+    collector = WorkerCollector(worker_app.stats, worker_app.cfg.role)
+
+    async def serve() -> None:
+        runner = web.AppRunner(metrics_app(collector), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, args.http_host, args.metrics_port).start()
+        logger.info("metrics on http://%s:%d/metrics", args.http_host, args.metrics_port)
+
+    worker_app.app.task(serve)
 
 
 def _add_ingest(worker_app: Any, args: argparse.Namespace) -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.distributed.conftest import Cluster, expected_keys, produce
+from tests.support.servers import free_port
 from tests.support.traces import make_events
 from tests.support.webhook import WebhookReceiver
 
@@ -61,13 +64,33 @@ async def trace_through(
         await hook.stop()
 
 
+def scrape(port: int) -> dict[str, float]:
+    """The worker's /metrics, parsed: sample name (with labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(smp.labels.items()))
+            out[f"{smp.name}{{{labels}}}" if labels else smp.name] = smp.value
+    return out
+
+
 async def test_events_to_actions_match_backtest(cluster_factory: Any) -> None:
-    async with trace_through(cluster_factory, {"w1": ()}) as (c, hook, _, want):
+    port = free_port()
+    workers: dict[str, tuple[str, ...]] = {"w1": ("--metrics-port", str(port))}
+    async with trace_through(cluster_factory, workers) as (c, hook, events, want):
         missing, extra, twice = check(hook, want)
         stats = c.stats("w1")
         print(f"expected={len(want)} delivered={len(hook.deliveries)} stats={stats}")
         assert (missing, extra, twice) == (0, 0, 0), c.log_tail("w1")
         assert len(want) > 500
+        m = await asyncio.to_thread(scrape, port)
+        assert m["nudge_up{role=worker-all}"] == 1
+        assert m["nudge_events_processed_total"] == len(events)
+        assert m["nudge_worker_partitions"] == 4
+        settled = m["nudge_worker_deliveries_total{outcome=sent}"]
+        assert settled + m["nudge_worker_deliveries_total{outcome=skipped_done}"] == len(want)
 
 
 async def test_split_roles_process_and_deliver(cluster_factory: Any) -> None:
