@@ -162,6 +162,7 @@ def _add_ingest(worker_app: Any, args: argparse.Namespace) -> None:
     from aiohttp import web
 
     from engine.distributed.ingest import KafkaIngest
+    from engine.distributed.metrics import WorkerCollector, serve_alongside
     from engine.http.app import create_app as create_http_app
     from engine.http.auth import Tokens
     from engine.metrics import Metrics
@@ -177,7 +178,9 @@ def _add_ingest(worker_app: Any, args: argparse.Namespace) -> None:
         )
         await ingest.start()
         tokens, _, _ = Tokens.load_or_create(Path(args.data))
-        runner = web.AppRunner(create_http_app(ingest, tokens, Metrics()), access_log=None)
+        metrics = Metrics()
+        serve_alongside(metrics, WorkerCollector(worker_app.stats, cfg.role))
+        runner = web.AppRunner(create_http_app(ingest, tokens, metrics), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, args.http_host, args.http_port).start()
         logger.info("ingest on http://%s:%d", args.http_host, args.http_port)

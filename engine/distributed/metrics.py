@@ -1,4 +1,5 @@
-"""Prometheus metrics of one ``nudge worker`` (``--metrics-port``).
+"""Prometheus metrics of one ``nudge worker``: on ``/metrics`` of ``--metrics-port``, and
+of ``--http-port`` when the worker also serves the HTTP API.
 
 A collector reads the worker's counters (:meth:`WorkerApp.stats`, the same numbers as
 ``--stats-file``) at scrape time, on the worker's event loop (the ``/metrics`` handler runs
@@ -16,9 +17,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
-__all__ = ["WorkerCollector", "metrics_app"]
+from engine.metrics import Metrics
+
+__all__ = ["WorkerCollector", "metrics_app", "serve_alongside"]
 
 # stats()["engine"] key -> (metric name, help); counters
 _ENGINE_COUNTERS = {
@@ -39,6 +43,8 @@ _ENGINE_GAUGES = {
     "rules_version": ("nudge_ruleset_version", "Version of the rule set in use"),
 }
 _DELIVERY_OUTCOMES = ("sent", "skipped_done", "waited_busy", "dead")
+_OUTAGES = "nudge_worker_redis_outages"
+_OTHER = ("nudge_up", "nudge_worker_partitions", "nudge_worker_deliveries")
 
 
 class WorkerCollector(Collector):
@@ -47,6 +53,12 @@ class WorkerCollector(Collector):
     def __init__(self, stats: Callable[[], dict[str, Any]], role: str) -> None:
         self._stats = stats
         self._role = role
+
+    @staticmethod
+    def names() -> set[str]:
+        """Every metric family name this collector can yield."""
+        tables = (_ENGINE_COUNTERS, _ENGINE_GAUGES)
+        return {name for t in tables for name, _ in t.values()} | {*_OTHER, _OUTAGES}
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
@@ -77,10 +89,21 @@ class WorkerCollector(Collector):
             yield fam
         if "redis_outages" in stats:
             yield CounterMetricFamily(
-                "nudge_worker_redis_outages",
+                _OUTAGES,
                 "Times Redis became unreachable (calls wait and retry)",
                 value=stats["redis_outages"],
             )
+
+
+def serve_alongside(metrics: Metrics, collector: WorkerCollector) -> None:
+    """Expose ``collector`` in ``metrics``' registry (the one a worker's HTTP API serves on
+    ``/metrics``), in place of the members with the same names: those belong to the
+    embedded runtime, and a worker never updates them."""
+    names = collector.names()
+    for member in list(vars(metrics).values()):
+        if isinstance(member, MetricWrapperBase) and {f.name for f in member.describe()} & names:
+            metrics.registry.unregister(member)
+    metrics.registry.register(collector)
 
 
 def metrics_app(collector: WorkerCollector) -> web.Application:

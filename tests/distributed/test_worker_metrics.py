@@ -1,0 +1,51 @@
+"""The worker's metrics collector, alone and merged into the HTTP API's registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from engine.distributed.metrics import WorkerCollector, serve_alongside
+from engine.metrics import Metrics
+
+STATS: dict[str, Any] = {
+    "engine": {"events": 7, "pending_timers": 3, "rules_version": 2, "partitions": [0, 2]},
+    "delivery": {"sent": 5, "skipped_done": 1, "waited_busy": 0, "dead": 0},
+    "redis_outages": 1,
+}
+
+
+def _families(metrics: Metrics) -> dict[str, dict[str, float]]:
+    text = generate_latest(metrics.registry).decode()
+    out: dict[str, dict[str, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        assert fam.name not in out, f"family {fam.name} exported twice"
+        out[fam.name] = {
+            ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())): s.value
+            for s in fam.samples
+            if not s.name.endswith("_created")
+        }
+    return out
+
+
+def test_collector_replaces_the_runtime_members_in_the_api_registry() -> None:
+    metrics = Metrics()
+    metrics.http_requests.labels("/v1/events", "202").inc()  # the API's own
+    serve_alongside(metrics, WorkerCollector(lambda: STATS, "process"))
+    fams = _families(metrics)  # no family twice
+    assert fams["nudge_events_processed"] == {"": 7}
+    assert fams["nudge_pending_timers"] == {"": 3}
+    assert fams["nudge_ruleset_version"] == {"": 2}
+    assert fams["nudge_up"] == {"role=worker-process": 1}
+    assert fams["nudge_worker_partitions"] == {"": 2}
+    assert fams["nudge_worker_deliveries"]["outcome=sent"] == 5
+    assert fams["nudge_worker_redis_outages"] == {"": 1}
+    assert sum(fams["nudge_http_requests"].values()) == 1
+    assert "nudge_journal_commit_seconds" in fams  # runtime members the worker lacks stay
+
+
+def test_collector_names_cover_what_it_yields() -> None:
+    yielded = {fam.name for fam in WorkerCollector(lambda: STATS, "all").collect()}
+    assert yielded == WorkerCollector.names()
