@@ -19,6 +19,7 @@ power loss, not only against a process crash; ``NORMAL`` trades that for speed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -96,6 +97,19 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception (the
+    connections are in autocommit mode: ``isolation_level=None``)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def _insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:
     """``head`` (``INSERT ... (cols) VALUES``) for ``rows`` in a few multi-row statements.
 
@@ -135,8 +149,7 @@ def _write_states(
 ) -> int:
     """In one transaction of ``states.db``: erasures first (a customer erased and then
     seen again keeps its new state), the states, the replay positions."""
-    sdb.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(sdb):
         sdb.executemany("DELETE FROM states WHERE customer_id = ?", ((cid,) for cid in deleted))
         n = 0
         for chunk in states:
@@ -146,10 +159,6 @@ def _write_states(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
             ((f"checkpoint_seq:{p}", str(s)) for p, s in seqs.items()),
         )
-        sdb.execute("COMMIT")
-    except BaseException:
-        sdb.execute("ROLLBACK")
-        raise
     return n
 
 
@@ -174,9 +183,8 @@ def write_snapshot(
     db = sqlite3.connect(path / "state.db", timeout=60.0, isolation_level=None)
     try:
         db.execute(f"PRAGMA synchronous={synchronous}")
-        db.execute("BEGIN IMMEDIATE")
-        _outbox_add(db, outbox)
-        db.execute("COMMIT")
+        with _transaction(db):
+            _outbox_add(db, outbox)
     finally:
         db.close()
     sdb = sqlite3.connect(path / "states.db", timeout=60.0, isolation_level=None)
@@ -243,13 +251,8 @@ class SqliteStore:
         if len(rows) <= _ROWS_PER_STATEMENT:  # the usual case: one statement, autocommit
             _insert_rows(db, head, rows)
         else:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(db):
                 _insert_rows(db, head, rows)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         self._next_seq = seq
         return first
 
@@ -283,17 +286,12 @@ class SqliteStore:
         how many rows changed (customer erasure; rare, scans the retained journal)."""
         db = self.jdb
         changed = 0
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             for seq, body in db.execute("SELECT seq, body FROM journal").fetchall():
                 new = fn(bytes(body))
                 if new is not None:
                     db.execute("UPDATE journal SET body = ? WHERE seq = ?", (new, seq))
                     changed += 1
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return changed
 
     # --- checkpoints ---------------------------------------------------------------
@@ -332,42 +330,25 @@ class SqliteStore:
     # --- outbox --------------------------------------------------------------------
     def outbox_add(self, entries: list[tuple[str, str, bytes, int]]) -> None:
         """Queue (key, customer_id, action JSON, cause_at); a key already present is kept.
-        One transaction (autocommit would commit, and sync, every row)."""
+        One transaction (beyond 200 rows the insert takes several statements)."""
         if not entries:
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self.db):
             _outbox_add(self.db, entries)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     def outbox_mark(self, keys: list[str], status: str) -> None:
         """Set the status of ``keys``, in one transaction."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self.db):
             _set_status(self.db, keys, status)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
 
     def outbox_sync(self, entries: list[tuple[str, str, bytes, int]], sent: list[str]) -> list[str]:
         """One transaction (one sync) for a flush of the outbox: queue ``entries`` (a key
         already present is kept), mark ``sent`` delivered; returns which of the entries'
         keys are still pending (the others were delivered before: a replay)."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self.db) as db:
             _outbox_add(db, entries)
             _set_status(db, sent, "sent")
-            pending = self.outbox_pending_keys([e[0] for e in entries])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return pending
+            return self.outbox_pending_keys([e[0] for e in entries])
 
     def outbox_pending_keys(self, keys: list[str]) -> list[str]:
         """Which of ``keys`` are not settled (sent or dead); callers pass keys they have
