@@ -58,7 +58,7 @@ return 1
 class Claim(Enum):
     """The answer of :meth:`RedisState.claim`."""
 
-    ACQUIRED = "acquired"  # send it, then mark_sent
+    ACQUIRED = "acquired"  # send it, then mark it (mark_many)
     DONE = "done"  # already sent (or dead-lettered): skip
     BUSY = "busy"  # another sender holds it: try again later
 
@@ -129,21 +129,12 @@ class RedisState:
 
     async def claim(self, key: str) -> Claim:
         """Try to become the one sender of action ``key`` (``SET NX EX claim_ttl``)."""
-        name = self._idem(key)
-
-        async def op() -> Claim:
-            if await self.client.set(name, b"sending", nx=True, ex=self.claim_ttl):
-                return Claim.ACQUIRED
-            value = await self._get(name)
-            if value is None:  # expired between the two calls
-                return Claim.BUSY
-            return Claim.BUSY if value == b"sending" else Claim.DONE
-
-        return await self._retry(op, "claim")
+        (claim,) = await self.claim_many([key])
+        return claim
 
     async def claim_many(self, keys: list[str]) -> list[Claim]:
         """:meth:`claim` for each of ``keys``, in one pipeline (plus one for the values
-        of the keys already held)."""
+        of the keys already held: ``sending`` or expired meanwhile is BUSY, else DONE)."""
         names = [self._idem(k) for k in keys]
 
         async def op() -> list[Claim]:
@@ -164,13 +155,9 @@ class RedisState:
 
         return await self._retry(op, "claim")
 
-    async def mark(self, key: str, outcome: str = "sent") -> None:
-        """Record that action ``key`` was sent (or dead-lettered), kept ``ttl`` seconds."""
-        name = self._idem(key)
-        await self._retry(lambda: self.client.set(name, outcome.encode(), ex=self.ttl), "mark")
-
     async def mark_many(self, marks: list[tuple[str, str]]) -> None:
-        """:meth:`mark` for each ``(key, outcome)``, in one pipeline."""
+        """Record that each action ``key`` was sent (or dead-lettered: the ``outcome``),
+        kept ``ttl`` seconds; one pipeline."""
 
         async def op() -> None:
             pipe = self.client.pipeline(transaction=False)
