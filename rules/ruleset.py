@@ -50,15 +50,12 @@ class RuleSet:
     lateness: int = 0
     future_tolerance: int = 0
     max_cap_period: int = 0
-    # event type -> ids of the rules whose open instances record it in ``seen``
-    seen_by: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    seen_any: tuple[str, ...] = ()  # rules that record every type
     plans: dict[str, TypePlan] = field(default_factory=dict)
     default_plan: TypePlan = TypePlan((), (), (), False, False)  # any type not in ``plans``
 
     def seen_rules(self, event_type: str) -> tuple[str, ...]:
         """Ids of the rules whose open flow instances record ``event_type`` in ``seen``."""
-        return self.seen_by.get(event_type, self.seen_any)
+        return self.plans.get(event_type, self.default_plan).seen
 
     def __post_init__(self) -> None:
         order = sorted(self.rules.values(), key=CompiledRule.sort_key)
@@ -71,17 +68,18 @@ class RuleSet:
         self.by_trigger = {k: tuple(v) for k, v in trig.items()}
         self.by_exit = {k: tuple(v) for k, v in exits.items()}
         self.goal_types = frozenset(r.goal[0] for r in order if r.goal)
-        self.seen_any = tuple(r.id for r in order if r.seen_types is None)
+        # event type -> ids of the rules whose open instances record it in ``seen``; the
+        # rules that record every type are in each (and alone in the default plan)
+        seen_any = tuple(r.id for r in order if r.seen_types is None)
         seen: dict[str, list[str]] = {}
         for r in order:
             for t in r.seen_types or ():
-                seen.setdefault(t, list(self.seen_any)).append(r.id)
-        self.seen_by = {k: tuple(v) for k, v in seen.items()}
+                seen.setdefault(t, list(seen_any)).append(r.id)
         self.counted = frozenset(self.settings.counters).union(*(r.counted for r in order))
-        types = set(self.by_trigger) | set(self.by_exit) | self.goal_types | set(self.seen_by)
+        types = set(self.by_trigger) | set(self.by_exit) | self.goal_types | set(seen)
         self.plans = {
             t: TypePlan(
-                self.seen_rules(t),
+                tuple(seen.get(t, seen_any)),
                 self.by_exit.get(t, ()),
                 self.by_trigger.get(t, ()),
                 t in self.goal_types,
@@ -89,7 +87,7 @@ class RuleSet:
             )
             for t in types | self.counted
         }
-        self.default_plan = TypePlan(self.seen_any, (), (), False, False)
+        self.default_plan = TypePlan(seen_any, (), (), False, False)
         self.channel_caps = {c: parse_cap(v) for c, v in self.settings.channel_caps.items()}
         self.quiet_default = (
             parse_range(self.settings.quiet_hours) if self.settings.quiet_hours else None

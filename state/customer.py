@@ -49,13 +49,6 @@ class FlowInstance(msgspec.Struct, array_like=True, gc=False):
     seen: dict[str, int] | None = None
     marks: dict[str, int] | None = None
 
-    def to_row(self) -> list[Any]:
-        return msgspec.to_builtins(self, str_keys=True)  # type: ignore[no-any-return]
-
-    @classmethod
-    def from_row(cls, row: list[Any]) -> FlowInstance:
-        return msgspec.convert(row, cls, str_keys=True)
-
 
 class CustomerState(msgspec.Struct, array_like=True, gc=False):
     """Everything Nudge knows about one customer. Create with ``CustomerState(id, t, t)``
@@ -152,4 +145,4 @@ def load(raw: bytes) -> CustomerState:
     ``[``, which no MessagePack array does)."""
     if raw[:1] == b"[":
         return CustomerState.from_row(msgspec.json.decode(raw))
-    return _unpack_state(raw)
+    return unpack(raw)
