@@ -171,6 +171,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
         if tracked:
             self._outputs.add(durable)
         durable.add_done_callback(partial(self._on_durable, batch, generation))
+        await self._maybe_commit()
+
+    async def _maybe_commit(self) -> None:
+        """Commit once ``commit_every`` offsets were acked since the last (faust's rule)."""
         commit_every = self._commit_every
         if commit_every is not None and self._n_acked >= commit_every:
             self._n_acked = 0
@@ -222,7 +226,6 @@ class BatchConsumer(faust_aiokafka.Consumer):
         to_message = self._to_message
         get_read_offset = self._read_offset.__getitem__
         acks_enabled = self.app.topics.acks_enabled_for(tp.topic)
-        commit_every = self._commit_every
         self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
         for n, record in enumerate(recs):
             if not self.flow_active or self.app.consumer_generation_id != generation:
@@ -236,9 +239,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if r_offset is None or offset >= r_offset:
                 if r_offset and offset - r_offset > 1 and acks_enabled:
                     await self._add_gap(tp, r_offset + 1, offset)
-                if commit_every is not None and self._n_acked >= commit_every:
-                    self._n_acked = 0
-                    await self.commit()
+                await self._maybe_commit()
                 await self.wait_first(callback(message), self.suspend_flow.wait())
                 self._read_offset[tp] = offset
 
@@ -256,6 +257,10 @@ class BatchApp(faust.App):
     @property
     def batch_consumer(self) -> BatchConsumer:
         return cast(BatchConsumer, self.consumer)
+
+
+Payload = dict[int, list[tuple[bytes, bytes | None]]]
+"""Records by partition: ``(key, value)`` pairs."""
 
 
 class BatchSender:
@@ -285,9 +290,12 @@ class BatchSender:
             futs.append(await producer.send_batch(batch, topic, partition=partition))
         return futs
 
-
-Payload = dict[int, list[tuple[bytes, bytes | None]]]
-"""Records by partition: ``(key, value)`` pairs."""
+    async def send_all(self, topic: str, payload: Payload) -> list[asyncio.Future[Any]]:
+        """:meth:`send` for every partition of ``payload``."""
+        futs: list[asyncio.Future[Any]] = []
+        for p, recs in payload.items():
+            futs += await self.send(topic, p, recs)
+        return futs
 
 
 class OutputPipeline:
@@ -329,9 +337,7 @@ class OutputPipeline:
             return durable
         await self._slots.acquire()
         try:
-            futs: list[asyncio.Future[Any]] = []
-            for p, recs in first.items():
-                futs += await self.sender.send(self.first_topic, p, recs)
+            futs = await self.sender.send_all(self.first_topic, first)
         except BaseException:
             self._slots.release()
             raise
@@ -356,9 +362,7 @@ class OutputPipeline:
                 await asyncio.gather(*futs)
             if prev is not None:
                 await prev
-            futs = []
-            for p, recs in then.items():
-                futs += await self.sender.send(self.then_topic, p, recs)
+            futs = await self.sender.send_all(self.then_topic, then)
             queued.set_result(None)
             if futs:
                 await asyncio.gather(*futs)
