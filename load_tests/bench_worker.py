@@ -131,9 +131,10 @@ async def paced(bootstrap: str, topic: str, rate: int, seconds: float, prefix: s
 
 
 def stats(path: Path) -> dict[str, Any]:
+    """A worker's ``--stats-file`` ({} while it is missing, or caught mid-replace)."""
     try:
         return dict(orjson.loads(path.read_bytes()))
-    except (FileNotFoundError, orjson.JSONDecodeError):
+    except (OSError, orjson.JSONDecodeError):
         return {}
 
 

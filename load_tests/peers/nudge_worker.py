@@ -34,18 +34,12 @@ from typing import Any
 
 import orjson
 
+from load_tests.bench_worker import stats
+
 __all__ = ["run_nudge_worker"]
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "rules" / "recipes"
-
-
-def _stats(path: Path) -> dict[str, Any] | None:
-    try:
-        doc: dict[str, Any] = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return doc
 
 
 def run_nudge_worker(
@@ -93,8 +87,8 @@ def run_nudge_worker(
             try:
                 while time.monotonic() - started < timeout and proc.poll() is None:
                     time.sleep(poll)
-                    doc = _stats(stats_file)
-                    engine = (doc or {}).get("engine") or {}
+                    doc = stats(stats_file)
+                    engine = doc.get("engine") or {}
                     done = int(engine.get("events", 0)) + int(engine.get("undecodable", 0))
                     now = time.monotonic()
                     if done == 0:
