@@ -157,6 +157,26 @@ class TestAbandonedCart:
         kit.send("order_completed", cid, {"order_id": "o1", "total": 30.0})
         assert kit.sink.conversions == []
 
+    def test_restarts_extend_one_goal_window(self, kit: RuleKit) -> None:
+        """Each cart add restarts the flow; the order converts the rule once, inside a
+        window that runs 3d from the last restart."""
+        cid = find_arm(kit, "abandoned-cart", "a")
+        for i in range(5):
+            cart_add(kit, cid, pid=f"p{i}")
+            kit.advance(days=2)
+        assert len(kit.state(cid).goals) == 1
+        kit.send("order_completed", cid, {"order_id": "o1", "total": 30.0})
+        assert [(c.rule_id, c.variant) for c in kit.sink.conversions] == [("abandoned-cart", "a")]
+
+    def test_expired_goal_windows_are_dropped(self, kit: RuleKit) -> None:
+        """A customer who never orders holds one window, not one per entry."""
+        cid = find_arm(kit, "abandoned-cart", "a")
+        for i in range(6):
+            cart_add(kit, cid, pid=f"p{i}")
+            kit.advance(days=5)  # past the 3d window and the 24h allowed lateness
+        [(rule_id, variant, _, start, end)] = kit.state(cid).goals
+        assert (rule_id, variant, end - start) == ("abandoned-cart", "a", 3 * D)
+
     def test_duplicate_event_id_ignored(self, kit: RuleKit) -> None:
         cid = find_arm(kit, "abandoned-cart", "a")
         kit.send("cart_item_added", cid, {"product_id": "p1", "price": 10.0}, event_id="e1")
