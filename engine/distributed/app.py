@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import msgspec
@@ -74,6 +75,7 @@ class WorkerApp:
             cfg.group_id,
             broker=cfg.broker,
             store="memory://",
+            datadir=cfg.datadir,
             topic_partitions=cfg.partitions,
             topic_replication_factor=cfg.replication_factor,
             consumer_auto_offset_reset="earliest",
@@ -91,6 +93,7 @@ class WorkerApp:
             consumer_max_fetch_size=cfg.fetch_bytes,
         )
         app = self.app
+        Path(app.conf.datadir).mkdir(parents=True, exist_ok=True)  # faust makes only the leaf
         raw: dict[str, Any] = {
             "key_type": bytes,
             "value_type": bytes,

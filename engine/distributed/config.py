@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["ROLES", "WorkerConfig"]
@@ -14,6 +16,10 @@ ROLES = ("all", "process", "deliver")
 class WorkerConfig:
     """Everything a ``nudge worker`` needs.
 
+    ``datadir``: faust's application directory (its ``{conf.name}`` is the consumer
+    group). Tables live in memory and in Kafka changelogs, so nothing is kept there;
+    faust's default would create an empty ``<group>-data`` directory in the working
+    directory of every worker.
     ``partitions`` must equal the ``events`` topic's partition count (the customer table
     and the actions topic are created with it: co-partitioning). ``batch_size`` bounds a
     processing batch (records per fetch, all partitions together; ``fetch_bytes`` is the
@@ -55,6 +61,7 @@ class WorkerConfig:
     stats_file: str | None = None
     stats_interval: float = 1.0
     role: str = "all"
+    datadir: str = str(Path(tempfile.gettempdir()) / "nudge-faust" / "{conf.name}")
 
     @property
     def processing(self) -> bool:

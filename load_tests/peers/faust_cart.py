@@ -39,11 +39,13 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import faust
 import orjson
 
+from engine.distributed.config import WorkerConfig
 from load_tests.peers.cart_rule import due, fire_due, on_event, ts_ms
 
 PARTITIONS = 4
@@ -54,12 +56,14 @@ def build(bootstrap: str, topic: str, app_id: str, expected: int, result_file: s
         app_id,
         broker=f"kafka://{bootstrap}",
         store="memory://",
+        datadir=WorkerConfig.datadir,  # not an empty <app-id>-data in the working directory
         topic_partitions=PARTITIONS,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         table_standby_replicas=0,
     )
+    Path(app.conf.datadir).mkdir(parents=True, exist_ok=True)
     source = app.topic(topic, key_type=str, value_type=bytes, value_serializer="raw")
     actions = app.topic(f"{app_id}-actions", key_type=str, value_type=bytes,
                         value_serializer="raw")  # fmt: skip
