@@ -9,6 +9,7 @@ are accepted with any properties.
 from __future__ import annotations
 
 import re
+from datetime import UTC
 from typing import Any
 
 import msgspec
@@ -101,7 +102,17 @@ def _to_error(err: msgspec.MsgspecError, prefix: str, what: str = "") -> EventEr
 
 
 def validate_properties(event: Event, prefix: str = "$") -> None:
-    """Check the properties a known event type must carry; raise EventError naming the field."""
+    """Check what the decoder cannot: the timestamp is a representable UTC instant, and a
+    known event type carries its properties. Raise EventError naming the field."""
+    if event.timestamp.year in (1, 9999):  # an offset can push the instant out of range
+        try:
+            event.timestamp.astimezone(UTC)
+        except OverflowError:
+            raise EventError(
+                "timestamp is outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z in UTC",
+                field=prefix + ".timestamp",
+                reason="invalid_field",
+            ) from None
     schema = _SCHEMAS.get(event.type)
     if schema is None:
         return

@@ -120,5 +120,12 @@ def from_ms(ms: Millis) -> datetime:
 
 
 def iso(ms: Millis) -> str:
-    """Epoch milliseconds as RFC 3339 UTC with milliseconds, e.g. ``2026-11-22T10:00:00.000Z``."""
-    return from_ms(ms).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """Epoch milliseconds as RFC 3339 UTC with milliseconds, e.g. ``2026-11-22T10:00:00.000Z``.
+
+    The year always has four digits (``strftime("%Y")`` writes year 606 as ``606``, which
+    is not RFC 3339)."""
+    d = from_ms(ms)
+    return (
+        f"{d.year:04d}-{d.month:02d}-{d.day:02d}"
+        f"T{d.hour:02d}:{d.minute:02d}:{d.second:02d}.{ms % 1000:03d}Z"
+    )

@@ -70,8 +70,20 @@ class SourceDoc:
     positions: Positions
 
 
+MAX_VALUES = 50_000
+"""Values one document may build: aliases share one node, so ten lines of anchors can
+expand to 9**9 values ("billion laughs") and hold the event loop for minutes."""
+
+
 def _build(node: yaml.Node, key: PathKey, pos: Positions) -> Any:
     pos.marks[key] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    if len(pos.marks) > MAX_VALUES:
+        raise RuleError(
+            pos.path,
+            node.start_mark.line + 1,
+            node.start_mark.column + 1,
+            f"document has more than {MAX_VALUES:,} values (aliases expanded)",
+        )
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for k_node, v_node in node.value:
@@ -111,6 +123,12 @@ def load_documents(path: str, text: str) -> list[SourceDoc]:
         mark = err.problem_mark or err.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise RuleError(path, line, col, f"YAML syntax: {err.problem or err.context}") from None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        raise RuleError(path, 1, 1, "YAML nesting too deep") from None
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow (e.g. \x04)
+        line = text.count("\n", 0, err.position) + 1
+        col = err.position - (text.rfind("\n", 0, err.position) + 1) + 1
+        raise RuleError(path, line, col, f"YAML: {err.reason} #x{err.character:04x}") from None
     return docs
 
 

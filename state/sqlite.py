@@ -396,7 +396,8 @@ class SqliteStore:
             raws = _raw_list.decode(body)
             hit = False
             for i, raw in enumerate(raws):
-                if raw != b"null" and _cid.decode(raw).customer_id == customer_id:
+                # msgspec.Raw never equals bytes: compare its bytes (an earlier erasure's null)
+                if bytes(raw) != b"null" and _cid.decode(raw).customer_id == customer_id:
                     raws[i] = msgspec.Raw(b"null")
                     hit = True
                     erased += 1

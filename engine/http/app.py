@@ -77,6 +77,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         resp = error(exc.status, code, exc.reason)
+        if "Allow" in exc.headers:  # a 405 must say which methods are (RFC 9110 15.5.6)
+            resp.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         logger.exception("unhandled error on %s %s", request.method, request.path)
         resp = error(500, "internal", "internal error")

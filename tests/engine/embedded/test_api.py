@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import datetime
 from typing import Any
 
 import jsonschema
 import orjson
 import pytest
+from aiohttp import ClientTimeout
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.http.app import OPENAPI_PATH
@@ -183,6 +185,14 @@ async def test_rules_deploy_validate_and_reject(harness: Harness) -> None:
             "too_many_events",
         ),
         (b'{"x": "' + b"a" * (1 << 20) + b'"}', "write", 413, "body_too_large"),
+        (  # a valid RFC 3339 date-time whose UTC instant is in year 0: GET /v1/customers 500'd
+            orjson.dumps(
+                {**ev(1, "page_viewed", "c", {}), "timestamp": "0001-01-01T00:00:00+01:00"}
+            ),
+            "write",
+            400,
+            "invalid_events",
+        ),
         (orjson.dumps(ev(1, "page_viewed", "c", {})), "none", 401, "unauthorized"),
         (orjson.dumps(ev(1, "page_viewed", "c", {})), "bogus", 401, "unauthorized"),
     ],
@@ -222,6 +232,8 @@ async def test_routes_scopes_and_health(harness: Harness) -> None:
         assert (r.status, (await r.json())["error"]["code"]) == (404, "not_found")
     async with s.get(harness.url("/v1/events")) as r:
         assert r.status == 405
+        assert r.headers["Allow"] == "POST"  # the JSON error once replaced aiohttp's Allow
+        assert (await r.json())["error"]["code"] == "method_not_allowed"
     async with s.get(harness.url("/v1/rules"), headers=harness.auth("write")) as r:
         assert r.status == 403
     for path in ("/healthz", "/readyz"):
@@ -263,3 +275,109 @@ async def test_restart_recovers_state_and_timers(harness: Harness) -> None:
         assert total == pytest.approx(3600.0)  # due at 4h, fired at 5h: one hour late
     finally:
         await again.stop()
+
+
+async def test_erase_after_an_earlier_erasure(harness: Harness) -> None:
+    """An erasure leaves ``null`` in the journal; every later erasure (of anyone) answered
+    500 because the scrub compared msgspec.Raw with bytes and decoded the null."""
+    await harness.post_events(
+        [
+            ev(1, "page_viewed", "c1", {}),
+            ev(2, "page_viewed", "c2", {}),
+            ev(3, "page_viewed", "c1", {}),
+        ]
+    )
+    await harness.settle()
+    admin = harness.auth("admin")
+    expected = {"c1": 2, "c2": 1}
+    for cid in ("c1", "c1", "c2"):
+        async with harness.session.delete(harness.url(f"/v1/customers/{cid}"), headers=admin) as r:
+            assert r.status == 200
+            body = await r.json()
+        check_schema("/v1/customers/{customer_id}", "delete", 200, body)
+        assert body["erased"]["journal_entries"] == expected.pop(cid, 0)
+
+
+async def test_customer_times_are_rfc3339_before_year_1000(harness: Harness) -> None:
+    """A year-606 event is valid RFC 3339; the customer view wrote its year as ``606``."""
+    await harness.post_events(
+        {**ev(1, "page_viewed", "c606", {}), "timestamp": "0606-08-18T18:40:53Z"}
+    )
+    await harness.settle()
+    async with harness.session.get(
+        harness.url("/v1/customers/c606"), headers=harness.auth("admin")
+    ) as r:
+        assert r.status == 200
+        body = await r.json()
+    check_schema("/v1/customers/{customer_id}", "get", 200, body)
+    assert body["profile"]["first_seen"] == "0606-08-18T18:40:53.000Z"
+    datetime.fromisoformat(body["profile"]["last_seen"])  # four-digit year or ValueError
+
+
+def _alias_bomb() -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column", "message"),
+    [
+        # PyYAML's ReaderError is not a MarkedYAMLError: it escaped as a 500
+        ("id: x\ntrigger: \x04\n", 2, 10, "special characters are not allowed"),
+        # RecursionError in PyYAML's composer: a 500
+        ("[" * 5000 + "]" * 5000, 1, 1, "nesting too deep"),
+        # nine anchors expanding to 9**9 values held the event loop for minutes
+        (_alias_bomb(), 1, 1, "values (aliases expanded)"),
+    ],
+)
+@pytest.mark.parametrize(("method", "path"), [("PUT", "/v1/rules"), ("POST", "/v1/rules/validate")])
+async def test_unparseable_rule_files_get_a_400_naming_the_place(
+    harness: Harness, method: str, path: str, text: str, line: int, column: int, message: str
+) -> None:
+    async with harness.session.request(
+        method,
+        harness.url(path),
+        json={"files": {"bad.yaml": text}},
+        headers=harness.auth("admin"),
+        timeout=ClientTimeout(total=30),
+    ) as r:
+        assert r.status == 400
+        body = await r.json()
+    check_schema(path, method.lower(), 400, body)
+    [err] = body["error"]["errors"]
+    assert err["file"] == "bad.yaml"
+    assert err["line"] == line
+    assert message in err["message"]
+    if "aliases" not in message:
+        assert err["column"] == column
+    async with harness.session.get(harness.url("/v1/rules"), headers=harness.auth("admin")) as r:
+        assert (await r.json())["version"] == 1  # nothing deployed
+
+
+@pytest.mark.parametrize(("method", "path"), [("PUT", "/v1/rules"), ("POST", "/v1/rules/validate")])
+async def test_rule_endpoints_answer_as_documented_to_bad_bodies(
+    harness: Harness, method: str, path: str
+) -> None:
+    """``{"files": {}}`` was valid per the document and got a 400; a body over 1 MiB got a
+    413 the document did not list for these endpoints."""
+    admin = harness.auth("admin")
+    schema = SPEC["components"]["schemas"]["RuleFiles"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"files": {}}, schema, cls=jsonschema.Draft202012Validator)
+    async with harness.session.request(
+        method, harness.url(path), json={"files": {}}, headers=admin
+    ) as r:
+        assert r.status == 400
+        body = await r.json()
+    check_schema(path, method.lower(), 400, body)
+    assert body["error"]["field"] == "$.files"
+    big = orjson.dumps({"files": {"a.yaml": "#" * (1 << 20)}})
+    async with harness.session.request(
+        method, harness.url(path), data=io.BytesIO(big), headers=admin
+    ) as r:
+        assert r.status == 413
+        body = await r.json()
+    check_schema(path, method.lower(), 413, body)
+    assert body["error"]["code"] == "body_too_large"
