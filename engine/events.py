@@ -101,9 +101,31 @@ def _to_error(err: msgspec.MsgspecError, prefix: str, what: str = "") -> EventEr
     return EventError(what + message, field=prefix + path[1:], reason=reason)
 
 
+_TYPE = re.compile(r"^[a-z][a-z0-9_]*$")
+_CUSTOM_TYPES_MAX = 10_000
+_custom_types: set[str] = set()  # custom types already found valid (reset when full)
+
+
+def _check_type(event_type: str, prefix: str) -> None:
+    """A custom type must be snake_case (known types are). Checked here, once per
+    distinct type, rather than as a msgspec pattern, which ran the regex per event."""
+    if event_type in _custom_types:
+        return
+    if _TYPE.match(event_type) is None:
+        raise EventError(
+            f"Expected `str` matching regex {_TYPE.pattern!r}",
+            field=f"{prefix}.type",
+            reason="invalid_field",
+        )
+    if len(_custom_types) >= _CUSTOM_TYPES_MAX:
+        _custom_types.clear()
+    _custom_types.add(event_type)
+
+
 def validate_properties(event: Event, prefix: str = "$") -> None:
-    """Check what the decoder cannot: the timestamp is a representable UTC instant, and a
-    known event type carries its properties. Raise EventError naming the field."""
+    """Check what the decoder cannot: the timestamp is a representable UTC instant, the
+    type is snake_case, and a known event type carries its properties. Raise EventError
+    naming the field."""
     if event.timestamp.year in (1, 9999):  # an offset can push the instant out of range
         try:
             event.timestamp.astimezone(UTC)
@@ -115,6 +137,7 @@ def validate_properties(event: Event, prefix: str = "$") -> None:
             ) from None
     schema = _SCHEMAS.get(event.type)
     if schema is None:
+        _check_type(event.type, prefix)
         return
     try:
         msgspec.convert(event.properties, schema)

@@ -30,7 +30,9 @@ Millis = int
 """Milliseconds since the Unix epoch, UTC."""
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-_Type = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
+# the snake_case form is checked by engine.events.validate_properties, once per distinct
+# type: as a msgspec pattern it ran a regex per event (0.44 of 0.75 us per event decoded)
+_Type = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 _Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
@@ -38,9 +40,11 @@ class Event(msgspec.Struct, gc=False, omit_defaults=True):
     """One storefront event, the canonical envelope.
 
     ``timestamp`` is RFC 3339 with an offset (``Z`` or ``+01:00``); naive times are
-    rejected. ``properties`` and ``context`` are free-form and kept whole. Unknown
-    top-level keys are ignored by the decoder (the embedded runtime keeps the raw bytes
-    in its journal, so nothing a client sent is lost).
+    rejected. ``type`` must also be snake_case (``^[a-z][a-z0-9_]*$``), which
+    ``engine.events.validate_properties`` checks: decode through ``engine.events``.
+    ``properties`` and ``context`` are free-form and kept whole. Unknown top-level keys
+    are ignored by the decoder (the embedded runtime keeps the raw bytes in its journal,
+    so nothing a client sent is lost).
     """
 
     event_id: _Id

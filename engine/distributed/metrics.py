@@ -30,7 +30,7 @@ _ENGINE_COUNTERS = {
     "duplicates": ("nudge_events_duplicate", "Events ignored as duplicates (same event_id)"),
     "future": ("nudge_events_future", "Events stamped beyond future_tolerance ahead"),
     "skipped": ("nudge_worker_events_skipped", "Reprocessed events a restored state held"),
-    "undecodable": ("nudge_worker_events_undecodable", "Event records that did not decode"),
+    "undecodable": ("nudge_worker_events_undecodable", "Event records skipped: not a valid event"),
     "timers_fired": ("nudge_worker_timers_fired", "Timers fired"),
     "actions": ("nudge_worker_actions_produced", "Actions produced to the actions topic"),
     "batches": ("nudge_worker_batches", "Batches of event records processed"),

@@ -28,12 +28,12 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import msgspec
-
 from engine.distributed.partition import OwnedPartition
 from engine.driver import OutputHandler
+from engine.events import decode_event
+from engine.exceptions import EventError
 from engine.processor import Output
-from engine.types import Action, Event
+from engine.types import Action
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
 
@@ -41,7 +41,6 @@ __all__ = ["EngineStats", "Flush", "InputRecord", "PartitionEngine", "Record"]
 
 logger = logging.getLogger(__name__)
 
-_decode_event = msgspec.json.Decoder(Event).decode
 
 
 class Flush(Protocol):
@@ -168,11 +167,19 @@ class PartitionEngine:
                 stats.not_owned += 1
                 continue
             try:
-                ev = _decode_event(rec.value or b"")
-            except msgspec.MsgspecError as err:
+                # validated in full, as at the HTTP edge: a producer may write to the
+                # topic directly, and a product_viewed without product_id must not reach
+                # the core (it would raise there, and the worker would crash on it again
+                # after every restart)
+                ev = decode_event(rec.value or b"")
+            except EventError as err:
                 stats.undecodable += 1
                 logger.error(
-                    "p%d@%d: undecodable event skipped: %s", rec.partition, rec.offset, err
+                    "p%d@%d: invalid event skipped: %s: %s",
+                    rec.partition,
+                    rec.offset,
+                    err.field,
+                    err.message,
                 )
                 continue
             out = part.apply(rec.offset, rec.timestamp, ev)

@@ -34,7 +34,9 @@ def expected_keys(rules_dir: Path, events: list[dict[str, Any]]) -> set[str]:
     return {a.idempotency_key for a in result.actions}
 
 
-async def produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
+async def produce(bootstrap: str, topic: str, events: list[dict[str, Any] | bytes]) -> None:
+    """Events (dicts, keyed by customer id) or raw records (bytes, as a producer that
+    bypasses the HTTP edge might write them)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -42,7 +44,9 @@ async def produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> N
     try:
         now = int(time.time() * 1000)
         futs = [
-            await producer.send(
+            await producer.send(topic, e, key=b"raw", timestamp_ms=now)
+            if isinstance(e, bytes)
+            else await producer.send(
                 topic, orjson.dumps(e), key=e["customer_id"].encode(), timestamp_ms=now
             )
             for e in events

@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -111,3 +112,41 @@ async def test_split_roles_process_and_deliver(cluster_factory: Any) -> None:
         assert proc["engine"]["events"] == len(events)
         assert "engine" not in send
         assert send["delivery"]["sent"] == len(want)
+
+
+async def test_invalid_records_are_skipped_and_counted(cluster_factory: Any) -> None:
+    """Records written to the topic past the HTTP edge: not JSON, a type that is not
+    snake_case, a known type without its required property. Each is counted and skipped;
+    the worker neither crashes nor loses the valid events around them."""
+    hook = WebhookReceiver()
+    await hook.start()
+    try:
+        c: Cluster = cluster_factory(hook.url)
+        events = make_events(300, int(time.time() * 1000) - 60_000)
+        want = expected_keys(c.rules_dir, events)
+        stamp = events[0]["timestamp"]
+        bad: list[bytes] = [
+            b"{not json",
+            orjson.dumps({**events[0], "event_id": "bad-1", "type": "Page Viewed"}),
+            orjson.dumps(
+                {
+                    "event_id": "bad-2",
+                    "type": "product_viewed",
+                    "customer_id": "c-bad",
+                    "timestamp": stamp,
+                    "properties": {"price": 3.0},
+                }
+            ),
+        ]
+        records: list[dict[str, Any] | bytes] = [*events[:100], *bad, *events[100:]]
+        await produce(c.kafka.bootstrap, c.events_topic, records)
+        port = free_port()
+        c.start_worker("w1", "--metrics-port", str(port))
+        await wait_keys(hook, want, c)
+        assert check(hook, want) == (0, 0, 0), c.log_tail("w1")
+        m = await asyncio.to_thread(scrape, port)
+        assert m["nudge_worker_events_undecodable_total"] == len(bad)
+        assert m["nudge_events_processed_total"] == len(events)
+        assert c.procs["w1"].poll() is None
+    finally:
+        await hook.stop()
