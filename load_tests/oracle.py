@@ -5,7 +5,7 @@ exactly the action lines ``nudge backtest`` must print for ``rules/recipes`` (sa
 keys, same bytes, sorted by fire_at, then customer_id, then rule_id, then
 idempotency_key), with the drain running 400 days past the last clock.
 
-It imports nothing from engine/, rules/, state/ or connectors/: the seven recipes and the
+It imports nothing from engine/, rules/, state/ or connectors/: the eight recipes and the
 settings are written out as plain Python (load_tests/oracle_recipes.py), and every
 semantic step (dedup ring of 32, lateness, profile and cart, exits, re-entry, restart,
 waits from flow time, wait-until local time, quiet hours, consent, caps, experiment arms,
@@ -198,6 +198,8 @@ class Oracle:
                 return
             if r.reentry == "once_per" and ts - c.last_entry[r.id] < r.period:
                 return
+        if r.filter is not None and not r.filter(ev.get("properties") or {}):
+            return
         if r.when is not None and not r.when(c):
             return
         if old is not None:

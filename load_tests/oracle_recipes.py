@@ -140,6 +140,7 @@ class Recipe:
     trigger: str
     ops: tuple[Op, ...]
     when: Callable[[Customer], bool] | None = None
+    filter: Callable[[dict[str, Any]], bool] | None = None  # over the trigger's properties
     restart: bool = False
     reentry: str = "always"  # always | once | once_per
     period: int = 0
@@ -183,6 +184,20 @@ RECIPES: tuple[Recipe, ...] = (
         quiet=True,
         holdout=10,
         variants=(("a", 45, {}), ("b", 45, {"reminder": "cart_reminder_urgent"})),
+    ),
+    Recipe(
+        "back-in-stock",
+        7,
+        "product_back_in_stock",
+        filter=lambda props: "product_id" in props,
+        reentry="once_per",
+        period=7 * DAY,
+        quiet=True,
+        ops=(
+            Send(
+                "email", "back_in_stock", lambda c, f: {"product_id": f.trigger.get("product_id")}
+            ),
+        ),
     ),
     Recipe(
         "welcome-series",

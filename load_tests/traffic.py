@@ -15,7 +15,11 @@ Contract:
   (page_viewed, product_viewed, cart adds/removes, checkout_started, order_completed),
   orders are delivered 1-5 days later and sometimes refunded; consent changes
   (customer_updated) and email/sms engagement (email_opened, email_clicked, sms_clicked)
-  happen with small probabilities. A share of events is re-sent (same ``event_id``:
+  happen with small probabilities. A ``back_in_stock_share`` of product views find the
+  product sold out: the customer asks to be told (back_in_stock_requested) and most of
+  the time the storefront sends them product_back_in_stock 6h to 10 days later (the
+  per-subscriber restock event; 0 turns this off and leaves the rest of the trace as it
+  was before these events existed). A share of events is re-sent (same ``event_id``:
   ``duplicate_share`` of all lines) and a share is held back and sent late
   (``late_share``): mostly by up to ``late_minutes``, a ``late_long_share`` of them by
   24h to ``late_long_hours`` and a ``late_hours_share`` of them (default none) by 1h to
@@ -82,6 +86,7 @@ class TrafficConfig:
     late_hours_share: float = 0.0
     new_share: float = 0.4
     products: int = 2_000
+    back_in_stock_share: float = 0.02
 
 
 # heap item kinds
@@ -238,6 +243,10 @@ class Traffic:
             props["category"] = _CATEGORIES[p % len(_CATEGORIES)]
             ev(t, c, "product_viewed", props)
             t += step()
+            if self.cfg.back_in_stock_share > 0 and rng.random() < self.cfg.back_in_stock_share:
+                viewed.pop()  # sold out: not added to the cart
+                self._back_in_stock(t, c, self.skus[p])
+                t += step()
         if viewed and rng.random() < 0.35:
             for p in viewed[: rng.randrange(1, 4)]:
                 qty = 1 if rng.random() < 0.85 else 2
@@ -292,6 +301,14 @@ class Traffic:
             when = delivered + rng.randrange(-_DAY // 2, 10 * _DAY)
             amount = total if rng.random() < 0.7 else round(total / 2, 2)
             self._ev(when, c, "order_refunded", {"order_id": oid, "amount": amount})
+
+    def _back_in_stock(self, t: int, c: _Customer, sku: str) -> None:
+        """The customer asks to be told when ``sku`` is back; usually it comes back."""
+        rng = self.rng
+        self._ev(t, c, "back_in_stock_requested", {"product_id": sku})
+        if rng.random() < 0.8:
+            restock = t + rng.randrange(6 * _H, 10 * _DAY)
+            self._ev(restock, c, "product_back_in_stock", {"product_id": sku})
 
     def _engagement(self, t: int, c: _Customer) -> None:
         rng = self.rng
@@ -404,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--late-long-hours", type=float, default=d.late_long_hours)
     ap.add_argument("--late-hours-share", type=float, default=d.late_hours_share)
     ap.add_argument("--new-share", type=float, default=d.new_share)
+    ap.add_argument("--back-in-stock-share", type=float, default=d.back_in_stock_share)
     ap.add_argument("-o", "--output", default="-")
     args = ap.parse_args(argv)
     start = DEFAULT_START
@@ -427,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         late_long_hours=args.late_long_hours,
         late_hours_share=args.late_hours_share,
         new_share=args.new_share,
+        back_in_stock_share=args.back_in_stock_share,
     )
     out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
     t0 = time.perf_counter()

@@ -341,6 +341,75 @@ class TestLoyaltyAndVip:
         assert kit.sent("vip-segment") == []
 
 
+class TestBackInStock:
+    """The storefront sends one product_back_in_stock per subscriber on restock."""
+
+    def restock(self, kit: RuleKit, cid: str, pid: str = "p1", event_id: str | None = None) -> None:
+        kit.send("product_back_in_stock", cid, {"product_id": pid}, event_id=event_id)
+
+    def test_email_at_once_with_the_product(self, kit: RuleKit) -> None:
+        kit.send("back_in_stock_requested", "c1", {"product_id": "p1"})
+        kit.advance(days=3)
+        assert kit.sent("back-in-stock") == []  # asking sends nothing
+        self.restock(kit, "c1")
+        [a] = kit.sent("back-in-stock")
+        assert (a.channel, a.template, a.params, a.fire_at) == (
+            "email",
+            "back_in_stock",
+            {"product_id": "p1"},
+            START + 3 * D,
+        )
+        assert kit.state("c1").flows is None  # nothing left open
+
+    def test_email_consent_off_is_suppressed(self, kit: RuleKit) -> None:
+        kit.send("customer_updated", "c1", {"consent": {"email": False}})
+        self.restock(kit, "c1")
+        assert kit.sent("back-in-stock") == []
+        assert len(kit.fired("back-in-stock", "suppressed_consent")) == 1
+
+    def test_quiet_hours_defer_to_nine_local(self, kit: RuleKit) -> None:
+        kit.send("customer_updated", "c1", {"timezone": "America/New_York"})
+        self.restock(kit, "c1")  # 12:00 UTC = 07:00 New York: quiet
+        assert kit.sent("back-in-stock") == []
+        kit.advance(hours=2)  # 09:00 New York
+        [a] = kit.sent("back-in-stock")
+        assert (a.params, a.fire_at) == ({"product_id": "p1"}, START + 2 * H)
+
+    def test_at_most_once_a_week(self, kit: RuleKit) -> None:
+        self.restock(kit, "c1", "p1")
+        kit.advance(days=1)
+        self.restock(kit, "c1", "p1")  # the product flapped: restocked again next day
+        kit.advance(days=2)
+        self.restock(kit, "c1", "p2")
+        assert [a.params["product_id"] for a in kit.sent("back-in-stock")] == ["p1"]
+        kit.advance(days=4)  # 7 days after the first
+        self.restock(kit, "c1", "p2")
+        assert [a.params["product_id"] for a in kit.sent("back-in-stock")] == ["p1", "p2"]
+        self.restock(kit, "c2", "p1")  # another customer is not held back
+        assert len(kit.sent("back-in-stock")) == 3
+
+    def test_duplicate_event_id_ignored(self, kit: RuleKit) -> None:
+        self.restock(kit, "c1", event_id="bis-sub-1")
+        kit.advance(minutes=30)
+        out = kit.send("product_back_in_stock", "c1", {"product_id": "p1"}, event_id="bis-sub-1")
+        assert out.duplicate
+        assert len(kit.sent("back-in-stock")) == 1
+
+    def test_too_late_restock_sends_nothing(self, kit: RuleKit) -> None:
+        kit.advance(days=2)
+        out = kit.send("product_back_in_stock", "c1", {"product_id": "p1"}, at=START)
+        assert out.too_late
+        assert kit.sent("back-in-stock") == []
+
+    def test_no_product_id_no_email(self, kit: RuleKit) -> None:
+        # custom event types: ingest does not require product_id, the trigger filter does
+        kit.send("product_back_in_stock", "c1", {"sku": "p1"})
+        assert kit.sent("back-in-stock") == []
+        assert kit.sink.errors == []
+        self.restock(kit, "c1")  # and it did not count as an entry
+        assert len(kit.sent("back-in-stock")) == 1
+
+
 def test_channel_cap_across_rules(kit: RuleKit) -> None:
     # email cap is 3/1d: welcome_1, loyalty, browse... a fourth email the same day is held
     kit.send("customer_signed_up", "c1")  # email 1

@@ -40,6 +40,7 @@ def test_oracle_and_engine_agree_on_generated_traffic(late_hours_share: float) -
     expected = _check(lines)
     rules = {orjson.loads(x)["rule_id"] for x in expected}
     assert len(rules) >= 6  # (a 5th order, loyalty, is rare in a trace this small)
+    assert "back-in-stock" in rules  # the generator sends restocks to subscribers
     assert len(expected) > 3_000
 
 
@@ -76,4 +77,17 @@ def test_past_due_timer_fires_before_an_event_stamped_at_the_clock() -> None:
     expected = oracle_lines(lines)
     assert [orjson.loads(x)["rule_id"] for x in expected] == ["abandoned-cart", "win-back"]
     assert orjson.loads(expected[0])["fire_at"] == "2026-01-05T12:00:00.000Z"
+    assert _engine(lines) == expected
+
+
+def test_back_in_stock_needs_a_product_id() -> None:
+    # product_back_in_stock is a custom type: the recipe's trigger filter, not ingest,
+    # keeps one without product_id from starting it (or from using up the week)
+    lines = [
+        _ev("r1", "product_back_in_stock", "x", "2026-01-05T12:00:00.000Z", sku="p1"),
+        _ev("r2", "product_back_in_stock", "x", "2026-01-05T13:00:00.000Z", product_id="p1"),
+        _ev("r3", "product_back_in_stock", "x", "2026-01-06T13:00:00.000Z", product_id="p2"),
+    ]
+    expected = oracle_lines(lines)
+    assert [orjson.loads(x)["params"] for x in expected] == [{"product_id": "p1"}]
     assert _engine(lines) == expected

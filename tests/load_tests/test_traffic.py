@@ -83,6 +83,8 @@ def test_shares_roughly_as_configured() -> None:
         "email_clicked",
         "sms_clicked",
         "page_viewed",
+        "back_in_stock_requested",
+        "product_back_in_stock",
     ):
         assert types[t] > 0, t
 

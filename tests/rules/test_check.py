@@ -30,7 +30,7 @@ def check(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> tupl
 
 def test_stock_recipes_pass(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rules", "check", "rules/recipes"]) == 0
-    assert capsys.readouterr().out.startswith("ok: 7 rule(s)")
+    assert capsys.readouterr().out.startswith("ok: 8 rule(s)")
 
 
 def test_yaml_syntax_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
