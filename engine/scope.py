@@ -17,6 +17,7 @@ _CART_FIELDS: tuple[tuple[str, Callable[[CustomerState], Any]], ...] = (
     ("value", lambda st: st.cart_value),
     ("items", lambda st: st.cart_items),
     ("updated_at", lambda st: st.cart_updated or 0),
+    ("products", lambda st: sorted(st.cart) if st.cart else []),
 )
 _CART = frozenset(k for k, _ in _CART_FIELDS)
 

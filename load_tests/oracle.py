@@ -198,7 +198,7 @@ class Oracle:
                 return
             if r.reentry == "once_per" and ts - c.last_entry[r.id] < r.period:
                 return
-        if r.filter is not None and not r.filter(ev.get("properties") or {}):
+        if r.filter is not None and not r.filter(ev.get("properties") or {}, c):
             return
         if r.when is not None and not r.when(c):
             return

@@ -140,7 +140,8 @@ class Recipe:
     trigger: str
     ops: tuple[Op, ...]
     when: Callable[[Customer], bool] | None = None
-    filter: Callable[[dict[str, Any]], bool] | None = None  # over the trigger's properties
+    # over the trigger's properties and the customer (after the event was applied)
+    filter: Callable[[dict[str, Any], Customer], bool] | None = None
     restart: bool = False
     reentry: str = "always"  # always | once | once_per
     period: int = 0
@@ -189,7 +190,7 @@ RECIPES: tuple[Recipe, ...] = (
         "back-in-stock",
         7,
         "product_back_in_stock",
-        filter=lambda props: "product_id" in props,
+        filter=lambda props, c: "product_id" in props and props["product_id"] not in c.cart,
         reentry="once_per",
         period=7 * DAY,
         quiet=True,

@@ -42,7 +42,6 @@ __all__ = ["EngineStats", "Flush", "InputRecord", "PartitionEngine", "Record"]
 logger = logging.getLogger(__name__)
 
 
-
 class Flush(Protocol):
     """Queue a batch's output: ``actions`` by partition to the actions topic, then (once
     those are acknowledged) ``rows`` by partition to the changelog, in submission order.

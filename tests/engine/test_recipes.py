@@ -361,6 +361,14 @@ class TestBackInStock:
         )
         assert kit.state("c1").flows is None  # nothing left open
 
+    def test_nothing_when_the_product_is_in_the_cart(self, kit: RuleKit) -> None:
+        cart_add(kit, "c1", pid="p1")
+        self.restock(kit, "c1", "p1")
+        assert kit.sent("back-in-stock") == []
+        assert kit.fired("back-in-stock") == []  # not entered: the when is false
+        self.restock(kit, "c1", "p2")  # another product: sent
+        assert [a.params for a in kit.sent("back-in-stock")] == [{"product_id": "p2"}]
+
     def test_email_consent_off_is_suppressed(self, kit: RuleKit) -> None:
         kit.send("customer_updated", "c1", {"consent": {"email": False}})
         self.restock(kit, "c1")
