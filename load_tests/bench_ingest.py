@@ -318,7 +318,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         processed = await _drained(f"http://127.0.0.1:{port}/metrics")
         tput = processed / (time.monotonic() - t0)
         rate = args.rate or tput / 2
-        lat = await _latency(url, rate, args.seconds, args.customers, receiver)
+        lat = await _latency(
+            url, rate, args.latency_seconds or args.seconds, args.customers, receiver
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -335,6 +337,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--seconds", type=float, default=20)
+    p.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=0,
+        help="length of the latency phase (default: --seconds); make it span several "
+        "checkpoint intervals, or p99 depends on where the checkpoints fall",
+    )
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--customers", type=int, default=100_000)
     p.add_argument("--rate", type=float, default=0, help="latency phase events/s")
