@@ -6,7 +6,9 @@ while the child still shares it). This builds ``--objects`` small dicts (a stand
 customer states), writes one field of each, forks a child that sleeps, writes them again
 and once more after that: the difference is the fork's cost to the parent, per page
 fault. ``--pin`` first pins the parent's threads to one CPU (rules out cross-CPU TLB
-shootdowns as the cost).
+shootdowns as the cost). ``--child exited`` lets the child exit before the writes (what a
+fault costs once nothing shares the page), ``--child populate`` then also lifts the write
+protection in one call (engine/embedded/cow.py) and times it.
 
     python -m load_tests.bench_fork_faults --objects 400000
 """
@@ -23,6 +25,8 @@ import time
 
 import orjson
 
+from engine.embedded.cow import populate_heap
+
 __all__ = ["main"]
 
 
@@ -35,6 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objects", type=int, default=400_000)
     p.add_argument("--threads", type=int, default=2, help="idle threads (the SQLite ones)")
     p.add_argument("--pin", action="store_true", help="pin every thread to one CPU first")
+    p.add_argument(
+        "--child",
+        choices=["sleeps", "exited", "populate"],
+        default="sleeps",
+        help="sleeps: the child lives while the parent writes (each fault copies a page); "
+        "exited: it has exited (a fault only re-enables writing); populate: it has "
+        "exited and one madvise(MADV_POPULATE_WRITE) over the heap clears the faults "
+        "before the writes",
+    )
     args = p.parse_args(argv)
     gc.disable()
     objs: list[dict[str, object]] = [
@@ -65,23 +78,34 @@ def main(argv: list[str] | None = None) -> int:
     base_ms, _ = touch()
     pid = os.fork()
     if pid == 0:
-        time.sleep(5)
+        if args.child == "sleeps":
+            time.sleep(5)
         os._exit(0)
+    populate_ms = 0.0
+    if args.child != "sleeps":
+        os.waitpid(pid, 0)
+        if args.child == "populate":
+            t0 = time.perf_counter()
+            populate_heap()
+            populate_ms = (time.perf_counter() - t0) * 1000
     fork_ms, faults = touch()
     again_ms, _ = touch()
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
+    if args.child == "sleeps":
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
     stop.set()
     extra = fork_ms - (base_ms + again_ms) / 2
     report = {
         "objects": args.objects,
         "threads": args.threads,
         "pinned": args.pin,
+        "child": args.child,
+        "populate_ms": round(populate_ms, 1),
         "touch_ms_before_fork": round(base_ms, 1),
         "touch_ms_first_after_fork": round(fork_ms, 1),
         "touch_ms_second_after_fork": round(again_ms, 1),
         "page_faults_first_after_fork": faults,
-        "us_per_fault": round(extra * 1000 / max(1, faults), 2),
+        "us_per_fault": round(extra * 1000 / faults, 2) if faults >= 100 else None,
     }
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     return 0

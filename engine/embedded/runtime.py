@@ -26,6 +26,7 @@ import msgspec
 from connectors.deadletter import DeadLetterStore
 from connectors.routing import Router
 from engine.clock import Clock, SystemClock
+from engine.embedded.cow import populate_heap
 from engine.embedded.exceptions import NotReady
 from engine.embedded.ingest import Batch, GroupCommitWriter
 from engine.embedded.outbox import Outbox
@@ -110,6 +111,8 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        for spool in cfg.data_dir.glob("checkpoint-*.spool"):  # of writers killed with us
+            spool.unlink()
         self.store = store = await self.db(SqliteStore, cfg.data_dir, cfg.synchronous)
         self.dead = await self.db(DeadLetterStore, cfg.data_dir / "deadletter.db")
         self.router = Router.from_config(cfg.sinks)
@@ -383,14 +386,20 @@ class Runtime:
         finally:
             release.set()
         self._no_snapshot.clear()
+        loop = asyncio.get_running_loop()
         try:
+            if await snap.handed_over(self.cfg.checkpoint_timeout):
+                await loop.run_in_executor(None, populate_heap)
             code = await wait_child(snap.pid, self.cfg.checkpoint_timeout)
         except BaseException:
+            snap.kill()
             snap.give_back()
+            snap.remove_spool()
             raise
         finally:
             self._no_snapshot.set()
         if code != 0:
+            snap.remove_spool()
             snap.give_back()
             logger.error("checkpoint child exited with %d; its states go in the next one", code)
             return False

@@ -4,19 +4,27 @@ The event loop's share of a checkpoint is the fork itself (copying page tables: 
 milliseconds per 100 MB resident) and the bookkeeping before it. At the fork the child
 holds the whole process memory as of one instant: every partition's states, its applied
 journal position and the actions produced so far. It serializes the states that changed
-since the last checkpoint and writes them through connections of its own
+since the last checkpoint into a spool file and ``exec``s the spool writer
+(engine/embedded/spool.py), which commits them through connections of its own
 (``state.sqlite.write_snapshot``: the actions to the outbox, then states and positions in
-one transaction of ``states.db``, a file the parent does not write meanwhile), then
-exits; the parent goes on processing and only counts the checkpoint as done (journal
-trimmed up to its positions) when the child exits 0.
-If it fails, the changed customers it took are handed back to the partitions for the next
-checkpoint; the store still holds the previous checkpoint whole.
+one transaction of ``states.db``, a file the parent does not write meanwhile). The parent
+goes on processing and only counts the checkpoint as done (journal trimmed up to its
+positions) when that process exits 0. If it fails, the changed customers it took are
+handed back to the partitions for the next checkpoint; the store still holds the previous
+checkpoint whole.
+
+Why spool and exec: while the child shares the parent's memory, every page the parent
+writes is copied (2.4-2.6 us per fault here); after the exec only the write protection
+is left, and the parent lifts it for the whole heap in one call from a thread
+(engine/embedded/cow.py) instead of one fault per page. The exec closes the child's end
+of a close-on-exec pipe, which is how the parent learns the memory is its own again.
 
 Fork safety: the child never touches a connection, lock or thread of the parent. The
 SQLite threads are parked (blocked in Python, outside SQLite) for the instant of the fork,
-so no SQLite-internal mutex can be copied in a held state; the child dies with its parent
-(``PR_SET_PDEATHSIG``), so a killed engine never leaves a writer behind it; the child
-leaves through ``os._exit`` (no atexit handlers, no flushing of the parent's buffers).
+so no SQLite-internal mutex can be copied in a held state; the child and the writer die
+with their parent (``PR_SET_PDEATHSIG``, kept across the exec), so a killed engine never
+leaves a writer behind it; a child that fails before the exec leaves through ``os._exit``
+(no atexit handlers, no flushing of the parent's buffers).
 Linux only; elsewhere the runtime checkpoints in-process.
 """
 
@@ -40,10 +48,13 @@ from typing import NoReturn
 
 from engine.embedded.outbox import Outbox
 from engine.embedded.partition import Partition
+from engine.embedded.spool import write_spool
 from engine.types import Action
-from state.sqlite import write_snapshot
 
-__all__ = ["Snapshot", "available", "fork_snapshot", "park", "wait_child"]
+__all__ = ["WRITER", "Snapshot", "available", "fork_snapshot", "park", "wait_child"]
+
+# the program the child execs, given DATA_DIR SYNCHRONOUS SPOOL (tests swap it)
+WRITER = [sys.executable, "-m", "engine.embedded.spool"]
 
 _PR_SET_PDEATHSIG = 1
 _NICE = 19
@@ -68,10 +79,45 @@ class Snapshot:
     taken: list[tuple[Partition, list[str], list[str]]]
     states: int
     fork_seconds: float
+    spool: Path
+    handover: int  # read end of the pipe whose write end the child's exec closes
 
     def give_back(self) -> None:
         for p, dirty, deleted in self.taken:
             p.restore_dirty(dirty, deleted)
+
+    async def handed_over(self, timeout: float) -> bool:
+        """Wait until the child no longer shares this process's memory (it exec'd the
+        writer, or died); False after ``timeout`` seconds. Closes the pipe either way."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                more = os.read(self.handover, 64)
+            except BlockingIOError:
+                return
+            if not more and not done.done():
+                done.set_result(None)
+
+        loop.add_reader(self.handover, readable)
+        try:
+            await asyncio.wait_for(done, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(self.handover)
+            os.close(self.handover)
+
+    def kill(self) -> None:
+        """Kill and reap the child (or the writer it became), if it still runs."""
+        _kill(self.pid)
+
+    def remove_spool(self) -> None:
+        """Delete the spool a failed writer left (a writer that succeeded deleted it)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.spool.unlink()
 
 
 async def park(executors: Sequence[Executor]) -> threading.Event:
@@ -121,16 +167,26 @@ def fork_snapshot(
     # not write to (and so copy) every page the child shares, and do not stall the loop
     gc.freeze()
     parent = os.getpid()
+    handover, closes_at_exec = os.pipe()  # both close-on-exec (PEP 446)
     pid = os.fork()
     if pid == 0:
+        os.close(handover)
         _child(parent, data_dir, synchronous, actions, taken, seqs, chunk)
+    os.close(closes_at_exec)
+    os.set_blocking(handover, False)
     return Snapshot(
         pid,
         seqs,
         taken,
         sum(len(d) for _, d, _ in taken),
         time.perf_counter() - t0,
+        spool_path(data_dir, pid),
+        handover,
     )
+
+
+def spool_path(data_dir: Path, pid: int) -> Path:
+    return data_dir / f"checkpoint-{pid}.spool"
 
 
 async def wait_child(pid: int, timeout: float, poll: float = 0.02) -> int:
@@ -171,7 +227,6 @@ def _child(
     seqs: dict[int, int],
     chunk: int,
 ) -> NoReturn:
-    code = 1
     try:
         gc.disable()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -186,14 +241,14 @@ def _child(
         # on the same cores) come first; the checkpoint just takes longer
         os.nice(_NICE)
         deleted = [cid for _, _, gone in taken for cid in gone]
-        chunks = _chunks(taken, chunk)
-        write_snapshot(data_dir, synchronous, Outbox.rows(actions), deleted, chunks, seqs)
-        code = 0
+        spool = spool_path(data_dir, os.getpid())
+        write_spool(spool, seqs, deleted, Outbox.rows(actions), _chunks(taken, chunk))
+        os.execv(WRITER[0], [*WRITER, str(data_dir), synchronous, str(spool)])
     except BaseException:
         with contextlib.suppress(BaseException):
             os.write(2, f"nudge checkpoint child failed:\n{traceback.format_exc()}".encode())
     finally:
-        os._exit(code)
+        os._exit(1)  # the exec did not happen
 
 
 def _chunks(

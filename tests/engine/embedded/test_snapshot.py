@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,8 @@ async def test_failed_child_gives_the_customers_back(
     assert await rt.snapshot_checkpoint()  # whatever start-up changed
     before = stored(harness.data)
 
-    def boom(*args: Any, **kwargs: Any) -> int:
-        raise OSError("disk gone")
-
-    monkeypatch.setattr(snapshot, "write_snapshot", boom)
+    # the writer the child execs fails (as on a full disk)
+    monkeypatch.setattr(snapshot, "WRITER", [sys.executable, "-c", "raise SystemExit(3)"])
     status, _ = await harness.post_events(product_views(50, "b"))
     assert status == 202
     await harness.settle()
@@ -122,11 +121,8 @@ async def test_stop_while_a_child_writes_kills_it_and_checkpoints_in_process(
         children.append(snap.pid)
         return snap
 
-    def stuck(*args: Any, **kwargs: Any) -> int:  # runs in the child
-        time.sleep(60)
-        return 0
-
-    monkeypatch.setattr(snapshot, "write_snapshot", stuck)
+    stuck = [sys.executable, "-c", "import time; time.sleep(60)"]  # the writer hangs
+    monkeypatch.setattr(snapshot, "WRITER", stuck)
     monkeypatch.setattr("engine.embedded.runtime.fork_snapshot", recording_fork)
     status, _ = await harness.post_events(product_views(30, "s"))
     assert status == 202
