@@ -243,12 +243,19 @@ def _child(
         deleted = [cid for _, _, gone in taken for cid in gone]
         spool = spool_path(data_dir, os.getpid())
         write_spool(spool, seqs, deleted, Outbox.rows(actions), _chunks(taken, chunk))
-        os.execv(WRITER[0], [*WRITER, str(data_dir), synchronous, str(spool)])
+        os.execve(WRITER[0], [*WRITER, str(data_dir), synchronous, str(spool)], _writer_env())
     except BaseException:
         with contextlib.suppress(BaseException):
             os.write(2, f"nudge checkpoint child failed:\n{traceback.format_exc()}".encode())
     finally:
         os._exit(1)  # the exec did not happen
+
+
+def _writer_env() -> dict[str, str]:
+    """The environment for the writer: this one, with this interpreter's import path, so
+    it imports the same ``engine`` and ``state`` however the engine was started."""
+    path = os.pathsep.join(p for p in sys.path if p)
+    return {**os.environ, "PYTHONPATH": path}
 
 
 def _chunks(
