@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -25,24 +25,36 @@ _PATH = re.compile(r" - at `(\$[^`]*)`$")
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
 
+# Bounds that keep the state's sums finite and encodable: a price of 1e308 made the cart
+# value and LTV infinite (JSON null in the API), and a quantity or refund amount of 400
+# digits made the processor's float() raise, which stopped its partition for good.
+_Money = Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)]
+_Quantity = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 class _CartItem(msgspec.Struct):
     product_id: str
-    price: float = 0.0
-    quantity: int = 1
+    price: _Money = 0.0
+    quantity: _Quantity = 1
 
 
 class _CartRemove(msgspec.Struct):
     product_id: str
-    quantity: int | None = None
+    quantity: _Quantity | None = None
 
 
 class _Order(msgspec.Struct):
     order_id: str
-    total: float
+    total: _Money
 
 
 class _OrderRef(msgspec.Struct):
     order_id: str
+
+
+class _Refund(msgspec.Struct):
+    order_id: str
+    amount: _Money | None = None
 
 
 class _Product(msgspec.Struct):
@@ -74,7 +86,7 @@ _SCHEMAS: dict[str, type[msgspec.Struct] | None] = {
     "checkout_started": None,
     "order_completed": _Order,
     "order_delivered": _OrderRef,
-    "order_refunded": _OrderRef,
+    "order_refunded": _Refund,
     "customer_signed_up": _CustomerUpdate,
     "customer_updated": _CustomerUpdate,
     "email_sent": _Message,
@@ -140,9 +152,30 @@ def validate_properties(event: Event, prefix: str = "$") -> None:
         _check_type(event.type, prefix)
         return
     try:
-        msgspec.convert(event.properties, schema)
+        props = msgspec.convert(event.properties, schema)
     except msgspec.ValidationError as err:
         raise _to_error(err, prefix + ".properties", f"{event.type}: ") from None
+    if isinstance(props, _CustomerUpdate) and props.attributes:
+        _check_stored(props.attributes, prefix + ".properties.attributes", 0)
+
+
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+_MAX_DEPTH = 32
+
+
+def _check_stored(value: Any, path: str, depth: int) -> None:
+    """A value kept in customer state must be encodable: no integer beyond 64 bits
+    (checkpoints failed on every run after one) and at most ``_MAX_DEPTH`` nested
+    containers (the API's JSON encoder stops at 254 levels)."""
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise EventError("integer does not fit in 64 bits", field=path)
+    elif isinstance(value, dict | list):
+        if depth >= _MAX_DEPTH:
+            raise EventError(f"nested deeper than {_MAX_DEPTH} levels", field=path)
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            _check_stored(v, f"{path}.{k}" if isinstance(k, str) else f"{path}[{k}]", depth + 1)
 
 
 def decode_event(raw: bytes | str) -> Event:
@@ -151,6 +184,8 @@ def decode_event(raw: bytes | str) -> Event:
         event = _decoder.decode(raw)
     except msgspec.MsgspecError as err:
         raise _to_error(err, "$") from None
+    except RecursionError:
+        raise EventError("JSON nested too deep", field="$", reason="invalid_json") from None
     validate_properties(event)
     return event
 
@@ -164,6 +199,8 @@ def decode_events(raw: bytes) -> list[Event]:
         events = _list_decoder.decode(raw)
     except msgspec.MsgspecError as err:
         raise _to_error(err, "$") from None
+    except RecursionError:
+        raise EventError("JSON nested too deep", field="$", reason="invalid_json") from None
     for i, event in enumerate(events):
         validate_properties(event, prefix=f"$[{i}]")
     return events

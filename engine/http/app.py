@@ -102,7 +102,7 @@ def _fast_decode(body: bytes, is_array: bool) -> list[Event] | None:
         events = _event_list.decode(body) if is_array else [_event.decode(body)]
         for ev in events:
             validate_properties(ev)
-    except (msgspec.MsgspecError, EventError):
+    except (msgspec.MsgspecError, EventError, RecursionError):
         return None
     return events
 
@@ -117,7 +117,7 @@ def _diagnose(body: bytes, is_array: bool, max_events: int) -> _Diagnosis:
     """The 4xx answer for a body the fast path refused, naming each bad event's field."""
     try:
         raws = _raw_list.decode(body) if is_array else [msgspec.Raw(body)]
-    except msgspec.MsgspecError as err:
+    except (msgspec.MsgspecError, RecursionError) as err:  # RecursionError: nested too deep
         return _Diagnosis(
             error(400, "invalid_json", f"body is not JSON: {err}", field="$"), ["invalid_json"]
         )

@@ -381,3 +381,67 @@ async def test_rule_endpoints_answer_as_documented_to_bad_bodies(
         body = await r.json()
     check_schema(path, method.lower(), 413, body)
     assert body["error"]["code"] == "body_too_large"
+
+
+BIG = int("1" + "0" * 400)
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("etype", "props", "field"),
+    [
+        # sums went infinite: cart value and LTV were JSON null, against the document
+        ("cart_item_added", {"product_id": "p", "price": 1e308}, "$.properties.price"),
+        ("order_completed", {"order_id": "o", "total": 1e308}, "$.properties.total"),
+        # float() of these raised in the processor: the partition stopped processing for good
+        ("cart_item_added", {"product_id": "p", "quantity": BIG}, "$.properties.quantity"),
+        ("cart_item_removed", {"product_id": "p", "quantity": BIG}, "$.properties.quantity"),
+        ("order_refunded", {"order_id": "o", "amount": BIG}, "$.properties.amount"),
+        # kept in state: every checkpoint failed after it, and GET /v1/customers/{id} 500'd
+        ("customer_updated", {"attributes": {"n": 10**30}}, "$.properties.attributes.n"),
+        (
+            "customer_signed_up",
+            {"attributes": {"l": [0, -(2**64)]}},
+            "$.properties.attributes.l[1]",
+        ),
+        (
+            "customer_updated",
+            {"attributes": {"x": _nested(40)}},
+            "$.properties.attributes.x" + ".a" * 31,
+        ),
+    ],
+)
+async def test_values_the_state_cannot_hold_are_rejected_naming_the_field(
+    harness: Harness, etype: str, props: dict[str, Any], field: str
+) -> None:
+    batch = [ev(1, "page_viewed", "c1", {}), ev(2, etype, "c1", props)]
+    status, body = await harness.post_events(json.dumps(batch).encode())  # orjson: 64-bit ints
+    assert status == 400
+    check_schema("/v1/events", "post", 400, body)
+    assert [(e["index"], e["field"]) for e in body["error"]["events"]] == [(1, field)]
+    status, _ = await harness.post_events(ev(3, "page_viewed", "c1", {}))
+    assert status == 202
+    await harness.settle()  # the partition still processes
+    async with harness.session.get(
+        harness.url("/v1/customers/c1"), headers=harness.auth("admin")
+    ) as r:
+        assert r.status == 200
+        check_schema("/v1/customers/{customer_id}", "get", 200, await r.json())
+
+
+@pytest.mark.parametrize("array", [False, True])
+async def test_json_nested_too_deep_is_a_400(harness: Harness, array: bool) -> None:
+    """msgspec's RecursionError escaped both decoding paths: a 500."""
+    event = orjson.dumps(ev(1, "page_viewed", "c", {})).replace(
+        b'"properties":{}', b'"properties":{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    )
+    status, body = await harness.post_events(b"[" + event + b"]" if array else event)
+    assert status == 400
+    check_schema("/v1/events", "post", 400, body)
+    assert (body["error"]["code"], body["error"]["field"]) == ("invalid_json", "$")
