@@ -6,6 +6,7 @@ days after the last event). Prints events/s on one core and, in a second pass un
 tracemalloc, the bytes held per customer state (timers included).
 
     python -m load_tests.bench_core --customers 100000 --events 1000000
+    python -m load_tests.bench_core --by-type 200000   # where the time goes, by event type
 """
 
 from __future__ import annotations
@@ -42,6 +43,32 @@ def _trace(path: Path, customers: int, events: int, seed: int) -> Path:
     return path
 
 
+def _by_type(lines: list[bytes]) -> dict[str, dict[str, float]]:
+    """Microseconds per event by event type (``feed`` timed one event at a time; timers
+    that come due fire inside the next event's ``feed`` and are counted with it)."""
+    driver = Driver(load_ruleset())
+    events = list(read_trace(lines, BacktestResult()))
+    gc.collect()
+    gc.freeze()
+    spent: dict[str, float] = {}
+    count: dict[str, int] = {}
+    clock = time.perf_counter
+    for ev in events:
+        t0 = clock()
+        driver.feed(ev)
+        spent[ev.type] = spent.get(ev.type, 0.0) + clock() - t0
+        count[ev.type] = count.get(ev.type, 0) + 1
+    total = sum(spent.values())
+    return {
+        t: {
+            "events": count[t],
+            "us_per_event": round(spent[t] / count[t] * 1e6, 1),
+            "share_pct": round(100 * spent[t] / total, 1),
+        }
+        for t in sorted(spent, key=spent.__getitem__, reverse=True)
+    }
+
+
 def _run(lines: list[bytes]) -> tuple[Driver, BacktestResult, float]:
     rs = load_ruleset()
     result = BacktestResult()
@@ -71,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--trace", type=Path, default=None, help="existing JSONL trace to use")
+    p.add_argument(
+        "--by-type",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: time the first N events one by one and print us/event by type",
+    )
     args = p.parse_args(argv)
     path = args.trace or Path(os.environ.get("TMPDIR", "/tmp")) / (
         f"nudge-trace-{args.customers}-{args.events}-{args.seed}.jsonl"
@@ -80,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     gen_s = time.perf_counter() - t0
     with path.open("rb") as fh:
         lines = fh.readlines()
+    if args.by_type:
+        by_type = _by_type(lines[: args.by_type])
+        print(orjson.dumps(by_type, option=orjson.OPT_INDENT_2).decode())
+        return 0
 
     driver, result, elapsed = _run(lines)
     report: dict[str, Any] = {
