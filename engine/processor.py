@@ -15,6 +15,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from engine.flows import FlowRunner
 from engine.profile import apply_event
 from engine.scope import RuleScope
@@ -24,7 +26,7 @@ from rules.ruleset import RuleSet
 from state.base import StateStore, TimerStore
 from state.customer import CustomerState, FlowInstance
 
-__all__ = ["Output", "Processor", "assign_variant", "fingerprint"]
+__all__ = ["Output", "Processor", "assign_variant", "fingerprint", "kept_trigger"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,31 @@ def fingerprint(event_id: str) -> int:
     compared, so collisions are negligible)."""
     raw = event_id.encode()
     return zlib.crc32(raw) << 32 | zlib.adler32(raw)
+
+
+_pack_check = msgspec.msgpack.Encoder().encode
+
+
+def kept_trigger(props: dict[str, Any], keys: tuple[str, ...] | None) -> dict[str, Any]:
+    """What a flow keeps of its trigger's properties: the keys its rule reads (all when
+    ``keys`` is None), less any value the state cannot be packed with (an integer beyond
+    64 bits, nesting past the recursion limit), as if the event had not carried it. The
+    properties are free-form: without this one such value in a stored flow would fail
+    every checkpoint of its customer."""
+    kept = props if keys is None else {k: props[k] for k in keys if k in props}
+    try:
+        _pack_check(kept)
+    except (OverflowError, RecursionError, msgspec.EncodeError):
+        return {k: v for k, v in kept.items() if _packs(v)}
+    return kept
+
+
+def _packs(value: Any) -> bool:
+    try:
+        _pack_check(value)
+    except (OverflowError, RecursionError, msgspec.EncodeError):
+        return False
+    return True
 
 
 def assign_variant(customer_id: str, rule: CompiledRule) -> str:
@@ -203,7 +230,7 @@ class Processor:
         if inst is not None:
             self._runner.close(st, inst)
         variant = assign_variant(st.customer_id, rule)
-        trigger = ev.properties if rule.uses_trigger else None
+        trigger = kept_trigger(ev.properties, rule.trigger_keys) if rule.uses_trigger else None
         inst = FlowInstance(rule.id, rule.version, ev.event_id, ts, variant, trigger)
         if st.flows is None:
             st.flows = {}

@@ -86,6 +86,9 @@ class CompiledRule:
     # event types the flow's seen()/seen_since() calls name: what an open instance records
     # in ``seen`` (None: every type, a call's argument is not a literal)
     seen_types: frozenset[str] | None = frozenset()
+    # the trigger properties the expressions select (``trigger.product_id``): all a flow
+    # keeps of them (None: the whole map, an expression uses ``trigger`` otherwise)
+    trigger_keys: tuple[str, ...] | None = None  # sorted: the kept map's order is stable
 
     def sort_key(self) -> tuple[int, str]:
         return (-self.priority, self.id)
@@ -102,6 +105,7 @@ class _Compiler:
         self.counted: set[str] = set()
         self.pending_seen: list[tuple[PathKey, str, int]] = []
         self.uses_trigger = False
+        self.trigger_keys: set[str] | None = set()
         self.seen: set[str] | None = set()
 
     def expr(self, source: str, key: PathKey, *, in_flow: bool) -> Expression | None:
@@ -130,6 +134,11 @@ class _Compiler:
             self.seen = None
         if "trigger" in e.variables:
             self.uses_trigger = True
+            keys = e.keys["trigger"]
+            if keys is None:
+                self.trigger_keys = None
+            elif self.trigger_keys is not None:
+                self.trigger_keys |= keys
         if not in_flow and "trigger" in e.variables:
             self.errors.append(self.pos.error(key, "'trigger' is only available in steps"))
         return e
@@ -269,6 +278,7 @@ class _Compiler:
             digest=digest,
             uses_trigger=self.uses_trigger,
             seen_types=None if self.seen is None else frozenset(self.seen),
+            trigger_keys=None if self.trigger_keys is None else tuple(sorted(self.trigger_keys)),
         )
 
 
