@@ -110,7 +110,7 @@ class KafkaIngest:
         """Validate and publish a rule set to every worker (raises RuleErrors)."""
         if self.redis is None:
             raise NotReady("no redis configured for rule deploys")
-        rs = load_texts(sorted(files.items()))
+        rs = await asyncio.to_thread(load_texts, sorted(files.items()))  # CPU work, off the loop
         version = await self.redis.put_rules(dict(files))
         self.ruleset, self.rules_version, self.rules_files = rs, version, dict(files)
         return version
