@@ -151,15 +151,20 @@ class FlowRunner:
             return True
         params: dict[str, Any] = dict(op.params)
         template = op.template
+        dynamic = op.dynamic
         if op.name is not None:
             plan = next((v for v in rule.variants if v.name == variant), None)
             override = plan.steps.get(op.name) if plan is not None else None
             if override is not None:
                 template = override[0] or template
-                params.update(override[1])
-        if op.dynamic:
+                over_static, over_dynamic = override[1], override[2]
+                params.update(over_static)
+                if over_static or over_dynamic:  # the variant's value wins, static or not
+                    replaced = set(over_static).union(n for n, _ in over_dynamic)
+                    dynamic = (*(d for d in dynamic if d[0] not in replaced), *over_dynamic)
+        if dynamic:
             scope = RuleScope(st, now, self.consent, flow=inst)
-            for name, expr in op.dynamic:
+            for name, expr in dynamic:
                 try:
                     params[name] = expr.evaluate(scope)
                 except (RuntimeError, TypeError, KeyError, ValueError) as err:

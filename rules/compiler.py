@@ -56,8 +56,9 @@ Op = Wait | Send | Branch | Jump
 class VariantPlan:
     name: str
     upto: int  # cumulative bucket bound out of 10,000
-    # step name -> (template override or None, params merged over the step's)
-    steps: dict[str, tuple[str | None, dict[str, Any]]]
+    # step name -> (template override or None, static params and "{{ expr }}" params,
+    # each replacing the step's param of the same name)
+    steps: dict[str, tuple[str | None, dict[str, Any], tuple[tuple[str, Expression], ...]]]
 
 
 @dataclass(frozen=True)
@@ -186,17 +187,24 @@ class _Compiler:
         else:
             self.ops[at] = Branch(cond, len(self.ops))
 
-    def send(self, step: SendStep, k: PathKey) -> Send:
+    def params(
+        self, params: dict[str, Any], key: PathKey
+    ) -> tuple[dict[str, Any], tuple[tuple[str, Expression], ...]]:
+        """Split send params into static values and ``"{{ expr }}"`` templates (CEL)."""
         static: dict[str, Any] = {}
         dynamic: list[tuple[str, Expression]] = []
-        for pname, value in step.send.params.items():
+        for pname, value in params.items():
             if isinstance(value, str) and value.startswith(_TEMPLATE) and value.endswith("}}"):
-                e = self.expr(value[2:-2].strip(), (*k, "send", "params", pname), in_flow=True)
+                e = self.expr(value[2:-2].strip(), (*key, pname), in_flow=True)
                 if e is not None:
                     dynamic.append((pname, e))
             else:
                 static[pname] = value
-        return Send(step.send.channel, step.send.template, static, tuple(dynamic), step.name)
+        return static, tuple(dynamic)
+
+    def send(self, step: SendStep, k: PathKey) -> Send:
+        static, dynamic = self.params(step.send.params, (*k, "send", "params"))
+        return Send(step.send.channel, step.send.template, static, dynamic, step.name)
 
     def variants(self) -> tuple[int, tuple[VariantPlan, ...]]:
         exp = self.spec.experiment
@@ -218,7 +226,8 @@ class _Compiler:
                                 f"no step named {step!r}",
                             )
                         )
-                    steps[step] = (o.template, dict(o.params))
+                    key = ("experiment", "variants", name, "steps", step, "params")
+                    steps[step] = (o.template, *self.params(o.params, key))
             plans.append(VariantPlan(name, upto, steps))
         return holdout, tuple(plans)
 
