@@ -14,6 +14,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine.types import iso
 from tests.distributed.conftest import Cluster, expected_keys, produce
 from tests.support.servers import free_port
 from tests.support.traces import make_events
@@ -46,17 +47,22 @@ def check(hook: WebhookReceiver, want: set[str]) -> tuple[int, int, int]:
 
 @contextlib.asynccontextmanager
 async def trace_through(
-    cluster_factory: Any, workers: dict[str, tuple[str, ...]]
+    cluster_factory: Any,
+    workers: dict[str, tuple[str, ...]],
+    n_events: int = 1200,
+    bad: list[bytes] | None = None,
 ) -> AsyncIterator[tuple[Cluster, WebhookReceiver, list[dict[str, Any]], set[str]]]:
-    """A generated trace produced, ``workers`` (name -> extra args) started, and every
-    expected action key delivered (late duplicates given a second to show up)."""
+    """A generated trace produced (``bad`` raw records after its first 100 events),
+    ``workers`` (name -> extra args) started, and every expected action key delivered
+    (late duplicates given a second to show up)."""
     hook = WebhookReceiver()
     await hook.start()
     try:
         c: Cluster = cluster_factory(hook.url)
-        events = make_events(1200, int(time.time() * 1000) - 60_000)
+        events = make_events(n_events, int(time.time() * 1000) - 60_000)
         want = expected_keys(c.rules_dir, events)
-        await produce(c.kafka.bootstrap, c.events_topic, events)
+        records: list[dict[str, Any] | bytes] = [*events[:100], *(bad or ()), *events[100:]]
+        await produce(c.kafka.bootstrap, c.events_topic, records)
         for name, extra in workers.items():
             c.start_worker(name, *extra)
         await wait_keys(hook, want, c)
@@ -118,35 +124,27 @@ async def test_invalid_records_are_skipped_and_counted(cluster_factory: Any) -> 
     """Records written to the topic past the HTTP edge: not JSON, a type that is not
     snake_case, a known type without its required property. Each is counted and skipped;
     the worker neither crashes nor loses the valid events around them."""
-    hook = WebhookReceiver()
-    await hook.start()
-    try:
-        c: Cluster = cluster_factory(hook.url)
-        events = make_events(300, int(time.time() * 1000) - 60_000)
-        want = expected_keys(c.rules_dir, events)
-        stamp = events[0]["timestamp"]
-        bad: list[bytes] = [
-            b"{not json",
-            orjson.dumps({**events[0], "event_id": "bad-1", "type": "Page Viewed"}),
-            orjson.dumps(
-                {
-                    "event_id": "bad-2",
-                    "type": "product_viewed",
-                    "customer_id": "c-bad",
-                    "timestamp": stamp,
-                    "properties": {"price": 3.0},
-                }
-            ),
-        ]
-        records: list[dict[str, Any] | bytes] = [*events[:100], *bad, *events[100:]]
-        await produce(c.kafka.bootstrap, c.events_topic, records)
-        port = free_port()
-        c.start_worker("w1", "--metrics-port", str(port))
-        await wait_keys(hook, want, c)
+    stamp = iso(int(time.time() * 1000))
+    bad = [
+        b"{not json",
+        orjson.dumps(
+            {"event_id": "bad-1", "type": "Page Viewed", "customer_id": "c-bad", "timestamp": stamp}
+        ),
+        orjson.dumps(
+            {
+                "event_id": "bad-2",
+                "type": "product_viewed",
+                "customer_id": "c-bad",
+                "timestamp": stamp,
+                "properties": {"price": 3.0},
+            }
+        ),
+    ]
+    port = free_port()
+    workers: dict[str, tuple[str, ...]] = {"w1": ("--metrics-port", str(port))}
+    async with trace_through(cluster_factory, workers, 300, bad) as (c, hook, events, want):
         assert check(hook, want) == (0, 0, 0), c.log_tail("w1")
         m = await asyncio.to_thread(scrape, port)
         assert m["nudge_worker_events_undecodable_total"] == len(bad)
         assert m["nudge_events_processed_total"] == len(events)
         assert c.procs["w1"].poll() is None
-    finally:
-        await hook.stop()

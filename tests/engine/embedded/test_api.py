@@ -52,6 +52,15 @@ async def metric(h: Harness, name: str, **labels: str) -> float:
     return total
 
 
+async def customer_view(h: Harness, cid: str) -> dict[str, Any]:
+    """GET /v1/customers/{cid}: a 200 whose body matches the document."""
+    async with h.session.get(h.url(f"/v1/customers/{cid}"), headers=h.auth("admin")) as r:
+        assert r.status == 200
+        body: dict[str, Any] = await r.json()
+    check_schema("/v1/customers/{customer_id}", "get", 200, body)
+    return body
+
+
 async def test_event_to_webhook_with_idempotency_key(harness: Harness) -> None:
     status, body = await harness.post_events(
         ev(1, "order_completed", "c1", {"order_id": "o1", "total": 650.0})
@@ -96,12 +105,7 @@ async def test_customer_view_and_erase(harness: Harness) -> None:
         ]
     )
     await harness.settle()
-    async with harness.session.get(
-        harness.url("/v1/customers/c9"), headers=harness.auth("admin")
-    ) as r:
-        assert r.status == 200
-        body = await r.json()
-    check_schema("/v1/customers/{customer_id}", "get", 200, body)
+    body = await customer_view(harness, "c9")
     assert body["cart"]["value"] == 20.0
     assert [f["rule_id"] for f in body["flows"]] == ["abandoned-cart"]
     assert body["pending_timers"][0]["due"] == iso(START + 4 * H)
@@ -304,12 +308,7 @@ async def test_customer_times_are_rfc3339_before_year_1000(harness: Harness) -> 
         {**ev(1, "page_viewed", "c606", {}), "timestamp": "0606-08-18T18:40:53Z"}
     )
     await harness.settle()
-    async with harness.session.get(
-        harness.url("/v1/customers/c606"), headers=harness.auth("admin")
-    ) as r:
-        assert r.status == 200
-        body = await r.json()
-    check_schema("/v1/customers/{customer_id}", "get", 200, body)
+    body = await customer_view(harness, "c606")
     assert body["profile"]["first_seen"] == "0606-08-18T18:40:53.000Z"
     datetime.fromisoformat(body["profile"]["last_seen"])  # four-digit year or ValueError
 
@@ -428,11 +427,7 @@ async def test_values_the_state_cannot_hold_are_rejected_naming_the_field(
     status, _ = await harness.post_events(ev(3, "page_viewed", "c1", {}))
     assert status == 202
     await harness.settle()  # the partition still processes
-    async with harness.session.get(
-        harness.url("/v1/customers/c1"), headers=harness.auth("admin")
-    ) as r:
-        assert r.status == 200
-        check_schema("/v1/customers/{customer_id}", "get", 200, await r.json())
+    await customer_view(harness, "c1")
 
 
 @pytest.mark.parametrize("array", [False, True])
