@@ -321,6 +321,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         lat = await _latency(
             url, rate, args.latency_seconds or args.seconds, args.customers, receiver
         )
+        if args.metrics_out:  # the engine's own view of the run, for a closer look
+            async with ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                args.metrics_out.write_text(await r.text())
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -347,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--customers", type=int, default=100_000)
     p.add_argument("--rate", type=float, default=0, help="latency phase events/s")
+    p.add_argument(
+        "--metrics-out",
+        type=Path,
+        default=None,
+        help="write the engine's /metrics, scraped at the end, to this file",
+    )
     p.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
     p.add_argument(
         "--memory-customers",
