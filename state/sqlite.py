@@ -64,7 +64,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     cause_at INTEGER NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending'
 );
-CREATE INDEX IF NOT EXISTS outbox_status ON outbox (status);
+-- prune deletes sent actions older than a day as a range of this index
+CREATE INDEX IF NOT EXISTS outbox_status_cause ON outbox (status, cause_at);
+DROP INDEX IF EXISTS outbox_status;
 CREATE TABLE IF NOT EXISTS rules (
     version INTEGER PRIMARY KEY,
     created_at INTEGER NOT NULL,
@@ -273,13 +275,34 @@ class SqliteStore:
                 yield int(r[0]), int(r[1]), bytes(r[2])
             at = int(rows[-1][0])
 
-    def trim_journal(self, upto_seq: int, before: int) -> int:
+    def trim_journal(self, upto_seq: int, before: int, page: int = 1000) -> int:
         """Delete journal rows whose events are all at or below ``upto_seq`` (checkpointed)
-        and that were accepted before ``before`` (retention)."""
-        cur = self.jdb.execute(
-            "DELETE FROM journal WHERE seq + n - 1 <= ? AND accepted_at < ?", (upto_seq, before)
-        )
-        return cur.rowcount
+        and that were accepted before ``before`` (retention).
+
+        Rows are appended in seq order with their acceptance time, so the rows to delete are
+        a prefix of the table: it is walked from the oldest row by the primary key, ``page``
+        rows at a time, and deleted as a key range. The rows that stay are never scanned
+        (a predicate over ``seq + n`` or ``accepted_at`` scanned the whole retained journal,
+        on the thread that also runs the group commits, after every checkpoint). A clock
+        stepping back can only end the prefix early: a row is then kept longer, never
+        deleted early."""
+        db = self.jdb
+        deleted = 0
+        while True:
+            cut, more = None, False
+            rows = db.execute(
+                "SELECT seq, n, accepted_at FROM journal ORDER BY seq LIMIT ?", (page,)
+            )
+            for i, (seq, n, accepted_at) in enumerate(rows, 1):  # read lazily: stop early
+                if seq + n - 1 > upto_seq or accepted_at >= before:
+                    break
+                cut, more = seq, i == page
+            rows.close()
+            if cut is None:
+                return deleted
+            deleted += db.execute("DELETE FROM journal WHERE seq <= ?", (cut,)).rowcount
+            if not more:
+                return deleted
 
     def rewrite_journal(self, fn: Callable[[bytes], bytes | None]) -> int:
         """Rewrite journal bodies: ``fn`` returns a new body, or None to keep it. Returns

@@ -38,3 +38,48 @@ def test_outbox_sync_keeps_first_write_and_reports_pending(tmp_path: Path) -> No
     assert [k for k, _, _ in pending[:2]] == ["k3", "k5"]  # k1 is dead, evens were sent
     assert pending[0][1] == b"{}"
     store.close()
+
+
+def _journal_seqs(store: SqliteStore) -> list[int]:
+    return [int(r[0]) for r in store.jdb.execute("SELECT seq FROM journal ORDER BY seq")]
+
+
+def test_trim_deletes_the_checkpointed_and_expired_prefix_only(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    # seqs 1 (3 events, t=10), 4 (2, t=20), 6 (1, t=30), 7 (4, t=40), 11 (1, t=50)
+    for t, n in ((10, 3), (20, 2), (30, 1), (40, 4), (50, 1)):
+        store.append(t, [(n, b"[]")])
+    assert store.trim_journal(upto_seq=8, before=45, page=2) == 3  # row 7 holds seq 10 > 8
+    assert _journal_seqs(store) == [7, 11]
+    assert store.trim_journal(upto_seq=100, before=45) == 1  # row 11 is not old enough
+    assert _journal_seqs(store) == [11]
+    assert store.trim_journal(upto_seq=100, before=10**6) == 1
+    assert store.trim_journal(upto_seq=100, before=10**6) == 0
+    store.close()
+
+
+def test_trim_stops_at_a_row_the_clock_stamped_late(tmp_path: Path) -> None:
+    """A clock stepping back leaves an older stamp after a newer one: the prefix ends at
+    the newer one, so rows are kept longer, never deleted before their time."""
+    store = SqliteStore(tmp_path)
+    for t in (10, 90, 20):
+        store.append(t, [(1, b"[]")])
+    assert store.trim_journal(upto_seq=3, before=50) == 1
+    assert _journal_seqs(store) == [2, 3]
+    store.close()
+
+
+def test_periodic_maintenance_reads_ranges_not_whole_tables(tmp_path: Path) -> None:
+    """Run after every checkpoint on the threads that also commit ingest and the outbox:
+    their cost must follow what they delete, not what the tables hold."""
+    store = SqliteStore(tmp_path)
+    plans = [
+        " ".join(str(r[-1]) for r in db.execute("EXPLAIN QUERY PLAN " + sql, args))
+        for db, sql, args in (
+            (store.jdb, "DELETE FROM journal WHERE seq <= ?", (5,)),
+            (store.db, "DELETE FROM outbox WHERE status = 'sent' AND cause_at < ?", (5,)),
+        )
+    ]
+    store.close()
+    assert "USING INTEGER PRIMARY KEY (rowid<?)" in plans[0], plans[0]
+    assert "outbox_status_cause (status=? AND cause_at<?)" in plans[1], plans[1]
