@@ -121,6 +121,20 @@ class Metrics:
         self.checkpoint = Histogram(
             "nudge_checkpoint_seconds", "State checkpoint time", buckets=_LAT, registry=r
         )
+        # the stages between an event's acceptance and its action's delivery, beside the
+        # journal commit: where event-to-action latency goes
+        self.outbox_flush = Histogram(
+            "nudge_outbox_flush_seconds",
+            "Outbox flush time (persist new actions and mark sent ones, one transaction)",
+            buckets=_LAT,
+            registry=r,
+        )
+        self.action_send = Histogram(
+            "nudge_action_send_seconds",
+            "Time to deliver one action to its sink, retries included",
+            buckets=_LAT,
+            registry=r,
+        )
         self.http_requests = Counter(
             "nudge_http_requests",
             "HTTP requests by route and status",

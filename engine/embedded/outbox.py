@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -129,8 +130,10 @@ class Outbox:
         if not buf and not sent:
             return
         self._persisting.append(buf)
+        t0 = time.perf_counter()
         try:
             pending = await self._db(self._store.outbox_sync, self.rows(buf), sent)
+            self._metrics.outbox_flush.observe(time.perf_counter() - t0)
         except BaseException:
             self._buf = buf + self._buf
             self._sent = sent + self._sent
@@ -164,8 +167,10 @@ class Outbox:
                 self._inflight.discard(key)
                 continue
             sink = self._router.sink_for(action)
+            t0 = time.perf_counter()
             try:
                 await deliver(sink, action, self._router.policy_for(sink, self._policy))
+                m.action_send.observe(time.perf_counter() - t0)
             except SinkError as err:
                 logger.warning("action %s to %s dead-lettered: %s", key, sink.name, err)
                 m.actions.labels(action.channel, "dead_lettered").inc()

@@ -76,6 +76,11 @@ async def test_event_to_webhook_with_idempotency_key(harness: Harness) -> None:
     assert await metric(harness, "nudge_actions_total", channel="webhook", outcome="delivered") == 1
     assert await metric(harness, "nudge_rule_fires_total", rule="vip-segment") == 1
     assert await metric(harness, "nudge_events_accepted_total", type="order_completed") == 1
+    # the stages of event-to-action latency, each observed for this one action
+    assert await metric(harness, "nudge_event_to_action_seconds_count") == 1
+    assert await metric(harness, "nudge_action_send_seconds_count") == 1
+    assert await metric(harness, "nudge_outbox_flush_seconds_count") >= 1
+    assert await metric(harness, "nudge_journal_commit_seconds_count") >= 1
 
 
 async def test_timer_fires_on_the_clock_alone(harness: Harness) -> None:
