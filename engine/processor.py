@@ -71,11 +71,7 @@ def kept_trigger(props: dict[str, Any], keys: tuple[str, ...] | None) -> dict[st
     properties are free-form: without this one such value in a stored flow would fail
     every checkpoint of its customer."""
     kept = props if keys is None else {k: props[k] for k in keys if k in props}
-    try:
-        _pack_check(kept)
-    except (OverflowError, RecursionError, msgspec.EncodeError):
-        return {k: v for k, v in kept.items() if _packs(v)}
-    return kept
+    return kept if _packs(kept) else {k: v for k, v in kept.items() if _packs(v)}
 
 
 def _packs(value: Any) -> bool:

@@ -394,12 +394,10 @@ class Runtime:
         except BaseException:
             snap.kill()
             snap.give_back()
-            snap.remove_spool()
             raise
         finally:
             self._no_snapshot.set()
         if code != 0:
-            snap.remove_spool()
             snap.give_back()
             logger.error("checkpoint child exited with %d; its states go in the next one", code)
             return False

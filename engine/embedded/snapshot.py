@@ -83,8 +83,12 @@ class Snapshot:
     handover: int  # read end of the pipe whose write end the child's exec closes
 
     def give_back(self) -> None:
+        """A failed checkpoint: its customers go into the next one, and the spool its
+        writer left (one that succeeded deleted it) is removed."""
         for p, dirty, deleted in self.taken:
             p.restore_dirty(dirty, deleted)
+        with contextlib.suppress(FileNotFoundError):
+            self.spool.unlink()
 
     async def handed_over(self, timeout: float) -> bool:
         """Wait until the child no longer shares this process's memory (it exec'd the
@@ -113,11 +117,6 @@ class Snapshot:
     def kill(self) -> None:
         """Kill and reap the child (or the writer it became), if it still runs."""
         _kill(self.pid)
-
-    def remove_spool(self) -> None:
-        """Delete the spool a failed writer left (a writer that succeeded deleted it)."""
-        with contextlib.suppress(FileNotFoundError):
-            self.spool.unlink()
 
 
 async def park(executors: Sequence[Executor]) -> threading.Event:
