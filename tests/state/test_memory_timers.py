@@ -1,0 +1,64 @@
+"""The timer heap (state/memory.py) against a plain dict model: whatever the sequence of
+schedules, re-schedules, cancels and pops, timers come up at their due time, in
+(due, customer, rule) order, exactly once; and re-scheduling a timer later does not grow
+the heap."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from state.memory import MemoryTimers
+
+_KEYS = [(f"c{i}", r) for i in range(4) for r in ("a", "b")]
+
+_op = st.one_of(
+    st.tuples(st.just("schedule"), st.sampled_from(_KEYS), st.integers(0, 60)),
+    st.tuples(st.just("cancel"), st.sampled_from(_KEYS), st.just(0)),
+    st.tuples(st.just("pop"), st.just(_KEYS[0]), st.integers(0, 60)),
+    st.tuples(st.just("next"), st.just(_KEYS[0]), st.just(0)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_op, max_size=80))
+def test_matches_a_dict_model(ops: list[tuple[str, tuple[str, str], int]]) -> None:
+    timers = MemoryTimers()
+    model: dict[tuple[str, str], int] = {}
+    for op, key, t in ops:
+        if op == "schedule":
+            timers.schedule(*key, t)
+            model[key] = t
+        elif op == "cancel":
+            timers.cancel(*key)
+            model.pop(key, None)
+        elif op == "pop":
+            while True:
+                due = [(d, c, r) for (c, r), d in model.items() if d <= t]
+                expected = min(due) if due else None
+                assert timers.pop_due(t) == expected
+                if expected is None:
+                    break
+                del model[expected[1], expected[2]]
+        else:
+            assert timers.next_due() == (min(model.values()) if model else None)
+        assert len(timers) == len(model)
+        assert timers.pending() == sorted((d, c, r) for (c, r), d in model.items())
+
+
+def test_rescheduling_later_keeps_one_heap_entry() -> None:
+    timers = MemoryTimers()
+    for i in range(10_000):
+        timers.schedule("c1", "browse", 1_000 + i)  # a flow restarted on every event
+    assert len(timers._heap) == 1
+    assert timers.pop_due(10_998) is None
+    assert timers.pop_due(10_999) == (10_999, "c1", "browse")
+    assert timers.next_due() is None
+
+
+def test_rescheduling_earlier_fires_at_the_earlier_time_once() -> None:
+    timers = MemoryTimers()
+    timers.schedule("c1", "r", 500)
+    timers.schedule("c1", "r", 100)
+    assert timers.pop_due(100) == (100, "c1", "r")
+    assert timers.pop_due(1_000) is None
