@@ -188,13 +188,18 @@ async def _latency(
         gc.unfreeze()
     if os.environ.get("NUDGE_BENCH_TRACE"):  # where in the run the slow probes were
         t0 = min(s for s, _ in receiver.samples)
-        worst: dict[int, float] = {}
+        worst: dict[int, tuple[float, int]] = {}
         for sent, v in receiver.samples:
             if v > float(os.environ.get("NUDGE_BENCH_TRACE_MS", "100")):
                 sec = int((sent - t0) / 1000)
-                worst[sec] = max(worst.get(sec, 0.0), v)
+                # one line each, to set beside the engine's log (--engine-log)
+                print(f"SLOW {sent / 1000:.3f} {v:.1f}", file=sys.stderr)
+                top, n = worst.get(sec, (0.0, 0))
+                worst[sec] = (max(top, v), n + 1)
         print(
-            "worst probe latency (ms) by second of the run:", sorted(worst.items()), file=sys.stderr
+            "slow probes by second of the run (worst ms, how many):",
+            sorted(worst.items()),
+            file=sys.stderr,
         )
     lat = sorted(receiver.latencies)
     if not lat:
@@ -301,6 +306,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         sinks,
         tokens=(TOKEN, "bench-admin"),
         rules=rules,
+        log=args.engine_log,
         extra=(
             "--synchronous",
             args.synchronous,
@@ -357,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
         help="write the engine's /metrics, scraped at the end, to this file",
     )
     p.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"])
+    p.add_argument(
+        "--engine-log",
+        type=Path,
+        default=None,
+        help="append the engine's own output (its log) to this file",
+    )
     p.add_argument(
         "--memory-customers",
         type=int,
