@@ -93,6 +93,16 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from engine.embedded.server import ServeOptions, serve
 
@@ -109,6 +119,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             demo=args.demo,
             synchronous=args.synchronous,
             compact_idle=args.compact_idle,
+            checkpoint_interval=args.checkpoint_interval,
         )
     )
 
@@ -154,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=300.0,
         help="seconds before an idle customer's state is kept serialized",
+    )
+    run.add_argument(
+        "--checkpoint-interval",
+        type=_positive_seconds,
+        default=None,
+        help="seconds between state checkpoints (default 10): longer costs less work and "
+        "latency under load, and makes a restart replay more of the journal",
     )
     run.add_argument(
         "--demo",

@@ -25,7 +25,9 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 import orjson
@@ -107,7 +109,12 @@ def _batch(seq: int, customers: int, size: int, probe: bool) -> bytes:
     return orjson.dumps(events)
 
 
-async def _throughput(url: str, seconds: float, conns: int, customers: int) -> float:
+async def _throughput(
+    url: str, seconds: float, conns: int, customers: int, limit: int | None = None
+) -> float:
+    """Post batches of 100 on ``conns`` connections, each as soon as the last one was
+    acknowledged, for ``seconds`` (or until ``limit`` events were sent); returns the
+    acknowledged events/s."""
     acked = 0
     seq = 0
     stop = time.monotonic() + seconds
@@ -115,7 +122,7 @@ async def _throughput(url: str, seconds: float, conns: int, customers: int) -> f
 
     async def worker(session: ClientSession) -> None:
         nonlocal acked, seq
-        while time.monotonic() < stop:
+        while time.monotonic() < stop and (limit is None or seq * 100 < limit):
             seq += 1
             body = _batch(seq, customers, 100, probe=False)
             async with session.post(url, data=body, headers=headers) as r:
@@ -276,6 +283,27 @@ async def _memory(url: str, port: int, pid: int, customers: int) -> dict[str, An
     }
 
 
+async def _recovery(
+    url: str, port: int, events: int, customers: int, restart: Callable[[], Popen[bytes]]
+) -> tuple[Popen[bytes], dict[str, Any]]:
+    """Ingest ``events`` with no checkpoint taken (the engine runs with a day-long
+    interval), SIGKILL the engine once they are processed, start it again on the same
+    data directory and time it until ready: a restart replays the whole journal since
+    the last checkpoint, which is what the checkpoint interval bounds."""
+    acked = await _throughput(url, 3600.0, 16, customers, limit=events)
+    processed = await _drained(f"http://127.0.0.1:{port}/metrics")
+    t0 = time.monotonic()
+    proc = restart()
+    await asyncio.to_thread(wait_ready, port, proc, None, 600.0)
+    took = time.monotonic() - t0
+    return proc, {
+        "ingest_events_per_s": round(acked),
+        "journal_events_replayed": round(processed),
+        "restart_to_ready_s": round(took, 2),
+        "replay_events_per_s": round(processed / took),
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     receiver = Receiver()
     app = web.Application()
@@ -300,25 +328,39 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ).decode()
     )
     port = _port()
-    proc = start_nudge_run(
-        tmp / "data",
-        port,
-        sinks,
-        tokens=(TOKEN, "bench-admin"),
-        rules=rules,
-        log=args.engine_log,
-        extra=(
-            "--synchronous",
-            args.synchronous,
-            "--compact-idle",
-            str(5.0 if args.memory_customers else 300.0),
-        ),
-    )
+    extra = ["--synchronous", args.synchronous]
+    extra += ["--compact-idle", str(5.0 if args.memory_customers else 300.0)]
+    if args.recovery_events:
+        extra += ["--checkpoint-interval", "86400"]
+    elif args.checkpoint_interval:
+        extra += ["--checkpoint-interval", str(args.checkpoint_interval)]
+
+    def start() -> Popen[bytes]:
+        return start_nudge_run(
+            tmp / "data",
+            port,
+            sinks,
+            tokens=(TOKEN, "bench-admin"),
+            rules=rules,
+            log=args.engine_log,
+            extra=tuple(extra),
+        )
+
+    proc = start()
     url = f"http://127.0.0.1:{port}/v1/events"
     try:
         await asyncio.to_thread(wait_ready, port, proc)
         if args.memory_customers:
             return await _memory(url, port, proc.pid, args.memory_customers)
+        if args.recovery_events:
+
+            def restart() -> Popen[bytes]:
+                proc.kill()
+                proc.wait()
+                return start()
+
+            proc, report = await _recovery(url, port, args.recovery_events, args.customers, restart)
+            return report
         t0 = time.monotonic()
         acked = await _throughput(url, args.seconds, args.connections, args.customers)
         processed = await _drained(f"http://127.0.0.1:{port}/metrics")
@@ -368,6 +410,19 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="append the engine's own output (its log) to this file",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=0,
+        help="the engine's checkpoint interval in seconds (default: the engine's, 10)",
+    )
+    p.add_argument(
+        "--recovery-events",
+        type=int,
+        default=0,
+        help="instead: ingest N events without a checkpoint, kill -9 the engine, and time "
+        "its restart (the replay of those N events)",
     )
     p.add_argument(
         "--memory-customers",

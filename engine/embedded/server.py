@@ -41,6 +41,7 @@ class ServeOptions:
         demo: bool,
         synchronous: str,
         compact_idle: float = 300.0,
+        checkpoint_interval: float | None = None,
     ) -> None:
         self.rules = rules
         self.data = data
@@ -52,7 +53,13 @@ class ServeOptions:
         self.demo = demo
         self.synchronous = synchronous
         self.compact_idle = compact_idle
-        self.compact_idle = compact_idle
+        # None: NUDGE_CHECKPOINT_INTERVAL, else 10 s (tests shorten it by the environment
+        # to crash mid-checkpoint)
+        self.checkpoint_interval = (
+            checkpoint_interval
+            if checkpoint_interval is not None
+            else float(os.environ.get("NUDGE_CHECKPOINT_INTERVAL", "10"))
+        )
 
 
 def sinks_config(path: Path | None, data_dir: Path) -> dict[str, Any]:
@@ -77,8 +84,7 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         sinks=sinks_config(opts.sinks, opts.data),
         synchronous=opts.synchronous,
         compact_idle_s=opts.compact_idle,
-        # seconds between checkpoints; tests shorten it to crash mid-checkpoint
-        checkpoint_interval=float(os.environ.get("NUDGE_CHECKPOINT_INTERVAL", "10")),
+        checkpoint_interval=opts.checkpoint_interval,
     )
     runtime = Runtime(cfg, metrics, clock)
     tokens, token_path, created = Tokens.load_or_create(opts.data)
