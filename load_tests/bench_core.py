@@ -28,7 +28,7 @@ from engine.processor import Output
 from load_tests.storefront import StorefrontConfig, storefront
 from rules.ruleset import load_ruleset
 
-__all__ = ["main"]
+__all__ = ["main", "trace_path"]
 
 _DAY = 86_400_000
 
@@ -41,6 +41,12 @@ def _trace(path: Path, customers: int, events: int, seed: int) -> Path:
         for ev in storefront(cfg):
             fh.write(orjson.dumps(ev) + b"\n")
     return path
+
+
+def trace_path(customers: int, events: int, seed: int) -> Path:
+    """The storefront trace for these parameters in the temp dir, generated if missing."""
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"nudge-trace-{customers}-{events}-{seed}.jsonl"
+    return _trace(path, customers, events, seed)
 
 
 def _by_type(lines: list[bytes]) -> dict[str, dict[str, float]]:
@@ -106,11 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: time the first N events one by one and print us/event by type",
     )
     args = p.parse_args(argv)
-    path = args.trace or Path(os.environ.get("TMPDIR", "/tmp")) / (
-        f"nudge-trace-{args.customers}-{args.events}-{args.seed}.jsonl"
-    )
     t0 = time.perf_counter()
-    _trace(path, args.customers, args.events, args.seed)
+    path = args.trace or trace_path(args.customers, args.events, args.seed)
     gen_s = time.perf_counter() - t0
     with path.open("rb") as fh:
         lines = fh.readlines()
