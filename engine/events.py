@@ -9,8 +9,9 @@ are accepted with any properties.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
@@ -21,6 +22,7 @@ __all__ = ["KNOWN_TYPES", "decode_event", "decode_events", "validate_properties"
 
 _decoder = msgspec.json.Decoder(Event)
 _list_decoder = msgspec.json.Decoder(list[Event])
+_T = TypeVar("_T")
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 
@@ -178,14 +180,19 @@ def _check_stored(value: Any, path: str, depth: int) -> None:
             _check_stored(v, f"{path}.{k}" if isinstance(k, str) else f"{path}[{k}]", depth + 1)
 
 
-def decode_event(raw: bytes | str) -> Event:
-    """Decode and validate one event. Raises EventError; never anything else."""
+def _decode(decode: Callable[[bytes | str], _T], raw: bytes | str) -> _T:
+    """``decode(raw)``, its failures as EventError naming the field."""
     try:
-        event = _decoder.decode(raw)
+        return decode(raw)
     except msgspec.MsgspecError as err:
         raise _to_error(err, "$") from None
     except RecursionError:
         raise EventError("JSON nested too deep", field="$", reason="invalid_json") from None
+
+
+def decode_event(raw: bytes | str) -> Event:
+    """Decode and validate one event. Raises EventError; never anything else."""
+    event = _decode(_decoder.decode, raw)
     validate_properties(event)
     return event
 
@@ -195,12 +202,7 @@ def decode_events(raw: bytes) -> list[Event]:
     stripped = raw.lstrip()
     if not stripped.startswith(b"["):
         return [decode_event(raw)]
-    try:
-        events = _list_decoder.decode(raw)
-    except msgspec.MsgspecError as err:
-        raise _to_error(err, "$") from None
-    except RecursionError:
-        raise EventError("JSON nested too deep", field="$", reason="invalid_json") from None
+    events = _decode(_list_decoder.decode, raw)
     for i, event in enumerate(events):
         validate_properties(event, prefix=f"$[{i}]")
     return events
