@@ -32,7 +32,7 @@ from engine.embedded.ingest import Batch, GroupCommitWriter
 from engine.embedded.outbox import Outbox
 from engine.embedded.partition import Partition
 from engine.embedded.snapshot import available as fork_available
-from engine.embedded.snapshot import fork_snapshot, park, wait_child
+from engine.embedded.snapshot import fork_snapshot, park, remove_stale_spools, wait_child
 from engine.metrics import Metrics, type_label
 from engine.processor import Output
 from engine.types import Event
@@ -111,8 +111,7 @@ class Runtime:
     async def start(self) -> None:
         cfg = self.cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        for spool in cfg.data_dir.glob("checkpoint-*.spool"):  # of writers killed with us
-            spool.unlink()
+        remove_stale_spools(cfg.data_dir)
         self.store = store = await self.db(SqliteStore, cfg.data_dir, cfg.synchronous)
         self.dead = await self.db(DeadLetterStore, cfg.data_dir / "deadletter.db")
         self.router = Router.from_config(cfg.sinks)

@@ -51,7 +51,15 @@ from engine.embedded.partition import Partition
 from engine.embedded.spool import write_spool
 from engine.types import Action
 
-__all__ = ["WRITER", "Snapshot", "available", "fork_snapshot", "park", "wait_child"]
+__all__ = [
+    "WRITER",
+    "Snapshot",
+    "available",
+    "fork_snapshot",
+    "park",
+    "remove_stale_spools",
+    "wait_child",
+]
 
 # the program the child execs, given DATA_DIR SYNCHRONOUS SPOOL (tests swap it)
 WRITER = [sys.executable, "-m", "engine.embedded.spool"]
@@ -186,6 +194,12 @@ def fork_snapshot(
 
 def spool_path(data_dir: Path, pid: int) -> Path:
     return data_dir / f"checkpoint-{pid}.spool"
+
+
+def remove_stale_spools(data_dir: Path) -> None:
+    """Delete the spools (``spool_path``) that writers killed with an earlier engine left."""
+    for spool in data_dir.glob("checkpoint-*.spool"):
+        spool.unlink()
 
 
 async def wait_child(pid: int, timeout: float, poll: float = 0.02) -> int:
