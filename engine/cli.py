@@ -120,6 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             synchronous=args.synchronous,
             compact_idle=args.compact_idle,
             checkpoint_interval=args.checkpoint_interval,
+            checkpoint_mode=args.checkpoint_mode,
         )
     )
 
@@ -172,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds between state checkpoints (default 10): longer costs less work and "
         "latency under load, and makes a restart replay more of the journal",
+    )
+    run.add_argument(
+        "--checkpoint-mode",
+        choices=["paced", "fork"],
+        default=None,
+        help="paced (default): states packed a few at a time over the interval, written by "
+        "a separate process; fork: a forked copy-on-write snapshot (docs/operations.md)",
     )
     run.add_argument(
         "--demo",

@@ -148,15 +148,20 @@ def _write_states(
     states: Iterable[list[tuple[str, bytes]]],
     deleted: Iterable[str],
     seqs: dict[int, int],
+    erased_after: Iterable[str] = (),
 ) -> int:
     """In one transaction of ``states.db``: erasures first (a customer erased and then
-    seen again keeps its new state), the states, the replay positions."""
+    seen again keeps its new state), the states, ``erased_after`` (customers erased while
+    a paced checkpoint packed: a state packed before the erasure must not stay), the
+    replay positions."""
+    delete = "DELETE FROM states WHERE customer_id = ?"
     with _transaction(sdb):
-        sdb.executemany("DELETE FROM states WHERE customer_id = ?", ((cid,) for cid in deleted))
+        sdb.executemany(delete, ((cid,) for cid in deleted))
         n = 0
         for chunk in states:
             _insert_rows(sdb, "INSERT OR REPLACE INTO states (customer_id, body) VALUES", chunk)
             n += len(chunk)
+        sdb.executemany(delete, ((cid,) for cid in erased_after))
         sdb.executemany(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
             ((f"checkpoint_seq:{p}", str(s)) for p, s in seqs.items()),
@@ -171,6 +176,7 @@ def write_snapshot(
     deleted: list[str],
     chunks: Iterable[list[tuple[str, bytes]]],
     seqs: dict[int, int],
+    erased_after: Iterable[str] = (),
 ) -> int:
     """Write one checkpoint taken as a snapshot (all of it as of one instant) through
     connections of its own: for a forked child, which must never use a connection
@@ -192,7 +198,7 @@ def write_snapshot(
     sdb = sqlite3.connect(path / "states.db", timeout=60.0, isolation_level=None)
     try:
         sdb.execute(f"PRAGMA synchronous={synchronous}")
-        return _write_states(sdb, chunks, deleted, seqs)
+        return _write_states(sdb, chunks, deleted, seqs, erased_after)
     finally:
         sdb.close()
 

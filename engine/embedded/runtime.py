@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import time
 import zlib
 from collections import Counter
@@ -30,9 +31,16 @@ from engine.embedded.cow import populate_heap
 from engine.embedded.exceptions import NotReady
 from engine.embedded.ingest import Batch, GroupCommitWriter
 from engine.embedded.outbox import Outbox
+from engine.embedded.paced import PacedRound, run_writer
 from engine.embedded.partition import Partition
 from engine.embedded.snapshot import available as fork_available
-from engine.embedded.snapshot import fork_snapshot, park, remove_stale_spools, wait_child
+from engine.embedded.snapshot import (
+    fork_snapshot,
+    park,
+    remove_stale_spools,
+    spool_path,
+    wait_child,
+)
 from engine.metrics import Metrics, type_label
 from engine.processor import Output
 from engine.types import Event
@@ -60,9 +68,12 @@ class RuntimeConfig:
     sinks: dict[str, Any] = field(default_factory=lambda: {"default": "log"})
     delivery_concurrency: int = 32
     compact_idle_s: float = 300.0  # customers idle this long are kept serialized in memory
-    # periodic checkpoints written by a forked child from a copy-on-write snapshot
-    # (engine/embedded/snapshot.py); False, or not on Linux: in-process, paced
-    checkpoint_fork: bool = True
+    # periodic checkpoints: "paced" (engine/embedded/paced.py: packed on the loop a slice
+    # at a time, committed by a spawned writer), "fork" (engine/embedded/snapshot.py: a
+    # forked child writes a copy-on-write snapshot; Linux only, else "inline") or
+    # "inline" (in-process, through the state thread; at stop, and in tests)
+    checkpoint_mode: str = "paced"
+    checkpoint_spread: float = 0.6  # paced: share of the interval the packing is spread over
     checkpoint_timeout: float = 300.0  # a checkpoint child still running then is killed
     compact_slice: int = 500  # states compacted per event loop turn
     gc_freeze_interval: float = 0.25  # seconds between moving survivors out of the GC's reach
@@ -97,6 +108,7 @@ class Runtime:
         # one checkpoint at a time: an older snapshot committing after a newer one could
         # overwrite newer states under newer positions
         self._ckpt_lock = asyncio.Lock()
+        self._round: PacedRound | None = None  # the paced checkpoint packing now
         self.observers: list[Callable[[Output], None]] = []
 
     async def db(self, fn: Any, *args: Any) -> Any:
@@ -411,6 +423,55 @@ class Runtime:
         )
         return True
 
+    async def paced_checkpoint(self) -> bool:
+        """Checkpoint by packing the changed states on the loop, a slice at a time, over
+        ``checkpoint_spread`` of the interval, and committing them from a spawned writer
+        (engine/embedded/paced.py). Returns whether it was written; if not, the customers
+        it took are changed again for the next one and the previous checkpoint stands."""
+        async with self._ckpt_lock:
+            return await self._checkpoint_paced()
+
+    async def _checkpoint_paced(self) -> bool:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        rnd = PacedRound(
+            self.parts,
+            spool_path(cfg.data_dir, os.getpid()),
+            spread=cfg.checkpoint_interval * cfg.checkpoint_spread,
+        )
+        self._round = rnd
+        try:
+            await rnd.pack(self.outbox.unpersisted)
+        except BaseException:
+            rnd.give_back()
+            raise
+        finally:
+            self._round = None
+        self._no_snapshot.clear()
+        try:
+            code = await run_writer(
+                cfg.data_dir, cfg.synchronous, rnd.spool, cfg.checkpoint_timeout
+            )
+        except BaseException:
+            rnd.give_back()
+            raise
+        finally:
+            self._no_snapshot.set()
+        if code != 0:
+            rnd.give_back()
+            logger.error("checkpoint writer exited with %d; its states go in the next one", code)
+            return False
+        await self._checkpointed(rnd.seqs)
+        took = time.perf_counter() - t0
+        self.metrics.checkpoint.observe(took)
+        logger.debug(
+            "checkpoint: %d states packed in %.3fs of loop time, %.3fs in all",
+            rnd.states,
+            rnd.pack_seconds,
+            took,
+        )
+        return True
+
     async def _checkpointed(self, seqs: dict[int, int]) -> None:
         """After a checkpoint committed: drop what it made redundant."""
         assert self.store is not None
@@ -449,11 +510,17 @@ class Runtime:
 
     async def _checkpoint_loop(self) -> None:
         m = self.metrics
-        fork = self.cfg.checkpoint_fork and fork_available()
+        mode = self.cfg.checkpoint_mode
+        fork = mode == "fork" and fork_available()
+        took = 0.0
         while True:
-            await asyncio.sleep(self.cfg.checkpoint_interval)
+            # a paced round takes most of the interval: rounds start an interval apart
+            await asyncio.sleep(max(0.0, self.cfg.checkpoint_interval - took))
+            t0 = time.monotonic()
             try:
-                if fork:
+                if mode == "paced":
+                    await self.paced_checkpoint()
+                elif fork:
                     await self.snapshot_checkpoint()
                 else:
                     await self.checkpoint(spread=self.cfg.checkpoint_interval * 0.4)
@@ -465,6 +532,7 @@ class Runtime:
             m.queue_depth.set(self.queued + self.writer.buffered)
             m.outbox_pending.set(self.outbox.pending)
             m.dead_letters.set(await self.db(self.dead.count))
+            took = time.monotonic() - t0 if mode == "paced" else 0.0
 
     # --- customers and rules ---------------------------------------------------------
     def partition(self, customer_id: str) -> Partition:
@@ -474,6 +542,8 @@ class Runtime:
         """Erase a customer everywhere: state, timers, journal, pending actions."""
         assert self.store is not None
         had_state = self.partition(customer_id).erase(customer_id)
+        if self._round is not None:  # a state it packed before now is deleted after it
+            self._round.erased.add(customer_id)
         self.outbox.erased.add(customer_id)
         # a checkpoint child snapshotted before the erasure may still write the state:
         # let it finish, then delete (the next checkpoint deletes it again regardless)

@@ -42,6 +42,7 @@ class ServeOptions:
         synchronous: str,
         compact_idle: float = 300.0,
         checkpoint_interval: float | None = None,
+        checkpoint_mode: str | None = None,
     ) -> None:
         self.rules = rules
         self.data = data
@@ -60,6 +61,8 @@ class ServeOptions:
             if checkpoint_interval is not None
             else float(os.environ.get("NUDGE_CHECKPOINT_INTERVAL", "10"))
         )
+        # None: NUDGE_CHECKPOINT_MODE, else paced (engine/embedded/runtime.py)
+        self.checkpoint_mode = checkpoint_mode or os.environ.get("NUDGE_CHECKPOINT_MODE", "paced")
 
 
 def sinks_config(path: Path | None, data_dir: Path) -> dict[str, Any]:
@@ -85,6 +88,7 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         synchronous=opts.synchronous,
         compact_idle_s=opts.compact_idle,
         checkpoint_interval=opts.checkpoint_interval,
+        checkpoint_mode=opts.checkpoint_mode,
     )
     runtime = Runtime(cfg, metrics, clock)
     tokens, token_path, created = Tokens.load_or_create(opts.data)

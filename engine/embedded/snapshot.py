@@ -46,9 +46,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from engine.embedded import spool as _spool
 from engine.embedded.outbox import Outbox
 from engine.embedded.partition import Partition
-from engine.embedded.spool import write_spool
+from engine.embedded.spool import write_spool, writer_env
 from engine.types import Action
 
 __all__ = [
@@ -61,8 +62,8 @@ __all__ = [
     "wait_child",
 ]
 
-# the program the child execs, given DATA_DIR SYNCHRONOUS SPOOL (tests swap it)
-WRITER = [sys.executable, "-m", "engine.embedded.spool"]
+# the program the child execs (engine/embedded/spool.py; tests swap it)
+WRITER = _spool.WRITER
 
 _PR_SET_PDEATHSIG = 1
 _NICE = 19
@@ -256,19 +257,12 @@ def _child(
         deleted = [cid for _, _, gone in taken for cid in gone]
         spool = spool_path(data_dir, os.getpid())
         write_spool(spool, seqs, deleted, Outbox.rows(actions), _chunks(taken, chunk))
-        os.execve(WRITER[0], [*WRITER, str(data_dir), synchronous, str(spool)], _writer_env())
+        os.execve(WRITER[0], [*WRITER, str(data_dir), synchronous, str(spool)], writer_env())
     except BaseException:
         with contextlib.suppress(BaseException):
             os.write(2, f"nudge checkpoint child failed:\n{traceback.format_exc()}".encode())
     finally:
         os._exit(1)  # the exec did not happen
-
-
-def _writer_env() -> dict[str, str]:
-    """The environment for the writer: this one, with this interpreter's import path, so
-    it imports the same ``engine`` and ``state`` however the engine was started."""
-    path = os.pathsep.join(p for p in sys.path if p)
-    return {**os.environ, "PYTHONPATH": path}
 
 
 def _chunks(

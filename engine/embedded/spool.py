@@ -7,33 +7,49 @@ parent's memory for the ~0.1 s of packing instead of the ~1.5 s of SQLite writes
 page the parent writes during that time is a page it must copy (load_tests/
 bench_fork_faults.py: 2.4-2.6 us per fault while the child lives, 0.9 us after).
 
-Format: MessagePack frames, each a 4-byte big-endian length and a body. The first frame is
-the header ``[seqs, deleted, outbox rows]``; every further frame is a list of
-``[customer_id, state bytes]`` rows. A spool is never read by the engine itself: if the
+Format: MessagePack frames, each a 4-byte big-endian length and a body. Every frame but
+the last is a list of ``[customer_id, state bytes]`` rows; the last, the trailer, is
+``[seqs, deleted, outbox rows, erased after]`` (erasures to apply before the states, and
+after them), written once every state is in (a paced checkpoint,
+engine/embedded/paced.py, only knows its actions at the end). A spool without its
+trailer is incomplete and refused. A spool is never read by the engine itself: if the
 writer fails, the checkpoint did not happen (the journal still holds its events) and the
 next checkpoint writes a new spool.
 
-    python -m engine.embedded.spool DATA_DIR SYNCHRONOUS SPOOL
+    python -m engine.embedded.spool DATA_DIR SYNCHRONOUS SPOOL [PARENT_PID]
+
+With PARENT_PID the writer dies with that process (``PR_SET_PDEATHSIG``) and runs at nice
+19: a writer outliving a killed engine could commit an older checkpoint over the newer
+ones of the engine restarted in its place.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import struct
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any
 
 import msgspec
 
 from state.sqlite import write_snapshot
 
-__all__ = ["main", "read_spool", "write_spool"]
+__all__ = ["WRITER", "SpoolWriter", "main", "read_spool", "write_spool", "writer_env"]
+
+# the writer program, given DATA_DIR SYNCHRONOUS SPOOL [PARENT_PID] (tests swap it)
+WRITER = [sys.executable, "-m", "engine.embedded.spool"]
+_PR_SET_PDEATHSIG = 1
+_NICE = 19
 
 _LEN = struct.Struct(">I")
 _enc = msgspec.msgpack.Encoder()
-_header = msgspec.msgpack.Decoder(
-    tuple[dict[int, int], list[str], list[tuple[str, str, bytes, int]]]
+_trailer = msgspec.msgpack.Decoder(
+    tuple[dict[int, int], list[str], list[tuple[str, str, bytes, int]], list[str]]
 )
 _rows = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
 
@@ -44,6 +60,38 @@ def _frame(fh: IO[bytes], obj: Any) -> None:
     fh.write(body)
 
 
+class SpoolWriter:
+    """Write a spool incrementally: ``rows`` as often as needed, then ``trailer`` once.
+    Not synced: it only has to outlive this process until the writer has read it."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh = path.open("wb", buffering=1 << 20)
+
+    def rows(self, rows: list[tuple[str, bytes]]) -> None:
+        if rows:
+            _frame(self._fh, rows)
+
+    def trailer(
+        self,
+        seqs: dict[int, int],
+        deleted: list[str],
+        outbox: list[tuple[str, str, bytes, int]],
+        erased_after: list[str] | None = None,
+    ) -> None:
+        _frame(self._fh, (seqs, deleted, outbox, erased_after or []))
+
+    def __enter__(self) -> SpoolWriter:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        e: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._fh.close()
+
+
 def write_spool(
     path: Path,
     seqs: dict[int, int],
@@ -51,22 +99,35 @@ def write_spool(
     outbox: list[tuple[str, str, bytes, int]],
     chunks: Iterable[list[tuple[str, bytes]]],
 ) -> None:
-    """Write a checkpoint's spool (not synced: it only has to outlive this process)."""
-    with path.open("wb", buffering=1 << 20) as fh:
-        _frame(fh, (seqs, deleted, outbox))
+    """Write a whole checkpoint's spool at once."""
+    with SpoolWriter(path) as out:
         for rows in chunks:
-            _frame(fh, rows)
+            out.rows(rows)
+        out.trailer(seqs, deleted, outbox)
 
 
-def _frames(fh: IO[bytes]) -> Iterator[bytes]:
-    while head := fh.read(_LEN.size):
+def _offsets(fh: IO[bytes]) -> list[tuple[int, int]]:
+    """Each frame's body offset and length (seeking over the bodies)."""
+    size = fh.seek(0, os.SEEK_END)
+    fh.seek(0)
+    out: list[tuple[int, int]] = []
+    at = 0
+    while at < size:
+        head = fh.read(_LEN.size)
         if len(head) < _LEN.size:
             raise ValueError("truncated spool frame header")
         (n,) = _LEN.unpack(head)
-        body = fh.read(n)
-        if len(body) < n:
+        at += _LEN.size
+        if at + n > size:
             raise ValueError("truncated spool frame")
-        yield body
+        out.append((at, n))
+        at = fh.seek(at + n)
+    return out
+
+
+def _body(fh: IO[bytes], at: int, n: int) -> bytes:
+    fh.seek(at)
+    return fh.read(n)
 
 
 def read_spool(
@@ -75,23 +136,46 @@ def read_spool(
     dict[int, int],
     list[str],
     list[tuple[str, str, bytes, int]],
+    list[str],
     Iterator[list[tuple[str, bytes]]],
 ]:
-    """The header and an iterator over the state chunks of an open spool."""
-    frames = _frames(fh)
-    first = next(frames, None)
-    if first is None:
+    """The trailer's parts and an iterator over the state chunks of an open spool."""
+    frames = _offsets(fh)
+    if not frames:
         raise ValueError("empty spool")
-    seqs, deleted, outbox = _header.decode(first)
-    return seqs, deleted, outbox, (_rows.decode(body) for body in frames)
+    *rows, last = frames
+    try:
+        seqs, deleted, outbox, after = _trailer.decode(_body(fh, *last))
+    except msgspec.ValidationError as e:  # ends with a rows frame: cut off before the end
+        raise ValueError(f"incomplete spool (no trailer): {e}") from e
+    return seqs, deleted, outbox, after, (_rows.decode(_body(fh, *f)) for f in rows)
+
+
+def writer_env() -> dict[str, str]:
+    """The environment for the writer: this one, with this interpreter's import path, so
+    it imports the same ``engine`` and ``state`` however the engine was started."""
+    path = os.pathsep.join(p for p in sys.path if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def _die_with(parent: int) -> None:
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        raise SystemExit(1)
+    os.nice(_NICE)
 
 
 def main(argv: list[str] | None = None) -> int:
-    data_dir, synchronous, spool = argv if argv is not None else sys.argv[1:]
+    args = argv if argv is not None else sys.argv[1:]
+    data_dir, synchronous, spool = args[:3]
+    if len(args) > 3:
+        _die_with(int(args[3]))
     path = Path(spool)
     with path.open("rb") as fh:
-        seqs, deleted, outbox, chunks = read_spool(fh)
-        write_snapshot(data_dir, synchronous, outbox, deleted, chunks, seqs)
+        seqs, deleted, outbox, after, chunks = read_spool(fh)
+        write_snapshot(data_dir, synchronous, outbox, deleted, chunks, seqs, after)
     path.unlink()
     return 0
 

@@ -79,7 +79,20 @@ def webhook_sinks(url: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+def checkpoint_mode() -> str:
+    """The harness runtime's periodic checkpoints (a test module overrides it)."""
+    return "paced"
+
+
+@pytest.fixture
+def checkpoint_interval() -> float:
+    return 0.2
+
+
+@pytest.fixture
+async def harness(
+    tmp_path: Path, checkpoint_mode: str, checkpoint_interval: float
+) -> AsyncIterator[Harness]:
     hook = WebhookReceiver()
     await hook.start()
     clock = VirtualClock(START)
@@ -87,8 +100,9 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     cfg = RuntimeConfig(
         data_dir=tmp_path / "data",
         sinks=webhook_sinks(hook.url),
-        checkpoint_interval=0.2,
+        checkpoint_interval=checkpoint_interval,
         synchronous="NORMAL",
+        checkpoint_mode=checkpoint_mode,
     )
     runtime = Runtime(cfg, metrics, clock)
     await runtime.start()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.embedded.cow import populate_heap
-from engine.embedded.spool import read_spool, write_spool
+from engine.embedded.spool import SpoolWriter, read_spool, write_spool
 
 
 def _faults() -> int:
@@ -47,9 +47,31 @@ def test_spool_round_trip(tmp_path: Path) -> None:
     chunks = [[("c1", b"\x01\x02")], [("c2", b"\x03"), ("c3", b"")]]
     write_spool(path, {0: 7, 3: 9}, ["gone"], outbox, chunks)
     with path.open("rb") as fh:
-        seqs, deleted, box, rows = read_spool(fh)
-        assert (seqs, deleted, box) == ({0: 7, 3: 9}, ["gone"], outbox)
+        seqs, deleted, box, after, rows = read_spool(fh)
+        assert (seqs, deleted, box, after) == ({0: 7, 3: 9}, ["gone"], outbox, [])
         assert list(rows) == chunks
+
+
+def test_spool_written_incrementally(tmp_path: Path) -> None:
+    """A paced checkpoint's spool: rows as they are packed, the trailer last."""
+    path = tmp_path / "p.spool"
+    with SpoolWriter(path) as out:
+        out.rows([("a", b"1")])
+        out.rows([])  # an empty slice writes no frame
+        out.rows([("b", b"2")])
+        out.trailer({1: 4}, ["x"], [], ["a"])
+    with path.open("rb") as fh:
+        seqs, deleted, box, after, rows = read_spool(fh)
+        assert (seqs, deleted, box, after) == ({1: 4}, ["x"], [], ["a"])
+        assert list(rows) == [[("a", b"1")], [("b", b"2")]]
+
+
+def test_a_spool_without_its_trailer_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cut.spool"
+    with SpoolWriter(path) as out:
+        out.rows([("a", b"1")])  # the packing stopped before the trailer
+    with path.open("rb") as fh, pytest.raises(ValueError, match="no trailer"):
+        read_spool(fh)
 
 
 def test_a_truncated_spool_is_refused() -> None:

@@ -18,6 +18,11 @@ from tests.engine.embedded.conftest import Harness, product_views
 pytestmark = pytest.mark.skipif(not snapshot.available(), reason="needs os.fork and prctl")
 
 
+@pytest.fixture
+def checkpoint_mode() -> str:
+    return "fork"
+
+
 def stored(data: Path) -> tuple[dict[str, int], dict[int, int]]:
     """customer id -> stored seq, partition -> stored replay position"""
     db = sqlite3.connect(data / "states.db")

@@ -1,0 +1,114 @@
+"""Paced checkpoints: the event loop packs the changed states a few at a time over most of
+the checkpoint interval into a spool file, and a spawned writer process commits it.
+
+A checkpoint is fuzzy: each state is packed when its turn comes, not all as of one
+instant. That is safe because every state records the journal position of the last event
+it includes (``CustomerState.seq``; engine/shard.py) and a replay skips the events a
+restored state already holds. The round's replay positions are the partitions' applied
+positions at its start: every customer changed up to then is packed during the round,
+after that position. Customers changed during the round are packed again in the next one.
+
+The loop's share is packing (~4 us per state) in slices of ~``slice_s`` seconds, and
+appending the bytes to a buffered file; the SQLite work (``state.sqlite.write_snapshot``,
+outbox rows first, then states and positions in one transaction) runs in a separate
+process (engine/embedded/spool.py), started by ``posix_spawn``/``vfork`` so the engine's
+memory is never shared copy-on-write. Against a fork at each checkpoint this trades one
+burst of page-table copying and copy-on-write faults (the p99 tail of ``nudge run`` under
+load, BENCHMARKS.md) for a few per cent of loop time spread evenly.
+
+Ordering against the outbox: the spool's trailer carries every action whose outbox insert
+may not have committed when the last state was packed, and the writer commits them before
+the states, so a stored state never includes an event whose actions could be lost.
+Erasures: customers erased while the round packs are deleted by the writer after the
+states, so a state packed before its erasure is never left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.embedded.outbox import Outbox
+from engine.embedded.partition import Partition
+from engine.embedded.spool import WRITER, SpoolWriter, writer_env
+from engine.types import Action
+
+__all__ = ["PacedRound", "run_writer"]
+
+
+@dataclass
+class PacedRound:
+    """One paced checkpoint: the partitions' positions and changed customers taken at its
+    start, packed into ``spool`` over ``spread`` seconds in slices of ``slice_s``."""
+
+    parts: list[Partition]
+    spool: Path
+    spread: float
+    slice_s: float = 0.002
+    tick: float = 0.01
+    seqs: dict[int, int] = field(default_factory=dict)
+    taken: list[tuple[Partition, list[str], list[str]]] = field(default_factory=list)
+    erased: set[str] = field(default_factory=set)  # customers erased during the round
+    states: int = 0
+    pack_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.seqs = {p.index: p.last_seq for p in self.parts}
+        self.taken = [(p, *p.take_dirty()) for p in self.parts]
+
+    async def pack(self, unpersisted: Callable[[], list[tuple[Action, bool]]]) -> None:
+        """Pack the taken states into the spool, paced; then the trailer with the actions
+        ``unpersisted()`` gives at the end and the erasures."""
+        total = sum(len(d) for _, d, _ in self.taken)
+        ticks = max(1.0, self.spread / self.tick)
+        per_tick = max(50, math.ceil(total / ticks))
+        with SpoolWriter(self.spool) as out:
+            for p, dirty, _ in self.taken:
+                row = p.store.row
+                for i in range(0, len(dirty), per_tick):
+                    t0 = time.perf_counter()
+                    rows = [(cid, body) for cid in dirty[i : i + per_tick] if (body := row(cid))]
+                    out.rows(rows)
+                    self.states += len(rows)
+                    took = time.perf_counter() - t0
+                    self.pack_seconds += took
+                    await asyncio.sleep(self.tick)
+            deleted = [cid for _, _, gone in self.taken for cid in gone]
+            out.trailer(self.seqs, deleted, Outbox.rows(unpersisted()), sorted(self.erased))
+
+    def give_back(self) -> None:
+        """A failed round: its customers go into the next one; its spool is removed."""
+        for p, dirty, deleted in self.taken:
+            p.restore_dirty(dirty, deleted)
+        with contextlib.suppress(FileNotFoundError):
+            self.spool.unlink()
+
+
+async def run_writer(data_dir: Path, synchronous: str, spool: Path, timeout: float) -> int:
+    """Run the spool writer as a process of its own (spawned, not forked from this
+    process's memory) and wait for it; its exit code. Killed after ``timeout`` seconds or
+    if the waiting task is cancelled."""
+    proc = subprocess.Popen(  # our own interpreter and module
+        [*WRITER, str(data_dir), synchronous, str(spool), str(os.getpid())],
+        env=writer_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    end = time.monotonic() + timeout
+    try:
+        while (code := proc.poll()) is None:
+            if time.monotonic() > end:
+                proc.kill()
+                return proc.wait()
+            await asyncio.sleep(0.02)
+        return code
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise

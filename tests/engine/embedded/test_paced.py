@@ -1,0 +1,137 @@
+"""Paced checkpoints (engine/embedded/paced.py): states packed a slice at a time on the
+loop, committed by a spawned writer; what lands in states.db, a failing writer, an
+erasure while the round packs."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import pytest
+
+from tests.engine.embedded.conftest import Harness, product_views
+from tests.engine.embedded.test_snapshot import stored
+
+
+@pytest.fixture
+def checkpoint_interval() -> float:
+    return 3600.0  # no periodic checkpoint: each test runs its rounds itself
+
+
+async def many_views(harness: Harness, n: int, prefix: str) -> None:
+    """``n`` customers (over several requests): at 50 states per slice and a loop turn
+    between slices, a round over them lasts some ``n / 5`` milliseconds."""
+    for i in range(0, n, 500):
+        batch = product_views(min(500, n - i), f"{prefix}{i // 500}-")
+        status, _ = await harness.post_events(batch)
+        assert status == 202
+    await harness.settle()
+
+
+async def test_round_writes_changed_states_and_positions(harness: Harness) -> None:
+    rt = harness.runtime
+    status, _ = await harness.post_events(product_views(300, "a"))
+    assert status == 202
+    await harness.settle()
+    seqs = {p.index: p.last_seq for p in rt.parts}
+    assert await rt.paced_checkpoint()
+    states, stored_seqs = stored(harness.data)
+    assert {f"ac{i}" for i in range(300)} <= set(states)
+    assert stored_seqs == seqs
+    for cid, seq in states.items():
+        st = rt.partition(cid).store.get(cid)
+        assert st is not None
+        assert st.seq == seq
+    assert not any(p.dirty for p in rt.parts)
+    assert not list(harness.data.glob("*.spool"))  # the writer removed it
+
+
+async def test_events_during_the_round_go_into_the_next(harness: Harness) -> None:
+    """The round's positions are those at its start; a customer changed while it packs
+    is changed again for the next round, so a replay from those positions misses
+    nothing."""
+    rt = harness.runtime
+    await many_views(harness, 1500, "b")
+    start = {p.index: p.last_seq for p in rt.parts}
+    task = asyncio.create_task(rt.paced_checkpoint())
+    await asyncio.sleep(0.05)
+    status, _ = await harness.post_events(product_views(20, "late"))
+    assert status == 202
+    await harness.settle()
+    assert not task.done()  # all of that happened while the round packed
+    assert await task
+    _, stored_seqs = stored(harness.data)
+    assert stored_seqs == start
+    dirty = set().union(*(p.dirty for p in rt.parts))
+    assert {f"latec{i}" for i in range(20)} <= dirty
+
+
+async def test_failed_writer_gives_the_customers_back(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = harness.runtime
+    assert await rt.paced_checkpoint()  # whatever start-up changed
+    before = stored(harness.data)
+    monkeypatch.setattr(
+        "engine.embedded.paced.WRITER", [sys.executable, "-c", "raise SystemExit(3)"]
+    )
+    status, _ = await harness.post_events(product_views(50, "f"))
+    assert status == 202
+    await harness.settle()
+    assert not await rt.paced_checkpoint()
+    assert stored(harness.data) == before  # the earlier checkpoint stands
+    assert not list(harness.data.glob("*.spool"))
+    dirty = set().union(*(p.dirty for p in rt.parts))
+    assert {f"fc{i}" for i in range(50)} <= dirty
+    monkeypatch.undo()
+    assert await rt.paced_checkpoint()
+    states, _ = stored(harness.data)
+    assert {f"fc{i}" for i in range(50)} <= set(states)
+
+
+async def test_a_customer_erased_after_being_packed_is_not_written(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The erasure comes while the round packs, after the customer's state went into the
+    spool: the writer deletes it after the states."""
+    rt = harness.runtime
+    status, _ = await harness.post_events(product_views(40, "e"))
+    assert status == 202
+    await harness.settle()
+    victim = "ec7"
+    part = rt.partition(victim)
+    row = part.store.row
+    erasing: list[asyncio.Task[Any]] = []
+
+    def packing(cid: str) -> bytes | None:
+        body = row(cid)
+        if cid == victim:  # packed: erase it from the next loop turn on
+            erasing.append(asyncio.ensure_future(rt.erase(victim)))
+        return body
+
+    monkeypatch.setattr(part.store, "row", packing)
+    assert await rt.paced_checkpoint()
+    assert erasing
+    erased = await erasing[0]
+    assert erased["state"] is True
+    states, _ = stored(harness.data)
+    assert victim not in states
+    assert {f"ec{i}" for i in range(40)} - {victim} <= set(states)
+
+
+async def test_stop_during_a_round_cancels_it_and_checkpoints_in_process(
+    harness: Harness,
+) -> None:
+    rt = harness.runtime
+    await many_views(harness, 1500, "s")
+    task = asyncio.create_task(rt.paced_checkpoint())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not list(harness.data.glob("*.spool"))
+    await rt.stop()
+    states, seqs = stored(harness.data)
+    assert len([cid for cid in states if cid.startswith("s")]) == 1500
+    assert seqs == {p.index: p.last_seq for p in rt.parts}
