@@ -233,6 +233,18 @@ async def _latency(
     }
 
 
+def host_loop_ms(steps: int = 3_000_000) -> float:
+    """How fast this host runs Python now: ms for a fixed loop (about 200 ms on a quiet
+    host here; the same loop took up to 30% longer in noisy spells, when every latency
+    figure rises with it). Reported beside the latency phase, taken before and after it
+    (the slower), so runs on a slowed host can be told apart."""
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(steps):
+        x += i
+    return (time.perf_counter() - t0) * 1000
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -373,9 +385,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         processed = await _drained(f"http://127.0.0.1:{port}/metrics")
         tput = processed / (time.monotonic() - t0)
         rate = args.rate or tput / 2
+        before = host_loop_ms()
         lat = await _latency(
             url, rate, args.latency_seconds or args.seconds, args.customers, receiver
         )
+        lat["host_loop_ms"] = max(before, host_loop_ms())
         if args.slow_ms:
             _report_slow(receiver.samples, args.slow_ms)
         if args.metrics_out:  # the engine's own view of the run, for a closer look

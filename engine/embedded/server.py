@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from engine.metrics import Metrics
 __all__ = ["ServeOptions", "serve"]
 
 logger = logging.getLogger(__name__)
+
+_SWITCH_INTERVAL = 0.001
 
 
 class ServeOptions:
@@ -78,6 +81,11 @@ def sinks_config(path: Path | None, data_dir: Path) -> dict[str, Any]:
 
 
 async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
+    # The SQLite threads (journal group commits, outbox) give up the GIL inside SQLite and
+    # need it back to return; a busy event loop hands it over only every switch interval
+    # (5 ms by default), several times per commit. At 1 ms, journal commits over 25 ms under
+    # bench_ingest's latency phase went from 10-89 per run to 0-2 (BENCHMARKS.md).
+    sys.setswitchinterval(_SWITCH_INTERVAL)
     clock: Clock = ScaledClock(opts.clock_speed) if opts.clock_speed != 1 else SystemClock()
     metrics = Metrics()
     cfg = RuntimeConfig(
