@@ -188,13 +188,14 @@ def write_snapshot(
     replay positions in one transaction of ``states.db``. A crash before that commits
     leaves the previous checkpoint whole."""
     path = Path(data_dir)
-    db = sqlite3.connect(path / "state.db", timeout=60.0, isolation_level=None)
-    try:
-        db.execute(f"PRAGMA synchronous={synchronous}")
-        with _transaction(db):
-            _outbox_add(db, outbox)
-    finally:
-        db.close()
+    if outbox:  # none: nothing to lock state.db for (the engine's outbox flushes use it)
+        db = sqlite3.connect(path / "state.db", timeout=60.0, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            with _transaction(db):
+                _outbox_add(db, outbox)
+        finally:
+            db.close()
     sdb = sqlite3.connect(path / "states.db", timeout=60.0, isolation_level=None)
     try:
         sdb.execute(f"PRAGMA synchronous={synchronous}")

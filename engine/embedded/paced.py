@@ -16,9 +16,11 @@ memory is never shared copy-on-write. Against a fork at each checkpoint this tra
 burst of page-table copying and copy-on-write faults (the p99 tail of ``nudge run`` under
 load, BENCHMARKS.md) for a few per cent of loop time spread evenly.
 
-Ordering against the outbox: the spool's trailer carries every action whose outbox insert
-may not have committed when the last state was packed, and the writer commits them before
-the states, so a stored state never includes an event whose actions could be lost.
+Ordering against the outbox: once the last state is packed, the outbox's own flush commits
+every action produced so far, before the writer is started, so a stored state never
+includes an event whose actions could be lost. The writer so never takes ``state.db``'s
+lock, which the outbox's flushes need hundreds of times a second (an action the flush
+could not commit goes in the spool's trailer; the writer commits it first).
 Erasures: customers erased while the round packs are deleted by the writer after the
 states, so a state packed before its erasure is never left behind.
 """
@@ -31,7 +33,7 @@ import math
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,9 +65,10 @@ class PacedRound:
         self.seqs = {p.index: p.last_seq for p in self.parts}
         self.taken = [(p, *p.take_dirty()) for p in self.parts]
 
-    async def pack(self, unpersisted: Callable[[], list[tuple[Action, bool]]]) -> None:
-        """Pack the taken states into the spool, paced; then the trailer with the actions
-        ``unpersisted()`` gives at the end and the erasures."""
+    async def pack(self, persist: Callable[[], Awaitable[list[tuple[Action, bool]]]]) -> None:
+        """Pack the taken states into the spool, paced; then commit every action produced
+        so far (``persist``: the outbox's own flush) and write the trailer, with the
+        erasures and whatever actions ``persist`` could not commit."""
         total = sum(len(d) for _, d, _ in self.taken)
         ticks = max(1.0, self.spread / self.tick)
         per_tick = max(50, math.ceil(total / ticks))
@@ -81,7 +84,8 @@ class PacedRound:
                     self.pack_seconds += took
                     await asyncio.sleep(self.tick)
             deleted = [cid for _, _, gone in self.taken for cid in gone]
-            out.trailer(self.seqs, deleted, Outbox.rows(unpersisted()), sorted(self.erased))
+            left = await persist()
+            out.trailer(self.seqs, deleted, Outbox.rows(left), sorted(self.erased))
 
     def give_back(self) -> None:
         """A failed round: its customers go into the next one; its spool is removed."""

@@ -447,7 +447,7 @@ class Runtime:
         )
         self._round = rnd
         try:
-            await rnd.pack(self.outbox.unpersisted)
+            await rnd.pack(self.outbox.persist_all)
         except BaseException:
             rnd.give_back()
             raise

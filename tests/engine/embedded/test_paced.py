@@ -5,11 +5,14 @@ erasure while the round packs."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 from typing import Any
 
 import pytest
 
+from engine.testing import START
+from engine.types import iso
 from tests.engine.embedded.conftest import Harness, product_views
 from tests.engine.embedded.test_snapshot import stored
 
@@ -135,3 +138,59 @@ async def test_stop_during_a_round_cancels_it_and_checkpoints_in_process(
     states, seqs = stored(harness.data)
     assert len([cid for cid in states if cid.startswith("s")]) == 1500
     assert seqs == {p.index: p.last_seq for p in rt.parts}
+
+
+def outbox_keys(harness: Harness) -> set[str]:
+    db = sqlite3.connect(harness.data / "state.db")
+    try:
+        return {str(r[0]) for r in db.execute("SELECT key FROM outbox")}
+    finally:
+        db.close()
+
+
+def vip_order(cid: str) -> dict[str, Any]:
+    """An order that fires the stock vip-segment rule at once (one webhook action)."""
+    return {
+        "event_id": f"o-{cid}",
+        "type": "order_completed",
+        "customer_id": cid,
+        "timestamp": iso(START),
+        "properties": {"order_id": f"o-{cid}", "total": 650.0},
+    }
+
+
+async def test_actions_are_committed_before_the_states_that_include_them(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Normally the outbox's own flush commits them before the writer starts (the
+    writer then never opens state.db); if that flush fails, the writer commits them
+    from the spool's trailer, before the states."""
+    rt = harness.runtime
+    failing: list[int] = []
+
+    async def flush_fails() -> None:
+        failing.append(1)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(rt.outbox, "flush", flush_fails)  # nothing reaches state.db
+    status, _ = await harness.post_events([vip_order(f"v{i}") for i in range(5)])
+    assert status == 202
+    while rt.queued:
+        await asyncio.sleep(0.01)
+    keys = {a.idempotency_key for a, _ in rt.outbox.unpersisted()}
+    assert len(keys) == 5
+    assert not keys & outbox_keys(harness)
+    assert await rt.paced_checkpoint()
+    assert failing
+    assert keys <= outbox_keys(harness)  # through the writer
+    states, _ = stored(harness.data)
+    assert {f"v{i}" for i in range(5)} <= set(states)
+
+    monkeypatch.undo()
+    status, _ = await harness.post_events([vip_order(f"w{i}") for i in range(5)])
+    assert status == 202
+    while rt.queued:
+        await asyncio.sleep(0.01)
+    assert await rt.paced_checkpoint()
+    assert len(outbox_keys(harness)) == 10
+    assert not rt.outbox.unpersisted()
