@@ -49,12 +49,16 @@ __all__ = ["PacedRound", "run_writer"]
 @dataclass
 class PacedRound:
     """One paced checkpoint: the partitions' positions and changed customers taken at its
-    start, packed into ``spool`` over ``spread`` seconds, a slice every ``tick``."""
+    start, packed into ``spool`` over ``spread`` seconds, a slice every ``tick``. A slice
+    holds at most ``max_slice`` states (~2 ms): with more changed customers than that
+    allows in ``spread`` (a restart, a campaign touching everyone), the round takes longer
+    instead of taking over the loop."""
 
     parts: list[Partition]
     spool: Path
     spread: float
     tick: float = 0.01
+    max_slice: int = 500
     seqs: dict[int, int] = field(default_factory=dict)
     taken: list[tuple[Partition, list[str], list[str]]] = field(default_factory=list)
     erased: set[str] = field(default_factory=set)  # customers erased during the round
@@ -71,7 +75,7 @@ class PacedRound:
         erasures and whatever actions ``persist`` could not commit."""
         total = sum(len(d) for _, d, _ in self.taken)
         ticks = max(1.0, self.spread / self.tick)
-        per_tick = max(50, math.ceil(total / ticks))
+        per_tick = min(self.max_slice, max(50, math.ceil(total / ticks)))
         with SpoolWriter(self.spool) as out:
             for p, dirty, _ in self.taken:
                 row = p.store.row

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from engine.embedded.paced import PacedRound
+from engine.embedded.spool import SpoolWriter
 from engine.testing import START
 from engine.types import iso
 from tests.engine.embedded.conftest import Harness, product_views
@@ -194,3 +196,26 @@ async def test_actions_are_committed_before_the_states_that_include_them(
     assert await rt.paced_checkpoint()
     assert len(outbox_keys(harness)) == 10
     assert not rt.outbox.unpersisted()
+
+
+async def test_slices_are_capped_when_many_customers_changed(harness: Harness) -> None:
+    """More changed customers than the spread allows at the cap: the round takes longer
+    rather than packing bigger slices."""
+    rt = harness.runtime
+    await many_views(harness, 1500, "m")
+    rnd = PacedRound(
+        rt.parts, harness.data / "checkpoint-test.spool", spread=0.01, tick=0.001, max_slice=60
+    )
+    slices: list[int] = []
+    write = SpoolWriter.rows
+
+    def counting(self: SpoolWriter, rows: list[tuple[str, bytes]]) -> None:
+        slices.append(len(rows))
+        write(self, rows)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SpoolWriter, "rows", counting)
+        await rnd.pack(rt.outbox.persist_all)
+    assert rnd.states >= 1500
+    assert max(slices) == 60
+    rnd.give_back()
