@@ -282,9 +282,12 @@ class SqliteStore:
                 yield int(r[0]), int(r[1]), bytes(r[2])
             at = int(rows[-1][0])
 
-    def trim_journal(self, upto_seq: int, before: int, page: int = 1000) -> int:
+    def trim_journal(
+        self, upto_seq: int, before: int, page: int = 1000, pages: int | None = None
+    ) -> int:
         """Delete journal rows whose events are all at or below ``upto_seq`` (checkpointed)
-        and that were accepted before ``before`` (retention).
+        and that were accepted before ``before`` (retention); at most ``pages`` pages of
+        ``page`` rows (None: all). Returns how many rows were deleted.
 
         Rows are appended in seq order with their acceptance time, so the rows to delete are
         a prefix of the table: it is walked from the oldest row by the primary key, ``page``
@@ -295,7 +298,10 @@ class SqliteStore:
         deleted early."""
         db = self.jdb
         deleted = 0
-        while True:
+        left = pages
+        while left is None or left > 0:
+            if left is not None:
+                left -= 1
             cut, more = None, False
             rows = db.execute(
                 "SELECT seq, n, accepted_at FROM journal ORDER BY seq LIMIT ?", (page,)
@@ -310,6 +316,7 @@ class SqliteStore:
             deleted += db.execute("DELETE FROM journal WHERE seq <= ?", (cut,)).rowcount
             if not more:
                 return deleted
+        return deleted
 
     def rewrite_journal(self, fn: Callable[[bytes], bytes | None]) -> int:
         """Rewrite journal bodies: ``fn`` returns a new body, or None to keep it. Returns

@@ -58,6 +58,20 @@ def test_trim_deletes_the_checkpointed_and_expired_prefix_only(tmp_path: Path) -
     store.close()
 
 
+def test_trim_a_page_at_a_time(tmp_path: Path) -> None:
+    """The runtime trims a page per call, so group commits run in between."""
+    store = SqliteStore(tmp_path)
+    for t in range(1, 8):
+        store.append(t, [(1, b"[]")])
+    assert store.trim_journal(upto_seq=5, before=100, page=2, pages=1) == 2
+    assert _journal_seqs(store) == [3, 4, 5, 6, 7]
+    assert store.trim_journal(upto_seq=5, before=100, page=2, pages=1) == 2
+    assert store.trim_journal(upto_seq=5, before=100, page=2, pages=1) == 1  # seq 6 stays
+    assert store.trim_journal(upto_seq=5, before=100, page=2, pages=1) == 0
+    assert _journal_seqs(store) == [6, 7]
+    store.close()
+
+
 def test_trim_stops_at_a_row_the_clock_stamped_late(tmp_path: Path) -> None:
     """A clock stepping back leaves an older stamp after a newer one: the prefix ends at
     the newer one, so rows are kept longer, never deleted before their time."""
