@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -49,7 +47,7 @@ from typing import NoReturn
 from engine.embedded import spool as _spool
 from engine.embedded.outbox import Outbox
 from engine.embedded.partition import Partition
-from engine.embedded.spool import write_spool, writer_env
+from engine.embedded.spool import can_die_with_parent, die_with_parent, write_spool, writer_env
 from engine.types import Action
 
 __all__ = [
@@ -65,17 +63,10 @@ __all__ = [
 # the program the child execs (engine/embedded/spool.py; tests swap it)
 WRITER = _spool.WRITER
 
-_PR_SET_PDEATHSIG = 1
-_NICE = 19
-try:  # resolved in the parent: the child must not load libraries
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-except (OSError, AttributeError):
-    _prctl = None
-
 
 def available() -> bool:
     """Whether checkpoints can be written by a forked child here (Linux)."""
-    return hasattr(os, "fork") and _prctl is not None
+    return hasattr(os, "fork") and can_die_with_parent()
 
 
 @dataclass
@@ -247,13 +238,8 @@ def _child(
             signal.signal(sig, signal.SIG_DFL)
         with contextlib.suppress(ValueError):
             signal.set_wakeup_fd(-1)  # the parent's event loop's: never write to it
-        assert _prctl is not None
-        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
+        if not die_with_parent(parent):
             os._exit(1)
-        # background work: on a busy machine the event loop's process (and the clients
-        # on the same cores) come first; the checkpoint just takes longer
-        os.nice(_NICE)
         deleted = [cid for _, _, gone in taken for cid in gone]
         spool = spool_path(data_dir, os.getpid())
         write_spool(spool, seqs, deleted, Outbox.rows(actions), _chunks(taken, chunk))

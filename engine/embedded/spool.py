@@ -39,12 +39,25 @@ import msgspec
 
 from state.sqlite import write_snapshot
 
-__all__ = ["WRITER", "SpoolWriter", "main", "read_spool", "write_spool", "writer_env"]
+__all__ = [
+    "WRITER",
+    "SpoolWriter",
+    "can_die_with_parent",
+    "die_with_parent",
+    "main",
+    "read_spool",
+    "write_spool",
+    "writer_env",
+]
 
 # the writer program, given DATA_DIR SYNCHRONOUS SPOOL [PARENT_PID] (tests swap it)
 WRITER = [sys.executable, "-m", "engine.embedded.spool"]
 _PR_SET_PDEATHSIG = 1
 _NICE = 19
+try:  # resolved at import, in the engine: a forked child must not load libraries
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+except (OSError, AttributeError):
+    _prctl = None
 
 _LEN = struct.Struct(">I")
 _enc = msgspec.msgpack.Encoder()
@@ -158,20 +171,28 @@ def writer_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-def _die_with(parent: int) -> None:
-    if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+def can_die_with_parent() -> bool:
+    """Whether ``die_with_parent`` can tie a process to its parent here (Linux)."""
+    return _prctl is not None
+
+
+def die_with_parent(parent: int) -> bool:
+    """Make this process (a checkpoint child or writer) die with ``parent`` and run as
+    background work (nice 19: the event loop's process, and the clients on the same cores,
+    come first; the checkpoint just takes longer). False if ``parent`` is already gone."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect
-        raise SystemExit(1)
+        return False
     os.nice(_NICE)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     data_dir, synchronous, spool = args[:3]
-    if len(args) > 3:
-        _die_with(int(args[3]))
+    if len(args) > 3 and not die_with_parent(int(args[3])):
+        return 1
     path = Path(spool)
     with path.open("rb") as fh:
         seqs, deleted, outbox, after, chunks = read_spool(fh)
