@@ -12,7 +12,7 @@ The loop's share is packing (~4 us per state; one slice of at least 50 states ev
 ``tick``, sized to finish in ``spread`` seconds: ~170 states, under 1 ms, at 100,000
 changed states over 6 s), and appending the bytes to a buffered file. The SQLite work
 (``state.sqlite.write_snapshot``: states and positions in one transaction) runs in a
-separate process (engine/embedded/spool.py), started with ``vfork`` (subprocess), so the
+separate process (engine/embedded/spool.py), started with ``posix_spawn``, so the
 engine's memory is never shared copy-on-write. Against a fork at each checkpoint this trades one
 burst of page-table copying and copy-on-write faults (the p99 tail of ``nudge run`` under
 load, BENCHMARKS.md) for a few per cent of loop time spread evenly.
@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import math
 import os
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from pathlib import Path
 
 from engine.embedded.outbox import Outbox
 from engine.embedded.partition import Partition
+from engine.embedded.snapshot import wait_child
 from engine.embedded.spool import WRITER, SpoolWriter, writer_env
 from engine.types import Action
 
@@ -100,23 +100,13 @@ class PacedRound:
 
 
 async def run_writer(data_dir: Path, synchronous: str, spool: Path, timeout: float) -> int:
-    """Run the spool writer as a process of its own (spawned, not forked from this
-    process's memory) and wait for it; its exit code. Killed after ``timeout`` seconds or
-    if the waiting task is cancelled."""
-    proc = subprocess.Popen(  # our own interpreter and module
+    """Run the spool writer as a process of its own (``posix_spawn``: never a copy of this
+    process's memory) and wait for it; its exit code (``wait_child``: killed after
+    ``timeout`` seconds or if the waiting task is cancelled)."""
+    pid = os.posix_spawn(
+        WRITER[0],
         [*WRITER, str(data_dir), synchronous, str(spool), str(os.getpid())],
-        env=writer_env(),
-        stdin=subprocess.DEVNULL,
+        writer_env(),
+        file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
     )
-    end = time.monotonic() + timeout
-    try:
-        while (code := proc.poll()) is None:
-            if time.monotonic() > end:
-                proc.kill()
-                return proc.wait()
-            await asyncio.sleep(0.02)
-        return code
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    return await wait_child(pid, timeout)
