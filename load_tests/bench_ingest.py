@@ -234,10 +234,10 @@ async def _latency(
 
 
 def host_loop_ms(steps: int = 3_000_000) -> float:
-    """How fast this host runs Python now: ms for a fixed loop (about 200 ms on a quiet
-    host here; the same loop took up to 30% longer in noisy spells, when every latency
-    figure rises with it). Reported beside the latency phase, taken before and after it
-    (the slower), so runs on a slowed host can be told apart."""
+    """How fast this host runs Python now: ms for a fixed loop (90-105 ms on a calm host
+    here; up to ~150 ms in slow spells, when every latency figure rises with it). Reported
+    beside the latency phase, taken before and after it (the slower), so runs on a slowed
+    host can be told apart."""
     t0 = time.perf_counter()
     x = 0
     for i in range(steps):

@@ -415,20 +415,15 @@ class Runtime:
             raise
         finally:
             self._no_snapshot.set()
-        if code != 0:
-            snap.give_back()
-            logger.error("checkpoint child exited with %d; its states go in the next one", code)
-            return False
-        await self._checkpointed(snap.seqs)
-        took = time.perf_counter() - t0
-        self.metrics.checkpoint.observe(took)
-        logger.debug(
-            "checkpoint: %d states by a child (fork %.1f ms), %.3fs in all",
-            snap.states,
-            snap.fork_seconds * 1000,
-            took,
-        )
-        return True
+        took = await self._committed(code, "child", snap.seqs, snap.give_back, t0)
+        if took is not None:
+            logger.debug(
+                "checkpoint: %d states by a child (fork %.1f ms), %.3fs in all",
+                snap.states,
+                snap.fork_seconds * 1000,
+                took,
+            )
+        return took is not None
 
     async def paced_checkpoint(self) -> bool:
         """Checkpoint by packing the changed states on the loop, a slice at a time, over
@@ -464,20 +459,37 @@ class Runtime:
             raise
         finally:
             self._no_snapshot.set()
+        took = await self._committed(code, "writer", rnd.seqs, rnd.give_back, t0)
+        if took is not None:
+            logger.debug(
+                "checkpoint: %d states packed in %.3fs of loop time, %.3fs in all",
+                rnd.states,
+                rnd.pack_seconds,
+                took,
+            )
+        return took is not None
+
+    async def _committed(
+        self,
+        code: int,
+        process: str,
+        seqs: dict[int, int],
+        give_back: Callable[[], None],
+        t0: float,
+    ) -> float | None:
+        """After a checkpoint's writing ``process`` exited with ``code``: if it failed,
+        its customers go into the next one (``give_back``) and None; else what it made
+        redundant is dropped and its duration, from ``t0``, observed and returned."""
         if code != 0:
-            rnd.give_back()
-            logger.error("checkpoint writer exited with %d; its states go in the next one", code)
-            return False
-        await self._checkpointed(rnd.seqs)
+            give_back()
+            logger.error(
+                "checkpoint %s exited with %d; its states go in the next one", process, code
+            )
+            return None
+        await self._checkpointed(seqs)
         took = time.perf_counter() - t0
         self.metrics.checkpoint.observe(took)
-        logger.debug(
-            "checkpoint: %d states packed in %.3fs of loop time, %.3fs in all",
-            rnd.states,
-            rnd.pack_seconds,
-            took,
-        )
-        return True
+        return took
 
     async def _checkpointed(self, seqs: dict[int, int]) -> None:
         """After a checkpoint committed: drop what it made redundant."""
