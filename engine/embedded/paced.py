@@ -11,7 +11,7 @@ after that position. Customers changed during the round are packed again in the 
 The loop's share is packing (~4 us per state; one slice of at least 50 states every
 ``tick``, sized to finish in ``spread`` seconds: ~170 states, under 1 ms, at 100,000
 changed states over 6 s), and appending the bytes to a buffered file. The SQLite work
-(``state.sqlite.write_snapshot``: states and positions in one transaction) runs in a
+(``state.sqlite.write_snapshot``: states in steps of ~1 MB, the positions last) runs in a
 separate process (engine/embedded/spool.py), started with ``posix_spawn``, so the
 engine's memory is never shared copy-on-write. Against a fork at each checkpoint this trades one
 burst of page-table copying and copy-on-write faults (the p99 tail of ``nudge run`` under

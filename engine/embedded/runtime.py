@@ -450,6 +450,7 @@ class Runtime:
         finally:
             self._round = None
         self._no_snapshot.clear()
+        logger.debug("checkpoint: %d states packed; writer started", rnd.states)
         try:
             code = await run_writer(
                 cfg.data_dir, cfg.synchronous, rnd.spool, cfg.checkpoint_timeout

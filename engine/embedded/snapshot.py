@@ -6,12 +6,12 @@ holds the whole process memory as of one instant: every partition's states, its 
 journal position and the actions produced so far. It serializes the states that changed
 since the last checkpoint into a spool file and ``exec``s the spool writer
 (engine/embedded/spool.py), which commits them through connections of its own
-(``state.sqlite.write_snapshot``: the actions to the outbox, then states and positions in
-one transaction of ``states.db``, a file the parent does not write meanwhile). The parent
+(``state.sqlite.write_snapshot``: the actions to the outbox, then the states in steps and
+the positions last, in ``states.db``, a file the parent does not write meanwhile). The parent
 goes on processing and only counts the checkpoint as done (journal trimmed up to its
 positions) when that process exits 0. If it fails, the changed customers it took are
 handed back to the partitions for the next checkpoint; the store still holds the previous
-checkpoint whole.
+checkpoint's positions, and states at least as new.
 
 Why spool and exec: while the child shares the parent's memory, every page the parent
 writes is copied (2.4-2.6 us per fault here); after the exec only the write protection
