@@ -16,6 +16,7 @@ import orjson
 
 from engine.admin import add_admin_parsers
 from engine.distributed.cli import add_worker_parser
+from engine.embedded import CHECKPOINT_MODES
 from engine.types import to_ms
 from load_tests.cli import add_loadtest_parsers
 from rules.exceptions import RuleErrors
@@ -177,10 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--checkpoint-mode",
-        choices=["paced", "fork"],
+        choices=list(CHECKPOINT_MODES),
         default=None,
         help="paced (default): states packed a few at a time over the interval, written by "
-        "a separate process; fork: a forked copy-on-write snapshot (docs/operations.md)",
+        "a separate process; inline: written by the engine's own SQLite thread "
+        "(docs/operations.md)",
     )
     run.add_argument(
         "--demo",

@@ -1,1 +1,4 @@
 """The embedded runtime (``nudge run``): one process, durable on local disk."""
+
+# how the periodic checkpoints are written (engine/embedded/runtime.py, docs/operations.md)
+CHECKPOINT_MODES = ("paced", "inline")

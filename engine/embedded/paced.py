@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import math
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,11 +40,10 @@ from pathlib import Path
 
 from engine.embedded.outbox import Outbox
 from engine.embedded.partition import Partition
-from engine.embedded.snapshot import wait_child
 from engine.embedded.spool import WRITER, SpoolWriter, writer_env
 from engine.types import Action
 
-__all__ = ["PacedRound", "run_writer"]
+__all__ = ["PacedRound", "remove_stale_spools", "run_writer", "spool_path", "wait_child"]
 
 
 @dataclass
@@ -110,3 +110,42 @@ async def run_writer(data_dir: Path, synchronous: str, spool: Path, timeout: flo
         file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)],
     )
     return await wait_child(pid, timeout)
+
+
+def spool_path(data_dir: Path, pid: int) -> Path:
+    return data_dir / f"checkpoint-{pid}.spool"
+
+
+def remove_stale_spools(data_dir: Path) -> None:
+    """Delete the spools (``spool_path``) that writers killed with an earlier engine left."""
+    for spool in data_dir.glob("checkpoint-*.spool"):
+        spool.unlink()
+
+
+async def wait_child(pid: int, timeout: float, poll: float = 0.02) -> int:
+    """Wait for the child to exit; its exit code (a signal: minus its number; -1 if its
+    status was reaped elsewhere, so unknown). Past ``timeout`` seconds, or if the waiting
+    task is cancelled, the child is killed first."""
+    end = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return -1
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() > end:
+                break
+            await asyncio.sleep(poll)
+    except BaseException:
+        _kill(pid)
+        raise
+    _kill(pid)
+    return -int(signal.SIGKILL)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, ChildProcessError):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)

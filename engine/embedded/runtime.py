@@ -27,20 +27,11 @@ import msgspec
 from connectors.deadletter import DeadLetterStore
 from connectors.routing import Router
 from engine.clock import Clock, SystemClock
-from engine.embedded.cow import populate_heap
 from engine.embedded.exceptions import NotReady
 from engine.embedded.ingest import Batch, GroupCommitWriter
 from engine.embedded.outbox import Outbox
-from engine.embedded.paced import PacedRound, run_writer
+from engine.embedded.paced import PacedRound, remove_stale_spools, run_writer, spool_path
 from engine.embedded.partition import Partition
-from engine.embedded.snapshot import available as fork_available
-from engine.embedded.snapshot import (
-    fork_snapshot,
-    park,
-    remove_stale_spools,
-    spool_path,
-    wait_child,
-)
 from engine.metrics import Metrics, type_label
 from engine.processor import Output
 from engine.types import Event
@@ -70,12 +61,11 @@ class RuntimeConfig:
     delivery_concurrency: int = 32
     compact_idle_s: float = 300.0  # customers idle this long are kept serialized in memory
     # periodic checkpoints: "paced" (engine/embedded/paced.py: packed on the loop a slice
-    # at a time, committed by a spawned writer), "fork" (engine/embedded/snapshot.py: a
-    # forked child writes a copy-on-write snapshot; Linux only, else "inline") or
-    # "inline" (in-process, through the state thread; at stop, and in tests)
+    # at a time, committed by a spawned writer) or "inline" (in-process, through the state
+    # thread, as at stop: no second process)
     checkpoint_mode: str = "paced"
     checkpoint_spread: float = 0.6  # paced: share of the interval the packing is spread over
-    checkpoint_timeout: float = 300.0  # a checkpoint child still running then is killed
+    checkpoint_timeout: float = 300.0  # a checkpoint writer still running then is killed
     compact_slice: int = 500  # states compacted per event loop turn
     gc_freeze_interval: float = 0.25  # seconds between moving survivors out of the GC's reach
     # events a partition processes per loop turn (~1.3 ms at 13 us each): everything else
@@ -109,9 +99,9 @@ class Runtime:
         self.queued = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._no_snapshot = asyncio.Event()  # set while no checkpoint child runs
-        self._no_snapshot.set()
-        # one checkpoint at a time: an older snapshot committing after a newer one could
+        self._no_writer = asyncio.Event()  # set while no checkpoint writer runs
+        self._no_writer.set()
+        # one checkpoint at a time: an older round committing after a newer one could
         # overwrite newer states under newer positions
         self._ckpt_lock = asyncio.Lock()
         self._round: PacedRound | None = None  # the paced checkpoint packing now
@@ -332,12 +322,12 @@ class Runtime:
 
     # --- checkpoints ---------------------------------------------------------------
     async def checkpoint(self, chunk: int = 250, spread: float = 0.0) -> None:
-        """Persist changed states in-process (at stop, and where a checkpoint cannot be
-        forked): states are serialized and written in chunks of ``chunk``, spread over
-        about ``spread`` seconds. Each state carries the journal seq it includes, so a
-        replay from the partitions' positions taken at the start skips what a state
-        already has. Each chunk's states are committed after the actions produced up to
-        their serialization, so none is lost between state and outbox."""
+        """Persist changed states in-process (at stop, and in "inline" mode): states are
+        serialized and written in chunks of ``chunk``, spread over about ``spread``
+        seconds. Each state carries the journal seq it includes, so a replay from the
+        partitions' positions taken at the start skips what a state already has. Each
+        chunk's states are committed after the actions produced up to their
+        serialization, so none is lost between state and outbox."""
         async with self._ckpt_lock:
             await self._checkpoint_inline(chunk, spread)
 
@@ -385,46 +375,6 @@ class Runtime:
             took,
         )
 
-    async def snapshot_checkpoint(self) -> bool:
-        """Checkpoint from a copy-on-write snapshot written by a forked child
-        (engine/embedded/snapshot.py): the loop pays for the fork, not for serializing.
-        Returns whether the checkpoint was written; if not, the customers it took are
-        changed again for the next one and the previous checkpoint stands."""
-        async with self._ckpt_lock:
-            return await self._checkpoint_forked()
-
-    async def _checkpoint_forked(self) -> bool:
-        assert self.store is not None
-        t0 = time.perf_counter()
-        release = await park([self._exec, self._jexec])
-        try:
-            snap = fork_snapshot(
-                self.parts, self.outbox.unpersisted(), self.cfg.data_dir, self.cfg.synchronous
-            )
-        finally:
-            release.set()
-        self._no_snapshot.clear()
-        loop = asyncio.get_running_loop()
-        try:
-            if await snap.handed_over(self.cfg.checkpoint_timeout):
-                await loop.run_in_executor(None, populate_heap)
-            code = await wait_child(snap.pid, self.cfg.checkpoint_timeout)
-        except BaseException:
-            snap.kill()
-            snap.give_back()
-            raise
-        finally:
-            self._no_snapshot.set()
-        took = await self._committed(code, "child", snap.seqs, snap.give_back, t0)
-        if took is not None:
-            logger.debug(
-                "checkpoint: %d states by a child (fork %.1f ms), %.3fs in all",
-                snap.states,
-                snap.fork_seconds * 1000,
-                took,
-            )
-        return took is not None
-
     async def paced_checkpoint(self) -> bool:
         """Checkpoint by packing the changed states on the loop, a slice at a time, over
         ``checkpoint_spread`` of the interval, and committing them from a spawned writer
@@ -449,7 +399,7 @@ class Runtime:
             raise
         finally:
             self._round = None
-        self._no_snapshot.clear()
+        self._no_writer.clear()
         logger.debug("checkpoint: %d states packed; writer started", rnd.states)
         try:
             code = await run_writer(
@@ -459,38 +409,21 @@ class Runtime:
             rnd.give_back()
             raise
         finally:
-            self._no_snapshot.set()
-        took = await self._committed(code, "writer", rnd.seqs, rnd.give_back, t0)
-        if took is not None:
-            logger.debug(
-                "checkpoint: %d states packed in %.3fs of loop time, %.3fs in all",
-                rnd.states,
-                rnd.pack_seconds,
-                took,
-            )
-        return took is not None
-
-    async def _committed(
-        self,
-        code: int,
-        process: str,
-        seqs: dict[int, int],
-        give_back: Callable[[], None],
-        t0: float,
-    ) -> float | None:
-        """After a checkpoint's writing ``process`` exited with ``code``: if it failed,
-        its customers go into the next one (``give_back``) and None; else what it made
-        redundant is dropped and its duration, from ``t0``, observed and returned."""
+            self._no_writer.set()
         if code != 0:
-            give_back()
-            logger.error(
-                "checkpoint %s exited with %d; its states go in the next one", process, code
-            )
-            return None
-        await self._checkpointed(seqs)
+            rnd.give_back()
+            logger.error("checkpoint writer exited with %d; its states go in the next one", code)
+            return False
+        await self._checkpointed(rnd.seqs)
         took = time.perf_counter() - t0
         self.metrics.checkpoint.observe(took)
-        return took
+        logger.debug(
+            "checkpoint: %d states packed in %.3fs of loop time, %.3fs in all",
+            rnd.states,
+            rnd.pack_seconds,
+            took,
+        )
+        return True
 
     async def _checkpointed(self, seqs: dict[int, int]) -> None:
         """After a checkpoint committed: drop what it made redundant."""
@@ -536,7 +469,6 @@ class Runtime:
     async def _checkpoint_loop(self) -> None:
         m = self.metrics
         mode = self.cfg.checkpoint_mode
-        fork = mode == "fork" and fork_available()
         took = 0.0
         while True:
             # a paced round takes most of the interval: rounds start an interval apart
@@ -545,8 +477,6 @@ class Runtime:
             try:
                 if mode == "paced":
                     await self.paced_checkpoint()
-                elif fork:
-                    await self.snapshot_checkpoint()
                 else:
                     await self.checkpoint(spread=self.cfg.checkpoint_interval * 0.4)
             except Exception:
@@ -570,9 +500,9 @@ class Runtime:
         if self._round is not None:  # a state it packed before now is deleted after it
             self._round.erased.add(customer_id)
         self.outbox.erased.add(customer_id)
-        # a checkpoint child snapshotted before the erasure may still write the state:
-        # let it finish, then delete (the next checkpoint deletes it again regardless)
-        await self._no_snapshot.wait()
+        # a checkpoint writer may still write a state packed before the erasure: let it
+        # finish, then delete (the next checkpoint deletes it again regardless)
+        await self._no_writer.wait()
         counts: dict[str, int] = await self.db(self.store.erase_customer, customer_id)
         counts["journal"] = await self.jdb(self.store.erase_from_journal, customer_id)
         self.metrics.customers_erased.inc()

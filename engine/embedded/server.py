@@ -16,6 +16,7 @@ import yaml
 from aiohttp import web
 
 from engine.clock import Clock, ScaledClock, SystemClock
+from engine.embedded import CHECKPOINT_MODES
 from engine.embedded.runtime import Runtime, RuntimeConfig
 from engine.http.app import create_app
 from engine.http.auth import Tokens
@@ -65,7 +66,12 @@ class ServeOptions:
             else float(os.environ.get("NUDGE_CHECKPOINT_INTERVAL", "10"))
         )
         # None: NUDGE_CHECKPOINT_MODE, else paced (engine/embedded/runtime.py)
-        self.checkpoint_mode = checkpoint_mode or os.environ.get("NUDGE_CHECKPOINT_MODE", "paced")
+        mode = checkpoint_mode or os.environ.get("NUDGE_CHECKPOINT_MODE", "paced")
+        if mode not in CHECKPOINT_MODES:
+            raise SystemExit(
+                f"NUDGE_CHECKPOINT_MODE: {mode!r} is not one of {', '.join(CHECKPOINT_MODES)}"
+            )
+        self.checkpoint_mode = mode
 
 
 def sinks_config(path: Path | None, data_dir: Path) -> dict[str, Any]:

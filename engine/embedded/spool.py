@@ -1,20 +1,17 @@
 """A checkpoint's hand-over file, and the writer process that commits it.
 
-The forked checkpoint child (engine/embedded/snapshot.py) only serializes: it writes the
-snapshot to a spool file in the data directory and ``exec``s this module, which loads the
-spool into SQLite (``state.sqlite.write_snapshot``) and deletes it. The child so shares the
-parent's memory for the ~0.1 s of packing instead of the ~1.5 s of SQLite writes, and each
-page the parent writes during that time is a page it must copy (load_tests/
-bench_fork_faults.py: 2.4-2.6 us per fault while the child lives, 0.9 us after).
+A paced checkpoint (engine/embedded/paced.py) packs the changed states into a spool file
+in the data directory, a slice at a time, and spawns this module, which loads the spool
+into SQLite (``state.sqlite.write_snapshot``) and deletes it: the SQLite work (~0.5 s of
+CPU and two fsyncs per 100,000 states) never runs in the engine's process.
 
 Format: MessagePack frames, each a 4-byte big-endian length and a body. Every frame but
 the last is a list of ``[customer_id, state bytes]`` rows; the last, the trailer, is
 ``[seqs, deleted, outbox rows, erased after]`` (erasures to apply before the states, and
-after them), written once every state is in (a paced checkpoint,
-engine/embedded/paced.py, only knows its actions at the end). A spool without its
-trailer is incomplete and refused. A spool is never read by the engine itself: if the
-writer fails, the checkpoint did not happen (the journal still holds its events) and the
-next checkpoint writes a new spool.
+after them), written once every state is in (a round only knows its actions at the end).
+A spool without its trailer is incomplete and refused. A spool is never read by the
+engine itself: if the writer fails, the checkpoint did not happen (the journal still
+holds its events) and the next checkpoint writes a new spool.
 
     python -m engine.embedded.spool DATA_DIR SYNCHRONOUS SPOOL [PARENT_PID]
 
@@ -30,7 +27,7 @@ import os
 import signal
 import struct
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -46,7 +43,6 @@ __all__ = [
     "die_with_parent",
     "main",
     "read_spool",
-    "write_spool",
     "writer_env",
 ]
 
@@ -54,7 +50,7 @@ __all__ = [
 WRITER = [sys.executable, "-m", "engine.embedded.spool"]
 _PR_SET_PDEATHSIG = 1
 _NICE = 19
-try:  # resolved at import, in the engine: a forked child must not load libraries
+try:  # resolved once, at import
     _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 except (OSError, AttributeError):
     _prctl = None
@@ -103,20 +99,6 @@ class SpoolWriter:
         tb: TracebackType | None,
     ) -> None:
         self._fh.close()
-
-
-def write_spool(
-    path: Path,
-    seqs: dict[int, int],
-    deleted: list[str],
-    outbox: list[tuple[str, str, bytes, int]],
-    chunks: Iterable[list[tuple[str, bytes]]],
-) -> None:
-    """Write a whole checkpoint's spool at once."""
-    with SpoolWriter(path) as out:
-        for rows in chunks:
-            out.rows(rows)
-        out.trailer(seqs, deleted, outbox)
 
 
 def _offsets(fh: IO[bytes]) -> list[tuple[int, int]]:
@@ -177,7 +159,7 @@ def can_die_with_parent() -> bool:
 
 
 def die_with_parent(parent: int) -> bool:
-    """Make this process (a checkpoint child or writer) die with ``parent`` and run as
+    """Make this process (a checkpoint writer) die with ``parent`` and run as
     background work (nice 19: the event loop's process, and the clients on the same cores,
     come first; the checkpoint just takes longer). False if ``parent`` is already gone."""
     if _prctl is not None:

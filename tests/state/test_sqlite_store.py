@@ -3,6 +3,7 @@ across transactions and restarts, and the outbox keeps first writes and settled 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,3 +133,36 @@ def test_a_writer_commits_states_in_steps_and_positions_last(
     assert store.checkpoint_seqs() == {0: 9}
     assert sorted(_states(store)) == sorted(f"c{i}{s}" for i in range(5) for s in "ab")
     store.close()
+
+
+def test_states_move_from_state_db_on_first_open(tmp_path: Path) -> None:
+    """A data directory from before states.db: its checkpoint is moved, once."""
+    from engine.testing import RuleKit
+    from state.memory import MemoryStore
+    from state.sqlite import SqliteStore
+
+    kit = RuleKit.from_paths()
+    kit.send("cart_item_added", "m1", {"product_id": "p1", "price": 30.0})
+    mem = kit.driver.store
+    assert isinstance(mem, MemoryStore)
+    body = mem.row("m1")
+    assert body is not None
+    old = sqlite3.connect(tmp_path / "state.db")
+    old.executescript(
+        "CREATE TABLE states (customer_id TEXT PRIMARY KEY, body BLOB NOT NULL);"
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+    )
+    old.execute("INSERT INTO states VALUES ('m1', ?)", (body,))
+    old.execute("INSERT INTO meta VALUES ('checkpoint_seq:0', '7')")
+    old.commit()
+    old.close()
+    for _ in range(2):  # the second open finds it moved already
+        store = SqliteStore(tmp_path, "NORMAL")
+        try:
+            assert [st.customer_id for st in store.load_states()] == ["m1"]
+            assert store.checkpoint_seqs() == {0: 7}
+        finally:
+            store.close()
+    old = sqlite3.connect(tmp_path / "state.db")
+    assert old.execute("SELECT COUNT(*) FROM states").fetchone() == (0,)
+    old.close()

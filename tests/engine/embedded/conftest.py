@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from engine.http.auth import Tokens
 from engine.metrics import Metrics
 from engine.testing import START
 from engine.types import iso
+from state.customer import load
 from tests.support.webhook import WebhookReceiver
 
 
@@ -119,3 +121,19 @@ async def harness(
         if runtime.ready:
             await runtime.stop()
         await hook.stop()
+
+
+def stored(data: Path) -> tuple[dict[str, int], dict[int, int]]:
+    """customer id -> stored seq, partition -> stored replay position"""
+    db = sqlite3.connect(data / "states.db")
+    try:
+        states = {
+            str(r[0]): load(r[1]).seq for r in db.execute("SELECT customer_id, body FROM states")
+        }
+        seqs = {
+            int(k.split(":")[1]): int(v)
+            for k, v in db.execute("SELECT key, value FROM meta WHERE key LIKE 'checkpoint_seq:%'")
+        }
+    finally:
+        db.close()
+    return states, seqs

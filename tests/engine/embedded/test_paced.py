@@ -5,8 +5,10 @@ erasure while the round packs."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -15,8 +17,7 @@ from engine.embedded.paced import PacedRound
 from engine.embedded.spool import SpoolWriter
 from engine.testing import START
 from engine.types import iso
-from tests.engine.embedded.conftest import Harness, product_views
-from tests.engine.embedded.test_snapshot import stored
+from tests.engine.embedded.conftest import Harness, product_views, stored
 
 
 @pytest.fixture
@@ -142,6 +143,33 @@ async def test_stop_during_a_round_cancels_it_and_checkpoints_in_process(
     assert seqs == {p.index: p.last_seq for p in rt.parts}
 
 
+@pytest.mark.parametrize("checkpoint_interval", [0.2])  # the runtime's own rounds
+async def test_stop_while_the_writer_hangs_kills_it_and_checkpoints_in_process(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = harness.runtime
+    # the writer records its pid beside the spool, then hangs
+    hang = (
+        "import os, sys, time; "
+        "open(sys.argv[3] + '.pid', 'w').write(str(os.getpid())); time.sleep(60)"
+    )
+    monkeypatch.setattr("engine.embedded.paced.WRITER", [sys.executable, "-c", hang])
+    status, _ = await harness.post_events(product_views(30, "h"))
+    assert status == 202
+    await harness.settle()
+    while not (pids := list(harness.data.glob("*.spool.pid"))) or not pids[0].read_text():
+        await asyncio.sleep(0.02)  # a round packed and spawned its writer
+    writer = int(pids[0].read_text())
+    t0 = time.monotonic()
+    await rt.stop()
+    assert time.monotonic() - t0 < 20
+    with pytest.raises(ChildProcessError):  # killed and reaped
+        os.waitpid(writer, os.WNOHANG)
+    states, seqs = stored(harness.data)
+    assert {f"hc{i}" for i in range(30)} <= set(states)  # the final in-process checkpoint
+    assert seqs == {p.index: p.last_seq for p in rt.parts}
+
+
 def outbox_keys(harness: Harness) -> set[str]:
     db = sqlite3.connect(harness.data / "state.db")
     try:
@@ -219,3 +247,25 @@ async def test_slices_are_capped_when_many_customers_changed(harness: Harness) -
     assert rnd.states >= 1500
     assert max(slices) == 60
     rnd.give_back()
+
+
+@pytest.mark.parametrize(("checkpoint_mode", "checkpoint_interval"), [("inline", 0.2)])
+async def test_inline_mode_checkpoints_through_the_engines_own_thread(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other mode: no writer process (its program here would fail), states land."""
+    monkeypatch.setattr(
+        "engine.embedded.paced.WRITER", [sys.executable, "-c", "raise SystemExit(3)"]
+    )
+    rt = harness.runtime
+    status, _ = await harness.post_events(product_views(40, "i"))
+    assert status == 202
+    await harness.settle()
+    for _ in range(200):
+        states, seqs = stored(harness.data)
+        if {f"ic{i}" for i in range(40)} <= set(states):
+            break
+        await asyncio.sleep(0.05)
+    assert {f"ic{i}" for i in range(40)} <= set(states)
+    assert not list(harness.data.glob("*.spool"))
+    assert set(seqs) == {p.index for p in rt.parts}

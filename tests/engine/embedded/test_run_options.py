@@ -43,3 +43,15 @@ def test_checkpoint_interval_flag_then_environment_then_default(
     monkeypatch.setenv("NUDGE_CHECKPOINT_INTERVAL", "0.25")
     assert _opts(None).checkpoint_interval == 0.25
     assert _opts(30.0).checkpoint_interval == 30.0
+
+
+def test_checkpoint_mode_from_the_environment_is_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NUDGE_CHECKPOINT_MODE", raising=False)
+    assert _opts(None).checkpoint_mode == "paced"
+    monkeypatch.setenv("NUDGE_CHECKPOINT_MODE", "inline")
+    assert _opts(None).checkpoint_mode == "inline"
+    monkeypatch.setenv("NUDGE_CHECKPOINT_MODE", "fork")  # removed: not silently inline
+    with pytest.raises(SystemExit, match="NUDGE_CHECKPOINT_MODE: 'fork' is not one of paced"):
+        _opts(None)
