@@ -23,8 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from state import sqlite
-from state.sqlite import SqliteStore, write_snapshot
+from state.sqlite import STATES_PER_COMMIT, SqliteStore, write_snapshot
 
 __all__ = ["main"]
 
@@ -43,7 +42,6 @@ def _small_fsyncs(directory: Path, stop: threading.Event, out: list[float]) -> N
 
 
 def run(states: int, step: int, rounds: int) -> list[dict[str, float]]:
-    sqlite._STATES_PER_COMMIT = step or states + 1
     rows = [(f"c{i}", os.urandom(500)) for i in range(states)]
     out: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="nudge-stalls-", dir=".") as d:
@@ -57,7 +55,7 @@ def run(states: int, step: int, rounds: int) -> list[dict[str, float]]:
             time.sleep(0.1)
             chunks = (rows[i : i + 500] for i in range(0, states, 500))
             t0 = time.perf_counter()
-            write_snapshot(data, "FULL", [], [], chunks, {0: r})
+            write_snapshot(data, "FULL", [], [], chunks, {0: r}, per_commit=step or states + 1)
             took = time.perf_counter() - t0
             time.sleep(0.1)
             stop.set()
@@ -78,7 +76,7 @@ def run(states: int, step: int, rounds: int) -> list[dict[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--states", type=int, default=100_000)
-    p.add_argument("--step", type=int, default=sqlite._STATES_PER_COMMIT)
+    p.add_argument("--step", type=int, default=STATES_PER_COMMIT)
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
     for r in run(args.states, args.step, args.rounds):

@@ -173,7 +173,7 @@ def _write_states(
 # commit's fsyncs are short. One transaction of 100,000 states (~50 MB) made two fsyncs of
 # 30-40 ms, and the engine's journal and outbox fsyncs, on the same file system, waited for
 # them (ext4 orders the commits).
-_STATES_PER_COMMIT = 2_000
+STATES_PER_COMMIT = 2_000
 
 
 def _write_states_in_steps(
@@ -182,8 +182,9 @@ def _write_states_in_steps(
     deleted: list[str],
     seqs: dict[int, int],
     erased_after: Iterable[str],
+    per_commit: int,
 ) -> int:
-    """``_write_states`` in transactions of ``_STATES_PER_COMMIT`` states, the replay
+    """``_write_states`` in transactions of ``per_commit`` states, the replay
     positions in the last. A crash part way leaves some states newer than the stored
     positions, which a replay handles as it does after any fuzzy checkpoint: a state
     records its last seq, and the events it holds are skipped. The states of ``erased_after``
@@ -195,7 +196,7 @@ def _write_states_in_steps(
     first = deleted
     for chunk in chunks:
         step.extend(row for row in chunk if row[0] not in gone)
-        if len(step) >= _STATES_PER_COMMIT:
+        if len(step) >= per_commit:
             n += _write_states(sdb, [step], first, {})
             step, first = [], []
     return n + _write_states(sdb, [step], first, seqs, gone)
@@ -209,16 +210,17 @@ def write_snapshot(
     chunks: Iterable[list[tuple[str, bytes]]],
     seqs: dict[int, int],
     erased_after: Iterable[str] = (),
+    per_commit: int = STATES_PER_COMMIT,
 ) -> int:
-    """Write one checkpoint taken as a snapshot (all of it as of one instant) through
-    connections of its own: for a forked child, which must never use a connection
-    inherited from its parent. Returns how many states were written.
+    """Write one checkpoint, from the writer process (engine/embedded/spool.py), through
+    connections of its own. Returns how many states were written.
 
-    First the actions the snapshot's events produced go to the outbox (``state.db``, a
+    First the actions the checkpoint's events produced go to the outbox (``state.db``, a
     short transaction; keys already there are kept): a replay skips the events a stored
     state includes, so it would not re-create them. Then erasures, the states and the
-    replay positions in ``states.db``, in steps (``_write_states_in_steps``): a crash
-    before the last step leaves the previous positions, and states at least as new."""
+    replay positions in ``states.db``, ``per_commit`` states per transaction
+    (``_write_states_in_steps``): a crash before the last leaves the previous positions,
+    and states at least as new."""
     path = Path(data_dir)
     if outbox:  # none: nothing to lock state.db for (the engine's outbox flushes use it)
         db = sqlite3.connect(path / "state.db", timeout=60.0, isolation_level=None)
@@ -231,7 +233,7 @@ def write_snapshot(
     sdb = sqlite3.connect(path / "states.db", timeout=60.0, isolation_level=None)
     try:
         sdb.execute(f"PRAGMA synchronous={synchronous}")
-        return _write_states_in_steps(sdb, chunks, deleted, seqs, erased_after)
+        return _write_states_in_steps(sdb, chunks, deleted, seqs, erased_after, per_commit)
     finally:
         sdb.close()
 

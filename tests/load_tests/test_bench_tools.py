@@ -9,7 +9,6 @@ import orjson
 import pytest
 
 from load_tests import bench_writer_stalls, hostmon
-from state import sqlite
 
 
 def test_hostmon_reports_and_leaves_nothing_behind(
@@ -44,7 +43,6 @@ def test_writer_stalls_runs_both_ways(
     step: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sqlite, "_STATES_PER_COMMIT", sqlite._STATES_PER_COMMIT)  # restored
     [report] = bench_writer_stalls.run(states=200, step=step, rounds=1)
     assert report["small_fsyncs"] > 0
     assert report["max_ms"] >= report["p99_ms"] > 0

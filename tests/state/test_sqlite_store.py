@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from state import sqlite
-from state.sqlite import SqliteStore
+from state.sqlite import SqliteStore, write_snapshot
 
 
 def test_journal_seqs_consecutive_across_appends_and_reopen(tmp_path: Path) -> None:
@@ -108,10 +107,7 @@ def _states(store: SqliteStore) -> dict[str, bytes]:
     return dict(store.sdb.execute("SELECT customer_id, body FROM states"))
 
 
-def test_a_writer_commits_states_in_steps_and_positions_last(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sqlite, "_STATES_PER_COMMIT", 4)
+def test_a_writer_commits_states_in_steps_and_positions_last(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     store.checkpoint([("old", b"o"), ("erased", b"e0")], [], {0: 5}, [])
 
@@ -122,14 +118,14 @@ def test_a_writer_commits_states_in_steps_and_positions_last(
             yield [(f"c{i}a", b"1"), ("erased", b"e1"), (f"c{i}b", b"1")]
 
     with pytest.raises(RuntimeError):  # dies in the third step: two committed
-        sqlite.write_snapshot(tmp_path, "FULL", [], ["old"], chunks(4), {0: 9}, ["erased"])
+        write_snapshot(tmp_path, "FULL", [], ["old"], chunks(4), {0: 9}, ["erased"], 4)
     partial = _states(store)
     assert store.checkpoint_seqs() == {0: 5}  # a replay starts where it did
     assert "old" not in partial  # erasures from before the round: the first step
     assert partial["erased"] == b"e0"  # never re-created; the engine deleted its row itself
     assert sorted(partial) == ["c0a", "c0b", "c1a", "c1b", "c2a", "c2b", "c3a", "c3b", "erased"]
 
-    assert sqlite.write_snapshot(tmp_path, "FULL", [], [], chunks(None), {0: 9}, ["erased"]) == 10
+    assert write_snapshot(tmp_path, "FULL", [], [], chunks(None), {0: 9}, ["erased"], 4) == 10
     assert store.checkpoint_seqs() == {0: 9}
     assert sorted(_states(store)) == sorted(f"c{i}{s}" for i in range(5) for s in "ab")
     store.close()
