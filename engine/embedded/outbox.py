@@ -78,7 +78,7 @@ class Outbox:
 
     def unpersisted(self) -> list[tuple[Action, bool]]:
         """Every action produced so far whose outbox insert may not have committed yet:
-        the buffer and the flushes in flight. A snapshot checkpoint writes them with its
+        the buffer and the flushes in flight. An inline checkpoint writes them with its
         states (inserts of a key already present are ignored, so writing twice is safe)."""
         return [x for buf in self._persisting for x in buf] + self._buf
 

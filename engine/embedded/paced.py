@@ -13,9 +13,10 @@ The loop's share is packing (~4 us per state; one slice of at least 50 states ev
 changed states over 6 s), and appending the bytes to a buffered file. The SQLite work
 (``state.sqlite.write_snapshot``: states in steps of ~1 MB, the positions last) runs in a
 separate process (engine/embedded/spool.py), started with ``posix_spawn``, so the
-engine's memory is never shared copy-on-write. Against a fork at each checkpoint this trades one
-burst of page-table copying and copy-on-write faults (the p99 tail of ``nudge run`` under
-load, BENCHMARKS.md) for a few per cent of loop time spread evenly.
+engine's memory is never shared copy-on-write. Against a fork at each checkpoint (the mode
+this replaced, removed 2026-11-24) it trades one burst of page-table copying and
+copy-on-write faults (the p99 tail of ``nudge run`` under load, BENCHMARKS.md) for a few
+per cent of loop time spread evenly.
 
 Ordering against the outbox: once the last state is packed, the outbox's own flush commits
 every action produced so far, before the writer is started, so a stored state never
