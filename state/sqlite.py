@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ import msgspec
 import orjson
 
 from state.customer import CustomerState, load
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["JournalEntry", "OutboxEntry", "SqliteStore", "write_snapshot"]
 
@@ -183,8 +187,10 @@ def _write_states_in_steps(
     seqs: dict[int, int],
     erased_after: Iterable[str],
     per_commit: int,
+    pause: float,
 ) -> int:
-    """``_write_states`` in transactions of ``per_commit`` states, the replay
+    """``_write_states`` in transactions of ``per_commit`` states (``pause`` seconds
+    between them), the replay
     positions in the last. A crash part way leaves some states newer than the stored
     positions, which a replay handles as it does after any fuzzy checkpoint: a state
     records its last seq, and the events it holds are skipped. The states of ``erased_after``
@@ -194,12 +200,19 @@ def _write_states_in_steps(
     n = 0
     step: list[tuple[str, bytes]] = []
     first = deleted
+    steps = 0
     for chunk in chunks:
         step.extend(row for row in chunk if row[0] not in gone)
         if len(step) >= per_commit:
             n += _write_states(sdb, [step], first, {})
+            steps += 1
+            logger.debug("checkpoint writer: step %d committed, %d states", steps, n)
             step, first = [], []
-    return n + _write_states(sdb, [step], first, seqs, gone)
+            if pause:
+                time.sleep(pause)
+    n += _write_states(sdb, [step], first, seqs, gone)
+    logger.debug("checkpoint writer: positions committed, %d states", n)
+    return n
 
 
 def write_snapshot(
@@ -211,6 +224,7 @@ def write_snapshot(
     seqs: dict[int, int],
     erased_after: Iterable[str] = (),
     per_commit: int = STATES_PER_COMMIT,
+    pause: float = 0.0,
 ) -> int:
     """Write one checkpoint, from the writer process (engine/embedded/spool.py), through
     connections of its own. Returns how many states were written.
@@ -218,9 +232,9 @@ def write_snapshot(
     First the actions the checkpoint's events produced go to the outbox (``state.db``, a
     short transaction; keys already there are kept): a replay skips the events a stored
     state includes, so it would not re-create them. Then erasures, the states and the
-    replay positions in ``states.db``, ``per_commit`` states per transaction
-    (``_write_states_in_steps``): a crash before the last leaves the previous positions,
-    and states at least as new."""
+    replay positions in ``states.db``, ``per_commit`` states per transaction and
+    ``pause`` seconds between them (``_write_states_in_steps``): a crash before the last
+    leaves the previous positions, and states at least as new."""
     path = Path(data_dir)
     if outbox:  # none: nothing to lock state.db for (the engine's outbox flushes use it)
         db = sqlite3.connect(path / "state.db", timeout=60.0, isolation_level=None)
@@ -233,7 +247,7 @@ def write_snapshot(
     sdb = sqlite3.connect(path / "states.db", timeout=60.0, isolation_level=None)
     try:
         sdb.execute(f"PRAGMA synchronous={synchronous}")
-        return _write_states_in_steps(sdb, chunks, deleted, seqs, erased_after, per_commit)
+        return _write_states_in_steps(sdb, chunks, deleted, seqs, erased_after, per_commit, pause)
     finally:
         sdb.close()
 

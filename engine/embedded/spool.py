@@ -15,6 +15,11 @@ holds its events) and the next checkpoint writes a new spool.
 
     python -m engine.embedded.spool DATA_DIR SYNCHRONOUS SPOOL [PARENT_PID]
 
+``NUDGE_CHECKPOINT_STEP`` (default 2,000) is how many states it commits per transaction
+(``state.sqlite.STATES_PER_COMMIT``), ``NUDGE_CHECKPOINT_STEP_PAUSE_MS`` (default 0) how
+long it waits between them: more spreads its disk writes over a longer commit. The crash
+test sets both, so that its kill lands between a writer's steps.
+
 With PARENT_PID the writer dies with that process (``PR_SET_PDEATHSIG``) and runs at nice
 19: a writer outliving a killed engine could commit an older checkpoint over the newer
 ones of the engine restarted in its place.
@@ -23,6 +28,7 @@ ones of the engine restarted in its place.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import struct
@@ -34,7 +40,7 @@ from typing import IO, Any
 
 import msgspec
 
-from state.sqlite import write_snapshot
+from state.sqlite import STATES_PER_COMMIT, write_snapshot
 
 __all__ = [
     "WRITER",
@@ -173,12 +179,16 @@ def die_with_parent(parent: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     data_dir, synchronous, spool = args[:3]
+    level = os.environ.get("NUDGE_LOG_LEVEL", "INFO").upper()  # as the engine's (engine/cli.py)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if len(args) > 3 and not die_with_parent(int(args[3])):
         return 1
     path = Path(spool)
     with path.open("rb") as fh:
         seqs, deleted, outbox, after, chunks = read_spool(fh)
-        write_snapshot(data_dir, synchronous, outbox, deleted, chunks, seqs, after)
+        step = int(os.environ.get("NUDGE_CHECKPOINT_STEP", STATES_PER_COMMIT))
+        pause = float(os.environ.get("NUDGE_CHECKPOINT_STEP_PAUSE_MS", "0")) / 1000
+        write_snapshot(data_dir, synchronous, outbox, deleted, chunks, seqs, after, step, pause)
     path.unlink()
     return 0
 

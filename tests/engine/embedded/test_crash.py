@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ class Engine:
             tokens=(WRITE, "test-admin"),
             log=self.log,
             rules=self.rules,
+            extra=("--synchronous", "FULL"),  # an fsync per writer step: ~0.3 ms each
         )
 
     def kill(self) -> None:
@@ -73,6 +75,36 @@ class Engine:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=30)
+
+    def _since_start(self) -> str:
+        """This process's part of the log (from its recovery line on)."""
+        text = self.log.read_text()
+        return text[text.rfind("recovered ") :]
+
+    def recovered_customers(self) -> int:
+        """How many customers this process's recovery loaded from a checkpoint."""
+        return int(self._since_start().split()[1])
+
+    async def writer_mid_steps(self, timeout: float = 10.0) -> bool:
+        """Wait until a checkpoint writer has committed its second step of states and not
+        yet its positions (the writer's debug lines, in the engine's log)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            part = self._since_start()
+            writer = part[part.rfind("writer started") :]
+            if "step 2 committed" in writer and "positions committed" not in writer:
+                return True
+            await asyncio.sleep(0.001)
+        return False
+
+    async def orders(self, session: ClientSession, customer_id: str) -> int:
+        """The customer's order count, from GET /v1/customers/{id}."""
+        async with session.get(
+            f"http://127.0.0.1:{self.port}/v1/customers/{customer_id}",
+            headers={"Authorization": "Bearer test-admin"},
+        ) as r:
+            assert r.status == 200, await r.text()
+            return int((await r.json())["profile"]["orders"])
 
     async def ready(self, session: ClientSession) -> None:
         assert self.proc is not None
@@ -93,10 +125,16 @@ class Engine:
 async def test_sigkill_twice_loses_and_duplicates_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # checkpoints every 0.25 s: kills land while a forked child writes one, too
+    # checkpoints every 0.25 s, committed one state per transaction; the first kill lands
+    # while a writer is between its steps (its steps are in the debug log: newer states
+    # than the stored positions), the second wherever it falls, and the stream lasts
+    # several checkpoints between kills
     monkeypatch.setenv(
         "NUDGE_CHECKPOINT_INTERVAL", os.environ.get("NUDGE_CRASH_CHECKPOINT", "0.25")
     )
+    monkeypatch.setenv("NUDGE_CHECKPOINT_STEP", "1")  # a step per spool frame (~25 states)
+    monkeypatch.setenv("NUDGE_CHECKPOINT_STEP_PAUSE_MS", "30")
+    monkeypatch.setenv("NUDGE_LOG_LEVEL", "DEBUG")
     hook = WebhookReceiver()
     await hook.start()
     engine = Engine(tmp_path, hook.url)
@@ -104,24 +142,32 @@ async def test_sigkill_twice_loses_and_duplicates_nothing(
     batches = [events[i : i + 50] for i in range(0, len(events), 50)]
     kill_at = {int(k) for k in os.environ.get("NUDGE_CRASH_KILLS", "15,31").split(",") if k}
     accepted: list[dict[str, Any]] = []
+    recovered: list[int] = []  # customers loaded from a checkpoint, at each restart
+    killed = ""  # the log up to the kill between a writer's steps
+    mid_writer = 0
     engine.start()
     try:
         async with ClientSession() as session:
             await engine.ready(session)
             for i, batch in enumerate(batches):
                 if i in kill_at:  # kill while this batch is in flight
+                    if i == min(kill_at):
+                        mid_writer += await engine.writer_mid_steps()
+                        killed = engine.log.read_text()
                     task = asyncio.create_task(engine.send(session, batch))
                     await asyncio.sleep(0.002)
                     engine.kill()
                     acked = await task
                     engine.start()
                     await engine.ready(session)
+                    recovered.append(engine.recovered_customers())
                     if acked:
                         accepted += batch
                         continue
                 while not await engine.send(session, batch):  # retry until acknowledged
                     await asyncio.sleep(0.05)
                 accepted += batch
+                await asyncio.sleep(0.03)  # ~1.5 s of stream: checkpoints between kills
             # let the 1s timers fire and the outbox drain
             expected_keys = {
                 a.idempotency_key
@@ -132,6 +178,10 @@ async def test_sigkill_twice_loses_and_duplicates_nothing(
             end = time.monotonic() + 30
             while set(hook.keys()) != expected_keys and time.monotonic() < end:
                 await asyncio.sleep(0.1)
+            # no accepted event lost from a customer's state: each one's order count (a
+            # state a replay must rebuild; the actions alone would not show a lost event)
+            orders = Counter(e["customer_id"] for e in accepted if e["type"] == "order_completed")
+            counted = {cid: await engine.orders(session, cid) for cid in orders}
     finally:
         engine.stop()
         await hook.stop()
@@ -141,8 +191,15 @@ async def test_sigkill_twice_loses_and_duplicates_nothing(
     redelivered = len(got) - len(set(got))
     print(
         f"expected={len(expected_keys)} delivered={len(got)} unique={len(set(got))} "
-        f"missing={len(missing)} extra={len(extra)} redelivered={redelivered}"
+        f"missing={len(missing)} extra={len(extra)} redelivered={redelivered} "
+        f"killed_mid_writer={mid_writer} recovered_from_checkpoint={recovered}"
     )
+    assert mid_writer == 1
+    # the first kill did land between that writer's steps: its positions never committed
+    after = engine.log.read_text()[len(killed) :]
+    assert "positions committed" not in after[: after.find("recovered ")]
+    assert all(n > 0 for n in recovered)  # each restart started from a checkpoint
     assert not missing
     assert not extra
+    assert counted == dict(orders)
     assert len(expected_keys) > 1000
