@@ -85,17 +85,12 @@ class Engine:
         """How many customers this process's recovery loaded from a checkpoint."""
         return int(self._since_start().split()[1])
 
-    async def writer_mid_steps(self, timeout: float = 10.0) -> bool:
-        """Wait until a checkpoint writer has committed its second step of states and not
-        yet its positions (the writer's debug lines, in the engine's log)."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            part = self._since_start()
-            writer = part[part.rfind("writer started") :]
-            if "step 2 committed" in writer and "positions committed" not in writer:
-                return True
-            await asyncio.sleep(0.001)
-        return False
+    def writer_mid_steps(self) -> bool:
+        """Whether a checkpoint writer has committed its second step of states and not yet
+        its positions (the writer's debug lines, in the engine's log)."""
+        part = self._since_start()
+        writer = part[part.rfind("writer started") :]
+        return "step 2 committed" in writer and "positions committed" not in writer
 
     async def orders(self, session: ClientSession, customer_id: str) -> int:
         """The customer's order count, from GET /v1/customers/{id}."""
@@ -125,10 +120,10 @@ class Engine:
 async def test_sigkill_twice_loses_and_duplicates_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # checkpoints every 0.25 s, committed one state per transaction; the first kill lands
-    # while a writer is between its steps (its steps are in the debug log: newer states
-    # than the stored positions), the second wherever it falls, and the stream lasts
-    # several checkpoints between kills
+    # checkpoints every 0.25 s, a writer committing a spool frame per transaction, 30 ms
+    # apart; from batch 15 on, the first kill comes as soon as a writer is between its
+    # steps (they are in the debug log: states newer than the stored positions), the
+    # second 12 batches later, wherever it falls; the stream lasts several checkpoints
     monkeypatch.setenv(
         "NUDGE_CHECKPOINT_INTERVAL", os.environ.get("NUDGE_CRASH_CHECKPOINT", "0.25")
     )
@@ -138,22 +133,22 @@ async def test_sigkill_twice_loses_and_duplicates_nothing(
     hook = WebhookReceiver()
     await hook.start()
     engine = Engine(tmp_path, hook.url)
-    events = make_events(2400, int(time.time() * 1000) - 60_000)
+    events = make_events(3000, int(time.time() * 1000) - 60_000)
     batches = [events[i : i + 50] for i in range(0, len(events), 50)]
-    kill_at = {int(k) for k in os.environ.get("NUDGE_CRASH_KILLS", "15,31").split(",") if k}
     accepted: list[dict[str, Any]] = []
     recovered: list[int] = []  # customers loaded from a checkpoint, at each restart
     killed = ""  # the log up to the kill between a writer's steps
-    mid_writer = 0
+    second = len(batches)  # the second kill's batch, once the first is done
     engine.start()
     try:
         async with ClientSession() as session:
             await engine.ready(session)
             for i, batch in enumerate(batches):
-                if i in kill_at:  # kill while this batch is in flight
-                    if i == min(kill_at):
-                        mid_writer += await engine.writer_mid_steps()
-                        killed = engine.log.read_text()
+                first = not killed and i >= 15 and engine.writer_mid_steps()
+                if first:
+                    killed = engine.log.read_text()
+                    second = i + 12
+                if first or i == second:  # kill while this batch is in flight
                     task = asyncio.create_task(engine.send(session, batch))
                     await asyncio.sleep(0.002)
                     engine.kill()
@@ -192,9 +187,9 @@ async def test_sigkill_twice_loses_and_duplicates_nothing(
     print(
         f"expected={len(expected_keys)} delivered={len(got)} unique={len(set(got))} "
         f"missing={len(missing)} extra={len(extra)} redelivered={redelivered} "
-        f"killed_mid_writer={mid_writer} recovered_from_checkpoint={recovered}"
+        f"kills_at_batches={second - 12},{second} recovered_from_checkpoint={recovered}"
     )
-    assert mid_writer == 1
+    assert len(recovered) == 2  # both kills happened, the first between a writer's steps
     # the first kill did land between that writer's steps: its positions never committed
     after = engine.log.read_text()[len(killed) :]
     assert "positions committed" not in after[: after.find("recovered ")]
