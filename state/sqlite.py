@@ -190,12 +190,11 @@ def _write_states_in_steps(
     pause: float,
 ) -> int:
     """``_write_states`` in transactions of ``per_commit`` states (``pause`` seconds
-    between them), the replay
-    positions in the last. A crash part way leaves some states newer than the stored
-    positions, which a replay handles as it does after any fuzzy checkpoint: a state
-    records its last seq, and the events it holds are skipped. The states of ``erased_after``
-    customers are left out, so no step re-creates one of them; the last step deletes them
-    too."""
+    between them), the replay positions in the last. A crash part way leaves some states
+    newer than the stored positions, which a replay handles as it does after any fuzzy
+    checkpoint: a state records its last seq, and the events it holds are skipped. The
+    states of ``erased_after`` customers are left out, so no step re-creates one of them;
+    the last step deletes them too."""
     gone = set(erased_after)
     n = 0
     step: list[tuple[str, bytes]] = []

@@ -45,7 +45,6 @@ from state.sqlite import STATES_PER_COMMIT, write_snapshot
 __all__ = [
     "WRITER",
     "SpoolWriter",
-    "can_die_with_parent",
     "die_with_parent",
     "main",
     "read_spool",
@@ -157,11 +156,6 @@ def writer_env() -> dict[str, str]:
     it imports the same ``engine`` and ``state`` however the engine was started."""
     path = os.pathsep.join(p for p in sys.path if p)
     return {**os.environ, "PYTHONPATH": path}
-
-
-def can_die_with_parent() -> bool:
-    """Whether ``die_with_parent`` can tie a process to its parent here (Linux)."""
-    return _prctl is not None
 
 
 def die_with_parent(parent: int) -> bool:
