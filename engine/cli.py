@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -17,6 +16,7 @@ import orjson
 from engine.admin import add_admin_parsers
 from engine.distributed.cli import add_worker_parser
 from engine.embedded import CHECKPOINT_MODES
+from engine.logs import configure_logging
 from engine.types import to_ms
 from load_tests.cli import add_loadtest_parsers
 from rules.exceptions import RuleErrors
@@ -203,8 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    level = os.environ.get("NUDGE_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

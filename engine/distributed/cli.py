@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from engine.logs import configure_logging
+
 __all__ = ["add_worker_parser", "config_from_args", "run_worker"]
 
 logger = logging.getLogger(__name__)
@@ -189,7 +191,7 @@ def _add_ingest(worker_app: Any, args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     parser = argparse.ArgumentParser(prog="nudge")
     sub = parser.add_subparsers(dest="command", required=True)
     add_worker_parser(sub)

@@ -28,7 +28,6 @@ ones of the engine restarted in its place.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import signal
 import struct
@@ -40,6 +39,7 @@ from typing import IO, Any
 
 import msgspec
 
+from engine.logs import configure_logging
 from state.sqlite import STATES_PER_COMMIT, write_snapshot
 
 __all__ = [
@@ -173,8 +173,7 @@ def die_with_parent(parent: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     data_dir, synchronous, spool = args[:3]
-    level = os.environ.get("NUDGE_LOG_LEVEL", "INFO").upper()  # as the engine's (engine/cli.py)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     if len(args) > 3 and not die_with_parent(int(args[3])):
         return 1
     path = Path(spool)
