@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 RULES = TIMING_FREE_RULES
 WRITE = "test-write-token"
+ADMIN = "test-admin-token"
 
 
 def free_port() -> int:
@@ -60,7 +61,7 @@ class Engine:
             self.data,
             self.port,
             self.sinks,
-            tokens=(WRITE, "test-admin"),
+            tokens=(WRITE, ADMIN),
             log=self.log,
             rules=self.rules,
             extra=("--synchronous", "FULL"),  # an fsync per writer step: ~0.3 ms each
@@ -96,7 +97,7 @@ class Engine:
         """The customer's order count, from GET /v1/customers/{id}."""
         async with session.get(
             f"http://127.0.0.1:{self.port}/v1/customers/{customer_id}",
-            headers={"Authorization": "Bearer test-admin"},
+            headers={"Authorization": f"Bearer {ADMIN}"},
         ) as r:
             assert r.status == 200, await r.text()
             return int((await r.json())["profile"]["orders"])
