@@ -18,7 +18,14 @@ import msgspec
 from engine.exceptions import EventError
 from engine.types import Event
 
-__all__ = ["KNOWN_TYPES", "decode_event", "decode_events", "validate_properties"]
+__all__ = [
+    "INTERNAL_TYPES",
+    "KNOWN_TYPES",
+    "decode_event",
+    "decode_events",
+    "encode_events",
+    "validate_properties",
+]
 
 _decoder = msgspec.json.Decoder(Event)
 _list_decoder = msgspec.json.Decoder(list[Event])
@@ -78,6 +85,28 @@ class _CustomerUpdate(msgspec.Struct):
 class _Message(msgspec.Struct):
     rule_id: str | None = None
     template: str | None = None
+    # the idempotency key of the action the message came from (provider feedback)
+    message_key: str | None = None
+
+
+class _Bounce(msgspec.Struct):
+    rule_id: str | None = None
+    template: str | None = None
+    message_key: str | None = None
+    bounce_type: str | None = None  # "hard" marks the address undeliverable
+
+
+class _CartReplace(msgspec.Struct):
+    items: list[_CartItem]
+
+
+class _Alias(msgspec.Struct):
+    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class _Merge(msgspec.Struct):
+    from_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    state: list[Any]
 
 
 _SCHEMAS: dict[str, type[msgspec.Struct] | None] = {
@@ -96,8 +125,29 @@ _SCHEMAS: dict[str, type[msgspec.Struct] | None] = {
     "email_clicked": _Message,
     "sms_sent": _Message,
     "sms_clicked": _Message,
+    # delivery feedback from providers (connectors/sources/: SendGrid, Twilio)
+    "email_delivered": _Message,
+    "email_bounced": _Bounce,
+    "email_dropped": _Message,
+    "email_unsubscribed": _Message,
+    "email_spam_reported": _Message,
+    "sms_delivered": _Message,
+    "sms_failed": _Bounce,
+    "sms_unsubscribed": _Message,
+    "sms_resubscribed": _Message,
+    "push_sent": _Message,
+    "push_opened": _Message,
+    # a whole cart (Shopify cart webhooks): replaces the cart
+    "cart_replaced": _CartReplace,
+    # identity: sent for the previous (anonymous) id, links it to ``user_id``; the engine
+    # then sends ``customer_merged`` (the previous id's state) to ``user_id`` itself
+    "customer_aliased": _Alias,
+    "customer_merged": _Merge,
 }
 KNOWN_TYPES: frozenset[str] = frozenset(_SCHEMAS)
+INTERNAL_TYPES: frozenset[str] = frozenset({"customer_merged"})
+"""Types only the engine itself sends (a client posting one is refused)."""
+_encoder = msgspec.json.Encoder()
 
 
 def _to_error(err: msgspec.MsgspecError, prefix: str, what: str = "") -> EventError:
@@ -206,3 +256,9 @@ def decode_events(raw: bytes) -> list[Event]:
     for i, event in enumerate(events):
         validate_properties(event, prefix=f"$[{i}]")
     return events
+
+
+def encode_events(events: list[Event]) -> bytes:
+    """Events as the JSON array the journal and the ``events`` topic keep (what
+    ``decode_events`` reads back)."""
+    return _encoder.encode(events)

@@ -22,13 +22,26 @@ from state.customer import CustomerState, FlowInstance
 if TYPE_CHECKING:
     from engine.processor import Output
 
-__all__ = ["FlowRunner", "idempotency_key"]
+__all__ = ["FlowRunner", "address", "idempotency_key"]
 
 
 def idempotency_key(rule_id: str, version: int, customer_id: str, instance: str, pc: int) -> str:
     """Stable across replays: the same input always yields the same key."""
     raw = f"{rule_id}\0{version}\0{customer_id}\0{instance}\0{pc}".encode()
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def address(st: CustomerState, attribute: str | None) -> str:
+    """The customer's address in profile attribute ``attribute`` ("" if none, or if a
+    hard bounce marked that very address undeliverable)."""
+    if attribute is None or not st.attributes:
+        return ""
+    value = st.attributes.get(attribute)
+    if not isinstance(value, str) or not value:
+        return ""
+    if st.undeliverable and st.undeliverable.get(attribute) == value:
+        return ""
+    return value
 
 
 def _mark(inst: FlowInstance, name: str, t: int) -> None:
@@ -171,6 +184,10 @@ class FlowRunner:
                     out.errors.append(f"{rule.id}: param {name}: {err}")
                     params[name] = None
         key = idempotency_key(rule.id, inst.version, st.customer_id, inst.instance_id, inst.pc)
+        to = address(st, self.rs.settings.addresses.get(op.channel))
+        if not to and self.rs.needs_address(rule.id, op.channel):
+            out.fires.append(Fire(rule.id, variant, op.channel, "suppressed_no_address", now))
+            return True
         out.actions.append(
             Action(
                 rule.id,
@@ -182,6 +199,7 @@ class FlowRunner:
                 variant,
                 key,
                 now,
+                to,
             )
         )
         out.fires.append(Fire(rule.id, variant, op.channel, "sent", now))

@@ -41,7 +41,10 @@ class Metrics:
             "nudge_events_accepted", "Events accepted (durable)", ["type"], registry=r
         )
         self.events_rejected = Counter(
-            "nudge_events_rejected", "Events or requests rejected", ["reason"], registry=r
+            "nudge_events_rejected",
+            "Events or requests rejected, by source (native, segment, shopify, sendgrid, twilio)",
+            ["source", "reason"],
+            registry=r,
         )
         self.events_processed = Counter(
             "nudge_events_processed",

@@ -73,10 +73,13 @@ class Action(msgspec.Struct, frozen=True, gc=False):
     variant: str
     idempotency_key: str
     fire_at: Millis
+    # the recipient's address for the channel, from the profile (attributes.email,
+    # attributes.phone, attributes.push_token); "" when the customer has none
+    to: str = ""
 
     def to_json_dict(self) -> dict[str, Any]:
         """The public JSON shape (``fire_at`` as RFC 3339 UTC with milliseconds)."""
-        return {
+        out = {
             "fire_at": iso(self.fire_at),
             "rule_id": self.rule_id,
             "rule_version": self.rule_version,
@@ -87,6 +90,9 @@ class Action(msgspec.Struct, frozen=True, gc=False):
             "variant": self.variant,
             "idempotency_key": self.idempotency_key,
         }
+        if self.to:
+            out["to"] = self.to
+        return out
 
 
 class Fire(msgspec.Struct, frozen=True, gc=False):

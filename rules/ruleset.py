@@ -7,7 +7,7 @@ line, column); the caller keeps its previous rule set.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,21 @@ class RuleSet:
     max_cap_period: int = 0
     plans: dict[str, TypePlan] = field(default_factory=dict)
     default_plan: TypePlan = TypePlan((), (), (), False, False)  # any type not in ``plans``
+    # (rule id, channel) -> the send needs an address; the runtimes add what their sinks
+    # need (``require_addresses``), settings.require_address covers every rule
+    address_required: Callable[[str, str], bool] | None = None
+
+    def require_addresses(self, needs: Callable[[str, str], bool]) -> None:
+        """Sends of (rule id, channel) for which ``needs`` is true require an address
+        too (a runtime passes its router's: provider sinks cannot send without one)."""
+        self.address_required = needs
+
+    def needs_address(self, rule_id: str, channel: str) -> bool:
+        """Whether a send of ``rule_id`` on ``channel`` is suppressed without an address."""
+        if channel in self.settings.require_address:
+            return True
+        need = self.address_required
+        return need is not None and need(rule_id, channel)
 
     def seen_rules(self, event_type: str) -> tuple[str, ...]:
         """Ids of the rules whose open flow instances record ``event_type`` in ``seen``."""

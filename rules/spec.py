@@ -214,3 +214,15 @@ class Settings(_Spec):
     counters: list[EventType] = Field(
         default_factory=list, description="event types to count besides those rules use"
     )
+    addresses: dict[str, Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=lambda: {"email": "email", "sms": "phone", "push": "push_token"},
+        description="profile attribute holding each channel's address (an action's 'to')",
+    )
+    require_address: list[Channel] = Field(
+        default_factory=list,
+        description=(
+            "channels whose sends need an address: without one a send is suppressed "
+            "(suppressed_no_address). Channels routed to a provider sink (sendgrid, twilio, "
+            "fcm) need one whatever this says"
+        ),
+    )

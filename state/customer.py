@@ -79,6 +79,13 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     sends: list[tuple[int, str, str]] | None = None
     # open experiment goal windows: (rule_id, variant, goal event type, start, deadline)
     goals: list[tuple[str, str, str, int, int]] | None = None
+    # identity: the known customer this (anonymous) id was merged into; its later
+    # events are forwarded there
+    merged_into: str | None = None
+    # ids merged into this customer (a merge arriving twice is applied once)
+    merged_from: list[str] | None = None
+    # profile attribute -> the address a hard bounce / permanent failure marked undeliverable
+    undeliverable: dict[str, str] | None = None
 
     # --- derived views -------------------------------------------------------------
     @property

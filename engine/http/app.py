@@ -21,8 +21,9 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from connectors.sources.exceptions import SourceError
 from engine.embedded.exceptions import Backpressure, NotReady
-from engine.events import decode_event, validate_properties
+from engine.events import INTERNAL_TYPES, decode_event, encode_events, validate_properties
 from engine.exceptions import EventError
 from engine.http.auth import Tokens
 from engine.http.views import customer_json
@@ -31,7 +32,16 @@ from engine.types import Event
 from rules.exceptions import RuleErrors
 from rules.ruleset import load_texts
 
-__all__ = ["OPENAPI_PATH", "create_app"]
+__all__ = [
+    "OPENAPI_PATH",
+    "add_source_route",
+    "auth",
+    "create_app",
+    "error",
+    "ok",
+    "reject",
+    "submit",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +54,7 @@ _BACKEND: web.AppKey[Any] = web.AppKey("backend", object)
 _TOKENS: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
 _METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 _LIMITS: web.AppKey[tuple[int, int]] = web.AppKey("limits", tuple)
+_ROUTE_SOURCES: web.AppKey[dict[str, str]] = web.AppKey("route_sources", dict)
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -68,8 +79,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         resp = await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:
-        if _route(request) == "/v1/events":  # a rule file too large is not an event
-            metrics.events_rejected.labels("body_too_large").inc()
+        source = request.app[_ROUTE_SOURCES].get(_route(request))
+        if source is not None:  # a rule file too large is not an event
+            metrics.events_rejected.labels(source, "body_too_large").inc()
         resp = error(
             413,
             "body_too_large",
@@ -88,11 +100,14 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     return resp
 
 
-def _auth(request: web.Request, scope: str) -> web.Response | None:
+def auth(request: web.Request, scope: str, source: str = "native") -> web.Response | None:
+    """None if the request's credentials have ``scope``, else the 401/403 answer. A
+    bearer token, or HTTP basic auth with the token as user name (how Segment and
+    RudderStack clients send their write key)."""
     got = request.app[_TOKENS].scope_of(request.headers.get("Authorization"))
     if got is None:
-        request.app[_METRICS].events_rejected.labels("unauthorized").inc()
-        return error(401, "unauthorized", "missing or invalid bearer token")
+        request.app[_METRICS].events_rejected.labels(source, "unauthorized").inc()
+        return error(401, "unauthorized", "missing or invalid bearer token or write key")
     if scope == "admin" and got != "admin":
         return error(403, "forbidden", "this endpoint needs the admin token")
     return None
@@ -157,7 +172,7 @@ def _diagnose(body: bytes, is_array: bool, max_events: int) -> _Diagnosis:
 
 
 async def post_events(request: web.Request) -> web.Response:
-    if (denied := _auth(request, "write")) is not None:
+    if (denied := auth(request, "write")) is not None:
         return denied
     metrics = request.app[_METRICS]
     _max_body, max_events = request.app[_LIMITS]
@@ -167,10 +182,10 @@ async def post_events(request: web.Request) -> web.Response:
     if events is None:  # something is wrong: find every bad event, name its field
         result = _diagnose(body, is_array, max_events)
         for err in result.rejected:
-            metrics.events_rejected.labels(err).inc()
+            metrics.events_rejected.labels("native", err).inc()
         return result.response
     if len(events) > max_events:
-        metrics.events_rejected.labels("too_many_events").inc()
+        metrics.events_rejected.labels("native", "too_many_events").inc()
         return error(
             413,
             "too_many_events",
@@ -178,13 +193,29 @@ async def post_events(request: web.Request) -> web.Response:
             limit_events=max_events,
         )
     if not events:
-        metrics.events_rejected.labels("empty_batch").inc()
+        metrics.events_rejected.labels("native", "empty_batch").inc()
         return error(400, "empty_batch", "no events in the request", field="$")
-    backend = request.app[_BACKEND]
+    for i, ev in enumerate(events):
+        if ev.type in INTERNAL_TYPES:
+            metrics.events_rejected.labels("native", "internal_type").inc()
+            at = f"$[{i}].type" if is_array else "$.type"
+            return error(400, "internal_type", f"{ev.type} is sent by the engine only", field=at)
+    return await submit(request, events, body if is_array else b"[" + body + b"]", "native")
+
+
+async def submit(
+    request: web.Request, events: list[Event], body: bytes | None, source: str
+) -> web.Response:
+    """Hand ``events`` (valid, non-empty) to the backend; 202 once durable, 429 under
+    backpressure, 503 when not ready. ``body`` is their JSON array (``None``: encoded
+    here, for events a source mapped from another format)."""
+    metrics = request.app[_METRICS]
+    if body is None:
+        body = encode_events(events)
     try:
-        await backend.accept((events, body if is_array else b"[" + body + b"]"))
+        await request.app[_BACKEND].accept((events, body))
     except Backpressure as bp:
-        metrics.events_rejected.labels("backpressure").inc(len(events))
+        metrics.events_rejected.labels(source, "backpressure").inc(len(events))
         resp = error(429, "backpressure", str(bp), retry_after=bp.retry_after)
         resp.headers["Retry-After"] = str(max(1, round(bp.retry_after)))
         return resp
@@ -193,8 +224,17 @@ async def post_events(request: web.Request) -> web.Response:
     return ok({"accepted": len(events)}, status=202)
 
 
+def reject(request: web.Request, source: str, err: SourceError) -> web.Response:
+    """The 4xx answer for a source request refused whole, counted by source and code."""
+    request.app[_METRICS].events_rejected.labels(source, err.code).inc()
+    extra = dict(err.extra)
+    if err.field is not None:
+        extra["field"] = err.field
+    return error(err.status, err.code, err.message, **extra)
+
+
 async def get_rules(request: web.Request) -> web.Response:
-    if (denied := _auth(request, "admin")) is not None:
+    if (denied := auth(request, "admin")) is not None:
         return denied
     b = request.app[_BACKEND]
     rs = b.ruleset
@@ -238,7 +278,7 @@ def _rule_errors(err: RuleErrors) -> web.Response:
 
 
 async def put_rules(request: web.Request) -> web.Response:
-    if (denied := _auth(request, "admin")) is not None:
+    if (denied := auth(request, "admin")) is not None:
         return denied
     files = await _rule_files(request)
     if isinstance(files, web.Response):
@@ -254,7 +294,7 @@ async def put_rules(request: web.Request) -> web.Response:
 
 
 async def validate_rules(request: web.Request) -> web.Response:
-    if (denied := _auth(request, "admin")) is not None:
+    if (denied := auth(request, "admin")) is not None:
         return denied
     files = await _rule_files(request)
     if isinstance(files, web.Response):
@@ -268,7 +308,7 @@ async def validate_rules(request: web.Request) -> web.Response:
 
 
 async def get_customer(request: web.Request) -> web.Response:
-    if (denied := _auth(request, "admin")) is not None:
+    if (denied := auth(request, "admin")) is not None:
         return denied
     b = request.app[_BACKEND]
     cid = request.match_info["customer_id"]
@@ -280,7 +320,7 @@ async def get_customer(request: web.Request) -> web.Response:
 
 
 async def delete_customer(request: web.Request) -> web.Response:
-    if (denied := _auth(request, "admin")) is not None:
+    if (denied := auth(request, "admin")) is not None:
         return denied
     return ok({"erased": await request.app[_BACKEND].erase(request.match_info["customer_id"])})
 
@@ -304,6 +344,15 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/json")
 
 
+def add_source_route(
+    app: web.Application, method: str, path: str, handler: Handler, source: str
+) -> None:
+    """Serve ``path`` as an ingest route of ``source`` (its rejections, a body too large
+    included, are counted under that source)."""
+    app.router.add_route(method, path, handler)
+    app[_ROUTE_SOURCES][path] = source
+
+
 def create_app(
     backend: Any,
     tokens: Tokens,
@@ -318,7 +367,8 @@ def create_app(
     app[_TOKENS] = tokens
     app[_METRICS] = metrics
     app[_LIMITS] = (max_body, max_events)
-    app.router.add_post("/v1/events", post_events)
+    app[_ROUTE_SOURCES] = {}
+    add_source_route(app, "POST", "/v1/events", post_events, "native")
     app.router.add_get("/v1/rules", get_rules)
     app.router.add_put("/v1/rules", put_rules)
     app.router.add_post("/v1/rules/validate", validate_rules)

@@ -7,6 +7,8 @@ The admin token may also write events.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import os
@@ -41,10 +43,23 @@ class Tokens:
         return tokens, path, True
 
     def scope_of(self, header: str | None) -> str | None:
-        """``admin``, ``write`` or None for an Authorization header value."""
-        if not header or not header.startswith("Bearer "):
+        """``admin``, ``write`` or None for an Authorization header value: ``Bearer
+        TOKEN``, or ``Basic`` with the token as user name and any password (Segment and
+        RudderStack clients send their write key so)."""
+        if not header:
             return None
-        token = header[7:].strip()
+        if header.startswith("Bearer "):
+            token = header[7:].strip()
+        elif header[:6].lower() == "basic ":
+            try:
+                decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            token = decoded.partition(":")[0]
+        else:
+            return None
+        if not token:
+            return None
         if hmac.compare_digest(token, self.admin):
             return "admin"
         if hmac.compare_digest(token, self.write):
