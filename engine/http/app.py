@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from connectors.sources.config import SourcesConfig
 from connectors.sources.exceptions import SourceError
 from engine.embedded.exceptions import Backpressure, NotReady
 from engine.events import INTERNAL_TYPES, decode_event, encode_events, validate_properties
@@ -360,6 +361,7 @@ def create_app(
     *,
     max_body: int = 1 << 20,
     max_events: int = 1000,
+    sources: SourcesConfig | None = None,
 ) -> web.Application:
     """The API over ``backend`` (the embedded Runtime, or the distributed ingest)."""
     app = web.Application(client_max_size=max_body, middlewares=[_errors])
@@ -369,6 +371,10 @@ def create_app(
     app[_LIMITS] = (max_body, max_events)
     app[_ROUTE_SOURCES] = {}
     add_source_route(app, "POST", "/v1/events", post_events, "native")
+    from engine.http import segment, webhooks  # they build on this module's helpers
+
+    segment.install(app)
+    webhooks.install(app, sources if sources is not None else SourcesConfig.load())
     app.router.add_get("/v1/rules", get_rules)
     app.router.add_put("/v1/rules", put_rules)
     app.router.add_post("/v1/rules/validate", validate_rules)
