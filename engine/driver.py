@@ -41,6 +41,10 @@ class Driver:
         self.idle_ms = 3_600_000
         self.compact_every = 20_000
         self._until_compact = self.compact_every
+        # identity forwards (engine/identity.py) are processed right here when this driver
+        # holds every customer (backtest, the testing kit); a runtime shard holds some and
+        # routes them to their owners instead
+        self.local_forwards = True
 
     def _emit(self, out: Output) -> Output:
         mem = self._mem
@@ -52,6 +56,9 @@ class Driver:
                 mem.compact_idle(self.clock.now() - self.idle_ms)
         if self.on_output is not None:
             self.on_output(out)
+        if out.forwards and self.local_forwards:
+            for fwd in out.forwards:
+                self._emit(self.processor.on_event(fwd, self.clock.now()))
         return out
 
     def fire_due(self, t: int) -> int:

@@ -131,6 +131,7 @@ _SCHEMAS: dict[str, type[msgspec.Struct] | None] = {
     "email_dropped": _Message,
     "email_unsubscribed": _Message,
     "email_spam_reported": _Message,
+    "email_resubscribed": _Message,
     "sms_delivered": _Message,
     "sms_failed": _Bounce,
     "sms_unsubscribed": _Message,

@@ -31,15 +31,16 @@ def idempotency_key(rule_id: str, version: int, customer_id: str, instance: str,
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
-def address(st: CustomerState, attribute: str | None) -> str:
-    """The customer's address in profile attribute ``attribute`` ("" if none, or if a
-    hard bounce marked that very address undeliverable)."""
+def address(st: CustomerState, channel: str, attribute: str | None) -> str:
+    """The customer's ``channel`` address, in profile attribute ``attribute`` ("" if
+    none, or if a hard bounce marked that very address undeliverable: a new address
+    clears it)."""
     if attribute is None or not st.attributes:
         return ""
     value = st.attributes.get(attribute)
     if not isinstance(value, str) or not value:
         return ""
-    if st.undeliverable and st.undeliverable.get(attribute) == value:
+    if st.undeliverable and st.undeliverable.get(channel) == value:
         return ""
     return value
 
@@ -184,7 +185,7 @@ class FlowRunner:
                     out.errors.append(f"{rule.id}: param {name}: {err}")
                     params[name] = None
         key = idempotency_key(rule.id, inst.version, st.customer_id, inst.instance_id, inst.pc)
-        to = address(st, self.rs.settings.addresses.get(op.channel))
+        to = address(st, op.channel, self.rs.settings.addresses.get(op.channel))
         if not to and self.rs.needs_address(rule.id, op.channel):
             out.fires.append(Fire(rule.id, variant, op.channel, "suppressed_no_address", now))
             return True

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from engine.flows import FlowRunner
+from engine.identity import hand_over, merge, merge_event
 from engine.profile import apply_event
 from engine.scope import RuleScope
 from engine.types import Action, Conversion, Event, Fire
@@ -45,12 +46,16 @@ class Output:
     future: bool = False  # stamped ahead of the clock beyond tolerance: processed at ``now``
     lateness: int = 0
     errors: list[str] = field(default_factory=list)
+    # events for other customers that the runtime must route to their owners (identity:
+    # a merge, or an event under an id that was merged into another)
+    forwards: list[Event] = field(default_factory=list)
 
     def extend(self, other: Output) -> None:
         self.actions += other.actions
         self.fires += other.fires
         self.conversions += other.conversions
         self.errors += other.errors
+        self.forwards += other.forwards
 
 
 def fingerprint(event_id: str) -> int:
@@ -132,11 +137,18 @@ class Processor:
         if not st.remember(fingerprint(ev.event_id)):
             out.duplicate = True
             return out
+        etype = ev.type
+        if st.merged_into is not None or etype == "customer_aliased":
+            self._identity(st, ev, ts, out)
+            if created:
+                self.store.put(st)
+            return out
+        if etype == "customer_merged":
+            self._merge(st, ev, out)
         out.lateness = now - ts if now > ts else 0
         out.too_late = out.lateness > rs.lateness
-        etype = ev.type
         plan = rs.plans.get(etype, rs.default_plan)
-        apply_event(st, ev, ts, now, plan.counted)
+        apply_event(st, ev, ts, now, plan.counted, rs.settings.addresses)
         flows = st.flows
         if flows:
             for rule_id in plan.seen:
@@ -157,6 +169,33 @@ class Processor:
         if created:
             self.store.put(st)
         return out
+
+    def _identity(self, st: CustomerState, ev: Event, ts: int, out: Output) -> None:
+        """An event for a redirect (an id merged into another) is forwarded there; a
+        ``customer_aliased`` hands the state over (engine/identity.py). An alias of an id
+        already merged is ignored: a shared device's anonymous id does not join two known
+        customers."""
+        if ts > st.last_seen:
+            st.last_seen = ts
+        target = st.merged_into
+        if target is not None:
+            if ev.type != "customer_aliased":
+                out.forwards.append(msgspec.structs.replace(ev, customer_id=target))
+            return
+        target = str(ev.properties["user_id"])
+        if target == st.customer_id:
+            return
+        handed = hand_over(st, self.timers)
+        st.merged_into = target
+        out.forwards.append(merge_event(ev, target, handed))
+
+    def _merge(self, st: CustomerState, ev: Event, out: Output) -> None:
+        try:
+            other = CustomerState.from_row(ev.properties["state"])
+        except (msgspec.ValidationError, KeyError, TypeError) as err:
+            out.errors.append(f"customer_merged {ev.event_id}: bad state: {err}")
+            return
+        merge(st, other, self.timers)
 
     def _exits(
         self,

@@ -15,7 +15,7 @@ from engine.types import Event
 from state.customer import VIEWED_MAX, CustomerState
 from state.windows import increment
 
-__all__ = ["CUSTOMER_FIELDS", "apply_event", "customer_view"]
+__all__ = ["CONSENT_EFFECTS", "CUSTOMER_FIELDS", "apply_event", "customer_view"]
 
 _CHANNELS = ("email", "sms", "push")
 _MAX_ATTRIBUTES = 32
@@ -53,9 +53,30 @@ def _customer(st: CustomerState, props: dict[str, Any]) -> None:
         st.attributes = dict(list(merged.items())[:_MAX_ATTRIBUTES])
 
 
-def apply_event(st: CustomerState, ev: Event, ts: int, now: int, counted: bool) -> None:
+CONSENT_EFFECTS: dict[str, tuple[str, bool]] = {
+    "email_unsubscribed": ("email", False),
+    "email_spam_reported": ("email", False),
+    "email_resubscribed": ("email", True),
+    "sms_unsubscribed": ("sms", False),
+    "sms_resubscribed": ("sms", True),
+}
+"""Feedback event types that switch a channel's consent at once (an unsubscribe, a spam
+report or an SMS STOP off; a resubscribe or START back on)."""
+_BOUNCES = {"email_bounced": "email", "sms_failed": "sms"}
+_ADDRESSES = {"email": "email", "sms": "phone", "push": "push_token"}
+
+
+def apply_event(
+    st: CustomerState,
+    ev: Event,
+    ts: int,
+    now: int,
+    counted: bool,
+    addresses: dict[str, str] = _ADDRESSES,
+) -> None:
     """Update ``st`` with ``ev`` (event time ``ts``, processing time ``now``); ``counted``:
-    the type is kept in the windowed counters."""
+    the type is kept in the windowed counters; ``addresses``: channel -> the profile
+    attribute holding its address (a hard bounce marks that address undeliverable)."""
     if ts > st.last_seen:
         st.last_seen = ts
     if ts < st.first_seen:
@@ -113,6 +134,25 @@ def apply_event(st: CustomerState, ev: Event, ts: int, now: int, counted: bool) 
         st.revenue = round(max(0.0, st.revenue - _num(props.get("amount"))), 2)
     elif t in ("customer_signed_up", "customer_updated"):
         _customer(st, props)
+    elif t == "cart_replaced":
+        cart: dict[str, list[float]] = {}
+        for item in props["items"]:
+            pid = sys.intern(str(item["product_id"]))
+            qty = _num(item.get("quantity"), 1.0) + (cart[pid][0] if pid in cart else 0.0)
+            if qty > 0:
+                cart[pid] = [qty, _num(item.get("price"))]
+        st.cart = cart or None
+        st.cart_updated = ts
+    elif t in CONSENT_EFFECTS:
+        channel, value = CONSENT_EFFECTS[t]
+        if st.consent is None:
+            st.consent = {}
+        st.consent[channel] = value
+    elif t in _BOUNCES and props.get("bounce_type") == "hard":
+        channel = _BOUNCES[t]
+        address = props.get("address") or (st.attributes or {}).get(addresses.get(channel, ""))
+        if isinstance(address, str) and address:
+            st.undeliverable = {**(st.undeliverable or {}), channel: address}
     if counted:
         if st.counters is None:
             st.counters = {}

@@ -34,6 +34,7 @@ class Shard:
         self.driver = Driver(
             ruleset, store=self.store, timers=self.timers, clock=self.clock, on_output=self._output
         )
+        self.driver.local_forwards = False  # the runtime routes them to their owners
         self._on_output = on_output
         self.dirty: set[str] = set()
 
