@@ -2,15 +2,26 @@
 delivery; delivered ones are marked sent, undeliverable ones go to the dead-letter store.
 
 A key already in the outbox is never queued again, so a journal replay after a crash
-re-creates actions harmlessly. What is not guaranteed: an action delivered just before a
-crash, whose "sent" mark had not been committed, is delivered again after the restart with
-the same ``Idempotency-Key`` header (receivers dedupe on it). The window is one flush
-interval (a few milliseconds).
+re-creates actions harmlessly.
+
+Identity forwards (events the core routes to another customer: engine/identity.py) ride
+the same table as actions on channel ``_forward``: persisted before the state that made
+them is checkpointed, then handed in order, one batch at a time, by a single task to
+``forward`` (the runtime's own ingest, which journals them). They are never dead-lettered:
+a forward that cannot be accepted now (not ready, backpressure) is retried until it is,
+and after a restart the pending ones go first.
+
+What is not guaranteed: an action delivered just before a crash, whose "sent" mark had
+not been committed, is delivered again after the restart with the same
+``Idempotency-Key`` header (receivers dedupe on it). The window is one flush interval (a
+few milliseconds). A forward so repeated is journaled twice and processed once (its
+event id, or the merge's ``merged_from``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,15 +35,33 @@ from connectors.retry import RetryPolicy, deliver
 from connectors.routing import Router
 from engine.clock import Clock
 from engine.metrics import Metrics
-from engine.types import Action
+from engine.types import Action, Event
 
-__all__ = ["Outbox"]
+__all__ = ["FORWARD", "Forward", "Outbox", "forward_action", "forwarded_event"]
 
 logger = logging.getLogger(__name__)
 
 DbCall = Callable[..., Awaitable[Any]]
+Forward = Callable[[list[Event]], Awaitable[None]]
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(Action)
+FORWARD = "_forward"
+_FORWARD_BATCH = 500
+_FORWARD_RETRY_S = 0.05
+
+
+def forward_action(event: Event, now: int) -> Action:
+    """An identity forward as an outbox row: keyed by (event id, target), so the replay
+    of the input that made it finds it there."""
+    raw = f"{event.event_id}\0{event.customer_id}".encode()
+    key = "fwd-" + hashlib.blake2b(raw, digest_size=16).hexdigest()
+    body = msgspec.to_builtins(event)
+    return Action("", 0, event.customer_id, FORWARD, event.type, body, "", key, now)
+
+
+def forwarded_event(action: Action) -> Event:
+    """The event :func:`forward_action` carried."""
+    return msgspec.convert(action.params, Event)
 
 
 class Outbox:
@@ -49,6 +78,7 @@ class Outbox:
         *,
         concurrency: int = 32,
         policy: RetryPolicy | None = None,
+        forward: Forward | None = None,
     ) -> None:
         self._db = db
         self._store = store
@@ -66,6 +96,9 @@ class Outbox:
         self._tasks: list[asyncio.Task[None]] = []
         self._concurrency = concurrency
         self.erased: set[str] = set()
+        self._forward = forward
+        self._forwards: list[Action] = []  # persisted, in production order
+        self._fwake = asyncio.Event()
 
     def add(self, action: Action, from_event: bool) -> None:
         self._buf.append((action, from_event))
@@ -113,13 +146,21 @@ class Outbox:
         for action, from_event in buf:
             key = action.idempotency_key
             if key in pending and key not in self._inflight:
-                self._inflight.add(key)
-                self._queue.put_nowait((action, from_event))
+                self._enqueue(action, from_event)
+
+    def _enqueue(self, action: Action, from_event: bool) -> None:
+        self._inflight.add(action.idempotency_key)
+        if action.channel == FORWARD:
+            self._forwards.append(action)
+            self._fwake.set()
+        else:
+            self._queue.put_nowait((action, from_event))
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._flush_loop(), name="outbox-flush"))
         for i in range(self._concurrency):
             self._tasks.append(asyncio.create_task(self._deliver_loop(), name=f"deliver-{i}"))
+        self._tasks.append(asyncio.create_task(self._forward_loop(), name="outbox-forward"))
 
     async def close(self) -> None:
         await self.flush()
@@ -133,8 +174,7 @@ class Outbox:
         rows = await self._db(self._store.outbox_pending)
         for key, body, _ in rows:
             if key not in self._inflight:
-                self._inflight.add(key)
-                self._queue.put_nowait((_dec.decode(body), False))
+                self._enqueue(_dec.decode(body), False)
         return len(rows)
 
     async def flush(self) -> None:
@@ -200,6 +240,31 @@ class Outbox:
                 self._wake.set()
             finally:
                 self._inflight.discard(key)
+
+    async def _forward_loop(self) -> None:
+        """Hand the persisted forwards to ``forward`` in order, a batch at a time; retry a
+        batch refused (not ready, backpressure, a journal error) until it is taken."""
+        while True:
+            await self._fwake.wait()
+            self._fwake.clear()
+            while self._forwards:
+                batch = [
+                    a for a in self._forwards[:_FORWARD_BATCH] if a.customer_id not in self.erased
+                ]
+                if batch and self._forward is not None:
+                    try:
+                        await self._forward([forwarded_event(a) for a in batch])
+                    except Exception as err:
+                        logger.debug("forwarding %d events deferred: %r", len(batch), err)
+                        await asyncio.sleep(getattr(err, "retry_after", _FORWARD_RETRY_S))
+                        continue
+                done = self._forwards[:_FORWARD_BATCH]
+                del self._forwards[:_FORWARD_BATCH]
+                for a in done:
+                    self._inflight.discard(a.idempotency_key)
+                    self._sent.append(a.idempotency_key)
+                self._metrics.actions.labels(FORWARD, "delivered").inc(len(batch))
+                self._wake.set()
 
     @property
     def pending(self) -> int:

@@ -29,9 +29,10 @@ from connectors.routing import Router
 from engine.clock import Clock, SystemClock
 from engine.embedded.exceptions import NotReady
 from engine.embedded.ingest import Batch, GroupCommitWriter
-from engine.embedded.outbox import Outbox
+from engine.embedded.outbox import Outbox, forward_action
 from engine.embedded.paced import PacedRound, remove_stale_spools, run_writer, spool_path
 from engine.embedded.partition import Partition
+from engine.events import encode_events
 from engine.metrics import Metrics, type_label
 from engine.processor import Output
 from engine.types import Event
@@ -141,6 +142,7 @@ class Runtime:
             self.metrics,
             self.clock,
             concurrency=cfg.delivery_concurrency,
+            forward=self._forward,
         )
         self.writer = GroupCommitWriter(
             self.clock,
@@ -246,6 +248,10 @@ class Runtime:
         for etype, n in Counter(type_label(ev.type) for ev in batch[0]).items():
             self.metrics.events_accepted.labels(etype).inc(n)
 
+    async def _forward(self, events: list[Event]) -> None:
+        """Journal identity forwards like accepted events (the outbox calls it, in order)."""
+        await self.accept((events, encode_events(events)))
+
     async def _append(self, accepted_at: int, rows: list[tuple[int, bytes]]) -> int:
         assert self.store is not None
         first: int = await self.jdb(self.store.append, accepted_at, rows)
@@ -317,6 +323,10 @@ class Runtime:
             m.expression_errors.inc(len(out.errors))
         for a in out.actions:
             self.outbox.add(a, out.timer_due is None)
+        if out.forwards:
+            now = self.clock.now()
+            for ev in out.forwards:
+                self.outbox.add(forward_action(ev, now), False)
         for observe in self.observers:
             observe(out)
 

@@ -41,9 +41,11 @@ def test_an_anonymous_cart_fires_for_the_known_customer_after_identify() -> None
     assert kit.sent(channel="email") == sent  # nothing for the anonymous id
     anon = kit.state("anon:a1")
     assert anon.merged_into == "bob"
-    assert anon.cart is None and anon.flows is None
+    assert anon.cart is None
+    assert anon.flows is None
     bob = kit.state("bob")
-    assert bob.viewed == ["p1"] and bob.merged_from == ["anon:a1"]
+    assert bob.viewed == ["p1"]
+    assert bob.merged_from == ["anon:a1"]
 
 
 def test_later_events_under_the_anonymous_id_reach_the_known_customer() -> None:
