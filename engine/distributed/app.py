@@ -44,7 +44,8 @@ from engine.distributed.config import WorkerConfig
 from engine.distributed.delivery import Deliverer
 from engine.distributed.processing import PartitionEngine
 from engine.distributed.rules import RuleWatcher, files_from_paths
-from engine.types import Action
+from engine.distributed.topics import key_partition
+from engine.types import Action, Event
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
 from state.faust import TableLog
@@ -279,17 +280,32 @@ class WorkerApp:
                 await self._guard(self.pipeline.drain())
 
     async def _flush(
-        self, actions: dict[int, list[Action]], rows: dict[int, list[CustomerState]]
+        self,
+        actions: dict[int, list[Action]],
+        rows: dict[int, list[CustomerState]],
+        forwards: list[Event],
     ) -> asyncio.Future[None]:
-        """Actions to the actions topic (the customer's partition), then, once acked, the
-        rows to the changelog (same partition): see OutputPipeline."""
+        """Actions to the actions topic (the customer's partition) and identity forwards
+        to the events topic (the target customer's partition, as the ingest keys it),
+        then, once acked, the rows to the changelog (same partition): see
+        OutputPipeline."""
         records = self.log.records
+        also: dict[str, dict[int, list[tuple[bytes, bytes | None]]]] = {}
+        if forwards:
+            by_part: dict[int, list[tuple[bytes, bytes | None]]] = {}
+            for ev in forwards:
+                key = ev.customer_id.encode()
+                by_part.setdefault(key_partition(key, self.cfg.partitions), []).append(
+                    (key, _encode(ev))
+                )
+            also[self.cfg.events_topic] = by_part
         return await self.pipeline.submit(
             {
                 p: [(a.customer_id.encode(), _encode(a)) for a in acts]
                 for p, acts in actions.items()
             },
             {p: records(states) for p, states in rows.items()},
+            also,
         )
 
     def _output_failed(self, exc: BaseException) -> None:

@@ -329,15 +329,21 @@ class OutputPipeline:
         self._inflight: set[asyncio.Future[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, first: Payload, then: Payload) -> asyncio.Future[None]:
+    async def submit(
+        self, first: Payload, then: Payload, also: dict[str, Payload] | None = None
+    ) -> asyncio.Future[None]:
+        """``also``: records for other topics, queued with ``first`` (and, like it,
+        acknowledged before ``then`` is queued)."""
         loop = asyncio.get_running_loop()
         durable: asyncio.Future[None] = loop.create_future()
-        if not first and not then:
+        if not first and not then and not also:
             durable.set_result(None)
             return durable
         await self._slots.acquire()
         try:
             futs = await self.sender.send_all(self.first_topic, first)
+            for topic, payload in (also or {}).items():
+                futs += await self.sender.send_all(topic, payload)
         except BaseException:
             self._slots.release()
             raise

@@ -33,7 +33,7 @@ from engine.driver import OutputHandler
 from engine.events import decode_event
 from engine.exceptions import EventError
 from engine.processor import Output
-from engine.types import Action
+from engine.types import Action, Event
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
 
@@ -43,12 +43,18 @@ logger = logging.getLogger(__name__)
 
 
 class Flush(Protocol):
-    """Queue a batch's output: ``actions`` by partition to the actions topic, then (once
-    those are acknowledged) ``rows`` by partition to the changelog, in submission order.
-    Returns, once queued, a future that resolves when the broker acknowledged all."""
+    """Queue a batch's output: ``actions`` by partition to the actions topic and
+    ``forwards`` (identity: events for customers elsewhere) to the events topic, then
+    (once those are acknowledged) ``rows`` by partition to the changelog, in submission
+    order. Returns, once queued, a future that resolves when the broker acknowledged
+    all. So a tombstone's row is never written before the merge it sent is in Kafka."""
 
     def __call__(
-        self, actions: dict[int, list[Action]], rows: dict[int, list[CustomerState]], /
+        self,
+        actions: dict[int, list[Action]],
+        rows: dict[int, list[CustomerState]],
+        forwards: list[Event],
+        /,
     ) -> Awaitable[asyncio.Future[None]]: ...
 
 
@@ -88,6 +94,7 @@ class EngineStats:
     timers_fired: int = 0
     timers_restored: int = 0
     actions: int = 0
+    forwards: int = 0  # identity forwards produced to the events topic
     batches: int = 0
     rows_written: int = 0
     expression_errors: int = 0
@@ -108,6 +115,7 @@ class PartitionEngine:
         self.parts: dict[int, OwnedPartition] = {}
         self._flush_out = flush
         self._actions: dict[int, list[Action]] = {}
+        self._forwards: list[Event] = []
         self.stats = EngineStats(rules_version=rules_version)
 
     # --- ownership -----------------------------------------------------------------
@@ -137,8 +145,11 @@ class PartitionEngine:
     def _output_handler(self, index: int) -> OutputHandler:
         stats = self.stats
         pending = self._actions
+        forwards = self._forwards
 
         def on_output(out: Output) -> None:
+            if out.forwards:
+                forwards.extend(out.forwards)
             if out.timer_due is not None:
                 stats.timers_fired += 1
             if out.errors:
@@ -217,6 +228,8 @@ class PartitionEngine:
     async def _flush(self, touched: set[int]) -> asyncio.Future[None]:
         actions = dict(self._actions)
         self._actions.clear()
+        forwards = self._forwards[:]
+        self._forwards.clear()
         rows: dict[int, list[CustomerState]] = {}
         for index in touched:
             part = self.parts.get(index)
@@ -226,7 +239,8 @@ class PartitionEngine:
                     rows[index] = dirty
         self.stats.actions += sum(len(a) for a in actions.values())
         self.stats.rows_written += sum(len(r) for r in rows.values())
-        return await self._flush_out(actions, rows)
+        self.stats.forwards += len(forwards)
+        return await self._flush_out(actions, rows, forwards)
 
     def refresh_gauges(self) -> None:
         s = self.stats

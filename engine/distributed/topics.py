@@ -15,9 +15,19 @@ import logging
 
 from engine.distributed.config import WorkerConfig
 
-__all__ = ["ensure_topics"]
+__all__ = ["ensure_topics", "key_partition"]
 
 logger = logging.getLogger(__name__)
+
+
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition a record keyed ``key`` goes to: the Java client's and aiokafka's
+    default partitioner (murmur2 of the key, positive, modulo the partition count), which
+    the ingest and ``nudge replay`` produce with, so an identity forward lands where the
+    target customer's own events do."""
+    from aiokafka.partitioner import murmur2
+
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 async def ensure_topics(cfg: WorkerConfig, timeout: float = 30.0) -> None:

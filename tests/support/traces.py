@@ -6,7 +6,7 @@ from typing import Any
 
 from engine.types import iso
 
-__all__ = ["TIMING_FREE_RULES", "make_events"]
+__all__ = ["TIMING_FREE_RULES", "identity_trace", "make_events"]
 
 TIMING_FREE_RULES = {
     "settings.yaml": "kind: settings\ndefault_consent: {email: true, sms: true, webhook: true}\n",
@@ -52,3 +52,28 @@ def make_events(n: int, start: int, customers: int = 97, prefix: str = "e") -> l
             }
         )
     return out
+
+
+def identity_trace(start: int, customers: int = 40, n: int = 2400) -> list[dict[str, Any]]:
+    """``make_events`` under anonymous ids (``anon:c<i>``); half way, each is aliased to
+    ``u<i>`` (``customer_aliased``) and goes on under its anonymous id. Before the
+    aliases no cart events: their 1 s timer could fire before or after the merge, under
+    either id, a timing a backtest cannot know. After, all of a known customer's inputs
+    arrive through its anonymous id, in order, so the actions are timing free."""
+    events = make_events(n, start, customers=customers)
+    half = len(events) // 2
+    for i, ev in enumerate(events):
+        ev["customer_id"] = "anon:" + ev["customer_id"]
+        if i < half and ev["type"] == "cart_item_added":
+            ev["type"], ev["properties"] = "page_viewed", {}
+    aliases = [
+        {
+            "event_id": f"alias-{c}",
+            "type": "customer_aliased",
+            "customer_id": f"anon:c{c}",
+            "timestamp": iso(start + half),
+            "properties": {"user_id": f"u{c}"},
+        }
+        for c in range(customers)
+    ]
+    return events[:half] + aliases + events[half:]

@@ -18,40 +18,12 @@ import pytest
 from aiohttp import ClientSession
 
 from engine.backtest import backtest
-from engine.types import iso
 from rules.ruleset import load_ruleset
 from tests.engine.embedded.test_crash import Engine
-from tests.support.traces import make_events
+from tests.support.traces import identity_trace
 from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.slow
-
-CUSTOMERS = 40
-
-
-def identity_trace(start: int) -> list[dict[str, Any]]:
-    """Anonymous ids only; half way, each is aliased to ``u<i>``. Before the aliases no
-    cart events (their 1 s timer could fire before or after the merge, under either id:
-    a timing the backtest cannot know); after, all of a known customer's inputs arrive
-    through its anonymous id, in order."""
-    events = make_events(2400, start, customers=CUSTOMERS)
-    half = len(events) // 2
-    for i, ev in enumerate(events):
-        ev["customer_id"] = "anon:" + ev["customer_id"]
-        if i < half and ev["type"] == "cart_item_added":
-            ev["type"], ev["properties"] = "page_viewed", {}
-    aliases = [
-        {
-            "event_id": f"alias-{c}",
-            "type": "customer_aliased",
-            "customer_id": f"anon:c{c}",
-            "timestamp": iso(start + half),
-            "properties": {"user_id": f"u{c}"},
-        }
-        for c in range(CUSTOMERS)
-    ]
-    return events[:half] + aliases + events[half:]
-
 
 async def test_sigkill_during_merges_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     hook = WebhookReceiver()
