@@ -8,35 +8,49 @@ Config (a dict, typically from YAML)::
              headers: {Authorization: "Bearer ..."}, max_attempts: 5}
       file: {type: jsonl, path: actions.jsonl, fsync_every: 1}
       log:  {type: log, level: INFO}
+      email: {type: sendgrid, api_key_env: SENDGRID_API_KEY, from: {email: shop@example.com},
+              templates: {cart_reminder: d-abc123}}
+      sms:  {type: twilio, account_sid: AC..., auth_token_env: TWILIO_AUTH_TOKEN,
+             from: "+15550100", templates_dir: sms/}
+      push: {type: fcm, service_account_file: /secrets/fcm.json}
     routes:                           # first match wins
       - {rule: vip-segment, sink: crm}
       - {channel: sms, sink: file}
       - {rule: winback, channel: email, sink: crm}   # both must match
+
+The provider sinks (sendgrid, twilio, fcm) are documented in docs/sinks.md and in their
+modules; their credentials come from ``<secret>_env`` / ``<secret>_file`` keys
+(:mod:`connectors.sinks.provider`). :func:`check_config` lists every problem of a config
+with its location (``nudge sinks check``); :meth:`Router.from_config` raises the first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from connectors.exceptions import ConnectorError
 from connectors.retry import RetryPolicy
 from connectors.sinks.base import Sink
+from connectors.sinks.fcm import FcmConfig, FcmSink, ServiceAccount
 from connectors.sinks.jsonl import JsonlSink
 from connectors.sinks.log import LogSink
+from connectors.sinks.provider import ProviderConfig, read_secrets, secret_problems
+from connectors.sinks.sendgrid import SendGridConfig, SendGridSink
+from connectors.sinks.twilio import TwilioConfig, TwilioSink, load_templates
 from connectors.sinks.webhook import WebhookSink
 from engine.types import Action
 
-__all__ = ["Route", "Router"]
+__all__ = ["Problem", "Route", "Router", "check_config"]
 
 logger = logging.getLogger(__name__)
 
-_M = TypeVar("_M", bound=BaseModel)
 _Name = Annotated[str, Field(min_length=1, max_length=100)]
 
 
@@ -65,10 +79,14 @@ class _WebhookConfig(_Strict):
     max_delay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
 
 
-_SINK_MODELS: dict[str, type[_LogConfig | _JsonlConfig | _WebhookConfig]] = {
+_SinkConfig = _LogConfig | _JsonlConfig | _WebhookConfig | SendGridConfig | TwilioConfig | FcmConfig
+_SINK_MODELS: dict[str, type[_SinkConfig]] = {
     "log": _LogConfig,
     "jsonl": _JsonlConfig,
     "webhook": _WebhookConfig,
+    "sendgrid": SendGridConfig,
+    "twilio": TwilioConfig,
+    "fcm": FcmConfig,
 }
 
 
@@ -99,9 +117,29 @@ class Route:
     channel: str | None = None
 
     def matches(self, action: Action) -> bool:
-        return (self.rule is None or self.rule == action.rule_id) and (
-            self.channel is None or self.channel == action.channel
+        return self.matches_on(action.rule_id, action.channel)
+
+    def matches_on(self, rule_id: str, channel: str) -> bool:
+        """Whether sends of ``rule_id`` on ``channel`` take this route."""
+        return (self.rule is None or self.rule == rule_id) and (
+            self.channel is None or self.channel == channel
         )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a routing config: ``loc`` is its path (``("sinks", "crm", "url")``,
+    ``()`` for the whole config); ``warning``: only with :func:`check_config`'s
+    ``secrets="warn"`` (a credential that cannot be read here)."""
+
+    loc: tuple[str | int, ...]
+    message: str
+    warning: bool = False
+
+    @property
+    def field(self) -> str:
+        """``loc`` as a JSON path (``$.sinks.crm.url``, ``$.routes[0].sink``)."""
+        return _json_path("$", self.loc)
 
 
 class Router:
@@ -124,26 +162,46 @@ class Router:
         self._started: list[Sink] = []
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Router:
+    def from_config(
+        cls, config: Mapping[str, Any], *, env: Mapping[str, str] | None = None
+    ) -> Router:
         """Validate ``config`` (see the module docstring) and build the sinks (not started).
 
+        Credentials are read now, from ``env`` (default ``os.environ``) and files.
         Raises :class:`ConnectorError` whose ``field`` is the JSON path of the first bad
-        field (``$.sinks.crm.url``, ``$.routes[0].sink``); the message lists every problem.
+        field (``$.sinks.crm.url``, ``$.routes[0].sink``, ``$.sinks.email.api_key_env``);
+        the message lists every problem.
         """
-        cfg = _validate(_RoutingConfig, config, "$")
+        problems = check_config(config, env=env)
+        if problems:
+            first = problems[0]
+            message = first.message + "".join(f"; {p.field}: {p.message}" for p in problems[1:])
+            raise ConnectorError(message, field=first.field)
+        cfg = _RoutingConfig.model_validate(config)
         sinks: dict[str, Sink] = {}
         for name, raw in cfg.sinks.items():
-            sinks[name] = _build_sink(name, raw, f"$.sinks.{name}")
+            sinks[name] = _build_sink(name, raw, f"$.sinks.{name}", env)
         sinks.setdefault("log", LogSink("log"))
         routes = [Route(sink=r.sink, rule=r.rule, channel=r.channel) for r in cfg.routes]
         return cls(sinks, routes, cfg.default)
 
+    def sink_name(self, rule_id: str, channel: str) -> str:
+        """The name of the sink sends of ``rule_id`` on ``channel`` go to."""
+        for route in self.routes:
+            if route.matches_on(rule_id, channel):
+                return route.sink
+        return self.default
+
     def sink_for(self, action: Action) -> Sink:
         """The sink ``action`` goes to."""
-        for route in self.routes:
-            if route.matches(action):
-                return self.sinks[route.sink]
-        return self.sinks[self.default]
+        return self.sinks[self.sink_name(action.rule_id, action.channel)]
+
+    def needs_address(self, rule_id: str, channel: str) -> bool:
+        """Whether sends of ``rule_id`` on ``channel`` go to a sink that cannot send
+        without a recipient address (a provider sink: its ``needs_address`` is true).
+        Pass it to :meth:`rules.ruleset.RuleSet.require_addresses`."""
+        sink = self.sinks[self.sink_name(rule_id, channel)]
+        return getattr(sink, "needs_address", False) is True
 
     def policy_for(self, sink: Sink, default: RetryPolicy) -> RetryPolicy:
         """The retry policy to deliver to ``sink`` with: its own ``policy`` attribute if it
@@ -172,39 +230,117 @@ class Router:
                 logger.error("closing sink %s failed: %r", sink.name, result)
 
 
-def _build_sink(name: str, raw: dict[str, Any], path: str) -> Sink:
+def check_config(
+    config: Any,
+    *,
+    env: Mapping[str, str] | None = None,
+    secrets: Literal["error", "warn"] = "error",
+) -> list[Problem]:
+    """Every problem of a routing config, in config order: structure, each sink's fields,
+    credentials (unreadable: an error, or a warning with ``secrets="warn"``), a Twilio
+    sink's templates directory, an FCM sink's service account, the sinks routes name.
+
+    Reads credentials (from ``env``, default ``os.environ``, and files) and template
+    files, opens no connection. Empty means :meth:`Router.from_config` builds it.
+    """
+    if not isinstance(config, Mapping):
+        return [Problem((), f"expected a mapping, got {type(config).__name__}")]
+    problems = _model_problems(_RoutingConfig, config, ())
+    if problems:
+        return problems
+    cfg = _RoutingConfig.model_validate(config)
+    names = set(cfg.sinks) | {"log"}
+    for name, raw in cfg.sinks.items():
+        problems.extend(_sink_problems(name, raw, env, secrets == "warn"))
+    for i, route in enumerate(cfg.routes):
+        if route.sink not in names:
+            problems.append(Problem(("routes", i, "sink"), f"unknown sink {route.sink!r}"))
+    if cfg.default not in names:
+        problems.append(Problem(("default",), f"unknown sink {cfg.default!r}"))
+    return problems
+
+
+def _model_problems(
+    model: type[BaseModel], data: Any, base: tuple[str | int, ...]
+) -> list[Problem]:
+    try:
+        model.model_validate(data)
+    except ValidationError as err:
+        return [
+            Problem((*base, *e["loc"]), e["msg"].removeprefix("Value error, "))
+            for e in err.errors(include_url=False)
+        ]
+    return []
+
+
+def _sink_problems(
+    name: str, raw: dict[str, Any], env: Mapping[str, str] | None, warn_secrets: bool
+) -> list[Problem]:
+    base: tuple[str | int, ...] = ("sinks", name)
     kind = raw.get("type")
     model = _SINK_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
         expected = ", ".join(sorted(_SINK_MODELS))
-        raise ConnectorError(
-            f"unknown sink type {kind!r} (expected {expected})", field=f"{path}.type"
-        )
-    cfg = _validate(model, raw, path)
+        return [Problem((*base, "type"), f"unknown sink type {kind!r} (expected {expected})")]
+    problems = _model_problems(model, raw, base)
+    if problems:
+        return problems
+    cfg = model.model_validate(raw)
+    if not isinstance(cfg, ProviderConfig):
+        return []
+    unreadable = secret_problems(cfg, env)
+    problems.extend(Problem((*base, p.key), p.message, warn_secrets) for p in unreadable)
+    if isinstance(cfg, TwilioConfig):
+        try:
+            templates = load_templates(cfg.templates_dir)
+        except ConnectorError as err:
+            problems.append(Problem((*base, "templates_dir"), err.message))
+        else:
+            if not templates:
+                problems.append(
+                    Problem((*base, "templates_dir"), f"no *.txt templates in {cfg.templates_dir}")
+                )
+    if isinstance(cfg, FcmConfig) and not unreadable:
+        key = "service_account_env" if cfg.service_account_env else "service_account_file"
+        try:
+            account = ServiceAccount.from_json(read_secrets(cfg, "$", env)["service_account"])
+        except ConnectorError as err:
+            problems.append(Problem((*base, key), err.message))
+        else:
+            if not (cfg.project_id or account.project_id):
+                problems.append(
+                    Problem((*base, "project_id"), "required: the service account has none")
+                )
+    return problems
+
+
+def _build_sink(name: str, raw: dict[str, Any], path: str, env: Mapping[str, str] | None) -> Sink:
+    cfg = _SINK_MODELS[raw["type"]].model_validate(raw)  # check_config passed
     if isinstance(cfg, _LogConfig):
         return LogSink(name, level=logging.getLevelNamesMapping()[cfg.level])
     if isinstance(cfg, _JsonlConfig):
         return JsonlSink(cfg.path, fsync_every=cfg.fsync_every, name=name)
-    return WebhookSink(
-        cfg.url,
-        timeout=cfg.timeout,
-        headers=cfg.headers,
-        max_attempts=cfg.max_attempts,
-        base_delay=cfg.base_delay,
-        max_delay=cfg.max_delay,
-        name=name,
-    )
-
-
-def _validate(model: type[_M], data: Any, path: str) -> _M:
-    if not isinstance(data, Mapping):
-        raise ConnectorError(f"expected a mapping, got {type(data).__name__}", field=path)
+    if isinstance(cfg, _WebhookConfig):
+        return WebhookSink(
+            cfg.url,
+            timeout=cfg.timeout,
+            headers=cfg.headers,
+            max_attempts=cfg.max_attempts,
+            base_delay=cfg.base_delay,
+            max_delay=cfg.max_delay,
+            name=name,
+        )
+    secrets = read_secrets(cfg, path, os.environ if env is None else env)
     try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        problems = [(_json_path(path, e["loc"]), e["msg"]) for e in err.errors()]
-        message = problems[0][1] + "".join(f"; {p}: {m}" for p, m in problems[1:])
-        raise ConnectorError(message, field=problems[0][0]) from None
+        if isinstance(cfg, SendGridConfig):
+            return SendGridSink.from_config(name, cfg, secrets)
+        if isinstance(cfg, TwilioConfig):
+            return TwilioSink.from_config(name, cfg, secrets)
+        return FcmSink.from_config(name, cfg, secrets)
+    except ConnectorError as err:
+        if err.field is None or err.field.startswith("$"):
+            raise
+        raise ConnectorError(err.message, field=f"{path}.{err.field}") from None
 
 
 def _json_path(base: str, loc: tuple[int | str, ...]) -> str:
