@@ -272,7 +272,7 @@ def test_traffic_created_the_series_the_alerts_select(nudge: Nudge) -> None:
         'nudge_rule_fires_total{outcome="sent",rule="vip-segment",variant="default"}',
         'nudge_actions_total{channel="webhook",outcome="delivered"}',
         'nudge_events_accepted_total{type="order_completed"}',
-        'nudge_events_rejected_total{reason="unauthorized"}',
+        'nudge_events_rejected_total{reason="unauthorized",source="native"}',
         'nudge_rule_deploys_total{result="rejected"}',
         'nudge_rule_deploys_total{result="ok"}',
         'nudge_http_requests_total{route="/v1/events",status="202"}',
