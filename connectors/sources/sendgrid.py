@@ -70,7 +70,7 @@ EVENT_TYPES: dict[str, str] = {
     "spamreport": "email_spam_reported",
     "unsubscribe": "email_unsubscribed",
     "group_unsubscribe": "email_unsubscribed",
-    "group_resubscribe": "customer_updated",
+    "group_resubscribe": "email_resubscribed",
 }
 """SendGrid event -> Nudge type. ``processed`` and ``deferred`` (and any event SendGrid
 adds later) are skipped: they say nothing a rule or the profile uses."""
@@ -183,13 +183,13 @@ def _map(raw: dict[str, Any], signed_at: int) -> Event | str:
     if kind == "bounce":
         # SendGrid's "bounce" is a permanent rejection; "blocked" a temporary one
         props["bounce_type"] = "soft" if raw.get("type") == "blocked" else "hard"
+        if email is not None:  # the address a hard bounce marks undeliverable
+            props["address"] = email
     if kind in ("bounce", "dropped") and (reason := _str(raw.get("reason"))) is not None:
         props["reason"] = reason[:1000]
     group = _str(raw.get("asm_group_id"))
     if kind in ("group_unsubscribe", "group_resubscribe") and group is not None:
         props["asm_group_id"] = group
-    if kind == "group_resubscribe":
-        props["consent"] = {"email": True}
     return Event(
         event_id=event_id[:_MAX_ID],
         type=etype,

@@ -179,6 +179,8 @@ def status_event(
         props["error_code"] = code
         hard = code.isdigit() and int(code) in HARD_ERROR_CODES
         props["bounce_type"] = "hard" if hard else "soft"
+        if params.get("To"):  # the number a hard failure marks undeliverable
+            props["address"] = params["To"]
     return Event(
         event_id=f"{sid}:{status}"[:_MAX_ID],
         type=etype,

@@ -122,7 +122,7 @@ def test_good_signature_maps_every_event() -> None:
         ("sg-8", "email_spam_reported"),
         ("sg-9", "email_unsubscribed"),
         ("sg-10", "email_unsubscribed"),
-        ("sg-11", "customer_updated"),
+        ("sg-11", "email_resubscribed"),
     ]
     assert batch.skipped == {"ignored": 2}
     delivered, _, click, hard, soft, dropped, *_, resub = batch.events
@@ -137,7 +137,7 @@ def test_good_signature_maps_every_event() -> None:
     assert click.properties["url"] == "https://shop.example.com/cart"
     assert (hard.properties["bounce_type"], soft.properties["bounce_type"]) == ("hard", "soft")
     assert dropped.properties["reason"] == "Bounced Address"
-    assert resub.properties["consent"] == {"email": True}
+    assert hard.properties["address"] == "ann@example.com"
     assert resub.properties["asm_group_id"] == "42"
 
 

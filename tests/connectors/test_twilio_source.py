@@ -147,6 +147,7 @@ def test_failed_callback_bounce_type(status: str, code: str, bounce: str) -> Non
     assert ev.type == "sms_failed"
     assert (ev.properties["error_code"], ev.properties["bounce_type"]) == (code, bounce)
     assert ev.event_id == f"SM0123456789abcdef:{status}"
+    assert ev.properties["address"] == "+14155550100"
 
 
 def test_intermediate_statuses_and_strangers_are_skipped() -> None:
