@@ -97,4 +97,4 @@ class TokenBucket:
         if not seconds > 0:
             return
         self._refill()
-        self._tokens = min(self._tokens, 1.0) - seconds * self.rate
+        self._tokens = min(self._tokens, 1.0 - seconds * self.rate)

@@ -1,5 +1,5 @@
-"""The ``nudge`` command line: rules check|schema|list, backtest (run and worker come with
-their runtimes)."""
+"""The ``nudge`` command line: rules check|schema|list, sinks check, backtest (run and worker
+come with their runtimes)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,49 @@ def _cmd_rules_schema(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def _cmd_sinks_check(args: argparse.Namespace) -> int:
+    """Each problem of each sinks file as ``file:line:col: $.json.path: message``;
+    credentials that cannot be read here are warnings unless ``--strict``."""
+    from connectors.routing import check_config
+    from rules.exceptions import RuleError
+    from rules.loader import load_documents
+
+    errors = warnings = sinks = 0
+    for path in args.paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            docs = load_documents(path, text)
+        except OSError as err:
+            print(f"{path}:1:1: {err.strerror or err}", file=sys.stderr)
+            errors += 1
+            continue
+        except RuleError as err:
+            print(err, file=sys.stderr)
+            errors += 1
+            continue
+        if len(docs) != 1:
+            print(
+                f"{path}:1:1: expected one YAML/JSON document, found {len(docs)}", file=sys.stderr
+            )
+            errors += 1
+            continue
+        doc = docs[0]
+        problems = check_config(doc.data, secrets="error" if args.strict else "warn")
+        for p in problems:
+            _, (line, col) = doc.positions.locate(p.loc, doc.data)
+            kind = "warning: " if p.warning else ""
+            print(f"{path}:{line}:{col}: {kind}{p.field}: {p.message}", file=sys.stderr)
+            warnings += p.warning
+            errors += not p.warning
+        if isinstance(doc.data, dict) and isinstance(doc.data.get("sinks"), dict):
+            sinks += len(doc.data["sinks"])
+    if errors:
+        print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
+        return 1
+    print(f"ok: {len(args.paths)} file(s), {sinks} sink(s), {warnings} warning(s)")
     return 0
 
 
@@ -143,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     sch = rsub.add_parser("schema", help="print the rule file JSON Schema")
     sch.add_argument("-o", "--output")
     sch.set_defaults(func=_cmd_rules_schema)
+
+    sinks = sub.add_parser("sinks", help="check sinks (action routing) files")
+    ssub = sinks.add_subparsers(dest="sinks_command", required=True)
+    schk = ssub.add_parser(
+        "check", help="validate sinks files (YAML/JSON); errors as file:line:col (docs/sinks.md)"
+    )
+    schk.add_argument("paths", nargs="+")
+    schk.add_argument(
+        "--strict",
+        action="store_true",
+        help="credentials that cannot be read here (unset variable, missing file) are errors, "
+        "not warnings",
+    )
+    schk.set_defaults(func=_cmd_sinks_check)
 
     run = sub.add_parser("run", help="run the embedded engine: HTTP ingest, durable state")
     run.add_argument("--rules", nargs="+", help="rule files or directories (default: recipes)")

@@ -1,3 +1,3 @@
 """Shared test setup. Real servers (Kafka, Redis, Prometheus) come from tests/support."""
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.providers"]

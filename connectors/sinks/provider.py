@@ -18,6 +18,7 @@ import string
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Protocol
 
 import aiohttp
@@ -125,9 +126,10 @@ def _read_one(key: str, where: str, env: Mapping[str, str]) -> str | SecretProbl
             return SecretProblem(key, f"environment variable {where} is not set")
         return value.strip()
     try:
-        text = open(where, encoding="utf-8").read().strip()  # noqa: SIM115 (short read)
-    except OSError as err:
-        return SecretProblem(key, f"cannot read {where}: {err.strerror or err}")
+        text = Path(where).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        return SecretProblem(key, f"cannot read {where}: {reason or err}")
     if not text:
         return SecretProblem(key, f"{where} is empty")
     return text
