@@ -306,7 +306,6 @@ class ProviderSink:
         *,
         headers: Mapping[str, str],
         data: bytes | Mapping[str, str],
-        auth: aiohttp.BasicAuth | None = None,
         paced: bool = True,
     ) -> HttpReply:
         """POST once (after a token from the bucket when ``paced``); the reply whatever
@@ -322,7 +321,6 @@ class ProviderSink:
                 url,
                 data=data,
                 headers=dict(headers),
-                auth=auth,
                 timeout=self.timeout,
                 allow_redirects=False,
             ) as resp:

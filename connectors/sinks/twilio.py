@@ -158,7 +158,9 @@ class TwilioSink(ProviderSink):
         if (sender is None) == (messaging_service_sid is None):
             raise ConnectorError("give 'from' or 'messaging_service_sid' (exactly one)")
         self.account_sid = account_sid
-        self._auth = aiohttp.BasicAuth(api_key_sid or account_sid, auth_token.get_secret_value())
+        self._authorization = SecretStr(
+            aiohttp.encode_basic_auth(api_key_sid or account_sid, auth_token.get_secret_value())
+        )
         self.templates = dict(templates)
         self.sender = sender
         self.messaging_service_sid = messaging_service_sid
@@ -208,7 +210,8 @@ class TwilioSink(ProviderSink):
     async def send(self, action: Action) -> None:
         """One Messages request; see the class docstring for the outcomes."""
         form = self.form(action)
-        reply = await self._request(self.url, headers={}, data=form, auth=self._auth)
+        headers = {"Authorization": self._authorization.get_secret_value()}
+        reply = await self._request(self.url, headers=headers, data=form)
         if 200 <= reply.status < 300:
             return
         raise self._fail(reply, _detail(reply))
