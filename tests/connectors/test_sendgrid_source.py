@@ -182,3 +182,19 @@ def test_signed_but_not_an_array_is_400() -> None:
     with pytest.raises(SourceError) as err:
         sendgrid.parse(body, signed(body), KEY, NOW)
     assert (err.value.status, err.value.code) == (400, "invalid_json")
+
+
+def test_the_sinks_custom_args_are_the_ones_read_here() -> None:
+    """The contract with the SendGrid sink: the custom_args it sets name the customer,
+    key, rule and template this source reads."""
+    from connectors.sinks.sendgrid import custom_args
+    from engine.types import Action
+
+    action = Action("abandoned-cart", 1, "c7", "email", "cart_reminder", {}, "a", "k-7", 0)
+    args = custom_args(action)
+    assert set(args) == set(sendgrid.CUSTOM_ARGS.values())
+    batch = parse([{**ev("delivered", 1), **args}])
+    [e] = batch.events
+    assert (e.customer_id, e.properties["message_key"]) == ("c7", "k-7")
+    assert e.properties["rule_id"] == "abandoned-cart"
+    assert e.properties["template"] == "cart_reminder"

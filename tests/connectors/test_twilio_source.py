@@ -190,3 +190,20 @@ def test_inbound_without_sid_is_400() -> None:
     with pytest.raises(SourceError) as err:
         twilio.inbound_event({"From": "+1", "Body": "hi"}, "c1", NOW)
     assert (err.value.status, err.value.field) == (400, "MessageSid")
+
+
+
+def test_the_sinks_status_callback_is_the_one_parsed_here() -> None:
+    """The contract with the Twilio sink: its StatusCallback is status_callback_url."""
+    from connectors.sinks.twilio import status_callback
+    from engine.types import Action
+
+    action = Action("cart-sms", 3, "c 1/é", "sms", "cart_10pct", {}, "a", "cart-sms:3:c1:0:2", 0)
+    url = status_callback(PUBLIC + "/", action)
+    assert url == twilio.status_callback_url(
+        PUBLIC, action.customer_id, action.idempotency_key, action.rule_id, action.template
+    )
+    ev = twilio.status_event(status_params("delivered"), query(url), NOW)
+    assert not isinstance(ev, str)
+    assert (ev.customer_id, ev.properties["message_key"]) == ("c 1/é", "cart-sms:3:c1:0:2")
+    assert (ev.properties["rule_id"], ev.properties["template"]) == ("cart-sms", "cart_10pct")
