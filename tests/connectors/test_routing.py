@@ -10,11 +10,15 @@ import pytest
 
 from connectors.exceptions import ConnectorError
 from connectors.retry import RetryPolicy
-from connectors.routing import Router
+from connectors.routing import Router, check_config
+from connectors.sinks.fcm import FcmSink
 from connectors.sinks.jsonl import JsonlSink, read_jsonl_actions
 from connectors.sinks.log import LogSink
+from connectors.sinks.sendgrid import SendGridSink
+from connectors.sinks.twilio import TwilioSink
 from connectors.sinks.webhook import WebhookSink
 from tests.connectors.conftest import ActionFactory
+from tests.support.providers import FakeProviders
 
 
 def example(tmp_path: Path) -> dict[str, Any]:
@@ -118,3 +122,71 @@ async def test_log_sink_logs_one_structured_line(
     assert '"idempotency_key":"k9"' in record.getMessage()
     assert record.__dict__["action"] == action.to_json_dict()
     assert record.__dict__["sink"] == "log"
+
+
+def provider_config(tmp_path: Path, fake: FakeProviders) -> dict[str, Any]:
+    return {
+        "default": "log",
+        "sinks": {
+            "email": fake.sink_config("sendgrid", tmp_path),
+            "sms": fake.sink_config("twilio", tmp_path),
+            "push": fake.sink_config("fcm", tmp_path),
+            "crm": {"type": "webhook", "url": "http://127.0.0.1:9/hook"},
+        },
+        "routes": [
+            {"rule": "vip-segment", "sink": "crm"},
+            {"channel": "email", "sink": "email"},
+            {"channel": "sms", "sink": "sms"},
+            {"channel": "push", "sink": "push"},
+        ],
+    }
+
+
+def test_provider_sink_types_are_built(tmp_path: Path, fake_providers: FakeProviders) -> None:
+    router = Router.from_config(provider_config(tmp_path, fake_providers))
+    assert isinstance(router.sinks["email"], SendGridSink)
+    assert isinstance(router.sinks["sms"], TwilioSink)
+    assert isinstance(router.sinks["push"], FcmSink)
+    policy = router.policy_for(router.sinks["sms"], RetryPolicy(max_attempts=9))
+    assert policy.max_attempts == 5  # the provider sink's own
+
+
+def test_needs_address_follows_the_routes(tmp_path: Path, fake_providers: FakeProviders) -> None:
+    router = Router.from_config(provider_config(tmp_path, fake_providers))
+    assert router.needs_address("abandoned-cart", "email")
+    assert router.needs_address("any", "sms")
+    assert router.needs_address("any", "push")
+    assert not router.needs_address("vip-segment", "email")  # first route: the webhook
+    assert not router.needs_address("any", "webhook")  # the default: log
+    assert not Router.from_config({}).needs_address("r", "email")
+
+
+def test_default_provider_rates(tmp_path: Path, fake_providers: FakeProviders) -> None:
+    config = provider_config(tmp_path, fake_providers)
+    for sink in config["sinks"].values():
+        sink.pop("rate_per_second", None)
+    router = Router.from_config(config)
+    rates = {n: router.sinks[n].bucket.rate for n in ("email", "sms", "push")}
+    assert rates == {"email": 100.0, "sms": 1.0, "push": 500.0}
+
+
+def test_check_config_lists_every_problem(tmp_path: Path, fake_providers: FakeProviders) -> None:
+    config = provider_config(tmp_path, fake_providers)
+    config["sinks"]["email"] = {
+        **config["sinks"]["email"],
+        "api_key_file": None,
+        "api_key_env": "NUDGE_T_KEY",
+    }
+    config["sinks"]["sms"]["templates_dir"] = str(tmp_path / "missing")
+    config["sinks"]["crm"]["timeout"] = -1
+    config["routes"].append({"channel": "x", "sink": "nope"})
+    problems = check_config(config, env={})
+    assert [(p.field, p.warning) for p in problems] == [
+        ("$.sinks.email.api_key_env", False),
+        ("$.sinks.sms.templates_dir", False),
+        ("$.sinks.crm.timeout", False),
+        ("$.routes[4].sink", False),
+    ]
+    warned = check_config(config, env={}, secrets="warn")
+    assert warned[0].warning
+    assert "NUDGE_T_KEY is not set" in warned[0].message
