@@ -189,6 +189,7 @@ class Runtime:
         if latest is not None:
             self.rules_version, self.rules_files = latest
             self.ruleset = load_texts(sorted(self.rules_files.items()))
+            self.ruleset.require_addresses(self.router.needs_address)
         else:
             rs = load_ruleset(self.cfg.rules)
             files = {
@@ -196,6 +197,7 @@ class Runtime:
                 for f in rule_files(self.cfg.rules or [str(_recipes())])
             }
             self.rules_version = await self.db(self.store.save_rules, self.clock.now(), files)
+            rs.require_addresses(self.router.needs_address)
             self.rules_files, self.ruleset = files, rs
         self.metrics.ruleset_version.set(self.rules_version)
 
@@ -530,6 +532,7 @@ class Runtime:
         # parsing is CPU work (a 1 MiB file: ~1.4 s): in a thread, the loop keeps serving
         rs = await asyncio.to_thread(load_texts, sorted(files.items()))
         version: int = await self.db(self.store.save_rules, self.clock.now(), files)
+        rs.require_addresses(self.router.needs_address)
         self.ruleset, self.rules_files, self.rules_version = rs, dict(files), version
         for p in self.parts:
             p.set_ruleset(rs)
