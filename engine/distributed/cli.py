@@ -168,21 +168,21 @@ def _add_ingest(worker_app: Any, args: argparse.Namespace) -> None:
     from engine.http.app import create_app as create_http_app
     from engine.http.auth import Tokens
     from engine.metrics import Metrics
+    from state.addresses import RedisAddressBook
     from state.redis import RedisState
 
     cfg = worker_app.cfg
 
     async def serve() -> None:
-        ingest = KafkaIngest(
-            cfg.broker,
-            cfg.events_topic,
-            redis=RedisState(cfg.redis_url, prefix=cfg.redis_prefix),
-        )
+        redis = RedisState(cfg.redis_url, prefix=cfg.redis_prefix)
+        ingest = KafkaIngest(cfg.broker, cfg.events_topic, redis=redis)
         await ingest.start()
         tokens, _, _ = Tokens.load_or_create(Path(args.data))
         metrics = Metrics()
         serve_alongside(metrics, WorkerCollector(worker_app.stats, cfg.role))
-        runner = web.AppRunner(create_http_app(ingest, tokens, metrics), access_log=None)
+        book = RedisAddressBook(redis.client, prefix=f"{cfg.redis_prefix}:addresses")
+        app = create_http_app(ingest, tokens, metrics, address_book=book)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, args.http_host, args.http_port).start()
         logger.info("ingest on http://%s:%d", args.http_host, args.http_port)

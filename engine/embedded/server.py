@@ -15,12 +15,14 @@ import orjson
 import yaml
 from aiohttp import web
 
+from connectors.sources.config import SourcesConfig
 from engine.clock import Clock, ScaledClock, SystemClock
 from engine.embedded import CHECKPOINT_MODES
 from engine.embedded.runtime import Runtime, RuntimeConfig
 from engine.http.app import create_app
 from engine.http.auth import Tokens
 from engine.metrics import Metrics
+from state.addresses import SqliteAddressBook
 
 __all__ = ["ServeOptions", "serve"]
 
@@ -107,7 +109,8 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
     runtime = Runtime(cfg, metrics, clock)
     tokens, token_path, created = Tokens.load_or_create(opts.data)
     await runtime.start()
-    app = create_app(runtime, tokens, metrics)
+    book = SqliteAddressBook(opts.data / "addresses.db")
+    app = create_app(runtime, tokens, metrics, sources=SourcesConfig.load(), address_book=book)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, opts.host, opts.port)
@@ -137,6 +140,7 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
             await demo_task
     await runner.cleanup()
     await runtime.stop()
+    book.close()
 
 
 def serve(opts: ServeOptions) -> int:

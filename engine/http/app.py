@@ -32,13 +32,17 @@ from engine.metrics import Metrics
 from engine.types import Event
 from rules.exceptions import RuleErrors
 from rules.ruleset import load_texts
+from state.addresses import AddressBook, MemoryAddressBook, record_addresses
 
 __all__ = [
+    "ADDRESS_BOOK",
     "OPENAPI_PATH",
     "add_source_route",
     "auth",
+    "backend_of",
     "create_app",
     "error",
+    "metrics_of",
     "ok",
     "reject",
     "submit",
@@ -56,6 +60,20 @@ _TOKENS: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
 _METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 _LIMITS: web.AppKey[tuple[int, int]] = web.AppKey("limits", tuple)
 _ROUTE_SOURCES: web.AppKey[dict[str, str]] = web.AppKey("route_sources", dict)
+ADDRESS_BOOK: web.AppKey[AddressBook] = web.AppKey("nudge_address_book")
+"""Address -> customer (state/addresses.py), recorded from the profile events every
+ingest route accepts; provider callbacks that name only an address look it up. A
+runtime passes a durable one to ``create_app`` (embedded: SQLite in the data dir;
+distributed ingest: Redis); without one it is in memory, lost on restart."""
+
+
+def backend_of(app: web.Application) -> Any:
+    """The backend the app serves (the embedded Runtime, or the distributed ingest)."""
+    return app[_BACKEND]
+
+
+def metrics_of(app: web.Application) -> Metrics:
+    return app[_METRICS]
 
 
 def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -222,7 +240,20 @@ async def submit(
         return resp
     except NotReady as nr:
         return error(503, "not_ready", str(nr))
+    await _remember_addresses(request.app, events)
     return ok({"accepted": len(events)}, status=202)
+
+
+async def _remember_addresses(app: web.Application, events: list[Event]) -> None:
+    """Record the email addresses and phone numbers of accepted profile events (after
+    they are durable: failures are logged, never fail the request)."""
+    book = app.get(ADDRESS_BOOK)
+    if book is None:
+        return
+    try:
+        await record_addresses(book, events)
+    except Exception:
+        logger.exception("could not record addresses")
 
 
 def reject(request: web.Request, source: str, err: SourceError) -> web.Response:
@@ -362,6 +393,7 @@ def create_app(
     max_body: int = 1 << 20,
     max_events: int = 1000,
     sources: SourcesConfig | None = None,
+    address_book: AddressBook | None = None,
 ) -> web.Application:
     """The API over ``backend`` (the embedded Runtime, or the distributed ingest)."""
     app = web.Application(client_max_size=max_body, middlewares=[_errors])
@@ -370,6 +402,7 @@ def create_app(
     app[_METRICS] = metrics
     app[_LIMITS] = (max_body, max_events)
     app[_ROUTE_SOURCES] = {}
+    app[ADDRESS_BOOK] = address_book if address_book is not None else MemoryAddressBook()
     add_source_route(app, "POST", "/v1/events", post_events, "native")
     from engine.http import segment, webhooks  # they build on this module's helpers
 

@@ -10,18 +10,16 @@ provider retries a non-2xx answer for hours and may then disable the webhook.
 
 The address book (:mod:`state.addresses`) maps a phone number to its customer for
 Twilio's inbound messages and a Shopify order to its customer for refunds. It is the app
-key :data:`ADDRESS_BOOK`; :func:`install` sets a :class:`MemoryAddressBook` (lost on
-restart) and a runtime replaces it before the app starts: ``app[ADDRESS_BOOK] =
-SqliteAddressBook(data_dir / "addresses.db")`` (embedded) or ``RedisAddressBook(redis)``
-(distributed ingest). Addresses are recorded from the events each route accepts; the
-native ``/v1/events`` route records through :func:`remember_addresses`.
+key :data:`engine.http.app.ADDRESS_BOOK` (``create_app(address_book=...)``: SQLite in the
+data dir for ``nudge run``, Redis for the distributed ingest). Every ingest route records
+the addresses of the profile events it accepts (``engine.http.app.submit``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from urllib.parse import parse_qsl
 
@@ -32,9 +30,17 @@ from connectors.sources.config import SourcesConfig
 from connectors.sources.exceptions import SourceError
 from engine.events import decode_events, encode_events
 from engine.exceptions import EventError
-from engine.http.app import _BACKEND, _METRICS, add_source_route, ok, reject, submit
+from engine.http.app import (
+    ADDRESS_BOOK,
+    add_source_route,
+    backend_of,
+    metrics_of,
+    ok,
+    reject,
+    submit,
+)
 from engine.types import Event, from_ms
-from state.addresses import AddressBook, MemoryAddressBook, normalize, record_addresses
+from state.addresses import normalize
 
 __all__ = [
     "ADDRESS_BOOK",
@@ -43,12 +49,10 @@ __all__ = [
     "SHOPIFY_PATH",
     "STATUS_PATH",
     "install",
-    "remember_addresses",
 ]
 
 logger = logging.getLogger(__name__)
 
-ADDRESS_BOOK: web.AppKey[AddressBook] = web.AppKey("nudge_address_book")
 SHOPIFY_PATH = "/v1/sources/shopify"
 SENDGRID_PATH = "/v1/sources/sendgrid"
 STATUS_PATH = twilio.STATUS_PATH
@@ -58,28 +62,15 @@ _EMPTY_TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-async def remember_addresses(app: web.Application, events: Iterable[Event]) -> None:
-    """Record the email addresses and phone numbers of accepted profile events in the
-    app's address book. Call after a 202 on every ingest route (the webhook routes here
-    do); failures are logged, never fail the request (the events are already durable)."""
-    book = app.get(ADDRESS_BOOK)
-    if book is None:
-        return
-    try:
-        await record_addresses(book, events)
-    except Exception:
-        logger.exception("could not record addresses")
-
-
 def _count(request: web.Request, source: str, reason: str, n: int = 1) -> None:
     if n:
-        request.app[_METRICS].events_rejected.labels(source, reason).inc(n)
+        metrics_of(request.app).events_rejected.labels(source, reason).inc(n)
 
 
 def _now(request: web.Request) -> datetime:
     """The engine's processing time (its clock: virtual in tests, scaled in demos), for
     events whose payload carries no time of its own."""
-    return from_ms(request.app[_BACKEND].clock.now())
+    return from_ms(backend_of(request.app).clock.now())
 
 
 def _checked(events: list[Event]) -> list[Event]:
@@ -110,10 +101,7 @@ def _disabled_handler(source: str) -> Handler:
 
 
 async def _accepted(request: web.Request, events: list[Event], source: str) -> web.Response:
-    resp = await submit(request, events, None, source)
-    if resp.status == 202:
-        await remember_addresses(request.app, events)
-    return resp
+    return await submit(request, events, None, source)
 
 
 def _shopify(secret: str) -> Handler:
@@ -230,7 +218,6 @@ def _twilio_inbound(token: str, public_url: str) -> Handler:
 def install(app: web.Application, config: SourcesConfig) -> None:
     """Add the webhook routes to ``app`` and a memory address book unless one is set.
     Raises ConnectorError if the SendGrid verification key is not a public key."""
-    app.setdefault(ADDRESS_BOOK, MemoryAddressBook())
     public_url = config.public_url.rstrip("/")
     shopify_secret = config.shopify_secret
     sendgrid_key = config.sendgrid_verification_key
