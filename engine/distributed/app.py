@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -119,6 +120,7 @@ class WorkerApp:
         self._recovered = False
         self._last_input: dict[int, int] = {}
         self._deliveries: set[asyncio.Task[None]] = set()
+        self._needs_address: Callable[[str, str], bool] = lambda rule_id, channel: False
         app.on_partitions_revoked.connect(cast(Any, self._on_revoked))
         if cfg.processing:
             self._subscribe_events()
@@ -180,7 +182,12 @@ class WorkerApp:
             logger.info("worker %s ready (delivery only)", cfg.group_id)
             return
         self.watcher = RuleWatcher(self.redis, files_from_paths(cfg.rules))
+        # sends routed to a provider sink need an address (the core suppresses them
+        # without one); the routes alone decide it, so a process-only worker builds the
+        # router's sinks without starting them (no credentials read)
+        self._needs_address = (self.router or Router.from_config(cfg.sinks)).needs_address
         ruleset, version = await self.watcher.initial()
+        ruleset.require_addresses(self._needs_address)
         self.engine = PartitionEngine(ruleset, version, self._flush)
         self._ready.set()
         if self._recovered:
@@ -190,6 +197,7 @@ class WorkerApp:
 
     def _on_rules(self, ruleset: RuleSet, version: int) -> None:
         assert self.engine is not None
+        ruleset.require_addresses(self._needs_address)
         self.engine.set_ruleset(ruleset, version)
 
     # --- rebalances ----------------------------------------------------------------
