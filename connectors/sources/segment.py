@@ -475,6 +475,9 @@ def _alias(
     return "customer_aliased", ANON_PREFIX + prev, {"user_id": cid}, ()
 
 
+# track types the inline path of parse() leaves to _one
+_SLOW_TYPES = frozenset({*INTERNAL_TYPES, "customer_signed_up"})
+
 _KINDS: dict[str, _Kind] = {
     "track": _track,
     "identify": _identify,
@@ -592,7 +595,13 @@ def parse(body: bytes, kind: str, now_ms: int) -> list[Event]:
     if not messages:
         raise SourceError("no messages in the batch", code="empty_batch", field="$.batch")
     outer, sent_at = envelope.context, envelope.sent_at
-    decode = _message.decode
+    decode, names, shapes, validate, append = (
+        _message.decode,
+        _names,
+        _SHAPE,
+        validate_properties,
+        out.append,
+    )
     for i, raw in enumerate(messages):
         if len(raw) > MAX_MESSAGE_BYTES:
             raise SourceError(
@@ -612,6 +621,40 @@ def parse(body: bytes, kind: str, now_ms: int) -> list[Event]:
             ctx = outer if not ctx else {**outer, **ctx}
         elif ctx is None:
             ctx = {}
+        # the common case inline (a quarter of the cost per message): a track or page of a
+        # known user with its own messageId and timestamp, a name already seen
+        uid, mid, ts, mtype = m.user_id, m.message_id, m.timestamp, m.type
+        if (
+            ts is not None
+            and type(uid) is str
+            and type(mid) is str
+            and 0 < len(uid) <= _MAX_ID
+            and 0 < len(mid) <= _MAX_ID
+            and m.original_timestamp is None
+        ):
+            if mtype == "track":
+                name = m.event
+                etype = names.get(name) if type(name) is str else None
+                if etype is not None and etype not in _SLOW_TYPES:
+                    props = m.properties if m.properties is not None else {}
+                    shape = shapes.get(etype)
+                    if shape is not None:
+                        shape(props)
+                    event = Event(mid, etype, uid, ts, props, ctx)
+                    try:
+                        validate(event, "")
+                    except EventError as err:
+                        raise _fields(err, _at(i), ()) from None
+                    append(event)
+                    continue
+            elif mtype == "page" and m.name is None and m.category is None:
+                event = Event(mid, "page_viewed", uid, ts, m.properties or {}, ctx)
+                try:
+                    validate(event, "")
+                except EventError as err:
+                    raise _fields(err, _at(i), ()) from None
+                append(event)
+                continue
         _one(m, raw, i, ctx, sent_at, received, out)
     return out
 
