@@ -116,6 +116,7 @@ _TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 _NON_WORD = re.compile(r"[^A-Za-z0-9]+")
 _NAMES_MAX = 10_000
+_NAME_CACHED_MAX = 128
 _names: dict[str, str | None] = {}  # event name -> type (None: no snake_case form)
 
 
@@ -129,9 +130,10 @@ def event_type(name: str) -> str | None:
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     snake = _NON_WORD.sub("_", _CAMEL.sub(r"\1_\2", ascii_name)).strip("_").lower()
     got = _SPEC.get(snake, snake) if _TYPE.match(snake) else None
-    if len(_names) >= _NAMES_MAX:
-        _names.clear()
-    _names[name] = got
+    if len(name) <= _NAME_CACHED_MAX:  # the cache holds at most ~1.3 MB of names
+        if len(_names) >= _NAMES_MAX:
+            _names.clear()
+        _names[name] = got
     return got
 
 
@@ -308,6 +310,7 @@ _FROM_PROPERTIES: _Renames = (
     (".properties.attributes", ".properties"),
     (".properties.timezone", ".context.timezone"),
 )
+_FROM_USER_ID: _Renames = ((".properties.user_id", ".userId"),)
 _FROM_GROUP_TRAITS: _Renames = ((".properties.attributes", ".traits"),)
 
 
@@ -472,7 +475,7 @@ def _alias(
     prev = _anonymous(m.previous_id, i, "previousId", required=False)
     if _id(m.user_id) is None:
         raise SourceError("alias needs a userId", code="missing_field", field=f"{_at(i)}.userId")
-    return "customer_aliased", ANON_PREFIX + prev, {"user_id": cid}, ()
+    return "customer_aliased", ANON_PREFIX + prev, {"user_id": cid}, _FROM_USER_ID
 
 
 # track types the inline path of parse() leaves to _one

@@ -136,6 +136,8 @@ def test_signed_up_is_a_profile_update() -> None:
 def test_event_type_cache_and_names_without_a_snake_case_form() -> None:
     assert event_type("Order Completed") == "order_completed"
     assert event_type("Order Completed") == "order_completed"  # from the cache
+    spaced = "Wishlist" + " " * 190 + "Shared"  # too long to cache, mapped all the same
+    assert event_type(spaced) == event_type(spaced) == "wishlist_shared"
     for name in ["!!!", "42 Things", "x" * 65, "   "]:
         assert event_type(name) is None
         assert bad(msg(event=name)) == (400, "invalid_event_name", "$.batch[0].event")
@@ -258,6 +260,11 @@ def test_alias_links_the_previous_id_as_an_anonymous_one() -> None:
     assert (ev.type, ev.customer_id, ev.event_id) == ("customer_aliased", "anon:a9", "m1")
     assert ev.properties == {"user_id": "u9"}
     assert one(type="alias", previousId=12, userId=34).properties == {"user_id": "34"}
+    assert bad(msg("alias", previousId="a", userId="u" * 201)) == (
+        400,
+        "invalid_field",
+        "$.batch[0].userId",
+    )
     assert bad(msg("alias", previousId=None)) == (400, "missing_field", "$.batch[0].previousId")
     assert bad(msg("alias", previousId="a", userId=None)) == (
         400,
