@@ -119,11 +119,16 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     return resp
 
 
-def auth(request: web.Request, scope: str, source: str = "native") -> web.Response | None:
+def auth(
+    request: web.Request, scope: str, source: str = "native", header: str | None = None
+) -> web.Response | None:
     """None if the request's credentials have ``scope``, else the 401/403 answer. A
     bearer token, or HTTP basic auth with the token as user name (how Segment and
-    RudderStack clients send their write key)."""
-    got = request.app[_TOKENS].scope_of(request.headers.get("Authorization"))
+    RudderStack clients send their write key). ``header``: an Authorization value to
+    check instead of the request's (a source whose credentials travel in the body)."""
+    if header is None:
+        header = request.headers.get("Authorization")
+    got = request.app[_TOKENS].scope_of(header)
     if got is None:
         request.app[_METRICS].events_rejected.labels(source, "unauthorized").inc()
         return error(401, "unauthorized", "missing or invalid bearer token or write key")

@@ -16,7 +16,6 @@ import base64
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
 
 from aiohttp import web
 
@@ -33,16 +32,6 @@ PATHS: dict[str, str] = {"/v1/batch": "batch", **{f"/v1/{kind}": kind for kind i
 """Route path -> what its body is (a batch, or one message of that type)."""
 _GZIP_MAGIC = b"\x1f\x8b"
 _SUCCESS = b'{"success":true}'
-
-
-def _clock_ms(request: web.Request) -> int:
-    """The backend's clock (the runtime's processing clock): Segment's receivedAt.
-
-    engine/http/app.py keeps the backend under a module-private key and offers no accessor
-    yet; reading it here is the one reach into that module's internals."""
-    backend: Any = request.app[api._BACKEND]
-    now: int = backend.clock.now()
-    return now
 
 
 def _gunzip(body: bytes) -> bytes:
@@ -66,15 +55,9 @@ def _gunzip(body: bytes) -> bytes:
     return out
 
 
-class _WithKey:
-    """What :func:`engine.http.app.auth` reads of a request (its app and headers), with
-    the body's writeKey as basic-auth credentials. A request cannot be cloned with new
-    headers once its body was read, and the key is in the body."""
-
-    def __init__(self, request: web.Request, key: str) -> None:
-        self.app = request.app
-        token = base64.b64encode(f"{key}:".encode()).decode()
-        self.headers = {"Authorization": f"Basic {token}"}
+def _basic(key: str) -> str:
+    """The write key as basic-auth credentials (user name, empty password)."""
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
 
 
 def _handler(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -88,10 +71,14 @@ def _handler(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
                 body = _gunzip(body)
             if not header:  # Segment's body authentication: {"writeKey": ...}
                 key = write_key_of(body)
-                probe = request if key is None else cast(web.Request, _WithKey(request, key))
-                if (denied := api.auth(probe, "write", SOURCE)) is not None:
+                basic = (
+                    None
+                    if key is None
+                    else "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+                )
+                if (denied := api.auth(request, "write", SOURCE, basic)) is not None:
                     return denied
-            events = parse(body, kind, _clock_ms(request))
+            events = parse(body, kind, api.backend_of(request.app).clock.now())
         except SourceError as err:
             return api.reject(request, SOURCE, err)
         resp = await api.submit(request, events, None, SOURCE)
