@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
+from connectors.sources.config import SourcesConfig
 from engine.clock import VirtualClock
 from engine.embedded.runtime import Runtime, RuntimeConfig
 from engine.http.app import create_app
@@ -19,6 +21,7 @@ from engine.http.auth import Tokens
 from engine.metrics import Metrics
 from engine.testing import START
 from engine.types import iso
+from state.addresses import SqliteAddressBook
 from state.customer import load
 from tests.support.webhook import WebhookReceiver
 
@@ -91,17 +94,25 @@ def checkpoint_interval() -> float:
     return 0.2
 
 
-@pytest.fixture
-async def harness(
-    tmp_path: Path, checkpoint_mode: str, checkpoint_interval: float
+@contextlib.asynccontextmanager
+async def running(
+    data_dir: Path,
+    *,
+    sinks: Callable[[str], dict[str, Any]] = webhook_sinks,
+    sources: SourcesConfig | None = None,
+    checkpoint_mode: str = "paced",
+    checkpoint_interval: float = 0.2,
 ) -> AsyncIterator[Harness]:
+    """A started runtime in ``data_dir`` on a virtual clock at START behind the HTTP API
+    on loopback, a SQLite address book, and a webhook receiver; ``sinks(hook_url)`` is
+    its sinks config, ``sources`` its provider secrets (none: every webhook disabled)."""
     hook = WebhookReceiver()
     await hook.start()
     clock = VirtualClock(START)
     metrics = Metrics()
     cfg = RuntimeConfig(
-        data_dir=tmp_path / "data",
-        sinks=webhook_sinks(hook.url),
+        data_dir=data_dir,
+        sinks=sinks(hook.url),
         checkpoint_interval=checkpoint_interval,
         synchronous="NORMAL",
         checkpoint_mode=checkpoint_mode,
@@ -109,7 +120,10 @@ async def harness(
     runtime = Runtime(cfg, metrics, clock)
     await runtime.start()
     tokens, _, _ = Tokens.load_or_create(cfg.data_dir)
-    app: web.Application = create_app(runtime, tokens, metrics)
+    book = SqliteAddressBook(cfg.data_dir / "addresses.db")
+    app: web.Application = create_app(
+        runtime, tokens, metrics, sources=sources or SourcesConfig(), address_book=book
+    )
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     session = ClientSession()
@@ -120,7 +134,18 @@ async def harness(
         await server.close()
         if runtime.ready:
             await runtime.stop()
+        book.close()
         await hook.stop()
+
+
+@pytest.fixture
+async def harness(
+    tmp_path: Path, checkpoint_mode: str, checkpoint_interval: float
+) -> AsyncIterator[Harness]:
+    async with running(
+        tmp_path / "data", checkpoint_mode=checkpoint_mode, checkpoint_interval=checkpoint_interval
+    ) as h:
+        yield h
 
 
 def stored(data: Path) -> tuple[dict[str, int], dict[int, int]]:

@@ -25,6 +25,7 @@ from tests.support.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 
+
 async def test_sigkill_during_merges_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     hook = WebhookReceiver()
     await hook.start()

@@ -23,26 +23,16 @@ from urllib.parse import urlencode
 
 import orjson
 import pytest
-from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
 from twilio.request_validator import RequestValidator
 
 from connectors.sources.config import SourcesConfig
-from engine.clock import VirtualClock
-from engine.embedded.runtime import Runtime, RuntimeConfig
-from engine.http.app import create_app
-from engine.http.auth import Tokens
-from engine.metrics import Metrics
-from engine.testing import START
-from state.addresses import SqliteAddressBook
-from tests.engine.embedded.conftest import Harness, webhook_sinks
+from tests.engine.embedded.conftest import Harness, running, webhook_sinks
 from tests.engine.embedded.test_api import ev, metric
 from tests.engine.embedded.test_segment_api import _node_client
 from tests.support.providers import FakeProviders
-from tests.support.webhook import WebhookReceiver
 
 H = 3_600_000
 TWILIO_TOKEN = "twilio-auth-token-of-the-account"
@@ -57,49 +47,34 @@ SG_PUBLIC = base64.b64encode(
 
 @pytest.fixture
 async def stack(tmp_path: Path, fake_providers: FakeProviders) -> AsyncIterator[Harness]:
-    hook = WebhookReceiver()
-    await hook.start()
     secrets = tmp_path / "secrets"
-    sinks = webhook_sinks(hook.url)
-    sinks["sinks"]["email"] = fake_providers.sink_config(
-        "sendgrid",
-        secrets,
-        templates={"cart_reminder": "d-cart1", "cart_reminder_urgent": "d-cart2"},
-    )
-    sinks["sinks"]["sms"] = fake_providers.sink_config(
-        "twilio",
-        secrets,
-        twilio_templates={"cart_10pct": "Still thinking it over? $discount_pct% off: SAVE10"},
-        public_url=PUBLIC_URL,
-    )
-    sinks["routes"] = [{"channel": "email", "sink": "email"}, {"channel": "sms", "sink": "sms"}]
-    clock = VirtualClock(START)
-    metrics = Metrics()
-    cfg = RuntimeConfig(
-        data_dir=tmp_path / "data", sinks=sinks, checkpoint_interval=0.2, synchronous="NORMAL"
-    )
-    runtime = Runtime(cfg, metrics, clock)
-    await runtime.start()
-    tokens, _, _ = Tokens.load_or_create(cfg.data_dir)
+
+    def sinks(hook_url: str) -> dict[str, Any]:
+        cfg = webhook_sinks(hook_url)
+        cfg["sinks"]["email"] = fake_providers.sink_config(
+            "sendgrid",
+            secrets,
+            templates={"cart_reminder": "d-cart1", "cart_reminder_urgent": "d-cart2"},
+        )
+        cfg["sinks"]["sms"] = fake_providers.sink_config(
+            "twilio",
+            secrets,
+            twilio_templates={"cart_10pct": "Still thinking it over? $discount_pct% off: SAVE10"},
+            public_url=PUBLIC_URL,
+        )
+        cfg["routes"] = [
+            {"channel": "email", "sink": "email"},
+            {"channel": "sms", "sink": "sms"},
+        ]
+        return cfg
+
     sources = SourcesConfig(
         sendgrid_verification_key=SecretStr(SG_PUBLIC),
         twilio_auth_token=SecretStr(TWILIO_TOKEN),
         public_url=PUBLIC_URL,
     )
-    book = SqliteAddressBook(cfg.data_dir / "addresses.db")
-    app: web.Application = create_app(runtime, tokens, metrics, sources=sources, address_book=book)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    session = ClientSession()
-    try:
-        yield Harness(runtime, server, session, hook, clock, tokens, cfg.data_dir)
-    finally:
-        await session.close()
-        await server.close()
-        if runtime.ready:
-            await runtime.stop()
-        book.close()
-        await hook.stop()
+    async with running(tmp_path / "data", sinks=sinks, sources=sources) as h:
+        yield h
 
 
 async def until(what: str, check: Callable[[], bool], h: Harness) -> None:

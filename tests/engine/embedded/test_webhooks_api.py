@@ -16,8 +16,6 @@ from urllib.parse import urlencode
 
 import orjson
 import pytest
-from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import SecretStr
@@ -25,16 +23,8 @@ from twilio.request_validator import RequestValidator
 
 from connectors.sources.config import SourcesConfig
 from connectors.sources.twilio import status_callback_url
-from engine.clock import VirtualClock
-from engine.embedded.runtime import Runtime, RuntimeConfig
-from engine.http.app import create_app
-from engine.http.auth import Tokens
-from engine.http.webhooks import ADDRESS_BOOK
-from engine.metrics import Metrics
 from engine.testing import START
-from state.addresses import SqliteAddressBook
-from tests.engine.embedded.conftest import Harness, webhook_sinks
-from tests.support.webhook import WebhookReceiver
+from tests.engine.embedded.conftest import Harness, running
 
 SHOPIFY_SECRET = "shopify-shared-secret"
 TWILIO_TOKEN = "twilio-auth-token"
@@ -49,41 +39,15 @@ SG_PUBLIC = base64.b64encode(
 
 @pytest.fixture
 async def hooks(tmp_path: Path) -> AsyncIterator[Harness]:
-    """The conftest harness, with every source configured and a SQLite address book."""
-    hook = WebhookReceiver()
-    await hook.start()
-    clock = VirtualClock(START)
-    metrics = Metrics()
-    cfg = RuntimeConfig(
-        data_dir=tmp_path / "data",
-        sinks=webhook_sinks(hook.url),
-        checkpoint_interval=0.2,
-        synchronous="NORMAL",
-    )
-    runtime = Runtime(cfg, metrics, clock)
-    await runtime.start()
-    tokens, _, _ = Tokens.load_or_create(cfg.data_dir)
+    """The conftest harness, with every source configured."""
     sources = SourcesConfig(
         shopify_secret=SecretStr(SHOPIFY_SECRET),
         sendgrid_verification_key=SecretStr(SG_PUBLIC),
         twilio_auth_token=SecretStr(TWILIO_TOKEN),
         public_url=PUBLIC_URL,
     )
-    app: web.Application = create_app(runtime, tokens, metrics, sources=sources)
-    book = SqliteAddressBook(cfg.data_dir / "addresses.db")
-    app[ADDRESS_BOOK] = book
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    session = ClientSession()
-    try:
-        yield Harness(runtime, server, session, hook, clock, tokens, cfg.data_dir)
-    finally:
-        await session.close()
-        await server.close()
-        if runtime.ready:
-            await runtime.stop()
-        book.close()
-        await hook.stop()
+    async with running(tmp_path / "data", sources=sources) as h:
+        yield h
 
 
 async def customer(h: Harness, cid: str) -> dict[str, Any] | None:
@@ -182,7 +146,8 @@ async def test_shopify_cart_order_refund_and_retry(hooks: Harness) -> None:
     assert got["profile"]["ltv"] == 100.0
     unknown = {**refund, "order_id": 999}
     assert await shopify(h, "refunds/create", unknown, "w4") == (
-        200, {"ignored": "refunds/create", "reason": "unknown_order"}
+        200,
+        {"ignored": "refunds/create", "reason": "unknown_order"},
     )
     assert await rejected(h, "shopify", "unknown_order") == 1
 
@@ -205,7 +170,8 @@ async def test_shopify_customer_profile_and_unknown_topic(hooks: Harness) -> Non
     assert got["profile"]["consent"]["email"] is False
     assert got["profile"]["consent"]["sms"] is True
     assert await shopify(h, "products/update", {"id": 1}, "w2") == (
-        200, {"ignored": "products/update"}
+        200,
+        {"ignored": "products/update"},
     )
     assert await rejected(h, "shopify", "unknown_topic") == 1
 
@@ -245,7 +211,10 @@ async def test_shopify_signed_garbage_is_400(hooks: Harness) -> None:
 
 
 async def sendgrid(
-    h: Harness, events: list[dict[str, Any]], *, signed_at: int | None = None,
+    h: Harness,
+    events: list[dict[str, Any]],
+    *,
+    signed_at: int | None = None,
     tamper: bool = False,
 ) -> tuple[int, Any]:
     body = orjson.dumps(events)
@@ -318,7 +287,8 @@ async def twilio_post(
 ) -> tuple[int, str, bytes]:
     sig = RequestValidator(token).compute_signature(PUBLIC_URL + path_qs, params)
     async with h.session.post(
-        h.url(path_qs), data=urlencode(params),
+        h.url(path_qs),
+        data=urlencode(params),
         headers={"X-Twilio-Signature": sig, "Content-Type": "application/x-www-form-urlencoded"},
     ) as r:
         return r.status, r.content_type, await r.read()
