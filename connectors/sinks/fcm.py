@@ -26,22 +26,20 @@ import asyncio
 import base64
 import logging
 import time
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Unpack
 
-import aiohttp
 import orjson
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.exceptions import ConnectorError, SinkError
-from connectors.ratelimit import Monotonic
-from connectors.retry import RetryPolicy, Sleep
 from connectors.sinks.provider import (
     EpochSeconds,
     HttpReply,
     ProviderConfig,
     ProviderSink,
+    Transport,
     as_data_string,
     fill_template,
 )
@@ -172,6 +170,7 @@ class FcmSink(ProviderSink):
     """
 
     provider: ClassVar[str] = "fcm"
+    default_rate: ClassVar[float] = FcmConfig.DEFAULT_RATE
 
     def __init__(
         self,
@@ -181,27 +180,11 @@ class FcmSink(ProviderSink):
         token_uri: str | None = None,
         notifications: dict[str, tuple[str, str]] | None = None,
         base_url: str = FCM_URL,
-        timeout: float = 10.0,
-        rate_per_second: float = FcmConfig.DEFAULT_RATE,
-        burst: float | None = None,
-        policy: RetryPolicy | None = None,
-        session: aiohttp.ClientSession | None = None,
-        clock: Monotonic = time.monotonic,
-        sleep: Sleep | None = None,
         wall: EpochSeconds = time.time,
         name: str = "fcm",
+        **transport: Unpack[Transport],
     ) -> None:
-        super().__init__(
-            name,
-            base_url,
-            timeout=timeout,
-            rate_per_second=rate_per_second,
-            burst=burst if burst is not None else max(1.0, rate_per_second),
-            policy=policy or RetryPolicy(),
-            session=session,
-            clock=clock,
-            sleep=sleep,
-        )
+        super().__init__(name, base_url, **transport)
         project = project_id or account.project_id
         if not project:
             raise ConnectorError(

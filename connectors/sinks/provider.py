@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol, TypedDict
 
 import aiohttp
 import orjson
@@ -233,6 +233,19 @@ def status_error(
     return SinkError(message, retryable=retryable, status=status)
 
 
+class Transport(TypedDict, total=False):
+    """How a provider sink talks HTTP (the keyword arguments every provider sink takes
+    and hands to :class:`ProviderSink`)."""
+
+    timeout: float
+    rate_per_second: float | None
+    burst: float | None
+    policy: RetryPolicy | None
+    session: aiohttp.ClientSession | None
+    clock: Monotonic
+    sleep: Sleep | None
+
+
 class ProviderSink:
     """The HTTP plumbing of a provider sink: a session, a :class:`TokenBucket` every send
     waits on, one request per attempt, :attr:`policy` for
@@ -244,19 +257,30 @@ class ProviderSink:
     needs_address: ClassVar[bool] = True
     provider: ClassVar[str] = "provider"
 
+    default_rate: ClassVar[float] = 10.0  # a subclass sets its provider's pace
+
     def __init__(
         self,
         name: str,
         base_url: str,
         *,
-        timeout: float,
-        rate_per_second: float,
-        burst: float,
-        policy: RetryPolicy,
+        timeout: float = 10.0,
+        rate_per_second: float | None = None,
+        burst: float | None = None,
+        policy: RetryPolicy | None = None,
         session: aiohttp.ClientSession | None = None,
         clock: Monotonic = time.monotonic,
         sleep: Sleep | None = None,
     ) -> None:
+        """``rate_per_second``: the sends' pace (default: the provider's,
+        ``default_rate``), ``burst`` sends at once (default: one second's worth, at least
+        one); ``policy``: retries (default RetryPolicy())."""
+        if rate_per_second is None:
+            rate_per_second = self.default_rate
+        if burst is None:
+            burst = max(1.0, rate_per_second)
+        if policy is None:
+            policy = RetryPolicy()
         parsed = URL(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ConnectorError(f"not an http(s) URL: {base_url!r}", field="base_url")

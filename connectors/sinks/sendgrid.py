@@ -25,17 +25,13 @@ action, retries aside.
 from __future__ import annotations
 
 import logging
-import time
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Unpack
 
-import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.exceptions import SinkError
-from connectors.ratelimit import Monotonic
-from connectors.retry import RetryPolicy, Sleep
-from connectors.sinks.provider import HttpReply, ProviderConfig, ProviderSink
+from connectors.sinks.provider import HttpReply, ProviderConfig, ProviderSink, Transport
 from engine.types import Action
 
 __all__ = ["SENDGRID_URL", "SendGridConfig", "SendGridSink", "custom_args"]
@@ -93,6 +89,7 @@ class SendGridSink(ProviderSink):
     """
 
     provider: ClassVar[str] = "sendgrid"
+    default_rate: ClassVar[float] = SendGridConfig.DEFAULT_RATE
 
     def __init__(
         self,
@@ -103,26 +100,10 @@ class SendGridSink(ProviderSink):
         sender_name: str | None = None,
         categories: list[str] | None = None,
         base_url: str = SENDGRID_URL,
-        timeout: float = 10.0,
-        rate_per_second: float = SendGridConfig.DEFAULT_RATE,
-        burst: float | None = None,
-        policy: RetryPolicy | None = None,
-        session: aiohttp.ClientSession | None = None,
-        clock: Monotonic = time.monotonic,
-        sleep: Sleep | None = None,
         name: str = "sendgrid",
+        **transport: Unpack[Transport],
     ) -> None:
-        super().__init__(
-            name,
-            base_url,
-            timeout=timeout,
-            rate_per_second=rate_per_second,
-            burst=burst if burst is not None else max(1.0, rate_per_second),
-            policy=policy or RetryPolicy(),
-            session=session,
-            clock=clock,
-            sleep=sleep,
-        )
+        super().__init__(name, base_url, **transport)
         self._api_key = api_key
         self.sender: dict[str, str] = {"email": sender_email}
         if sender_name:

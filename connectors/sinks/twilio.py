@@ -24,18 +24,21 @@ callback shows it.
 from __future__ import annotations
 
 import logging
-import time
 import urllib.parse
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Unpack
 
 import aiohttp
 from pydantic import Field, SecretStr, model_validator
 
 from connectors.exceptions import ConnectorError, SinkError
-from connectors.ratelimit import Monotonic
-from connectors.retry import RetryPolicy, Sleep
-from connectors.sinks.provider import HttpReply, ProviderConfig, ProviderSink, fill_template
+from connectors.sinks.provider import (
+    HttpReply,
+    ProviderConfig,
+    ProviderSink,
+    Transport,
+    fill_template,
+)
 from engine.types import Action
 
 __all__ = [
@@ -123,6 +126,7 @@ class TwilioSink(ProviderSink):
     """
 
     provider: ClassVar[str] = "twilio"
+    default_rate: ClassVar[float] = TwilioConfig.DEFAULT_RATE
 
     def __init__(
         self,
@@ -135,26 +139,10 @@ class TwilioSink(ProviderSink):
         api_key_sid: str | None = None,
         public_url: str = "http://127.0.0.1:8080",
         base_url: str = TWILIO_URL,
-        timeout: float = 10.0,
-        rate_per_second: float = TwilioConfig.DEFAULT_RATE,
-        burst: float | None = None,
-        policy: RetryPolicy | None = None,
-        session: aiohttp.ClientSession | None = None,
-        clock: Monotonic = time.monotonic,
-        sleep: Sleep | None = None,
         name: str = "twilio",
+        **transport: Unpack[Transport],
     ) -> None:
-        super().__init__(
-            name,
-            base_url,
-            timeout=timeout,
-            rate_per_second=rate_per_second,
-            burst=burst if burst is not None else max(1.0, rate_per_second),
-            policy=policy or RetryPolicy(),
-            session=session,
-            clock=clock,
-            sleep=sleep,
-        )
+        super().__init__(name, base_url, **transport)
         if (sender is None) == (messaging_service_sid is None):
             raise ConnectorError("give 'from' or 'messaging_service_sid' (exactly one)")
         self.account_sid = account_sid
