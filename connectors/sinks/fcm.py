@@ -208,18 +208,14 @@ class FcmSink(ProviderSink):
             account = ServiceAccount.from_json(secrets["service_account"])
         except ConnectorError as err:
             raise ConnectorError(err.message, field=key) from None
-        rate, burst = cfg.rate()
         return cls(
             account,
             project_id=cfg.project_id,
             token_uri=cfg.token_uri,
             notifications={k: (v.title, v.body) for k, v in cfg.notifications.items()},
             base_url=cfg.base_url or FCM_URL,
-            timeout=cfg.timeout,
-            rate_per_second=rate,
-            burst=burst,
-            policy=cfg.policy(),
             name=name,
+            **cfg.transport(),
         )
 
     def body(self, action: Action) -> dict[str, Any]:

@@ -102,6 +102,13 @@ class ProviderConfig(BaseModel):
             max_attempts=self.max_attempts, base_delay=self.base_delay, max_delay=self.max_delay
         )
 
+    def transport(self) -> Transport:
+        """The sink's HTTP options from this config (pace, burst, timeout, retries)."""
+        rate, burst = self.rate()
+        return Transport(
+            timeout=self.timeout, rate_per_second=rate, burst=burst, policy=self.policy()
+        )
+
 
 @dataclass(frozen=True)
 class SecretProblem:

@@ -116,7 +116,6 @@ class SendGridSink(ProviderSink):
     def from_config(
         cls, name: str, cfg: SendGridConfig, secrets: dict[str, SecretStr]
     ) -> SendGridSink:
-        rate, burst = cfg.rate()
         return cls(
             secrets["api_key"],
             cfg.sender.email,
@@ -124,11 +123,8 @@ class SendGridSink(ProviderSink):
             sender_name=cfg.sender.name,
             categories=cfg.categories,
             base_url=cfg.base_url or SENDGRID_URL,
-            timeout=cfg.timeout,
-            rate_per_second=rate,
-            burst=burst,
-            policy=cfg.policy(),
             name=name,
+            **cfg.transport(),
         )
 
     def body(self, action: Action) -> dict[str, Any]:

@@ -157,7 +157,6 @@ class TwilioSink(ProviderSink):
 
     @classmethod
     def from_config(cls, name: str, cfg: TwilioConfig, secrets: dict[str, SecretStr]) -> TwilioSink:
-        rate, burst = cfg.rate()
         return cls(
             cfg.account_sid,
             secrets["auth_token"],
@@ -167,11 +166,8 @@ class TwilioSink(ProviderSink):
             api_key_sid=cfg.api_key_sid,
             public_url=cfg.public_url,
             base_url=cfg.base_url or TWILIO_URL,
-            timeout=cfg.timeout,
-            rate_per_second=rate,
-            burst=burst,
-            policy=cfg.policy(),
             name=name,
+            **cfg.transport(),
         )
 
     def form(self, action: Action) -> dict[str, str]:
