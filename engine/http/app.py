@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,121 +21,39 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.sources.config import SourcesConfig
-from connectors.sources.exceptions import SourceError
-from engine.embedded.exceptions import Backpressure, NotReady
-from engine.events import INTERNAL_TYPES, decode_event, encode_events, validate_properties
+from engine.events import INTERNAL_TYPES, decode_event, validate_properties
 from engine.exceptions import EventError
+from engine.http import segment, webhooks
 from engine.http.auth import Tokens
+from engine.http.base import (
+    ADDRESS_BOOK,
+    BACKEND,
+    LIMITS,
+    METRICS,
+    ROUTE_SOURCES,
+    TOKENS,
+    add_source_route,
+    auth,
+    error,
+    errors_middleware,
+    ok,
+    submit,
+)
 from engine.http.views import customer_json
 from engine.metrics import Metrics
 from engine.types import Event
 from rules.exceptions import RuleErrors
 from rules.ruleset import load_texts
-from state.addresses import AddressBook, MemoryAddressBook, record_addresses
+from state.addresses import AddressBook, MemoryAddressBook
 
-__all__ = [
-    "ADDRESS_BOOK",
-    "OPENAPI_PATH",
-    "add_source_route",
-    "auth",
-    "backend_of",
-    "create_app",
-    "error",
-    "metrics_of",
-    "ok",
-    "reject",
-    "submit",
-]
+__all__ = ["OPENAPI_PATH", "create_app"]
 
 logger = logging.getLogger(__name__)
 
 OPENAPI_PATH = Path(__file__).parent / "openapi.json"
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _event_list = msgspec.json.Decoder(list[Event])
 _event = msgspec.json.Decoder(Event)
-_BACKEND: web.AppKey[Any] = web.AppKey("backend", object)
-_TOKENS: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
-_METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-_LIMITS: web.AppKey[tuple[int, int]] = web.AppKey("limits", tuple)
-_ROUTE_SOURCES: web.AppKey[dict[str, str]] = web.AppKey("route_sources", dict)
-ADDRESS_BOOK: web.AppKey[AddressBook] = web.AppKey("nudge_address_book")
-"""Address -> customer (state/addresses.py), recorded from the profile events every
-ingest route accepts; provider callbacks that name only an address look it up. A
-runtime passes a durable one to ``create_app`` (embedded: SQLite in the data dir;
-distributed ingest: Redis); without one it is in memory, lost on restart."""
-
-
-def backend_of(app: web.Application) -> Any:
-    """The backend the app serves (the embedded Runtime, or the distributed ingest)."""
-    return app[_BACKEND]
-
-
-def metrics_of(app: web.Application) -> Metrics:
-    return app[_METRICS]
-
-
-def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    body = {"error": {"code": code, "message": message, **extra}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-def ok(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-def _route(request: web.Request) -> str:
-    info = request.match_info
-    if isinstance(info, web.UrlMappingMatchInfo) and info.route.resource is not None:
-        return info.route.resource.canonical
-    return "unmatched"
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics = request.app[_METRICS]
-    try:
-        resp = await handler(request)
-    except web.HTTPRequestEntityTooLarge as exc:
-        source = request.app[_ROUTE_SOURCES].get(_route(request))
-        if source is not None:  # a rule file too large is not an event
-            metrics.events_rejected.labels(source, "body_too_large").inc()
-        resp = error(
-            413,
-            "body_too_large",
-            exc.text or "request body too large",
-            limit_bytes=request.app[_LIMITS][0],
-        )
-    except web.HTTPException as exc:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        resp = error(exc.status, code, exc.reason)
-        if "Allow" in exc.headers:  # a 405 must say which methods are (RFC 9110 15.5.6)
-            resp.headers["Allow"] = exc.headers["Allow"]
-    except Exception:
-        logger.exception("unhandled error on %s %s", request.method, request.path)
-        resp = error(500, "internal", "internal error")
-    metrics.http_requests.labels(_route(request), str(resp.status)).inc()
-    return resp
-
-
-def auth(
-    request: web.Request, scope: str, source: str = "native", header: str | None = None
-) -> web.Response | None:
-    """None if the request's credentials have ``scope``, else the 401/403 answer. A
-    bearer token, or HTTP basic auth with the token as user name (how Segment and
-    RudderStack clients send their write key). ``header``: an Authorization value to
-    check instead of the request's (a source whose credentials travel in the body)."""
-    if header is None:
-        header = request.headers.get("Authorization")
-    got = request.app[_TOKENS].scope_of(header)
-    if got is None:
-        request.app[_METRICS].events_rejected.labels(source, "unauthorized").inc()
-        return error(401, "unauthorized", "missing or invalid bearer token or write key")
-    if scope == "admin" and got != "admin":
-        return error(403, "forbidden", "this endpoint needs the admin token")
-    return None
-
-
 def _fast_decode(body: bytes, is_array: bool) -> list[Event] | None:
     """All events of a valid body in one msgspec pass; None if anything is wrong."""
     try:
@@ -198,8 +115,8 @@ def _diagnose(body: bytes, is_array: bool, max_events: int) -> _Diagnosis:
 async def post_events(request: web.Request) -> web.Response:
     if (denied := auth(request, "write")) is not None:
         return denied
-    metrics = request.app[_METRICS]
-    _max_body, max_events = request.app[_LIMITS]
+    metrics = request.app[METRICS]
+    _max_body, max_events = request.app[LIMITS]
     body = await request.read()
     is_array = body.lstrip()[:1] == b"["
     events = _fast_decode(body, is_array)
@@ -227,53 +144,10 @@ async def post_events(request: web.Request) -> web.Response:
     return await submit(request, events, body if is_array else b"[" + body + b"]", "native")
 
 
-async def submit(
-    request: web.Request, events: list[Event], body: bytes | None, source: str
-) -> web.Response:
-    """Hand ``events`` (valid, non-empty) to the backend; 202 once durable, 429 under
-    backpressure, 503 when not ready. ``body`` is their JSON array (``None``: encoded
-    here, for events a source mapped from another format)."""
-    metrics = request.app[_METRICS]
-    if body is None:
-        body = encode_events(events)
-    try:
-        await request.app[_BACKEND].accept((events, body))
-    except Backpressure as bp:
-        metrics.events_rejected.labels(source, "backpressure").inc(len(events))
-        resp = error(429, "backpressure", str(bp), retry_after=bp.retry_after)
-        resp.headers["Retry-After"] = str(max(1, round(bp.retry_after)))
-        return resp
-    except NotReady as nr:
-        return error(503, "not_ready", str(nr))
-    await _remember_addresses(request.app, events)
-    return ok({"accepted": len(events)}, status=202)
-
-
-async def _remember_addresses(app: web.Application, events: list[Event]) -> None:
-    """Record the email addresses and phone numbers of accepted profile events (after
-    they are durable: failures are logged, never fail the request)."""
-    book = app.get(ADDRESS_BOOK)
-    if book is None:
-        return
-    try:
-        await record_addresses(book, events)
-    except Exception:
-        logger.exception("could not record addresses")
-
-
-def reject(request: web.Request, source: str, err: SourceError) -> web.Response:
-    """The 4xx answer for a source request refused whole, counted by source and code."""
-    request.app[_METRICS].events_rejected.labels(source, err.code).inc()
-    extra = dict(err.extra)
-    if err.field is not None:
-        extra["field"] = err.field
-    return error(err.status, err.code, err.message, **extra)
-
-
 async def get_rules(request: web.Request) -> web.Response:
     if (denied := auth(request, "admin")) is not None:
         return denied
-    b = request.app[_BACKEND]
+    b = request.app[BACKEND]
     rs = b.ruleset
     rules = [
         {
@@ -320,14 +194,14 @@ async def put_rules(request: web.Request) -> web.Response:
     files = await _rule_files(request)
     if isinstance(files, web.Response):
         return files
-    metrics = request.app[_METRICS]
+    metrics = request.app[METRICS]
     try:
-        version = await request.app[_BACKEND].deploy(files)
+        version = await request.app[BACKEND].deploy(files)
     except RuleErrors as err:
         metrics.rule_deploys.labels("rejected").inc()
         return _rule_errors(err)
     metrics.rule_deploys.labels("ok").inc()
-    return ok({"version": version, "rules": len(request.app[_BACKEND].ruleset.rules)})
+    return ok({"version": version, "rules": len(request.app[BACKEND].ruleset.rules)})
 
 
 async def validate_rules(request: web.Request) -> web.Response:
@@ -347,7 +221,7 @@ async def validate_rules(request: web.Request) -> web.Response:
 async def get_customer(request: web.Request) -> web.Response:
     if (denied := auth(request, "admin")) is not None:
         return denied
-    b = request.app[_BACKEND]
+    b = request.app[BACKEND]
     cid = request.match_info["customer_id"]
     part = b.partition(cid)
     st = part.store.get(cid)
@@ -359,11 +233,11 @@ async def get_customer(request: web.Request) -> web.Response:
 async def delete_customer(request: web.Request) -> web.Response:
     if (denied := auth(request, "admin")) is not None:
         return denied
-    return ok({"erased": await request.app[_BACKEND].erase(request.match_info["customer_id"])})
+    return ok({"erased": await request.app[BACKEND].erase(request.match_info["customer_id"])})
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    data = generate_latest(request.app[_METRICS].registry)
+    data = generate_latest(request.app[METRICS].registry)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -372,22 +246,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[_BACKEND].ready:
+    if request.app[BACKEND].ready:
         return ok({"status": "ready"})
     return error(503, "not_ready", "starting, recovering or stopping")
 
 
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=OPENAPI_PATH.read_bytes(), content_type="application/json")
-
-
-def add_source_route(
-    app: web.Application, method: str, path: str, handler: Handler, source: str
-) -> None:
-    """Serve ``path`` as an ingest route of ``source`` (its rejections, a body too large
-    included, are counted under that source)."""
-    app.router.add_route(method, path, handler)
-    app[_ROUTE_SOURCES][path] = source
 
 
 def create_app(
@@ -401,16 +266,14 @@ def create_app(
     address_book: AddressBook | None = None,
 ) -> web.Application:
     """The API over ``backend`` (the embedded Runtime, or the distributed ingest)."""
-    app = web.Application(client_max_size=max_body, middlewares=[_errors])
-    app[_BACKEND] = backend
-    app[_TOKENS] = tokens
-    app[_METRICS] = metrics
-    app[_LIMITS] = (max_body, max_events)
-    app[_ROUTE_SOURCES] = {}
+    app = web.Application(client_max_size=max_body, middlewares=[errors_middleware])
+    app[BACKEND] = backend
+    app[TOKENS] = tokens
+    app[METRICS] = metrics
+    app[LIMITS] = (max_body, max_events)
+    app[ROUTE_SOURCES] = {}
     app[ADDRESS_BOOK] = address_book if address_book is not None else MemoryAddressBook()
     add_source_route(app, "POST", "/v1/events", post_events, "native")
-    from engine.http import segment, webhooks  # they build on this module's helpers
-
     segment.install(app)
     webhooks.install(app, sources if sources is not None else SourcesConfig.load())
     app.router.add_get("/v1/rules", get_rules)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from connectors.sources.exceptions import SourceError
 from connectors.sources.segment import KINDS, MAX_BATCH_BYTES, parse, write_key_of
-from engine.http import app as api
+from engine.http import base as api
 
 __all__ = ["PATHS", "install"]
 

@@ -10,9 +10,9 @@ provider retries a non-2xx answer for hours and may then disable the webhook.
 
 The address book (:mod:`state.addresses`) maps a phone number to its customer for
 Twilio's inbound messages and a Shopify order to its customer for refunds. It is the app
-key :data:`engine.http.app.ADDRESS_BOOK` (``create_app(address_book=...)``: SQLite in the
+key :data:`engine.http.base.ADDRESS_BOOK` (``create_app(address_book=...)``: SQLite in the
 data dir for ``nudge run``, Redis for the distributed ingest). Every ingest route records
-the addresses of the profile events it accepts (``engine.http.app.submit``).
+the addresses of the profile events it accepts (``engine.http.base.submit``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from connectors.sources.config import SourcesConfig
 from connectors.sources.exceptions import SourceError
 from engine.events import decode_events, encode_events
 from engine.exceptions import EventError
-from engine.http.app import (
+from engine.http.base import (
     ADDRESS_BOOK,
     add_source_route,
     backend_of,
