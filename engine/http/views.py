@@ -39,8 +39,10 @@ def customer_json(st: CustomerState, rs: RuleSet, now: int) -> dict[str, Any]:
         )
         if inst.due is not None:
             timers.append({"rule_id": inst.rule_id, "due": _t(inst.due)})
-    return {
-        "customer_id": st.customer_id,
+    out: dict[str, Any] = {"customer_id": st.customer_id}
+    if st.merged_into is not None:
+        out["merged_into"] = st.merged_into
+    return out | {
         "profile": {
             "first_seen": _t(st.first_seen),
             "last_seen": _t(st.last_seen),

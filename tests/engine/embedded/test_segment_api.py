@@ -108,7 +108,10 @@ async def test_segment_python_client_batch_lands(harness: Harness) -> None:
     assert profile["consent"]["email"] is True
     assert profile["timezone"] == "Europe/Paris"
     assert "p1" in body["recently_viewed"]
-    assert await customer(harness, "anon:a1") is not None  # the anonymous id's redirect
+    redirect = await customer(harness, "anon:a1")  # the anonymous id's redirect
+    assert redirect is not None
+    assert redirect["merged_into"] == "u1"
+    assert redirect["cart"]["items"] == []
     assert await metric(harness, "nudge_events_accepted_total", type="cart_item_added") == 1
 
 
