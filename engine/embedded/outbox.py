@@ -248,19 +248,20 @@ class Outbox:
             await self._fwake.wait()
             self._fwake.clear()
             while self._forwards:
-                batch = [
-                    a for a in self._forwards[:_FORWARD_BATCH] if a.customer_id not in self.erased
-                ]
+                # the batch is fixed before the await: forwards queued meanwhile wait for
+                # the next one (slicing again after it marked them sent unforwarded)
+                taken = self._forwards[:_FORWARD_BATCH]
+                erased = self.erased
+                batch = [a for a in taken if a.customer_id not in erased]
                 if batch and self._forward is not None:
                     try:
                         await self._forward([forwarded_event(a) for a in batch])
-                    except Exception as err:
+                    except Exception as err:  # retried until taken
                         logger.debug("forwarding %d events deferred: %r", len(batch), err)
                         await asyncio.sleep(getattr(err, "retry_after", _FORWARD_RETRY_S))
                         continue
-                done = self._forwards[:_FORWARD_BATCH]
-                del self._forwards[:_FORWARD_BATCH]
-                for a in done:
+                del self._forwards[: len(taken)]
+                for a in taken:
                     self._inflight.discard(a.idempotency_key)
                     self._sent.append(a.idempotency_key)
                 self._metrics.actions.labels(FORWARD, "delivered").inc(len(batch))

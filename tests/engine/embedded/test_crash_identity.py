@@ -55,7 +55,7 @@ async def test_sigkill_during_merges_loses_and_duplicates_nothing(tmp_path: Path
                 accepted += batch
                 await asyncio.sleep(0.02)
             expected = {
-                a.idempotency_key: a.customer_id
+                a.idempotency_key: (a.customer_id, a.rule_id)
                 for a in backtest(
                     load_ruleset([str(engine.rules)]), [orjson.dumps(e) for e in accepted]
                 ).actions
@@ -75,10 +75,12 @@ async def test_sigkill_during_merges_loses_and_duplicates_nothing(tmp_path: Path
     got = hook.keys()
     missing = set(expected) - set(got)
     extra = set(got) - set(expected)
-    known = sum(1 for c in expected.values() if c.startswith("u"))
+    known = sum(1 for c, _ in expected.values() if c.startswith("u"))
+    lost = sorted({expected[k] for k in missing})
     print(
         f"expected={len(expected)} (for known ids {known}) delivered={len(got)} "
-        f"missing={len(missing)} extra={len(extra)} kills_at_batches={sorted(kills)}"
+        f"missing={len(missing)} extra={len(extra)} kills_at_batches={sorted(kills)} "
+        f"missing (customer, rule): {lost[:20]}"
     )
     assert known > 100  # actions moved to the known customers are part of the check
     assert not missing
