@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test,distributed,peers]'
+.venv/bin/python -m pip install -q -e '.[test,distributed,peers,predict]'
 bash deploy/scripts/install-redis.sh
 bash deploy/scripts/install-prometheus.sh
 bash deploy/scripts/install-kafka.sh >/dev/null

@@ -1,0 +1,1 @@
+"""Customer intelligence: segments, RFM and predictions, evaluated per customer (pure)."""
