@@ -26,15 +26,22 @@ from tests.support.webhook import WebhookReceiver
 pytestmark = pytest.mark.slow
 
 
-async def test_sigkill_during_merges_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+async def test_sigkill_during_merges_loses_and_duplicates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # checkpoints every 0.25 s: restarts recover tombstones and merged customers from a
+    # checkpoint and replay only the journal after it, so a forward must be in the outbox
+    # before the checkpoint holding the state that made it
+    monkeypatch.setenv("NUDGE_CHECKPOINT_INTERVAL", "0.25")
     hook = WebhookReceiver()
     await hook.start()
     engine = Engine(tmp_path, hook.url)
     events = identity_trace(int(time.time() * 1000) - 60_000)
     batches = [events[i : i + 40] for i in range(0, len(events), 40)]
     first_alias = next(i for i, b in enumerate(batches) if b[-1]["type"] == "customer_aliased")
-    kills = {first_alias + 1, first_alias + 8}
+    kills = {first_alias + 1, first_alias + 20}
     accepted: list[dict[str, Any]] = []
+    recovered: list[int] = []  # customers loaded from a checkpoint, at each restart
     engine.start()
     try:
         async with ClientSession() as session:
@@ -47,13 +54,14 @@ async def test_sigkill_during_merges_loses_and_duplicates_nothing(tmp_path: Path
                     acked = await task
                     engine.start()
                     await engine.ready(session)
+                    recovered.append(engine.recovered_customers())
                     if acked:
                         accepted += batch
                         continue
                 while not await engine.send(session, batch):
                     await asyncio.sleep(0.05)
                 accepted += batch
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.03)
             expected = {
                 a.idempotency_key: (a.customer_id, a.rule_id)
                 for a in backtest(
@@ -80,9 +88,13 @@ async def test_sigkill_during_merges_loses_and_duplicates_nothing(tmp_path: Path
     print(
         f"expected={len(expected)} (for known ids {known}) delivered={len(got)} "
         f"missing={len(missing)} extra={len(extra)} kills_at_batches={sorted(kills)} "
+        f"recovered_from_checkpoint={recovered} "
         f"missing (customer, rule): {lost[:20]}"
     )
     assert known > 100  # actions moved to the known customers are part of the check
+    assert len(recovered) == 2
+    assert recovered[0] > 0  # each restart started from a checkpoint, the second one
+    assert recovered[1] > recovered[0]  # holding the known customers merged since
     assert not missing
     assert not extra
     assert counted == dict(orders)
