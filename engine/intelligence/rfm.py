@@ -32,10 +32,12 @@ widely published R x FM grid (docs/rfm.md). Every one of the 25 cells holds exac
 group.
 
 :class:`RfmBuilder` computes boundaries from a scan of the base, one customer at a time:
-exact (sorting) up to ``exact_limit`` customers (50,000 by default: 24 bytes a customer,
-1.2 MB at most), past that a DDSketch per metric (``ddsketch``: relative accuracy
-``RELATIVE_ACCURACY`` = 0.5 % on every quantile value, a few KB whatever the base size,
-mergeable and independent of insertion order). Everything here is pure: no I/O, no
+recency and frequency are counted per distinct value (days, order counts), so their cut
+points are exact at any base size; revenue is kept and sorted up to ``exact_limit``
+customers (50,000 by default: 8 bytes a customer, 400 KB at most), past that it goes into
+a DDSketch (``ddsketch``: relative accuracy ``RELATIVE_ACCURACY`` = 0.5 % on every
+quantile value, a few KB whatever the base size, mergeable and independent of insertion
+order). Everything here is pure: no I/O, no
 clock; the caller passes ``now_ms`` and decides when to refresh (:func:`needs_refresh`).
 """
 
@@ -45,8 +47,9 @@ import itertools
 import math
 from array import array
 from bisect import bisect_left
+from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Final, TypeGuard, TypeVar
+from typing import Any, Final, TypeGuard
 
 from ddsketch import DDSketch
 
@@ -74,10 +77,11 @@ __all__ = [
 
 DAY_MS: Final = 86_400_000
 EXACT_LIMIT: Final = 50_000
-"""Bases up to this many customers (with orders) get exact quintiles; larger ones a sketch."""
+"""Bases up to this many customers (with orders) get exact monetary quintiles; larger ones
+a sketch. Recency and frequency are exact at any size (counted per distinct value)."""
 RELATIVE_ACCURACY: Final = 0.005
-"""DDSketch guarantee: every sketched cut point is within 0.5 % of the exact order
-statistic's value (integer metrics are then rounded: exact below 100 days / orders)."""
+"""DDSketch guarantee: every sketched monetary cut point is within 0.5 % of the exact
+order statistic's value (then rounded to cents)."""
 REFRESH_EVERY_MS: Final = DAY_MS
 """Default schedule: recompute the boundaries once a day (and on demand)."""
 FORMAT_VERSION: Final = 1
@@ -129,7 +133,6 @@ GROUP_TABLE: Final[dict[tuple[int, int], str]] = {
 
 _QUINTILES: Final = (0.2, 0.4, 0.6, 0.8)
 
-_T = TypeVar("_T", int, float)
 Cuts = tuple[int, int, int, int]
 MoneyCuts = tuple[float, float, float, float]
 
@@ -194,8 +197,9 @@ class RfmBoundaries:
     """The four inner quintile cut points of each metric, ascending in the metric's own
     units: ``recency`` in days since the last order, ``frequency`` in orders,
     ``monetary`` in revenue. ``customers`` is the base size they were computed from,
-    ``computed_at`` the scan's ``now_ms``, ``exact`` whether they are exact order
-    statistics (False: from sketches with ``relative_accuracy``)."""
+    ``computed_at`` the scan's ``now_ms``, ``exact`` whether the monetary cut points are
+    exact order statistics (False: from a sketch with ``relative_accuracy``; recency and
+    frequency are always exact)."""
 
     recency: Cuts
     frequency: Cuts
@@ -306,11 +310,14 @@ class RfmBuilder:
     Feed every customer once with :meth:`add` (customers without orders are skipped),
     passing the same ``now_ms`` (the scan's reference time) to every ``add`` and to
     :meth:`build`: recency is measured in days at ``add``, so a scan that takes minutes
-    does not age the customers it reads last. Up to ``exact_limit`` customers the values
-    are kept (24 bytes each) and :meth:`build` sorts them: exact order statistics. The
-    customer after that moves everything into one DDSketch per metric (relative accuracy
-    ``relative_accuracy``, bins for ~2,000 orders of magnitude per percent: a few KB) and
-    the builder's memory stops growing. Builders of disjoint parts of the base (partitions)
+    does not age the customers it reads last.
+
+    Recency and frequency are integers with few distinct values (days since the last
+    order, order counts), so they are counted per value: exact at any base size, memory
+    bounded by the number of distinct values. Revenue is kept (8 bytes a customer) up to
+    ``exact_limit`` customers and sorted by :meth:`build`; the customer after that moves
+    it into a DDSketch (relative accuracy ``relative_accuracy``, a few KB) and the
+    builder's memory stops growing. Builders of disjoint parts of the base (partitions)
     combine with :meth:`merge`; the result does not depend on the order of customers nor
     on how they were split.
     """
@@ -320,7 +327,7 @@ class RfmBuilder:
         "_days",
         "_orders",
         "_revenue",
-        "_sketches",
+        "_sketch",
         "exact_limit",
         "relative_accuracy",
     )
@@ -335,10 +342,10 @@ class RfmBuilder:
         self.exact_limit = exact_limit
         self.relative_accuracy = relative_accuracy
         self._count = 0
-        self._days = array("q")
-        self._orders = array("q")
+        self._days: Counter[int] = Counter()
+        self._orders: Counter[int] = Counter()
         self._revenue = array("d")
-        self._sketches: tuple[DDSketch, DDSketch, DDSketch] | None = None
+        self._sketch: DDSketch | None = None
 
     def __len__(self) -> int:
         """Customers added (with orders)."""
@@ -346,29 +353,25 @@ class RfmBuilder:
 
     @property
     def exact(self) -> bool:
-        """Whether :meth:`build` will give exact order statistics."""
-        return self._sketches is None
+        """Whether :meth:`build` will give exact monetary cut points (recency and
+        frequency always are)."""
+        return self._sketch is None
 
     def add(self, st: CustomerState, now_ms: int) -> bool:
         """Count one customer; False (ignored) when it has no orders."""
         last = st.last_order
         if st.orders <= 0 or last is None:
             return False
-        days = recency_days(last, now_ms)
-        revenue = _money(st.revenue)
-        sketches = self._sketches
-        if sketches is None:
-            self._days.append(days)
-            self._orders.append(st.orders)
-            self._revenue.append(revenue)
-            self._count += 1
-            if self._count > self.exact_limit:
-                self._to_sketches()
+        self._days[recency_days(last, now_ms)] += 1
+        self._orders[st.orders] += 1
+        self._count += 1
+        sketch = self._sketch
+        if sketch is not None:
+            sketch.add(_money(st.revenue))
         else:
-            sketches[0].add(days)
-            sketches[1].add(st.orders)
-            sketches[2].add(revenue)
-            self._count += 1
+            self._revenue.append(_money(st.revenue))
+            if self._count > self.exact_limit:
+                self._to_sketch()
         return True
 
     def merge(self, other: RfmBuilder) -> None:
@@ -376,17 +379,17 @@ class RfmBuilder:
         if other.relative_accuracy != self.relative_accuracy:
             raise ValueError("cannot merge builders with different relative accuracy")
         total = self._count + other._count
-        if self._sketches is None and other._sketches is None and total <= self.exact_limit:
-            self._days.extend(other._days)
-            self._orders.extend(other._orders)
+        self._days.update(other._days)
+        self._orders.update(other._orders)
+        if self._sketch is None and other._sketch is None and total <= self.exact_limit:
             self._revenue.extend(other._revenue)
         else:
-            sketches = self._to_sketches()
-            if other._sketches is None:
-                other._feed(sketches)
+            sketch = self._to_sketch()
+            if other._sketch is None:
+                for v in other._revenue:
+                    sketch.add(v)
             else:
-                for sk, theirs in zip(sketches, other._sketches, strict=True):
-                    sk.merge(theirs)
+                sketch.merge(other._sketch)
         self._count = total
 
     def build(self, now_ms: int) -> RfmBoundaries:
@@ -396,55 +399,50 @@ class RfmBuilder:
         n = self._count
         if n == 0:
             return RfmBoundaries((0, 0, 0, 0), (0, 0, 0, 0), (0.0, 0.0, 0.0, 0.0), 0, now_ms, True)
-        if self._sketches is None:
-            d = _lower_quintiles(sorted(self._days))
-            o = _lower_quintiles(sorted(self._orders))
+        d = _counted_quintiles(self._days, n)
+        o = _counted_quintiles(self._orders, n)
+        if self._sketch is None:
             v = _lower_quintiles(sorted(self._revenue))
-            return RfmBoundaries(
-                recency=(d[0], d[1], d[2], d[3]),
-                frequency=(o[0], o[1], o[2], o[3]),
-                monetary=(v[0], v[1], v[2], v[3]),
-                customers=n,
-                computed_at=now_ms,
-                exact=True,
-            )
-        rs, fs, ms = (tuple(_quantile(sk, q) for q in _QUINTILES) for sk in self._sketches)
-        # the sketch returns a value within relative_accuracy of the order statistic;
-        # integer metrics round back to an integer (exact while accuracy * value < 0.5),
-        # money to cents. Rounding is monotone: the cuts stay ascending.
+            money = (v[0], v[1], v[2], v[3])
+        else:
+            # within relative_accuracy of the order statistic's value; rounded to cents
+            # (rounding is monotone: the cuts stay ascending)
+            q = [round(_quantile(self._sketch, q), 2) for q in _QUINTILES]
+            money = (q[0], q[1], q[2], q[3])
+        exact = self._sketch is None
         return RfmBoundaries(
-            recency=(round(rs[0]), round(rs[1]), round(rs[2]), round(rs[3])),
-            frequency=(round(fs[0]), round(fs[1]), round(fs[2]), round(fs[3])),
-            monetary=(round(ms[0], 2), round(ms[1], 2), round(ms[2], 2), round(ms[3], 2)),
+            recency=(d[0], d[1], d[2], d[3]),
+            frequency=(o[0], o[1], o[2], o[3]),
+            monetary=money,
             customers=n,
             computed_at=now_ms,
-            exact=False,
-            relative_accuracy=self.relative_accuracy,
+            exact=exact,
+            relative_accuracy=None if exact else self.relative_accuracy,
         )
 
-    # --- internals -------------------------------------------------------------------
-    def _feed(self, sketches: tuple[DDSketch, DDSketch, DDSketch]) -> None:
-        for d in self._days:
-            sketches[0].add(d)
-        for o in self._orders:
-            sketches[1].add(o)
-        for v in self._revenue:
-            sketches[2].add(v)
-
-    def _to_sketches(self) -> tuple[DDSketch, DDSketch, DDSketch]:
-        if self._sketches is None:
-            sketches = (
-                DDSketch(self.relative_accuracy),
-                DDSketch(self.relative_accuracy),
-                DDSketch(self.relative_accuracy),
-            )
-            self._feed(sketches)
-            self._sketches = sketches
-            self._days, self._orders, self._revenue = array("q"), array("q"), array("d")
-        return self._sketches
+    def _to_sketch(self) -> DDSketch:
+        if self._sketch is None:
+            sketch = DDSketch(self.relative_accuracy)
+            for v in self._revenue:
+                sketch.add(v)
+            self._sketch = sketch
+            self._revenue = array("d")
+        return self._sketch
 
 
-def _lower_quintiles(xs: list[_T]) -> list[_T]:
+def _counted_quintiles(counts: Counter[int], n: int) -> list[int]:
+    # the same order statistics as _lower_quintiles, from (value, count) pairs
+    ranks = [k * (n - 1) // 5 for k in (1, 2, 3, 4)]
+    out: list[int] = []
+    seen = 0
+    for value in sorted(counts):
+        seen += counts[value]
+        while len(out) < 4 and ranks[len(out)] < seen:
+            out.append(value)
+    return out
+
+
+def _lower_quintiles(xs: list[float]) -> list[float]:
     # the "lower" order statistic at ranks k(n-1)/5, integer arithmetic (no float rounding)
     n = len(xs)
     return [xs[k * (n - 1) // 5] for k in (1, 2, 3, 4)]
