@@ -282,7 +282,8 @@ def _is_num(v: Any) -> TypeGuard[int | float]:
 
 def score(bounds: RfmBoundaries, st: CustomerState, now_ms: int) -> Rfm | None:
     """The customer's RFM scores against ``bounds`` at ``now_ms``; None for a customer
-    without orders (or boundaries of an empty base). Pure and allocation-free.
+    without orders (or boundaries of an empty base). Pure; the result is one of 125
+    shared immutable values (nothing per call but the arithmetic).
 
     Recency is measured at ``now_ms``, against cut points measured at
     ``bounds.computed_at``: between refreshes a customer who does not order can only drop
