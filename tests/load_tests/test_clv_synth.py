@@ -8,12 +8,13 @@ One fit of 8,000 customers: about 3 s to import pymc-marketing and 4 s to fit, p
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine.intelligence.clv import CLVParams, Summary, expected_purchases
+from load_tests.bench_clv import holdout_groups, recovery, write_plot
 from load_tests.clv_synth import TRUE, simulate
-
-pytestmark = pytest.mark.slow
 
 N = 8_000
 SEED = 0
@@ -38,6 +39,7 @@ def fitted() -> tuple[CLVParams, list[Summary], list[int]]:
     return fit(data.summaries, fitted_at=0, version=7), data.summaries, data.holdout
 
 
+@pytest.mark.slow
 def test_fit_recovers_the_parameters(fitted: tuple[CLVParams, list[Summary], list[int]]) -> None:
     got, _, _ = fitted
     assert (got.version, got.customers, got.fitted_at) == (7, N, 0)
@@ -51,9 +53,22 @@ def test_fit_recovers_the_parameters(fitted: tuple[CLVParams, list[Summary], lis
     assert got.p * got.v / (got.q - 1) == pytest.approx(TRUE.p * TRUE.v / (TRUE.q - 1), rel=0.10)
 
 
+@pytest.mark.slow
 def test_holdout_orders_match_in_aggregate(
     fitted: tuple[CLVParams, list[Summary], list[int]],
 ) -> None:
     got, summaries, holdout = fitted
     predicted = sum(expected_purchases(got, s, 180.0) for s in summaries)
     assert predicted == pytest.approx(sum(holdout), rel=0.10)
+
+
+def test_bench_groups_and_plot_with_the_true_parameters(tmp_path: Path) -> None:
+    data = simulate(2_000, seed=3)
+    true = CLVParams(**TRUE.as_dict(), fitted_at=0, version=1, customers=2_000)
+    groups = holdout_groups(true, data)
+    assert [g.label for g in groups] == ["0", "1", "2", "3", "4", "5", "6", "7+", "all"]
+    assert groups[-1].customers == 2_000 == sum(g.customers for g in groups[:-1])
+    # the true parameters predict the holdout of their own customers
+    assert groups[-1].predicted == pytest.approx(groups[-1].actual, rel=0.15)
+    out = write_plot(tmp_path / "clv.png", groups, recovery(TRUE, true), "test")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
