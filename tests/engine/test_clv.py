@@ -16,6 +16,7 @@ import pytest
 
 from engine.intelligence.clv import (
     DAY_MS,
+    NEXT_ORDER_MAX_DAYS,
     CLVParams,
     ParamsError,
     Summary,
@@ -155,6 +156,23 @@ def test_next_order_at_is_the_median_time_to_the_next_order() -> None:
         assert at is not None
         assert at > NOW
         assert prob_no_purchase(PARAMS, s, (at - NOW) / DAY_MS) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_next_order_at_is_none_near_even_odds_and_far_away() -> None:
+    # p_alive falls through 1/2 as a repeat buyer stays silent: the date grows, then is None
+    dates = []
+    for age in range(30, 3000, 7):
+        s = Summary(3, 30.0, float(age), 50.0)
+        at = next_order_at(PARAMS, s, NOW)
+        assert (at is None) == (
+            p_alive(PARAMS, s) <= 0.5 or prob_no_purchase(PARAMS, s, NEXT_ORDER_MAX_DAYS) > 0.5
+        )
+        if at is not None:
+            assert at <= NOW + NEXT_ORDER_MAX_DAYS * DAY_MS
+            dates.append(at)
+    assert dates == sorted(dates)
+    assert len(dates) > 5
+    assert next_order_at(PARAMS, Summary(3, 30.0, 3000.0, 50.0), NOW) is None
 
 
 def test_frequency_zero_is_alive_and_recency_equal_to_t() -> None:
