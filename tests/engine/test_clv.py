@@ -57,6 +57,7 @@ NOW = 1_800_000_000_000
 
 @pytest.fixture(scope="module")
 def pmm() -> Any:
+    pytest.importorskip("pymc_marketing", reason="the `predict` extra is not installed")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import arviz

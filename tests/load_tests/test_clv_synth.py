@@ -33,6 +33,7 @@ def test_simulation_is_seeded_and_consistent() -> None:
 
 @pytest.fixture(scope="module")
 def fitted() -> tuple[CLVParams, list[Summary], list[int]]:
+    pytest.importorskip("pymc_marketing", reason="the `predict` extra is not installed")
     from engine.intelligence.fit import fit
 
     data = simulate(N, seed=SEED)
