@@ -30,7 +30,7 @@ from typing import Any
 
 from engine.types import Event
 from state.base import TimerStore
-from state.customer import DEDUP_WINDOW, VIEWED_MAX, CustomerState
+from state.customer import DEDUP_WINDOW, SEGMENT_TIMER, VIEWED_MAX, CustomerState
 
 __all__ = ["MERGED_FROM_MAX", "hand_over", "merge", "merge_event"]
 
@@ -71,6 +71,9 @@ def hand_over(st: CustomerState, timers: TimerStore) -> CustomerState:
     for inst in (st.flows or {}).values():
         if inst.due is not None:
             timers.cancel(st.customer_id, inst.rule_id)
+    if st.segments_due is not None:
+        timers.cancel(st.customer_id, SEGMENT_TIMER)
+    st.segments = st.segments_left = st.segments_due = None
     st.timezone = st.consent = st.attributes = None
     st.orders, st.revenue = 0, 0.0
     st.first_order = st.last_order = None

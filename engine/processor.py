@@ -21,11 +21,12 @@ from engine.flows import FlowRunner
 from engine.identity import hand_over, merge, merge_event
 from engine.profile import apply_event
 from engine.scope import RuleScope
+from engine.segments import evaluate_segments
 from engine.types import Action, Conversion, Event, Fire
 from rules.compiler import CompiledRule
 from rules.ruleset import RuleSet
 from state.base import StateStore, TimerStore
-from state.customer import CustomerState, FlowInstance
+from state.customer import SEGMENT_TIMER, CustomerState, FlowInstance
 
 __all__ = ["Output", "Processor", "assign_variant", "fingerprint", "kept_trigger"]
 
@@ -166,9 +167,24 @@ class Processor:
         if not out.too_late:
             for rule in plan.triggers:
                 self._trigger(rule, st, ev, ts, now, out)
+        if rs.segments:
+            self._segment_changes(st, now, out)
         if created:
             self.store.put(st)
         return out
+
+    def _segment_changes(self, st: CustomerState, now: int, out: Output) -> None:
+        """Re-evaluate the segments; each entry or exit runs the rules' exits and
+        triggers like an event at ``now`` (engine/segments.py)."""
+        rs = self._rs
+        for ev in evaluate_segments(rs, st, now, self._consent, self.timers, out):
+            plan = rs.plans.get(ev.type)
+            if plan is None:
+                continue
+            if plan.exits and st.flows:
+                self._exits(st, ev, now, now, plan.exits, out)
+            for rule in plan.triggers:
+                self._trigger(rule, st, ev, now, now, out)
 
     def _identity(self, st: CustomerState, ev: Event, ts: int, out: Output) -> None:
         """An event for a redirect (an id merged into another) is forwarded there; a
@@ -304,6 +320,12 @@ class Processor:
         is gone (rule removed by a deploy, customer erased) does nothing."""
         out = Output(customer_id, due)
         st = self.store.get(customer_id)
+        if rule_id == SEGMENT_TIMER:
+            if st is not None and st.segments_due == due:
+                out.lateness = now - due if now > due else 0
+                st.segments_due = None  # fired: evaluating schedules the next one
+                self._segment_changes(st, now, out)
+            return out
         inst = st.flows.get(rule_id) if st is not None and st.flows else None
         if st is None or inst is None or inst.due != due:
             return out

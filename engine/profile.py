@@ -179,6 +179,7 @@ CUSTOMER_FIELDS: dict[str, CustomerField] = {
     "timezone": lambda st, _: st.timezone or "",
     "consent": _consent_view,
     "attributes": lambda st, _: st.attributes or {},
+    "segments": lambda st, _: st.segments or {},
 }
 """The ``customer`` map rule expressions see, field by field (times in epoch ms, 0 when
 unknown)."""

@@ -82,5 +82,8 @@ class RuleScope:
             return False
         return flow.seen.get(event_type, -1) >= flow.marks.get(step, _NEVER)
 
+    def _fn_segment_since(self, segment: str) -> int:
+        return (self.state.segments or {}).get(segment, 0)
+
     def _fn_viewed(self) -> list[str]:
         return list(self.state.viewed or ())

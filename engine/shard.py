@@ -17,7 +17,7 @@ from engine.driver import Driver, OutputHandler
 from engine.processor import Output
 from engine.types import Event
 from rules.ruleset import RuleSet
-from state.customer import CustomerState
+from state.customer import SEGMENT_TIMER, CustomerState
 from state.memory import MemoryStore, MemoryTimers
 
 __all__ = ["Shard"]
@@ -53,6 +53,8 @@ class Shard:
         for inst in (st.flows or {}).values():
             if inst.due is not None:
                 self.timers.schedule(st.customer_id, inst.rule_id, inst.due)
+        if st.segments_due is not None:
+            self.timers.schedule(st.customer_id, SEGMENT_TIMER, st.segments_due)
 
     def apply_at(self, position: int, accepted_at: int, event: Event) -> Output | None:
         """Fire timers due up to ``accepted_at``, then process the event at that time and

@@ -242,7 +242,7 @@ class _Compiler:
         exits = []
         for i, m in enumerate(s.exit_on):
             f = self.expr(m.filter, ("exit_on", i, "filter"), in_flow=False) if m.filter else None
-            exits.append((m.event, f))
+            exits.append((m.type, f))
         self.steps(s.steps, ("steps",))
         for key, step_name, at in self.pending_seen:
             if step_name not in self.names:
@@ -270,7 +270,7 @@ class _Compiler:
             id=s.id,
             version=s.version,
             priority=s.priority,
-            trigger=s.trigger.event,
+            trigger=s.trigger.type,
             trigger_filter=tfilter,
             when=when,
             restart=s.on_retrigger == "restart",

@@ -10,7 +10,8 @@ customer map, 5M/s with none). Where every mention of a variable is a field sele
 
 Variables: ``event`` (type, properties, context, timestamp ms), ``customer``, ``cart``,
 ``trigger`` (the properties of the event that started the flow). Functions:
-``count(type, window)``, ``seen(type)``, ``seen_since(type, step)``, ``viewed()``.
+``count(type, window)``, ``seen(type)``, ``seen_since(type, step)``, ``viewed()``,
+``segment_since(id)`` (when the customer entered segment ``id``; 0 when not a member).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import cel
 __all__ = ["FUNCTIONS", "VARIABLES", "Expression", "ExpressionError", "Scope"]
 
 VARIABLES = frozenset({"event", "customer", "cart", "trigger"})
-FUNCTIONS = frozenset({"count", "seen", "seen_since", "viewed"})
+FUNCTIONS = frozenset({"count", "seen", "seen_since", "segment_since", "viewed"})
 _POS = re.compile(r"<input>:(\d+):(\d+): (.*?)(\n|$)")
 # A bare field selection ("cart.value", "trigger.product_id") or a no-argument call
 # ("viewed()") is looked up directly: same result as CEL, without converting the variable

@@ -16,9 +16,16 @@ from pydantic import ValidationError
 
 from rules.exceptions import RuleError
 from rules.expressions import Expression, ExpressionError
-from rules.spec import RuleSpec, Settings
+from rules.spec import RuleSpec, SegmentSpec, Settings
 
-__all__ = ["Positions", "SourceDoc", "load_documents", "parse_specs", "rule_files"]
+__all__ = [
+    "ParsedFile",
+    "Positions",
+    "SourceDoc",
+    "load_documents",
+    "parse_specs",
+    "rule_files",
+]
 
 PathKey = tuple[str | int, ...]
 
@@ -146,17 +153,25 @@ def _pydantic_errors(err: ValidationError, doc: SourceDoc) -> list[RuleError]:
     return list(out.values())
 
 
-def parse_specs(
-    path: str, text: str
-) -> tuple[list[tuple[RuleSpec, SourceDoc]], list[tuple[Settings, SourceDoc]], list[RuleError]]:
-    """Every rule and settings document in one file, and every error found."""
-    rules: list[tuple[RuleSpec, SourceDoc]] = []
-    settings: list[tuple[Settings, SourceDoc]] = []
-    errors: list[RuleError] = []
+@dataclass
+class ParsedFile:
+    """The documents of one file by kind, and every error found in it."""
+
+    rules: list[tuple[RuleSpec, SourceDoc]] = field(default_factory=list)
+    settings: list[tuple[Settings, SourceDoc]] = field(default_factory=list)
+    segments: list[tuple[SegmentSpec, SourceDoc]] = field(default_factory=list)
+    errors: list[RuleError] = field(default_factory=list)
+
+
+def parse_specs(path: str, text: str) -> ParsedFile:
+    """Every rule, settings and segment document in one file, and every error found."""
+    out = ParsedFile()
+    rules, settings, segments, errors = out.rules, out.settings, out.segments, out.errors
     try:
         docs = load_documents(path, text)
     except RuleError as err:
-        return rules, settings, [err]
+        errors.append(err)
+        return out
     for doc in docs:
         if not isinstance(doc.data, dict):
             errors.append(doc.positions.error((), "a rule document must be a mapping"))
@@ -164,15 +179,17 @@ def parse_specs(
         try:
             if doc.data.get("kind") == "settings":
                 settings.append((Settings.model_validate(doc.data), doc))
+            elif doc.data.get("kind") == "segment":
+                segments.append((SegmentSpec.model_validate(doc.data), doc))
             else:
                 rules.append((RuleSpec.model_validate(doc.data), doc))
         except ValidationError as err:
             errors.extend(_pydantic_errors(err, doc))
             errors.extend(_expression_errors(doc.data, (), doc.positions))
-    return rules, settings, errors
+    return out
 
 
-_EXPR_KEYS = frozenset({"when", "filter", "if"})
+_EXPR_KEYS = frozenset({"when", "filter", "if", "condition"})
 
 
 def _expression_errors(data: Any, key: PathKey, pos: Positions) -> list[RuleError]:

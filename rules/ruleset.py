@@ -15,7 +15,8 @@ from rules.compiler import CompiledRule, compile_rule
 from rules.durations import parse_cap, parse_duration, parse_range
 from rules.exceptions import RuleError, RuleErrors
 from rules.loader import Positions, SourceDoc, parse_specs, rule_files
-from rules.spec import RuleSpec, Settings
+from rules.segments import CompiledSegment, compile_segment
+from rules.spec import RuleSpec, SegmentSpec, Settings
 
 __all__ = ["RECIPES_DIR", "RuleSet", "TypePlan", "load_ruleset", "load_texts"]
 
@@ -52,6 +53,7 @@ class RuleSet:
     max_cap_period: int = 0
     plans: dict[str, TypePlan] = field(default_factory=dict)
     default_plan: TypePlan = TypePlan((), (), (), False, False)  # any type not in ``plans``
+    segments: tuple[CompiledSegment, ...] = ()  # in file order
     # (rule id, channel) -> the send needs an address; the runtimes add what their sinks
     # need (``require_addresses``), settings.require_address covers every rule
     address_required: Callable[[str, str], bool] | None = None
@@ -90,7 +92,9 @@ class RuleSet:
         for r in order:
             for t in r.seen_types or ():
                 seen.setdefault(t, list(seen_any)).append(r.id)
-        self.counted = frozenset(self.settings.counters).union(*(r.counted for r in order))
+        self.counted = frozenset(self.settings.counters).union(
+            *(r.counted for r in order), (t for seg in self.segments for t, _ in seg.counts)
+        )
         types = set(self.by_trigger) | set(self.by_exit) | self.goal_types | set(seen)
         self.plans = {
             t: TypePlan(
@@ -119,13 +123,15 @@ def load_texts(sources: Iterable[tuple[str, str]]) -> RuleSet:
     errors: list[RuleError] = []
     specs: list[tuple[RuleSpec, SourceDoc]] = []
     settings: list[tuple[Settings, SourceDoc]] = []
+    segment_specs: list[tuple[SegmentSpec, SourceDoc]] = []
     h = hashlib.sha256()
     for path, text in sources:
         h.update(path.encode() + b"\0" + text.encode() + b"\0")
-        r, s, e = parse_specs(path, text)
-        specs += r
-        settings += s
-        errors += e
+        parsed = parse_specs(path, text)
+        specs += parsed.rules
+        settings += parsed.settings
+        segment_specs += parsed.segments
+        errors += parsed.errors
     if len(settings) > 1:
         errors.append(settings[1][1].positions.error((), "only one settings document allowed"))
     setting = settings[0][0] if settings else Settings(kind="settings")
@@ -146,9 +152,28 @@ def load_texts(sources: Iterable[tuple[str, str]]) -> RuleSet:
         errors += errs
         if compiled is not None and spec.enabled:
             rules[spec.id] = compiled
+    segments: dict[str, CompiledSegment] = {}
+    for seg, doc in segment_specs:
+        if seg.id in segments:
+            errors.append(doc.positions.error(("id",), f"duplicate segment id {seg.id!r}"))
+            continue
+        compiled_seg, errs = compile_segment(seg, doc.positions)
+        errors += errs
+        if compiled_seg is not None:
+            segments[seg.id] = compiled_seg
+    for r in rules.values():
+        for etype in (r.trigger, *(e for e, _ in r.exits)):
+            name = etype.partition(":")[2]
+            if name and name not in segments:
+                errors.append(RuleError("<rule set>", 1, 1, f"rule {r.id}: no segment {name!r}"))
     if errors:
         raise RuleErrors(errors)
-    return RuleSet(rules=rules, settings=setting, digest=h.hexdigest()[:16])
+    return RuleSet(
+        rules=rules,
+        settings=setting,
+        digest=h.hexdigest()[:16],
+        segments=tuple(segments.values()),
+    )
 
 
 def load_ruleset(paths: Iterable[str | Path] | None = None) -> RuleSet:

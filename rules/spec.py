@@ -20,6 +20,7 @@ __all__ = [
     "Limits",
     "Reentry",
     "RuleSpec",
+    "SegmentSpec",
     "SendSpec",
     "SendStep",
     "Settings",
@@ -42,10 +43,43 @@ class _Spec(BaseModel):
 
 
 class EventMatch(_Spec):
-    """An event type with an optional CEL filter over ``event``, ``customer``, ``cart``."""
+    """An event type with an optional CEL filter over ``event``, ``customer``, ``cart``;
+    or a segment entered or left (``segment_entered: lapsed``: docs/segments.md)."""
 
-    event: EventType
+    event: EventType | None = None
+    segment_entered: Name | None = None
+    segment_exited: Name | None = None
     filter: Expr | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> EventMatch:
+        given = [self.event, self.segment_entered, self.segment_exited]
+        if sum(v is not None for v in given) != 1:
+            raise ValueError("give one of: event, segment_entered, segment_exited")
+        return self
+
+    @property
+    def type(self) -> str:
+        """The input type matched: the event type, or the segment change's internal type
+        (``segment_entered:<id>``, which no client can send: not snake_case)."""
+        if self.segment_entered is not None:
+            return f"segment_entered:{self.segment_entered}"
+        if self.segment_exited is not None:
+            return f"segment_exited:{self.segment_exited}"
+        assert self.event is not None
+        return self.event
+
+
+class SegmentSpec(_Spec):
+    """A segment: customers for whom ``condition`` holds, kept up to date as their events
+    arrive and as time passes (docs/segments.md)."""
+
+    kind: Literal["segment"]
+    id: Name
+    description: str = ""
+    condition: Expr = Field(
+        description="CEL over customer, cart, count(); count() arguments must be literals"
+    )
 
 
 class SendSpec(_Spec):

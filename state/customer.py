@@ -17,6 +17,7 @@ import msgspec
 
 __all__ = [
     "DEDUP_WINDOW",
+    "SEGMENT_TIMER",
     "VIEWED_MAX",
     "CustomerState",
     "FlowInstance",
@@ -27,6 +28,9 @@ __all__ = [
 
 DEDUP_WINDOW = 32
 """Event ids remembered per customer for duplicate detection (as 64-bit fingerprints)."""
+SEGMENT_TIMER = "~segments"
+"""The timer id (in place of a rule id) that re-evaluates a customer's segments; no rule id
+can take it (rule ids start with a letter)."""
 VIEWED_MAX = 5
 """Recently viewed products kept per customer, most recent last."""
 
@@ -86,6 +90,11 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     merged_from: list[str] | None = None
     # profile attribute -> the address a hard bounce / permanent failure marked undeliverable
     undeliverable: dict[str, str] | None = None
+    # segments: id -> when the customer entered (members only), id -> when it last left,
+    # and when a segment can next change with no event (a counted bucket leaving a window)
+    segments: dict[str, int] | None = None
+    segments_left: dict[str, int] | None = None
+    segments_due: int | None = None
 
     # --- derived views -------------------------------------------------------------
     @property

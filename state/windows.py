@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zlib
 
-__all__ = ["WINDOWS", "Counters", "count", "increment", "type_code"]
+__all__ = ["WINDOWS", "Counters", "count", "increment", "next_change", "type_code"]
 
 Counters = dict[int, int]
 
@@ -68,3 +68,21 @@ def count(counters: Counters, event_type: str, window: str, now: int) -> int:
     prefix = type_code(event_type) << 2 | gran
     first = (now - length) // size
     return sum(v for k, v in counters.items() if k >> 24 == prefix and (k & 0xFFFFFF) >= first)
+
+
+def next_change(counters: Counters, event_type: str, window: str, now: int) -> int | None:
+    """When ``count(event_type, window)`` next changes if no event arrives: the instant
+    its oldest counted bucket leaves the window (None: the count is 0 and stays so)."""
+    gran, length = WINDOWS[window]
+    size = _GRANS[gran][1]
+    prefix = type_code(event_type) << 2 | gran
+    first = (now - length) // size
+    oldest = min(
+        (
+            k & 0xFFFFFF
+            for k, v in counters.items()
+            if k >> 24 == prefix and v and (k & 0xFFFFFF) >= first
+        ),
+        default=None,
+    )
+    return None if oldest is None else (oldest + 1) * size + length

@@ -7,6 +7,7 @@ from engine.driver import OutputHandler
 from engine.shard import Shard
 from engine.types import Event
 from rules.ruleset import RuleSet
+from state.customer import SEGMENT_TIMER
 
 __all__ = ["Partition"]
 
@@ -33,6 +34,7 @@ class Partition(Shard):
             return False
         for inst in (st.flows or {}).values():
             self.timers.cancel(customer_id, inst.rule_id)
+        self.timers.cancel(customer_id, SEGMENT_TIMER)
         self.store.delete(customer_id)
         self.dirty.discard(customer_id)
         self.deleted.add(customer_id)

@@ -1,0 +1,83 @@
+"""Segment membership, kept per customer in the pure core (docs/segments.md).
+
+After each event a customer's segments are evaluated; whatever changed becomes a
+``segment_entered:<id>`` / ``segment_exited:<id>`` input for the rules (triggers, exits),
+stamped with the time of the change. A condition reads only the customer's state, so with
+no event it can change only when a counted bucket leaves a window of one of its
+``count()`` calls: the earliest such instant is the customer's segment timer
+(``SEGMENT_TIMER``), which re-evaluates then. Membership therefore changes at the instant
+the condition turns true to within the counters' bucket rounding (state/windows.py), with
+no polling and no bound beyond the timer's own lateness.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.scope import RuleScope
+from engine.types import Event, from_ms
+from rules.ruleset import RuleSet
+from state.base import TimerStore
+from state.customer import SEGMENT_TIMER, CustomerState
+from state.windows import next_change
+
+if TYPE_CHECKING:
+    from engine.processor import Output
+
+__all__ = ["evaluate_segments"]
+
+_ERRORS = (RuntimeError, TypeError, KeyError, ValueError)
+
+
+def evaluate_segments(
+    rs: RuleSet,
+    st: CustomerState,
+    now: int,
+    consent: dict[str, bool],
+    timers: TimerStore,
+    out: Output,
+) -> list[Event]:
+    """Re-evaluate ``st``'s segments at ``now``: record entries (with their time) and
+    exits, (re)schedule the segment timer, and return the change inputs, entries and
+    exits in segment order. A condition that fails to evaluate keeps the membership it
+    had (the error goes to ``out.errors``)."""
+    scope = RuleScope(st, now, consent)
+    members = st.segments or {}
+    changes: list[Event] = []
+    due: int | None = None
+    counters = st.counters or {}
+    for seg in rs.segments:
+        was = seg.id in members
+        try:
+            inside = seg.condition.test(scope)
+        except _ERRORS as err:
+            out.errors.append(f"segment {seg.id}: {err}")
+            inside = was
+        if inside != was:
+            if inside:
+                members = {**members, seg.id: now}
+            else:
+                members = {k: v for k, v in members.items() if k != seg.id}
+                st.segments_left = {**(st.segments_left or {}), seg.id: now}
+            kind = "segment_entered" if inside else "segment_exited"
+            changes.append(
+                Event(
+                    event_id=f"{kind}:{seg.id}:{now}",
+                    type=f"{kind}:{seg.id}",
+                    customer_id=st.customer_id,
+                    timestamp=from_ms(now),
+                    properties={"segment": seg.id},
+                )
+            )
+        for etype, window in seg.counts:
+            at = next_change(counters, etype, window, now)
+            if at is not None and (due is None or at < due):
+                due = at
+    st.segments = members or None
+    if due != st.segments_due:
+        if st.segments_due is not None:
+            timers.cancel(st.customer_id, SEGMENT_TIMER)
+        if due is not None:
+            timers.schedule(st.customer_id, SEGMENT_TIMER, due)
+        st.segments_due = due
+    return changes
