@@ -25,6 +25,7 @@ from engine.segments import evaluate_segments
 from engine.types import Action, Conversion, Event, Fire
 from rules.compiler import CompiledRule
 from rules.ruleset import RuleSet
+from rules.segments import CompiledSegment
 from state.base import StateStore, TimerStore
 from state.customer import SEGMENT_TIMER, CustomerState, FlowInstance
 
@@ -168,16 +169,25 @@ class Processor:
             for rule in plan.triggers:
                 self._trigger(rule, st, ev, ts, now, out)
         if rs.segments:
-            self._segment_changes(st, now, out)
+            only = None if created else rs.segment_plan.get(etype, rs.segments_any)
+            if only is None or only:
+                self._segment_changes(st, now, out, only)
         if created:
             self.store.put(st)
         return out
 
-    def _segment_changes(self, st: CustomerState, now: int, out: Output) -> None:
-        """Re-evaluate the segments; each entry or exit runs the rules' exits and
-        triggers like an event at ``now`` (engine/segments.py)."""
+    def _segment_changes(
+        self,
+        st: CustomerState,
+        now: int,
+        out: Output,
+        only: tuple[CompiledSegment, ...] | None = None,
+    ) -> None:
+        """Re-evaluate the segments (``only``: those the input can have changed); each
+        entry or exit runs the rules' exits and triggers like an event at ``now``
+        (engine/segments.py)."""
         rs = self._rs
-        for ev in evaluate_segments(rs, st, now, self._consent, self.timers, out):
+        for ev in evaluate_segments(rs, st, now, self._consent, self.timers, out, only):
             plan = rs.plans.get(ev.type)
             if plan is None:
                 continue

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from engine.scope import RuleScope
 from engine.types import Event, from_ms
 from rules.ruleset import RuleSet
+from rules.segments import CompiledSegment
 from state.base import TimerStore
 from state.customer import SEGMENT_TIMER, CustomerState
 from state.windows import next_change
@@ -36,17 +37,19 @@ def evaluate_segments(
     consent: dict[str, bool],
     timers: TimerStore,
     out: Output,
+    segments: tuple[CompiledSegment, ...] | None = None,
 ) -> list[Event]:
-    """Re-evaluate ``st``'s segments at ``now``: record entries (with their time) and
-    exits, (re)schedule the segment timer, and return the change inputs, entries and
-    exits in segment order. A condition that fails to evaluate keeps the membership it
-    had (the error goes to ``out.errors``)."""
+    """Re-evaluate ``st``'s segments at ``now`` (``segments``: only these, the ones the
+    input can have changed; default all): record entries (with their time) and exits,
+    (re)schedule the segment timer, and return the change inputs, entries and exits in
+    segment order. A condition that fails to evaluate keeps the membership it had (the
+    error goes to ``out.errors``)."""
     scope = RuleScope(st, now, consent)
     members = st.segments or {}
     changes: list[Event] = []
     due: int | None = None
     counters = st.counters or {}
-    for seg in rs.segments:
+    for seg in rs.segments if segments is None else segments:
         was = seg.id in members
         try:
             inside = seg.condition.test(scope)
@@ -69,11 +72,11 @@ def evaluate_segments(
                     properties={"segment": seg.id},
                 )
             )
-        for etype, window in seg.counts:
-            at = next_change(counters, etype, window, now)
-            if at is not None and (due is None or at < due):
-                due = at
     st.segments = members or None
+    for etype, window in rs.segment_counts:  # every segment's: the timer serves them all
+        at = next_change(counters, etype, window, now)
+        if at is not None and (due is None or at < due):
+            due = at
     if due != st.segments_due:
         if st.segments_due is not None:
             timers.cancel(st.customer_id, SEGMENT_TIMER)

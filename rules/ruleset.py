@@ -54,6 +54,10 @@ class RuleSet:
     plans: dict[str, TypePlan] = field(default_factory=dict)
     default_plan: TypePlan = TypePlan((), (), (), False, False)  # any type not in ``plans``
     segments: tuple[CompiledSegment, ...] = ()  # in file order
+    # event type -> the segments its processing can change; other types: ``segments_any``
+    segment_plan: dict[str, tuple[CompiledSegment, ...]] = field(default_factory=dict)
+    segments_any: tuple[CompiledSegment, ...] = ()
+    segment_counts: tuple[tuple[str, str], ...] = ()  # every (type, window) they count
     # (rule id, channel) -> the send needs an address; the runtimes add what their sinks
     # need (``require_addresses``), settings.require_address covers every rule
     address_required: Callable[[str, str], bool] | None = None
@@ -113,6 +117,17 @@ class RuleSet:
         )
         self.lateness = parse_duration(self.settings.allowed_lateness)
         self.future_tolerance = parse_duration(self.settings.future_tolerance)
+        self.segments_any = tuple(g for g in self.segments if g.inputs is None)
+        named = {t for g in self.segments for t in g.inputs or ()} | {"customer_merged"}
+        self.segment_plan = {
+            t: tuple(
+                g
+                for g in self.segments
+                if g.inputs is None or t in g.inputs or t == "customer_merged"
+            )
+            for t in named
+        }
+        self.segment_counts = tuple(sorted({c for g in self.segments for c in g.counts}))
         periods = [p for _, p in self.channel_caps.values()]
         periods += [r.cap[1] for r in order if r.cap]
         self.max_cap_period = max(periods, default=0)

@@ -16,19 +16,63 @@ from rules.loader import Positions
 from rules.spec import SegmentSpec
 from state.windows import WINDOWS
 
-__all__ = ["SEGMENT_VARIABLES", "CompiledSegment", "compile_segment"]
+__all__ = ["SEGMENT_VARIABLES", "CompiledSegment", "compile_segment", "input_types"]
 
 SEGMENT_VARIABLES = frozenset({"customer", "cart"})
 
 
+# what each input type can change of what a condition reads (engine/profile.py)
+_CART_TYPES = frozenset(
+    {"cart_item_added", "cart_item_removed", "cart_replaced", "order_completed"}
+)
+_ORDER_TYPES = frozenset({"order_completed", "order_refunded"})
+_PROFILE_TYPES = frozenset({"customer_updated", "customer_signed_up"})
+_CONSENT_TYPES = _PROFILE_TYPES | {
+    "email_unsubscribed",
+    "email_spam_reported",
+    "email_resubscribed",
+    "sms_unsubscribed",
+    "sms_resubscribed",
+}
+_CUSTOMER_KEYS: dict[str, frozenset[str]] = {
+    "orders": _ORDER_TYPES,
+    "ltv": _ORDER_TYPES,
+    "aov": _ORDER_TYPES,
+    "first_order": _ORDER_TYPES,
+    "last_order": _ORDER_TYPES,
+    "consent": _CONSENT_TYPES,
+    "attributes": _PROFILE_TYPES,
+}
+
+
+def input_types(expr: Expression) -> frozenset[str] | None:
+    """The event types whose processing can change ``expr``'s value (with the time
+    standing still), or None when any event can (it reads ``last_seen``, the time zone,
+    the whole customer map...). A merge (``customer_merged``) can change anything and is
+    always evaluated; so is a customer's first event."""
+    types: set[str] = set()
+    if "cart" in expr.variables:
+        types |= _CART_TYPES
+    if "customer" in expr.variables:
+        keys = expr.keys["customer"]
+        if keys is None or not keys <= _CUSTOMER_KEYS.keys():
+            return None
+        for key in keys:
+            types |= _CUSTOMER_KEYS[key]
+    types |= {etype for fn, etype, _ in expr.calls if fn == "count"}
+    return frozenset(types)
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledSegment:
-    """A segment ready to evaluate; ``counts``: the (type, window) its condition counts."""
+    """A segment ready to evaluate; ``counts``: the (type, window) its condition counts;
+    ``inputs``: the event types that can change it (None: any)."""
 
     id: str
     description: str
     condition: Expression
     counts: tuple[tuple[str, str], ...]
+    inputs: frozenset[str] | None
 
 
 def compile_segment(
@@ -59,4 +103,4 @@ def compile_segment(
                 counts.append((etype, window))
     if errors:
         return None, errors
-    return CompiledSegment(spec.id, spec.description, expr, tuple(counts)), []
+    return CompiledSegment(spec.id, spec.description, expr, tuple(counts), input_types(expr)), []
