@@ -171,7 +171,8 @@ class Processor:
         if rs.segments:
             only = None if created else rs.segment_plan.get(etype, rs.segments_any)
             if only is None or only:
-                self._segment_changes(st, now, out, only)
+                recount = created or etype in rs.segment_count_types or etype == "customer_merged"
+                self._segment_changes(st, now, out, only, recount)
         if created:
             self.store.put(st)
         return out
@@ -182,12 +183,14 @@ class Processor:
         now: int,
         out: Output,
         only: tuple[CompiledSegment, ...] | None = None,
+        recount: bool = True,
     ) -> None:
         """Re-evaluate the segments (``only``: those the input can have changed); each
         entry or exit runs the rules' exits and triggers like an event at ``now``
         (engine/segments.py)."""
         rs = self._rs
-        for ev in evaluate_segments(rs, st, now, self._consent, self.timers, out, only):
+        changes = evaluate_segments(rs, st, now, self._consent, self.timers, out, only, recount)
+        for ev in changes:
             plan = rs.plans.get(ev.type)
             if plan is None:
                 continue

@@ -20,7 +20,7 @@ from rules.ruleset import RuleSet
 from rules.segments import CompiledSegment
 from state.base import TimerStore
 from state.customer import SEGMENT_TIMER, CustomerState
-from state.windows import next_change
+from state.windows import next_change_of
 
 if TYPE_CHECKING:
     from engine.processor import Output
@@ -38,17 +38,17 @@ def evaluate_segments(
     timers: TimerStore,
     out: Output,
     segments: tuple[CompiledSegment, ...] | None = None,
+    recount: bool = True,
 ) -> list[Event]:
     """Re-evaluate ``st``'s segments at ``now`` (``segments``: only these, the ones the
     input can have changed; default all): record entries (with their time) and exits,
     (re)schedule the segment timer, and return the change inputs, entries and exits in
     segment order. A condition that fails to evaluate keeps the membership it had (the
-    error goes to ``out.errors``)."""
+    error goes to ``out.errors``). ``recount``: the counters changed (or time passed the
+    timer), so the timer's instant is worked out again; otherwise it stands."""
     scope = RuleScope(st, now, consent)
     members = st.segments or {}
     changes: list[Event] = []
-    due: int | None = None
-    counters = st.counters or {}
     for seg in rs.segments if segments is None else segments:
         was = seg.id in members
         try:
@@ -73,10 +73,10 @@ def evaluate_segments(
                 )
             )
     st.segments = members or None
-    for etype, window in rs.segment_counts:  # every segment's: the timer serves them all
-        at = next_change(counters, etype, window, now)
-        if at is not None and (due is None or at < due):
-            due = at
+    if not recount:
+        return changes
+    # over every segment's count() windows: one timer serves them all
+    due = next_change_of(st.counters or {}, rs.segment_counts, now)
     if due != st.segments_due:
         if st.segments_due is not None:
             timers.cancel(st.customer_id, SEGMENT_TIMER)

@@ -26,7 +26,7 @@ from engine.backtest import BacktestResult, read_trace
 from engine.driver import Driver
 from engine.processor import Output
 from load_tests.storefront import StorefrontConfig, storefront
-from rules.ruleset import load_ruleset
+from rules.ruleset import RECIPES_DIR, load_ruleset
 
 __all__ = ["main", "trace_path"]
 
@@ -75,8 +75,10 @@ def _by_type(lines: list[bytes]) -> dict[str, dict[str, float]]:
     }
 
 
-def _run(lines: list[bytes]) -> tuple[Driver, BacktestResult, float]:
-    rs = load_ruleset()
+def _run(
+    lines: list[bytes], rules: list[str] | None = None
+) -> tuple[Driver, BacktestResult, float]:
+    rs = load_ruleset(rules)
     result = BacktestResult()
     actions = 0
 
@@ -98,6 +100,51 @@ def _run(lines: list[bytes]) -> tuple[Driver, BacktestResult, float]:
     return driver, result, elapsed_all if elapsed_all > elapsed else elapsed
 
 
+def _memory(lines: list[bytes], rules: list[str] | None = None) -> dict[str, int]:
+    """States and timers held after the events, measured by tracemalloc."""
+    rs = load_ruleset(rules)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    driver = Driver(rs)
+    res = BacktestResult()
+    for ev in read_trace(lines, res):
+        driver.feed(ev)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    return {
+        "bytes_per_customer": round(held / max(1, len(driver.store))),
+        "pending_timers_at_end": len(driver.timers),
+    }
+
+
+def _compare(lines: list[bytes], extra: str, rounds: int) -> dict[str, Any]:
+    """The stock recipes alone (off) and with ``extra`` rule paths (on), alternating
+    off/on ``rounds`` times in this process: events/s of each round, memory of each."""
+    recipes = [str(RECIPES_DIR)]
+    sides = {"off": recipes, "on": [*recipes, extra]}
+    rates: dict[str, list[int]] = {"off": [], "on": []}
+    actions: dict[str, int] = {}
+    for _ in range(rounds):
+        for side, rules in sides.items():
+            driver, result, elapsed = _run(lines, rules)
+            rates[side].append(round(result.events / elapsed))
+            actions[side] = result.errors["actions"]
+            del driver
+            gc.unfreeze()
+            gc.collect()
+    report: dict[str, Any] = {"events": len(lines), "with": extra, "rounds": rounds}
+    for side, rules in sides.items():
+        report[side] = {
+            "events_per_s": rates[side],
+            "actions": actions[side],
+            **_memory(lines, rules),
+        }
+    ratios = sorted(on / off for off, on in zip(rates["off"], rates["on"], strict=True))
+    report["on_over_off_median"] = round(ratios[len(ratios) // 2], 3)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="core events/s and memory per customer")
     p.add_argument("--customers", type=int, default=100_000)
@@ -111,12 +158,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="instead: time the first N events one by one and print us/event by type",
     )
+    p.add_argument(
+        "--compare",
+        metavar="PATH",
+        help="instead: the recipes alone against the recipes plus PATH (e.g. rules/segments),"
+        " alternating, events/s and bytes/customer of each",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="with --compare: off/on pairs")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     path = args.trace or trace_path(args.customers, args.events, args.seed)
     gen_s = time.perf_counter() - t0
     with path.open("rb") as fh:
         lines = fh.readlines()
+    if args.compare:
+        print(
+            orjson.dumps(
+                _compare(lines, args.compare, args.rounds), option=orjson.OPT_INDENT_2
+            ).decode()
+        )
+        return 0
     if args.by_type:
         by_type = _by_type(lines[: args.by_type])
         print(orjson.dumps(by_type, option=orjson.OPT_INDENT_2).decode())
@@ -136,20 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.unfreeze()
     gc.collect()
 
-    # memory: states and timers held after the events, measured by tracemalloc
-    rs = load_ruleset()
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    driver2 = Driver(rs)
-    res2 = BacktestResult()
-    for ev in read_trace(lines, res2):
-        driver2.feed(ev)
-    del lines
-    gc.collect()
-    held = tracemalloc.get_traced_memory()[0] - base
-    tracemalloc.stop()
-    report["bytes_per_customer"] = round(held / max(1, len(driver2.store)))
-    report["pending_timers_at_end"] = len(driver2.timers)
+    report.update(_memory(lines))
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     return 0
 

@@ -58,6 +58,7 @@ class RuleSet:
     segment_plan: dict[str, tuple[CompiledSegment, ...]] = field(default_factory=dict)
     segments_any: tuple[CompiledSegment, ...] = ()
     segment_counts: tuple[tuple[str, str], ...] = ()  # every (type, window) they count
+    segment_count_types: frozenset[str] = frozenset()  # the types of those
     # (rule id, channel) -> the send needs an address; the runtimes add what their sinks
     # need (``require_addresses``), settings.require_address covers every rule
     address_required: Callable[[str, str], bool] | None = None
@@ -128,6 +129,7 @@ class RuleSet:
             for t in named
         }
         self.segment_counts = tuple(sorted({c for g in self.segments for c in g.counts}))
+        self.segment_count_types = frozenset(t for t, _ in self.segment_counts)
         periods = [p for _, p in self.channel_caps.values()]
         periods += [r.cap[1] for r in order if r.cap]
         self.max_cap_period = max(periods, default=0)

@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import zlib
 
-__all__ = ["WINDOWS", "Counters", "count", "increment", "next_change", "type_code"]
+__all__ = [
+    "WINDOWS",
+    "Counters",
+    "count",
+    "increment",
+    "next_change",
+    "next_change_of",
+    "type_code",
+]
 
 Counters = dict[int, int]
 
@@ -86,3 +94,27 @@ def next_change(counters: Counters, event_type: str, window: str, now: int) -> i
         default=None,
     )
     return None if oldest is None else (oldest + 1) * size + length
+
+
+def next_change_of(counters: Counters, pairs: tuple[tuple[str, str], ...], now: int) -> int | None:
+    """The earliest :func:`next_change` over ``pairs`` of (event type, window), in one
+    pass over the counters."""
+    wanted: dict[int, list[tuple[int, int, int]]] = {}
+    for event_type, window in pairs:
+        gran, length = WINDOWS[window]
+        size = _GRANS[gran][1]
+        wanted.setdefault(type_code(event_type) << 2 | gran, []).append(
+            (length, size, (now - length) // size)
+        )
+    due: int | None = None
+    for k, v in counters.items():
+        spans = wanted.get(k >> 24)
+        if spans is None or not v:
+            continue
+        index = k & 0xFFFFFF
+        for length, size, first in spans:
+            if index >= first:
+                at = (index + 1) * size + length
+                if due is None or at < due:
+                    due = at
+    return due
