@@ -106,6 +106,26 @@ class Engine:
         assert self.proc is not None
         await asyncio.to_thread(wait_ready, self.port, self.proc, self.log, 30.0)
 
+    async def deliver(self, session: ClientSession, batch: list[dict[str, Any]], kill: bool) -> int:
+        """Send ``batch`` until acknowledged; with ``kill``, SIGKILL the engine while its
+        first try is in flight and restart it (acknowledged before the kill, or retried
+        after). Returns the customers the restart recovered from a checkpoint (-1: no
+        kill)."""
+        recovered = -1
+        if kill:
+            task = asyncio.create_task(self.send(session, batch))
+            await asyncio.sleep(0.002)
+            self.kill()
+            acked = await task
+            self.start()
+            await self.ready(session)
+            recovered = self.recovered_customers()
+            if acked:
+                return recovered
+        while not await self.send(session, batch):  # retry until acknowledged
+            await asyncio.sleep(0.05)
+        return recovered
+
     async def send(self, session: ClientSession, batch: list[dict[str, Any]]) -> bool:
         try:
             async with session.post(
@@ -149,19 +169,10 @@ async def test_sigkill_twice_loses_and_duplicates_nothing(
                 if first:
                     killed = engine.log.read_text()
                     second = i + 12
-                if first or i == second:  # kill while this batch is in flight
-                    task = asyncio.create_task(engine.send(session, batch))
-                    await asyncio.sleep(0.002)
-                    engine.kill()
-                    acked = await task
-                    engine.start()
-                    await engine.ready(session)
-                    recovered.append(engine.recovered_customers())
-                    if acked:
-                        accepted += batch
-                        continue
-                while not await engine.send(session, batch):  # retry until acknowledged
-                    await asyncio.sleep(0.05)
+                kill = first or i == second  # kill while this batch is in flight
+                got = await engine.deliver(session, batch, kill)
+                if kill:
+                    recovered.append(got)
                 accepted += batch
                 await asyncio.sleep(0.03)  # ~1.5 s of stream: checkpoints between kills
             # let the 1s timers fire and the outbox drain
