@@ -52,7 +52,7 @@ def evaluate_segments(
     for seg in rs.segments if segments is None else segments:
         was = seg.id in members
         try:
-            inside = seg.condition.test(scope)
+            inside = seg.test(scope)
         except _ERRORS as err:
             out.errors.append(f"segment {seg.id}: {err}")
             inside = was

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rules.exceptions import RuleError
-from rules.expressions import Expression, ExpressionError
+from rules.expressions import Expression, ExpressionError, Scope
 from rules.loader import Positions
 from rules.spec import SegmentSpec
 from state.windows import WINDOWS
@@ -73,6 +73,10 @@ class CompiledSegment:
     condition: Expression
     counts: tuple[tuple[str, str], ...]
     inputs: frozenset[str] | None
+
+    def test(self, scope: Scope) -> bool:
+        """Whether the customer ``scope`` shows is in the segment (CEL errors raise)."""
+        return self.condition.test(scope)
 
 
 def compile_segment(
