@@ -76,7 +76,7 @@ def evaluate_segments(
     if not recount:
         return changes
     # over every segment's count() windows: one timer serves them all
-    due = next_change_of(st.counters or {}, rs.segment_counts, now)
+    due = next_change_of(st.counters or {}, rs.segment_windows, now)
     if due != st.segments_due:
         if st.segments_due is not None:
             timers.cancel(st.customer_id, SEGMENT_TIMER)

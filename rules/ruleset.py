@@ -17,6 +17,7 @@ from rules.exceptions import RuleError, RuleErrors
 from rules.loader import Positions, SourceDoc, parse_specs, rule_files
 from rules.segments import CompiledSegment, compile_segment
 from rules.spec import RuleSpec, SegmentSpec, Settings
+from state.windows import WindowSpec, watch
 
 __all__ = ["RECIPES_DIR", "RuleSet", "TypePlan", "load_ruleset", "load_texts"]
 
@@ -59,6 +60,7 @@ class RuleSet:
     segments_any: tuple[CompiledSegment, ...] = ()
     segment_counts: tuple[tuple[str, str], ...] = ()  # every (type, window) they count
     segment_count_types: frozenset[str] = frozenset()  # the types of those
+    segment_windows: WindowSpec = field(default_factory=dict)  # the same, for next_change_of
     # (rule id, channel) -> the send needs an address; the runtimes add what their sinks
     # need (``require_addresses``), settings.require_address covers every rule
     address_required: Callable[[str, str], bool] | None = None
@@ -130,6 +132,7 @@ class RuleSet:
         }
         self.segment_counts = tuple(sorted({c for g in self.segments for c in g.counts}))
         self.segment_count_types = frozenset(t for t, _ in self.segment_counts)
+        self.segment_windows = watch(self.segment_counts)
         periods = [p for _, p in self.channel_caps.values()]
         periods += [r.cap[1] for r in order if r.cap]
         self.max_cap_period = max(periods, default=0)

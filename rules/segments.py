@@ -8,7 +8,11 @@ the processor can work out that instant exactly (``state.windows.next_change``).
 
 from __future__ import annotations
 
+import operator
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rules.exceptions import RuleError
 from rules.expressions import Expression, ExpressionError, Scope
@@ -16,7 +20,13 @@ from rules.loader import Positions
 from rules.spec import SegmentSpec
 from state.windows import WINDOWS
 
-__all__ = ["SEGMENT_VARIABLES", "CompiledSegment", "compile_segment", "input_types"]
+__all__ = [
+    "SEGMENT_VARIABLES",
+    "CompiledSegment",
+    "compile_segment",
+    "fast_terms",
+    "input_types",
+]
 
 SEGMENT_VARIABLES = frozenset({"customer", "cart"})
 
@@ -63,6 +73,53 @@ def input_types(expr: Expression) -> frozenset[str] | None:
     return frozenset(types)
 
 
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+}
+_TERM = re.compile(
+    r"^\s*(?:(customer|cart)\.([a-z_]+)|count\(\s*'([a-z0-9_]+)'\s*,\s*'([0-9a-z]+)'\s*\))"
+    r"\s*(==|!=|>=|<=|>|<)\s*(-?\d+\.\d+|-?\d+|true|false|'[^'\\]*')\s*$"
+)
+Getter = Callable[[Scope], Any]
+Term = tuple[Getter, Callable[[Any, Any], bool], Any]
+
+
+def _literal(text: str) -> Any:
+    if text in ("true", "false"):
+        return text == "true"
+    if text.startswith("'"):
+        return text[1:-1]
+    return float(text) if "." in text else int(text)
+
+
+def _getter(var: str | None, key: str | None, etype: str | None, window: str | None) -> Getter:
+    if var is not None and key is not None:
+        keys = frozenset({key})
+        return lambda scope: scope.variable(var, keys)[key]
+    return lambda scope: scope.function("count")(etype, window)
+
+
+def fast_terms(source: str) -> tuple[Term, ...] | None:
+    """``source`` as a conjunction of simple comparisons (``customer.orders >= 2``,
+    ``cart.items > 0``, ``count('order_completed', '90d') == 0``, joined by ``&&``), each
+    evaluated in Python; None when it is anything else (CEL evaluates it): a part that is
+    not one such comparison (``||``, parentheses, negation, a literal holding ``&&``) does
+    not match."""
+    terms = []
+    for part in source.split("&&"):
+        m = _TERM.match(part)
+        if m is None:
+            return None
+        var, key, etype, window, op, lit = m.groups()
+        terms.append((_getter(var, key, etype, window), _OPS[op], _literal(lit)))
+    return tuple(terms)
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledSegment:
     """A segment ready to evaluate; ``counts``: the (type, window) its condition counts;
@@ -73,10 +130,26 @@ class CompiledSegment:
     condition: Expression
     counts: tuple[tuple[str, str], ...]
     inputs: frozenset[str] | None
+    # the condition as simple comparisons evaluated in Python (None: CEL evaluates it)
+    terms: tuple[Term, ...] | None = None
 
     def test(self, scope: Scope) -> bool:
-        """Whether the customer ``scope`` shows is in the segment (CEL errors raise)."""
-        return self.condition.test(scope)
+        """Whether the customer ``scope`` shows is in the segment (CEL errors raise).
+
+        A condition made of simple comparisons is evaluated in Python, a few times faster
+        than converting the values for CEL; wherever a value's type differs from its
+        literal's (``customer.orders == 1.0``: CEL refuses int == double), CEL decides, so
+        the answer is always CEL's."""
+        terms = self.terms
+        if terms is None:
+            return self.condition.test(scope)
+        for get, op, literal in terms:
+            value = get(scope)
+            if type(value) is not type(literal):
+                return self.condition.test(scope)
+            if not op(value, literal):
+                return False
+        return True
 
 
 def compile_segment(
@@ -107,4 +180,12 @@ def compile_segment(
                 counts.append((etype, window))
     if errors:
         return None, errors
-    return CompiledSegment(spec.id, spec.description, expr, tuple(counts), input_types(expr)), []
+    compiled = CompiledSegment(
+        spec.id,
+        spec.description,
+        expr,
+        tuple(counts),
+        input_types(expr),
+        fast_terms(spec.condition),
+    )
+    return compiled, []

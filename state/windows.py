@@ -16,11 +16,13 @@ import zlib
 __all__ = [
     "WINDOWS",
     "Counters",
+    "WindowSpec",
     "count",
     "increment",
     "next_change",
     "next_change_of",
     "type_code",
+    "watch",
 ]
 
 Counters = dict[int, int]
@@ -96,24 +98,30 @@ def next_change(counters: Counters, event_type: str, window: str, now: int) -> i
     return None if oldest is None else (oldest + 1) * size + length
 
 
-def next_change_of(counters: Counters, pairs: tuple[tuple[str, str], ...], now: int) -> int | None:
-    """The earliest :func:`next_change` over ``pairs`` of (event type, window), in one
-    pass over the counters."""
-    wanted: dict[int, list[tuple[int, int, int]]] = {}
+WindowSpec = dict[int, tuple[tuple[int, int], ...]]
+"""Counter key prefix -> the (window length, bucket size) pairs watched under it."""
+
+
+def watch(pairs: tuple[tuple[str, str], ...]) -> WindowSpec:
+    """The :data:`WindowSpec` of (event type, window) pairs, for :func:`next_change_of`."""
+    spec: dict[int, list[tuple[int, int]]] = {}
     for event_type, window in pairs:
         gran, length = WINDOWS[window]
-        size = _GRANS[gran][1]
-        wanted.setdefault(type_code(event_type) << 2 | gran, []).append(
-            (length, size, (now - length) // size)
-        )
+        spec.setdefault(type_code(event_type) << 2 | gran, []).append((length, _GRANS[gran][1]))
+    return {k: tuple(v) for k, v in spec.items()}
+
+
+def next_change_of(counters: Counters, spec: WindowSpec, now: int) -> int | None:
+    """The earliest :func:`next_change` over the pairs ``spec`` watches, in one pass
+    over the counters."""
     due: int | None = None
     for k, v in counters.items():
-        spans = wanted.get(k >> 24)
+        spans = spec.get(k >> 24)
         if spans is None or not v:
             continue
         index = k & 0xFFFFFF
-        for length, size, first in spans:
-            if index >= first:
+        for length, size in spans:
+            if index >= (now - length) // size:
                 at = (index + 1) * size + length
                 if due is None or at < due:
                     due = at

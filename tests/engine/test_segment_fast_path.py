@@ -1,0 +1,67 @@
+"""The Python fast path of segment conditions answers exactly what CEL answers."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.scope import RuleScope
+from engine.testing import RuleKit
+from rules.ruleset import load_ruleset
+from rules.segments import fast_terms
+
+STOCK = load_ruleset(["rules/recipes", "rules/segments"])
+EVENTS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "product_viewed",
+                "cart_item_added",
+                "order_completed",
+                "checkout_started",
+                "cart_item_removed",
+                "order_refunded",
+            ]
+        ),
+        st.integers(0, 3),  # customer
+        st.integers(0, 40 * 24),  # hours later
+        st.sampled_from([0.0, 19.5, 250.0, 600.0]),
+    ),
+    max_size=25,
+)
+
+
+def test_every_stock_segment_takes_the_fast_path() -> None:
+    assert STOCK.segments
+    assert all(seg.terms is not None for seg in STOCK.segments)
+
+
+def test_conditions_beyond_simple_comparisons_go_to_cel() -> None:
+    assert fast_terms("customer.orders > 0 || cart.items > 0") is None
+    assert fast_terms("customer.attributes.src == 'ads'") is None
+    assert fast_terms("!(customer.orders > 0)") is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(EVENTS)
+def test_fast_path_equals_cel(events: list[tuple[str, int, int, float]]) -> None:
+    kit = RuleKit(STOCK)
+    start = kit.now
+    for i, (etype, c, hours, amount) in enumerate(events):
+        at = start + hours * 3_600_000
+        if at > kit.now:
+            kit.advance(hours=(at - kit.now) / 3_600_000)
+        props = {
+            "product_viewed": {"product_id": "p1"},
+            "cart_item_added": {"product_id": "p1", "price": amount},
+            "cart_item_removed": {"product_id": "p1"},
+            "order_completed": {"order_id": f"o{i}", "total": amount},
+            "checkout_started": {},
+            "order_refunded": {"order_id": f"o{i}", "amount": amount},
+        }[etype]
+        kit.send(etype, f"c{c}", props)
+        for cid in {f"c{c}"}:
+            state = kit.state(cid)
+            scope = RuleScope(state, kit.now, dict(STOCK.settings.default_consent))
+            for seg in STOCK.segments:
+                assert seg.test(scope) == seg.condition.test(scope), (seg.id, state)
