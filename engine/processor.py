@@ -171,8 +171,9 @@ class Processor:
         if rs.segments:
             only = None if created else rs.segment_plan.get(etype, rs.segments_any)
             if only is None or only:
-                recount = created or etype in rs.segment_count_types or etype == "customer_merged"
-                self._segment_changes(st, now, out, only, recount)
+                recount = created or etype == "customer_merged"
+                counted = (etype, ts) if etype in rs.segment_count_types else None
+                self._segment_changes(st, now, out, only, recount, counted)
         if created:
             self.store.put(st)
         return out
@@ -184,12 +185,15 @@ class Processor:
         out: Output,
         only: tuple[CompiledSegment, ...] | None = None,
         recount: bool = True,
+        counted: tuple[str, int] | None = None,
     ) -> None:
         """Re-evaluate the segments (``only``: those the input can have changed); each
         entry or exit runs the rules' exits and triggers like an event at ``now``
         (engine/segments.py)."""
         rs = self._rs
-        changes = evaluate_segments(rs, st, now, self._consent, self.timers, out, only, recount)
+        changes = evaluate_segments(
+            rs, st, now, self._consent, self.timers, out, only, recount, counted
+        )
         for ev in changes:
             plan = rs.plans.get(ev.type)
             if plan is None:

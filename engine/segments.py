@@ -20,7 +20,7 @@ from rules.ruleset import RuleSet
 from rules.segments import CompiledSegment
 from state.base import TimerStore
 from state.customer import SEGMENT_TIMER, CustomerState
-from state.windows import next_change_of
+from state.windows import counted_change, next_change_of
 
 if TYPE_CHECKING:
     from engine.processor import Output
@@ -39,13 +39,16 @@ def evaluate_segments(
     out: Output,
     segments: tuple[CompiledSegment, ...] | None = None,
     recount: bool = True,
+    counted: tuple[str, int] | None = None,
 ) -> list[Event]:
     """Re-evaluate ``st``'s segments at ``now`` (``segments``: only these, the ones the
     input can have changed; default all): record entries (with their time) and exits,
     (re)schedule the segment timer, and return the change inputs, entries and exits in
     segment order. A condition that fails to evaluate keeps the membership it had (the
-    error goes to ``out.errors``). ``recount``: the counters changed (or time passed the
-    timer), so the timer's instant is worked out again; otherwise it stands."""
+    error goes to ``out.errors``). ``recount``: work the timer's instant out again over
+    all counters (a first event, a merge, the timer firing); ``counted``: instead, one
+    event of this type at this time was counted, the only bucket that changed; neither:
+    the instant stands."""
     scope = RuleScope(st, now, consent)
     members = st.segments or {}
     changes: list[Event] = []
@@ -73,10 +76,16 @@ def evaluate_segments(
                 )
             )
     st.segments = members or None
-    if not recount:
-        return changes
     # over every segment's count() windows: one timer serves them all
-    due = next_change_of(st.counters or {}, rs.segment_windows, now)
+    if recount:
+        due = next_change_of(st.counters or {}, rs.segment_windows, now)
+    elif counted is not None:
+        due = st.segments_due
+        at = counted_change(rs.segment_windows, counted[0], counted[1], now)
+        if at is not None and (due is None or at < due):
+            due = at
+    else:
+        return changes
     if due != st.segments_due:
         if st.segments_due is not None:
             timers.cancel(st.customer_id, SEGMENT_TIMER)

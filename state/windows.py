@@ -18,6 +18,7 @@ __all__ = [
     "Counters",
     "WindowSpec",
     "count",
+    "counted_change",
     "increment",
     "next_change",
     "next_change_of",
@@ -125,4 +126,19 @@ def next_change_of(counters: Counters, spec: WindowSpec, now: int) -> int | None
                 at = (index + 1) * size + length
                 if due is None or at < due:
                     due = at
+    return due
+
+
+def counted_change(spec: WindowSpec, event_type: str, ts: int, now: int) -> int | None:
+    """When the bucket one event of ``event_type`` at ``ts`` was counted in leaves the
+    earliest window ``spec`` watches for the type (None: none, or already gone). With the
+    instant before the event, the minimum of the two is :func:`next_change_of` after it:
+    the event's bucket is the only one that changed."""
+    code = type_code(event_type) << 2
+    due: int | None = None
+    for gran, size, _ in _GRANS:
+        for length, _size in spec.get(code | gran, ()):
+            at = (ts // size + 1) * size + length
+            if at > now and (due is None or at < due):
+                due = at
     return due

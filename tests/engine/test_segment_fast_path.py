@@ -1,4 +1,5 @@
-"""The Python fast path of segment conditions answers exactly what CEL answers."""
+"""The Python fast path of segment conditions answers exactly what CEL answers, and the
+segment timer kept up incrementally is the full recount's."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from engine.scope import RuleScope
 from engine.testing import RuleKit
 from rules.ruleset import load_ruleset
 from rules.segments import fast_terms
+from state.windows import next_change_of
 
 STOCK = load_ruleset(["rules/recipes", "rules/segments"])
 EVENTS = st.lists(
@@ -65,3 +67,6 @@ def test_fast_path_equals_cel(events: list[tuple[str, int, int, float]]) -> None
             scope = RuleScope(state, kit.now, dict(STOCK.settings.default_consent))
             for seg in STOCK.segments:
                 assert seg.test(scope) == seg.condition.test(scope), (seg.id, state)
+            # the timer's instant, kept up incrementally, is the full recount's
+            full = next_change_of(state.counters or {}, STOCK.segment_windows, kit.now)
+            assert state.segments_due == full
