@@ -51,6 +51,9 @@ class Output:
     # events for other customers that the runtime must route to their owners (identity:
     # a merge, or an event under an id that was merged into another)
     forwards: list[Event] = field(default_factory=list)
+    # segment membership changes: (customer id, segment id, entered?, at ms), in order
+    # (the runtime keeps its segment index with them: engine/embedded/segment_index.py)
+    segment_changes: list[tuple[str, str, bool, int]] = field(default_factory=list)
 
     def extend(self, other: Output) -> None:
         self.actions += other.actions
@@ -58,6 +61,7 @@ class Output:
         self.conversions += other.conversions
         self.errors += other.errors
         self.forwards += other.forwards
+        self.segment_changes += other.segment_changes
 
 
 def fingerprint(event_id: str) -> int:
@@ -195,6 +199,8 @@ class Processor:
             rs, st, now, self._consent, self.timers, out, only, recount, counted
         )
         for ev in changes:
+            entered = ev.type.startswith("segment_entered:")
+            out.segment_changes.append((ev.customer_id, ev.properties["segment"], entered, now))
             plan = rs.plans.get(ev.type)
             if plan is None:
                 continue
