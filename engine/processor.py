@@ -21,7 +21,7 @@ from engine.flows import FlowRunner
 from engine.identity import hand_over, merge, merge_event
 from engine.profile import apply_event
 from engine.scope import RuleScope
-from engine.segments import evaluate_segments
+from engine.segments import baseline, evaluate_segments
 from engine.types import Action, Conversion, Event, Fire
 from rules.compiler import CompiledRule
 from rules.ruleset import RuleSet
@@ -124,6 +124,7 @@ class Processor:
         self._rs = rs
         self._consent = dict(rs.settings.default_consent)
         self._runner = FlowRunner(rs, self.timers)
+        self._baseline = baseline(rs, self._consent) if rs.segments else ()
 
     # --- events ------------------------------------------------------------------
     def on_event(self, ev: Event, now: int, ts: int | None = None) -> Output:
@@ -173,11 +174,13 @@ class Processor:
             for rule in plan.triggers:
                 self._trigger(rule, st, ev, ts, now, out)
         if rs.segments:
-            only = None if created else rs.segment_plan.get(etype, rs.segments_any)
-            if only is None or only:
-                recount = created or etype == "customer_merged"
+            # a new customer starts from the rule set's baseline membership
+            only = rs.segment_plan.get(etype, rs.segments_any)
+            start = self._baseline if created else ()
+            if only or start:
+                recount = etype == "customer_merged"
                 counted = (etype, ts) if etype in rs.segment_count_types else None
-                self._segment_changes(st, now, out, only, recount, counted)
+                self._segment_changes(st, now, out, only, recount, counted, start)
         if created:
             self.store.put(st)
         return out
@@ -190,13 +193,14 @@ class Processor:
         only: tuple[CompiledSegment, ...] | None = None,
         recount: bool = True,
         counted: tuple[str, int] | None = None,
+        start: tuple[str, ...] = (),
     ) -> None:
         """Re-evaluate the segments (``only``: those the input can have changed); each
         entry or exit runs the rules' exits and triggers like an event at ``now``
         (engine/segments.py)."""
         rs = self._rs
         changes = evaluate_segments(
-            rs, st, now, self._consent, self.timers, out, only, recount, counted
+            rs, st, now, self._consent, self.timers, out, only, recount, counted, start
         )
         for ev in changes:
             entered = ev.type.startswith("segment_entered:")

@@ -25,9 +25,38 @@ from state.windows import counted_change, next_change_of
 if TYPE_CHECKING:
     from engine.processor import Output
 
-__all__ = ["evaluate_segments"]
+__all__ = ["baseline", "evaluate_segments"]
 
 _ERRORS = (RuntimeError, TypeError, KeyError, ValueError)
+
+
+def baseline(rs: RuleSet, consent: dict[str, bool]) -> tuple[str, ...]:
+    """The segments a customer with no state yet is in, among those only some event types
+    can change (``inputs`` not None): their conditions read orders, cart, consent,
+    attributes and counts, all empty and the same for every new customer, so they are
+    worked out once per rule set instead of at every customer's first event."""
+    empty = CustomerState("", 0, 0)
+    scope = RuleScope(empty, 0, consent)
+    members = []
+    for seg in rs.segments:
+        if seg.inputs is None:
+            continue
+        try:
+            if seg.test(scope):
+                members.append(seg.id)
+        except _ERRORS:
+            continue
+    return tuple(members)
+
+
+def _change(kind: str, seg_id: str, st: CustomerState, now: int) -> Event:
+    return Event(
+        event_id=f"{kind}:{seg_id}:{now}",
+        type=f"{kind}:{seg_id}",
+        customer_id=st.customer_id,
+        timestamp=from_ms(now),
+        properties={"segment": seg_id},
+    )
 
 
 def evaluate_segments(
@@ -40,6 +69,7 @@ def evaluate_segments(
     segments: tuple[CompiledSegment, ...] | None = None,
     recount: bool = True,
     counted: tuple[str, int] | None = None,
+    start: tuple[str, ...] = (),
 ) -> list[Event]:
     """Re-evaluate ``st``'s segments at ``now`` (``segments``: only these, the ones the
     input can have changed; default all): record entries (with their time) and exits,
@@ -48,10 +78,14 @@ def evaluate_segments(
     error goes to ``out.errors``). ``recount``: work the timer's instant out again over
     all counters (a first event, a merge, the timer firing); ``counted``: instead, one
     event of this type at this time was counted, the only bucket that changed; neither:
-    the instant stands."""
+    the instant stands. ``start``: a new customer's membership before its first event
+    (:func:`baseline`), entered now."""
     scope = RuleScope(st, now, consent)
     members = st.segments or {}
     changes: list[Event] = []
+    if start:
+        members = {**members, **dict.fromkeys(start, now)}
+        changes += [_change("segment_entered", seg_id, st, now) for seg_id in start]
     for seg in rs.segments if segments is None else segments:
         was = seg.id in members
         try:
@@ -66,15 +100,7 @@ def evaluate_segments(
                 members = {k: v for k, v in members.items() if k != seg.id}
                 st.segments_left = {**(st.segments_left or {}), seg.id: now}
             kind = "segment_entered" if inside else "segment_exited"
-            changes.append(
-                Event(
-                    event_id=f"{kind}:{seg.id}:{now}",
-                    type=f"{kind}:{seg.id}",
-                    customer_id=st.customer_id,
-                    timestamp=from_ms(now),
-                    properties={"segment": seg.id},
-                )
-            )
+            changes.append(_change(kind, seg.id, st, now))
     st.segments = members or None
     # over every segment's count() windows: one timer serves them all
     if recount:

@@ -62,11 +62,16 @@ def test_fast_path_equals_cel(events: list[tuple[str, int, int, float]]) -> None
             "order_refunded": {"order_id": f"o{i}", "amount": amount},
         }[etype]
         kit.send(etype, f"c{c}", props)
-        for cid in {f"c{c}"}:
+        for cid in (f"c{n}" for n in range(4)):  # all: timers moved the others
             state = kit.state(cid)
+            if state is None:
+                continue
             scope = RuleScope(state, kit.now, dict(STOCK.settings.default_consent))
             for seg in STOCK.segments:
-                assert seg.test(scope) == seg.condition.test(scope), (seg.id, state)
-            # the timer's instant, kept up incrementally, is the full recount's
-            full = next_change_of(state.counters or {}, STOCK.segment_windows, kit.now)
-            assert state.segments_due == full
+                truth = seg.condition.test(scope)
+                assert seg.test(scope) == truth, (seg.id, state)
+                # the membership kept (baseline, per-type evaluation, timers) is the truth
+                assert (seg.id in (state.segments or {})) == truth, (seg.id, state)
+            if cid == f"c{c}":  # the timer's instant, kept up incrementally, is a recount's
+                full = next_change_of(state.counters or {}, STOCK.segment_windows, kit.now)
+                assert state.segments_due == full
