@@ -4,6 +4,8 @@ reasons and routes, all bounded by the deployment's configuration."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -13,11 +15,13 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from engine import __version__
 from engine.events import KNOWN_TYPES
 
-__all__ = ["Metrics", "type_label"]
+__all__ = ["Metrics", "SegmentMembers", "type_label"]
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the scrape size and nobody graphs them
 
@@ -30,6 +34,24 @@ _LATE = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 1440
 def type_label(event_type: str) -> str:
     """Event type as a label value: vocabulary types as-is, custom types as ``custom``."""
     return event_type if event_type in KNOWN_TYPES else "custom"
+
+
+class SegmentMembers(Collector):
+    """``nudge_segment_members{segment}``, read on scrape from ``source`` (segment id ->
+    members; the embedded runtime's segment index sets it): labels are exactly the
+    segments of the running rule set, and keeping the index costs nothing more."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], dict[str, int]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "nudge_segment_members", "Customers in each segment", labels=["segment"]
+        )
+        if self.source is not None:
+            for segment, n in sorted(self.source().items()):
+                family.add_metric([segment], n)
+        yield family
 
 
 class Metrics:
@@ -157,6 +179,8 @@ class Metrics:
             "nudge_customers_erased", "Customers erased through the API", registry=r
         )
         self.up = Gauge("nudge_up", "1 while the process is serving", ["role"], registry=r)
+        self.segment_members = SegmentMembers()
+        r.register(self.segment_members)
         self.build = Info("nudge_build", "Build information", registry=r)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes
         self.build.info({"version": __version__})

@@ -32,6 +32,7 @@ from engine.embedded.ingest import Batch, GroupCommitWriter
 from engine.embedded.outbox import Outbox, forward_action
 from engine.embedded.paced import PacedRound, remove_stale_spools, run_writer, spool_path
 from engine.embedded.partition import Partition
+from engine.embedded.segment_index import SegmentIndex
 from engine.events import encode_events
 from engine.metrics import Metrics, type_label
 from engine.processor import Output
@@ -107,6 +108,8 @@ class Runtime:
         self._ckpt_lock = asyncio.Lock()
         self._round: PacedRound | None = None  # the paced checkpoint packing now
         self.observers: list[Callable[[Output], None]] = []
+        # segment id -> members, for the segments API and gauge (built at recovery)
+        self.segment_index: SegmentIndex | None = None
 
     async def db(self, fn: Any, *args: Any) -> Any:
         """Run a state.db call on its thread."""
@@ -127,6 +130,8 @@ class Runtime:
         await self.router.start_all()
         await self._load_rules()
         assert self.ruleset is not None
+        self.segment_index = SegmentIndex(self.ruleset)
+        self.metrics.segment_members.source = self.segment_index.sizes
         n = cfg.partitions
         self.parts = [Partition(i, self.ruleset, self._on_output) for i in range(n)]
         for p in self.parts:
@@ -209,6 +214,8 @@ class Runtime:
         states = await self.db(lambda: list(store.load_states()))
         for st in states:
             self.parts[partition_of(st.customer_id, n)].load(st)
+        if self.segment_index is not None:  # before the replay: it follows its changes
+            self.segment_index.load(states, self.clock.now())
         seqs = await self.db(self.store.checkpoint_seqs)
         if sorted(seqs) != list(range(n)):  # first start, or partition count changed
             floor = min(seqs.values(), default=0)
@@ -329,6 +336,8 @@ class Runtime:
             now = self.clock.now()
             for ev in out.forwards:
                 self.outbox.add(forward_action(ev, now), False)
+        if (out.segment_changes or out.forwards) and self.segment_index is not None:
+            self.segment_index.apply(out)
         for observe in self.observers:
             observe(out)
 
@@ -509,6 +518,8 @@ class Runtime:
         """Erase a customer everywhere: state, timers, journal, pending actions."""
         assert self.store is not None
         had_state = self.partition(customer_id).erase(customer_id)
+        if self.segment_index is not None:
+            self.segment_index.drop(customer_id)
         if self._round is not None:  # a state it packed before now is deleted after it
             self._round.erased.add(customer_id)
         self.outbox.erased.add(customer_id)
@@ -536,6 +547,8 @@ class Runtime:
         self.ruleset, self.rules_files, self.rules_version = rs, dict(files), version
         for p in self.parts:
             p.set_ruleset(rs)
+        if self.segment_index is not None:
+            self.segment_index.set_ruleset(rs)
         self.metrics.ruleset_version.set(version)
         return version
 
