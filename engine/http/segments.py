@@ -1,0 +1,184 @@
+"""Segment membership over HTTP (docs/api.md, "Segments"): the segments of the running rule
+set with their sizes, a segment's members a page at a time, and the whole segment streamed
+as NDJSON or CSV (for ad audiences). All admin.
+
+The embedded runtime answers from its segment index (engine/embedded/segment_index.py);
+nothing here reads or inflates a customer's state. The distributed ingest holds no state
+(its workers do, and a worker-side listing is not built yet): it answers 501
+``not_served_here``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+from collections.abc import Callable
+
+import orjson
+from aiohttp import web
+
+from engine.embedded.segment_index import SegmentIndex
+from engine.http.base import BACKEND, auth, error, ok
+from engine.types import iso
+
+__all__ = ["EXPORT_CHUNK", "MAX_PAGE", "install"]
+
+logger = logging.getLogger(__name__)
+
+MAX_PAGE = 1000
+"""Most members in one page (``limit``); the default is 100."""
+EXPORT_CHUNK = 5000
+"""Lines written per chunk of an export: the event loop serves others in between."""
+
+_FORMATS = {
+    "ndjson": "application/x-ndjson",
+    "csv": "text/csv",
+}
+
+
+def _index(request: web.Request) -> SegmentIndex | web.Response:
+    backend = request.app[BACKEND]
+    if not hasattr(backend, "segment_index"):
+        return error(
+            501,
+            "not_served_here",
+            "segment membership is kept by the embedded runtime (nudge run); the "
+            "distributed ingest holds no customer state",
+        )
+    index = backend.segment_index
+    if index is None or not backend.ready:
+        return error(503, "not_ready", "starting, recovering or stopping")
+    assert isinstance(index, SegmentIndex)
+    return index
+
+
+def _segment(request: web.Request) -> tuple[SegmentIndex, str] | web.Response:
+    if (denied := auth(request, "admin")) is not None:
+        return denied
+    index = _index(request)
+    if isinstance(index, web.Response):
+        return index
+    sid = request.match_info["segment_id"]
+    if sid not in index:
+        return error(404, "unknown_segment", f"no segment {sid!r} in the running rule set")
+    return index, sid
+
+
+async def list_segments(request: web.Request) -> web.Response:
+    if (denied := auth(request, "admin")) is not None:
+        return denied
+    index = _index(request)
+    if isinstance(index, web.Response):
+        return index
+    backend = request.app[BACKEND]
+    now = backend.clock.now()
+    out = []
+    for seg in backend.ruleset.segments:
+        if seg.id in index:
+            s = index.stats(seg.id, now)
+            out.append(
+                {
+                    "id": seg.id,
+                    "description": seg.description,
+                    "size": s.size,
+                    "entered_24h": s.entered_24h,
+                    "exited_24h": s.exited_24h,
+                }
+            )
+    return ok({"segments": out})
+
+
+async def list_members(request: web.Request) -> web.Response:
+    found = _segment(request)
+    if isinstance(found, web.Response):
+        return found
+    index, sid = found
+    text = request.query.get("limit", "100")
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        return error(400, "invalid_field", f"limit: an integer from 1 to {MAX_PAGE}", field="limit")
+    cursor = request.query.get("cursor") or None
+    page = index.page(sid, cursor, limit)
+    members = [{"customer_id": cid, "since": iso(at)} for cid, at in page]
+    nxt = page[-1][0] if len(page) == limit else None
+    return ok({"members": members, "next_cursor": nxt})
+
+
+def _ndjson(rows: list[tuple[str, int]], since: Callable[[int], str]) -> bytes:
+    dumps = orjson.dumps
+    return b"".join([dumps({"customer_id": cid, "since": since(at)}) + b"\n" for cid, at in rows])
+
+
+def _csv(rows: list[tuple[str, int]], since: Callable[[int], str]) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf).writerows([(cid, since(at)) for cid, at in rows])
+    return buf.getvalue().encode()
+
+
+def _since_cache() -> Callable[[int], str]:
+    """``iso``, remembering recent values: members who entered at the same instant (one
+    deploy's first events, a timer) share one string."""
+    cache: dict[int, str] = {}
+
+    def since(at: int) -> str:
+        s = cache.get(at)
+        if s is None:
+            if len(cache) > 65_536:
+                cache.clear()
+            s = cache[at] = iso(at)
+        return s
+
+    return since
+
+
+async def export_members(request: web.Request, fmt: str) -> web.StreamResponse:
+    found = _segment(request)
+    if isinstance(found, web.Response):
+        return found
+    index, sid = found
+    rows = index.snapshot(sid)  # the members now; later changes are not in this export
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": _FORMATS[fmt],
+            "Content-Disposition": f'attachment; filename="segment-{_safe(sid)}.{fmt}"',
+            "X-Nudge-Segment-Size": str(len(rows)),
+        }
+    )
+    await resp.prepare(request)
+    encode = _ndjson if fmt == "ndjson" else _csv
+    since = _since_cache()
+    try:
+        if fmt == "csv":
+            await resp.write(b"customer_id,since\r\n")
+        for i in range(0, len(rows), EXPORT_CHUNK):
+            await resp.write(encode(rows[i : i + EXPORT_CHUNK], since))
+            await asyncio.sleep(0)  # the loop serves ingest and timers between chunks
+        await resp.write_eof()
+    except ConnectionResetError:
+        logger.info("segment %s export: client went away", sid)
+    return resp
+
+
+def _safe(sid: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in sid)
+
+
+async def export_ndjson(request: web.Request) -> web.StreamResponse:
+    return await export_members(request, "ndjson")
+
+
+async def export_csv(request: web.Request) -> web.StreamResponse:
+    return await export_members(request, "csv")
+
+
+def install(app: web.Application) -> None:
+    """Add the segments routes to ``app``."""
+    app.router.add_get("/v1/segments", list_segments)
+    app.router.add_get("/v1/segments/{segment_id}/members", list_members)
+    app.router.add_get("/v1/segments/{segment_id}/members.ndjson", export_ndjson)
+    app.router.add_get("/v1/segments/{segment_id}/members.csv", export_csv)
