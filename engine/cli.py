@@ -1,15 +1,17 @@
-"""The ``nudge`` command line: rules check|schema|list, sinks check, backtest (run and worker
-come with their runtimes)."""
+"""The ``nudge`` command line: rules check|schema|list, sinks check, backtest, segments
+list|export (run and worker come with their runtimes)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -138,6 +140,121 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _segments_get(url: str, token: str) -> tuple[int, dict[str, Any]]:
+    from aiohttp import ClientSession
+
+    headers = {"Authorization": f"Bearer {token}"}
+    async with ClientSession() as s, s.get(url, headers=headers) as r:
+        return r.status, await r.json(content_type=None)
+
+
+def _segments_token(args: argparse.Namespace) -> str | None:
+    from engine.admin import _admin_token
+
+    token = _admin_token(args)
+    if token is None:
+        print(
+            "no admin token: --token, NUDGE_ADMIN_TOKEN or --data DIR/tokens.json", file=sys.stderr
+        )
+    return token
+
+
+def _cmd_segments_list(args: argparse.Namespace) -> int:
+    """The running engine's segments: size, entries and exits in the last 24 hours."""
+    token = _segments_token(args)
+    if token is None:
+        return 2
+    try:
+        status, body = asyncio.run(_segments_get(args.url.rstrip("/") + "/v1/segments", token))
+    except (OSError, ValueError) as err:
+        print(f"{args.url}: {err}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"refused ({status}): {orjson.dumps(body).decode()}", file=sys.stderr)
+        return 1
+    rows = [("SEGMENT", "SIZE", "ENTERED_24H", "EXITED_24H", "DESCRIPTION")]
+    rows += [
+        (s["id"], str(s["size"]), str(s["entered_24h"]), str(s["exited_24h"]), s["description"])
+        for s in body["segments"]
+    ]
+    width = max(len(r[0]) for r in rows)
+    for sid, size, entered, exited, description in rows:
+        print(f"{sid:<{width}}  {size:>10}  {entered:>11}  {exited:>10}  {description}")
+    return 0
+
+
+async def _export_segment(args: argparse.Namespace, token: str, target: Path) -> int:
+    """Stream ``GET /v1/segments/{id}/members.{format}`` into ``target`` (a rich progress
+    line on a terminal); returns the members written, or raises ``_Refused``."""
+    from urllib.parse import quote
+
+    from aiohttp import ClientSession, ClientTimeout
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    url = f"{args.url.rstrip('/')}/v1/segments/{quote(args.segment, safe='')}/members.{args.format}"
+    headers = {"Authorization": f"Bearer {token}"}
+    timeout = ClientTimeout(total=None, sock_read=300)
+    async with ClientSession(timeout=timeout) as s, s.get(url, headers=headers) as r:
+        if r.status != 200:
+            raise _Refused(r.status, await r.text())
+        total = int(r.headers.get("X-Nudge-Segment-Size", "0"))
+        lines = -1 if args.format == "csv" else 0  # the CSV header is not a member
+        progress = Progress(
+            "{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            disable=not sys.stderr.isatty(),
+        )
+        with progress, target.open("wb") as fh:
+            task = progress.add_task(f"segment {args.segment}", total=total)
+            async for chunk in r.content.iter_chunked(1 << 16):
+                fh.write(chunk)
+                n = chunk.count(b"\n")
+                lines += n
+                progress.advance(task, n)
+        return lines
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"refused ({status}): {body}")
+
+
+def _cmd_segments_export(args: argparse.Namespace) -> int:
+    """Every member of a segment into a file (NDJSON or CSV), as the API streams it."""
+    token = _segments_token(args)
+    if token is None:
+        return 2
+    out = Path(args.output)
+    part = out.with_name(out.name + ".part")
+    try:
+        n = asyncio.run(_export_segment(args, token, part))
+    except (OSError, ValueError, _Refused) as err:
+        part.unlink(missing_ok=True)
+        print(f"{args.url}: {err}", file=sys.stderr)
+        return 1
+    part.replace(out)
+    print(f"exported {n} members of {args.segment} to {out}", file=sys.stderr)
+    return 0
+
+
+def _add_segments_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    seg = sub.add_parser("segments", help="list or export segment members of a running engine")
+    ssub = seg.add_subparsers(dest="segments_command", required=True)
+    lst = ssub.add_parser("list", help="segments with size and entries/exits in the last 24 h")
+    exp = ssub.add_parser("export", help="every member of a segment into a file")
+    exp.add_argument("segment", help="segment id")
+    exp.add_argument("--format", choices=["ndjson", "csv"], default="ndjson")
+    exp.add_argument("-o", "--output", required=True, help="file to write")
+    for p in (lst, exp):
+        p.add_argument("--url", default="http://127.0.0.1:8080")
+        p.add_argument("--token", help="admin token (else NUDGE_ADMIN_TOKEN or --data)")
+        p.add_argument("--data", default="nudge-data", help="where tokens.json is")
+    lst.set_defaults(func=_cmd_segments_list)
+    exp.set_defaults(func=_cmd_segments_export)
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -248,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
 
+    _add_segments_parser(sub)
     add_worker_parser(sub)
     add_loadtest_parsers(sub)
 
