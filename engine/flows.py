@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from engine.intelligence.population import EMPTY, Population
 from engine.localtime import in_range, next_local
 from engine.scope import RuleScope
 from engine.types import Action, Fire
@@ -53,10 +54,14 @@ def _mark(inst: FlowInstance, name: str, t: int) -> None:
 
 
 class FlowRunner:
-    """Executes ops for one rule set; holds no per-customer data."""
+    """Executes ops for one rule set; holds no per-customer data. ``population``: the
+    processor's, which it keeps up to date (engine/processor.py)."""
 
-    def __init__(self, ruleset: RuleSet, timers: TimerStore) -> None:
+    def __init__(
+        self, ruleset: RuleSet, timers: TimerStore, population: Population = EMPTY
+    ) -> None:
         self.rs = ruleset
+        self.population = population
         self.timers = timers
         self.consent = dict(ruleset.settings.default_consent)
         self.default_tz = ruleset.settings.default_timezone
@@ -107,7 +112,7 @@ class FlowRunner:
                     return  # deferred by quiet hours
                 inst.pc += 1
             elif isinstance(op, Branch):
-                scope = RuleScope(st, now, self.consent, flow=inst)
+                scope = RuleScope(st, now, self.consent, flow=inst, population=self.population)
                 try:
                     ok = op.expr.test(scope)
                 except (RuntimeError, TypeError, KeyError, ValueError) as err:
@@ -177,7 +182,7 @@ class FlowRunner:
                     replaced = set(over_static).union(n for n, _ in over_dynamic)
                     dynamic = (*(d for d in dynamic if d[0] not in replaced), *over_dynamic)
         if dynamic:
-            scope = RuleScope(st, now, self.consent, flow=inst)
+            scope = RuleScope(st, now, self.consent, flow=inst, population=self.population)
             for name, expr in dynamic:
                 try:
                     params[name] = expr.evaluate(scope)

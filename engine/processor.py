@@ -19,6 +19,7 @@ import msgspec
 
 from engine.flows import FlowRunner
 from engine.identity import hand_over, merge, merge_event
+from engine.intelligence.population import EMPTY, Population
 from engine.profile import apply_event
 from engine.scope import RuleScope
 from engine.segments import baseline, evaluate_segments
@@ -108,12 +109,24 @@ def assign_variant(customer_id: str, rule: CompiledRule) -> str:
 
 
 class Processor:
-    """Runs a rule set over customer states. Swap ``ruleset`` to deploy new rules."""
+    """Runs a rule set over customer states. Swap ``ruleset`` to deploy new rules, and
+    ``population`` to refresh what ``customer.rfm`` / ``customer.predicted`` are computed
+    against (engine/intelligence/population.py; default: nothing, both null)."""
 
     def __init__(self, ruleset: RuleSet, store: StateStore, timers: TimerStore) -> None:
         self.store = store
         self.timers = timers
+        self._pop = EMPTY
         self.ruleset = ruleset
+
+    @property
+    def population(self) -> Population:
+        return self._pop
+
+    @population.setter
+    def population(self, population: Population) -> None:
+        self._pop = population
+        self._runner.population = population
 
     @property
     def ruleset(self) -> RuleSet:
@@ -123,7 +136,7 @@ class Processor:
     def ruleset(self, rs: RuleSet) -> None:
         self._rs = rs
         self._consent = dict(rs.settings.default_consent)
-        self._runner = FlowRunner(rs, self.timers)
+        self._runner = FlowRunner(rs, self.timers, self._pop)
         self._baseline = baseline(rs, self._consent) if rs.segments else ()
 
     # --- events ------------------------------------------------------------------
@@ -200,7 +213,7 @@ class Processor:
         (engine/segments.py)."""
         rs = self._rs
         changes = evaluate_segments(
-            rs, st, now, self._consent, self.timers, out, only, recount, counted, start
+            rs, st, now, self._consent, self.timers, out, only, recount, counted, start, self._pop
         )
         for ev in changes:
             entered = ev.type.startswith("segment_entered:")
@@ -257,7 +270,8 @@ class Processor:
                 continue
             for etype, flt in rule.exits:
                 if etype == ev.type and (
-                    flt is None or self._test(flt, RuleScope(st, now, self._consent, ev), out)
+                    flt is None
+                    or self._test(flt, RuleScope(st, now, self._consent, ev, None, self._pop), out)
                 ):
                     self._runner.close(st, inst)
                     break
@@ -300,7 +314,7 @@ class Processor:
         ):
             return
         if rule.trigger_filter is not None or rule.when is not None:
-            scope = RuleScope(st, now, self._consent, ev)
+            scope = RuleScope(st, now, self._consent, ev, None, self._pop)
             if rule.trigger_filter is not None and not self._test(rule.trigger_filter, scope, out):
                 return
             if rule.when is not None and not self._test(rule.when, scope, out):

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from engine.intelligence.population import EMPTY, Population
 from engine.localtime import valid_timezone
 from engine.types import Event
 from state.customer import VIEWED_MAX, CustomerState
@@ -166,29 +167,40 @@ def _consent_view(st: CustomerState, default_consent: dict[str, bool]) -> dict[s
     return consent
 
 
-CustomerField = Callable[[CustomerState, dict[str, bool]], Any]
+CustomerField = Callable[[CustomerState, dict[str, bool], int, Population], Any]
+"""One field of the ``customer`` map: (state, default consent, now ms, population)."""
 CUSTOMER_FIELDS: dict[str, CustomerField] = {
-    "id": lambda st, _: st.customer_id,
-    "orders": lambda st, _: st.orders,
-    "ltv": lambda st, _: st.revenue,
-    "aov": lambda st, _: st.aov,
-    "first_seen": lambda st, _: st.first_seen,
-    "last_seen": lambda st, _: st.last_seen,
-    "first_order": lambda st, _: st.first_order or 0,
-    "last_order": lambda st, _: st.last_order or 0,
-    "timezone": lambda st, _: st.timezone or "",
-    "consent": _consent_view,
-    "attributes": lambda st, _: st.attributes or {},
-    "segments": lambda st, _: st.segments or {},
+    "id": lambda st, *_: st.customer_id,
+    "orders": lambda st, *_: st.orders,
+    "ltv": lambda st, *_: st.revenue,
+    "aov": lambda st, *_: st.aov,
+    "first_seen": lambda st, *_: st.first_seen,
+    "last_seen": lambda st, *_: st.last_seen,
+    "first_order": lambda st, *_: st.first_order or 0,
+    "last_order": lambda st, *_: st.last_order or 0,
+    "timezone": lambda st, *_: st.timezone or "",
+    "consent": lambda st, consent, *_: _consent_view(st, consent),
+    "attributes": lambda st, *_: st.attributes or {},
+    "segments": lambda st, *_: st.segments or {},
+    # against the population (engine/intelligence/population.py); null when it has no
+    # boundaries / no fitted model, or for a customer without orders
+    "rfm": lambda st, _, now, pop: pop.rfm_of(st, now),
+    "predicted": lambda st, _, now, pop: pop.predicted_of(st, now),
 }
 """The ``customer`` map rule expressions see, field by field (times in epoch ms, 0 when
-unknown)."""
+unknown). ``rfm`` and ``predicted`` are computed at ``now`` from the population, only when
+selected (an expression reading neither pays nothing for them)."""
 
 
 def customer_view(
-    st: CustomerState, default_consent: dict[str, bool], keys: frozenset[str] | None = None
+    st: CustomerState,
+    default_consent: dict[str, bool],
+    keys: frozenset[str] | None = None,
+    now: int = 0,
+    population: Population = EMPTY,
 ) -> dict[str, Any]:
-    """The ``customer`` map, whole or only its ``keys``."""
+    """The ``customer`` map at ``now``, whole or only its ``keys``."""
+    fields = CUSTOMER_FIELDS
     if keys is None:
-        return {k: f(st, default_consent) for k, f in CUSTOMER_FIELDS.items()}
-    return {k: CUSTOMER_FIELDS[k](st, default_consent) for k in keys if k in CUSTOMER_FIELDS}
+        return {k: f(st, default_consent, now, population) for k, f in fields.items()}
+    return {k: fields[k](st, default_consent, now, population) for k in keys if k in fields}

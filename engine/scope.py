@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from engine.intelligence.population import EMPTY, Population
 from engine.profile import customer_view
 from engine.types import Event
 from state.customer import CustomerState, FlowInstance
@@ -24,9 +25,10 @@ _CART = frozenset(k for k, _ in _CART_FIELDS)
 
 class RuleScope:
     """One evaluation's view of a customer; ``event`` is set for trigger/exit filters and
-    ``when``, ``flow`` for steps."""
+    ``when``, ``flow`` for steps; ``population``: what ``customer.rfm`` and
+    ``customer.predicted`` are computed against (default: nothing, both null)."""
 
-    __slots__ = ("consent", "event", "flow", "now", "state")
+    __slots__ = ("consent", "event", "flow", "now", "population", "state")
 
     def __init__(
         self,
@@ -35,18 +37,20 @@ class RuleScope:
         consent: dict[str, bool],
         event: Event | None = None,
         flow: FlowInstance | None = None,
+        population: Population | None = None,
     ) -> None:
         self.state = state
         self.now = now
         self.consent = consent
         self.event = event
         self.flow = flow
+        self.population = EMPTY if population is None else population
 
     def variable(self, name: str, keys: frozenset[str] | None = None) -> Any:
         """The map bound to ``name`` (see rules.expressions.Scope); with ``keys``, only
         those of its top-level keys that exist."""
         if name == "customer":
-            return customer_view(self.state, self.consent, keys)
+            return customer_view(self.state, self.consent, keys, self.now, self.population)
         if name == "cart":
             fields = _CART if keys is None else keys & _CART
             return {k: getter(self.state) for k, getter in _CART_FIELDS if k in fields}

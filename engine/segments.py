@@ -23,6 +23,7 @@ from state.customer import SEGMENT_TIMER, CustomerState
 from state.windows import counted_change, next_change_of
 
 if TYPE_CHECKING:
+    from engine.intelligence.population import Population
     from engine.processor import Output
 
 __all__ = ["baseline", "evaluate_segments"]
@@ -70,6 +71,7 @@ def evaluate_segments(
     recount: bool = True,
     counted: tuple[str, int] | None = None,
     start: tuple[str, ...] = (),
+    population: Population | None = None,
 ) -> list[Event]:
     """Re-evaluate ``st``'s segments at ``now`` (``segments``: only these, the ones the
     input can have changed; default all): record entries (with their time) and exits,
@@ -79,8 +81,8 @@ def evaluate_segments(
     all counters (a first event, a merge, the timer firing); ``counted``: instead, one
     event of this type at this time was counted, the only bucket that changed; neither:
     the instant stands. ``start``: a new customer's membership before its first event
-    (:func:`baseline`), entered now."""
-    scope = RuleScope(st, now, consent)
+    (:func:`baseline`), entered now. ``population``: for ``customer.rfm`` / ``.predicted``."""
+    scope = RuleScope(st, now, consent, population=population)
     members = st.segments or {}
     changes: list[Event] = []
     if start:

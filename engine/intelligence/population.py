@@ -1,0 +1,51 @@
+"""What the rules read about a customer that depends on the whole base: RFM cut points and
+fitted CLV parameters, injected into the pure core as one immutable value.
+
+The core never computes population-level values: a runtime (engine/embedded/models.py)
+builds the boundaries from a scan and loads the fitted parameters from the store, then
+hands every partition's processor a new :class:`Population`. Per customer, everything is
+evaluated from it lazily, only when an expression selects ``customer.rfm`` or
+``customer.predicted`` (engine/profile.py). Either part may be missing: the customer's
+field is then null (docs/rfm.md, docs/predictions.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.intelligence.clv import CLVParams, predict
+from engine.intelligence.rfm import RfmBoundaries, score
+from state.customer import CustomerState
+
+__all__ = ["EMPTY", "Population"]
+
+
+@dataclass(frozen=True, slots=True)
+class Population:
+    """The base-wide values per-customer fields are computed against. ``rfm``: RFM cut
+    points (None: not computed yet); ``clv``: fitted BG/NBD and Gamma-Gamma parameters
+    (None: no model fitted yet)."""
+
+    rfm: RfmBoundaries | None = None
+    clv: CLVParams | None = None
+
+    def rfm_of(self, st: CustomerState, now: int) -> dict[str, Any] | None:
+        """``customer.rfm``: ``{r, f, m, score, group}``, or None without boundaries or
+        for a customer without orders."""
+        bounds = self.rfm
+        if bounds is None:
+            return None
+        got = score(bounds, st, now)
+        return None if got is None else got.to_dict()
+
+    def predicted_of(self, st: CustomerState, now: int) -> dict[str, Any] | None:
+        """``customer.predicted``: ``{p_alive, expected_orders_90d, clv_365d,
+        next_order_at, churn_risk}``, or None without fitted parameters or for a customer
+        without orders (``next_order_at`` alone may be None too: clv.next_order_at)."""
+        got = predict(self.clv, st, now)
+        return None if got is None else got.to_dict()
+
+
+EMPTY = Population()
+"""No boundaries, no model: every ``customer.rfm`` and ``customer.predicted`` is null."""
