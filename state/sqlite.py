@@ -523,3 +523,40 @@ class SqliteStore:
     def rule_versions(self) -> list[tuple[int, int]]:
         rows = self.db.execute("SELECT version, created_at FROM rules ORDER BY version")
         return [(int(v), int(c)) for v, c in rows]
+
+    # --- models --------------------------------------------------------------------
+    # Fitted model parameters (engine/embedded/models.py), versioned, in ``states.db``'s
+    # meta table beside the checkpoint positions: key ``model:<kind>:<version>`` (ten
+    # digits, so keys sort as versions), value the parameters' JSON.
+    def save_model(self, kind: str, version: int, body: str) -> None:
+        """Store version ``version`` of model ``kind`` (JSON text). A version already
+        stored raises ``sqlite3.IntegrityError`` (versions are never overwritten)."""
+        self.sdb.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)", (_model_key(kind, version), body)
+        )
+
+    def latest_model(self, kind: str) -> tuple[int, str] | None:
+        """The highest stored version of model ``kind`` and its JSON; None if none."""
+        row = self.sdb.execute(
+            "SELECT key, value FROM meta WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT 1",
+            _model_range(kind),
+        ).fetchone()
+        return None if row is None else (int(row[0].rsplit(":", 1)[1]), str(row[1]))
+
+    def model_versions(self, kind: str) -> list[tuple[int, str]]:
+        """Every stored version of model ``kind`` with its JSON, oldest first."""
+        rows = self.sdb.execute(
+            "SELECT key, value FROM meta WHERE key >= ? AND key < ? ORDER BY key",
+            _model_range(kind),
+        )
+        return [(int(k.rsplit(":", 1)[1]), str(v)) for k, v in rows]
+
+
+def _model_key(kind: str, version: int) -> str:
+    if ":" in kind or not 0 < version < 10**10:
+        raise ValueError(f"bad model kind or version: {kind!r} {version}")
+    return f"model:{kind}:{version:010d}"
+
+
+def _model_range(kind: str) -> tuple[str, str]:
+    return f"model:{kind}:", f"model:{kind};"  # ';' sorts right after ':'

@@ -29,6 +29,7 @@ from connectors.routing import Router
 from engine.clock import Clock, SystemClock
 from engine.embedded.exceptions import NotReady
 from engine.embedded.ingest import Batch, GroupCommitWriter
+from engine.embedded.models import Models
 from engine.embedded.outbox import Outbox, forward_action
 from engine.embedded.paced import PacedRound, remove_stale_spools, run_writer, spool_path
 from engine.embedded.partition import Partition
@@ -110,6 +111,8 @@ class Runtime:
         self.observers: list[Callable[[Output], None]] = []
         # segment id -> members, for the segments API and gauge (built at recovery)
         self.segment_index: SegmentIndex | None = None
+        # RFM boundaries and CLV parameters for the processors (engine/embedded/models.py)
+        self.models: Models | None = None
 
     async def db(self, fn: Any, *args: Any) -> Any:
         """Run a state.db call on its thread."""
@@ -158,6 +161,8 @@ class Runtime:
             on_commit=self._on_commit,
         )
         await self._recover()
+        self.models = Models(self)
+        await self.models.start()
         self.outbox.start()
         await self.outbox.load_pending()
         self.writer.start()
@@ -175,6 +180,8 @@ class Runtime:
         await self.writer.close()
         while self.queued:
             await asyncio.sleep(0.01)
+        if self.models is not None:
+            await self.models.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

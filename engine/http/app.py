@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from connectors.sources.config import SourcesConfig
 from engine.events import INTERNAL_TYPES, decode_event, validate_properties
 from engine.exceptions import EventError
-from engine.http import segment, segments, webhooks
+from engine.http import models, segment, segments, webhooks
 from engine.http.auth import Tokens
 from engine.http.base import (
     ADDRESS_BOOK,
@@ -276,6 +276,7 @@ def create_app(
     add_source_route(app, "POST", "/v1/events", post_events, "native")
     segment.install(app)
     segments.install(app)
+    models.install(app)
     webhooks.install(app, sources if sources is not None else SourcesConfig.load())
     app.router.add_get("/v1/rules", get_rules)
     app.router.add_put("/v1/rules", put_rules)

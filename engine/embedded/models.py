@@ -1,0 +1,255 @@
+"""Population-level models on ``nudge run``: RFM boundaries and fitted CLV parameters.
+
+:class:`Models` keeps the runtime's :class:`~engine.intelligence.population.Population`
+and hands it to every partition's processor, which is all the pure core ever sees of it:
+
+- **RFM boundaries** are computed from the customers the partitions hold (every state in
+  memory, live or compacted), at start (after recovery, before the engine reports ready)
+  and then whenever they are ``refresh_every_ms`` old in the runtime's clock (a day;
+  with the demo's scaled clock, under a minute of real time), and on demand
+  (``POST /v1/models/rfm/refresh``). The scan runs on the event loop a slice of customers
+  at a time, so ingest and timers keep their latency: a compacted state is not inflated,
+  only the fields RFM needs are decoded from its bytes.
+- **CLV parameters** are fitted off the event path, by ``nudge models fit`` in its own
+  process (:func:`fit_data_dir`), and stored versioned in ``states.db`` (state/sqlite.py,
+  ``save_model``). The runtime loads the latest at start and on demand
+  (``POST /v1/models/reload``). Until one exists every ``customer.predicted`` is null.
+
+Boundaries are not stored: they are recomputed from the recovered states at every start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import orjson
+
+from engine.intelligence.clv import CLVParams, ParamsError, summary
+from engine.intelligence.population import EMPTY, Population
+from engine.intelligence.rfm import REFRESH_EVERY_MS, RfmBoundaries, RfmBuilder, needs_refresh
+from state.customer import CustomerState
+from state.memory import MemoryStore
+from state.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from engine.embedded.runtime import Runtime
+
+__all__ = ["CLV", "Models", "fit_data_dir", "load_clv"]
+
+logger = logging.getLogger(__name__)
+
+CLV = "clv"
+"""The model kind the CLV parameters are stored under."""
+
+
+class _Head(msgspec.Struct, array_like=True, gc=False):
+    """The leading fields of a packed ``CustomerState``, up to those RFM reads (an
+    array-like struct ignores the trailing ones)."""
+
+    customer_id: str
+    first_seen: int
+    last_seen: int
+    seq: int = 0
+    timezone: Any = None
+    consent: Any = None
+    attributes: Any = None
+    orders: int = 0
+    revenue: float = 0.0
+    first_order: int | None = None
+    last_order: int | None = None
+
+
+_head = msgspec.msgpack.Decoder(_Head).decode
+
+
+def _rfm_view(held: CustomerState | bytes) -> CustomerState:
+    if isinstance(held, CustomerState):
+        return held
+    h = _head(held)
+    return CustomerState(
+        h.customer_id,
+        h.first_seen,
+        h.last_seen,
+        orders=h.orders,
+        revenue=h.revenue,
+        first_order=h.first_order,
+        last_order=h.last_order,
+    )
+
+
+def load_clv(store: SqliteStore) -> CLVParams | None:
+    """The latest stored CLV parameters; None when none is stored. A stored record that
+    cannot be read raises ``ParamsError`` (or ``orjson.JSONDecodeError``)."""
+    latest = store.latest_model(CLV)
+    if latest is None:
+        return None
+    return CLVParams.from_dict(orjson.loads(latest[1]))
+
+
+class Models:
+    """The runtime's population models (see the module doc). ``slice_size``: customers
+    scanned per event loop turn; ``poll_s``: how often (real seconds) the schedule is
+    checked."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        refresh_every_ms: int = REFRESH_EVERY_MS,
+        poll_s: float = 5.0,
+        slice_size: int = 2000,
+    ) -> None:
+        self.runtime = runtime
+        self.refresh_every_ms = refresh_every_ms
+        self.poll_s = poll_s
+        self.slice_size = slice_size
+        self.population: Population = EMPTY
+        self.refreshes = 0
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the latest CLV parameters, compute the RFM boundaries, start the
+        schedule. A stored CLV record that cannot be read is logged and skipped
+        (predictions stay null), never a failed start."""
+        with contextlib.suppress(ParamsError, orjson.JSONDecodeError):
+            await self.reload()
+        await self.refresh_rfm()
+        self._task = asyncio.create_task(self._schedule(), name="models")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def _publish(self, population: Population) -> None:
+        self.population = population
+        for p in self.runtime.parts:
+            p.driver.processor.population = population
+
+    async def reload(self) -> CLVParams | None:
+        """Load the latest stored CLV parameters and use them from the next input on;
+        returns them (None: none stored; the population keeps none). Raises
+        ``ParamsError`` for a stored record that cannot be used (nothing changes)."""
+        rt = self.runtime
+        assert rt.store is not None
+        try:
+            params: CLVParams | None = await rt.db(load_clv, rt.store)
+        except (ParamsError, orjson.JSONDecodeError):
+            logger.exception("stored CLV parameters cannot be read; predictions unchanged")
+            raise
+        self._publish(Population(self.population.rfm, params))
+        if params is not None:
+            logger.info(
+                "clv parameters loaded",
+                extra={"version": params.version, "customers": params.customers},
+            )
+        return params
+
+    async def refresh_rfm(self) -> RfmBoundaries:
+        """Recompute the RFM boundaries over every customer the partitions hold, a slice
+        per event loop turn, and use them from the next input on. Concurrent calls wait
+        for the one running and then run their own scan."""
+        async with self._lock:
+            t0 = time.perf_counter()
+            now = self.runtime.clock.now()
+            builder = RfmBuilder()
+            for part in self.runtime.parts:
+                await self._scan(part.store, builder, now)
+            bounds = builder.build(now)
+            self._publish(Population(bounds, self.population.clv))
+            self.refreshes += 1
+            logger.info(
+                "rfm boundaries refreshed",
+                extra={"customers": bounds.customers, "seconds": time.perf_counter() - t0},
+            )
+            return bounds
+
+    async def _scan(self, store: MemoryStore, builder: RfmBuilder, now: int) -> None:
+        # the store's own mapping (live states or their packed bytes): iterating the store
+        # would inflate every compacted state
+        held = store._data
+        ids = list(held)
+        size = self.slice_size
+        for i in range(0, len(ids), size):
+            for cid in ids[i : i + size]:
+                st = held.get(cid)
+                if st is not None:
+                    builder.add(_rfm_view(st), now)
+            await asyncio.sleep(0)
+
+    async def _schedule(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            now = self.runtime.clock.now()
+            if needs_refresh(self.population.rfm, now, self.refresh_every_ms):
+                try:
+                    await self.refresh_rfm()
+                except Exception:
+                    logger.exception("rfm refresh failed; will retry")
+
+    async def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/models`` shows: the boundaries and the parameters in use, and
+        every stored CLV version."""
+        rt = self.runtime
+        assert rt.store is not None
+        stored = await rt.db(rt.store.model_versions, CLV)
+        versions = []
+        for version, body in stored:
+            try:
+                raw = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raw = {}
+            versions.append(
+                {
+                    "version": version,
+                    "fitted_at": raw.get("fitted_at"),
+                    "customers": raw.get("customers"),
+                }
+            )
+        pop = self.population
+        return {
+            "rfm": None if pop.rfm is None else pop.rfm.to_dict(),
+            "clv": None if pop.clv is None else pop.clv.to_dict(),
+            "clv_versions": versions,
+        }
+
+
+def fit_data_dir(data_dir: str | Path, now_ms: int | None = None) -> CLVParams:
+    """Fit the CLV models on the customer states checkpointed in ``data_dir`` and store
+    the parameters as the next version; returns them. This is the batch job behind
+    ``nudge models fit`` (off the event path: its own process).
+
+    The states are read in one statement, a consistent snapshot even while ``nudge run``
+    writes checkpoints (SQLite WAL); a running engine's customers changed since its last
+    checkpoint are not in it. ``now_ms`` is the time the summaries are taken at; by
+    default the later of the wall clock and the latest activity in the data (a data dir
+    written under a scaled demo clock is ahead of the wall clock). Raises
+    ``PredictUnavailable`` without pymc-marketing or with too few buyers, and
+    ``FileNotFoundError`` when ``data_dir`` holds no states."""
+    from engine.intelligence.fit import fit
+
+    path = Path(data_dir)
+    if not (path / "states.db").exists():
+        raise FileNotFoundError(f"{path}: no states.db (not a nudge data directory?)")
+    store = SqliteStore(path)
+    try:
+        states = [st for st in store.load_states() if st.merged_into is None and st.orders > 0]
+        if now_ms is None:
+            latest = max((st.last_seen for st in states), default=0)
+            now_ms = max(time.time_ns() // 1_000_000, latest)
+        summaries = [s for st in states if (s := summary(st, now_ms)) is not None]
+        previous = store.latest_model(CLV)
+        version = 1 if previous is None else previous[0] + 1
+        params = fit(summaries, fitted_at=now_ms, version=version)
+        store.save_model(CLV, version, orjson.dumps(params.to_dict()).decode())
+        return params
+    finally:
+        store.close()
