@@ -88,8 +88,11 @@ def evaluate_segments(
     if start:
         members = {**members, **dict.fromkeys(start, now)}
         changes += [_change("segment_entered", seg_id, st, now) for seg_id in start]
+    etype = counted[0] if counted is not None and segments is not None else None
     for seg in rs.segments if segments is None else segments:
         was = seg.id in members
+        if etype is not None and seg.unchanged_by(etype, was):
+            continue
         try:
             inside = seg.test(scope)
         except _ERRORS as err:

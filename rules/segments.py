@@ -24,6 +24,7 @@ __all__ = [
     "SEGMENT_VARIABLES",
     "CompiledSegment",
     "compile_segment",
+    "directions",
     "fast_terms",
     "input_types",
 ]
@@ -53,6 +54,17 @@ _CUSTOMER_KEYS: dict[str, frozenset[str]] = {
     "consent": _CONSENT_TYPES,
     "attributes": _PROFILE_TYPES,
 }
+
+
+def _field_inputs(expr: Expression) -> frozenset[str]:
+    """The input types of ``expr``'s customer and cart terms (not its counts)."""
+    types: set[str] = set()
+    if "cart" in expr.variables:
+        types |= _CART_TYPES
+    keys = expr.keys.get("customer") if "customer" in expr.variables else frozenset()
+    for key in keys or ():
+        types |= _CUSTOMER_KEYS.get(key, frozenset())
+    return frozenset(types)
 
 
 def input_types(expr: Expression) -> frozenset[str] | None:
@@ -120,6 +132,34 @@ def fast_terms(source: str) -> tuple[Term, ...] | None:
     return tuple(terms)
 
 
+def directions(source: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    """For a condition of simple comparisons joined by ``&&`` whose only ``count()`` terms
+    compare with a literal, the event types that can only make it turn true (``rising``:
+    ``count(t) > k``, ``>= k``) and only false (``falling``: ``== 0``, ``< k``, ``<= k``)
+    when one more event of the type is counted; a type in both, or counted with ``==
+    k``/``!= k`` (k > 0), can do either. None when not that shape. A segment whose
+    members see an event of a type that is not ``falling`` stays a member; a non-member
+    with a type not ``rising`` stays out (engine/segments.py skips those)."""
+    rising: set[str] = set()
+    falling: set[str] = set()
+    for part in source.split("&&"):
+        m = _TERM.match(part)
+        if m is None:
+            return None
+        _var, _key, etype, _window, op, lit = m.groups()
+        if etype is None:
+            continue
+        value = _literal(lit)
+        if op in (">", ">="):
+            rising.add(etype)
+        elif op in ("<", "<=") or (op == "==" and value == 0):
+            falling.add(etype)
+        else:
+            rising.add(etype)
+            falling.add(etype)
+    return frozenset(rising), frozenset(falling)
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledSegment:
     """A segment ready to evaluate; ``counts``: the (type, window) its condition counts;
@@ -132,6 +172,18 @@ class CompiledSegment:
     inputs: frozenset[str] | None
     # the condition as simple comparisons evaluated in Python (None: CEL evaluates it)
     terms: tuple[Term, ...] | None = None
+    # count types that can only turn it true / false (see ``directions``; None: unknown)
+    rising: frozenset[str] | None = None
+    falling: frozenset[str] | None = None
+    # the input types of its terms other than count() (they may move it either way)
+    field_inputs: frozenset[str] = frozenset()
+
+    def unchanged_by(self, event_type: str, member: bool) -> bool:
+        """Whether one more counted event of ``event_type`` certainly leaves membership
+        as it is (``member``: the customer is in the segment now)."""
+        if self.rising is None or self.falling is None or event_type in self.field_inputs:
+            return False
+        return event_type not in (self.falling if member else self.rising)
 
     def test(self, scope: Scope) -> bool:
         """Whether the customer ``scope`` shows is in the segment (CEL errors raise).
@@ -180,12 +232,17 @@ def compile_segment(
                 counts.append((etype, window))
     if errors:
         return None, errors
+    inputs = input_types(expr)
+    dirs = directions(spec.condition)
     compiled = CompiledSegment(
         spec.id,
         spec.description,
         expr,
         tuple(counts),
-        input_types(expr),
+        inputs,
         fast_terms(spec.condition),
+        None if dirs is None else dirs[0],
+        None if dirs is None else dirs[1],
+        _field_inputs(expr),
     )
     return compiled, []
