@@ -255,6 +255,37 @@ def _add_segments_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     exp.set_defaults(func=_cmd_segments_export)
 
 
+def _cmd_models_fit(args: argparse.Namespace) -> int:
+    """Fit the CLV models on a data directory's checkpointed states and store the
+    parameters as a new version (docs/predictions.md); this process is the batch job."""
+    from engine.embedded.models import fit_data_dir
+    from engine.intelligence.fit import PredictUnavailable
+
+    now_ms = None
+    if args.now:
+        try:
+            dt = datetime.fromisoformat(args.now)
+        except ValueError:
+            print(f"--now: not an RFC 3339 time: {args.now!r}", file=sys.stderr)
+            return 2
+        if dt.tzinfo is None:
+            print("--now: needs an offset (Z or +hh:mm)", file=sys.stderr)
+            return 2
+        now_ms = to_ms(dt)
+    try:
+        params = fit_data_dir(args.data, now_ms)
+    except (FileNotFoundError, PredictUnavailable) as err:
+        print(f"models fit: {err}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(params.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    print(
+        f"stored as version {params.version}; a running engine uses it after "
+        "POST /v1/models/reload (admin) or its next start",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -366,6 +397,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     _add_segments_parser(sub)
+    models = sub.add_parser("models", help="fit the prediction models (docs/predictions.md)")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    mfit = msub.add_parser(
+        "fit",
+        help="fit CLV/churn models on a data directory's states; store a new version",
+    )
+    mfit.add_argument("--data", default="nudge-data", help="data directory (default ./nudge-data)")
+    mfit.add_argument(
+        "--now",
+        help="RFC 3339 time the customers' histories are measured at (default: the later of "
+        "now and the latest activity in the data)",
+    )
+    mfit.set_defaults(func=_cmd_models_fit)
+
     add_worker_parser(sub)
     add_loadtest_parsers(sub)
 
