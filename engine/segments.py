@@ -82,7 +82,7 @@ def evaluate_segments(
     event of this type at this time was counted, the only bucket that changed; neither:
     the instant stands. ``start``: a new customer's membership before its first event
     (:func:`baseline`), entered now. ``population``: for ``customer.rfm`` / ``.predicted``."""
-    scope = RuleScope(st, now, consent, population=population)
+    scope: RuleScope | None = None  # built for the first condition evaluated
     members = st.segments or {}
     changes: list[Event] = []
     if start:
@@ -93,6 +93,8 @@ def evaluate_segments(
         was = seg.id in members
         if etype is not None and seg.unchanged_by(etype, was):
             continue
+        if scope is None:
+            scope = RuleScope(st, now, consent, population=population)
         try:
             inside = seg.test(scope)
         except _ERRORS as err:
