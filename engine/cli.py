@@ -105,6 +105,20 @@ def _cmd_sinks_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_option(flag: str, value: str | None) -> int | None:
+    """An RFC 3339 option as epoch ms (None when not given). Raises ValueError naming the
+    flag when it is not a time with an offset."""
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{flag}: not an RFC 3339 time: {value!r}") from None
+    if dt.tzinfo is None:
+        raise ValueError(f"{flag}: needs an offset (Z or +hh:mm)")
+    return to_ms(dt)
+
+
 def _cmd_backtest(args: argparse.Namespace) -> int:
     from engine.backtest import backtest, write_actions
 
@@ -113,17 +127,11 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     except RuleErrors as err:
         print(err, file=sys.stderr)
         return 1
-    until = None
-    if args.until:
-        try:
-            dt = datetime.fromisoformat(args.until)
-        except ValueError:
-            print(f"--until: not an RFC 3339 time: {args.until!r}", file=sys.stderr)
-            return 2
-        if dt.tzinfo is None:
-            print("--until: needs an offset (Z or +hh:mm)", file=sys.stderr)
-            return 2
-        until = to_ms(dt)
+    try:
+        until = _time_option("--until", args.until)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
     try:
         with open(args.events, "rb") as fh:
             result = backtest(rs, fh, until)
@@ -261,17 +269,11 @@ def _cmd_models_fit(args: argparse.Namespace) -> int:
     from engine.embedded.models import fit_data_dir
     from engine.intelligence.fit import PredictUnavailable
 
-    now_ms = None
-    if args.now:
-        try:
-            dt = datetime.fromisoformat(args.now)
-        except ValueError:
-            print(f"--now: not an RFC 3339 time: {args.now!r}", file=sys.stderr)
-            return 2
-        if dt.tzinfo is None:
-            print("--now: needs an offset (Z or +hh:mm)", file=sys.stderr)
-            return 2
-        now_ms = to_ms(dt)
+    try:
+        now_ms = _time_option("--now", args.now)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
     try:
         params = fit_data_dir(args.data, now_ms)
     except (FileNotFoundError, PredictUnavailable) as err:
