@@ -22,7 +22,7 @@ from engine.identity import hand_over, merge, merge_event
 from engine.intelligence.population import EMPTY, Population
 from engine.profile import apply_event
 from engine.scope import RuleScope
-from engine.segments import baseline, evaluate_segments
+from engine.segments import baseline, drop_removed, evaluate_segments
 from engine.types import Action, Conversion, Event, Fire
 from rules.compiler import CompiledRule
 from rules.ruleset import RuleSet
@@ -165,6 +165,8 @@ class Processor:
             return out
         if etype == "customer_merged":
             self._merge(st, ev, out)
+        if st.segments and st.segments_digest != rs.segments_digest:
+            drop_removed(rs, st)  # a segment removed by a deploy stops at once
         out.lateness = now - ts if now > ts else 0
         out.too_late = out.lateness > rs.lateness
         plan = rs.plans.get(etype, rs.default_plan)
@@ -190,10 +192,12 @@ class Processor:
             # a new customer starts from the rule set's baseline membership
             only = rs.segment_plan.get(etype, rs.segments_any)
             start = self._baseline if created else ()
+            recount = etype == "customer_merged"
             if only or start:
-                recount = etype == "customer_merged"
                 counted = (etype, ts) if etype in rs.segment_count_types else None
                 self._segment_changes(st, now, out, only, recount, counted, start)
+            if created or recount:  # every segment evaluated (a new one: from the baseline)
+                st.segments_digest = rs.segments_digest
         if created:
             self.store.put(st)
         return out
@@ -225,6 +229,29 @@ class Processor:
                 self._exits(st, ev, now, now, plan.exits, out)
             for rule in plan.triggers:
                 self._trigger(rule, st, ev, now, now, out)
+
+    def backfill_segments(self, customer_id: str, now: int) -> Output:
+        """Evaluate every segment of the rule set for a customer whose state was last
+        evaluated under other segments (``segments_digest`` differs: a segment added,
+        changed or removed since), at processing time ``now``, with the segment timer
+        worked out anew; the state is then marked with the rule set's digest, so a second
+        call does nothing. The runtime calls it for existing customers after a start or a
+        deploy (engine/embedded/segment_backfill.py).
+
+        Entries and exits are inputs for the rules at ``now`` like any segment change: a
+        customer already matching a segment added by a deploy enters it at the backfill's
+        time, so a flow on ``segment_entered`` reaches the segment's existing members.
+        Memberships of removed segments are dropped without an exit. Nothing happens for an
+        unknown customer, an id merged into another (its state is a redirect) or a state
+        already current."""
+        out = Output(customer_id)
+        st = self.store.get(customer_id)
+        if st is None or st.merged_into is not None:
+            return out
+        if st.segments_digest == self._rs.segments_digest:
+            return out
+        self._segment_changes(st, now, out)
+        return out
 
     def _identity(self, st: CustomerState, ev: Event, ts: int, out: Output) -> None:
         """An event for a redirect (an id merged into another) is forwarded there; a

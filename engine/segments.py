@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from engine.intelligence.population import Population
     from engine.processor import Output
 
-__all__ = ["baseline", "evaluate_segments"]
+__all__ = ["baseline", "drop_removed", "evaluate_segments"]
 
 _ERRORS = (RuntimeError, TypeError, KeyError, ValueError)
 
@@ -48,6 +48,16 @@ def baseline(rs: RuleSet, consent: dict[str, bool]) -> tuple[str, ...]:
         except _ERRORS:
             continue
     return tuple(members)
+
+
+def drop_removed(rs: RuleSet, st: CustomerState) -> None:
+    """Drop ``st``'s memberships of segments ``rs`` does not have (a state evaluated under
+    another rule set), without an exit: the segment is gone, the customer did not change.
+    Nothing else is touched (``segments_left``, the segment timer: the next evaluation of
+    all segments works the timer out again)."""
+    members = st.segments
+    if members and not members.keys() <= rs.segment_ids:
+        st.segments = {k: v for k, v in members.items() if k in rs.segment_ids} or None
 
 
 def _change(kind: str, seg_id: str, st: CustomerState, now: int) -> Event:
@@ -81,10 +91,18 @@ def evaluate_segments(
     all counters (a first event, a merge, the timer firing); ``counted``: instead, one
     event of this type at this time was counted, the only bucket that changed; neither:
     the instant stands. ``start``: a new customer's membership before its first event
-    (:func:`baseline`), entered now. ``population``: for ``customer.rfm`` / ``.predicted``."""
+    (:func:`baseline`), entered now. ``population``: for ``customer.rfm`` / ``.predicted``.
+
+    A state last evaluated under another rule set (``segments_digest`` differs) first
+    loses its memberships of segments the rule set no longer has, without an exit.
+    Evaluating all segments (``segments`` None) marks the state with the rule set's
+    ``segments_digest``."""
     scope: RuleScope | None = None  # built for the first condition evaluated
     members = st.segments or {}
     changes: list[Event] = []
+    if members and st.segments_digest != rs.segments_digest:
+        drop_removed(rs, st)
+        members = st.segments or {}
     if start:
         members = {**members, **dict.fromkeys(start, now)}
         changes += [_change("segment_entered", seg_id, st, now) for seg_id in start]
@@ -109,6 +127,8 @@ def evaluate_segments(
             kind = "segment_entered" if inside else "segment_exited"
             changes.append(_change(kind, seg.id, st, now))
     st.segments = members or None
+    if segments is None:  # all of them: the state is current for this rule set's segments
+        st.segments_digest = rs.segments_digest
     # over every segment's count() windows: one timer serves them all
     if recount:
         due = next_change_of(st.counters or {}, rs.segment_windows, now)

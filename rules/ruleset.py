@@ -19,7 +19,14 @@ from rules.segments import CompiledSegment, compile_segment
 from rules.spec import RuleSpec, SegmentSpec, Settings
 from state.windows import WindowSpec, watch
 
-__all__ = ["RECIPES_DIR", "RuleSet", "TypePlan", "load_ruleset", "load_texts"]
+__all__ = [
+    "RECIPES_DIR",
+    "RuleSet",
+    "TypePlan",
+    "load_ruleset",
+    "load_texts",
+    "segments_digest",
+]
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -61,6 +68,10 @@ class RuleSet:
     segment_counts: tuple[tuple[str, str], ...] = ()  # every (type, window) they count
     segment_count_types: frozenset[str] = frozenset()  # the types of those
     segment_windows: WindowSpec = field(default_factory=dict)  # the same, for next_change_of
+    segment_ids: frozenset[str] = frozenset()
+    # a hash of the segments' ids and conditions (None: no segments); a customer state
+    # evaluated under another one needs a backfill (CustomerState.segments_digest)
+    segments_digest: str | None = None
     # (rule id, channel) -> the send needs an address; the runtimes add what their sinks
     # need (``require_addresses``), settings.require_address covers every rule
     address_required: Callable[[str, str], bool] | None = None
@@ -133,9 +144,24 @@ class RuleSet:
         self.segment_counts = tuple(sorted({c for g in self.segments for c in g.counts}))
         self.segment_count_types = frozenset(t for t, _ in self.segment_counts)
         self.segment_windows = watch(self.segment_counts)
+        self.segment_ids = frozenset(g.id for g in self.segments)
+        self.segments_digest = segments_digest(self.segments)
         periods = [p for _, p in self.channel_caps.values()]
         periods += [r.cap[1] for r in order if r.cap]
         self.max_cap_period = max(periods, default=0)
+
+
+def segments_digest(segments: Iterable[CompiledSegment]) -> str | None:
+    """A hash of the segments' ids and conditions, in id order (their order, descriptions
+    and the rules around them do not change anyone's membership); None when there are
+    none."""
+    pairs = sorted((g.id, g.condition.source) for g in segments)
+    if not pairs:
+        return None
+    h = hashlib.sha256()
+    for sid, source in pairs:
+        h.update(sid.encode() + b"\0" + source.encode() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def load_texts(sources: Iterable[tuple[str, str]]) -> RuleSet:

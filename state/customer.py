@@ -95,6 +95,11 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     segments: dict[str, int] | None = None
     segments_left: dict[str, int] | None = None
     segments_due: int | None = None
+    # the rule set's segments digest (``RuleSet.segments_digest``) the customer's segments
+    # were last all evaluated under: a different one means a segment was added, changed or
+    # removed since, and the runtime backfills it (engine/embedded/segment_backfill.py).
+    # Appended last: rows of earlier layouts load with None.
+    segments_digest: str | None = None
 
     # --- derived views -------------------------------------------------------------
     @property
