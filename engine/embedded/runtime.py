@@ -33,6 +33,7 @@ from engine.embedded.models import Models
 from engine.embedded.outbox import Outbox, forward_action
 from engine.embedded.paced import PacedRound, remove_stale_spools, run_writer, spool_path
 from engine.embedded.partition import Partition
+from engine.embedded.segment_backfill import SegmentBackfill
 from engine.embedded.segment_index import SegmentIndex
 from engine.events import encode_events
 from engine.metrics import Metrics, type_label
@@ -113,6 +114,8 @@ class Runtime:
         self.segment_index: SegmentIndex | None = None
         # RFM boundaries and CLV parameters for the processors (engine/embedded/models.py)
         self.models: Models | None = None
+        # segments evaluated for existing customers after start and deploys
+        self.segment_backfill = SegmentBackfill(self)
 
     async def db(self, fn: Any, *args: Any) -> Any:
         """Run a state.db call on its thread."""
@@ -172,6 +175,7 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._gc_loop(), name="gc-freeze"))
         self.ready = True
         self.metrics.up.labels("embedded").set(1)
+        await self.segment_backfill.start(self.ruleset)
 
     async def stop(self) -> None:
         """Graceful: stop intake, process what is queued, checkpoint, close."""
@@ -180,6 +184,7 @@ class Runtime:
         await self.writer.close()
         while self.queued:
             await asyncio.sleep(0.01)
+        await self.segment_backfill.stop()
         if self.models is not None:
             await self.models.stop()
         for t in self._tasks:
@@ -294,6 +299,10 @@ class Runtime:
         now = self.clock.now()
         since = self.writer.pending_since
         return now if since is None else min(now, since - 1)
+
+    def partition_idle(self, index: int) -> bool:
+        """Whether partition ``index`` has no queued event (it may fire timers then)."""
+        return not self._queues[index]
 
     async def _partition_loop(self, index: int) -> None:
         part = self.parts[index]
@@ -557,6 +566,7 @@ class Runtime:
         if self.segment_index is not None:
             self.segment_index.set_ruleset(rs)
         self.metrics.ruleset_version.set(version)
+        await self.segment_backfill.start(rs)
         return version
 
 

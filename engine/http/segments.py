@@ -88,7 +88,9 @@ async def list_segments(request: web.Request) -> web.Response:
                     "exited_24h": s.exited_24h,
                 }
             )
-    return ok({"segments": out})
+    backfill = getattr(backend, "segment_backfill", None)
+    progress = {"done": 0, "total": 0, "running": False} if backfill is None else backfill.progress
+    return ok({"segments": out, "backfill": progress})
 
 
 async def list_members(request: web.Request) -> web.Response:
