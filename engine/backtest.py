@@ -19,7 +19,7 @@ import orjson
 from engine.driver import Driver
 from engine.events import decode_event
 from engine.exceptions import EventError
-from engine.processor import Output
+from engine.output import Output
 from engine.types import Action, iso
 from rules.ruleset import RuleSet
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from engine.clock import VirtualClock
-from engine.processor import Output, Processor
+from engine.output import Output
+from engine.processor import Processor
 from engine.types import Event
 from rules.ruleset import RuleSet
 from state.base import StateStore, TimerStore

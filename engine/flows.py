@@ -9,19 +9,17 @@ counted and the flow moves on to its next step.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.intelligence.population import EMPTY, Population
 from engine.localtime import in_range, next_local
+from engine.output import Output
 from engine.scope import RuleScope
 from engine.types import Action, Fire
 from rules.compiler import Branch, CompiledRule, Jump, Send, Wait
 from rules.ruleset import RuleSet
 from state.base import TimerStore
 from state.customer import CustomerState, FlowInstance
-
-if TYPE_CHECKING:
-    from engine.processor import Output
 
 __all__ = ["FlowRunner", "address", "idempotency_key"]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import zlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -20,49 +19,20 @@ import msgspec
 from engine.flows import FlowRunner
 from engine.identity import hand_over, merge, merge_event
 from engine.intelligence.population import EMPTY, Population
+from engine.output import Output
 from engine.profile import apply_event
 from engine.scope import RuleScope
 from engine.segments import baseline, drop_removed, evaluate_segments
-from engine.types import Action, Conversion, Event, Fire
+from engine.types import Conversion, Event
 from rules.compiler import CompiledRule
 from rules.ruleset import RuleSet
 from rules.segments import CompiledSegment
 from state.base import StateStore, TimerStore
 from state.customer import SEGMENT_TIMER, CustomerState, FlowInstance
 
-__all__ = ["Output", "Processor", "assign_variant", "fingerprint", "kept_trigger"]
+__all__ = ["Processor", "assign_variant", "fingerprint", "kept_trigger"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Output:
-    """What one input produced."""
-
-    customer_id: str = ""
-    timer_due: int | None = None  # set when a timer produced this output
-    actions: list[Action] = field(default_factory=list)
-    fires: list[Fire] = field(default_factory=list)
-    conversions: list[Conversion] = field(default_factory=list)
-    duplicate: bool = False
-    too_late: bool = False
-    future: bool = False  # stamped ahead of the clock beyond tolerance: processed at ``now``
-    lateness: int = 0
-    errors: list[str] = field(default_factory=list)
-    # events for other customers that the runtime must route to their owners (identity:
-    # a merge, or an event under an id that was merged into another)
-    forwards: list[Event] = field(default_factory=list)
-    # segment membership changes: (customer id, segment id, entered?, at ms), in order
-    # (the runtime keeps its segment index with them: engine/embedded/segment_index.py)
-    segment_changes: list[tuple[str, str, bool, int]] = field(default_factory=list)
-
-    def extend(self, other: Output) -> None:
-        self.actions += other.actions
-        self.fires += other.fires
-        self.conversions += other.conversions
-        self.errors += other.errors
-        self.forwards += other.forwards
-        self.segment_changes += other.segment_changes
 
 
 def fingerprint(event_id: str) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from engine.output import Output
 from engine.scope import RuleScope
 from engine.types import Event, from_ms
 from rules.ruleset import RuleSet
@@ -24,7 +25,6 @@ from state.windows import counted_change, next_change_of
 
 if TYPE_CHECKING:
     from engine.intelligence.population import Population
-    from engine.processor import Output
 
 __all__ = ["baseline", "drop_removed", "evaluate_segments"]
 

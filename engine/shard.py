@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from engine.clock import VirtualClock
 from engine.driver import Driver, OutputHandler
-from engine.processor import Output
+from engine.output import Output
 from engine.types import Event
 from rules.ruleset import RuleSet
 from state.customer import SEGMENT_TIMER, CustomerState

@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.clock import VirtualClock
 from engine.driver import Driver
-from engine.processor import Output
+from engine.output import Output
 from engine.types import Action, Conversion, Event, Fire, from_ms
 from rules.ruleset import RuleSet, load_ruleset, load_texts
 

@@ -61,7 +61,7 @@ def engine_segment_changes(lines: Any) -> tuple[list[Change], dict[str, int]]:
     ``Output.segment_changes``."""
     from engine.backtest import DRAIN_DAYS, BacktestResult, read_trace
     from engine.driver import Driver
-    from engine.processor import Output
+    from engine.output import Output
     from rules.ruleset import RECIPES_DIR, load_ruleset
 
     rs = load_ruleset([RECIPES_DIR, SEGMENTS_DIR])

@@ -24,7 +24,7 @@ import orjson
 
 from engine.backtest import BacktestResult, read_trace
 from engine.driver import Driver
-from engine.processor import Output
+from engine.output import Output
 from load_tests.storefront import StorefrontConfig, storefront
 from rules.ruleset import RECIPES_DIR, load_ruleset
 

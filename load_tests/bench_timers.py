@@ -25,7 +25,7 @@ import orjson
 from engine.embedded.runtime import Runtime, RuntimeConfig
 from engine.events import decode_event
 from engine.metrics import Metrics
-from engine.processor import Output
+from engine.output import Output
 from engine.types import iso
 
 __all__ = ["main"]

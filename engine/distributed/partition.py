@@ -12,7 +12,7 @@ is skipped, however many events ago it was.
 from __future__ import annotations
 
 from engine.driver import OutputHandler
-from engine.processor import Output
+from engine.output import Output
 from engine.shard import Shard
 from engine.types import Event
 from rules.ruleset import RuleSet

@@ -32,7 +32,7 @@ from engine.distributed.partition import OwnedPartition
 from engine.driver import OutputHandler
 from engine.events import decode_event
 from engine.exceptions import EventError
-from engine.processor import Output
+from engine.output import Output
 from engine.types import Action, Event
 from rules.ruleset import RuleSet
 from state.customer import CustomerState

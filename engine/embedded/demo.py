@@ -15,7 +15,7 @@ import orjson
 from engine.clock import Clock
 from engine.embedded.runtime import Runtime
 from engine.events import decode_event
-from engine.processor import Output
+from engine.output import Output
 from engine.types import iso
 
 __all__ = ["run_demo"]

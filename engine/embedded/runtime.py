@@ -37,7 +37,7 @@ from engine.embedded.segment_backfill import SegmentBackfill
 from engine.embedded.segment_index import SegmentIndex
 from engine.events import encode_events
 from engine.metrics import Metrics, type_label
-from engine.processor import Output
+from engine.output import Output
 from engine.types import Event
 from rules.loader import rule_files
 from rules.ruleset import RuleSet, load_ruleset, load_texts

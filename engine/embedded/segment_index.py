@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from engine.processor import Output
+from engine.output import Output
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
 

@@ -20,7 +20,7 @@ from engine.cli import main
 from engine.embedded.segment_index import SegmentIndex
 from engine.http.app import create_app
 from engine.metrics import Metrics
-from engine.processor import Output
+from engine.output import Output
 from engine.types import iso
 from rules.ruleset import load_texts
 from tests.engine.embedded.conftest import Harness, running

@@ -1,0 +1,42 @@
+"""What one input (an event, or a timer that came due) produced in the core: the record
+the runtimes turn into sends, metrics, forwards and index updates. A leaf beside
+engine/types.py, so the processor and the modules it calls (flows, segments) share it
+without importing each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.types import Action, Conversion, Event, Fire
+
+__all__ = ["Output"]
+
+
+@dataclass(slots=True)
+class Output:
+    """What one input produced."""
+
+    customer_id: str = ""
+    timer_due: int | None = None  # set when a timer produced this output
+    actions: list[Action] = field(default_factory=list)
+    fires: list[Fire] = field(default_factory=list)
+    conversions: list[Conversion] = field(default_factory=list)
+    duplicate: bool = False
+    too_late: bool = False
+    future: bool = False  # stamped ahead of the clock beyond tolerance: processed at ``now``
+    lateness: int = 0
+    errors: list[str] = field(default_factory=list)
+    # events for other customers that the runtime must route to their owners (identity:
+    # a merge, or an event under an id that was merged into another)
+    forwards: list[Event] = field(default_factory=list)
+    # segment membership changes: (customer id, segment id, entered?, at ms), in order
+    # (the runtime keeps its segment index with them: engine/embedded/segment_index.py)
+    segment_changes: list[tuple[str, str, bool, int]] = field(default_factory=list)
+
+    def extend(self, other: Output) -> None:
+        self.actions += other.actions
+        self.fires += other.fires
+        self.conversions += other.conversions
+        self.errors += other.errors
+        self.forwards += other.forwards
+        self.segment_changes += other.segment_changes
