@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import orjson
@@ -38,9 +38,22 @@ from state.memory import MemoryStore
 from state.sqlite import SqliteStore
 
 if TYPE_CHECKING:
-    from engine.embedded.runtime import Runtime
+    from engine.clock import Clock
+    from engine.embedded.partition import Partition
 
-__all__ = ["CLV", "Models", "fit_data_dir", "load_clv"]
+
+class Host(Protocol):
+    """What the models read of the runtime that holds them (engine/embedded/runtime.py's
+    Runtime): its partitions, clock and state store."""
+
+    parts: list[Partition]
+    clock: Clock
+    store: SqliteStore | None
+
+    async def db(self, fn: Any, *args: Any) -> Any: ...
+
+
+__all__ = ["CLV", "Host", "Models", "fit_data_dir", "load_clv"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +112,7 @@ class Models:
 
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: Host,
         *,
         refresh_every_ms: int = REFRESH_EVERY_MS,
         poll_s: float = 5.0,

@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -48,8 +48,20 @@ from state.customer import CustomerState, pack
 
 if TYPE_CHECKING:
     from engine.embedded.partition import Partition
-    from engine.embedded.runtime import Runtime
     from rules.ruleset import RuleSet
+
+
+class Host(Protocol):
+    """What the backfill reads of the runtime that runs it (engine/embedded/runtime.py's
+    Runtime): its partitions, whether one has queued events, and how far timers may
+    fire."""
+
+    parts: list[Partition]
+
+    def partition_idle(self, index: int) -> bool: ...
+
+    def safe_time(self) -> int: ...
+
 
 __all__ = ["SegmentBackfill", "held_digest"]
 
@@ -84,7 +96,7 @@ class SegmentBackfill:
     """The runtime's background backfill (see the module doc). ``start`` after recovery
     and after every deploy; ``stop`` before the final checkpoint."""
 
-    def __init__(self, runtime: Runtime, *, slice_size: int = 100, log_every: int = 100_000):
+    def __init__(self, runtime: Host, *, slice_size: int = 100, log_every: int = 100_000):
         self.runtime = runtime
         self.slice_size = slice_size
         self.log_every = log_every
