@@ -16,9 +16,10 @@ the restart, and earlier exits of a customer who left twice, are not counted aga
 Memory: one dict entry per membership (customer id -> entered at ms), about 100 bytes
 (the entry, the int; the id string is shared with the state only when it is the same
 object): 1M members of a segment ~100 MB. Only segments of the current rule set are kept;
-a segment removed by a deploy is dropped with its members. A segment added back later
-lists its members as they next change (a state still holding the old membership is not
-backfilled, like any segment added by a hot deploy).
+a segment removed by a deploy is dropped with its members. A segment added by a deploy
+fills as the background backfill (engine/embedded/segment_backfill.py) reaches each
+customer; one removed and added back before the backfill reached a customer whose state
+still holds the old membership lists that customer only at its next change.
 
 Paging in customer id order uses a sorted snapshot of the ids, made on first use and
 kept while the members added since stay few (``_Members``): pages cost a bisection, not a
