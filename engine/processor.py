@@ -362,7 +362,12 @@ class Processor:
             if st is not None and st.segments_due == due:
                 out.lateness = now - due if now > due else 0
                 st.segments_due = None  # fired: evaluating schedules the next one
-                self._segment_changes(st, now, out)
+                # with the state unchanged only time can move a segment: those reading
+                # count() windows or anything else (predictions); all of them if the
+                # state was evaluated under another segment set
+                rs = self._rs
+                timed = rs.segments_timed if st.segments_digest == rs.segments_digest else None
+                self._segment_changes(st, now, out, timed)
             return out
         inst = st.flows.get(rule_id) if st is not None and st.flows else None
         if st is None or inst is None or inst.due != due:
