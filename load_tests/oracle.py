@@ -50,6 +50,7 @@ from load_tests.oracle_recipes import (
     next_local_time,
     number,
     parse_ts,
+    trace_events,
     valid_zone,
 )
 
@@ -280,27 +281,14 @@ class Oracle:
         return [orjson.dumps(a[4]) for a in sorted(self.actions, key=lambda a: a[:4])]
 
 
-def _is_event(ev: Any) -> bool:
-    return isinstance(ev, dict) and all(
-        isinstance(ev.get(k), str) and ev[k]
-        for k in ("event_id", "type", "customer_id", "timestamp")
-    )
-
-
 def oracle_lines(lines: Iterable[bytes], stats: OracleStats | None = None) -> list[bytes]:
     """The expected action lines (no trailing newlines) for a JSONL trace."""
     oracle = Oracle()
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            ev = orjson.loads(line)
-            ok = _is_event(ev)
-        except orjson.JSONDecodeError:
-            ok = False
-        if not ok:
-            oracle.stats.skipped += 1
-            continue
+
+    def skipped() -> None:
+        oracle.stats.skipped += 1
+
+    for ev in trace_events(lines, skipped):
         oracle.event(ev)
     oracle.finish()
     if stats is not None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
 
 __all__ = [
     "ALLOWED_LATENESS",
@@ -44,6 +46,7 @@ __all__ = [
     "next_local_time",
     "number",
     "parse_ts",
+    "trace_events",
     "valid_zone",
 ]
 
@@ -351,3 +354,27 @@ def experiment_arm(recipe: Recipe, customer_id: str) -> str:
 def idempotency_key(recipe: Recipe, customer_id: str, instance_id: str, pc: int) -> str:
     raw = f"{recipe.id}\0{recipe.version}\0{customer_id}\0{instance_id}\0{pc}".encode()
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def _is_event(ev: Any) -> bool:
+    return isinstance(ev, dict) and all(
+        isinstance(ev.get(k), str) and ev[k]
+        for k in ("event_id", "type", "customer_id", "timestamp")
+    )
+
+
+def trace_events(lines: Iterable[bytes], on_skip: Callable[[], None]) -> Iterator[dict[str, Any]]:
+    """The events of a JSONL trace, as dicts with the envelope's keys; blank lines are
+    passed over, a line that is not an event object calls ``on_skip``."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            ev = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            on_skip()
+            continue
+        if _is_event(ev):
+            yield ev
+        else:
+            on_skip()

@@ -48,7 +48,7 @@ from typing import Any
 
 import orjson
 
-from load_tests.oracle_recipes import number, parse_ts
+from load_tests.oracle_recipes import number, parse_ts, trace_events
 
 __all__ = [
     "SEGMENTS",
@@ -291,27 +291,14 @@ def change_line(change: Change) -> bytes:
     return orjson.dumps({"at": at, "customer_id": cid, "segment_id": seg, "kind": kind})
 
 
-def _is_event(ev: Any) -> bool:
-    return isinstance(ev, dict) and all(
-        isinstance(ev.get(k), str) and ev[k]
-        for k in ("event_id", "type", "customer_id", "timestamp")
-    )
-
-
 def segment_changes(lines: Iterable[bytes], stats: SegmentStats | None = None) -> list[Change]:
     """The expected membership changes for a JSONL trace, sorted."""
     oracle = SegmentOracle()
-    for line in lines:
-        if not line.strip():
-            continue
-        try:
-            ev = orjson.loads(line)
-            ok = _is_event(ev)
-        except orjson.JSONDecodeError:
-            ok = False
-        if not ok:
-            oracle.stats.skipped += 1
-            continue
+
+    def skipped() -> None:
+        oracle.stats.skipped += 1
+
+    for ev in trace_events(lines, skipped):
         oracle.event(ev)
     oracle.finish()
     if stats is not None:
