@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from engine.types import Event
 from state.base import TimerStore
 from state.customer import DEDUP_WINDOW, SEGMENT_TIMER, VIEWED_MAX, CustomerState
@@ -43,30 +45,15 @@ def hand_over(st: CustomerState, timers: TimerStore) -> CustomerState:
     """Empty ``st`` into a redirect tombstone and return what it held (a new state under
     the same id). The tombstone keeps id, first/last seen, journal position and the
     duplicate window; its timers are cancelled (the flows move to the known customer)."""
-    handed = CustomerState(
-        st.customer_id,
-        st.first_seen,
-        st.last_seen,
-        st.seq,
-        st.timezone,
-        st.consent,
-        st.attributes,
-        st.orders,
-        st.revenue,
-        st.first_order,
-        st.last_order,
-        st.cart,
-        st.cart_updated,
-        st.viewed,
-        st.counters,
-        bytearray(st.dedup) if st.dedup else None,
-        st.flows,
-        st.entries,
-        st.sends,
-        st.goals,
-        None,
-        st.merged_from,
-        st.undeliverable,
+    # everything it held, less what is this id's own (redirect, segments and their timer)
+    handed = msgspec.structs.replace(
+        st,
+        dedup=bytearray(st.dedup) if st.dedup else None,
+        merged_into=None,
+        segments=None,
+        segments_left=None,
+        segments_due=None,
+        segments_digest=None,
     )
     for inst in (st.flows or {}).values():
         if inst.due is not None:

@@ -3,7 +3,7 @@
 A segment's condition is CEL over ``customer``, ``cart`` and ``count(type, window)``. It
 holds the customer's state only, so without an event it can change only when a counted
 bucket leaves a window: its ``count()`` calls (literal arguments, checked here) are kept so
-the processor can work out that instant exactly (``state.windows.next_change``).
+the processor can work out that instant exactly (``state.windows.next_change_of``).
 """
 
 from __future__ import annotations

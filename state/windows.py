@@ -20,7 +20,6 @@ __all__ = [
     "count",
     "counted_change",
     "increment",
-    "next_change",
     "next_change_of",
     "type_code",
     "watch",
@@ -81,24 +80,6 @@ def count(counters: Counters, event_type: str, window: str, now: int) -> int:
     return sum(v for k, v in counters.items() if k >> 24 == prefix and (k & 0xFFFFFF) >= first)
 
 
-def next_change(counters: Counters, event_type: str, window: str, now: int) -> int | None:
-    """When ``count(event_type, window)`` next changes if no event arrives: the instant
-    its oldest counted bucket leaves the window (None: the count is 0 and stays so)."""
-    gran, length = WINDOWS[window]
-    size = _GRANS[gran][1]
-    prefix = type_code(event_type) << 2 | gran
-    first = (now - length) // size
-    oldest = min(
-        (
-            k & 0xFFFFFF
-            for k, v in counters.items()
-            if k >> 24 == prefix and v and (k & 0xFFFFFF) >= first
-        ),
-        default=None,
-    )
-    return None if oldest is None else (oldest + 1) * size + length
-
-
 WindowSpec = dict[int, tuple[tuple[int, int], ...]]
 """Counter key prefix -> the (window length, bucket size) pairs watched under it."""
 
@@ -113,8 +94,9 @@ def watch(pairs: tuple[tuple[str, str], ...]) -> WindowSpec:
 
 
 def next_change_of(counters: Counters, spec: WindowSpec, now: int) -> int | None:
-    """The earliest :func:`next_change` over the pairs ``spec`` watches, in one pass
-    over the counters."""
+    """When the first of the counts ``spec`` watches next changes if no event arrives
+    (None: all are 0 and stay so): the earliest instant a counted bucket leaves its
+    window (the bucket's end plus the window length), in one pass over the counters."""
     due: int | None = None
     for k, v in counters.items():
         spans = spec.get(k >> 24)
