@@ -55,6 +55,27 @@ return 1
 """
 
 
+# Start an RFM round (engine/distributed/models.py) unless one started recently.
+_START_ROUND = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local now = tonumber(ARGV[1])
+if cur >= 0 and (now <= cur or now - cur < tonumber(ARGV[2])) then return cur end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('PUBLISH', KEYS[2], 'rfm:' .. ARGV[1])
+return now
+"""
+
+# Store merged RFM boundaries only if they rank higher (round * 2 + complete).
+_PUT_BOUNDS = """
+local cur = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if tonumber(ARGV[1]) <= cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('PUBLISH', KEYS[3], 'bounds:' .. ARGV[3])
+return 1
+"""
+
+
 class Claim(Enum):
     """The answer of :meth:`RedisState.claim`."""
 
@@ -200,6 +221,160 @@ class RedisState:
             return 0.0
         await self._retry(lambda: self.client.decr(name), "rate")
         return ((window + 1) * period * 1000 - now_ms) / 1000
+
+    # --- population models (engine/distributed/models.py) -------------------------
+    # CLV parameters: hash <prefix>:models:<kind>, version -> JSON body (never
+    # overwritten). RFM: the round key (the reference time of the current scan), per
+    # partition the round its summary was taken at and the summary (two hashes), and the
+    # merged boundaries. Every change is announced on <prefix>:models.
+    def _models_key(self, name: str) -> str:
+        return f"{self.prefix}:models:{name}"
+
+    @property
+    def models_channel(self) -> str:
+        return f"{self.prefix}:models"
+
+    async def save_model(self, kind: str, version: int, body: str) -> bool:
+        """Store ``body`` as ``version`` of model ``kind`` unless that version exists
+        (False: a concurrent fit took it; nothing changed), and announce it."""
+        key, channel = self._models_key(kind), self.models_channel
+
+        async def op() -> bool:
+            stored = bool(await self.client.hsetnx(key, str(version), body))
+            if stored:
+                await self.client.publish(channel, f"{kind}:{version}")
+            return stored
+
+        return await self._retry(op, "save_model")
+
+    async def latest_model(self, kind: str) -> tuple[int, str] | None:
+        """The highest stored version of model ``kind`` and its body; None if none."""
+        key = self._models_key(kind)
+
+        async def op() -> tuple[int, str] | None:
+            versions = [int(v) for v in await self.client.hkeys(key)]
+            if not versions:
+                return None
+            latest = max(versions)
+            body = await self.client.hget(key, str(latest))
+            if body is None:  # pragma: no cover - versions are never deleted
+                return None
+            return latest, body.decode() if isinstance(body, bytes) else str(body)
+
+        return await self._retry(op, "latest_model")
+
+    async def model_versions(self, kind: str) -> list[tuple[int, str]]:
+        """Every stored version of model ``kind`` with its body, oldest first."""
+        key = self._models_key(kind)
+
+        async def op() -> list[tuple[int, str]]:
+            got = await self.client.hgetall(key)
+            out = [(int(v), b.decode() if isinstance(b, bytes) else str(b)) for v, b in got.items()]
+            return sorted(out)
+
+        return await self._retry(op, "model_versions")
+
+    async def notify_models(self, what: str) -> None:
+        """Announce a change (``reload``, ``rfm:<round>``) to every worker."""
+        channel = self.models_channel
+        await self._retry(lambda: self.client.publish(channel, what), "notify_models")
+
+    async def model_updates(self, poll: float) -> AsyncIterator[str | None]:
+        """Yield every announcement on the models channel, and None every ``poll``
+        seconds without one, forever (a lost message delays a change by a poll, never
+        drops it). Reconnects after Redis outages (then yields None)."""
+        while True:
+            pubsub: Any = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.models_channel)
+                yield None
+                while True:
+                    msg = await pubsub.get_message(timeout=poll)
+                    if msg is not None and msg.get("type") == "message":
+                        data = msg["data"]
+                        yield data.decode() if isinstance(data, bytes) else str(data)
+                    elif msg is None:
+                        yield None
+            except _UNAVAILABLE as err:
+                logger.warning("models subscription lost (%r); resubscribing", err)
+                await asyncio.sleep(0.2)
+            finally:
+                with contextlib.suppress(*_UNAVAILABLE):
+                    await pubsub.aclose()
+
+    async def start_rfm_round(self, now_ms: int, min_gap_ms: int) -> int:
+        """Start an RFM round at ``now_ms`` unless the current one started less than
+        ``min_gap_ms`` before (0: any earlier round); returns the round in force (and
+        announces a new one)."""
+        keys = [self._models_key("rfm:round"), self.models_channel]
+
+        async def op() -> int:
+            return int(await self.client.eval(_START_ROUND, 2, *keys, now_ms, min_gap_ms))
+
+        return await self._retry(op, "start_rfm_round")
+
+    async def rfm_status(self) -> tuple[int | None, dict[int, int], bytes | None]:
+        """The current round (None: never started), the round each partition's stored
+        summary was taken at, and the stored merged boundaries (JSON), in one pipeline."""
+        keys = [self._models_key(n) for n in ("rfm:round", "rfm:rounds", "rfm:bounds")]
+
+        async def op() -> tuple[int | None, dict[int, int], bytes | None]:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(keys[0])
+            pipe.hgetall(keys[1])
+            pipe.get(keys[2])
+            rnd, rounds, bounds = await pipe.execute()
+            return (
+                None if rnd is None else int(rnd),
+                {int(p): int(r) for p, r in rounds.items()},
+                bounds,
+            )
+
+        return await self._retry(op, "rfm_status")
+
+    async def put_rfm_summary(self, partition: int, round_at: int, summary: bytes) -> None:
+        """Store partition ``partition``'s RFM summary taken at round ``round_at``."""
+        parts, rounds = self._models_key("rfm:parts"), self._models_key("rfm:rounds")
+
+        async def op() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(parts, str(partition), summary)
+            pipe.hset(rounds, str(partition), str(round_at))
+            await pipe.execute()
+
+        await self._retry(op, "put_rfm_summary")
+
+    async def rfm_summaries(self, partitions: int) -> list[bytes | None]:
+        """The stored summaries of partitions ``0 .. partitions - 1`` (None: none)."""
+        key = self._models_key("rfm:parts")
+        fields = [str(p) for p in range(partitions)]
+
+        async def op() -> list[bytes | None]:
+            got = await self.client.hmget(key, fields)
+            return [v.encode() if isinstance(v, str) else v for v in got]
+
+        return await self._retry(op, "rfm_summaries")
+
+    async def put_rfm_bounds(self, round_at: int, complete: bool, body: bytes) -> bool:
+        """Store merged boundaries of round ``round_at`` unless newer ones are stored
+        (a later round, or the same round complete while these are not); announces them.
+        False: nothing stored."""
+        keys = [
+            self._models_key("rfm:bounds"),
+            self._models_key("rfm:bounds:at"),
+            self.models_channel,
+        ]
+        rank = round_at * 2 + int(complete)
+
+        async def op() -> bool:
+            return bool(await self.client.eval(_PUT_BOUNDS, 3, *keys, rank, body, round_at))
+
+        return await self._retry(op, "put_rfm_bounds")
+
+    async def rfm_bounds(self) -> bytes | None:
+        """The stored merged boundaries (JSON), None before the first round completes."""
+        key = self._models_key("rfm:bounds")
+        return await self._retry(lambda: self._get(key), "rfm_bounds")
 
     # --- rule sets -----------------------------------------------------------------
     async def load_rules(self) -> RulesRecord | None:

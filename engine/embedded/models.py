@@ -27,14 +27,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import msgspec
 import orjson
 
-from engine.intelligence.clv import CLVParams, ParamsError, summary
+from engine.intelligence.clv import CLVParams, ParamsError
 from engine.intelligence.population import EMPTY, Population
 from engine.intelligence.rfm import REFRESH_EVERY_MS, RfmBoundaries, RfmBuilder, needs_refresh
-from state.customer import CustomerState
-from state.memory import MemoryStore
+from engine.intelligence.scan import SLICE, add_store
 from state.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -61,41 +59,6 @@ CLV = "clv"
 """The model kind the CLV parameters are stored under."""
 
 
-class _Head(msgspec.Struct, array_like=True, gc=False):
-    """The leading fields of a packed ``CustomerState``, up to those RFM reads (an
-    array-like struct ignores the trailing ones)."""
-
-    customer_id: str
-    first_seen: int
-    last_seen: int
-    seq: int = 0
-    timezone: Any = None
-    consent: Any = None
-    attributes: Any = None
-    orders: int = 0
-    revenue: float = 0.0
-    first_order: int | None = None
-    last_order: int | None = None
-
-
-_head = msgspec.msgpack.Decoder(_Head).decode
-
-
-def _rfm_view(held: CustomerState | bytes) -> CustomerState:
-    if isinstance(held, CustomerState):
-        return held
-    h = _head(held)
-    return CustomerState(
-        h.customer_id,
-        h.first_seen,
-        h.last_seen,
-        orders=h.orders,
-        revenue=h.revenue,
-        first_order=h.first_order,
-        last_order=h.last_order,
-    )
-
-
 def load_clv(store: SqliteStore) -> CLVParams | None:
     """The latest stored CLV parameters; None when none is stored. A stored record that
     cannot be read raises ``ParamsError`` (or ``orjson.JSONDecodeError``)."""
@@ -116,7 +79,7 @@ class Models:
         *,
         refresh_every_ms: int = REFRESH_EVERY_MS,
         poll_s: float = 5.0,
-        slice_size: int = 2000,
+        slice_size: int = SLICE,
     ) -> None:
         self.runtime = runtime
         self.refresh_every_ms = refresh_every_ms
@@ -175,7 +138,7 @@ class Models:
             now = self.runtime.clock.now()
             builder = RfmBuilder()
             for part in self.runtime.parts:
-                await self._scan(part.store, builder, now)
+                await add_store(builder, part.store, now, self.slice_size)
             bounds = builder.build(now)
             self._publish(Population(bounds, self.population.clv))
             self.refreshes += 1
@@ -184,19 +147,6 @@ class Models:
                 extra={"customers": bounds.customers, "seconds": time.perf_counter() - t0},
             )
             return bounds
-
-    async def _scan(self, store: MemoryStore, builder: RfmBuilder, now: int) -> None:
-        # the store's own mapping (live states or their packed bytes): iterating the store
-        # would inflate every compacted state
-        held = store._data
-        ids = list(held)
-        size = self.slice_size
-        for i in range(0, len(ids), size):
-            for cid in ids[i : i + size]:
-                st = held.get(cid)
-                if st is not None:
-                    builder.add(_rfm_view(st), now)
-            await asyncio.sleep(0)
 
     async def _schedule(self) -> None:
         while True:
@@ -247,18 +197,16 @@ def fit_data_dir(data_dir: str | Path, now_ms: int | None = None) -> CLVParams:
     written under a scaled demo clock is ahead of the wall clock). Raises
     ``PredictUnavailable`` without pymc-marketing or with too few buyers, and
     ``FileNotFoundError`` when ``data_dir`` holds no states."""
-    from engine.intelligence.fit import fit
+    from engine.intelligence.fit import buyer_summaries, fit
 
     path = Path(data_dir)
     if not (path / "states.db").exists():
         raise FileNotFoundError(f"{path}: no states.db (not a nudge data directory?)")
     store = SqliteStore(path)
     try:
-        states = [st for st in store.load_states() if st.merged_into is None and st.orders > 0]
-        if now_ms is None:
-            latest = max((st.last_seen for st in states), default=0)
-            now_ms = max(time.time_ns() // 1_000_000, latest)
-        summaries = [s for st in states if (s := summary(st, now_ms)) is not None]
+        summaries, now_ms = buyer_summaries(
+            store.load_states(), now_ms, wall_ms=time.time_ns() // 1_000_000
+        )
         previous = store.latest_model(CLV)
         version = 1 if previous is None else previous[0] + 1
         params = fit(summaries, fitted_at=now_ms, version=version)

@@ -3,35 +3,87 @@
 version), ``POST /v1/models/rfm/refresh`` (recompute the RFM boundaries now) and
 ``POST /v1/models/reload`` (use the latest CLV parameters ``nudge models fit`` stored).
 
-The embedded runtime answers (engine/embedded/models.py); the distributed ingest holds no
-customer state and answers 501 ``not_served_here``.
+Two backends answer, through :class:`ModelsBackend`:
+
+- the embedded runtime's ``models`` (engine/embedded/models.py), once it is ready;
+- on the distributed ingest (a backend with a ``redis`` and no ``models``), a
+  :class:`~engine.distributed.models.RedisModels` over that Redis: the merged boundaries
+  and CLV versions the workers use. A refresh starts a round and answers 200 with the
+  boundaries once the workers completed it, or 202 ``{"rfm": null, "requested_at": ms}``
+  if they did not within its wait (the round goes on). A reload checks the latest stored
+  version and tells the workers to load it now.
+
+A backend with neither answers 501 ``not_served_here``.
 """
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
+import orjson
 from aiohttp import web
 
-from engine.embedded.models import Models
 from engine.http.base import BACKEND, auth, error, ok
-from engine.intelligence.clv import ParamsError
+from engine.intelligence.clv import CLVParams, ParamsError
+from engine.intelligence.rfm import RfmBoundaries
 
-__all__ = ["install"]
+__all__ = ["ModelsBackend", "install", "served_models"]
 
 
-def _models(request: web.Request) -> Models | web.Response:
+class ModelsBackend(Protocol):
+    """What the endpoints need of a runtime's population models."""
+
+    async def describe(self) -> dict[str, Any]:
+        """The ``GET /v1/models`` body: ``{"rfm", "clv", "clv_versions"}``."""
+        ...
+
+    async def refresh_rfm(self) -> RfmBoundaries | None:
+        """Recompute the boundaries now; None: requested, not done yet (``requested_at``
+        on the backend then says since when)."""
+        ...
+
+    async def reload(self) -> CLVParams | None:
+        """Use the latest stored CLV parameters (None: none stored); raises
+        ``ParamsError`` / ``ValueError`` when they cannot be used (nothing changes)."""
+        ...
+
+
+_SERVED: web.AppKey[dict[str, Any]] = web.AppKey("nudge_models_served", dict)
+
+
+def served_models(app: web.Application) -> ModelsBackend | None:
+    """The backend's models as the endpoints use them (None: not served here). The
+    distributed ingest's view over its Redis is made on first use and kept."""
+    backend = app[BACKEND]
+    if hasattr(backend, "models"):
+        models: ModelsBackend | None = backend.models
+        return models
+    cache = app[_SERVED]
+    if "models" not in cache:
+        from engine.distributed.models import RedisModels
+        from state.redis import RedisState
+
+        redis = getattr(backend, "redis", None)
+        cache["models"] = RedisModels(redis) if isinstance(redis, RedisState) else None
+    got: ModelsBackend | None = cache["models"]
+    return got
+
+
+def _models(request: web.Request) -> ModelsBackend | web.Response:
     if (denied := auth(request, "admin")) is not None:
         return denied
     backend = request.app[BACKEND]
+    models = served_models(request.app)
     if not hasattr(backend, "models"):
-        return error(
-            501,
-            "not_served_here",
-            "population models are kept by the embedded runtime (nudge run)",
-        )
-    models = backend.models
+        if models is None:
+            return error(
+                501,
+                "not_served_here",
+                "population models need the embedded runtime or a Redis (distributed)",
+            )
+        return models
     if models is None or not backend.ready:
         return error(503, "not_ready", "starting, recovering or stopping")
-    assert isinstance(models, Models)
     return models
 
 
@@ -47,6 +99,8 @@ async def refresh_rfm(request: web.Request) -> web.Response:
     if isinstance(models, web.Response):
         return models
     bounds = await models.refresh_rfm()
+    if bounds is None:
+        return ok({"rfm": None, "requested_at": getattr(models, "requested_at", None)}, 202)
     return ok({"rfm": bounds.to_dict()})
 
 
@@ -56,7 +110,7 @@ async def reload_models(request: web.Request) -> web.Response:
         return models
     try:
         params = await models.reload()
-    except (ParamsError, ValueError) as err:
+    except (ParamsError, ValueError, TypeError, orjson.JSONDecodeError) as err:
         return error(
             409, "invalid_model", f"the latest stored CLV parameters cannot be used: {err}"
         )
@@ -64,6 +118,7 @@ async def reload_models(request: web.Request) -> web.Response:
 
 
 def install(app: web.Application) -> None:
+    app[_SERVED] = {}
     app.router.add_get("/v1/models", get_models)
     app.router.add_post("/v1/models/rfm/refresh", refresh_rfm)
     app.router.add_post("/v1/models/reload", reload_models)

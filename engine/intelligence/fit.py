@@ -19,13 +19,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from engine.exceptions import NudgeError
-from engine.intelligence.clv import CLVParams, Summary
+from engine.intelligence.clv import CLVParams, Summary, summary
+from state.customer import CustomerState
 
-__all__ = ["PredictUnavailable", "bg_nbd_frame", "fit", "gamma_gamma_frame"]
+__all__ = [
+    "PredictUnavailable",
+    "bg_nbd_frame",
+    "buyer_summaries",
+    "fit",
+    "gamma_gamma_frame",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +43,20 @@ MIN_CUSTOMERS = 10
 class PredictUnavailable(NudgeError):
     """pymc-marketing is not installed (``pip install 'nudge[predict]'``), or the data are
     too few to fit on."""
+
+
+def buyer_summaries(
+    states: Iterable[CustomerState], now_ms: int | None, *, wall_ms: int
+) -> tuple[list[Summary], int]:
+    """The ``Summary`` of every buyer in ``states`` (customers without orders and those
+    merged into another, identity, are skipped) at ``now_ms``, and that time. ``now_ms``
+    None: the later of ``wall_ms`` and the latest activity (``last_seen``) in the states,
+    since a base written under a scaled demo clock runs ahead of the wall clock. Both
+    batch jobs (a data directory's states, the distributed changelog) summarise so."""
+    buyers = [st for st in states if st.merged_into is None and st.orders > 0]
+    if now_ms is None:
+        now_ms = max(wall_ms, max((st.last_seen for st in buyers), default=0))
+    return [s for st in buyers if (s := summary(st, now_ms)) is not None], now_ms
 
 
 def bg_nbd_frame(summaries: Sequence[Summary]) -> Any:

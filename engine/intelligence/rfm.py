@@ -45,13 +45,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from array import array
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard
 
+import msgspec
 from ddsketch import DDSketch
+from ddsketch.store import DenseStore
 
 from engine.exceptions import NudgeError
 from state.customer import CustomerState
@@ -69,6 +72,7 @@ __all__ = [
     "Rfm",
     "RfmBoundaries",
     "RfmBuilder",
+    "SummaryError",
     "group_of",
     "needs_refresh",
     "recency_days",
@@ -144,6 +148,10 @@ class BoundariesError(NudgeError, ValueError):
         super().__init__(f"{field}: {message}")
         self.message = message
         self.field = field
+
+
+class SummaryError(NudgeError, ValueError):
+    """A serialised builder (:meth:`RfmBuilder.to_bytes`) that cannot be read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +429,53 @@ class RfmBuilder:
             relative_accuracy=None if exact else self.relative_accuracy,
         )
 
+    def to_bytes(self, *, sketch: bool = False) -> bytes:
+        """The builder's counts as bytes (MessagePack) that :meth:`from_bytes` reads back,
+        to merge builders of different processes (the distributed runtime publishes one
+        per partition). Exact revenues are 8 bytes a customer; ``sketch=True`` moves them
+        into the sketch first (this builder too: it is then no longer exact), a few KB
+        whatever the size, for a part of a base known to exceed ``exact_limit`` anyway:
+        merged, both forms give the same sketch."""
+        if sketch:
+            self._to_sketch()
+        sk = self._sketch
+        return _encode_summary(
+            _Summary(
+                version=_SUMMARY_VERSION,
+                count=self._count,
+                relative_accuracy=self.relative_accuracy,
+                exact_limit=self.exact_limit,
+                days=sorted(self._days.items()),
+                orders=sorted(self._orders.items()),
+                revenue=None if sk is not None else _le(self._revenue).tobytes(),
+                sketch=None if sk is None else _sketch_fields(sk),
+            )
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> RfmBuilder:
+        """A builder :meth:`to_bytes` wrote (raises :class:`SummaryError`)."""
+        try:
+            s = _decode_summary(raw)
+        except msgspec.MsgspecError as err:
+            raise SummaryError(f"not an RFM summary: {err}") from None
+        if s.version != _SUMMARY_VERSION:
+            raise SummaryError(f"unknown summary version {s.version!r}")
+        try:
+            b = cls(exact_limit=s.exact_limit, relative_accuracy=s.relative_accuracy)
+        except ValueError as err:
+            raise SummaryError(str(err)) from None
+        b._count = s.count
+        b._days = Counter(dict(s.days))
+        b._orders = Counter(dict(s.orders))
+        if s.sketch is not None:
+            b._sketch = _sketch_from(s.sketch, s.relative_accuracy)
+        elif s.revenue is not None:
+            b._revenue = _le(array("d", s.revenue))
+        if sum(b._days.values()) != s.count or sum(b._orders.values()) != s.count:
+            raise SummaryError("counts do not add up to the customers")
+        return b
+
     def _to_sketch(self) -> DDSketch:
         if self._sketch is None:
             sketch = DDSketch(self.relative_accuracy)
@@ -429,6 +484,75 @@ class RfmBuilder:
             self._sketch = sketch
             self._revenue = array("d")
         return self._sketch
+
+
+_SUMMARY_VERSION: Final = 1
+
+
+class _Store(msgspec.Struct, array_like=True):
+    offset: int
+    bins: bytes  # float64 little-endian, one per key from ``offset``
+
+
+class _Sketch(msgspec.Struct, array_like=True):
+    positive: _Store
+    negative: _Store
+    zero: float
+    total: float
+    min: float
+    max: float
+
+
+class _Summary(msgspec.Struct, array_like=True):
+    version: int
+    count: int
+    relative_accuracy: float
+    exact_limit: int
+    days: list[tuple[int, int]]
+    orders: list[tuple[int, int]]
+    revenue: bytes | None
+    sketch: _Sketch | None
+
+
+_encode_summary = msgspec.msgpack.Encoder().encode
+_decode_summary = msgspec.msgpack.Decoder(_Summary).decode
+
+
+def _le(values: array[float]) -> array[float]:
+    # serialised doubles are little-endian whatever the machine
+    if sys.byteorder == "big":  # pragma: no cover - no big-endian CI
+        values = array("d", values)
+        values.byteswap()
+    return values
+
+
+def _store_fields(store: DenseStore) -> _Store:
+    if store.count == 0:
+        return _Store(0, b"")
+    return _Store(store.offset, _le(array("d", store.bins)).tobytes())
+
+
+def _sketch_fields(sk: DDSketch) -> _Sketch:
+    return _Sketch(
+        _store_fields(sk._store),
+        _store_fields(sk._negative_store),
+        float(sk._zero_count),
+        float(sk._sum),
+        float(sk._min),
+        float(sk._max),
+    )
+
+
+def _sketch_from(f: _Sketch, relative_accuracy: float) -> DDSketch:
+    sk = DDSketch(relative_accuracy)
+    for store, fields in ((sk._store, f.positive), (sk._negative_store, f.negative)):
+        for i, w in enumerate(_le(array("d", fields.bins))):
+            if w:
+                store.add(fields.offset + i, w)
+    sk._zero_count = f.zero
+    sk._count = sk._store.count + sk._negative_store.count + f.zero
+    sk._sum, sk._min, sk._max = f.total, f.min, f.max
+    return sk
 
 
 def _counted_quintiles(counts: Counter[int], n: int) -> list[int]:
