@@ -433,3 +433,28 @@ class RedisState:
             finally:
                 with contextlib.suppress(*_UNAVAILABLE):
                     await pubsub.aclose()
+
+    # --- segment backfill progress (engine/distributed/backfill.py) -----------------
+    def _backfill_key(self, worker: str) -> str:
+        return f"{self.prefix}:segments:backfill:{worker}"
+
+    async def put_backfill(self, worker: str, progress: dict[str, Any], ttl: int) -> None:
+        """Store one worker's segment backfill progress for ``ttl`` seconds (a worker that
+        dies stops refreshing it and it expires)."""
+        key, body = self._backfill_key(worker), orjson.dumps(progress)
+
+        async def op() -> None:
+            await self.client.set(key, body, ex=ttl)
+
+        await self._retry(op, "backfill progress")
+
+    async def backfill_progress(self) -> list[dict[str, Any]]:
+        """Every live worker's stored segment backfill progress (no particular order)."""
+
+        async def op() -> list[dict[str, Any]]:
+            keys = [k async for k in self.client.scan_iter(match=self._backfill_key("*"))]
+            if not keys:
+                return []
+            return [orjson.loads(v) for v in await self.client.mget(keys) if v is not None]
+
+        return await self._retry(op, "backfill progress")

@@ -5,6 +5,7 @@ Topics (all with ``partitions`` partitions, keyed by customer id, raw bytes):
 - ``events``: one event JSON per message; the broker timestamp is the acceptance time.
 - ``actions``: one Action JSON per message, produced by processing, consumed by delivery.
 - ``<app id>-customers-changelog``: the ``customers`` table (state rows, timers inside).
+- ``<app id>-segments``: segment memberships, compacted (engine/distributed/segments.py).
 
 Processing: the ``events`` topic is subscribed through faust (so the assignor
 co-partitions it with the changelog), but its records skip faust's per-message path: the
@@ -23,6 +24,10 @@ clock, so a timer never overtakes an event accepted before it came due.
 Rebalances: from the revocation signal until the table's recovery callback nothing is
 processed or fired; the callback drops the partitions no longer owned and builds the new
 ones from the rows faust restored from the changelog (timer heaps rebuilt from them).
+
+Segments: every batch's and tick's membership changes go to the segments topic with
+its actions; after each recovery and each deploy the segment backfill
+(engine/distributed/backfill.py) runs between batches and ticks.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,11 +46,13 @@ import orjson
 from faust.types import TP
 
 from connectors.routing import Router
-from engine.distributed.batching import BatchApp, BatchSender, OutputPipeline
+from engine.distributed.backfill import WorkerBackfill
+from engine.distributed.batching import BatchApp, BatchSender, OutputPipeline, StampedPayload
 from engine.distributed.config import WorkerConfig
 from engine.distributed.delivery import Deliverer
 from engine.distributed.processing import PartitionEngine
 from engine.distributed.rules import RuleWatcher, files_from_paths
+from engine.distributed.segments import SegmentChange, segment_records
 from engine.distributed.topics import key_partition
 from engine.types import Action, Event
 from rules.ruleset import RuleSet
@@ -114,6 +122,7 @@ class WorkerApp:
         self.redis: RedisState | None = None
         self.router: Router | None = None
         self.watcher: RuleWatcher | None = None
+        self.backfill: WorkerBackfill | None = None
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()
         self.rebalancing = True  # until the first recovery completes
@@ -189,6 +198,7 @@ class WorkerApp:
         ruleset, version = await self.watcher.initial()
         ruleset.require_addresses(self._needs_address)
         self.engine = PartitionEngine(ruleset, version, self._flush)
+        self.backfill = self._new_backfill(self.redis)
         self._ready.set()
         if self._recovered:
             await self._sync_assignment()
@@ -199,6 +209,24 @@ class WorkerApp:
         assert self.engine is not None
         ruleset.require_addresses(self._needs_address)
         self.engine.set_ruleset(ruleset, version)
+        if self.backfill is not None and not self.rebalancing:
+            self.backfill.start()  # else the recovery starts it
+
+    def _new_backfill(self, redis: RedisState) -> WorkerBackfill:
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+
+        async def publish(progress: dict[str, Any], ttl: int) -> None:
+            await redis.put_backfill(worker, progress, ttl)
+
+        return WorkerBackfill(self, publish)
+
+    # --- what the backfill reads (engine/distributed/backfill.py BackfillHost) ---------
+    @property
+    def lock(self) -> asyncio.Lock:
+        return self._lock
+
+    def failed(self, exc: BaseException) -> None:
+        _crash("segment backfill failed; exiting so a restart recovers", exc_info=exc)
 
     # --- rebalances ----------------------------------------------------------------
     async def _on_revoked(self, sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
@@ -206,6 +234,8 @@ class WorkerApp:
             return
         self.rebalancing = True
         self._recovered = False
+        if self.backfill is not None:
+            await self.backfill.stop()
         await self.app.batch_consumer.wait_batches()
         await self.pipeline.drain()  # timer output too: on the changelog before handover
 
@@ -231,6 +261,8 @@ class WorkerApp:
                     self._last_input[p] = now
             self.rebalancing = False
         logger.info("recovered; owning partitions %s", sorted(owned))
+        if self.backfill is not None:
+            self.backfill.start()
 
     # --- processing ----------------------------------------------------------------
     async def _on_batch(self, batch: dict[TP, list[Any]]) -> asyncio.Future[None] | None:
@@ -263,21 +295,26 @@ class WorkerApp:
         engine = self.engine
         if engine is None or self.rebalancing or not engine.parts:
             return
+        await self._guard(self._fire({p: self.limit(p) for p in engine.parts}))
+
+    def limit(self, index: int) -> int:
+        """How far the timers of owned partition ``index`` may fire now: the wall clock
+        when it is caught up (nothing unread before it), else its clock."""
+        engine = self.engine
+        assert engine is not None
+        part = engine.parts[index]
         now = _wall_ms()
         consumer = self.app.consumer
         committed: dict[Any, Any] = getattr(consumer, "_committed_offset", {})
-        limits: dict[int, int] = {}
-        for p, part in engine.parts.items():
-            tp = TP(self.cfg.events_topic, p)
-            try:
-                hw = consumer.highwater(tp)
-            except Exception:
-                hw = None
-            done = max(part.last_offset + 1, committed.get(tp) or 0)
-            idle = now - self._last_input.get(p, 0) >= _IDLE_MS
-            caught_up = hw is None or done >= hw or idle
-            limits[p] = now if caught_up else part.clock.now()
-        await self._guard(self._fire(limits))
+        tp = TP(self.cfg.events_topic, index)
+        try:
+            hw = consumer.highwater(tp)
+        except Exception:
+            hw = None
+        done = max(part.last_offset + 1, committed.get(tp) or 0)
+        idle = now - self._last_input.get(index, 0) >= _IDLE_MS
+        caught_up = hw is None or done >= hw or idle
+        return now if caught_up else part.clock.now()
 
     async def _fire(self, limits: dict[int, int]) -> None:
         engine = self.engine
@@ -292,11 +329,12 @@ class WorkerApp:
         actions: dict[int, list[Action]],
         rows: dict[int, list[CustomerState]],
         forwards: list[Event],
+        segments: dict[int, list[SegmentChange]],
     ) -> asyncio.Future[None]:
-        """Actions to the actions topic (the customer's partition) and identity forwards
-        to the events topic (the target customer's partition, as the ingest keys it),
-        then, once acked, the rows to the changelog (same partition): see
-        OutputPipeline."""
+        """Actions to the actions topic (the customer's partition), identity forwards
+        to the events topic (the target customer's partition, as the ingest keys it) and
+        membership changes to the segments topic (the customer's partition), then, once
+        acked, the rows to the changelog (same partition): see OutputPipeline."""
         records = self.log.records
         also: dict[str, dict[int, list[tuple[bytes, bytes | None]]]] = {}
         if forwards:
@@ -307,6 +345,11 @@ class WorkerApp:
                     (key, _encode(ev))
                 )
             also[self.cfg.events_topic] = by_part
+        stamped: dict[str, StampedPayload] = {}
+        if segments:
+            stamped[self.cfg.segments_topic] = {
+                p: segment_records(changes) for p, changes in segments.items()
+            }
         return await self.pipeline.submit(
             {
                 p: [(a.customer_id.encode(), _encode(a)) for a in acts]
@@ -314,6 +357,7 @@ class WorkerApp:
             },
             {p: records(states) for p, states in rows.items()},
             also,
+            stamped,
         )
 
     def _output_failed(self, exc: BaseException) -> None:

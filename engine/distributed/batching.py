@@ -40,7 +40,16 @@ from faust.types import TP
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
-__all__ = ["BatchApp", "BatchConsumer", "BatchHandler", "BatchSender"]
+__all__ = [
+    "BatchApp",
+    "BatchConsumer",
+    "BatchHandler",
+    "BatchSender",
+    "OutputPipeline",
+    "Payload",
+    "Stamped",
+    "StampedPayload",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +270,10 @@ class BatchApp(faust.App):
 
 Payload = dict[int, list[tuple[bytes, bytes | None]]]
 """Records by partition: ``(key, value)`` pairs."""
+Stamped = tuple[bytes, bytes | None, int, list[tuple[str, bytes]]]
+"""A record with its own timestamp (epoch ms) and headers: ``(key, value, ts, headers)``."""
+StampedPayload = dict[int, list[Stamped]]
+"""Stamped records by partition."""
 
 
 class BatchSender:
@@ -297,6 +310,23 @@ class BatchSender:
             futs += await self.send(topic, p, recs)
         return futs
 
+    async def send_stamped(self, topic: str, payload: StampedPayload) -> list[asyncio.Future[Any]]:
+        """:meth:`send_all` for records that carry their timestamp and headers (kept
+        apart so the actions' path stays as it is)."""
+        producer = self._producer()
+        futs: list[asyncio.Future[Any]] = []
+        for p, recs in payload.items():
+            batch = producer.create_batch()
+            for key, value, ts, headers in recs:
+                if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
+                    futs.append(await producer.send_batch(batch, topic, partition=p))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=ts, headers=headers) is None:
+                        raise ValueError(f"record for {key!r} larger than a producer batch")
+            if batch.record_count():
+                futs.append(await producer.send_batch(batch, topic, partition=p))
+        return futs
+
 
 class OutputPipeline:
     """Orders the output of processing batches while letting them overlap.
@@ -330,13 +360,18 @@ class OutputPipeline:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(
-        self, first: Payload, then: Payload, also: dict[str, Payload] | None = None
+        self,
+        first: Payload,
+        then: Payload,
+        also: dict[str, Payload] | None = None,
+        stamped: dict[str, StampedPayload] | None = None,
     ) -> asyncio.Future[None]:
         """``also``: records for other topics, queued with ``first`` (and, like it,
-        acknowledged before ``then`` is queued)."""
+        acknowledged before ``then`` is queued); ``stamped``: the same for records with
+        their own timestamps and headers (segment memberships)."""
         loop = asyncio.get_running_loop()
         durable: asyncio.Future[None] = loop.create_future()
-        if not first and not then and not also:
+        if not first and not then and not also and not stamped:
             durable.set_result(None)
             return durable
         await self._slots.acquire()
@@ -344,6 +379,8 @@ class OutputPipeline:
             futs = await self.sender.send_all(self.first_topic, first)
             for topic, payload in (also or {}).items():
                 futs += await self.sender.send_all(topic, payload)
+            for topic, stamped_payload in (stamped or {}).items():
+                futs += await self.sender.send_stamped(topic, stamped_payload)
         except BaseException:
             self._slots.release()
             raise

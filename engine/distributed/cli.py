@@ -160,7 +160,8 @@ def _add_metrics(worker_app: Any, args: argparse.Namespace) -> None:
 
 
 def _add_ingest(worker_app: Any, args: argparse.Namespace) -> None:
-    """Serve ``create_app(KafkaIngest)`` on the worker's event loop."""
+    """Serve ``create_app(KafkaIngest)`` on the worker's event loop (segments from the
+    app's segments topic, docs/segments.md)."""
     from aiohttp import web
 
     from engine.distributed.ingest import KafkaIngest
@@ -175,10 +176,13 @@ def _add_ingest(worker_app: Any, args: argparse.Namespace) -> None:
 
     async def serve() -> None:
         redis = RedisState(cfg.redis_url, prefix=cfg.redis_prefix)
-        ingest = KafkaIngest(cfg.broker, cfg.events_topic, redis=redis)
+        ingest = KafkaIngest(
+            cfg.broker, cfg.events_topic, redis=redis, segments_topic=cfg.segments_topic
+        )
         await ingest.start()
         tokens, _, _ = Tokens.load_or_create(Path(args.data))
         metrics = Metrics()
+        metrics.segment_members.source = ingest.segment_sizes
         serve_alongside(metrics, WorkerCollector(worker_app.stats, cfg.role))
         book = RedisAddressBook(redis.client, prefix=f"{cfg.redis_prefix}:addresses")
         app = create_http_app(ingest, tokens, metrics, address_book=book)

@@ -79,3 +79,8 @@ class WorkerConfig:
     @property
     def dead_topic(self) -> str:
         return f"{self.actions_topic}-dead"
+
+    @property
+    def segments_topic(self) -> str:
+        """The compacted segment membership topic (engine/distributed/segments.py)."""
+        return f"{self.app_id}-segments"

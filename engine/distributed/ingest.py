@@ -5,11 +5,20 @@ producer, and answers only after the broker acknowledged every event of the requ
 
 Rule endpoints go to Redis (``PUT /v1/rules`` publishes a new version to every worker).
 Customer read/erase need the owning worker and are not served here (HTTP 500 "internal").
+
+Segments (engine/http/segments.py): with ``segments_topic`` the ingest follows the
+workers' membership topic into a segment index (engine/distributed/segments.py) and
+serves the listing, pages and exports from it once it has read the topic up to its end
+as of the start (503 ``not_ready`` before). The listing shows the segments of the deployed
+rule set, which the ingest follows in Redis (a deploy through another process included:
+pub/sub, and a poll every ``rules_poll`` seconds), and the backfill progress the workers
+store in Redis, summed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -17,7 +26,9 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 
 from engine.clock import Clock, SystemClock
+from engine.distributed.segments import SegmentFeed
 from engine.embedded.exceptions import Backpressure, NotReady
+from engine.embedded.segment_index import SegmentIndex
 from engine.types import Event
 from rules.ruleset import RuleSet, load_texts
 from state.redis import RedisState
@@ -46,6 +57,8 @@ class KafkaIngest:
         clock: Clock | None = None,
         max_inflight: int = 100_000,
         linger_ms: int = 2,
+        segments_topic: str | None = None,
+        rules_poll: float = 2.0,
     ) -> None:
         self.bootstrap = bootstrap.removeprefix("kafka://")
         self.topic = topic
@@ -59,6 +72,35 @@ class KafkaIngest:
         self.ruleset: RuleSet | None = None
         self.rules_version = 0
         self.rules_files: dict[str, str] = {}
+        self.rules_poll = rules_poll
+        self._rules_task: asyncio.Task[None] | None = None
+        self.segment_feed: SegmentFeed | None = None
+        if segments_topic is not None:
+            self.segment_feed = SegmentFeed(self.bootstrap, segments_topic, SegmentIndex(None))
+
+    @property
+    def segment_index(self) -> SegmentIndex | None:
+        """The membership index, once the feed has caught up (None: not ready)."""
+        feed = self.segment_feed
+        return feed.index if feed is not None and feed.caught_up else None
+
+    def segment_sizes(self) -> dict[str, int]:
+        """Members of each segment of the deployed rule set (``nudge_segment_members``)."""
+        index = self.segment_index
+        if index is None or self.ruleset is None:
+            return {}
+        return {seg.id: index.size(seg.id) for seg in self.ruleset.segments}
+
+    async def backfill_progress(self) -> dict[str, Any]:
+        """The workers' segment backfill progress, summed (``running``: any runs)."""
+        out: dict[str, Any] = {"done": 0, "total": 0, "running": False}
+        if self.redis is None:
+            return out
+        for p in await self.redis.backfill_progress():
+            out["done"] += int(p.get("done", 0))
+            out["total"] += int(p.get("total", 0))
+            out["running"] = out["running"] or bool(p.get("running"))
+        return out
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -74,10 +116,38 @@ class KafkaIngest:
             if rec is not None:
                 self.ruleset = load_texts(sorted(rec.files.items()))
                 self.rules_version, self.rules_files = rec.version, rec.files
+            self._rules_task = asyncio.create_task(self._follow_rules(), name="ingest-rules")
+        if self.segment_feed is not None:
+            await self.segment_feed.start()
         self.ready = True
+
+    async def _follow_rules(self) -> None:
+        """Keep ``ruleset`` the deployed one (another process may deploy)."""
+        redis = self.redis
+        assert redis is not None
+        async for version in redis.rule_updates(self.rules_poll):
+            if version <= self.rules_version:
+                continue
+            rec = await redis.load_rules()
+            if rec is None or rec.version <= self.rules_version:
+                continue
+            try:
+                rs = await asyncio.to_thread(load_texts, sorted(rec.files.items()))
+            except Exception:
+                logger.exception("rule set version %d does not load; skipped", rec.version)
+                self.rules_version = rec.version
+                continue
+            self.ruleset, self.rules_version, self.rules_files = rs, rec.version, rec.files
 
     async def stop(self) -> None:
         self.ready = False
+        task, self._rules_task = self._rules_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.segment_feed is not None:
+            await self.segment_feed.stop()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -112,5 +182,6 @@ class KafkaIngest:
             raise NotReady("no redis configured for rule deploys")
         rs = await asyncio.to_thread(load_texts, sorted(files.items()))  # CPU work, off the loop
         version = await self.redis.put_rules(dict(files))
-        self.ruleset, self.rules_version, self.rules_files = rs, version, dict(files)
+        if version > self.rules_version:  # else the follower already has a newer one
+            self.ruleset, self.rules_version, self.rules_files = rs, version, dict(files)
         return version

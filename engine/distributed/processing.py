@@ -6,17 +6,23 @@ Order inside a batch (under one lock, so timer ticks and batches never interleav
 1. every event goes through its partition's processor (timers due before the event's
    acceptance time fire first);
 2. ``flush`` queues the batch's output: the actions to the ``actions`` topic (each to
-   its source partition); once the broker acknowledged them, the changed customer rows
+   its source partition) and the segment membership changes to the segments topic
+   (engine/distributed/segments.py); once the broker acknowledged them, the changed
+   customer rows
    to the table's changelog (rows of earlier batches always first); it returns a future
    that resolves when the rows are acknowledged too;
 3. only then the runtime marks the batch's offsets acked (faust commits them later).
    The runtime (app.py) awaits that future before it runs the next batch or tick.
 
-So a row in the changelog implies its actions are in Kafka, and a committed offset
+So a row in the changelog implies its actions and membership records are in Kafka, and
+a committed offset
 implies both: after a crash, events whose offsets were not committed are processed
 again; the ones a restored row already includes are skipped (offset check), the others
 produce the same actions with the same idempotency keys, which the delivery step dedupes
 in Redis.
+
+Segment backfill (:meth:`PartitionEngine.backfill`, driven a slice at a time by
+engine/distributed/backfill.py under the same lock) is output like a timer's.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.distributed.partition import OwnedPartition
+from engine.distributed.segments import SegmentChange
 from engine.driver import OutputHandler
+from engine.embedded.segment_backfill import held_digest
 from engine.events import decode_event
 from engine.exceptions import EventError
 from engine.output import Output
@@ -41,10 +49,13 @@ __all__ = ["EngineStats", "Flush", "InputRecord", "PartitionEngine", "Record"]
 
 logger = logging.getLogger(__name__)
 
+_MERGED = "customer_merged"
+
 
 class Flush(Protocol):
-    """Queue a batch's output: ``actions`` by partition to the actions topic and
-    ``forwards`` (identity: events for customers elsewhere) to the events topic, then
+    """Queue a batch's output: ``actions`` by partition to the actions topic,
+    ``forwards`` (identity: events for customers elsewhere) to the events topic and
+    ``segments`` (membership changes by partition) to the segments topic, then
     (once those are acknowledged) ``rows`` by partition to the changelog, in submission
     order. Returns, once queued, a future that resolves when the broker acknowledged
     all. So a tombstone's row is never written before the merge it sent is in Kafka."""
@@ -54,6 +65,7 @@ class Flush(Protocol):
         actions: dict[int, list[Action]],
         rows: dict[int, list[CustomerState]],
         forwards: list[Event],
+        segments: dict[int, list[SegmentChange]],
         /,
     ) -> Awaitable[asyncio.Future[None]]: ...
 
@@ -97,6 +109,8 @@ class EngineStats:
     forwards: int = 0  # identity forwards produced to the events topic
     batches: int = 0
     rows_written: int = 0
+    segment_changes: int = 0  # records produced to the segments topic
+    backfilled: int = 0  # customers evaluated by a segment backfill
     expression_errors: int = 0
     processing_seconds: float = 0.0  # whole batches: core + flush
     core_seconds: float = 0.0  # decode + apply only (the pure core)
@@ -116,6 +130,7 @@ class PartitionEngine:
         self._flush_out = flush
         self._actions: dict[int, list[Action]] = {}
         self._forwards: list[Event] = []
+        self._segments: dict[int, list[SegmentChange]] = {}
         self.stats = EngineStats(rules_version=rules_version)
 
     # --- ownership -----------------------------------------------------------------
@@ -146,10 +161,18 @@ class PartitionEngine:
         stats = self.stats
         pending = self._actions
         forwards = self._forwards
+        segments = self._segments
 
         def on_output(out: Output) -> None:
+            if out.segment_changes:
+                got_s = segments.get(index)
+                if got_s is None:
+                    got_s = segments[index] = []
+                got_s += out.segment_changes
             if out.forwards:
                 forwards.extend(out.forwards)
+                if any(ev.type == _MERGED for ev in out.forwards):
+                    self._dropped(index, out.customer_id)
             if out.timer_due is not None:
                 stats.timers_fired += 1
             if out.errors:
@@ -162,6 +185,16 @@ class PartitionEngine:
                     got += out.actions
 
         return on_output
+
+    def _dropped(self, index: int, customer_id: str) -> None:
+        """An identity hand-over: the id's memberships went with its state (no exit);
+        a drop record for every segment of the rule set (engine/distributed/segments.py).
+        At the partition clock: the merge's processing time, the same on a replay."""
+        part = self.parts.get(index)
+        at = part.clock.now() if part is not None else 0
+        self._segments.setdefault(index, []).extend(
+            (customer_id, seg.id, None, at) for seg in self.ruleset.segments
+        )
 
     # --- inputs --------------------------------------------------------------------
     async def process(self, records: Iterable[Record]) -> asyncio.Future[None]:
@@ -225,11 +258,62 @@ class PartitionEngine:
             await self._flush(touched)
         return fired
 
+    def customer_ids(self, index: int) -> list[str]:
+        """Every customer id partition ``index`` holds (a copy), redirects included."""
+        part = self.parts.get(index)
+        return [] if part is None else list(part.store._data)
+
+    def needs_backfill(self, index: int, ids: Iterable[str], digest: str | None) -> list[str]:
+        """Those of ``ids`` in partition ``index`` evaluated under other segments than
+        ``digest`` (redirects excluded); packed states are read without inflating them."""
+        part = self.parts.get(index)
+        if part is None:
+            return []
+        held = part.store._data
+        found = []
+        for cid in ids:
+            st = held.get(cid)
+            if st is not None:
+                have, merged = held_digest(st)
+                if have != digest and not merged:
+                    found.append(cid)
+        return found
+
+    async def backfill(self, index: int, ids: list[str], t: int) -> asyncio.Future[None]:
+        """Evaluate every segment for the customers ``ids`` of partition ``index`` still
+        under other segments (``Processor.backfill_segments``), at processing time ``t``
+        after firing the timers due up to it (what a timer due then would get), and
+        queue the output like a tick's. Returns the future of its durability."""
+        part = self.parts.get(index)
+        if part is None:
+            return await self._flush(set())
+        part.fire_until(t)
+        part.clock.set(t)
+        now = part.clock.now()
+        digest = self.ruleset.segments_digest
+        held = part.store._data
+        backfill = part.driver.processor.backfill_segments
+        emit = part.driver._emit  # the driver's output path: touch, sweep, on_output
+        n = 0
+        for cid in ids:
+            st = held.get(cid)
+            if st is None:
+                continue
+            have, merged = held_digest(st)
+            if have == digest or merged:  # made current since (an event, a timer, a merge)
+                continue
+            emit(backfill(cid, now))
+            n += 1
+        self.stats.backfilled += n
+        return await self._flush({index})
+
     async def _flush(self, touched: set[int]) -> asyncio.Future[None]:
         actions = dict(self._actions)
         self._actions.clear()
         forwards = self._forwards[:]
         self._forwards.clear()
+        segments = dict(self._segments)
+        self._segments.clear()
         rows: dict[int, list[CustomerState]] = {}
         for index in touched:
             part = self.parts.get(index)
@@ -240,7 +324,8 @@ class PartitionEngine:
         self.stats.actions += sum(len(a) for a in actions.values())
         self.stats.rows_written += sum(len(r) for r in rows.values())
         self.stats.forwards += len(forwards)
-        return await self._flush_out(actions, rows, forwards)
+        self.stats.segment_changes += sum(len(c) for c in segments.values())
+        return await self._flush_out(actions, rows, forwards, segments)
 
     def refresh_gauges(self) -> None:
         s = self.stats

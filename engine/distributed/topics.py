@@ -4,7 +4,9 @@ faust assigns partitions only of topics that exist when the group forms; an ``ac
 topic first created by the first action produced (broker auto-create) leaves the
 deliver agent without partitions until the group's next rebalance. So ``nudge worker``
 creates ``actions`` and its dead-letter topic (``partitions`` each, co-partitioned with
-``events``) when missing, and waits until the broker's metadata lists them.
+``events``) when missing, and waits until the broker's metadata lists them. The
+segment membership topic (``<app id>-segments``, engine/distributed/segments.py) is
+created with them, compacted: a key's last record is the membership as it stands.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ def key_partition(key: bytes, partitions: int) -> int:
 
 
 async def ensure_topics(cfg: WorkerConfig, timeout: float = 30.0) -> None:
-    """Create the actions and dead-letter topics if missing; return once listed."""
+    """Create the actions, dead-letter and segments topics if missing; return once
+    listed."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    wanted = [cfg.actions_topic, cfg.dead_topic]
+    wanted = [cfg.actions_topic, cfg.dead_topic, cfg.segments_topic]
+    compacted = {cfg.segments_topic: {"cleanup.policy": "compact"}}
     admin = AIOKafkaAdminClient(bootstrap_servers=cfg.broker.removeprefix("kafka://"))
     await admin.start()
     try:
@@ -43,7 +47,15 @@ async def ensure_topics(cfg: WorkerConfig, timeout: float = 30.0) -> None:
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker did
                 await admin.create_topics(
-                    [NewTopic(t, cfg.partitions, cfg.replication_factor) for t in missing]
+                    [
+                        NewTopic(
+                            t,
+                            cfg.partitions,
+                            cfg.replication_factor,
+                            topic_configs=compacted.get(t, {}),
+                        )
+                        for t in missing
+                    ]
                 )
             logger.info("created topics %s", missing)
         loop = asyncio.get_running_loop()

@@ -21,6 +21,12 @@ fills as the background backfill (engine/embedded/segment_backfill.py) reaches e
 customer; one removed and added back before the backfill reached a customer whose state
 still holds the old membership lists that customer only at its next change.
 
+The distributed ingest keeps one too (engine/distributed/segments.py), open
+(``SegmentIndex(None)``): fed from the segments topic with :meth:`~SegmentIndex.enter` and
+:meth:`~SegmentIndex.leave`, it keeps every segment a record names, whatever rule set the
+ingest knows of yet (a worker may run a newer one), and the API lists those of the deployed
+rule set. Nothing here is specific to one runtime.
+
 Paging in customer id order uses a sorted snapshot of the ids, made on first use and
 kept while the members added since stay few (``_Members``): pages cost a bisection, not a
 sort of the whole segment.
@@ -116,13 +122,17 @@ class SegmentStats(NamedTuple):
 
 
 class SegmentIndex:
-    """Segment id -> members, for the segments of the current rule set. Not thread-safe:
-    used on the runtime's event loop (every change comes from a partition running there).
+    """Segment id -> members, for the segments of the current rule set (``ruleset``
+    None: open, for every segment a change names). Not thread-safe: used on the
+    runtime's event loop (every change comes from a partition running there, or from
+    the ingest's topic consumer).
     """
 
-    def __init__(self, ruleset: RuleSet) -> None:
+    def __init__(self, ruleset: RuleSet | None) -> None:
         self._segs: dict[str, _Members] = {}
-        self.set_ruleset(ruleset)
+        self.open = ruleset is None
+        if ruleset is not None:
+            self.set_ruleset(ruleset)
 
     # --- keeping it -------------------------------------------------------------------
     def set_ruleset(self, ruleset: RuleSet) -> None:
@@ -169,6 +179,26 @@ class SegmentIndex:
                     self.drop(out.customer_id)
                     break
 
+    def enter(self, segment_id: str, customer_id: str, at: int) -> None:
+        """The customer entered the segment at ``at`` (a record of the segments topic).
+        Idempotent: the same entry seen again (a reprocessing) is not counted again."""
+        m = self._segs.get(segment_id)
+        if m is None:
+            if not self.open:
+                return
+            m = self._segs[segment_id] = _Members()
+        if m.members.get(customer_id) == at:
+            return
+        m.add(customer_id, at)
+        m.entered[at // _MINUTE] += 1
+
+    def leave(self, segment_id: str, customer_id: str, at: int, *, counted: bool = True) -> None:
+        """The customer left the segment at ``at`` (``counted``: an exit; else dropped,
+        an identity hand-over). Nothing when not a member."""
+        m = self._segs.get(segment_id)
+        if m is not None and m.remove(customer_id) and counted:
+            m.exited[at // _MINUTE] += 1
+
     def drop(self, customer_id: str) -> None:
         """Remove a customer from every segment (erased, or merged into another), without
         counting exits: the customer is gone, not changed."""
@@ -183,25 +213,39 @@ class SegmentIndex:
         """Segment id -> members, for every segment of the current rule set."""
         return {sid: len(m.members) for sid, m in self._segs.items()}
 
+    def _get(self, segment_id: str) -> _Members:
+        """The segment's members; an open index has none yet for a segment no record
+        named (an empty one, not kept)."""
+        m = self._segs.get(segment_id)
+        if m is None:
+            if not self.open:
+                raise KeyError(segment_id)
+            return _Members()
+        return m
+
+    def size(self, segment_id: str) -> int:
+        m = self._segs.get(segment_id)
+        return 0 if m is None else len(m.members)
+
     def stats(self, segment_id: str, now: int) -> SegmentStats:
-        m = self._segs[segment_id]
+        m = self._get(segment_id)
         return SegmentStats(
             segment_id, len(m.members), _count(m.entered, now), _count(m.exited, now)
         )
 
     def since(self, segment_id: str, customer_id: str) -> int | None:
         """When the customer entered the segment (ms), None when not a member."""
-        return self._segs[segment_id].members.get(customer_id)
+        return self._get(segment_id).members.get(customer_id)
 
     def page(self, segment_id: str, after: str | None, limit: int) -> list[tuple[str, int]]:
         """Up to ``limit`` (customer id, entered at) in id order, ids after ``after``
         (the last id of the previous page; None: from the start)."""
-        return self._segs[segment_id].page(after, limit)
+        return self._get(segment_id).page(after, limit)
 
     def snapshot(self, segment_id: str) -> tuple[list[str], list[int]]:
         """Every member's id and entry time now, side by side, in no particular order (a
         copy: the segment may change while it is written out). Two flat lists rather
         than a list of pairs: 1M pairs are 1M objects the cyclic GC then walks (a 300 ms
         stall of the loop measured in load_tests/bench_segment_export.py)."""
-        members = self._segs[segment_id].members
+        members = self._get(segment_id).members
         return list(members), list(members.values())

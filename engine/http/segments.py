@@ -2,10 +2,15 @@
 set with their sizes, a segment's members a page at a time, and the whole segment streamed
 as NDJSON or CSV (for ad audiences). All admin.
 
-The embedded runtime answers from its segment index (engine/embedded/segment_index.py);
-nothing here reads or inflates a customer's state. The distributed ingest holds no state
-(its workers do, and a worker-side listing is not built yet): it answers 501
-``not_served_here``.
+Both backends answer from a segment index (engine/embedded/segment_index.py); nothing
+here reads or inflates a customer's state. The embedded runtime keeps its index from its
+own partitions' changes; the distributed ingest (engine/distributed/ingest.py) from the
+workers' segments topic, 503 ``not_ready`` until it has read it up to its end as of the
+start. What a backend offers (``segment_index``, ``ruleset``, ``clock``, ``ready``; the
+backfill progress as ``segment_backfill.progress`` or an awaitable
+``backfill_progress()``) is read by name; a backend without ``segment_index`` answers 501
+``not_served_here``. Only the segments of the backend's rule set are listed or served (an
+open index may hold others: the distributed ingest's keeps every segment the topic names).
 """
 
 from __future__ import annotations
@@ -42,12 +47,7 @@ _FORMATS = {
 def _index(request: web.Request) -> SegmentIndex | web.Response:
     backend = request.app[BACKEND]
     if not hasattr(backend, "segment_index"):
-        return error(
-            501,
-            "not_served_here",
-            "segment membership is kept by the embedded runtime (nudge run); the "
-            "distributed ingest holds no customer state",
-        )
+        return error(501, "not_served_here", "this backend keeps no segment membership")
     index = backend.segment_index
     if index is None or not backend.ready:
         return error(503, "not_ready", "starting, recovering or stopping")
@@ -62,7 +62,8 @@ def _segment(request: web.Request) -> tuple[SegmentIndex, str] | web.Response:
     if isinstance(index, web.Response):
         return index
     sid = request.match_info["segment_id"]
-    if sid not in index:
+    ruleset = request.app[BACKEND].ruleset
+    if ruleset is None or sid not in {seg.id for seg in ruleset.segments}:
         return error(404, "unknown_segment", f"no segment {sid!r} in the running rule set")
     return index, sid
 
@@ -76,8 +77,9 @@ async def list_segments(request: web.Request) -> web.Response:
     backend = request.app[BACKEND]
     now = backend.clock.now()
     out = []
-    for seg in backend.ruleset.segments:
-        if seg.id in index:
+    ruleset = backend.ruleset
+    for seg in ruleset.segments if ruleset is not None else ():
+        if seg.id in index or index.open:
             s = index.stats(seg.id, now)
             out.append(
                 {
@@ -88,8 +90,13 @@ async def list_segments(request: web.Request) -> web.Response:
                     "exited_24h": s.exited_24h,
                 }
             )
-    backfill = getattr(backend, "segment_backfill", None)
-    progress = {"done": 0, "total": 0, "running": False} if backfill is None else backfill.progress
+    if hasattr(backend, "backfill_progress"):
+        progress = await backend.backfill_progress()
+    else:
+        backfill = getattr(backend, "segment_backfill", None)
+        progress = (
+            {"done": 0, "total": 0, "running": False} if backfill is None else backfill.progress
+        )
     return ok({"segments": out, "backfill": progress})
 
 
