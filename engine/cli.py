@@ -263,29 +263,69 @@ def _add_segments_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     exp.set_defaults(func=_cmd_segments_export)
 
 
-def _cmd_models_fit(args: argparse.Namespace) -> int:
-    """Fit the CLV models on a data directory's checkpointed states and store the
-    parameters as a new version (docs/predictions.md); this process is the batch job."""
+def _fit_once(args: argparse.Namespace, now_ms: int | None) -> Any:
+    """One fit: of the distributed changelog (``--broker``) into Redis, or of a data
+    directory's checkpointed states into its ``states.db``. Returns the CLVParams."""
+    if args.broker:
+        from engine.distributed.models import fit_changelog
+        from state.redis import RedisState
+
+        async def run() -> Any:
+            redis = RedisState(args.redis, prefix=args.redis_prefix, retry_for=30.0)
+            try:
+                return await fit_changelog(
+                    args.broker, redis, app_id=args.app_id, topic=args.topic, now_ms=now_ms
+                )
+            finally:
+                await redis.close()
+
+        return asyncio.run(run())
     from engine.embedded.models import fit_data_dir
+
+    return fit_data_dir(args.data, now_ms)
+
+
+def _cmd_models_fit(args: argparse.Namespace) -> int:
+    """Fit the CLV models and store the parameters as a new version (docs/predictions.md);
+    this process is the batch job. ``--every``: again and again, a fit then a sleep (a
+    failed fit is logged and retried at the next one), ``--count`` times (default:
+    until stopped)."""
+    import time
+
     from engine.intelligence.fit import PredictUnavailable
+    from rules.durations import parse_duration
 
     try:
         now_ms = _time_option("--now", args.now)
+        every_s = parse_duration(args.every) / 1000 if args.every else None
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
-    try:
-        params = fit_data_dir(args.data, now_ms)
-    except (FileNotFoundError, PredictUnavailable) as err:
-        print(f"models fit: {err}", file=sys.stderr)
-        return 1
-    print(orjson.dumps(params.to_dict(), option=orjson.OPT_INDENT_2).decode())
-    print(
-        f"stored as version {params.version}; a running engine uses it after "
-        "POST /v1/models/reload (admin) or its next start",
-        file=sys.stderr,
+    if every_s is not None and now_ms is not None:
+        print("--now fixes one fit's time; it cannot go with --every", file=sys.stderr)
+        return 2
+    count = args.count if args.count is not None else (None if every_s else 1)
+    where = (
+        "a running engine uses it after POST /v1/models/reload (admin) or its next start"
+        if not args.broker
+        else "the workers load it within seconds"
     )
-    return 0
+    done = 0
+    status = 0
+    while count is None or done < count:
+        if done and every_s is not None:
+            time.sleep(every_s)
+        done += 1
+        try:
+            params = _fit_once(args, now_ms)
+        except (FileNotFoundError, PredictUnavailable) as err:
+            print(f"models fit: {err}", file=sys.stderr)
+            status = 1
+            continue
+        status = 0
+        print(orjson.dumps(params.to_dict(), option=orjson.OPT_INDENT_2).decode(), flush=True)
+        print(f"stored as version {params.version}; {where}", file=sys.stderr, flush=True)
+    return status
 
 
 def _positive_seconds(text: str) -> float:
@@ -296,6 +336,18 @@ def _positive_seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+def _duration_seconds(text: str) -> float:
+    from rules.durations import parse_duration
+
+    try:
+        ms = parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if ms <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration, got {text!r}")
+    return ms / 1000
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -316,6 +368,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             compact_idle=args.compact_idle,
             checkpoint_interval=args.checkpoint_interval,
             checkpoint_mode=args.checkpoint_mode,
+            refit_every=args.refit_every,
         )
     )
 
@@ -392,6 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/operations.md)",
     )
     run.add_argument(
+        "--refit-every",
+        type=_duration_seconds,
+        default=None,
+        help="refit the CLV models on this schedule (24h, 12h, ...; real time): `nudge "
+        "models fit` in a subprocess on the data directory, then a reload (default: off; "
+        "docs/predictions.md)",
+    )
+    run.add_argument(
         "--demo",
         action="store_true",
         help="also run a synthetic storefront and print fires (clock x600)",
@@ -405,12 +466,31 @@ def build_parser() -> argparse.ArgumentParser:
         "fit",
         help="fit CLV/churn models on a data directory's states; store a new version",
     )
-    mfit.add_argument("--data", default="nudge-data", help="data directory (default ./nudge-data)")
+    mfit.add_argument(
+        "--data",
+        default="nudge-data",
+        help="nudge run: the data directory whose states are fitted (default ./nudge-data)",
+    )
+    mfit.add_argument(
+        "--broker",
+        help="distributed: fit the customers changelog on this Kafka (kafka://host:port) and "
+        "store the parameters in --redis (instead of --data)",
+    )
+    mfit.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="with --broker")
+    mfit.add_argument("--app-id", default="nudge", help="the workers' --app-id (with --broker)")
+    mfit.add_argument("--redis-prefix", default="nudge", help="the workers' --redis-prefix")
+    mfit.add_argument("--topic", help="the changelog topic (default <app-id>-customers-changelog)")
     mfit.add_argument(
         "--now",
         help="RFC 3339 time the customers' histories are measured at (default: the later of "
         "now and the latest activity in the data)",
     )
+    mfit.add_argument(
+        "--every",
+        help="refit on a schedule: fit, store, sleep this long (24h, 30m, ...), until stopped "
+        "(a sidecar / a role of its own); a failed fit is retried at the next one",
+    )
+    mfit.add_argument("--count", type=int, help="with --every: stop after this many fits")
     mfit.set_defaults(func=_cmd_models_fit)
 
     add_worker_parser(sub)

@@ -373,7 +373,9 @@ async def changelog_states(bootstrap: str, topic: str) -> list[CustomerState]:
     await consumer.start()
     latest: dict[bytes, CustomerState] = {}
     try:
-        parts = await consumer.partitions_for_topic(topic)
+        # the consumer's own metadata knows only subscribed topics: ask the cluster
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = cluster.partitions_for_topic(topic)
         if not parts:
             raise FileNotFoundError(f"{topic}: no such topic (is --app-id right?)")
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,20 +34,24 @@ from engine.intelligence.clv import CLVParams, ParamsError
 from engine.intelligence.population import EMPTY, Population
 from engine.intelligence.rfm import REFRESH_EVERY_MS, RfmBoundaries, RfmBuilder, needs_refresh
 from engine.intelligence.scan import SLICE, add_store
+from engine.types import iso
 from state.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from engine.clock import Clock
     from engine.embedded.partition import Partition
+    from engine.embedded.runtime import RuntimeConfig
 
 
 class Host(Protocol):
     """What the models read of the runtime that holds them (engine/embedded/runtime.py's
-    Runtime): its partitions, clock and state store."""
+    Runtime): its partitions, clock, state store and config (``data_dir``,
+    ``refit_every_s``)."""
 
     parts: list[Partition]
     clock: Clock
     store: SqliteStore | None
+    cfg: RuntimeConfig
 
     async def db(self, fn: Any, *args: Any) -> Any: ...
 
@@ -87,8 +92,13 @@ class Models:
         self.slice_size = slice_size
         self.population: Population = EMPTY
         self.refreshes = 0
+        # the CLV refit schedule (real seconds; None: off) and its outcomes
+        self.refit_every_s: float | None = runtime.cfg.refit_every_s
+        self.refits = 0
+        self.refits_failed = 0
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._refit_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Load the latest CLV parameters, compute the RFM boundaries, start the
@@ -98,12 +108,23 @@ class Models:
             await self.reload()
         await self.refresh_rfm()
         self._task = asyncio.create_task(self._schedule(), name="models")
+        if self.refit_every_s is not None:
+            self.start_refits(self.refit_every_s)
+
+    def start_refits(self, every_s: float) -> None:
+        """Refit the CLV models every ``every_s`` real seconds (:meth:`refit`), the first
+        time ``every_s`` from now; replaces a running schedule."""
+        if self._refit_task is not None:
+            self._refit_task.cancel()
+        self.refit_every_s = every_s
+        self._refit_task = asyncio.create_task(self._refits(every_s), name="models-refit")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [t for t in (self._task, self._refit_task) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = self._refit_task = None
 
     def _publish(self, population: Population) -> None:
         self.population = population
@@ -157,6 +178,52 @@ class Models:
                     await self.refresh_rfm()
                 except Exception:
                     logger.exception("rfm refresh failed; will retry")
+
+    async def _refits(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.refit()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.refits_failed += 1
+                logger.exception("clv refit failed; next at the next schedule")
+
+    async def refit(self) -> CLVParams | None:
+        """Fit the CLV models now in a subprocess (``nudge models fit --data DIR --now
+        <engine clock>``: the pymc fit never runs on the event loop nor in this process),
+        then :meth:`reload` the version it stored; returns it. None when the fit failed
+        (too few buyers, no ``predict`` extra: logged; the parameters in use stay). The
+        fit reads the states as of the last checkpoint."""
+        now = self.runtime.clock.now()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "models",
+            "fit",
+            "--data",
+            str(self.runtime.cfg.data_dir),
+            "--now",
+            iso(now),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await proc.communicate()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        if proc.returncode != 0:
+            self.refits_failed += 1
+            tail = err.decode(errors="replace").strip().splitlines()[-3:]
+            logger.warning("clv refit exited %s: %s", proc.returncode, " | ".join(tail))
+            return None
+        self.refits += 1
+        return await self.reload()
 
     async def describe(self) -> dict[str, Any]:
         """What ``GET /v1/models`` shows: the boundaries and the parameters in use, and

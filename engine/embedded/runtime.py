@@ -77,6 +77,9 @@ class RuntimeConfig:
     # one slice per partition; 500 held them up to ~26 ms (bench_ingest: outbox flushes
     # over 25 ms 26-99 per run at 500, 1-26 at 100)
     slice_events: int = 100
+    # CLV refit schedule (engine/embedded/models.py): seconds between `nudge models fit`
+    # subprocesses on the data directory, each followed by a reload; None: off
+    refit_every_s: float | None = None
 
 
 def partition_of(customer_id: str, n: int) -> int:

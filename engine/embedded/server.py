@@ -49,6 +49,7 @@ class ServeOptions:
         compact_idle: float = 300.0,
         checkpoint_interval: float | None = None,
         checkpoint_mode: str | None = None,
+        refit_every: float | None = None,
     ) -> None:
         self.rules = rules
         self.data = data
@@ -74,6 +75,7 @@ class ServeOptions:
                 f"NUDGE_CHECKPOINT_MODE: {mode!r} is not one of {', '.join(CHECKPOINT_MODES)}"
             )
         self.checkpoint_mode = mode
+        self.refit_every = refit_every  # seconds between CLV refits; None: off
 
 
 def sinks_config(path: Path | None, data_dir: Path) -> dict[str, Any]:
@@ -105,6 +107,7 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         compact_idle_s=opts.compact_idle,
         checkpoint_interval=opts.checkpoint_interval,
         checkpoint_mode=opts.checkpoint_mode,
+        refit_every_s=opts.refit_every,
     )
     runtime = Runtime(cfg, metrics, clock)
     tokens, token_path, created = Tokens.load_or_create(opts.data)
