@@ -47,7 +47,12 @@ _FORMATS = {
 def _index(request: web.Request) -> SegmentIndex | web.Response:
     backend = request.app[BACKEND]
     if not hasattr(backend, "segment_index"):
-        return error(501, "not_served_here", "this backend keeps no segment membership")
+        return error(
+            501,
+            "not_served_here",
+            "this backend keeps no segment membership (the embedded runtime does, and the "
+            "distributed ingest when it follows the workers' segments topic)",
+        )
     index = backend.segment_index
     if index is None or not backend.ready:
         return error(503, "not_ready", "starting, recovering or stopping")
