@@ -170,6 +170,24 @@ def test_compose_nudge_commands_parse_and_agree() -> None:
     assert published == ["8080:8080"]
 
 
+def test_compose_models_refit_role() -> None:
+    """The CLV refit sidecar: `nudge models fit` on the workers' Kafka and Redis, on a
+    schedule, from an image with the `predict` extra (not a consumer group member)."""
+    compose = _compose()
+    svc = compose["services"]["models-refit"]
+    args = _parse(svc["command"])
+    assert (args.command, args.models_command) == ("models", "fit")
+    workers = [_parse(w["command"]) for w in _nudge_services().values()]
+    assert {(w.broker, w.redis, w.app_id, w.redis_prefix) for w in workers} == {
+        (args.broker, args.redis, args.app_id, args.redis_prefix)
+    }
+    assert args.every == "24h"
+    assert "predict" in svc["build"]["args"]["EXTRAS"].split(",")
+    assert (COMPOSE.parent / svc["build"]["context"]).resolve() == REPO
+    for dep in ("kafka", "redis"):
+        assert svc["depends_on"][dep]["condition"] == "service_healthy"
+
+
 def test_compose_prometheus_scrapes_every_nudge_process() -> None:
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
     targets = {
@@ -218,6 +236,7 @@ def test_k8s_files_parse_and_kustomization_lists_them() -> None:
     assert kinds == sorted(
         [
             "ConfigMap",
+            "CronJob",
             "Deployment",
             "Deployment",
             "Kustomization",
@@ -282,6 +301,21 @@ def test_k8s_deployment(component: str) -> None:
     assert volume["configMap"]["name"] == cm["metadata"]["name"]
     assert args.rules == [f"{mount['mountPath']}/{name}" for name in sorted(cm["data"])]
     assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_k8s_models_refit_cronjob() -> None:
+    (job,) = _of_kind("CronJob")
+    spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    args = _parse(c["args"])
+    assert (args.command, args.models_command) == ("models", "fit")
+    assert args.every is None  # the CronJob schedules it
+    (worker,) = [d for d in _of_kind("Deployment") if d["metadata"]["name"] == "nudge-worker"]
+    w = _parse(_container(worker)["args"])
+    assert (args.broker, args.redis, args.app_id) == (w.broker, w.redis, w.app_id)
+    assert c["image"].startswith(IMAGE)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
 
 
 def test_k8s_replicas_do_not_exceed_partitions() -> None:
