@@ -82,7 +82,8 @@ def apply_record(index: SegmentIndex, rec: Any) -> None:
 
 class SegmentFeed:
     """Follows the segments topic into ``index`` (see the module doc). ``start`` returns
-    at once; the topic may not exist yet (no worker started): it is waited for."""
+    at once; the topic may not exist yet (no worker started): it is waited for. Read
+    ``index`` afresh each time (an error replaces it with one read anew)."""
 
     def __init__(self, bootstrap: str, topic: str, index: SegmentIndex) -> None:
         self.bootstrap = bootstrap.removeprefix("kafka://")
@@ -131,34 +132,43 @@ class SegmentFeed:
             await client.force_metadata_update()
 
     async def _run(self) -> None:
+        """Follow the topic; after an unexpected error, read it again from the beginning
+        into a fresh index (not ready meanwhile)."""
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("segment feed failed; reading the topic again in 1 s")
+                self.caught_up = False
+                self.index = SegmentIndex(None)
+                self.records = 0
+                await asyncio.sleep(1.0)
+
+    async def _follow(self) -> None:
         consumer = self._consumer
-        try:
-            tps = await self._partitions()
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends: dict[Any, int] = await consumer.end_offsets(tps)
-            behind = {tp for tp, end in ends.items() if end > 0}
-            self.caught_up = not behind
-            while True:
-                batch = await consumer.getmany(timeout_ms=500, max_records=5000)
-                index = self.index
-                for recs in batch.values():
-                    for rec in recs:
-                        apply_record(index, rec)
-                    self.records += len(recs)
-                if behind:
-                    for tp in list(behind):
-                        if await consumer.position(tp) >= ends[tp]:
-                            behind.discard(tp)
-                    if not behind:
-                        self.caught_up = True
-                        logger.info(
-                            "segments topic %s read up to its end at start (%d records)",
-                            self.topic,
-                            self.records,
-                        )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("segment feed failed; the listing stays not ready")
-            self.caught_up = False
+        tps = await self._partitions()
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends: dict[Any, int] = await consumer.end_offsets(tps)
+        behind = {tp for tp, end in ends.items() if end > 0}
+        self.caught_up = not behind
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            index = self.index
+            for recs in batch.values():
+                for rec in recs:
+                    apply_record(index, rec)
+                self.records += len(recs)
+            if behind:
+                for tp in list(behind):
+                    if await consumer.position(tp) >= ends[tp]:
+                        behind.discard(tp)
+                if not behind:
+                    self.caught_up = True
+                    logger.info(
+                        "segments topic %s read up to its end at start (%d records)",
+                        self.topic,
+                        self.records,
+                    )
