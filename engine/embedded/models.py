@@ -14,6 +14,8 @@ and hands it to every partition's processor, which is all the pure core ever see
   process (:func:`fit_data_dir`), and stored versioned in ``states.db`` (state/sqlite.py,
   ``save_model``). The runtime loads the latest at start and on demand
   (``POST /v1/models/reload``). Until one exists every ``customer.predicted`` is null.
+  With ``RuntimeConfig.refit_every_s`` (``nudge run --refit-every``; off by default) the
+  runtime runs that fit itself on a schedule, in a subprocess, and reloads after each.
 
 Boundaries are not stored: they are recomputed from the recovered states at every start.
 """

@@ -267,6 +267,7 @@ async def test_the_ingest_serves_the_models_endpoints(redis: RedisState) -> None
         r = await client.post("/v1/models/rfm/refresh", headers=admin)
         assert r.status == 202
         body = await r.json()
+        check_schema("/v1/models/rfm/refresh", "post", 202, body)
         assert body["rfm"] is None
         assert isinstance(body["requested_at"], int)
         status = await redis.rfm_status()
