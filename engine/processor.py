@@ -22,7 +22,7 @@ from engine.intelligence.population import EMPTY, Population
 from engine.output import Output
 from engine.profile import apply_event
 from engine.scope import RuleScope
-from engine.segments import baseline, drop_removed, evaluate_segments
+from engine.segments import baseline, change_event, drop_removed, evaluate_segments
 from engine.types import Conversion, Event
 from rules.compiler import CompiledRule
 from rules.ruleset import RuleSet
@@ -189,9 +189,14 @@ class Processor:
         changes = evaluate_segments(
             rs, st, now, self._consent, self.timers, out, only, recount, counted, start, self._pop
         )
-        for ev in changes:
-            entered = ev.type.startswith("segment_entered:")
-            out.segment_changes.append((ev.customer_id, ev.properties["segment"], entered, now))
+        cid = st.customer_id
+        record = out.segment_changes.append
+        listened = rs.segment_inputs
+        for seg_id, entered in changes:
+            record((cid, seg_id, entered, now))
+            if (seg_id, entered) not in listened:
+                continue  # no rule triggers or exits on it: no input to build
+            ev = change_event(cid, seg_id, entered, now)
             plan = rs.plans.get(ev.type)
             if plan is None:
                 continue

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.intelligence.population import EMPTY, Population
-from engine.profile import customer_view
+from engine.profile import CUSTOMER_FIELDS, customer_view
 from engine.types import Event
 from state.customer import CustomerState, FlowInstance
 from state.windows import count
@@ -21,6 +21,7 @@ _CART_FIELDS: tuple[tuple[str, Callable[[CustomerState], Any]], ...] = (
     ("products", lambda st: sorted(st.cart) if st.cart else []),
 )
 _CART = frozenset(k for k, _ in _CART_FIELDS)
+_CART_GETTERS = dict(_CART_FIELDS)
 
 
 class RuleScope:
@@ -68,6 +69,15 @@ class RuleScope:
             trigger = self.flow.trigger or {}
             return trigger if keys is None else {k: trigger[k] for k in keys if k in trigger}
         return {}
+
+    def field(self, name: str, key: str) -> Any:
+        """``variable(name, {key})[key]`` for ``customer`` and ``cart``, without the map
+        (segment conditions' simple comparisons: rules/segments.py)."""
+        if name == "customer":
+            return CUSTOMER_FIELDS[key](self.state, self.consent, self.now, self.population)
+        if name == "cart":
+            return _CART_GETTERS[key](self.state)
+        return self.variable(name, frozenset({key}))[key]
 
     def function(self, name: str) -> Callable[..., Any]:
         return getattr(self, "_fn_" + name)  # type: ignore[no-any-return]

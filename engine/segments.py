@@ -21,12 +21,12 @@ from rules.ruleset import RuleSet
 from rules.segments import CompiledSegment
 from state.base import TimerStore
 from state.customer import SEGMENT_TIMER, CustomerState
-from state.windows import counted_change, next_change_of
+from state.windows import counted_change, next_crossing
 
 if TYPE_CHECKING:
     from engine.intelligence.population import Population
 
-__all__ = ["baseline", "drop_removed", "evaluate_segments"]
+__all__ = ["baseline", "change_event", "drop_removed", "evaluate_segments"]
 
 _ERRORS = (RuntimeError, TypeError, KeyError, ValueError)
 
@@ -60,11 +60,14 @@ def drop_removed(rs: RuleSet, st: CustomerState) -> None:
         st.segments = {k: v for k, v in members.items() if k in rs.segment_ids} or None
 
 
-def _change(kind: str, seg_id: str, st: CustomerState, now: int) -> Event:
+def change_event(customer_id: str, seg_id: str, entered: bool, now: int) -> Event:
+    """The rules' input for a change: ``segment_entered:<id>`` / ``segment_exited:<id>``
+    at ``now`` (built only when a rule triggers or exits on it)."""
+    kind = "segment_entered" if entered else "segment_exited"
     return Event(
         event_id=f"{kind}:{seg_id}:{now}",
         type=f"{kind}:{seg_id}",
-        customer_id=st.customer_id,
+        customer_id=customer_id,
         timestamp=from_ms(now),
         properties={"segment": seg_id},
     )
@@ -82,16 +85,20 @@ def evaluate_segments(
     counted: tuple[str, int] | None = None,
     start: tuple[str, ...] = (),
     population: Population | None = None,
-) -> list[Event]:
+) -> list[tuple[str, bool]]:
     """Re-evaluate ``st``'s segments at ``now`` (``segments``: only these, the ones the
     input can have changed; default all): record entries (with their time) and exits,
-    (re)schedule the segment timer, and return the change inputs, entries and exits in
-    segment order. A condition that fails to evaluate keeps the membership it had (the
-    error goes to ``out.errors``). ``recount``: work the timer's instant out again over
-    all counters (a first event, a merge, the timer firing); ``counted``: instead, one
-    event of this type at this time was counted, the only bucket that changed; neither:
-    the instant stands. ``start``: a new customer's membership before its first event
-    (:func:`baseline`), entered now. ``population``: for ``customer.rfm`` / ``.predicted``.
+    (re)schedule the segment timer, and return the changes, entries and exits in segment
+    order, as (segment id, entered?) (:func:`change_event` makes the rules' input of
+    one). A condition that fails to evaluate keeps the membership it had (the error goes
+    to ``out.errors``). ``recount``: work the timer's instant out again over all counters
+    (a first event, a merge, the timer firing): the first instant a count crosses a
+    threshold its conditions compare it with (state.windows.next_crossing); ``counted``:
+    instead, one event of this type at this time was counted, the only bucket that
+    changed: the timer moves to that bucket's leaving if earlier (never late; at worst
+    early, when the timer recounts); neither: the instant stands. ``start``: a new
+    customer's membership before its first event (:func:`baseline`), entered now.
+    ``population``: for ``customer.rfm`` / ``.predicted``.
 
     A state last evaluated under another rule set (``segments_digest`` differs) first
     loses its memberships of segments the rule set no longer has, without an exit.
@@ -99,13 +106,13 @@ def evaluate_segments(
     ``segments_digest``."""
     scope: RuleScope | None = None  # built for the first condition evaluated
     members = st.segments or {}
-    changes: list[Event] = []
+    changes: list[tuple[str, bool]] = []
     if members and st.segments_digest != rs.segments_digest:
         drop_removed(rs, st)
         members = st.segments or {}
     if start:
         members = {**members, **dict.fromkeys(start, now)}
-        changes += [_change("segment_entered", seg_id, st, now) for seg_id in start]
+        changes += [(seg_id, True) for seg_id in start]
     etype = counted[0] if counted is not None and segments is not None else None
     for seg in rs.segments if segments is None else segments:
         was = seg.id in members
@@ -124,14 +131,13 @@ def evaluate_segments(
             else:
                 members = {k: v for k, v in members.items() if k != seg.id}
                 st.segments_left = {**(st.segments_left or {}), seg.id: now}
-            kind = "segment_entered" if inside else "segment_exited"
-            changes.append(_change(kind, seg.id, st, now))
+            changes.append((seg.id, inside))
     st.segments = members or None
     if segments is None:  # all of them: the state is current for this rule set's segments
         st.segments_digest = rs.segments_digest
     # over every segment's count() windows: one timer serves them all
     if recount:
-        due = next_change_of(st.counters or {}, rs.segment_windows, now)
+        due = next_crossing(st.counters or {}, rs.segment_thresholds, now)
     elif counted is not None:
         due = st.segments_due
         at = counted_change(rs.segment_windows, counted[0], counted[1], now)

@@ -58,6 +58,11 @@ class Scope(Protocol):
 
     def function(self, name: str) -> Callable[..., Any]: ...
 
+    def field(self, name: str, key: str) -> Any:
+        """One top-level key of the map bound to ``name`` (KeyError when it has none):
+        what ``variable(name, {key})[key]`` gives, without building the map."""
+        ...
+
 
 class Expression:
     """A compiled CEL expression and what it references."""

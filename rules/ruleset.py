@@ -17,7 +17,7 @@ from rules.exceptions import RuleError, RuleErrors
 from rules.loader import Positions, SourceDoc, parse_specs, rule_files
 from rules.segments import CompiledSegment, compile_segment
 from rules.spec import RuleSpec, SegmentSpec, Settings
-from state.windows import WindowSpec, watch
+from state.windows import Thresholds, WindowSpec, watch, watch_thresholds
 
 __all__ = [
     "RECIPES_DIR",
@@ -71,7 +71,12 @@ class RuleSet:
     segment_counts: tuple[tuple[str, str], ...] = ()  # every (type, window) they count
     segment_count_types: frozenset[str] = frozenset()  # the types of those
     segment_windows: WindowSpec = field(default_factory=dict)  # the same, for next_change_of
+    # the same with the counts' thresholds, for next_crossing (the segment timer)
+    segment_thresholds: Thresholds = field(default_factory=dict)
     segment_ids: frozenset[str] = frozenset()
+    # the (segment id, entered?) changes a rule triggers or exits on: only those become
+    # ``segment_entered:<id>`` / ``segment_exited:<id>`` inputs for the rules
+    segment_inputs: frozenset[tuple[str, bool]] = frozenset()
     # a hash of the segments' ids and conditions (None: no segments); a customer state
     # evaluated under another one needs a backfill (CustomerState.segments_digest)
     segments_digest: str | None = None
@@ -148,11 +153,31 @@ class RuleSet:
         self.segment_counts = tuple(sorted({c for g in self.segments for c in g.counts}))
         self.segment_count_types = frozenset(t for t, _ in self.segment_counts)
         self.segment_windows = watch(self.segment_counts)
+        self.segment_thresholds = watch_thresholds(segment_thresholds(self.segments))
         self.segment_ids = frozenset(g.id for g in self.segments)
+        self.segment_inputs = frozenset(
+            (t.partition(":")[2], t.startswith("segment_entered:"))
+            for t in set(self.by_trigger) | set(self.by_exit)
+            if t.startswith(("segment_entered:", "segment_exited:"))
+        )
         self.segments_digest = segments_digest(self.segments)
         periods = [p for _, p in self.channel_caps.values()]
         periods += [r.cap[1] for r in order if r.cap]
         self.max_cap_period = max(periods, default=0)
+
+
+def segment_thresholds(
+    segments: Iterable[CompiledSegment],
+) -> dict[tuple[str, str], tuple[int, ...] | None]:
+    """(type, window) -> the thresholds the segments compare its count with (None when
+    one of them can turn at any drop of the count)."""
+    out: dict[tuple[str, str], set[int] | None] = {}
+    for seg in segments:
+        for pair in seg.counts:
+            limit = None if seg.thresholds is None else seg.thresholds.get(pair)
+            held = out.get(pair, set())
+            out[pair] = None if limit is None or held is None else held | {limit}
+    return {k: None if v is None else tuple(sorted(v)) for k, v in out.items()}
 
 
 def segments_digest(segments: Iterable[CompiledSegment]) -> str | None:

@@ -24,6 +24,7 @@ __all__ = [
     "SEGMENT_VARIABLES",
     "CompiledSegment",
     "compile_segment",
+    "count_thresholds",
     "directions",
     "fast_terms",
     "input_types",
@@ -111,8 +112,7 @@ def _literal(text: str) -> Any:
 
 def _getter(var: str | None, key: str | None, etype: str | None, window: str | None) -> Getter:
     if var is not None and key is not None:
-        keys = frozenset({key})
-        return lambda scope: scope.variable(var, keys)[key]
+        return lambda scope: scope.field(var, key)
     return lambda scope: scope.function("count")(etype, window)
 
 
@@ -160,6 +160,35 @@ def directions(source: str) -> tuple[frozenset[str], frozenset[str]] | None:
     return frozenset(rising), frozenset(falling)
 
 
+def count_thresholds(source: str) -> dict[tuple[str, str], int | None] | None:
+    """For a condition of simple comparisons joined by ``&&``, each ``count(t, w)``
+    term's threshold: the ``k`` such that, as the count only falls with time, the term
+    can turn only when it drops to ``k`` or below (``> k``, ``<= k``: ``k``; ``>= k``,
+    ``< k``: ``k - 1``; ``== 0``: 0); None for a term any drop can turn (``== k``,
+    ``!= k``, a non-integer literal). None when the condition is not that shape (every
+    bucket leaving then matters: state.windows.next_crossing)."""
+    out: dict[tuple[str, str], int | None] = {}
+    for part in source.split("&&"):
+        m = _TERM.match(part)
+        if m is None:
+            return None
+        _var, _key, etype, window, op, lit = m.groups()
+        if etype is None:
+            continue
+        value = _literal(lit)
+        limit: int | None = None
+        if type(value) is int:
+            if op in (">", "<="):
+                limit = value
+            elif op in (">=", "<"):
+                limit = value - 1
+            elif op == "==" and value == 0:
+                limit = 0
+        key = (etype, window)
+        out[key] = None if key in out else limit  # counted twice: any drop may matter
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledSegment:
     """A segment ready to evaluate; ``counts``: the (type, window) its condition counts;
@@ -177,6 +206,8 @@ class CompiledSegment:
     falling: frozenset[str] | None = None
     # the input types of its terms other than count() (they may move it either way)
     field_inputs: frozenset[str] = frozenset()
+    # (type, window) -> the count's threshold (see ``count_thresholds``); None: unknown
+    thresholds: dict[tuple[str, str], int | None] | None = None
 
     def unchanged_by(self, event_type: str, member: bool) -> bool:
         """Whether one more counted event of ``event_type`` certainly leaves membership
@@ -244,5 +275,6 @@ def compile_segment(
         None if dirs is None else dirs[0],
         None if dirs is None else dirs[1],
         _field_inputs(expr),
+        count_thresholds(spec.condition),
     )
     return compiled, []

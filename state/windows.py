@@ -16,13 +16,16 @@ import zlib
 __all__ = [
     "WINDOWS",
     "Counters",
+    "Thresholds",
     "WindowSpec",
     "count",
     "counted_change",
     "increment",
     "next_change_of",
+    "next_crossing",
     "type_code",
     "watch",
+    "watch_thresholds",
 ]
 
 Counters = dict[int, int]
@@ -71,13 +74,29 @@ def prune(counters: Counters, now: int) -> None:
         del counters[k]
 
 
+_count_specs: dict[tuple[str, str], tuple[int, int, int]] = {}
+
+
+def _count_spec(event_type: str, window: str) -> tuple[int, int, int]:
+    gran, length = WINDOWS[window]
+    spec = _count_specs[event_type, window] = (
+        type_code(event_type) << 2 | gran,
+        length,
+        _GRANS[gran][1],
+    )
+    return spec
+
+
 def count(counters: Counters, event_type: str, window: str, now: int) -> int:
     """Events of ``event_type`` in the sliding ``window`` ending at ``now``."""
-    gran, length = WINDOWS[window]
-    size = _GRANS[gran][1]
-    prefix = type_code(event_type) << 2 | gran
+    spec = _count_specs.get((event_type, window))
+    prefix, length, size = _count_spec(event_type, window) if spec is None else spec
     first = (now - length) // size
-    return sum(v for k, v in counters.items() if k >> 24 == prefix and (k & 0xFFFFFF) >= first)
+    n = 0
+    for k, v in counters.items():  # a loop, not sum(genexpr): ~2x faster on ~10 buckets
+        if k >> 24 == prefix and (k & 0xFFFFFF) >= first:
+            n += v
+    return n
 
 
 WindowSpec = dict[int, tuple[tuple[int, int], ...]]
@@ -91,6 +110,65 @@ def watch(pairs: tuple[tuple[str, str], ...]) -> WindowSpec:
         gran, length = WINDOWS[window]
         spec.setdefault(type_code(event_type) << 2 | gran, []).append((length, _GRANS[gran][1]))
     return {k: tuple(v) for k, v in spec.items()}
+
+
+Thresholds = dict[int, tuple[tuple[int, int, tuple[int, ...] | None], ...]]
+"""Counter key prefix -> (window length, bucket size, thresholds) watched under it: with
+thresholds ``ks``, only the instants the window's count drops to ``k`` or below for some
+``k`` in ``ks`` matter (``count(t, w) > 0`` turns only when the count reaches 0); None:
+every instant a bucket leaves the window does."""
+
+
+def watch_thresholds(pairs: dict[tuple[str, str], tuple[int, ...] | None]) -> Thresholds:
+    """The :data:`Thresholds` of (event type, window) -> thresholds, for
+    :func:`next_crossing`."""
+    spec: dict[int, list[tuple[int, int, tuple[int, ...] | None]]] = {}
+    for (event_type, window), ks in sorted(pairs.items()):
+        gran, length = WINDOWS[window]
+        spec.setdefault(type_code(event_type) << 2 | gran, []).append((length, _GRANS[gran][1], ks))
+    return {k: tuple(v) for k, v in spec.items()}
+
+
+def next_crossing(counters: Counters, spec: Thresholds, now: int) -> int | None:
+    """When the first of the counts ``spec`` watches next crosses one of its thresholds
+    if no event arrives (None: none will): for thresholds ``ks``, the earliest instant
+    the count, now above some ``k``, drops to ``k`` (the buckets leave oldest first: the
+    instant the last bucket that keeps it above ``k`` leaves); without thresholds, the
+    earliest instant a counted bucket leaves (as :func:`next_change_of`)."""
+    due: int | None = None
+    held: dict[tuple[int, int, int, tuple[int, ...]], list[tuple[int, int]]] | None = None
+    for k, v in counters.items():
+        prefix = k >> 24
+        spans = spec.get(prefix)
+        if spans is None or not v:
+            continue
+        index = k & 0xFFFFFF
+        for length, size, ks in spans:
+            if index < (now - length) // size:
+                continue
+            if ks is None:
+                at = (index + 1) * size + length
+                if due is None or at < due:
+                    due = at
+            else:
+                if held is None:
+                    held = {}
+                held.setdefault((prefix, length, size, ks), []).append((index, v))
+    for (_, length, size, ks), buckets in (held or {}).items():
+        total = sum(v for _, v in buckets)
+        buckets.sort()  # oldest first: the order they leave in
+        for limit in ks:
+            if total <= limit:
+                continue
+            left = total
+            for index, v in buckets:
+                left -= v
+                if left <= limit:
+                    at = (index + 1) * size + length
+                    if due is None or at < due:
+                        due = at
+                    break
+    return due
 
 
 def next_change_of(counters: Counters, spec: WindowSpec, now: int) -> int | None:

@@ -10,7 +10,7 @@ from engine.scope import RuleScope
 from engine.testing import RuleKit
 from rules.ruleset import load_ruleset
 from rules.segments import fast_terms
-from state.windows import next_change_of
+from state.windows import next_change_of, next_crossing
 
 STOCK = load_ruleset(["rules/recipes", "rules/segments"])
 EVENTS = st.lists(
@@ -72,6 +72,13 @@ def test_fast_path_equals_cel(events: list[tuple[str, int, int, float]]) -> None
                 assert seg.test(scope) == truth, (seg.id, state)
                 # the membership kept (baseline, per-type evaluation, timers) is the truth
                 assert (seg.id in (state.segments or {})) == truth, (seg.id, state)
-            if cid == f"c{c}":  # the timer's instant, kept up incrementally, is a recount's
-                full = next_change_of(state.counters or {}, STOCK.segment_windows, kit.now)
-                assert state.segments_due == full
+            if cid == f"c{c}":  # the timer, kept up incrementally, is never late: at or
+                # before the next threshold crossing, at or after a bucket leaving
+                crossing = next_crossing(state.counters or {}, STOCK.segment_thresholds, kit.now)
+                leaving = next_change_of(state.counters or {}, STOCK.segment_windows, kit.now)
+                if crossing is not None:
+                    assert state.segments_due is not None
+                    assert state.segments_due <= crossing
+                if state.segments_due is not None:
+                    assert leaving is not None
+                    assert state.segments_due >= leaving
