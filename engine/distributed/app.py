@@ -50,6 +50,7 @@ from engine.distributed.backfill import WorkerBackfill
 from engine.distributed.batching import BatchApp, BatchSender, OutputPipeline, StampedPayload
 from engine.distributed.config import WorkerConfig
 from engine.distributed.delivery import Deliverer
+from engine.distributed.models import WorkerModels
 from engine.distributed.processing import PartitionEngine
 from engine.distributed.rules import RuleWatcher, files_from_paths
 from engine.distributed.segments import SegmentChange, segment_records
@@ -123,6 +124,7 @@ class WorkerApp:
         self.router: Router | None = None
         self.watcher: RuleWatcher | None = None
         self.backfill: WorkerBackfill | None = None
+        self.models: WorkerModels | None = None  # RFM boundaries, CLV parameters (Redis)
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()
         self.rebalancing = True  # until the first recovery completes
@@ -197,8 +199,15 @@ class WorkerApp:
         self._needs_address = (self.router or Router.from_config(cfg.sinks)).needs_address
         ruleset, version = await self.watcher.initial()
         ruleset.require_addresses(self._needs_address)
-        self.engine = PartitionEngine(ruleset, version, self._flush)
+        self.engine = engine = PartitionEngine(ruleset, version, self._flush)
         self.backfill = self._new_backfill(self.redis)
+        self.models = WorkerModels(
+            self.redis,
+            lambda: engine.parts,
+            engine.set_population,
+            partition_count=cfg.partitions,
+        )
+        await self.models.start()
         self._ready.set()
         if self._recovered:
             await self._sync_assignment()
@@ -423,6 +432,12 @@ class WorkerApp:
             out["delivery"] = d
         if self.redis is not None:
             out["redis_outages"] = self.redis.outages
+        if self.models is not None:
+            pop = self.models.population
+            out["models"] = {
+                "clv_version": None if pop.clv is None else pop.clv.version,
+                "rfm": pop.rfm is not None,
+            }
         return out
 
     async def _write_stats(self) -> None:

@@ -40,6 +40,7 @@ from engine.driver import OutputHandler
 from engine.embedded.segment_backfill import held_digest
 from engine.events import decode_event
 from engine.exceptions import EventError
+from engine.intelligence.population import EMPTY, Population
 from engine.output import Output
 from engine.types import Action, Event
 from rules.ruleset import RuleSet
@@ -132,11 +133,21 @@ class PartitionEngine:
         self._forwards: list[Event] = []
         self._segments: dict[int, list[SegmentChange]] = {}
         self.stats = EngineStats(rules_version=rules_version)
+        # what customer.rfm / customer.predicted are computed against (engine/distributed/
+        # models.py keeps it); a partition assigned later gets it too
+        self.population: Population = EMPTY
+
+    def set_population(self, population: Population) -> None:
+        """Use ``population`` in every owned partition's processor (and later ones)."""
+        self.population = population
+        for part in self.parts.values():
+            part.driver.processor.population = population
 
     # --- ownership -----------------------------------------------------------------
     def assign(self, index: int, states: Iterable[CustomerState]) -> OwnedPartition:
         """Take partition ``index`` with its restored states (timers rebuilt from them)."""
         part = OwnedPartition(index, self.ruleset, self._output_handler(index))
+        part.driver.processor.population = self.population
         n = 0
         for st in states:
             part.load(st)

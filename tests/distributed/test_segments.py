@@ -18,12 +18,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.cli import main
 from engine.distributed.batching import Stamped
+from engine.distributed.models import CLV
 from engine.distributed.rules import publish_rules_async
 from engine.distributed.segments import SegmentFeed, segment_records
 from engine.embedded.segment_index import SegmentIndex
+from engine.intelligence.clv import CLVParams
 from engine.testing import START
 from engine.types import iso
 from rules.ruleset import RECIPES_DIR
+from state.redis import RedisState
 from tests.distributed.conftest import Cluster
 from tests.distributed.test_failover import wait_owned
 from tests.engine.embedded.conftest import running
@@ -54,6 +57,13 @@ id: buyers
 condition: "customer.orders >= 1"
 """
 FILES_V2 = {**FILES, "added.yaml": ADDED}
+PREDICTED = """
+kind: segment
+id: predicted
+description: the CLV model has a prediction (customers with an order)
+condition: "customer.predicted != null && customer.predicted.p_alive > 0.0"
+"""
+FILES_V3 = {**FILES_V2, "predicted.yaml": PREDICTED}
 CARTED = "carted-not-bought"
 
 
@@ -372,6 +382,36 @@ async def test_segments_on_the_worker_match_nudge_run(
                 return all(done) and sum(done) == customers
 
             await until("both workers' backfill counts", both_backfilled, c, 10)
+
+            # predictions on the workers: a CLV model stored in Redis (as `nudge models
+            # fit --broker` stores it) reaches both workers' processors, and a deployed
+            # segment reading customer.predicted holds every customer with an order
+            redis = RedisState(c.redis_url, prefix=c.prefix)
+            try:
+                stored = CLVParams(
+                    r=0.6, alpha=45.0, a=0.9, b=3.2, p=5.0, q=4.0, v=36.0,
+                    fitted_at=base, version=1, customers=100,
+                )  # fmt: skip
+                assert await redis.save_model(CLV, 1, orjson.dumps(stored.to_dict()).decode())
+            finally:
+                await redis.close()
+
+            async def models_applied() -> bool:
+                got = [c.stats(n).get("models", {}).get("clv_version") for n in ("w1", "w2")]
+                return got == [1, 1]
+
+            await until("the CLV model on both workers", models_applied, c, 20)
+            status, body = await get("/v1/models")
+            assert status == 200
+            assert body["clv"]["version"] == 1
+            await publish_rules_async(c.redis_url, FILES_V3, prefix=c.prefix)
+
+            async def predicted() -> bool:
+                return (await listed()).get("predicted") == want2["buyers"][0]
+
+            await until("the predicted segment backfilled", predicted, c)
+            status, page = await get("/v1/segments/predicted/members?limit=1000")
+            assert {m["customer_id"] for m in page["members"]} == want2["buyers"][1]
         # the same events and deploy through `nudge run`
         emb_before, emb_after = await embedded_view(tmp_path, [*solo(START), *trace(START + 10)])
         assert dist_before == emb_before == want
