@@ -54,6 +54,8 @@ OPENAPI_PATH = Path(__file__).parent / "openapi.json"
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _event_list = msgspec.json.Decoder(list[Event])
 _event = msgspec.json.Decoder(Event)
+
+
 def _fast_decode(body: bytes, is_array: bool) -> list[Event] | None:
     """All events of a valid body in one msgspec pass; None if anything is wrong."""
     try:
@@ -145,7 +147,7 @@ async def post_events(request: web.Request) -> web.Response:
 
 
 async def get_rules(request: web.Request) -> web.Response:
-    if (denied := auth(request, "admin")) is not None:
+    if (denied := auth(request, "read")) is not None:
         return denied
     b = request.app[BACKEND]
     rs = b.ruleset
@@ -205,7 +207,7 @@ async def put_rules(request: web.Request) -> web.Response:
 
 
 async def validate_rules(request: web.Request) -> web.Response:
-    if (denied := auth(request, "admin")) is not None:
+    if (denied := auth(request, "read")) is not None:
         return denied
     files = await _rule_files(request)
     if isinstance(files, web.Response):
@@ -219,7 +221,7 @@ async def validate_rules(request: web.Request) -> web.Response:
 
 
 async def get_customer(request: web.Request) -> web.Response:
-    if (denied := auth(request, "admin")) is not None:
+    if (denied := auth(request, "read")) is not None:
         return denied
     b = request.app[BACKEND]
     cid = request.match_info["customer_id"]

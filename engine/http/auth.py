@@ -1,8 +1,11 @@
-"""Bearer tokens: one scope writes events, one administers (rules, customers).
+"""Bearer tokens, three scopes: ``write`` sends events, ``read`` reads reports, segments
+and customers (the marketer's console), ``admin`` does everything (rules, erase, models).
 
 ``nudge run`` creates ``tokens.json`` in the data directory on first start (mode 0600) and
-logs its path; tokens can also come from ``NUDGE_WRITE_TOKEN`` / ``NUDGE_ADMIN_TOKEN``.
-The admin token may also write events.
+logs its path; a ``tokens.json`` written before the read scope existed gets a read token
+added on the next start. Tokens can also come from ``NUDGE_WRITE_TOKEN`` /
+``NUDGE_ADMIN_TOKEN`` (and ``NUDGE_READ_TOKEN``; without it there is no read token: only
+the admin token reads). The admin token may also write events and read.
 """
 
 from __future__ import annotations
@@ -16,13 +19,28 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Tokens"]
+__all__ = ["SCOPES", "Tokens"]
+
+SCOPES = ("write", "read", "admin")
+"""What a token may do: ``admin`` covers ``read`` and ``write``; ``read`` and ``write``
+cover only themselves."""
+
+
+def _write(path: Path, tokens: Tokens, *, create: bool) -> None:
+    body = {"write": tokens.write, "admin": tokens.admin, "read": tokens.read}
+    if create:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    else:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(body, fh, indent=2)
 
 
 @dataclass(frozen=True)
 class Tokens:
     write: str
     admin: str
+    read: str = ""  # empty: no read-only token (the admin token reads)
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> tuple[Tokens, Path, bool]:
@@ -31,19 +49,25 @@ class Tokens:
         path = data_dir / "tokens.json"
         env_w, env_a = os.environ.get("NUDGE_WRITE_TOKEN"), os.environ.get("NUDGE_ADMIN_TOKEN")
         if env_w and env_a:
-            return cls(env_w, env_a), path, False
+            return cls(env_w, env_a, os.environ.get("NUDGE_READ_TOKEN", "")), path, False
         if path.exists():
             d = json.loads(path.read_text(encoding="utf-8"))
-            return cls(str(d["write"]), str(d["admin"])), path, False
+            tokens = cls(str(d["write"]), str(d["admin"]), str(d.get("read") or ""))
+            if not tokens.read:  # written before the read scope: add one
+                tokens = cls(tokens.write, tokens.admin, "nr_" + secrets.token_urlsafe(24))
+                _write(path, tokens, create=False)
+            return tokens, path, False
         data_dir.mkdir(parents=True, exist_ok=True)
-        tokens = cls("nw_" + secrets.token_urlsafe(24), "na_" + secrets.token_urlsafe(24))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"write": tokens.write, "admin": tokens.admin}, fh, indent=2)
+        tokens = cls(
+            "nw_" + secrets.token_urlsafe(24),
+            "na_" + secrets.token_urlsafe(24),
+            "nr_" + secrets.token_urlsafe(24),
+        )
+        _write(path, tokens, create=True)
         return tokens, path, True
 
     def scope_of(self, header: str | None) -> str | None:
-        """``admin``, ``write`` or None for an Authorization header value: ``Bearer
+        """``admin``, ``write``, ``read`` or None for an Authorization header value: ``Bearer
         TOKEN``, or ``Basic`` with the token as user name and any password (Segment and
         RudderStack clients send their write key so)."""
         if not header:
@@ -64,4 +88,15 @@ class Tokens:
             return "admin"
         if hmac.compare_digest(token, self.write):
             return "write"
+        if self.read and hmac.compare_digest(token, self.read):
+            return "read"
         return None
+
+    def token_scope(self, token: str) -> str | None:
+        """The scope of a bare token (a console login or cookie), as :meth:`scope_of`."""
+        return self.scope_of("Bearer " + token) if token else None
+
+    @staticmethod
+    def allows(got: str, scope: str) -> bool:
+        """Whether a token of scope ``got`` may do what needs ``scope``."""
+        return got == "admin" or got == scope

@@ -120,8 +120,8 @@ def auth(
     if got is None:
         request.app[METRICS].events_rejected.labels(source, "unauthorized").inc()
         return error(401, "unauthorized", "missing or invalid bearer token or write key")
-    if scope == "admin" and got != "admin":
-        return error(403, "forbidden", "this endpoint needs the admin token")
+    if not Tokens.allows(got, scope):
+        return error(403, "forbidden", f"this endpoint needs the {scope} or admin token")
     return None
 
 

@@ -69,8 +69,8 @@ def served_models(app: web.Application) -> ModelsBackend | None:
     return got
 
 
-def _models(request: web.Request) -> ModelsBackend | web.Response:
-    if (denied := auth(request, "admin")) is not None:
+def _models(request: web.Request, scope: str = "admin") -> ModelsBackend | web.Response:
+    if (denied := auth(request, scope)) is not None:
         return denied
     backend = request.app[BACKEND]
     models = served_models(request.app)
@@ -88,7 +88,7 @@ def _models(request: web.Request) -> ModelsBackend | web.Response:
 
 
 async def get_models(request: web.Request) -> web.Response:
-    models = _models(request)
+    models = _models(request, "read")
     if isinstance(models, web.Response):
         return models
     return ok(await models.describe())

@@ -1,6 +1,6 @@
 """Segment membership over HTTP (docs/api.md, "Segments"): the segments of the running rule
 set with their sizes, a segment's members a page at a time, and the whole segment streamed
-as NDJSON or CSV (for ad audiences). All admin.
+as NDJSON or CSV (for ad audiences). Read token (or admin).
 
 Both backends answer from a segment index (engine/embedded/segment_index.py); nothing
 here reads or inflates a customer's state. The embedded runtime keeps its index from its
@@ -61,7 +61,7 @@ def _index(request: web.Request) -> SegmentIndex | web.Response:
 
 
 def _segment(request: web.Request) -> tuple[SegmentIndex, str] | web.Response:
-    if (denied := auth(request, "admin")) is not None:
+    if (denied := auth(request, "read")) is not None:
         return denied
     index = _index(request)
     if isinstance(index, web.Response):
@@ -74,7 +74,7 @@ def _segment(request: web.Request) -> tuple[SegmentIndex, str] | web.Response:
 
 
 async def list_segments(request: web.Request) -> web.Response:
-    if (denied := auth(request, "admin")) is not None:
+    if (denied := auth(request, "read")) is not None:
         return denied
     index = _index(request)
     if isinstance(index, web.Response):

@@ -40,7 +40,7 @@ class Harness:
         return str(self.server.make_url(path))
 
     def auth(self, scope: str = "write") -> dict[str, str]:
-        token = self.tokens.admin if scope == "admin" else self.tokens.write
+        token = {"admin": self.tokens.admin, "read": self.tokens.read}.get(scope, self.tokens.write)
         return {"Authorization": f"Bearer {token}"}
 
     async def post_events(self, body: Any, scope: str = "write") -> tuple[int, Any]:
