@@ -98,7 +98,9 @@ def evaluate_segments(
     changed: the timer moves to that bucket's leaving if earlier (never late; at worst
     early, when the timer recounts); neither: the instant stands. ``start``: a new
     customer's membership before its first event (:func:`baseline`), entered now.
-    ``population``: for ``customer.rfm`` / ``.predicted``.
+    ``population``: for ``customer.rfm`` / ``.predicted``; for segments reading them the
+    timer also comes back when time alone moves them (``Population.next_change``: the
+    instant R drops, at most an hour for predictions).
 
     A state last evaluated under another rule set (``segments_digest`` differs) first
     loses its memberships of segments the rule set no longer has, without an exit.
@@ -135,7 +137,10 @@ def evaluate_segments(
     st.segments = members or None
     if segments is None:  # all of them: the state is current for this rule set's segments
         st.segments_digest = rs.segments_digest
-    # over every segment's count() windows: one timer serves them all
+    # over every segment's count() windows and what they read of the population: one
+    # timer serves them all
+    reads = rs.segments_population
+    moves = None if not reads or population is None else population.next_change(st, now, reads)
     if recount:
         due = next_crossing(st.counters or {}, rs.segment_thresholds, now)
     elif counted is not None:
@@ -143,8 +148,12 @@ def evaluate_segments(
         at = counted_change(rs.segment_windows, counted[0], counted[1], now)
         if at is not None and (due is None or at < due):
             due = at
-    else:
+    elif moves is None:
         return changes
+    else:
+        due = st.segments_due
+    if moves is not None and (due is None or moves < due):
+        due = moves
     if due != st.segments_due:
         if st.segments_due is not None:
             timers.cancel(st.customer_id, SEGMENT_TIMER)

@@ -77,9 +77,15 @@ class RuleSet:
     # the (segment id, entered?) changes a rule triggers or exits on: only those become
     # ``segment_entered:<id>`` / ``segment_exited:<id>`` inputs for the rules
     segment_inputs: frozenset[tuple[str, bool]] = frozenset()
-    # a hash of the segments' ids and conditions (None: no segments); a customer state
-    # evaluated under another one needs a backfill (CustomerState.segments_digest)
+    # a hash of the segments' ids and conditions (None: no segments), and of the
+    # population the segments reading it were evaluated against (``use_population``);
+    # a customer state evaluated under another one needs a backfill
+    # (CustomerState.segments_digest)
     segments_digest: str | None = None
+    # the population-dependent customer fields the segments read ("rfm", "predicted")
+    segments_population: frozenset[str] = frozenset()
+    _conditions_digest: str | None = field(default=None, init=False, repr=False)
+    _population_key: str = field(default="", init=False, repr=False)
     # (rule id, channel) -> the send needs an address; the runtimes add what their sinks
     # need (``require_addresses``), settings.require_address covers every rule
     address_required: Callable[[str, str], bool] | None = None
@@ -95,6 +101,21 @@ class RuleSet:
             return True
         need = self.address_required
         return need is not None and need(rule_id, channel)
+
+    def use_population(self, key: str) -> bool:
+        """Mark the segments as evaluated against the population ``key``
+        (engine/intelligence/population.py ``Population.key`` of
+        ``segments_population``): when segments read it and the key changed, the digest
+        changes, so the runtime's backfill re-evaluates every customer against the new
+        boundaries or model. Returns whether the digest changed."""
+        if not self.segments_population or key == self._population_key:
+            return False
+        self._population_key = key
+        base = self._conditions_digest
+        self.segments_digest = (
+            None if base is None else hashlib.sha256(f"{base}|{key}".encode()).hexdigest()[:16]
+        )
+        return True
 
     def seen_rules(self, event_type: str) -> tuple[str, ...]:
         """Ids of the rules whose open flow instances record ``event_type`` in ``seen``."""
@@ -160,7 +181,8 @@ class RuleSet:
             for t in set(self.by_trigger) | set(self.by_exit)
             if t.startswith(("segment_entered:", "segment_exited:"))
         )
-        self.segments_digest = segments_digest(self.segments)
+        self.segments_population = frozenset().union(*(g.population for g in self.segments))
+        self._conditions_digest = self.segments_digest = segments_digest(self.segments)
         periods = [p for _, p in self.channel_caps.values()]
         periods += [r.cap[1] for r in order if r.cap]
         self.max_cap_period = max(periods, default=0)

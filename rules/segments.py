@@ -21,6 +21,7 @@ from rules.spec import SegmentSpec
 from state.windows import WINDOWS
 
 __all__ = [
+    "POPULATION_KEYS",
     "SEGMENT_VARIABLES",
     "CompiledSegment",
     "compile_segment",
@@ -28,6 +29,7 @@ __all__ = [
     "directions",
     "fast_terms",
     "input_types",
+    "population_reads",
 ]
 
 SEGMENT_VARIABLES = frozenset({"customer", "cart"})
@@ -189,6 +191,18 @@ def count_thresholds(source: str) -> dict[tuple[str, str], int | None] | None:
     return out
 
 
+POPULATION_KEYS = frozenset({"rfm", "predicted"})
+
+
+def population_reads(expr: Expression) -> frozenset[str]:
+    """The population-dependent ``customer`` fields ``expr`` reads (``rfm``,
+    ``predicted``; both when it reads the whole map)."""
+    if "customer" not in expr.variables:
+        return frozenset()
+    keys = expr.keys["customer"]
+    return POPULATION_KEYS if keys is None else keys & POPULATION_KEYS
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledSegment:
     """A segment ready to evaluate; ``counts``: the (type, window) its condition counts;
@@ -208,6 +222,8 @@ class CompiledSegment:
     field_inputs: frozenset[str] = frozenset()
     # (type, window) -> the count's threshold (see ``count_thresholds``); None: unknown
     thresholds: dict[tuple[str, str], int | None] | None = None
+    # what it reads that depends on the whole base: "rfm", "predicted" (time moves both)
+    population: frozenset[str] = frozenset()
 
     def unchanged_by(self, event_type: str, member: bool) -> bool:
         """Whether one more counted event of ``event_type`` certainly leaves membership
@@ -276,5 +292,6 @@ def compile_segment(
         None if dirs is None else dirs[1],
         _field_inputs(expr),
         count_thresholds(spec.condition),
+        population_reads(expr),
     )
     return compiled, []

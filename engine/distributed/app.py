@@ -55,6 +55,7 @@ from engine.distributed.processing import PartitionEngine
 from engine.distributed.rules import RuleWatcher, files_from_paths
 from engine.distributed.segments import SegmentChange, segment_records
 from engine.distributed.topics import key_partition
+from engine.intelligence.population import Population
 from engine.types import Action, Event
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
@@ -204,7 +205,7 @@ class WorkerApp:
         self.models = WorkerModels(
             self.redis,
             lambda: engine.parts,
-            engine.set_population,
+            self._on_population,
             partition_count=cfg.partitions,
         )
         await self.models.start()
@@ -220,6 +221,14 @@ class WorkerApp:
         self.engine.set_ruleset(ruleset, version)
         if self.backfill is not None and not self.rebalancing:
             self.backfill.start()  # else the recovery starts it
+
+    def _on_population(self, population: Population) -> None:
+        """New RFM boundaries or CLV parameters: segments reading them are re-evaluated
+        for every customer (the backfill; after a rebalance the recovery starts it)."""
+        assert self.engine is not None
+        changed = self.engine.set_population(population)
+        if changed and self.backfill is not None and not self.rebalancing:
+            self.backfill.start()
 
     def _new_backfill(self, redis: RedisState) -> WorkerBackfill:
         worker = f"{socket.gethostname()}:{os.getpid()}"

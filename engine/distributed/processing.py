@@ -137,11 +137,15 @@ class PartitionEngine:
         # models.py keeps it); a partition assigned later gets it too
         self.population: Population = EMPTY
 
-    def set_population(self, population: Population) -> None:
-        """Use ``population`` in every owned partition's processor (and later ones)."""
+    def set_population(self, population: Population) -> bool:
+        """Use ``population`` in every owned partition's processor (and later ones).
+        True when segments read what changed (their digest moved: a backfill
+        re-evaluates the customers, engine/distributed/backfill.py)."""
         self.population = population
         for part in self.parts.values():
             part.driver.processor.population = population
+        rs = self.ruleset
+        return rs.use_population(population.key(rs.segments_population))
 
     # --- ownership -----------------------------------------------------------------
     def assign(self, index: int, states: Iterable[CustomerState]) -> OwnedPartition:
@@ -162,6 +166,7 @@ class PartitionEngine:
 
     def set_ruleset(self, ruleset: RuleSet, version: int) -> None:
         """Hot swap: every partition runs ``ruleset`` from its next input on."""
+        ruleset.use_population(self.population.key(ruleset.segments_population))
         self.ruleset = ruleset
         self.rules_version = version
         self.stats.rules_version = version

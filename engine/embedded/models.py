@@ -57,6 +57,8 @@ class Host(Protocol):
 
     async def db(self, fn: Any, *args: Any) -> Any: ...
 
+    def population_changed(self, population: Population) -> None: ...
+
 
 __all__ = ["CLV", "Host", "Models", "fit_data_dir", "load_clv"]
 
@@ -132,6 +134,7 @@ class Models:
         self.population = population
         for p in self.runtime.parts:
             p.driver.processor.population = population
+        self.runtime.population_changed(population)
 
     async def reload(self) -> CLVParams | None:
         """Load the latest stored CLV parameters and use them from the next input on;

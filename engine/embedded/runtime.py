@@ -36,6 +36,7 @@ from engine.embedded.partition import Partition
 from engine.embedded.segment_backfill import SegmentBackfill
 from engine.embedded.segment_index import SegmentIndex
 from engine.events import encode_events
+from engine.intelligence.population import Population
 from engine.metrics import Metrics, type_label
 from engine.output import Output
 from engine.types import Event
@@ -105,6 +106,7 @@ class Runtime:
         self._wakes: list[asyncio.Event] = []
         self.queued = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._starting: set[asyncio.Task[None]] = set()  # backfill (re)starts in flight
         self._stopping = False
         self._no_writer = asyncio.Event()  # set while no checkpoint writer runs
         self._no_writer.set()
@@ -556,6 +558,18 @@ class Runtime:
             "checkpoint": counts["states"],
         }
 
+    def population_changed(self, population: Population) -> None:
+        """New RFM boundaries or CLV parameters (engine/embedded/models.py): when segments
+        read them, the rule set's segments digest changes and the backfill re-evaluates
+        every customer against them (at start, the start's own backfill does)."""
+        rs = self.ruleset
+        if rs is None:
+            return
+        if rs.use_population(population.key(rs.segments_population)) and self.ready:
+            task = asyncio.create_task(self.segment_backfill.start(rs), name="backfill-start")
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
     async def deploy(self, files: dict[str, str]) -> int:
         """Validate a whole rule set and swap it in; raises RuleErrors (nothing changes)."""
         assert self.store is not None
@@ -563,6 +577,8 @@ class Runtime:
         rs = await asyncio.to_thread(load_texts, sorted(files.items()))
         version: int = await self.db(self.store.save_rules, self.clock.now(), files)
         rs.require_addresses(self.router.needs_address)
+        if self.models is not None:  # segments reading rfm/predicted: the population's key
+            rs.use_population(self.models.population.key(rs.segments_population))
         self.ruleset, self.rules_files, self.rules_version = rs, dict(files), version
         for p in self.parts:
             p.set_ruleset(rs)

@@ -15,10 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.intelligence.clv import CLVParams, predict
-from engine.intelligence.rfm import RfmBoundaries, score
+from engine.intelligence.rfm import RfmBoundaries, next_score_change, score
 from state.customer import CustomerState
 
-__all__ = ["EMPTY", "Population"]
+__all__ = ["EMPTY", "PREDICTED_RECHECK_MS", "Population"]
+
+PREDICTED_RECHECK_MS = 3_600_000
+"""How often, at most, a segment reading ``customer.predicted`` is re-evaluated for a
+customer with no event (an hour): predictions drift continuously with the customer's age,
+so no instant is worked out; the segment timer comes back within this bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,32 @@ class Population:
         without orders (``next_order_at`` alone may be None too: clv.next_order_at)."""
         got = predict(self.clv, st, now)
         return None if got is None else got.to_dict()
+
+    def key(self, reads: frozenset[str]) -> str:
+        """What of this population the fields in ``reads`` (``rfm``, ``predicted``) are
+        computed from: the boundaries' cut points and the CLV version. It goes into the
+        segments' digest, so a refresh or a new model re-evaluates the segments reading
+        them (rules/ruleset.py, ``RuleSet.use_population``)."""
+        parts = []
+        if "rfm" in reads:
+            b = self.rfm  # the scores depend on the cut points alone (and the time)
+            parts.append("rfm=None" if b is None else f"rfm={b.recency}{b.frequency}{b.monetary}")
+        if "predicted" in reads:
+            parts.append(f"clv={None if self.clv is None else self.clv.version}")
+        return ";".join(parts)
+
+    def next_change(self, st: CustomerState, now: int, reads: frozenset[str]) -> int | None:
+        """When the fields in ``reads`` may next change for ``st`` with no event (None:
+        not by time alone): the instant R drops a score for ``rfm`` (exact), at most
+        ``PREDICTED_RECHECK_MS`` ahead for ``predicted`` (a bound)."""
+        due: int | None = None
+        if "rfm" in reads and self.rfm is not None:
+            due = next_score_change(self.rfm, st, now)
+        if "predicted" in reads and self.clv is not None and st.orders > 0:
+            at = now + PREDICTED_RECHECK_MS
+            if due is None or at < due:
+                due = at
+        return due
 
 
 EMPTY = Population()

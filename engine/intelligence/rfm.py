@@ -75,6 +75,7 @@ __all__ = [
     "SummaryError",
     "group_of",
     "needs_refresh",
+    "next_score_change",
     "recency_days",
     "score",
 ]
@@ -286,6 +287,20 @@ def _is_int(v: Any) -> TypeGuard[int]:
 
 def _is_num(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def next_score_change(bounds: RfmBoundaries, st: CustomerState, now_ms: int) -> int | None:
+    """The first instant after ``now_ms`` at which the customer's scores change with no
+    event (None: never): only R moves with time, one step down each time the whole days
+    since the last order pass a recency cut point (at ``last_order + (cut + 1) days``)."""
+    last = st.last_order
+    if st.orders <= 0 or last is None or bounds.customers == 0:
+        return None
+    days = recency_days(last, now_ms)
+    i = bisect_left(bounds.recency, days)
+    if i == len(bounds.recency):
+        return None  # R is 1 already
+    return last + (bounds.recency[i] + 1) * DAY_MS
 
 
 def score(bounds: RfmBoundaries, st: CustomerState, now_ms: int) -> Rfm | None:

@@ -1,0 +1,119 @@
+"""Segments on customer.rfm / customer.predicted move with time and with the population
+(issue 16): the segment timer comes back at the instant R drops (exact) and within the
+documented bound for predictions; a new population changes the segments' digest so the
+runtimes' backfill re-evaluates every customer."""
+
+from __future__ import annotations
+
+from engine.intelligence.clv import predict
+from engine.intelligence.population import PREDICTED_RECHECK_MS, Population
+from engine.intelligence.rfm import RfmBoundaries, next_score_change, score
+from engine.testing import RuleKit
+from tests.engine.test_population import PARAMS, SETTINGS
+
+DAY = 86_400_000
+HOUR = 3_600_000
+# R: 5 up to 1 day since the last order, 4 up to 3, 3 up to 10, 2 up to 30, then 1
+BOUNDS = RfmBoundaries(
+    recency=(1, 3, 10, 30),
+    frequency=(1, 2, 3, 5),
+    monetary=(10.0, 50.0, 100.0, 500.0),
+    customers=100,
+    computed_at=0,
+    exact=True,
+)
+SLIPPING = """
+kind: segment
+id: slipping
+description: R of 2 or less (no order for 11 days or more)
+condition: "customer.rfm != null && customer.rfm.r <= 2"
+---
+id: slipped
+trigger: {segment_entered: slipping}
+steps:
+  - send: {channel: webhook, template: come_back}
+"""
+FADING = """
+kind: segment
+id: fading
+condition: "customer.predicted != null && customer.predicted.p_alive < 0.5"
+"""
+
+
+def test_next_score_change_is_when_r_drops() -> None:
+    k = RuleKit.from_yaml(SETTINGS)
+    k.send("order_completed", "c1", {"order_id": "o1", "total": 20.0})
+    st = k.state("c1")
+    last = st.last_order
+    at = next_score_change(BOUNDS, st, k.now)
+    assert at == last + 2 * DAY  # 2 whole days since the order: past the cut at 1
+    for t in (at - 1, at):
+        got = score(BOUNDS, st, t)
+        assert got is not None
+    assert score(BOUNDS, st, at - 1).r == 5  # type: ignore[union-attr]
+    assert score(BOUNDS, st, at).r == 4  # type: ignore[union-attr]
+    assert next_score_change(BOUNDS, st, last + 31 * DAY) is None  # R is 1: no further drop
+
+
+def test_rfm_segment_flips_on_time_with_no_event() -> None:
+    k = RuleKit.from_yaml(SETTINGS, SLIPPING)
+    k.driver.processor.population = Population(BOUNDS, None)
+    k.send("order_completed", "c1", {"order_id": "o1", "total": 20.0})
+    last = k.state("c1").last_order
+    assert "slipping" not in (k.state("c1").segments or {})
+    # R drops to 2 once 11 whole days passed: the timer comes back then, not later
+    turn = last + 11 * DAY
+    k.advance(days=10, hours=23)
+    assert "slipping" not in (k.state("c1").segments or {})
+    k.advance(days=2)
+    st = k.state("c1")
+    assert st.segments["slipping"] == turn
+    [sent] = k.sent("slipped")
+    assert sent.customer_id == "c1"
+    # an order brings R back to 5 at once: the customer leaves
+    k.send("order_completed", "c1", {"order_id": "o2", "total": 20.0})
+    assert "slipping" not in (k.state("c1").segments or {})
+
+
+def test_predicted_segment_is_rechecked_within_the_bound() -> None:
+    k = RuleKit.from_yaml(SETTINGS, FADING)
+    k.driver.processor.population = Population(None, PARAMS)
+    for j in range(3):
+        k.send("order_completed", "c1", {"order_id": f"o{j}", "total": 30.0})
+        k.advance(days=2)
+    st = k.state("c1")
+    assert "fading" not in (st.segments or {})
+    # find the instant p_alive falls below 0.5 with no event, to the minute
+    t = k.now
+    while predict(PARAMS, st, t).p_alive >= 0.5:  # type: ignore[union-attr]
+        t += 60_000
+    k.advance(days=(t - k.now) / DAY + 1 / 24 + 1 / 1440)  # one hour (+1 min) past it
+    entered = k.state("c1").segments["fading"]
+    assert t - 60_000 < entered <= t + PREDICTED_RECHECK_MS
+
+
+def test_a_new_population_changes_the_digest_only_when_segments_read_it() -> None:
+    k = RuleKit.from_yaml(SETTINGS, SLIPPING)
+    rs = k.driver.processor.ruleset
+    assert rs.segments_population == frozenset({"rfm"})
+    before = rs.segments_digest
+    pop = Population(BOUNDS, None)
+    assert rs.use_population(pop.key(rs.segments_population))
+    after = rs.segments_digest
+    assert after != before
+    # a new CLV model alone: these segments do not read it
+    assert not rs.use_population(Population(BOUNDS, PARAMS).key(rs.segments_population))
+    assert rs.segments_digest == after
+    # boundaries of another scan with the same cut points: the same scores, no change
+    same = RfmBoundaries(BOUNDS.recency, BOUNDS.frequency, BOUNDS.monetary, 120, DAY, True)
+    assert not rs.use_population(Population(same, None).key(rs.segments_population))
+    # other cut points: a change
+    newer = RfmBoundaries((2, 4, 12, 40), BOUNDS.frequency, BOUNDS.monetary, 120, DAY, True)
+    assert rs.use_population(Population(newer, None).key(rs.segments_population))
+    assert rs.segments_digest not in (before, after)
+    plain = RuleKit.from_yaml(
+        SETTINGS, 'kind: segment\nid: buyers\ncondition: "customer.orders > 1"\n'
+    )
+    prs = plain.driver.processor.ruleset
+    assert prs.segments_population == frozenset()
+    assert not prs.use_population(Population(BOUNDS, PARAMS).key(prs.segments_population))
