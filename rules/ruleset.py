@@ -65,8 +65,8 @@ class RuleSet:
     # event type -> the segments its processing can change; other types: ``segments_any``
     segment_plan: dict[str, tuple[CompiledSegment, ...]] = field(default_factory=dict)
     segments_any: tuple[CompiledSegment, ...] = ()
-    # the segments time alone can move (count() windows, or reading anything, such as
-    # predictions): what the segment timer evaluates
+    # the segments time alone can move (count() windows, RFM and predictions, or reading
+    # anything): what the segment timer evaluates
     segments_timed: tuple[CompiledSegment, ...] = ()
     segment_counts: tuple[tuple[str, str], ...] = ()  # every (type, window) they count
     segment_count_types: frozenset[str] = frozenset()  # the types of those
@@ -161,7 +161,9 @@ class RuleSet:
         self.lateness = parse_duration(self.settings.allowed_lateness)
         self.future_tolerance = parse_duration(self.settings.future_tolerance)
         self.segments_any = tuple(g for g in self.segments if g.inputs is None)
-        self.segments_timed = tuple(g for g in self.segments if g.counts or g.inputs is None)
+        self.segments_timed = tuple(
+            g for g in self.segments if g.counts or g.inputs is None or g.population
+        )
         named = {t for g in self.segments for t in g.inputs or ()} | {"customer_merged"}
         self.segment_plan = {
             t: tuple(

@@ -56,6 +56,10 @@ _CUSTOMER_KEYS: dict[str, frozenset[str]] = {
     "last_order": _ORDER_TYPES,
     "consent": _CONSENT_TYPES,
     "attributes": _PROFILE_TYPES,
+    # computed from orders, order times and revenue (engine/intelligence/); what time and
+    # a new population do to them, the segment timer and the backfill handle
+    "rfm": _ORDER_TYPES,
+    "predicted": _ORDER_TYPES,
 }
 
 

@@ -301,13 +301,16 @@ class Predictions:
     orders expected in the next 90 days. ``clv_365d``: expected revenue in the next 365
     days, discounted at ``DISCOUNT_RATE_ANNUAL``. ``next_order_at``: epoch ms by which the
     customer has even odds of having ordered again (None: the model thinks them more
-    likely gone). ``churn_risk``: ``1 - p_alive``."""
+    likely gone). ``churn_risk``: ``1 - p_alive``. ``days_to_next_order``: the days from
+    the prediction's time to ``next_order_at`` (None with it), for conditions that need
+    "within a week" without a clock (segment conditions read no time)."""
 
     p_alive: float
     expected_orders_90d: float
     clv_365d: float
     next_order_at: int | None
     churn_risk: float
+    days_to_next_order: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -316,6 +319,7 @@ class Predictions:
             "clv_365d": self.clv_365d,
             "next_order_at": self.next_order_at,
             "churn_risk": self.churn_risk,
+            "days_to_next_order": self.days_to_next_order,
         }
 
 
@@ -328,10 +332,12 @@ def predict(m: CLVParams | None, st: CustomerState, now_ms: int) -> Predictions 
     if s is None:
         return None
     pa = p_alive(m, s)
+    due = next_order_at(m, s, now_ms)
     return Predictions(
         p_alive=pa,
         expected_orders_90d=expected_purchases(m, s, HORIZON_ORDERS_DAYS),
         clv_365d=clv(m, s, HORIZON_CLV_DAYS, DISCOUNT_RATE_ANNUAL),
-        next_order_at=next_order_at(m, s, now_ms),
+        next_order_at=due,
         churn_risk=1.0 - pa,
+        days_to_next_order=None if due is None else (due - now_ms) / DAY_MS,
     )

@@ -221,8 +221,11 @@ def test_predict_is_none_without_params_or_orders() -> None:
     assert pr.expected_orders_90d == expected_purchases(PARAMS, s, 90)
     assert pr.clv_365d == clv(PARAMS, s, 365, 0.10)
     assert pr.next_order_at == next_order_at(PARAMS, s, NOW)
+    assert pr.next_order_at is not None
+    assert pr.days_to_next_order == (pr.next_order_at - NOW) / 86_400_000
     assert set(pr.to_dict()) == {
         "p_alive", "expected_orders_90d", "clv_365d", "next_order_at", "churn_risk",
+        "days_to_next_order",
     }  # fmt: skip
 
 

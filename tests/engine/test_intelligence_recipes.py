@@ -65,3 +65,50 @@ def test_without_a_model_churn_risk_stays_empty() -> None:
     k.send("page_viewed", "c1")
     assert k.sent("churn-winback") == []
     assert "churn-risk" not in (k.state("c1").segments or {})
+
+
+def test_replenishment_reminder_before_the_predicted_date() -> None:
+    """A frequent buyer (an order every 2 days): as the orders add up the model expects
+    the next one sooner; at the 8th (6.5 days ahead) the customer enters replenishment-due
+    and gets the reminder with the days left, once in 30 days however many follow."""
+    k = kit(Population(None, PARAMS))
+    for n in range(7):
+        order(k, "c1", n, 25.0)
+        k.advance(days=2)
+    assert k.sent("replenishment-reminder") == []  # 7.4 days ahead after the 7th
+    for n in range(7, 12):
+        order(k, "c1", n, 25.0)
+        k.advance(days=2)
+    [mail] = k.sent("replenishment-reminder")
+    assert mail.template == "replenishment_reminder"
+    assert 0.0 <= mail.params["due_in_days"] <= 7.0
+    st = k.state("c1")
+    assert "replenishment-due" in (st.segments or {})
+    assert len(k.sent("replenishment-reminder")) == 1  # 1/30d
+
+
+def test_rfm_group_segments_follow_the_groups() -> None:
+    """The stock rfm-<group> segments: every buyer in exactly the segment of its group,
+    against boundaries computed from the base."""
+    from engine.intelligence.rfm import RfmBuilder
+
+    k = kit()
+    for i in range(20):
+        for n in range(i % 5 + 1):
+            order(k, f"c{i}", n, 20.0 * (i + 1))
+        k.advance(days=i)
+    builder = RfmBuilder()
+    for st in k.driver.store:
+        builder.add(st, k.now)
+    pop = Population(builder.build(k.now), None)
+    k.driver.processor.population = pop
+    for i in range(20):  # an order: the RFM segments are evaluated against ``pop``
+        k.send("order_completed", f"c{i}", {"order_id": f"last-{i}", "total": 1.0})
+    groups = RULES.segment_ids
+    for i in range(20):
+        st = k.state(f"c{i}")
+        rfm = pop.rfm_of(st, k.now)
+        assert rfm is not None
+        mine = {s for s in (st.segments or {}) if s.startswith("rfm-")}
+        assert mine == {"rfm-" + rfm["group"].replace("_", "-")}
+        assert mine <= groups

@@ -142,9 +142,16 @@ def test_a_segment_condition_on_customer_rfm() -> None:
     k = RuleKit.from_yaml(SETTINGS, SEGMENT)
     base(k)
     assert k.state("c9").segments is None  # no boundaries yet: rfm null, not a member
-    k.driver.processor.population = population(k)
-    k.send("page_viewed", "c9")  # any event re-evaluates a condition on customer.rfm
-    k.send("page_viewed", "c0")
+    proc = k.driver.processor
+    pop = proc.population = population(k)
+    k.send("page_viewed", "c9")  # not an order: cannot move a condition on customer.rfm
+    assert "rfm-champions" not in (k.state("c9").segments or {})
+    # what a runtime does with a new population: the digest moves, the backfill
+    # re-evaluates everyone (engine/embedded/runtime.py population_changed)
+    rs = proc.ruleset
+    assert rs.use_population(pop.key(rs.segments_population))
+    for cid in ("c9", "c0"):
+        k.driver._emit(proc.backfill_segments(cid, k.now))
     assert "rfm-champions" in (k.state("c9").segments or {})
     assert "rfm-champions" not in (k.state("c0").segments or {})
     assert [a.customer_id for a in k.sent("welcome-champion")] == ["c9"]

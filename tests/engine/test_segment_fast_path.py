@@ -12,7 +12,7 @@ from rules.ruleset import load_ruleset
 from rules.segments import fast_terms
 from state.windows import next_change_of, next_crossing
 
-STOCK = load_ruleset(["rules/recipes", "rules/segments"])
+STOCK = load_ruleset(["rules/recipes", "rules/segments/stock.yaml"])
 EVENTS = st.lists(
     st.tuples(
         st.sampled_from(
@@ -82,3 +82,13 @@ def test_fast_path_equals_cel(events: list[tuple[str, int, int, float]]) -> None
                 if state.segments_due is not None:
                     assert leaving is not None
                     assert state.segments_due >= leaving
+
+
+def test_rfm_segments_are_evaluated_at_orders_and_by_the_timer() -> None:
+    rs = load_ruleset(["rules/segments/rfm.yaml"])
+    assert len(rs.segments) == 11
+    for seg in rs.segments:
+        assert seg.population == frozenset({"rfm"})
+        assert seg.inputs == frozenset({"order_completed", "order_refunded"})
+    assert rs.segments_timed == rs.segments  # time moves R
+    assert "page_viewed" not in rs.segment_plan
