@@ -11,6 +11,7 @@ PY=${PYTHON:-python3}
 bash deploy/scripts/install-redis.sh
 bash deploy/scripts/install-prometheus.sh
 bash deploy/scripts/install-kafka.sh >/dev/null
+bash deploy/scripts/install-chromium.sh >/dev/null
 echo "== ruff"; .venv/bin/ruff check .
 echo "== mypy"; .venv/bin/mypy
 echo "== pytest"; .venv/bin/python -m pytest "$@"

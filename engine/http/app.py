@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.sources.config import SourcesConfig
+from engine import console
 from engine.events import INTERNAL_TYPES, decode_event, validate_properties
 from engine.exceptions import EventError
 from engine.http import models, segment, segments, webhooks
@@ -278,6 +279,7 @@ def create_app(
     add_source_route(app, "POST", "/v1/events", post_events, "native")
     segment.install(app)
     segments.install(app)
+    console.install(app)
     models.install(app)
     webhooks.install(app, sources if sources is not None else SourcesConfig.load())
     app.router.add_get("/v1/rules", get_rules)

@@ -1,0 +1,137 @@
+"""What the embedded runtime keeps of the recent past, read for the console.
+
+The runtime journals every accepted event (``journal.db``: one row per request, a JSON
+array, kept ``journal_retention_days`` and until checkpointed) and keeps actions in its
+outbox (``state.db``: pending, then sent for a day). Nothing keeps a per-customer history,
+so the console reads these through its own read-only SQLite connections (WAL: readers never
+block the runtime's writers), newest first and bounded:
+
+- :func:`last_events`: the last N events as JSON lines, for the backtest preview;
+- :func:`customer_events`: one customer's events among the last ``scan`` events accepted;
+- :func:`customer_actions`: one customer's actions still in the outbox.
+
+All of them are blocking: call them in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+
+__all__ = ["customer_actions", "customer_events", "last_events"]
+
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+class _Head(msgspec.Struct):
+    customer_id: str = ""
+    type: str = ""
+    event_id: str = ""
+    timestamp: str = ""
+
+
+_head = msgspec.json.Decoder(_Head)
+
+
+@contextlib.contextmanager
+def _readonly(path: Path) -> Iterator[sqlite3.Connection]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _rows_newest_first(data_dir: Path, max_events: int) -> Iterator[tuple[int, list[bytes]]]:
+    """(accepted_at ms, the request's events newest first) until ``max_events`` read."""
+    path = data_dir / "journal.db"
+    if not path.exists():
+        return
+    seen = 0
+    with _readonly(path) as db:
+        cur = db.execute("SELECT accepted_at, body FROM journal ORDER BY seq DESC")
+        for accepted_at, body in cur:
+            try:
+                raws = _raw_list.decode(body)
+            except msgspec.MsgspecError:
+                continue
+            events = [bytes(r) for r in reversed(raws) if bytes(r) != b"null"]  # null: erased
+            yield int(accepted_at), events
+            seen += len(events)
+            if seen >= max_events:
+                return
+
+
+def last_events(data_dir: Path, n: int) -> list[bytes]:
+    """The last ``n`` events accepted, oldest first, one JSON object each."""
+    out: list[bytes] = []
+    for _, events in _rows_newest_first(data_dir, n):
+        out.extend(events)
+    out = out[:n]
+    out.reverse()
+    return out
+
+
+def customer_events(
+    data_dir: Path, customer_id: str, scan: int, limit: int = 100
+) -> list[dict[str, Any]]:
+    """``customer_id``'s events among the last ``scan`` accepted, newest first (at most
+    ``limit``): ``{"type", "event_id", "timestamp", "accepted_at"}`` (no properties)."""
+    out: list[dict[str, Any]] = []
+    for accepted_at, events in _rows_newest_first(data_dir, scan):
+        for raw in events:
+            try:
+                head = _head.decode(raw)
+            except msgspec.MsgspecError:
+                continue
+            if head.customer_id == customer_id:
+                out.append(
+                    {
+                        "type": head.type,
+                        "event_id": head.event_id,
+                        "timestamp": head.timestamp,
+                        "accepted_at": accepted_at,
+                    }
+                )
+                if len(out) >= limit:
+                    return out
+    return out
+
+
+def customer_actions(data_dir: Path, customer_id: str, limit: int = 100) -> list[dict[str, Any]]:
+    """``customer_id``'s actions in the outbox (pending, dead or sent in the last day),
+    newest first: ``{"rule_id", "channel", "template", "variant", "fire_at", "status"}``."""
+    path = data_dir / "state.db"
+    if not path.exists():
+        return []
+    with _readonly(path) as db:
+        rows = db.execute(
+            "SELECT body, status FROM outbox WHERE customer_id = ? ORDER BY cause_at DESC LIMIT ?",
+            (customer_id, limit),
+        ).fetchall()
+    out = []
+    for body, status in rows:
+        try:
+            a = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(a, dict):
+            continue
+        out.append(
+            {
+                "rule_id": a.get("rule_id"),
+                "channel": a.get("channel"),
+                "template": a.get("template"),
+                "variant": a.get("variant"),
+                "fire_at": a.get("fire_at"),
+                "status": str(status),
+            }
+        )
+    out.sort(key=lambda a: a["fire_at"] or 0, reverse=True)
+    return out

@@ -1,0 +1,194 @@
+"""Segments and customer lookup pages (read scope).
+
+Segments read the backend's segment index like ``GET /v1/segments`` (engine/http/
+segments.py); exports are that API's own streams. The customer page is
+``GET /v1/customers/{id}``'s view (engine/http/views.py) plus the population's scores and
+a timeline assembled from what the runtime keeps (engine/console/history.py): no store
+keeps a customer's whole history, and the page says what the timeline covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from engine.console import api
+from engine.console.history import customer_actions, customer_events
+from engine.console.session import Session
+from engine.console.web import CONSOLE, redirect, render
+from engine.http.base import BACKEND
+from engine.http.views import customer_json
+from engine.types import iso
+
+__all__ = ["TIMELINE_SCAN", "customer_form", "customer_page", "export", "members", "segments"]
+
+TIMELINE_SCAN = 50_000
+"""Events of the journal (newest first) searched for a customer's timeline."""
+MEMBERS_PAGE = 50
+
+
+def _not_served(request: web.Request, session: Session, what: str) -> web.Response:
+    return render(request, "error.html", session, 501,
+                  message=f"This runtime does not serve {what}.")  # fmt: skip
+
+
+async def segments(request: web.Request, session: Session) -> web.StreamResponse:
+    backend = request.app[BACKEND]
+    index = getattr(backend, "segment_index", None)
+    rs = backend.ruleset
+    sampler = request.app[CONSOLE].sampler
+    rows = []
+    now = backend.clock.now()
+    if index is not None:
+        for seg in rs.segments if rs is not None else ():
+            if seg.id in index or index.open:
+                s = index.stats(seg.id, now)
+                rows.append(
+                    {
+                        "id": seg.id,
+                        "description": seg.description,
+                        "size": s.size,
+                        "entered_24h": s.entered_24h,
+                        "exited_24h": s.exited_24h,
+                        "history": [float(v) for v in sampler.segment_history(seg.id)],
+                    }
+                )
+    return render(request, "segments.html", session, rows=rows, served=index is not None)
+
+
+def _segment_known(request: web.Request, sid: str) -> bool:
+    rs = request.app[BACKEND].ruleset
+    return rs is not None and sid in {seg.id for seg in rs.segments}
+
+
+async def members(request: web.Request, session: Session) -> web.StreamResponse:
+    backend = request.app[BACKEND]
+    sid = request.match_info["segment_id"]
+    index = getattr(backend, "segment_index", None)
+    if index is None:
+        return _not_served(request, session, "segment membership")
+    if not _segment_known(request, sid):
+        return render(request, "error.html", session, 404, message=f"No segment {sid!r}.")
+    cursor = request.query.get("after") or None
+    page = index.page(sid, cursor, MEMBERS_PAGE)
+    rows = [{"customer_id": cid, "since": iso(at)} for cid, at in page]
+    nxt = page[-1][0] if len(page) == MEMBERS_PAGE else None
+    return render(
+        request,
+        "members.html",
+        session,
+        sid=sid,
+        rows=rows,
+        next_cursor=nxt,
+        size=index.size(sid),
+    )
+
+
+async def export(request: web.Request, session: Session) -> web.StreamResponse:
+    sid = request.match_info["segment_id"]
+    fmt = request.match_info["fmt"]
+    if fmt not in ("csv", "ndjson") or not _segment_known(request, sid):
+        return render(request, "error.html", session, 404, message="No such export.")
+    resp = await api.stream(request, f"/v1/segments/{sid}/members.{fmt}")
+    if resp is None:
+        return _not_served(request, session, "segment exports")
+    return resp
+
+
+async def customer_form(request: web.Request, session: Session) -> web.StreamResponse:
+    cid = request.query.get("id", "").strip()
+    if cid:
+        return redirect(f"/ui/customers/{_quote(cid)}")
+    return render(request, "customer_search.html", session)
+
+
+def _quote(cid: str) -> str:
+    from urllib.parse import quote
+
+    return quote(cid, safe="")
+
+
+def _data_dir(backend: Any) -> Path | None:
+    cfg = getattr(backend, "cfg", None)
+    data = getattr(cfg, "data_dir", None)
+    return Path(data) if data is not None else None
+
+
+async def customer_page(request: web.Request, session: Session) -> web.StreamResponse:
+    backend = request.app[BACKEND]
+    cid = request.match_info["customer_id"]
+    if not hasattr(backend, "partition"):
+        return _not_served(request, session, "customer lookups (the embedded runtime does)")
+    st = backend.partition(cid).store.get(cid)
+    if st is None:
+        return render(request, "customer_search.html", session, missing=cid)
+    now = backend.clock.now()
+    view = customer_json(st, backend.ruleset, now)
+    population = getattr(getattr(backend, "models", None), "population", None)
+    rfm = population.rfm_of(st, now) if population is not None else None
+    predicted = population.predicted_of(st, now) if population is not None else None
+    directory = _data_dir(backend)
+    events: list[dict[str, Any]] = []
+    actions: list[dict[str, Any]] = []
+    if directory is not None:
+        events = await asyncio.to_thread(customer_events, directory, cid, TIMELINE_SCAN)
+        actions = await asyncio.to_thread(customer_actions, directory, cid)
+    timeline = _timeline(view, events, actions)
+    return render(
+        request,
+        "customer.html",
+        session,
+        c=view,
+        rfm=rfm,
+        predicted=predicted,
+        segments=sorted((st.segments or {}).items()),
+        timeline=timeline,
+        scan=TIMELINE_SCAN,
+        journal=directory is not None,
+    )
+
+
+def _norm(ts: str) -> str:
+    """An event's RFC 3339 timestamp as ``iso`` writes them (so the timeline sorts)."""
+    try:
+        t = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return ts
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return iso(int(t.timestamp() * 1000))
+
+
+def _timeline(
+    view: dict[str, Any], events: list[dict[str, Any]], actions: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Events, actions and the flow starts the state records, newest first."""
+    items: list[dict[str, Any]] = []
+    for e in events:
+        items.append({"at": _norm(e["timestamp"]), "kind": "event", "what": e["type"],
+                      "detail": ""})  # fmt: skip
+    for a in actions:
+        at = iso(a["fire_at"]) if isinstance(a["fire_at"], int) else str(a["fire_at"])
+        items.append(
+            {
+                "at": at,
+                "kind": "action",
+                "what": f"{a['channel']}: {a['template']}",
+                "detail": f"{a['rule_id']} / {a['variant']} ({a['status']})",
+            }
+        )
+    for f in view["flows"]:
+        items.append(
+            {
+                "at": f["started_at"],
+                "kind": "flow",
+                "what": f"entered {f['rule_id']}",
+                "detail": f"variant {f['variant']}, at step {f['step']}",
+            }
+        )
+    items.sort(key=lambda i: str(i["at"] or ""), reverse=True)
+    return items
