@@ -31,6 +31,15 @@ from typing import Any
 import msgspec
 import orjson
 
+from state.analytics import (
+    ANALYTICS_SCHEMA,
+    Period,
+    fold,
+    prune,
+    read_periods,
+    split_pending,
+    write_pending,
+)
 from state.customer import CustomerState, load
 
 logger = logging.getLogger(__name__)
@@ -56,10 +65,13 @@ CREATE TABLE IF NOT EXISTS journal (
     body BLOB NOT NULL
 );
 """
-_STATES_SCHEMA = """
+_STATES_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS states (customer_id TEXT PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+    + ANALYTICS_SCHEMA  # campaign analytics (state/analytics.py), committed with the states
+)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     key TEXT PRIMARY KEY,
@@ -163,6 +175,9 @@ def _write_states(
         sdb.executemany(delete, ((cid,) for cid in deleted))
         n = 0
         for chunk in states:
+            # analytics: a customer's pending counts ride in its states' chunk
+            chunk, pending = split_pending(chunk)
+            write_pending(sdb, pending)
             _insert_rows(sdb, "INSERT OR REPLACE INTO states (customer_id, body) VALUES", chunk)
             n += len(chunk)
         sdb.executemany(delete, ((cid,) for cid in erased_after))
@@ -284,6 +299,8 @@ class SqliteStore:
         self.db = _connect(self.path / "state.db", synchronous, _SCHEMA)
         self.sdb = _connect(self.path / "states.db", synchronous, _STATES_SCHEMA)
         _migrate_states(self.db, self.sdb)
+        with _transaction(self.sdb):  # a crash between a checkpoint's steps left some
+            fold(self.sdb)
         row = self.jdb.execute("SELECT seq + n FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
         self._next_seq = int(row[0]) if row else 1  # appends are this connection's alone
 
@@ -523,6 +540,24 @@ class SqliteStore:
     def rule_versions(self) -> list[tuple[int, int]]:
         rows = self.db.execute("SELECT version, created_at FROM rules ORDER BY version")
         return [(int(v), int(c)) for v, c in rows]
+
+    # --- analytics -----------------------------------------------------------------
+    def analytics_periods(
+        self, hourly: bool, first: int, last: int, rule_id: str | None = None
+    ) -> list[Period]:
+        """Committed campaign counts of days (or hours) ``first``..``last``
+        (state/analytics.py)."""
+        return list(read_periods(self.sdb, hourly, first, last, rule_id))
+
+    def analytics_fold(self) -> int:
+        """After a checkpoint committed (and at open): its customers' pending counts join
+        the totals (state/analytics.py); how many customers' rows were folded."""
+        with _transaction(self.sdb):
+            return fold(self.sdb)
+
+    def analytics_prune(self, now: int, retention_days: float) -> None:
+        """Forget days older than ``retention_days`` and hours older than 8 days."""
+        prune(self.sdb, now, retention_days)
 
     # --- models --------------------------------------------------------------------
     # Fitted model parameters (engine/embedded/models.py), versioned, in ``states.db``'s

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.analytics.tally import ORPHAN, Taken
 from engine.embedded.outbox import Outbox
 from engine.embedded.partition import Partition
 from engine.embedded.spool import WRITER, SpoolWriter, writer_env
@@ -63,6 +64,9 @@ class PacedRound:
     seqs: dict[int, int] = field(default_factory=dict)
     taken: list[tuple[Partition, list[str], list[str]]] = field(default_factory=list)
     erased: set[str] = field(default_factory=set)  # customers erased during the round
+    # analytics: the packed customers' pending counts, written beside their states
+    # (engine/analytics/tally.py); given back if the round fails
+    counts: list[tuple[Partition, Taken]] = field(default_factory=list)
     states: int = 0
     pack_seconds: float = 0.0
 
@@ -83,19 +87,35 @@ class PacedRound:
                 for i in range(0, len(dirty), per_tick):
                     t0 = time.perf_counter()
                     rows = [(cid, body) for cid in dirty[i : i + per_tick] if (body := row(cid))]
-                    out.rows(rows)
                     self.states += len(rows)
+                    if p.tally is not None:  # analytics: in the same chunk as their states
+                        rows += self._take_counts(p, dirty[i : i + per_tick])
+                    out.rows(rows)
                     took = time.perf_counter() - t0
                     self.pack_seconds += took
                     await asyncio.sleep(self.tick)
+                if p.tally is not None and (orphans := self._take_counts(p, [ORPHAN])):
+                    out.rows(orphans)  # erased customers' counts
             deleted = [cid for _, _, gone in self.taken for cid in gone]
             left = await persist()
             out.trailer(self.seqs, deleted, Outbox.rows(left), sorted(self.erased))
+
+    def _take_counts(self, p: Partition, ids: list[str]) -> list[tuple[str, bytes]]:
+        assert p.tally is not None
+        taken = p.tally.take(ids)
+        if not taken:
+            return []
+        self.counts.append((p, taken))
+        return p.tally.rows(taken)
 
     def give_back(self) -> None:
         """A failed round: its customers go into the next one; its spool is removed."""
         for p, dirty, deleted in self.taken:
             p.restore_dirty(dirty, deleted)
+        for p, taken in self.counts:
+            assert p.tally is not None
+            p.tally.give_back(taken)
+        self.counts.clear()  # in place: the runtime reads it until folded
         with contextlib.suppress(FileNotFoundError):
             self.spool.unlink()
 

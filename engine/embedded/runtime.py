@@ -26,6 +26,7 @@ import msgspec
 
 from connectors.deadletter import DeadLetterStore
 from connectors.routing import Router
+from engine.analytics.tally import ORPHAN, Taken
 from engine.clock import Clock, SystemClock
 from engine.embedded.exceptions import NotReady
 from engine.embedded.ingest import Batch, GroupCommitWriter
@@ -42,6 +43,7 @@ from engine.output import Output
 from engine.types import Event
 from rules.loader import rule_files
 from rules.ruleset import RuleSet, load_ruleset, load_texts
+from state.analytics import Cell, Period
 from state.sqlite import SqliteStore
 
 __all__ = ["Runtime", "RuntimeConfig"]
@@ -81,6 +83,10 @@ class RuntimeConfig:
     # CLV refit schedule (engine/embedded/models.py): seconds between `nudge models fit`
     # subprocesses on the data directory, each followed by a reload; None: off
     refit_every_s: float | None = None
+    # campaign analytics (engine/analytics/): counted with every output, committed with
+    # the checkpoints; days kept this long (hours: 8 days)
+    analytics: bool = True
+    analytics_retention_days: float = 400.0
 
 
 def partition_of(customer_id: str, n: int) -> int:
@@ -121,6 +127,10 @@ class Runtime:
         self.models: Models | None = None
         # segments evaluated for existing customers after start and deploys
         self.segment_backfill = SegmentBackfill(self)
+        # analytics: counts a checkpoint took from the partitions that are not yet folded
+        # into the stored totals, and how many folds happened (engine/analytics/)
+        self._unfolded: list[tuple[Partition, Taken]] = []
+        self.analytics_folds = 0
 
     async def db(self, fn: Any, *args: Any) -> Any:
         """Run a state.db call on its thread."""
@@ -144,7 +154,7 @@ class Runtime:
         self.segment_index = SegmentIndex(self.ruleset)
         self.metrics.segment_members.source = self.segment_index.sizes
         n = cfg.partitions
-        self.parts = [Partition(i, self.ruleset, self._on_output) for i in range(n)]
+        self.parts = [Partition(i, self.ruleset, self._on_output, cfg.analytics) for i in range(n)]
         for p in self.parts:
             p.driver.idle_ms = int(cfg.compact_idle_s * 1000)
             p.store.compact_limit = cfg.compact_slice  # the driver's sweeps: one slice each
@@ -393,14 +403,18 @@ class Runtime:
                 for p, cid in dirty[i : i + chunk]
                 if (body := p.store.row(cid)) is not None
             ]
+            rows += self._take_counts(dirty[i : i + chunk], i + chunk >= len(dirty))
             ser += time.perf_counter() - t1
             if i + chunk < len(dirty):
                 done = self.outbox.rows(self.outbox.unpersisted())  # their events' actions
                 await self.db(self.store.write_states, rows, done)
                 rows = []
                 await asyncio.sleep(pause)  # pace it: ingest and timers keep their latency
+        if not dirty:
+            rows += self._take_counts([], True)
         actions = self.outbox.take_buffer()
         await self.db(self.store.checkpoint, rows, deleted, seqs, self.outbox.rows(actions))
+        await self._fold_counts()
         await self._checkpointed(seqs)
         await self.outbox.dispatch_persisted(actions)
         # Customer states are long-lived and acyclic: move everything alive now out of the
@@ -434,6 +448,7 @@ class Runtime:
             spread=cfg.checkpoint_interval * cfg.checkpoint_spread,
         )
         self._round = rnd
+        self._unfolded = rnd.counts  # analytics: read by reports until folded
         try:
             await rnd.pack(self.outbox.persist_all)
         except BaseException:
@@ -456,6 +471,7 @@ class Runtime:
             rnd.give_back()
             logger.error("checkpoint writer exited with %d; its states go in the next one", code)
             return False
+        await self._fold_counts()
         await self._checkpointed(rnd.seqs)
         took = time.perf_counter() - t0
         self.metrics.checkpoint.observe(took)
@@ -466,6 +482,52 @@ class Runtime:
             took,
         )
         return True
+
+    # --- analytics (engine/analytics/) ---------------------------------------------------
+    def _take_counts(self, dirty: list[tuple[Partition, str]], last: bool) -> list[Any]:
+        """Inline checkpoints: the pending counts of ``dirty`` customers as state rows
+        (``last``: with the erased customers' counts too)."""
+        rows: list[Any] = []
+        for p in self.parts:
+            if p.tally is None:
+                continue
+            ids = [cid for q, cid in dirty if q is p]
+            if last:
+                ids.append(ORPHAN)
+            taken = p.tally.take(ids)
+            if taken:
+                self._unfolded.append((p, taken))
+                rows += p.tally.rows(taken)
+        return rows
+
+    async def _fold_counts(self) -> None:
+        """After a checkpoint committed: its counts join the stored totals, then leave
+        memory (in this order, with no await in between on the loop's side, so a report
+        never counts them twice nor misses them: ``analytics_counts``)."""
+        assert self.store is not None
+        if self.cfg.analytics:
+            await self.db(self.store.analytics_fold)
+        self._unfolded = []
+        self.analytics_folds += 1
+
+    async def analytics_counts(
+        self, hourly: bool, first: int, last: int, rule_id: str | None = None
+    ) -> tuple[list[Period], Counter[Cell]]:
+        """Every count so far for days (or hours) ``first``..``last``: the stored totals
+        and the counts still in memory (by cell, all periods: the caller filters)."""
+        assert self.store is not None
+        while True:
+            folds = self.analytics_folds
+            mem: Counter[Cell] = Counter()
+            for p in self.parts:
+                if p.tally is not None:
+                    mem.update(p.tally.totals())
+            for _, taken in self._unfolded:
+                for counts in taken.values():
+                    mem.update(counts)
+            stored = await self.db(self.store.analytics_periods, hourly, first, last, rule_id)
+            if folds == self.analytics_folds:  # no checkpoint folded meanwhile
+                return stored, mem
 
     async def _checkpointed(self, seqs: dict[int, int]) -> None:
         """After a checkpoint committed: drop what it made redundant."""
@@ -478,6 +540,10 @@ class Runtime:
         while await self.jdb(self.store.trim_journal, upto, trim, _TRIM_PAGE, 1) == _TRIM_PAGE:
             pass
         await self.db(self.store.outbox_prune, self.clock.now() - _DAY)
+        if self.cfg.analytics:
+            await self.db(
+                self.store.analytics_prune, self.clock.now(), self.cfg.analytics_retention_days
+            )
 
     async def _compact(self) -> int:
         """Compact idle customers (state/memory.py) a slice per loop turn."""

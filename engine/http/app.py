@@ -24,7 +24,7 @@ from connectors.sources.config import SourcesConfig
 from engine import console
 from engine.events import INTERNAL_TYPES, decode_event, validate_properties
 from engine.exceptions import EventError
-from engine.http import models, segment, segments, webhooks
+from engine.http import models, reports, segment, segments, webhooks
 from engine.http.auth import Tokens
 from engine.http.base import (
     ADDRESS_BOOK,
@@ -279,6 +279,7 @@ def create_app(
     add_source_route(app, "POST", "/v1/events", post_events, "native")
     segment.install(app)
     segments.install(app)
+    reports.install(app)
     console.install(app)
     models.install(app)
     webhooks.install(app, sources if sources is not None else SourcesConfig.load())

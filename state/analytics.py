@@ -1,0 +1,179 @@
+"""Campaign analytics in ``states.db``: exact counts per rule x version x variant x step x
+metric, by day (kept ``retention_days``) and by hour (kept ``HOUR_RETENTION_DAYS``).
+
+Counts travel with the states whose processing produced them, so that a checkpoint
+holds either both or neither (engine/analytics/tally.py explains the whole scheme):
+
+- A customer's counts since its last checkpoint go in the same chunk of state rows as its
+  state, as a row whose id is ``PENDING_PREFIX + customer_id`` (``pending_row``). The
+  writers (``state.sqlite._write_states``) split those off into ``analytics_pending``,
+  in the same transaction as the states: a crash between two steps of a checkpoint
+  leaves a customer's newer state with its counts, or neither.
+- The row is the customer's cumulative counts since the last completed checkpoint
+  (``INSERT OR REPLACE``): a failed round's rows are overwritten by the next round's,
+  never added twice.
+- Once a checkpoint committed (its replay positions too), the engine folds every pending
+  row into ``analytics_day`` / ``analytics_hour`` and deletes them (``fold``), before
+  the next checkpoint starts; so does opening the store (a crash between a checkpoint's
+  steps, or before the fold, left some: their states are committed, so are they).
+
+Rows are compact: one per (day, rule, version), its body a MessagePack list of
+``[variant, step, metric, count]`` (about 8-12 bytes a count; a rule-day of a two-step
+rule with two variants and a holdout is ~300-500 bytes).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+import msgspec
+
+__all__ = [
+    "ANALYTICS_SCHEMA",
+    "DAY_MS",
+    "HOUR_MS",
+    "HOUR_RETENTION_DAYS",
+    "PENDING_PREFIX",
+    "Cell",
+    "Period",
+    "decode_pending",
+    "fold",
+    "is_pending",
+    "pending_row",
+    "prune",
+    "read_periods",
+    "split_pending",
+    "write_pending",
+]
+
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+HOUR_RETENTION_DAYS = 8  # the report's hourly granularity covers the last 7 days
+PENDING_PREFIX = "\x00analytics:"
+"""State rows whose id starts with this carry a customer's pending counts (no customer id
+starts with a NUL: ids are validated text)."""
+
+Cell = tuple[str, int, str, int, str, int]
+"""(rule id, rule version, variant, step, metric, hour): one counter. ``step`` is the
+compiled op index of the step (-1: the rule as a whole), ``hour`` the hour number since
+the epoch (ms // HOUR_MS) of the processing time."""
+
+_Key = tuple[str, int, str]  # (variant, step, metric)
+_Adds = dict[tuple[int, str, int], Counter[_Key]]  # (period, rule, version) -> counts
+
+Period = tuple[int, str, int, list[tuple[str, int, str, int]]]
+"""(day or hour number, rule id, version, [(variant, step, metric, count)])."""
+
+ANALYTICS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS analytics_pending (customer_id TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS analytics_day (
+    day INTEGER NOT NULL, rule_id TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (day, rule_id, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS analytics_hour (
+    hour INTEGER NOT NULL, rule_id TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY (hour, rule_id, version)
+) WITHOUT ROWID;
+"""
+
+_enc = msgspec.msgpack.Encoder()
+_cells = msgspec.msgpack.Decoder(list[tuple[str, int, str, int, str, int, int]])
+_body = msgspec.msgpack.Decoder(list[tuple[str, int, str, int]])
+
+
+def pending_row(customer_id: str, counts: Counter[Cell]) -> tuple[str, bytes]:
+    """The state-row form of a customer's pending counts."""
+    body = _enc.encode([(*cell, n) for cell, n in counts.items() if n])
+    return PENDING_PREFIX + customer_id, body
+
+
+def is_pending(row_id: str) -> bool:
+    return row_id.startswith(PENDING_PREFIX)
+
+
+def decode_pending(body: bytes) -> Counter[Cell]:
+    out: Counter[Cell] = Counter()
+    for r, v, var, step, metric, hour, n in _cells.decode(body):
+        out[(r, v, var, step, metric, hour)] += n
+    return out
+
+
+def split_pending(
+    rows: list[tuple[str, bytes]],
+) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+    """(state rows, pending-count rows keyed by customer id) of one chunk."""
+    if not any(r[0].startswith(PENDING_PREFIX) for r in rows):
+        return rows, []
+    cut = len(PENDING_PREFIX)
+    states = [r for r in rows if not r[0].startswith(PENDING_PREFIX)]
+    pending = [(r[0][cut:], r[1]) for r in rows if r[0].startswith(PENDING_PREFIX)]
+    return states, pending
+
+
+def _merge(db: sqlite3.Connection, table: str, col: str, adds: _Adds) -> None:
+    for (period, rule_id, version), counts in adds.items():
+        row = db.execute(
+            f"SELECT body FROM {table} WHERE {col} = ? AND rule_id = ? AND version = ?",
+            (period, rule_id, version),
+        ).fetchone()
+        have: Counter[_Key] = Counter()
+        if row is not None:
+            for var, step, metric, n in _body.decode(row[0]):
+                have[(var, step, metric)] += n
+        have.update(counts)
+        body = _enc.encode(sorted((*k, n) for k, n in have.items() if n))
+        db.execute(
+            f"INSERT OR REPLACE INTO {table} ({col}, rule_id, version, body) VALUES (?, ?, ?, ?)",
+            (period, rule_id, version, body),
+        )
+
+
+def fold(db: sqlite3.Connection) -> int:
+    """Inside the caller's transaction: add every pending row to the day and hour tables
+    and delete them. Returns how many pending rows were folded."""
+    rows = db.execute("SELECT body FROM analytics_pending").fetchall()
+    if not rows:
+        return 0
+    days: _Adds = {}
+    hours: _Adds = {}
+    for (body,) in rows:
+        for (rule_id, version, variant, step, metric, hour), n in decode_pending(body).items():
+            key = (variant, step, metric)
+            days.setdefault((hour // 24, rule_id, version), Counter())[key] += n
+            hours.setdefault((hour, rule_id, version), Counter())[key] += n
+    _merge(db, "analytics_day", "day", days)
+    _merge(db, "analytics_hour", "hour", hours)
+    db.execute("DELETE FROM analytics_pending")
+    return len(rows)
+
+
+def prune(db: sqlite3.Connection, now_ms: int, retention_days: float) -> None:
+    """Drop days older than ``retention_days`` and hours older than
+    ``HOUR_RETENTION_DAYS`` before ``now_ms`` (autocommit: each a range of the key)."""
+    day = int((now_ms - retention_days * DAY_MS) // DAY_MS)
+    db.execute("DELETE FROM analytics_day WHERE day < ?", (day,))
+    hour = (now_ms - HOUR_RETENTION_DAYS * DAY_MS) // HOUR_MS
+    db.execute("DELETE FROM analytics_hour WHERE hour < ?", (hour,))
+
+
+def write_pending(db: sqlite3.Connection, rows: Iterable[tuple[str, bytes]]) -> None:
+    """Inside the caller's transaction: each customer's cumulative pending counts."""
+    db.executemany(
+        "INSERT OR REPLACE INTO analytics_pending (customer_id, body) VALUES (?, ?)", rows
+    )
+
+
+def read_periods(
+    db: sqlite3.Connection, hourly: bool, first: int, last: int, rule_id: str | None = None
+) -> Iterator[Period]:
+    """Stored rows of days (or hours) ``first`` to ``last`` inclusive, one rule or all."""
+    table, col = ("analytics_hour", "hour") if hourly else ("analytics_day", "day")
+    sql = f"SELECT {col}, rule_id, version, body FROM {table} WHERE {col} BETWEEN ? AND ?"
+    args: tuple[object, ...] = (first, last)
+    if rule_id is not None:
+        sql += " AND rule_id = ?"
+        args = (first, last, rule_id)
+    for period, rid, version, body in db.execute(sql, args).fetchall():
+        yield int(period), str(rid), int(version), list(_body.decode(body))
