@@ -3,7 +3,8 @@ deploy/scripts/install-chromium.sh), driven by Playwright's sync API.
 
 The embedded runtime and its HTTP app run on an event loop in a thread of their own (the
 harness of tests/engine/embedded), so the browser, driven from the test's thread, never
-blocks the server. One browser per session; a fresh context (cookies, storage) per test.
+blocks the server. One browser per module (they are all in
+test_browser.py); a fresh context (cookies, storage) per test.
 Every page is watched: a console error or an uncaught exception fails the test.
 Screenshots go to ``$NUDGE_SCREENSHOTS`` (default: the test's tmp_path); with
 ``NUDGE_CONSOLE_DOCS=1`` a few are also written to docs/console/ for the README.
@@ -89,8 +90,11 @@ def server(tmp_path: Path) -> Iterator[ServerThread]:
         s.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """One Chromium for the browser tests (all in one module). Module, not session, scope:
+    sync Playwright keeps an event loop running on the main thread while it lives, and
+    the asyncio tests of later modules could not start theirs."""
     assert Path(CHROMIUM).exists(), "run deploy/scripts/install-chromium.sh"
     with sync_playwright() as pw:
         # launch() gives every browser a fresh temporary profile (user data dir)

@@ -5,12 +5,14 @@ Any console error or uncaught exception on any page fails the test (conftest.py)
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import orjson
 from playwright.sync_api import Page, expect
 
+from engine.console.web import CONSOLE
 from engine.testing import START
 from engine.types import iso
 from tests.console.conftest import ServerThread, Watched
@@ -36,6 +38,8 @@ def _seed(s: ServerThread) -> None:
     h = s.h
 
     async def go() -> None:
+        sampler = h.server.app[CONSOLE].sampler  # its 10 s loop: samples taken here instead
+        sampler.take()
         files = dict(h.runtime.rules_files)
         files[str(SEGMENTS)] = SEGMENTS.read_text(encoding="utf-8")
         await h.runtime.deploy(files)
@@ -50,8 +54,12 @@ def _seed(s: ServerThread) -> None:
         status, _ = await h.post_events(events)
         assert status == 202
         await h.settle()
+        await asyncio.sleep(0.05)
+        sampler.take()
         h.clock.advance(4 * H + 60_000)
         await h.settle()
+        await asyncio.sleep(0.05)
+        sampler.take()
         await h.post_events([ev(99, "order_completed", "c2", {"order_id": "o1", "total": 50.0},
                                 at=START + 5 * H)])  # fmt: skip
         await h.settle()
@@ -82,6 +90,9 @@ def test_read_login_overview_rule_segments_customer(server: ServerThread, watche
     assert cookie["sameSite"] == "Strict"
     assert s.h.tokens.read not in cookie["value"]
     expect(page.locator("header .scope")).to_have_text("read")
+    chart = page.locator("[data-chart=rates]")
+    expect(chart).to_have_attribute("data-drawn", "1")  # uPlot drew the 24 h rates
+    expect(chart.locator("canvas")).to_have_count(1)
     watched.shot("overview", docs=True)
 
     page.click("nav >> text=Rules")
@@ -133,7 +144,7 @@ def test_read_login_overview_rule_segments_customer(server: ServerThread, watche
     expect(page.get_by_test_id("customer-id")).to_have_text("c1")
     expect(page).to_have_url(s.h.url("/ui/customers/c1"))
     timeline = page.get_by_test_id("timeline")
-    expect(timeline.locator("tr.event td:nth-child(3)")).to_have_text(
+    expect(timeline.locator("tr.tl-event td:nth-child(3)")).to_have_text(
         ["cart_item_added", "customer_updated"]
     )
     flows = orjson.loads(orjson.dumps(s.call(_get(s, "/v1/customers/c1"))[1]["flows"]))
