@@ -77,7 +77,7 @@ async def test_report_exact_after_sigkill(tmp_path: Path, monkeypatch: pytest.Mo
     events = make_events(2400, int(time.time() * 1000) - 60_000, customers=211)
     batches = [events[i : i + 50] for i in range(0, len(events), 50)]
     accepted: list[dict[str, Any]] = []
-    kills = []
+    kills: list[int] = []
     second = len(batches)
     engine.start()
     try:
