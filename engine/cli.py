@@ -263,6 +263,40 @@ def _add_segments_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
     exp.set_defaults(func=_cmd_segments_export)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """The report API's figures as a file (engine/analytics/document.py)."""
+    import os
+
+    from engine.analytics.document import fetch, render
+
+    env = os.environ
+    token = args.token or env.get("NUDGE_READ_TOKEN") or env.get("NUDGE_ADMIN_TOKEN")
+    if not token:
+        print("no token: --token, NUDGE_READ_TOKEN or NUDGE_ADMIN_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        data = asyncio.run(fetch(args.url, token, args.rule, args.date_from, args.date_to))
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"{args.url}: {err}", file=sys.stderr)
+        return 1
+    out = Path(args.out or f"nudge-report.{args.format}")
+    for f in render(data, args.format, out):
+        print(f"wrote {f}", file=sys.stderr)
+    return 0
+
+
+def _add_report_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    rep = sub.add_parser("report", help="campaign report of a running engine into a file")
+    rep.add_argument("--url", default="http://127.0.0.1:8080")
+    rep.add_argument("--token", help="read (or admin) token; else NUDGE_READ_TOKEN")
+    rep.add_argument("--rule", help="one rule (default: every rule)")
+    rep.add_argument("--from", dest="date_from", help="first day, YYYY-MM-DD")
+    rep.add_argument("--to", dest="date_to", help="last day, YYYY-MM-DD")
+    rep.add_argument("--format", choices=["md", "html", "json"], default="html")
+    rep.add_argument("--out", help="file to write (md: charts as PNGs beside it)")
+    rep.set_defaults(func=_cmd_report)
+
+
 def _fit_once(args: argparse.Namespace, now_ms: int | None) -> Any:
     """One fit: of the distributed changelog (``--broker``) into Redis, or of a data
     directory's checkpointed states into its ``states.db``. Returns the CLVParams."""
@@ -495,6 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_worker_parser(sub)
     add_loadtest_parsers(sub)
+
+    _add_report_parser(sub)
 
     bt = sub.add_parser("backtest", help="run rules over a recorded JSONL trace")
     bt.add_argument("--rules", nargs="+", default=[str(RECIPES_DIR)])

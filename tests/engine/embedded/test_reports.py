@@ -238,3 +238,31 @@ async def test_errors(harness: Harness) -> None:
         assert r.status == 403
     rules = await get(h, "/v1/reports/rules")
     assert len(rules["rules"][0]["series"]) == 30  # the default span
+
+
+async def test_cli_writes_md_html_json(tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    from engine.cli import main
+
+    async with running(tmp_path / "data", checkpoint_interval=3600) as h:
+        await scenario(h)
+        api = await get(h, f"/v1/reports/rules/cart-test?from={DAY}&to={DAY}")
+        for fmt in ("md", "html", "json"):
+            out = tmp_path / f"report.{fmt}"
+            argv = ["report", "--url", h.url(""), "--token", h.tokens.read, "--format", fmt]
+            argv += ["--out", str(out), "--from", DAY, "--to", DAY]
+            assert await asyncio.to_thread(main, argv) == 0
+            text = out.read_text()
+            if fmt == "json":
+                assert json.loads(text)["rules"]["cart-test"]["detail"] == api
+                continue
+            assert "send email cart_reminder" in text
+            assert "not enough data yet" in text
+            if fmt == "md":
+                assert "| cart-test | 1 | 6 | 4 | 3 | 3 | 100.00 |" in text
+                png = tmp_path / "report-cart-test-funnel.png"
+                assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            else:
+                assert text.count('src="data:image/png;base64,') == 2
