@@ -24,7 +24,11 @@ import orjson
 
 from engine.backtest import BacktestResult, read_trace
 from engine.driver import Driver
+from engine.intelligence.clv import CLVParams
+from engine.intelligence.population import Population
+from engine.intelligence.rfm import RfmBuilder
 from engine.output import Output
+from load_tests.clv_synth import TRUE
 from load_tests.storefront import StorefrontConfig, storefront
 from rules.ruleset import RECIPES_DIR, load_ruleset
 
@@ -76,8 +80,13 @@ def _by_type(lines: list[bytes]) -> dict[str, dict[str, float]]:
 
 
 def _run(
-    lines: list[bytes], rules: list[str] | None = None
+    lines: list[bytes],
+    rules: list[str] | None = None,
+    population: Population | None = None,
+    drain_days: int = 400,
 ) -> tuple[Driver, BacktestResult, float]:
+    """The trace through a Driver, then its timers drained for ``drain_days``; returns the
+    seconds of both (``result.errors['event_phase_ms']``: the events alone)."""
     rs = load_ruleset(rules)
     result = BacktestResult()
     actions = 0
@@ -87,6 +96,9 @@ def _run(
         actions += len(out.actions)
 
     driver = Driver(rs, on_output=collect)
+    if population is not None:  # what a runtime hands the processors (RFM, CLV)
+        driver.processor.population = population
+        rs.use_population(population.key(rs.segments_population))
     gc.collect()
     gc.freeze()  # long-lived state: keep the cyclic GC off the hot path's back
     t0 = time.perf_counter()
@@ -94,18 +106,41 @@ def _run(
         result.events += 1
         driver.feed(ev)
     elapsed = time.perf_counter() - t0
-    driver.drain(driver.clock.now() + 400 * _DAY)
+    driver.drain(driver.clock.now() + drain_days * _DAY)
     elapsed_all = time.perf_counter() - t0
     result.errors["actions"] = actions
+    result.errors["event_phase_ms"] = round(elapsed * 1000)
     return driver, result, elapsed_all if elapsed_all > elapsed else elapsed
 
 
-def _memory(lines: list[bytes], rules: list[str] | None = None) -> dict[str, int]:
+def _population(lines: list[bytes]) -> Population:
+    """RFM boundaries over the trace's customers at its end, and a CLV model (the
+    parameters load_tests/clv_synth.py simulates from): what `nudge run` would hold."""
+    driver = Driver(load_ruleset())
+    for ev in read_trace(lines, BacktestResult()):
+        driver.feed(ev)
+    builder = RfmBuilder()
+    now = driver.clock.now()
+    for st in driver.store:
+        builder.add(st, now)
+    t = TRUE
+    clv = CLVParams(
+        t.r, t.alpha, t.a, t.b, t.p, t.q, t.v, fitted_at=now, version=1, customers=len(driver.store)
+    )
+    return Population(builder.build(now), clv)
+
+
+def _memory(
+    lines: list[bytes], rules: list[str] | None = None, population: Population | None = None
+) -> dict[str, int]:
     """States and timers held after the events, measured by tracemalloc."""
     rs = load_ruleset(rules)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     driver = Driver(rs)
+    if population is not None:
+        driver.processor.population = population
+        rs.use_population(population.key(rs.segments_population))
     res = BacktestResult()
     for ev in read_trace(lines, res):
         driver.feed(ev)
@@ -118,30 +153,46 @@ def _memory(lines: list[bytes], rules: list[str] | None = None) -> dict[str, int
     }
 
 
-def _compare(lines: list[bytes], extra: str, rounds: int) -> dict[str, Any]:
-    """The stock recipes alone (off) and with ``extra`` rule paths (on), alternating
-    off/on ``rounds`` times in this process: events/s of each round, memory of each."""
+def _compare(
+    lines: list[bytes], extra: list[str], rounds: int, population: bool = False
+) -> dict[str, Any]:
+    """The stock recipes alone (off) and with the ``extra`` rule paths (on; with
+    ``population``, also RFM boundaries and a CLV model), alternating off/on ``rounds``
+    times in this process: events/s of each round (events and the 400-day timer drain),
+    events/s of the events alone, memory of each."""
     recipes = [str(RECIPES_DIR)]
-    sides = {"off": recipes, "on": [*recipes, extra]}
+    sides = {"off": recipes, "on": [*recipes, *extra]}
+    pops = {"off": None, "on": _population(lines) if population else None}
     rates: dict[str, list[int]] = {"off": [], "on": []}
+    event_rates: dict[str, list[int]] = {"off": [], "on": []}
     actions: dict[str, int] = {}
     for _ in range(rounds):
         for side, rules in sides.items():
-            driver, result, elapsed = _run(lines, rules)
+            driver, result, elapsed = _run(lines, rules, pops[side])
             rates[side].append(round(result.events / elapsed))
+            event_rates[side].append(
+                round(result.events * 1000 / max(1, result.errors["event_phase_ms"]))
+            )
             actions[side] = result.errors["actions"]
             del driver
             gc.unfreeze()
             gc.collect()
-    report: dict[str, Any] = {"events": len(lines), "with": extra, "rounds": rounds}
+    report: dict[str, Any] = {
+        "events": len(lines),
+        "with": extra,
+        "population": population,
+        "rounds": rounds,
+    }
     for side, rules in sides.items():
         report[side] = {
             "events_per_s": rates[side],
+            "events_per_s_events_alone": event_rates[side],
             "actions": actions[side],
-            **_memory(lines, rules),
+            **_memory(lines, rules, pops[side]),
         }
-    ratios = sorted(on / off for off, on in zip(rates["off"], rates["on"], strict=True))
-    report["on_over_off_median"] = round(ratios[len(ratios) // 2], 3)
+    for name, got in (("", rates), ("_events_alone", event_rates)):
+        ratios = sorted(on / off for off, on in zip(got["off"], got["on"], strict=True))
+        report[f"on_over_off_median{name}"] = round(ratios[len(ratios) // 2], 3)
     return report
 
 
@@ -161,8 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--compare",
         metavar="PATH",
-        help="instead: the recipes alone against the recipes plus PATH (e.g. rules/segments),"
-        " alternating, events/s and bytes/customer of each",
+        nargs="+",
+        help="instead: the recipes alone against the recipes plus the PATHs (e.g."
+        " rules/segments rules/intelligence), alternating, events/s and bytes/customer of each",
+    )
+    p.add_argument(
+        "--population",
+        action="store_true",
+        help="with --compare: the 'on' side also has RFM boundaries and a CLV model",
     )
     p.add_argument("--rounds", type=int, default=3, help="with --compare: off/on pairs")
     args = p.parse_args(argv)
@@ -172,11 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     with path.open("rb") as fh:
         lines = fh.readlines()
     if args.compare:
-        print(
-            orjson.dumps(
-                _compare(lines, args.compare, args.rounds), option=orjson.OPT_INDENT_2
-            ).decode()
-        )
+        compared = _compare(lines, args.compare, args.rounds, args.population)
+        print(orjson.dumps(compared, option=orjson.OPT_INDENT_2).decode())
         return 0
     if args.by_type:
         by_type = _by_type(lines[: args.by_type])
