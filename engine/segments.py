@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from engine.output import Output
 from engine.scope import RuleScope
+from engine.segment_flips import next_flip
 from engine.types import Event, from_ms
 from rules.ruleset import RuleSet
 from rules.segments import CompiledSegment
@@ -99,8 +100,9 @@ def evaluate_segments(
     early, when the timer recounts); neither: the instant stands. ``start``: a new
     customer's membership before its first event (:func:`baseline`), entered now.
     ``population``: for ``customer.rfm`` / ``.predicted``; for segments reading them the
-    timer also comes back when time alone moves them (``Population.next_change``: the
-    instant R drops, at most an hour for predictions).
+    timer also comes back when time alone turns them: the instant R drops a score
+    (``Population.next_rfm_change``), the instant a predicted segment turns, searched to
+    the minute when those segments are evaluated (engine/segment_flips.py).
 
     A state last evaluated under another rule set (``segments_digest`` differs) first
     loses its memberships of segments the rule set no longer has, without an exit.
@@ -139,8 +141,16 @@ def evaluate_segments(
         st.segments_digest = rs.segments_digest
     # over every segment's count() windows and what they read of the population: one
     # timer serves them all
-    reads = rs.segments_population
-    moves = None if not reads or population is None else population.next_change(st, now, reads)
+    moves = None
+    if population is not None and rs.segments_population:
+        if rs.segments_rfm:
+            moves = population.next_rfm_change(st, now)
+        predicted = rs.segments_predicted
+        if predicted and (segments is None or any("predicted" in g.population for g in segments)):
+            # searched (~30 evaluations): only when those segments were evaluated
+            flip = next_flip(predicted, st, now, consent, population)
+            if flip is not None and (moves is None or flip < moves):
+                moves = flip
     if recount:
         due = next_crossing(st.counters or {}, rs.segment_thresholds, now)
     elif counted is not None:

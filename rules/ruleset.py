@@ -84,6 +84,10 @@ class RuleSet:
     segments_digest: str | None = None
     # the population-dependent customer fields the segments read ("rfm", "predicted")
     segments_population: frozenset[str] = frozenset()
+    segments_rfm: bool = False  # some segment reads customer.rfm
+    # the segments reading customer.predicted (when they turn is searched:
+    # engine/segment_flips.py)
+    segments_predicted: tuple[CompiledSegment, ...] = ()
     _conditions_digest: str | None = field(default=None, init=False, repr=False)
     _population_key: str = field(default="", init=False, repr=False)
     # (rule id, channel) -> the send needs an address; the runtimes add what their sinks
@@ -184,6 +188,8 @@ class RuleSet:
             if t.startswith(("segment_entered:", "segment_exited:"))
         )
         self.segments_population = frozenset().union(*(g.population for g in self.segments))
+        self.segments_rfm = "rfm" in self.segments_population
+        self.segments_predicted = tuple(g for g in self.segments if "predicted" in g.population)
         self._conditions_digest = self.segments_digest = segments_digest(self.segments)
         periods = [p for _, p in self.channel_caps.values()]
         periods += [r.cap[1] for r in order if r.cap]

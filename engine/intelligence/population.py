@@ -18,12 +18,9 @@ from engine.intelligence.clv import CLVParams, predict
 from engine.intelligence.rfm import RfmBoundaries, next_score_change, score
 from state.customer import CustomerState
 
-__all__ = ["EMPTY", "PREDICTED_RECHECK_MS", "Population"]
+__all__ = ["EMPTY", "Population"]
 
-PREDICTED_RECHECK_MS = 3_600_000
-"""How often, at most, a segment reading ``customer.predicted`` is re-evaluated for a
-customer with no event (an hour): predictions drift continuously with the customer's age,
-so no instant is worked out; the segment timer comes back within this bound."""
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,18 +61,11 @@ class Population:
             parts.append(f"clv={None if self.clv is None else self.clv.version}")
         return ";".join(parts)
 
-    def next_change(self, st: CustomerState, now: int, reads: frozenset[str]) -> int | None:
-        """When the fields in ``reads`` may next change for ``st`` with no event (None:
-        not by time alone): the instant R drops a score for ``rfm`` (exact), at most
-        ``PREDICTED_RECHECK_MS`` ahead for ``predicted`` (a bound)."""
-        due: int | None = None
-        if "rfm" in reads and self.rfm is not None:
-            due = next_score_change(self.rfm, st, now)
-        if "predicted" in reads and self.clv is not None and st.orders > 0:
-            at = now + PREDICTED_RECHECK_MS
-            if due is None or at < due:
-                due = at
-        return due
+    def next_rfm_change(self, st: CustomerState, now: int) -> int | None:
+        """When ``customer.rfm`` next changes for ``st`` with no event (None: not by time
+        alone): the instant R drops a score. (Predictions drift continuously: when a
+        condition on them turns is searched, engine/segment_flips.py.)"""
+        return None if self.rfm is None else next_score_change(self.rfm, st, now)
 
 
 EMPTY = Population()

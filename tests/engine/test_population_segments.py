@@ -1,13 +1,14 @@
 """Segments on customer.rfm / customer.predicted move with time and with the population
-(issue 16): the segment timer comes back at the instant R drops (exact) and within the
-documented bound for predictions; a new population changes the segments' digest so the
+(issue 16): the segment timer comes back at the instant R drops (exact) and within a
+minute of a predicted condition turning (searched); a new population changes the segments' digest so the
 runtimes' backfill re-evaluates every customer."""
 
 from __future__ import annotations
 
 from engine.intelligence.clv import predict
-from engine.intelligence.population import PREDICTED_RECHECK_MS, Population
+from engine.intelligence.population import Population
 from engine.intelligence.rfm import RfmBoundaries, next_score_change, score
+from engine.segment_flips import RESOLUTION_MS
 from engine.testing import RuleKit
 from tests.engine.test_population import PARAMS, SETTINGS
 
@@ -75,7 +76,7 @@ def test_rfm_segment_flips_on_time_with_no_event() -> None:
     assert "slipping" not in (k.state("c1").segments or {})
 
 
-def test_predicted_segment_is_rechecked_within_the_bound() -> None:
+def test_predicted_segment_turns_within_a_minute_with_no_event() -> None:
     k = RuleKit.from_yaml(SETTINGS, FADING)
     k.driver.processor.population = Population(None, PARAMS)
     for j in range(3):
@@ -87,9 +88,10 @@ def test_predicted_segment_is_rechecked_within_the_bound() -> None:
     t = k.now
     while predict(PARAMS, st, t).p_alive >= 0.5:  # type: ignore[union-attr]
         t += 60_000
-    k.advance(days=(t - k.now) / DAY + 1 / 24 + 1 / 1440)  # one hour (+1 min) past it
+    k.advance(days=(t - k.now) / DAY + 1 / 1440)  # a minute past it
     entered = k.state("c1").segments["fading"]
-    assert t - 60_000 < entered <= t + PREDICTED_RECHECK_MS
+    assert t - 60_000 < entered <= t + RESOLUTION_MS  # within a minute of the turn
+    assert predict(PARAMS, st, entered).p_alive < 0.5  # type: ignore[union-attr]
 
 
 def test_a_new_population_changes_the_digest_only_when_segments_read_it() -> None:
