@@ -54,13 +54,14 @@ def hand_over(st: CustomerState, timers: TimerStore) -> CustomerState:
         segments_left=None,
         segments_due=None,
         segments_digest=None,
+        segments_flip=None,
     )
     for inst in (st.flows or {}).values():
         if inst.due is not None:
             timers.cancel(st.customer_id, inst.rule_id)
     if st.segments_due is not None:
         timers.cancel(st.customer_id, SEGMENT_TIMER)
-    st.segments = st.segments_left = st.segments_due = None
+    st.segments = st.segments_left = st.segments_due = st.segments_flip = None
     st.timezone = st.consent = st.attributes = None
     st.orders, st.revenue = 0, 0.0
     st.first_order = st.last_order = None

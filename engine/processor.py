@@ -181,14 +181,16 @@ class Processor:
         recount: bool = True,
         counted: tuple[str, int] | None = None,
         start: tuple[str, ...] = (),
+        timer: bool = False,
     ) -> None:
         """Re-evaluate the segments (``only``: those the input can have changed); each
         entry or exit runs the rules' exits and triggers like an event at ``now``
         (engine/segments.py)."""
         rs = self._rs
         changes = evaluate_segments(
-            rs, st, now, self._consent, self.timers, out, only, recount, counted, start, self._pop
-        )
+            rs, st, now, self._consent, self.timers, out, only, recount, counted, start,
+            self._pop, timer,
+        )  # fmt: skip
         cid = st.customer_id
         record = out.segment_changes.append
         listened = rs.segment_inputs
@@ -372,7 +374,7 @@ class Processor:
                 # state was evaluated under another segment set
                 rs = self._rs
                 timed = rs.segments_timed if st.segments_digest == rs.segments_digest else None
-                self._segment_changes(st, now, out, timed)
+                self._segment_changes(st, now, out, timed, timer=True)
             return out
         inst = st.flows.get(rule_id) if st is not None and st.flows else None
         if st is None or inst is None or inst.due != due:

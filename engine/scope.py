@@ -70,14 +70,26 @@ class RuleScope:
             return trigger if keys is None else {k: trigger[k] for k in keys if k in trigger}
         return {}
 
-    def field(self, name: str, key: str) -> Any:
-        """``variable(name, {key})[key]`` for ``customer`` and ``cart``, without the map
-        (segment conditions' simple comparisons: rules/segments.py)."""
+    def field(self, name: str, key: str, sub: str | None = None) -> Any:
+        """``variable(name, {key})[key]`` (``[sub]``) for ``customer`` and ``cart``,
+        without the map (segment conditions' simple comparisons: rules/segments.py); a
+        prediction alone is computed without the others."""
         if name == "customer":
-            return CUSTOMER_FIELDS[key](self.state, self.consent, self.now, self.population)
-        if name == "cart":
-            return _CART_GETTERS[key](self.state)
-        return self.variable(name, frozenset({key}))[key]
+            if sub is not None and key == "predicted":
+                return self.population.predicted_field(self.state, self.now, sub)
+            value = CUSTOMER_FIELDS[key](self.state, self.consent, self.now, self.population)
+        elif name == "cart":
+            value = _CART_GETTERS[key](self.state)
+        else:
+            value = self.variable(name, frozenset({key}))[key]
+        if sub is None:
+            return value
+        return None if value is None else value[sub]
+
+    def present(self, name: str, key: str, sub: str | None = None) -> bool:
+        if name == "customer" and key == "predicted" and sub is None:
+            return self.population.has_predictions(self.state)
+        return self.field(name, key, sub) is not None
 
     def function(self, name: str) -> Callable[..., Any]:
         return getattr(self, "_fn_" + name)  # type: ignore[no-any-return]

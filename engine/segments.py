@@ -86,6 +86,7 @@ def evaluate_segments(
     counted: tuple[str, int] | None = None,
     start: tuple[str, ...] = (),
     population: Population | None = None,
+    timer: bool = False,
 ) -> list[tuple[str, bool]]:
     """Re-evaluate ``st``'s segments at ``now`` (``segments``: only these, the ones the
     input can have changed; default all): record entries (with their time) and exits,
@@ -102,7 +103,8 @@ def evaluate_segments(
     ``population``: for ``customer.rfm`` / ``.predicted``; for segments reading them the
     timer also comes back when time alone turns them: the instant R drops a score
     (``Population.next_rfm_change``), the instant a predicted segment turns, searched to
-    the minute when those segments are evaluated (engine/segment_flips.py).
+    the minute when an input can move the predictions (engine/segment_flips.py; kept in
+    ``segments_flip``). ``timer``: the segment timer is the input.
 
     A state last evaluated under another rule set (``segments_digest`` differs) first
     loses its memberships of segments the rule set no longer has, without an exit.
@@ -146,9 +148,16 @@ def evaluate_segments(
         if rs.segments_rfm:
             moves = population.next_rfm_change(st, now)
         predicted = rs.segments_predicted
-        if predicted and (segments is None or any("predicted" in g.population for g in segments)):
-            # searched (~30 evaluations): only when those segments were evaluated
-            flip = next_flip(predicted, st, now, consent, population)
+        if predicted:
+            flip = st.segments_flip
+            # searched (~30 evaluations) when the input can move the predictions (the
+            # predicted segments evaluated, not by the timer: orders, a merge, a
+            # backfill) or once the turn found before has come; else kept
+            fresh = segments is None or (
+                not timer and any("predicted" in g.population for g in segments)
+            )
+            if fresh or (flip is not None and flip <= now):
+                flip = st.segments_flip = next_flip(predicted, st, now, consent, population)
             if flip is not None and (moves is None or flip < moves):
                 moves = flip
     if recount:

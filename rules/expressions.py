@@ -58,9 +58,15 @@ class Scope(Protocol):
 
     def function(self, name: str) -> Callable[..., Any]: ...
 
-    def field(self, name: str, key: str) -> Any:
+    def field(self, name: str, key: str, sub: str | None = None) -> Any:
         """One top-level key of the map bound to ``name`` (KeyError when it has none):
-        what ``variable(name, {key})[key]`` gives, without building the map."""
+        what ``variable(name, {key})[key]`` gives, without building the map; with
+        ``sub``, that key's value's ``sub`` (None when the value is null)."""
+        ...
+
+    def present(self, name: str, key: str, sub: str | None = None) -> bool:
+        """Whether ``field(name, key, sub)`` is not null (without computing more of it
+        than that takes)."""
         ...
 
 

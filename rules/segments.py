@@ -101,14 +101,17 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
 }
 _TERM = re.compile(
-    r"^\s*(?:(customer|cart)\.([a-z_]+)|count\(\s*'([a-z0-9_]+)'\s*,\s*'([0-9a-z]+)'\s*\))"
-    r"\s*(==|!=|>=|<=|>|<)\s*(-?\d+\.\d+|-?\d+|true|false|'[^'\\]*')\s*$"
+    r"^\s*(?:(customer|cart)\.([a-z_]+)(?:\.([a-z_0-9]+))?"
+    r"|count\(\s*'([a-z0-9_]+)'\s*,\s*'([0-9a-z]+)'\s*\))"
+    r"\s*(==|!=|>=|<=|>|<)\s*(-?\d+\.\d+|-?\d+|true|false|null|'[^'\\]*')\s*$"
 )
 Getter = Callable[[Scope], Any]
 Term = tuple[Getter, Callable[[Any, Any], bool], Any]
 
 
 def _literal(text: str) -> Any:
+    if text == "null":
+        return None
     if text in ("true", "false"):
         return text == "true"
     if text.startswith("'"):
@@ -116,10 +119,29 @@ def _literal(text: str) -> Any:
     return float(text) if "." in text else int(text)
 
 
-def _getter(var: str | None, key: str | None, etype: str | None, window: str | None) -> Getter:
+def _getter(
+    var: str | None, key: str | None, sub: str | None, etype: str | None, window: str | None
+) -> Getter:
     if var is not None and key is not None:
+        if sub is not None:
+            return lambda scope: scope.field(var, key, sub)
         return lambda scope: scope.field(var, key)
     return lambda scope: scope.function("count")(etype, window)
+
+
+def _term(part: str) -> tuple[Getter, Callable[[Any, Any], bool], Any] | None:
+    """One simple comparison as (getter, operator, literal), or None. ``x == null`` /
+    ``x != null`` become a presence test: (is x there?, ==, False / True)."""
+    m = _TERM.match(part)
+    if m is None:
+        return None
+    var, key, sub, etype, window, op, lit = m.groups()
+    value = _literal(lit)
+    if value is None:
+        if op not in ("==", "!=") or var is None or key is None:
+            return None
+        return (lambda scope: scope.present(var, key, sub)), _OPS["=="], op == "!="
+    return _getter(var, key, sub, etype, window), _OPS[op], value
 
 
 def fast_terms(source: str) -> tuple[Term, ...] | None:
@@ -130,11 +152,10 @@ def fast_terms(source: str) -> tuple[Term, ...] | None:
     not match."""
     terms = []
     for part in source.split("&&"):
-        m = _TERM.match(part)
-        if m is None:
+        term = _term(part)
+        if term is None:
             return None
-        var, key, etype, window, op, lit = m.groups()
-        terms.append((_getter(var, key, etype, window), _OPS[op], _literal(lit)))
+        terms.append(term)
     return tuple(terms)
 
 
@@ -152,7 +173,7 @@ def directions(source: str) -> tuple[frozenset[str], frozenset[str]] | None:
         m = _TERM.match(part)
         if m is None:
             return None
-        _var, _key, etype, _window, op, lit = m.groups()
+        _var, _key, _sub, etype, _window, op, lit = m.groups()
         if etype is None:
             continue
         value = _literal(lit)
@@ -178,7 +199,7 @@ def count_thresholds(source: str) -> dict[tuple[str, str], int | None] | None:
         m = _TERM.match(part)
         if m is None:
             return None
-        _var, _key, etype, window, op, lit = m.groups()
+        _var, _key, _sub, etype, window, op, lit = m.groups()
         if etype is None:
             continue
         value = _literal(lit)

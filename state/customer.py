@@ -100,6 +100,11 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     # removed since, and the runtime backfills it (engine/embedded/segment_backfill.py).
     # Appended last: rows of earlier layouts load with None.
     segments_digest: str | None = None
+    # when a segment reading customer.predicted next turns with the state as it stands
+    # (engine/segment_flips.py), worked out when an input can move the predictions
+    # (orders, a merge, a backfill) and kept until then: a segment timer fired by a
+    # count() window reuses it. Appended last, like the digest.
+    segments_flip: int | None = None
 
     # --- derived views -------------------------------------------------------------
     @property

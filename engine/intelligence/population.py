@@ -11,10 +11,24 @@ field is then null (docs/rfm.md, docs/predictions.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.intelligence.clv import CLVParams, predict
+from engine.intelligence.clv import (
+    DAY_MS,
+    DISCOUNT_RATE_ANNUAL,
+    HORIZON_CLV_DAYS,
+    HORIZON_ORDERS_DAYS,
+    CLVParams,
+    Summary,
+    clv,
+    expected_purchases,
+    next_order_at,
+    p_alive,
+    predict,
+    summary,
+)
 from engine.intelligence.rfm import RfmBoundaries, next_score_change, score
 from state.customer import CustomerState
 
@@ -48,6 +62,22 @@ class Population:
         got = predict(self.clv, st, now)
         return None if got is None else got.to_dict()
 
+    def has_predictions(self, st: CustomerState) -> bool:
+        """Whether ``customer.predicted`` is not null (a model, and an order)."""
+        return self.clv is not None and summary(st, 0) is not None
+
+    def predicted_field(self, st: CustomerState, now: int, name: str) -> Any:
+        """One field of ``customer.predicted`` computed alone, the same value
+        :meth:`predicted_of` gives for it (None when that is null; KeyError for a field
+        it does not have)."""
+        m = self.clv
+        s = None if m is None else summary(st, now)
+        if m is None or s is None:
+            if name not in _PREDICTED:
+                raise KeyError(name)
+            return None
+        return _PREDICTED[name](m, s, now)
+
     def key(self, reads: frozenset[str]) -> str:
         """What of this population the fields in ``reads`` (``rfm``, ``predicted``) are
         computed from: the boundaries' cut points and the CLV version. It goes into the
@@ -67,6 +97,21 @@ class Population:
         condition on them turns is searched, engine/segment_flips.py.)"""
         return None if self.rfm is None else next_score_change(self.rfm, st, now)
 
+
+def _days_to_next(m: CLVParams, s: Summary, now: int) -> float | None:
+    due = next_order_at(m, s, now)
+    return None if due is None else (due - now) / DAY_MS
+
+
+_PREDICTED: dict[str, Callable[[CLVParams, Summary, int], Any]] = {
+    "p_alive": lambda m, s, now: p_alive(m, s),
+    "churn_risk": lambda m, s, now: 1.0 - p_alive(m, s),
+    "expected_orders_90d": lambda m, s, now: expected_purchases(m, s, HORIZON_ORDERS_DAYS),
+    "clv_365d": lambda m, s, now: clv(m, s, HORIZON_CLV_DAYS, DISCOUNT_RATE_ANNUAL),
+    "next_order_at": next_order_at,
+    "days_to_next_order": _days_to_next,
+}
+"""Each field of ``customer.predicted`` alone, as ``clv.predict`` computes it."""
 
 EMPTY = Population()
 """No boundaries, no model: every ``customer.rfm`` and ``customer.predicted`` is null."""

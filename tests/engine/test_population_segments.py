@@ -1,7 +1,7 @@
 """Segments on customer.rfm / customer.predicted move with time and with the population
 (issue 16): the segment timer comes back at the instant R drops (exact) and within a
-minute of a predicted condition turning (searched); a new population changes the segments' digest so the
-runtimes' backfill re-evaluates every customer."""
+minute of a predicted condition turning (searched); a new population changes the
+segments' digest so the runtimes' backfill re-evaluates every customer."""
 
 from __future__ import annotations
 
@@ -119,3 +119,31 @@ def test_a_new_population_changes_the_digest_only_when_segments_read_it() -> Non
     prs = plain.driver.processor.ruleset
     assert prs.segments_population == frozenset()
     assert not prs.use_population(Population(BOUNDS, PARAMS).key(prs.segments_population))
+
+
+def test_predicted_and_rfm_terms_take_the_fast_path_and_agree_with_cel() -> None:
+    from engine.scope import RuleScope
+    from rules.ruleset import load_ruleset
+
+    rs = load_ruleset(["rules/recipes", "rules/segments", "rules/intelligence"])
+    assert all(seg.terms is not None for seg in rs.segments)  # no CEL on the hot path
+    k = RuleKit.from_yaml(SETTINGS)
+    for j in range(9):
+        k.send("order_completed", "c1", {"order_id": f"o{j}", "total": 30.0 + j})
+        k.advance(days=2)
+    k.send("page_viewed", "c2")  # no order: predictions and rfm null
+    st1, st2 = k.state("c1"), k.state("c2")
+    for pop in (Population(BOUNDS, PARAMS), Population(None, None), Population(BOUNDS, None)):
+        for st in (st1, st2):
+            for days in (0, 3, 30, 300):
+                scope = RuleScope(st, k.now + days * DAY, {}, population=pop)
+                for seg in rs.segments:
+                    try:
+                        truth = seg.condition.test(scope)
+                    except (RuntimeError, TypeError, KeyError, ValueError):
+                        truth = None
+                    try:
+                        fast = seg.test(scope)
+                    except (RuntimeError, TypeError, KeyError, ValueError):
+                        fast = None
+                    assert fast == truth, (seg.id, st.customer_id, days, pop)

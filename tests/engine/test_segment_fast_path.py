@@ -40,7 +40,8 @@ def test_every_stock_segment_takes_the_fast_path() -> None:
 
 def test_conditions_beyond_simple_comparisons_go_to_cel() -> None:
     assert fast_terms("customer.orders > 0 || cart.items > 0") is None
-    assert fast_terms("customer.attributes.src == 'ads'") is None
+    assert fast_terms("customer.attributes['src'] == 'ads'") is None
+    assert fast_terms("customer.predicted.p_alive < x") is None
     assert fast_terms("!(customer.orders > 0)") is None
 
 
