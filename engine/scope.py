@@ -22,6 +22,7 @@ _CART_FIELDS: tuple[tuple[str, Callable[[CustomerState], Any]], ...] = (
 )
 _CART = frozenset(k for k, _ in _CART_FIELDS)
 _CART_GETTERS = dict(_CART_FIELDS)
+_UNSET: Any = object()
 
 
 class RuleScope:
@@ -29,7 +30,7 @@ class RuleScope:
     ``when``, ``flow`` for steps; ``population``: what ``customer.rfm`` and
     ``customer.predicted`` are computed against (default: nothing, both null)."""
 
-    __slots__ = ("consent", "event", "flow", "now", "population", "state")
+    __slots__ = ("_rfm", "consent", "event", "flow", "now", "population", "state")
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class RuleScope:
         self.event = event
         self.flow = flow
         self.population = EMPTY if population is None else population
+        self._rfm: Any = _UNSET  # customer.rfm, computed once per scope when read
 
     def variable(self, name: str, keys: frozenset[str] | None = None) -> Any:
         """The map bound to ``name`` (see rules.expressions.Scope); with ``keys``, only
@@ -75,9 +77,14 @@ class RuleScope:
         without the map (segment conditions' simple comparisons: rules/segments.py); a
         prediction alone is computed without the others."""
         if name == "customer":
-            if sub is not None and key == "predicted":
+            if key == "rfm":  # eleven RFM-group segments read it: once per evaluation
+                value = self._rfm
+                if value is _UNSET:
+                    value = self._rfm = self.population.rfm_of(self.state, self.now)
+            elif sub is not None and key == "predicted":
                 return self.population.predicted_field(self.state, self.now, sub)
-            value = CUSTOMER_FIELDS[key](self.state, self.consent, self.now, self.population)
+            else:
+                value = CUSTOMER_FIELDS[key](self.state, self.consent, self.now, self.population)
         elif name == "cart":
             value = _CART_GETTERS[key](self.state)
         else:
