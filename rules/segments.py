@@ -159,6 +159,20 @@ def fast_terms(source: str) -> tuple[Term, ...] | None:
     return tuple(terms)
 
 
+def _count_terms(source: str) -> list[tuple[str, str, str, Any]] | None:
+    """The ``count(type, window) op literal`` terms of a condition of simple comparisons
+    joined by ``&&`` as (type, window, op, literal), or None when it is not that shape."""
+    out = []
+    for part in source.split("&&"):
+        m = _TERM.match(part)
+        if m is None:
+            return None
+        _var, _key, _sub, etype, window, op, lit = m.groups()
+        if etype is not None:
+            out.append((etype, window, op, _literal(lit)))
+    return out
+
+
 def directions(source: str) -> tuple[frozenset[str], frozenset[str]] | None:
     """For a condition of simple comparisons joined by ``&&`` whose only ``count()`` terms
     compare with a literal, the event types that can only make it turn true (``rising``:
@@ -169,14 +183,10 @@ def directions(source: str) -> tuple[frozenset[str], frozenset[str]] | None:
     with a type not ``rising`` stays out (engine/segments.py skips those)."""
     rising: set[str] = set()
     falling: set[str] = set()
-    for part in source.split("&&"):
-        m = _TERM.match(part)
-        if m is None:
-            return None
-        _var, _key, _sub, etype, _window, op, lit = m.groups()
-        if etype is None:
-            continue
-        value = _literal(lit)
+    counts = _count_terms(source)
+    if counts is None:
+        return None
+    for etype, _window, op, value in counts:
         if op in (">", ">="):
             rising.add(etype)
         elif op in ("<", "<=") or (op == "==" and value == 0):
@@ -195,14 +205,10 @@ def count_thresholds(source: str) -> dict[tuple[str, str], int | None] | None:
     ``!= k``, a non-integer literal). None when the condition is not that shape (every
     bucket leaving then matters: state.windows.next_crossing)."""
     out: dict[tuple[str, str], int | None] = {}
-    for part in source.split("&&"):
-        m = _TERM.match(part)
-        if m is None:
-            return None
-        _var, _key, _sub, etype, window, op, lit = m.groups()
-        if etype is None:
-            continue
-        value = _literal(lit)
+    counts = _count_terms(source)
+    if counts is None:
+        return None
+    for etype, window, op, value in counts:
         limit: int | None = None
         if type(value) is int:
             if op in (">", "<="):

@@ -69,6 +69,29 @@ def _range(request: web.Request, backend: Any, max_days: int) -> tuple[int, int]
     return day_number(first), day_number(to)
 
 
+def _open(request: web.Request, max_days: int = MAX_DAYS) -> tuple[Any, int, int] | web.Response:
+    """What every report handler starts with: the read token, a backend keeping
+    analytics and ready, the ``from``/``to`` days (at most ``max_days``)."""
+    if (denied := auth(request, "read")) is not None:
+        return denied
+    backend = _backend(request)
+    if isinstance(backend, web.Response):
+        return backend
+    span = _range(request, backend, max_days)
+    if isinstance(span, web.Response):
+        return span
+    return backend, span[0], span[1]
+
+
+def _version(request: web.Request) -> int | web.Response | None:
+    if "version" not in request.query:
+        return None
+    try:
+        return int(request.query["version"])
+    except ValueError:
+        return error(400, "invalid_field", "version: an integer", field="version")
+
+
 def _rule(backend: Any, rule_id: str) -> CompiledRule | None:
     rs = backend.ruleset
     rule = rs.rules.get(rule_id) if rs is not None else None
@@ -83,15 +106,10 @@ async def _counts(
 
 
 async def list_rules(request: web.Request) -> web.Response:
-    if (denied := auth(request, "read")) is not None:
-        return denied
-    backend = _backend(request)
-    if isinstance(backend, web.Response):
-        return backend
-    span = _range(request, backend, MAX_DAYS)
-    if isinstance(span, web.Response):
-        return span
-    first, last = span
+    opened = _open(request)
+    if isinstance(opened, web.Response):
+        return opened
+    backend, first, last = opened
     counts = await _counts(backend, False, first, last, None, None)
     known = list(backend.ruleset.rules) if backend.ruleset is not None else []
     return ok(
@@ -108,26 +126,17 @@ def _iso_day(n: int) -> str:
 
 
 async def get_rule(request: web.Request) -> web.Response:
-    if (denied := auth(request, "read")) is not None:
-        return denied
-    backend = _backend(request)
-    if isinstance(backend, web.Response):
-        return backend
-    q = request.query
-    granularity = q.get("granularity", "day")
+    granularity = request.query.get("granularity", "day")
+    hourly = granularity == "hour"
+    opened = _open(request, MAX_HOURLY_DAYS if hourly else MAX_DAYS)
+    if isinstance(opened, web.Response):
+        return opened
+    backend, first, last = opened
     if granularity not in ("day", "hour"):
         return error(400, "invalid_field", "granularity: day or hour", field="granularity")
-    version: int | None = None
-    if "version" in q:
-        try:
-            version = int(q["version"])
-        except ValueError:
-            return error(400, "invalid_field", "version: an integer", field="version")
-    hourly = granularity == "hour"
-    span = _range(request, backend, MAX_HOURLY_DAYS if hourly else MAX_DAYS)
-    if isinstance(span, web.Response):
-        return span
-    first, last = span
+    version = _version(request)
+    if isinstance(version, web.Response):
+        return version
     rid = request.match_info["rule_id"]
     rule = _rule(backend, rid)
     counts = await _counts(backend, False, first, last, rid, version)
@@ -144,22 +153,14 @@ async def get_rule(request: web.Request) -> web.Response:
 
 
 async def get_experiment(request: web.Request) -> web.Response:
-    if (denied := auth(request, "read")) is not None:
-        return denied
-    backend = _backend(request)
-    if isinstance(backend, web.Response):
-        return backend
-    span = _range(request, backend, MAX_DAYS)
-    if isinstance(span, web.Response):
-        return span
-    first, last = span
+    opened = _open(request)
+    if isinstance(opened, web.Response):
+        return opened
+    backend, first, last = opened
     rid = request.match_info["rule_id"]
-    version: int | None = None
-    if "version" in request.query:
-        try:
-            version = int(request.query["version"])
-        except ValueError:
-            return error(400, "invalid_field", "version: an integer", field="version")
+    version = _version(request)
+    if isinstance(version, web.Response):
+        return version
     rule = _rule(backend, rid)
     counts = await _counts(backend, False, first, last, rid, version)
     if rule is None and not counts:
