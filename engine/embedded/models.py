@@ -42,7 +42,17 @@ from state.sqlite import SqliteStore
 if TYPE_CHECKING:
     from engine.clock import Clock
     from engine.embedded.partition import Partition
-    from engine.embedded.runtime import RuntimeConfig
+
+
+class HostConfig(Protocol):
+    """What the models read of the runtime's config (engine/embedded/runtime.py's
+    RuntimeConfig)."""
+
+    @property
+    def data_dir(self) -> Path: ...
+
+    @property
+    def refit_every_s(self) -> float | None: ...
 
 
 class Host(Protocol):
@@ -53,14 +63,15 @@ class Host(Protocol):
     parts: list[Partition]
     clock: Clock
     store: SqliteStore | None
-    cfg: RuntimeConfig
+    @property
+    def cfg(self) -> HostConfig: ...
 
     async def db(self, fn: Any, *args: Any) -> Any: ...
 
     def population_changed(self, population: Population) -> None: ...
 
 
-__all__ = ["CLV", "Host", "Models", "fit_data_dir", "load_clv"]
+__all__ = ["CLV", "Host", "HostConfig", "Models", "fit_data_dir", "load_clv"]
 
 logger = logging.getLogger(__name__)
 
