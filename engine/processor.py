@@ -207,6 +207,19 @@ class Processor:
             for rule in plan.triggers:
                 self._trigger(rule, st, ev, now, now, out)
 
+    def _timed(self, st: CustomerState, due: int) -> tuple[CompiledSegment, ...]:
+        """The segments a segment timer due at ``due`` evaluates: those reading counts (or
+        anything), plus those on RFM only if R drops at ``due``, and those on predictions
+        only if their searched turn has come (engine/segment_flips.py)."""
+        rs = self._rs
+        timed = rs.segments_timed_counts
+        if rs.segments_timed_rfm and self._pop.next_rfm_change(st, due - 1) == due:
+            timed = (*timed, *rs.segments_timed_rfm)
+        flip = st.segments_flip
+        if rs.segments_predicted and flip is not None and flip <= due:
+            timed = (*timed, *(g for g in rs.segments_predicted if g not in timed))
+        return timed
+
     def backfill_segments(self, customer_id: str, now: int) -> Output:
         """Evaluate every segment of the rule set for a customer whose state was last
         evaluated under other segments (``segments_digest`` differs: a segment added,
@@ -373,7 +386,7 @@ class Processor:
                 # count() windows or anything else (predictions); all of them if the
                 # state was evaluated under another segment set
                 rs = self._rs
-                timed = rs.segments_timed if st.segments_digest == rs.segments_digest else None
+                timed = self._timed(st, due) if st.segments_digest == rs.segments_digest else None
                 self._segment_changes(st, now, out, timed, timer=True)
             return out
         inst = st.flows.get(rule_id) if st is not None and st.flows else None

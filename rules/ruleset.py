@@ -68,6 +68,8 @@ class RuleSet:
     # the segments time alone can move (count() windows, RFM and predictions, or reading
     # anything): what the segment timer evaluates
     segments_timed: tuple[CompiledSegment, ...] = ()
+    segments_timed_counts: tuple[CompiledSegment, ...] = ()  # of those: counts, anything
+    segments_timed_rfm: tuple[CompiledSegment, ...] = ()  # of the others: reading rfm
     segment_counts: tuple[tuple[str, str], ...] = ()  # every (type, window) they count
     segment_count_types: frozenset[str] = frozenset()  # the types of those
     segment_windows: WindowSpec = field(default_factory=dict)  # the same, for next_change_of
@@ -167,6 +169,17 @@ class RuleSet:
         self.segments_any = tuple(g for g in self.segments if g.inputs is None)
         self.segments_timed = tuple(
             g for g in self.segments if g.counts or g.inputs is None or g.population
+        )
+        # of those, the ones only time moving the population's fields can turn (RFM,
+        # predictions, no count() and known inputs): the timer evaluates them only when
+        # that is what came due (engine/processor.py on_timer)
+        self.segments_timed_counts = tuple(
+            g for g in self.segments_timed if g.counts or g.inputs is None
+        )
+        self.segments_timed_rfm = tuple(
+            g
+            for g in self.segments_timed
+            if g not in self.segments_timed_counts and "rfm" in g.population
         )
         named = {t for g in self.segments for t in g.inputs or ()} | {"customer_merged"}
         self.segment_plan = {

@@ -127,12 +127,15 @@ def test_a_state_of_the_previous_layout_still_loads() -> None:
     k = dormant(1)
     st = k.state("c1")
     row = msgspec.msgpack.decode(pack(st))
-    assert row[-1] == st.segments_digest
-    packed = msgspec.msgpack.encode(row[:-1])  # before segments_digest was appended
-    json_row = msgspec.json.encode(st.to_row()[:-1])
-    for got in (unpack(packed), load(packed), load(json_row)):
-        assert got.segments_digest is None
-        assert got.segments_due == st.segments_due
-        assert got.counters == st.counters
+    assert row[-2:] == [st.segments_digest, st.segments_flip]
+    # before segments_flip was appended, and before segments_digest was
+    for cut, digest in ((-1, st.segments_digest), (-2, None)):
+        packed = msgspec.msgpack.encode(row[:cut])
+        json_row = msgspec.json.encode(st.to_row()[:cut])
+        for got in (unpack(packed), load(packed), load(json_row)):
+            assert got.segments_digest == digest
+            assert got.segments_flip is None
+            assert got.segments_due == st.segments_due
+            assert got.counters == st.counters
     assert unpack(pack(st)) == st
     assert isinstance(unpack(packed), CustomerState)
