@@ -24,7 +24,7 @@ the customer's open instance, against its step too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
 from typing import Any
 
 from engine.flows import idempotency_key
@@ -35,12 +35,13 @@ from rules.ruleset import RuleSet
 from state.analytics import HOUR_MS, Cell
 from state.customer import CustomerState
 
-__all__ = ["FEEDBACK", "Add", "Snapshot", "observe", "snapshot", "step_label"]
+__all__ = ["FEEDBACK", "Add", "Snapshot", "observe", "step_label"]
 
 Snapshot = dict[str, tuple[str, int, str, int, int | None]] | None
 """rule id -> (instance id, version, variant, pc, due) of a customer's open flows."""
 
-Add = Callable[[Cell, int], None]
+Add = Counter[Cell]
+"""Where ``observe`` adds its counts (a customer's pending counts: engine/analytics/tally.py)."""
 
 FEEDBACK = {
     "email_delivered": "delivered",
@@ -59,13 +60,6 @@ FEEDBACK = {
 """Feedback event type -> what it counts as (``feedback:<kind>``)."""
 
 _SEGMENT_TYPES = ("segment_entered", "segment_exited")
-
-
-def snapshot(st: CustomerState | None) -> Snapshot:
-    """A customer's open flows, cheaply (None: none)."""
-    if st is None or not st.flows:
-        return None
-    return {r: (i.instance_id, i.version, i.variant, i.pc, i.due) for r, i in st.flows.items()}
 
 
 def step_label(rule: CompiledRule, pc: int) -> str | None:
@@ -137,6 +131,14 @@ def _outcome_metric(f: Fire) -> str:
     return "suppressed:" + f.outcome.removeprefix("suppressed_")
 
 
+_Run = tuple[CompiledRule | None, tuple[tuple[str, int, str, int, str], ...]]
+_runs: dict[tuple[Any, ...], _Run] = {}
+_RUNS_MAX = 50_000
+"""Memo of ``_count_run``'s cells (without the hour): the same few runs (a rule's
+entry to its first wait, a timer to the next) recur for most customers. Entries name
+the rule object they were walked on, so a reloaded rule is walked again."""
+
+
 def _count_run(
     add: Add,
     rule: CompiledRule | None,
@@ -148,15 +150,35 @@ def _count_run(
     end: tuple[int, bool] | None,
     hour: int,
 ) -> None:
+    key = (rid, version, variant, start, end, *[(f.variant, f.channel, f.outcome) for f in fires])
+    run = _runs.get(key)
+    if run is None or run[0] is not rule:
+        run = (rule, _run_cells(rule, rid, version, variant, start, fires, end))
+        if len(_runs) >= _RUNS_MAX:
+            _runs.clear()
+        _runs[key] = run
+    for cell in run[1]:
+        add[(*cell, hour)] += 1
+
+
+def _run_cells(
+    rule: CompiledRule | None,
+    rid: str,
+    version: int,
+    variant: str,
+    start: int,
+    fires: list[Fire],
+    end: tuple[int, bool] | None,
+) -> tuple[tuple[str, int, str, int, str], ...]:
     path = _walk(rule, start, fires, end) if rule is not None else None
     if path is None:  # fires at the rule's level
-        for f in fires:
-            add((rid, version, f.variant, -1, _outcome_metric(f), hour), 1)
-        return
+        return tuple((rid, version, f.variant, -1, _outcome_metric(f)) for f in fires)
+    cells: list[tuple[str, int, str, int, str]] = []
     for pc, fire in path:
-        add((rid, version, variant, pc, "reached", hour), 1)
+        cells.append((rid, version, variant, pc, "reached"))
         if fire is not None:
-            add((rid, version, fire.variant, pc, _outcome_metric(fire), hour), 1)
+            cells.append((rid, version, fire.variant, pc, _outcome_metric(fire)))
+    return tuple(cells)
 
 
 def _exit_type(rule: CompiledRule | None, out: Output, event: Event | None) -> str | None:
@@ -182,7 +204,7 @@ def observe(
     add: Add,
 ) -> None:
     """Count what ``out`` did (``event``: the input, None for a timer) at processing
-    time ``now`` through ``add``. ``pre``: the customer's flows before the input."""
+    time ``now`` into ``add``. ``pre``: the customer's flows before the input."""
     hour = now // HOUR_MS
     post = st.flows if st is not None and st.flows else None
     by_rule: dict[str, list[Fire]] = {}
@@ -193,11 +215,13 @@ def observe(
         rids.update(pre)
     if post:
         rids.update(post)
-    for rid in sorted(rids):
-        rule = rs.rules.get(rid)
+    rules = rs.rules
+    no_fires: list[Fire] = []
+    for rid in sorted(rids) if len(rids) > 1 else rids:
+        rule = rules.get(rid)
         a = pre.get(rid) if pre else None
         b = post.get(rid) if post else None
-        fires = by_rule.get(rid, [])
+        fires = by_rule.get(rid, no_fires)
         b_end = None if b is None else (b.pc, b.due is not None)
         if a is not None and b is not None and a[0] == b.instance_id:
             if fires or a[3] != b.pc or (a[4] != b.due and b.due is not None):
@@ -207,10 +231,10 @@ def observe(
             resumed = out.timer_due is not None and a[4] == out.timer_due and b is None
             why = None if resumed else _exit_type(rule, out, event)
             if why is not None:
-                add((rid, a[1], a[2], -1, f"exited:{why}", hour), 1)
+                add[(rid, a[1], a[2], -1, f"exited:{why}", hour)] += 1
             elif resumed:
                 _count_run(add, rule, rid, a[1], a[2], a[3], fires, None, hour)
-                add((rid, a[1], a[2], -1, "completed", hour), 1)
+                add[(rid, a[1], a[2], -1, "completed", hour)] += 1
                 continue
             if b is None and not fires:
                 continue
@@ -225,9 +249,9 @@ def observe(
         cents = _revenue_cents(event)
         for c in out.conversions:
             version = _version(rs, pre, post, c.rule_id)
-            add((c.rule_id, version, c.variant, -1, "conversions", hour), 1)
+            add[(c.rule_id, version, c.variant, -1, "conversions", hour)] += 1
             if cents:
-                add((c.rule_id, version, c.variant, -1, "revenue_cents", hour), cents)
+                add[(c.rule_id, version, c.variant, -1, "revenue_cents", hour)] += cents
     if event is not None and event.type in FEEDBACK:
         _feedback(rs, add, st, event, hour)
 
@@ -251,10 +275,10 @@ def _entry(
             rule.version if rule is not None else 0,
         )
         end = None
-    add((rid, version, variant, -1, "entered", hour), 1)
+    add[(rid, version, variant, -1, "entered", hour)] += 1
     _count_run(add, rule, rid, version, variant, 0, fires, end, hour)
     if b is None:
-        add((rid, version, variant, -1, "completed", hour), 1)
+        add[(rid, version, variant, -1, "completed", hour)] += 1
 
 
 def _version(rs: RuleSet, pre: Snapshot, post: Any, rid: str) -> int:
@@ -289,7 +313,7 @@ def _feedback(rs: RuleSet, add: Add, st: CustomerState | None, event: Event, hou
             if isinstance(op, Send) and key == idempotency_key(
                 rid, inst.version, event.customer_id, inst.instance_id, pc
             ):
-                add((rid, inst.version, inst.variant, pc, kind, hour), 1)
+                add[(rid, inst.version, inst.variant, pc, kind, hour)] += 1
                 return
     variant = ""
     if inst is not None:
@@ -297,4 +321,4 @@ def _feedback(rs: RuleSet, add: Add, st: CustomerState | None, event: Event, hou
     elif st is not None and st.goals:
         variant = next((g[1] for g in st.goals if g[0] == rid), "")
     version = inst.version if inst is not None else rule.version if rule is not None else 0
-    add((rid, version, variant, -1, kind, hour), 1)
+    add[(rid, version, variant, -1, kind, hour)] += 1

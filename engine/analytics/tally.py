@@ -38,15 +38,12 @@ class Tally:
         self.pending: dict[str, Counter[Cell]] = {}
         self._orphan_key = f"\x00orphans:{index}"  # its row's key: one per partition
 
-    def adder(self, customer_id: str) -> Add:
+    def counts(self, customer_id: str) -> Add:
+        """``customer_id``'s pending counts, to add to (``drop_empty`` after, if none)."""
         counts = self.pending.get(customer_id)
         if counts is None:
             counts = self.pending[customer_id] = Counter()
-
-        def add(cell: Cell, n: int) -> None:
-            counts[cell] += n
-
-        return add
+        return counts
 
     def drop_empty(self, customer_id: str) -> None:
         counts = self.pending.get(customer_id)

@@ -3,16 +3,19 @@ journal position it has applied and the customers erased since the last checkpoi
 
 from __future__ import annotations
 
-from engine.analytics.observe import FEEDBACK, Snapshot, observe, snapshot
+from engine.analytics.observe import FEEDBACK, Snapshot, observe
 from engine.analytics.tally import Tally
 from engine.driver import OutputHandler
 from engine.output import Output
 from engine.shard import Shard
 from engine.types import Event
 from rules.ruleset import RuleSet
-from state.customer import SEGMENT_TIMER
+from state.customer import SEGMENT_TIMER, CustomerState, FlowInstance
 
 __all__ = ["Partition"]
+
+_Noted = list[tuple[str, FlowInstance, int, int | None]] | None
+"""A customer's open flows before an input: (rule id, instance, its pc, its due)."""
 
 
 class Partition(Shard):
@@ -27,7 +30,7 @@ class Partition(Shard):
         self.deleted: set[str] = set()
         self.tally: Tally | None = Tally(index) if analytics else None
         # analytics: the input being processed (its customer's flows before it, the event)
-        self._pre: tuple[str, Snapshot] | None = None
+        self._pre: tuple[str, _Noted] | None = None
         self._event: Event | None = None
 
     def apply(self, seq: int, accepted_at: int, event: Event) -> bool:
@@ -45,11 +48,22 @@ class Partition(Shard):
         return out is not None and not out.duplicate
 
     # --- analytics (engine/analytics/) -----------------------------------------------
+    # Per input, the customer's open flows are noted before it (``expect``: a tuple per
+    # flow of the instance object and its pc and due, which are the only fields a flow
+    # changes in place) and its output is counted after it (``_output``). An output with
+    # no fires, conversions or feedback event whose customer's flows are the same objects
+    # at the same pc and due counts nothing (``observe`` would add no cell), so it is
+    # skipped without building anything; only the others build ``observe``'s snapshot.
     def expect(self, customer_id: str, event: Event | None = None) -> None:
         """Before an input for ``customer_id`` (``event``, or a timer or segment backfill
         when None): note its open flows, to count what the input changes."""
         if self.tally is not None:
-            self._pre = (customer_id, snapshot(self.store.get(customer_id)))
+            st = self.store.get(customer_id)
+            flows = st.flows if st is not None else None
+            self._pre = (
+                customer_id,
+                [(r, i, i.pc, i.due) for r, i in flows.items()] if flows else None,
+            )
             self._event = event
 
     def fire_until(self, t: int) -> int:
@@ -58,15 +72,20 @@ class Partition(Shard):
         first."""
         if self.tally is None:
             return self.driver.fire_due(t)
+        timers = self.timers
+        if (due := timers.next_due()) is None or due > t:
+            return 0
         drv = self.driver
-        pop = self.timers.pop_due
+        pop = timers.pop_due
         clock = self.clock
+        on_timer = drv.processor.on_timer
+        expect = self.expect
         fired = 0
         while (item := pop(t)) is not None:
             due, cid, rid = item
             clock.set(due)
-            self.expect(cid)
-            drv._emit(drv.processor.on_timer(cid, rid, due, clock.now()))
+            expect(cid)
+            drv._emit(on_timer(cid, rid, due, clock.now()))
             fired += 1
         self._pre = None
         return fired
@@ -75,22 +94,43 @@ class Partition(Shard):
         tally = self.tally
         cid = out.customer_id
         if tally is not None and cid:
-            pre = self._pre[1] if self._pre is not None and self._pre[0] == cid else None
+            noted = self._pre
+            st = self.store.get(cid)
+            post = st.flows if st is not None else None
             event = self._event if out.timer_due is None else None
             if event is not None and event.customer_id != cid:
                 event = None
-            st = self.store.get(cid)
-            if (
-                pre is not None
+            if noted is not None and noted[0] == cid:
+                pre = noted[1]
+                if (
+                    out.fires
+                    or out.conversions
+                    or (event is not None and event.type in FEEDBACK)
+                    or _changed(pre, post)
+                ):
+                    self._observe(tally, cid, _snap(pre), st, out, event)
+            elif (
+                post
                 or out.fires
                 or out.conversions
-                or (st is not None and st.flows)
                 or (event is not None and event.type in FEEDBACK)
             ):
-                rs = self.driver.processor.ruleset
-                observe(rs, pre, st, out, event, self.clock.now(), tally.adder(cid))
-                tally.drop_empty(cid)
+                self._observe(tally, cid, None, st, out, event)
         super()._output(out)
+
+    def _observe(
+        self,
+        tally: Tally,
+        cid: str,
+        pre: Snapshot,
+        st: CustomerState | None,
+        out: Output,
+        event: Event | None,
+    ) -> None:
+        counts = tally.counts(cid)
+        observe(self.driver.processor.ruleset, pre, st, out, event, self.clock.now(), counts)
+        if not counts:
+            tally.drop_empty(cid)
 
     # --- customers -------------------------------------------------------------------
     def erase(self, customer_id: str) -> bool:
@@ -119,3 +159,21 @@ class Partition(Shard):
         one writes them again (a state erased since is skipped then)."""
         self.dirty.update(dirty)
         self.deleted.update(deleted)
+
+
+def _changed(pre: _Noted, post: dict[str, FlowInstance] | None) -> bool:
+    """Whether a customer's flows differ from those noted before an input (another
+    instance, another pc or due, one more or fewer). A state re-read from its packed
+    bytes holds other objects: changed, and ``observe`` compares the values."""
+    if not pre:
+        return bool(post)
+    if not post or len(post) != len(pre):
+        return True
+    get = post.get
+    return any(get(r) is not i or i.pc != pc or i.due != due for r, i, pc, due in pre)
+
+
+def _snap(pre: _Noted) -> Snapshot:
+    if not pre:
+        return None
+    return {r: (i.instance_id, i.version, i.variant, pc, due) for r, i, pc, due in pre}
