@@ -1,8 +1,9 @@
 """Campaign analytics cost: (1) core processing throughput of one partition with
 analytics on vs off, on the same trace in the same run (the recipes, a synthetic
 storefront trace); (2) the report over a year of stored days for N rules: bytes per
-rule-day on disk and the time to build ``/v1/reports/rules`` and one rule's report
-(SQLite read, decode, aggregate; what the HTTP handler does).
+rule-day on disk and the time to build ``/v1/reports/rules`` (from the day totals, as
+the HTTP handler does; and from every decoded count, for comparison) and one rule's
+report (SQLite read, decode, aggregate).
 
     python -m load_tests.bench_analytics [--events 200000] [--rules 50] [--days 365]
 """
@@ -20,7 +21,13 @@ from pathlib import Path
 import msgspec
 import orjson
 
-from engine.analytics.report import gather, rule_detail, rules_summary
+from engine.analytics.report import (
+    day_totals,
+    gather,
+    rule_detail,
+    rules_summary,
+    rules_summary_totals,
+)
 from engine.embedded.partition import Partition
 from engine.events import decode_event
 from engine.testing import START
@@ -91,13 +98,17 @@ def main() -> None:
         last = START // DAY_MS - 1
         first = last - args.days + 1
         disk = (path / "states.db").stat().st_size
-        best_all = best_one = float("inf")
+        best_all = best_decoded = best_one = float("inf")
         for _ in range(args.repeat):
             t0 = time.perf_counter()
+            totals = store.analytics_day_totals(first, last)
+            rules_summary_totals(day_totals(totals, Counter(), first, last), first, last, [])
+            best_all = min(best_all, time.perf_counter() - t0)
+            t0 = time.perf_counter()  # the same report from every decoded count
             stored = store.analytics_periods(False, first, last)
             counts = gather(stored, Counter(), False, first, last)
             rules_summary(counts, first, last, [])
-            best_all = min(best_all, time.perf_counter() - t0)
+            best_decoded = min(best_decoded, time.perf_counter() - t0)
             t0 = time.perf_counter()
             stored = store.analytics_periods(False, first, last, "rule-07")
             counts = gather(stored, Counter(), False, first, last, "rule-07")
@@ -109,7 +120,8 @@ def main() -> None:
         print(
             f"report over {args.days} days x {args.rules} rules ({n} rule-days, "
             f"~{per_row} B per rule-day, states.db {disk / 1e6:.1f} MB): all rules "
-            f"{1000 * best_all:.0f} ms, one rule {1000 * best_one:.0f} ms (best of {args.repeat})"
+            f"{1000 * best_all:.0f} ms (from decoded counts {1000 * best_decoded:.0f} ms), "
+            f"one rule {1000 * best_one:.0f} ms (best of {args.repeat})"
         )
 
 

@@ -17,6 +17,12 @@ holds either both or neither (engine/analytics/tally.py explains the whole schem
   the next checkpoint starts; so does opening the store (a crash between a checkpoint's
   steps, or before the fold, left some: their states are committed, so are they).
 
+``analytics_day_totals`` rolls each day row up into the six figures the all-rules report
+shows (``SUMMARY``: entries, sends, suppressions, holdouts, conversions, revenue cents),
+as integer columns updated in the same transaction as the day row, so the report reads
+18,250 rows of integers for a year of 50 rules instead of decoding every count. A store
+written before the table existed gets it filled from the day rows at its next fold.
+
 Rows are compact: one per (day, rule, version), its body a MessagePack list of
 ``[variant, step, metric, count]`` (about 8-12 bytes a count; a rule-day of a two-step
 rule with two variants and a holdout is ~300-500 bytes).
@@ -36,15 +42,19 @@ __all__ = [
     "HOUR_MS",
     "HOUR_RETENTION_DAYS",
     "PENDING_PREFIX",
+    "SUMMARY",
     "Cell",
+    "DayTotals",
     "Period",
     "decode_pending",
     "fold",
     "is_pending",
     "pending_row",
     "prune",
+    "read_day_totals",
     "read_periods",
     "split_pending",
+    "summary_index",
     "write_pending",
 ]
 
@@ -72,11 +82,42 @@ CREATE TABLE IF NOT EXISTS analytics_day (
     day INTEGER NOT NULL, rule_id TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (day, rule_id, version)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS analytics_day_totals (
+    day INTEGER NOT NULL, rule_id TEXT NOT NULL, version INTEGER NOT NULL,
+    entered INTEGER NOT NULL, sends INTEGER NOT NULL, suppressed INTEGER NOT NULL,
+    holdout INTEGER NOT NULL, conversions INTEGER NOT NULL, cents INTEGER NOT NULL,
+    PRIMARY KEY (day, rule_id, version)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS analytics_hour (
     hour INTEGER NOT NULL, rule_id TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
     PRIMARY KEY (hour, rule_id, version)
 ) WITHOUT ROWID;
 """
+
+SUMMARY = ("entered", "sends", "suppressed", "holdout", "conversions", "cents")
+"""The all-rules report's figures, in ``analytics_day_totals``' column order."""
+
+DayTotals = tuple[int, str, int, tuple[int, ...]]
+"""(day, rule id, version, the ``SUMMARY`` figures)."""
+
+_summary_index: dict[str, int | None] = {}
+
+
+def summary_index(metric: str) -> int | None:
+    """Which ``SUMMARY`` figure a metric adds to (None: none): ``entered``, ``sent:*``,
+    ``suppressed:*``, ``holdout``, ``conversions``, ``revenue_cents``."""
+    i = _summary_index.get(metric, -1)
+    if i == -1:
+        if metric.startswith("sent:"):
+            i = 1
+        elif metric.startswith("suppressed:"):
+            i = 2
+        else:
+            i = {"entered": 0, "holdout": 3, "conversions": 4, "revenue_cents": 5}.get(metric)
+        if len(_summary_index) < 10_000:
+            _summary_index[metric] = i
+    return i
+
 
 _enc = msgspec.msgpack.Encoder()
 _cells = msgspec.msgpack.Decoder(list[tuple[str, int, str, int, str, int, int]])
@@ -130,9 +171,41 @@ def _merge(db: sqlite3.Connection, table: str, col: str, adds: _Adds) -> None:
         )
 
 
+def _add_totals(db: sqlite3.Connection, days: _Adds) -> None:
+    rows = []
+    for (day, rule_id, version), counts in days.items():
+        t = [0] * len(SUMMARY)
+        for (_, _, metric), n in counts.items():
+            i = summary_index(metric)
+            if i is not None:
+                t[i] += n
+        rows.append((day, rule_id, version, *t))
+    db.executemany(
+        "INSERT INTO analytics_day_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (day, rule_id, version) DO UPDATE SET "
+        + ", ".join(f"{c} = {c} + excluded.{c}" for c in SUMMARY),
+        rows,
+    )
+
+
+def _fill_totals(db: sqlite3.Connection) -> None:
+    """A store written before ``analytics_day_totals`` existed: roll its days up."""
+    if db.execute("SELECT 1 FROM analytics_day_totals LIMIT 1").fetchone() is not None:
+        return
+    days: _Adds = {}
+    for day, rule_id, version, body in db.execute(
+        "SELECT day, rule_id, version, body FROM analytics_day"
+    ):
+        c = days.setdefault((day, rule_id, version), Counter())
+        for var, step, metric, n in _body.decode(body):
+            c[(var, step, metric)] += n
+    _add_totals(db, days)
+
+
 def fold(db: sqlite3.Connection) -> int:
-    """Inside the caller's transaction: add every pending row to the day and hour tables
-    and delete them. Returns how many pending rows were folded."""
+    """Inside the caller's transaction: add every pending row to the day, day totals and
+    hour tables and delete them. Returns how many pending rows were folded."""
+    _fill_totals(db)
     rows = db.execute("SELECT body FROM analytics_pending").fetchall()
     if not rows:
         return 0
@@ -144,6 +217,7 @@ def fold(db: sqlite3.Connection) -> int:
             days.setdefault((hour // 24, rule_id, version), Counter())[key] += n
             hours.setdefault((hour, rule_id, version), Counter())[key] += n
     _merge(db, "analytics_day", "day", days)
+    _add_totals(db, days)
     _merge(db, "analytics_hour", "hour", hours)
     db.execute("DELETE FROM analytics_pending")
     return len(rows)
@@ -154,6 +228,7 @@ def prune(db: sqlite3.Connection, now_ms: int, retention_days: float) -> None:
     ``HOUR_RETENTION_DAYS`` before ``now_ms`` (autocommit: each a range of the key)."""
     day = int((now_ms - retention_days * DAY_MS) // DAY_MS)
     db.execute("DELETE FROM analytics_day WHERE day < ?", (day,))
+    db.execute("DELETE FROM analytics_day_totals WHERE day < ?", (day,))
     hour = (now_ms - HOUR_RETENTION_DAYS * DAY_MS) // HOUR_MS
     db.execute("DELETE FROM analytics_hour WHERE hour < ?", (hour,))
 
@@ -177,3 +252,10 @@ def read_periods(
         args = (first, last, rule_id)
     for period, rid, version, body in db.execute(sql, args).fetchall():
         yield int(period), str(rid), int(version), list(_body.decode(body))
+
+
+def read_day_totals(db: sqlite3.Connection, first: int, last: int) -> list[DayTotals]:
+    """The ``SUMMARY`` figures of every rule and version on days ``first`` to ``last``."""
+    sql = "SELECT day, rule_id, version, " + ", ".join(SUMMARY)
+    sql += " FROM analytics_day_totals WHERE day BETWEEN ? AND ?"
+    return [(r[0], r[1], r[2], r[3:]) for r in db.execute(sql, (first, last))]

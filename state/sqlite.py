@@ -33,9 +33,11 @@ import orjson
 
 from state.analytics import (
     ANALYTICS_SCHEMA,
+    DayTotals,
     Period,
     fold,
     prune,
+    read_day_totals,
     read_periods,
     split_pending,
     write_pending,
@@ -548,6 +550,11 @@ class SqliteStore:
         """Committed campaign counts of days (or hours) ``first``..``last``
         (state/analytics.py)."""
         return list(read_periods(self.sdb, hourly, first, last, rule_id))
+
+    def analytics_day_totals(self, first: int, last: int) -> list[DayTotals]:
+        """Every rule's committed report figures of days ``first``..``last``
+        (state/analytics.py ``analytics_day_totals``)."""
+        return read_day_totals(self.sdb, first, last)
 
     def analytics_fold(self) -> int:
         """After a checkpoint committed (and at open): its customers' pending counts join

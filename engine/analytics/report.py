@@ -16,9 +16,20 @@ from typing import Any
 from engine.analytics.observe import step_label
 from engine.analytics.stats import lift, srm, verdict
 from rules.compiler import CompiledRule, Send, Wait
-from state.analytics import DAY_MS, HOUR_MS, Cell, Period
+from state.analytics import DAY_MS, HOUR_MS, SUMMARY, Cell, DayTotals, Period, summary_index
 
-__all__ = ["Counts", "day_number", "experiment", "gather", "rule_detail", "rules_summary"]
+__all__ = [
+    "Counts",
+    "Totals",
+    "counts_totals",
+    "day_number",
+    "day_totals",
+    "experiment",
+    "gather",
+    "rule_detail",
+    "rules_summary",
+    "rules_summary_totals",
+]
 
 Counts = dict[tuple[int, str, int], Counter[tuple[str, int, str]]]
 """(period, rule id, version) -> (variant, step, metric) -> count."""
@@ -92,31 +103,96 @@ def _series_point(c: list[Counter[tuple[str, int, str]]]) -> dict[str, Any]:
     }
 
 
+Totals = dict[tuple[int, str, int], list[int]]
+"""(day, rule id, version) -> the ``SUMMARY`` figures (state/analytics.py)."""
+
+
+def day_totals(stored: Iterable[DayTotals], mem: Counter[Cell], first: int, last: int) -> Totals:
+    """The all-rules report's figures of days ``first``..``last``: the stored day totals
+    (``analytics_day_totals``) and the counts still in memory."""
+    out: Totals = {(day, rid, ver): list(t) for day, rid, ver, t in stored}
+    width = len(SUMMARY)
+    for (rid, ver, _, _, metric, hour), n in mem.items():
+        i = summary_index(metric)
+        day = hour * HOUR_MS // DAY_MS
+        if i is None or not first <= day <= last:
+            continue
+        t = out.get((day, rid, ver))
+        if t is None:
+            t = out[(day, rid, ver)] = [0] * width
+        t[i] += n
+    return out
+
+
+def counts_totals(counts: Counts) -> Totals:
+    """``Counts`` (of days) rolled up into the all-rules report's figures."""
+    out: Totals = {}
+    for key, c in counts.items():
+        t = out[key] = [0] * len(SUMMARY)
+        for (_, _, metric), n in c.items():
+            i = summary_index(metric)
+            if i is not None:
+                t[i] += n
+    return out
+
+
 def rules_summary(counts: Counts, first: int, last: int, known: Iterable[str]) -> list[Any]:
     """``GET /v1/reports/rules``'s ``rules``: every rule counted or running (``known``)."""
-    by_rule: dict[str, dict[int, list[Counter[tuple[str, int, str]]]]] = {r: {} for r in known}
+    return rules_summary_totals(counts_totals(counts), first, last, known)
+
+
+def rules_summary_totals(totals: Totals, first: int, last: int, known: Iterable[str]) -> list[Any]:
+    """``rules_summary`` from the day totals (``day_totals``)."""
+    by_rule: dict[str, dict[int, list[int]]] = {r: {} for r in known}
     versions: dict[str, int] = {}
-    for (period, rid, ver), c in counts.items():
-        by_rule.setdefault(rid, {}).setdefault(period, []).append(c)
-        versions[rid] = max(versions.get(rid, 0), ver)
+    width = len(SUMMARY)
+    for (day, rid, ver), t in totals.items():
+        days = by_rule.get(rid)
+        if days is None:
+            days = by_rule[rid] = {}
+        have = days.get(day)
+        if have is None:
+            days[day] = list(t)
+        else:
+            for i in range(width):
+                have[i] += t[i]
+        if ver > versions.get(rid, 0):
+            versions[rid] = ver
+    isos = [_period_iso(d, False) for d in range(first, last + 1)]
+    empty = [
+        {"day": iso, "entered": 0, "sends": 0, "conversions": 0, "revenue": 0.0} for iso in isos
+    ]
     out = []
     for rid in sorted(by_rule):
         days = by_rule[rid]
-        t = _totals(c for cs in days.values() for c in cs)
+        s = [sum(col) for col in zip(*days.values(), strict=True)] if days else [0] * width
+        entered, sends, suppressed, holdout, conversions, cents = s
+        series = []
+        for d, iso in enumerate(isos, first):
+            figures = days.get(d)
+            if figures is None:
+                series.append(dict(empty[d - first]))
+                continue
+            series.append(
+                {
+                    "day": iso,
+                    "entered": figures[0],
+                    "sends": figures[1],
+                    "conversions": figures[4],
+                    "revenue": figures[5] / 100,
+                }
+            )
         out.append(
             {
                 "rule_id": rid,
                 "version": versions.get(rid, 0),
-                "entered": t["entered"],
-                "sends": t["sends"],
-                "suppressed": t["suppressed"],
-                "holdout": t["holdout"],
-                "conversions": t["conversions"],
-                "revenue": t["revenue"],
-                "series": [
-                    {"day": _period_iso(d, False), **_series_point(days.get(d, []))}
-                    for d in range(first, last + 1)
-                ],
+                "entered": entered,
+                "sends": sends,
+                "suppressed": suppressed,
+                "holdout": holdout,
+                "conversions": conversions,
+                "revenue": cents / 100,
+                "series": series,
             }
         )
     return out

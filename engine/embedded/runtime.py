@@ -43,7 +43,7 @@ from engine.output import Output
 from engine.types import Event
 from rules.loader import rule_files
 from rules.ruleset import RuleSet, load_ruleset, load_texts
-from state.analytics import Cell, Period
+from state.analytics import Cell, DayTotals, Period
 from state.sqlite import SqliteStore
 
 __all__ = ["Runtime", "RuntimeConfig"]
@@ -518,16 +518,33 @@ class Runtime:
         assert self.store is not None
         while True:
             folds = self.analytics_folds
-            mem: Counter[Cell] = Counter()
-            for p in self.parts:
-                if p.tally is not None:
-                    mem.update(p.tally.totals())
-            for _, taken in self._unfolded:
-                for counts in taken.values():
-                    mem.update(counts)
+            mem = self._analytics_memory()
             stored = await self.db(self.store.analytics_periods, hourly, first, last, rule_id)
             if folds == self.analytics_folds:  # no checkpoint folded meanwhile
                 return stored, mem
+
+    async def analytics_totals(
+        self, first: int, last: int
+    ) -> tuple[list[DayTotals], Counter[Cell]]:
+        """``analytics_counts`` for the all-rules report: the stored day totals of days
+        ``first``..``last`` (state/analytics.py) and the counts still in memory."""
+        assert self.store is not None
+        while True:
+            folds = self.analytics_folds
+            mem = self._analytics_memory()
+            stored = await self.db(self.store.analytics_day_totals, first, last)
+            if folds == self.analytics_folds:  # no checkpoint folded meanwhile
+                return stored, mem
+
+    def _analytics_memory(self) -> Counter[Cell]:
+        mem: Counter[Cell] = Counter()
+        for p in self.parts:
+            if p.tally is not None:
+                mem.update(p.tally.totals())
+        for _, taken in self._unfolded:
+            for counts in taken.values():
+                mem.update(counts)
+        return mem
 
     async def _checkpointed(self, seqs: dict[int, int]) -> None:
         """After a checkpoint committed: drop what it made redundant."""

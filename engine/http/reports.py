@@ -3,7 +3,8 @@ totals and daily series, one rule's funnel, variants and series, and an experime
 arms with lift, confidence interval, SRM check and verdict. Read token (or admin).
 
 The backend offers ``analytics_counts(hourly, first, last, rule_id)`` (stored counts and
-those still in memory: engine/embedded/runtime.py), ``ruleset``, ``clock`` and ``ready``;
+those still in memory: engine/embedded/runtime.py), optionally ``analytics_totals(first,
+last)`` (the all-rules report's day totals, likewise), ``ruleset``, ``clock`` and ``ready``;
 one without ``analytics_counts`` (the distributed ingest, today) answers 501
 ``not_served_here``. Days are UTC days of processing time.
 """
@@ -18,10 +19,12 @@ from aiohttp import web
 from engine.analytics.report import (
     Counts,
     day_number,
+    day_totals,
     experiment,
     gather,
     rule_detail,
     rules_summary,
+    rules_summary_totals,
 )
 from engine.http.base import BACKEND, auth, error, ok
 from engine.types import from_ms
@@ -110,15 +113,14 @@ async def list_rules(request: web.Request) -> web.Response:
     if isinstance(opened, web.Response):
         return opened
     backend, first, last = opened
-    counts = await _counts(backend, False, first, last, None, None)
     known = list(backend.ruleset.rules) if backend.ruleset is not None else []
-    return ok(
-        {
-            "from": _iso_day(first),
-            "to": _iso_day(last),
-            "rules": rules_summary(counts, first, last, known),
-        }
-    )
+    if hasattr(backend, "analytics_totals"):  # the stored day totals: no count decoded
+        stored, mem = await backend.analytics_totals(first, last)
+        rules = rules_summary_totals(day_totals(stored, mem, first, last), first, last, known)
+    else:
+        counts = await _counts(backend, False, first, last, None, None)
+        rules = rules_summary(counts, first, last, known)
+    return ok({"from": _iso_day(first), "to": _iso_day(last), "rules": rules})
 
 
 def _iso_day(n: int) -> str:
