@@ -403,6 +403,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             checkpoint_interval=args.checkpoint_interval,
             checkpoint_mode=args.checkpoint_mode,
             refit_every=args.refit_every,
+            analytics=args.analytics == "on",
         )
     )
 
@@ -485,6 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="refit the CLV models on this schedule (24h, 12h, ...; real time): `nudge "
         "models fit` in a subprocess on the data directory, then a reload (default: off; "
         "docs/predictions.md)",
+    )
+    run.add_argument(
+        "--analytics",
+        choices=["on", "off"],
+        default="on",
+        help="campaign analytics: count every rule's entries, sends and conversions for "
+        "the reports (default on; docs/analytics.md)",
     )
     run.add_argument(
         "--demo",

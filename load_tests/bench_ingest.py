@@ -387,6 +387,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     port = _port()
     extra = ["--synchronous", args.synchronous]
     extra += ["--compact-idle", str(5.0 if args.memory_customers else 300.0)]
+    extra += ["--analytics", args.analytics]
     if args.recovery_events:
         extra += ["--checkpoint-interval", "86400"]
     elif args.checkpoint_interval:
@@ -449,6 +450,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "latency_rate_events_per_s": round(rate),
         **{k: round(v, 2) if isinstance(v, float) else v for k, v in lat.items()},
         "synchronous": args.synchronous,
+        "analytics": args.analytics,
     }
 
 
@@ -465,6 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--customers", type=int, default=100_000)
     p.add_argument("--rate", type=float, default=0, help="latency phase events/s")
+    p.add_argument(
+        "--analytics",
+        choices=["on", "off"],
+        default="on",
+        help="the engine's campaign analytics (`nudge run --analytics`; default on)",
+    )
     p.add_argument(
         "--metrics-out",
         type=Path,

@@ -50,6 +50,7 @@ class ServeOptions:
         checkpoint_interval: float | None = None,
         checkpoint_mode: str | None = None,
         refit_every: float | None = None,
+        analytics: bool = True,
     ) -> None:
         self.rules = rules
         self.data = data
@@ -61,6 +62,7 @@ class ServeOptions:
         self.demo = demo
         self.synchronous = synchronous
         self.compact_idle = compact_idle
+        self.analytics = analytics  # campaign analytics (docs/analytics.md)
         # None: NUDGE_CHECKPOINT_INTERVAL, else 10 s (tests shorten it by the environment
         # to crash mid-checkpoint)
         self.checkpoint_interval = (
@@ -108,6 +110,7 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         checkpoint_interval=opts.checkpoint_interval,
         checkpoint_mode=opts.checkpoint_mode,
         refit_every_s=opts.refit_every,
+        analytics=opts.analytics,
     )
     runtime = Runtime(cfg, metrics, clock)
     tokens, token_path, created = Tokens.load_or_create(opts.data)
