@@ -97,26 +97,29 @@ class Partition(Shard):
             noted = self._pre
             st = self.store.get(cid)
             post = st.flows if st is not None else None
-            event = self._event if out.timer_due is None else None
-            if event is not None and event.customer_id != cid:
+            event = self._event  # the input, if an event of this customer's
+            if event is not None and (out.timer_due is not None or event.customer_id != cid):
                 event = None
             if noted is not None and noted[0] == cid:
                 pre = noted[1]
-                if (
-                    out.fires
-                    or out.conversions
-                    or (event is not None and event.type in FEEDBACK)
-                    or _changed(pre, post)
-                ):
+                # inline, not a function: this runs for every output
+                if out.fires or out.conversions:
+                    count = True
+                elif not pre:
+                    count = bool(post)
+                elif not post or len(post) != len(pre):
+                    count = True
+                else:  # the same instances at the same pc and due: nothing to count
+                    count = False
+                    for r, inst, pc, due in pre:
+                        if post.get(r) is not inst or inst.pc != pc or inst.due != due:
+                            count = True
+                            break
+                if count or (event is not None and event.type in FEEDBACK):
                     self._observe(tally, cid, _snap(pre), st, out, event)
-            elif (
-                post
-                or out.fires
-                or out.conversions
-                or (event is not None and event.type in FEEDBACK)
-            ):
+            elif post or out.fires or out.conversions or (event and event.type in FEEDBACK):
                 self._observe(tally, cid, None, st, out, event)
-        super()._output(out)
+        Shard._output(self, out)
 
     def _observe(
         self,
@@ -159,18 +162,6 @@ class Partition(Shard):
         one writes them again (a state erased since is skipped then)."""
         self.dirty.update(dirty)
         self.deleted.update(deleted)
-
-
-def _changed(pre: _Noted, post: dict[str, FlowInstance] | None) -> bool:
-    """Whether a customer's flows differ from those noted before an input (another
-    instance, another pc or due, one more or fewer). A state re-read from its packed
-    bytes holds other objects: changed, and ``observe`` compares the values."""
-    if not pre:
-        return bool(post)
-    if not post or len(post) != len(pre):
-        return True
-    get = post.get
-    return any(get(r) is not i or i.pc != pc or i.due != due for r, i, pc, due in pre)
 
 
 def _snap(pre: _Noted) -> Snapshot:
