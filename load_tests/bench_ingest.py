@@ -470,8 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--analytics",
         choices=["on", "off"],
-        default="on",
-        help="the engine's campaign analytics (`nudge run --analytics`; default on)",
+        default="off",
+        help="the engine's campaign analytics (`nudge run --analytics`; default off)",
     )
     p.add_argument(
         "--metrics-out",

@@ -64,7 +64,9 @@ class Engine:
             tokens=(WRITE, ADMIN),
             log=self.log,
             rules=self.rules,
-            extra=("--synchronous", "FULL"),  # an fsync per writer step: ~0.3 ms each
+            # an fsync per writer step (~0.3 ms each); analytics on: the report's counts
+            # must come through the kills exactly too (test_reports_crash.py)
+            extra=("--synchronous", "FULL", "--analytics", "on"),
         )
 
     def kill(self) -> None:
