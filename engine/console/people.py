@@ -21,6 +21,7 @@ from engine.console.history import customer_actions, customer_events
 from engine.console.session import Session
 from engine.console.web import CONSOLE, redirect, render
 from engine.http.base import BACKEND
+from engine.http.segments import segment_rows
 from engine.http.views import customer_json
 from engine.types import iso
 
@@ -42,21 +43,10 @@ async def segments(request: web.Request, session: Session) -> web.StreamResponse
     rs = backend.ruleset
     sampler = request.app[CONSOLE].sampler
     rows = []
-    now = backend.clock.now()
     if index is not None:
-        for seg in rs.segments if rs is not None else ():
-            if seg.id in index or index.open:
-                s = index.stats(seg.id, now)
-                rows.append(
-                    {
-                        "id": seg.id,
-                        "description": seg.description,
-                        "size": s.size,
-                        "entered_24h": s.entered_24h,
-                        "exited_24h": s.exited_24h,
-                        "history": [float(v) for v in sampler.segment_history(seg.id)],
-                    }
-                )
+        rows = segment_rows(index, rs, backend.clock.now())
+        for row in rows:
+            row["history"] = [float(v) for v in sampler.segment_history(row["id"])]
     return render(request, "segments.html", session, rows=rows, served=index is not None)
 
 

@@ -20,6 +20,7 @@ import csv
 import io
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -27,8 +28,9 @@ from aiohttp import web
 from engine.embedded.segment_index import SegmentIndex
 from engine.http.base import BACKEND, auth, error, ok
 from engine.types import iso
+from rules.ruleset import RuleSet
 
-__all__ = ["EXPORT_CHUNK", "MAX_PAGE", "install"]
+__all__ = ["EXPORT_CHUNK", "MAX_PAGE", "install", "segment_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,20 +75,14 @@ def _segment(request: web.Request) -> tuple[SegmentIndex, str] | web.Response:
     return index, sid
 
 
-async def list_segments(request: web.Request) -> web.Response:
-    if (denied := auth(request, "read")) is not None:
-        return denied
-    index = _index(request)
-    if isinstance(index, web.Response):
-        return index
-    backend = request.app[BACKEND]
-    now = backend.clock.now()
-    out = []
-    ruleset = backend.ruleset
+def segment_rows(index: SegmentIndex, ruleset: RuleSet | None, now: int) -> list[dict[str, Any]]:
+    """The running rule set's segments as listed (id, description, size, entries and
+    exits in the last 24 hours): the API's listing and the console's page."""
+    rows = []
     for seg in ruleset.segments if ruleset is not None else ():
         if seg.id in index or index.open:
             s = index.stats(seg.id, now)
-            out.append(
+            rows.append(
                 {
                     "id": seg.id,
                     "description": seg.description,
@@ -95,6 +91,17 @@ async def list_segments(request: web.Request) -> web.Response:
                     "exited_24h": s.exited_24h,
                 }
             )
+    return rows
+
+
+async def list_segments(request: web.Request) -> web.Response:
+    if (denied := auth(request, "read")) is not None:
+        return denied
+    index = _index(request)
+    if isinstance(index, web.Response):
+        return index
+    backend = request.app[BACKEND]
+    out = segment_rows(index, backend.ruleset, backend.clock.now())
     if hasattr(backend, "backfill_progress"):
         progress = await backend.backfill_progress()
     else:
