@@ -108,6 +108,10 @@ class Processor:
         self._consent = dict(rs.settings.default_consent)
         self._runner = FlowRunner(rs, self.timers, self._pop)
         self._baseline = baseline(rs, self._consent) if rs.segments else ()
+        # one customer's timers due at the same instant fire in priority order, then rule
+        # id (docs/semantics.md), so a low-priority rule cannot take a channel cap first
+        ranked = sorted(rs.rules.values(), key=CompiledRule.sort_key)
+        self.timers.order({r.id: i for i, r in enumerate(ranked)})
 
     # --- events ------------------------------------------------------------------
     def on_event(self, ev: Event, now: int, ts: int | None = None) -> Output:

@@ -38,7 +38,13 @@ class TimerStore(Protocol):
 
     def pop_due(self, now: int) -> tuple[int, str, str] | None:
         """The earliest timer due at or before ``now`` as (due, customer_id, rule_id),
-        removed; None when nothing is due. Ties break by customer id, then rule id."""
+        removed; None when nothing is due. Ties break by customer id, then the order set by
+        :meth:`order` (the rule set's priority), then rule id."""
+        ...
+
+    def order(self, ranks: dict[str, int]) -> None:
+        """Rank one customer's timers due at the same instant: rule id -> rank, lowest
+        first; ids not in ``ranks`` (the segment timer, removed rules) after them."""
         ...
 
     def next_due(self) -> int | None: ...

@@ -99,7 +99,9 @@ class MemoryStore:
 
 
 class MemoryTimers:
-    """A heap of (due, customer_id, rule_id) with lazy updates. ``_due`` holds each timer's
+    """A heap of (due, customer_id, rank, rule_id) with lazy updates. ``rank`` orders one
+    customer's timers due at the same instant: the rule set's priority order
+    (:meth:`order`; default 0 for all, so rule id order). ``_due`` holds each timer's
     current due time; a heap entry fires only if it matches it. Re-scheduling a timer to a
     later time pushes nothing while the timer still has an earlier entry in the heap
     (``_queued`` records one entry per timer): that entry, when it comes up, is moved to
@@ -111,8 +113,10 @@ class MemoryTimers:
     up."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, str, str]] = []
+        self._heap: list[tuple[int, str, int, str]] = []
         self._due: dict[tuple[str, str], int] = {}
+        self._rank: dict[str, int] = {}  # rule id -> rank (absent: ``_last``)
+        self._last = 0
         # timer -> the due time of one of its entries in the heap (none recorded: push)
         self._queued: dict[tuple[str, str], int] = {}
 
@@ -123,14 +127,25 @@ class MemoryTimers:
         if queued is not None and queued <= due:
             return  # that entry comes up first and is moved to ``due`` then
         self._queued[key] = due
-        heapq.heappush(self._heap, (due, customer_id, rule_id))
+        heapq.heappush(self._heap, (due, customer_id, self._rank.get(rule_id, self._last), rule_id))
         if len(self._heap) > 2 * len(self._due) + 1024:
             self._compact()
 
     def cancel(self, customer_id: str, rule_id: str) -> None:
         self._due.pop((customer_id, rule_id), None)
 
-    def _settle(self, now: int | None) -> tuple[int, str, str] | None:
+    def order(self, ranks: dict[str, int]) -> None:
+        """Order one customer's timers due at the same instant by ``ranks`` (rule id ->
+        rank, lowest first; ids not in it after all of them), then rule id. The heap is
+        rebuilt when the order changes (a deploy)."""
+        last = max(ranks.values(), default=-1) + 1
+        if ranks == self._rank and last == self._last:
+            return
+        self._rank = dict(ranks)
+        self._last = last
+        self._compact()
+
+    def _settle(self, now: int | None) -> tuple[int, str, int, str] | None:
         """Bring a live entry to the top of the heap: drop entries of cancelled timers and
         move early ones to their timer's due time. Returns the top entry (popped if it is
         due at or before ``now``), or None."""
@@ -139,7 +154,7 @@ class MemoryTimers:
         queued = self._queued
         while heap:
             item = heap[0]
-            t, cid, rid = item
+            t, cid, rank, rid = item
             key = (cid, rid)
             due = due_of.get(key)
             if due == t:
@@ -156,7 +171,7 @@ class MemoryTimers:
                     del queued[key]
                 continue
             # an early entry (the timer moved later since): move it to the due time
-            heapq.heapreplace(heap, (due, cid, rid))
+            heapq.heapreplace(heap, (due, cid, rank, rid))
             q = queued.get(key)
             if q is None or q == t or due < q:
                 queued[key] = due
@@ -164,7 +179,7 @@ class MemoryTimers:
 
     def pop_due(self, now: int) -> tuple[int, str, str] | None:
         item = self._settle(now)
-        return item if item is not None and item[0] <= now else None
+        return (item[0], item[1], item[3]) if item is not None and item[0] <= now else None
 
     def next_due(self) -> int | None:
         item = self._settle(None)
@@ -175,7 +190,8 @@ class MemoryTimers:
         return sorted((d, c, r) for (c, r), d in self._due.items())
 
     def _compact(self) -> None:
-        self._heap = [(d, c, r) for (c, r), d in self._due.items()]
+        rank, last = self._rank, self._last
+        self._heap = [(d, c, rank.get(r, last), r) for (c, r), d in self._due.items()]
         heapq.heapify(self._heap)
         self._queued = dict(self._due)
 

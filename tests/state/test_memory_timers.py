@@ -21,11 +21,24 @@ _op = st.one_of(
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(_op, max_size=80))
-def test_matches_a_dict_model(ops: list[tuple[str, tuple[str, str], int]]) -> None:
+@given(st.lists(_op, max_size=80), st.sampled_from([None, {"b": 0, "a": 1}, {"b": 0}]))
+def test_matches_a_dict_model(
+    ops: list[tuple[str, tuple[str, str], int]], ranks: dict[str, int] | None
+) -> None:
+    """With ``ranks`` (the rule set's priority order), a customer's timers due at the
+    same instant come up in rank order (ids without a rank last), then rule id."""
     timers = MemoryTimers()
+    rank: dict[str, int] = {}
+    if ranks is not None:
+        timers.order(ranks)
+        rank = ranks
+    last = max(rank.values(), default=-1) + 1
     model: dict[tuple[str, str], int] = {}
-    for op, key, t in ops:
+    for i, (op, key, t) in enumerate(ops):
+        if ranks is not None and i == len(ops) // 2:
+            rank = {"a": 0}  # a deploy changes the order mid-sequence: the heap follows
+            last = 1
+            timers.order(rank)
         if op == "schedule":
             timers.schedule(*key, t)
             model[key] = t
@@ -34,8 +47,9 @@ def test_matches_a_dict_model(ops: list[tuple[str, tuple[str, str], int]]) -> No
             model.pop(key, None)
         elif op == "pop":
             while True:
-                due = [(d, c, r) for (c, r), d in model.items() if d <= t]
-                expected = min(due) if due else None
+                due = [(d, c, rank.get(r, last), r) for (c, r), d in model.items() if d <= t]
+                first = min(due) if due else None
+                expected = None if first is None else (first[0], first[1], first[3])
                 assert timers.pop_due(t) == expected
                 if expected is None:
                     break
