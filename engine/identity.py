@@ -62,7 +62,7 @@ def hand_over(st: CustomerState, timers: TimerStore) -> CustomerState:
     if st.segments_due is not None:
         timers.cancel(st.customer_id, SEGMENT_TIMER)
     st.segments = st.segments_left = st.segments_due = st.segments_flip = None
-    st.timezone = st.consent = st.attributes = None
+    st.timezone = st.consent = st.consent_changes = st.attributes = None
     st.orders, st.revenue = 0, 0.0
     st.first_order = st.last_order = None
     st.cart = st.cart_updated = st.viewed = st.counters = None
@@ -112,6 +112,7 @@ def merge(st: CustomerState, other: CustomerState, timers: TimerStore) -> bool:
     st.last_seen = max(st.last_seen, other.last_seen)
     st.timezone = st.timezone or other.timezone
     st.consent = _under(other.consent, st.consent)
+    st.consent_changes = _under(other.consent_changes, st.consent_changes)
     st.attributes = _under(other.attributes, st.attributes)
     st.undeliverable = _under(other.undeliverable, st.undeliverable)
     st.orders += other.orders

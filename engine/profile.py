@@ -16,7 +16,15 @@ from engine.types import Event
 from state.customer import VIEWED_MAX, CustomerState
 from state.windows import increment
 
-__all__ = ["CONSENT_EFFECTS", "CUSTOMER_FIELDS", "apply_event", "customer_view"]
+__all__ = [
+    "CONSENT_EFFECTS",
+    "CUSTOMER_FIELDS",
+    "DEFAULT_SOURCE",
+    "apply_event",
+    "consent_source",
+    "customer_view",
+    "set_consent",
+]
 
 _CHANNELS = ("email", "sms", "push")
 _MAX_ATTRIBUTES = 32
@@ -30,20 +38,42 @@ def _num(value: Any, default: float = 0.0) -> float:
     )
 
 
-def _consent(st: CustomerState, props: dict[str, Any]) -> None:
+DEFAULT_SOURCE = "storefront"
+"""The source recorded for a consent change whose event names none (``context.source``
+is set by the provider sources: ``sendgrid``, ``twilio``, ``shopify``)."""
+
+
+def consent_source(ev: Event) -> str:
+    """Where a consent change came from: the event's ``context.source`` (a provider
+    source sets it; a storefront may, e.g. ``preference_center``), else ``storefront``."""
+    src = ev.context.get("source") if ev.context else None
+    return src[:64] if isinstance(src, str) and src else DEFAULT_SOURCE
+
+
+def set_consent(st: CustomerState, channel: str, value: bool, ts: int, ev: Event) -> None:
+    """Switch ``channel``'s consent to ``value`` and record when (event time ``ts``), by
+    which event type and from which source. Applied in arrival order: the last event
+    processed wins, whatever its time (a late unsubscribe still switches it off)."""
+    if st.consent is None:
+        st.consent = {}
+    st.consent[channel] = value
+    if st.consent_changes is None:
+        st.consent_changes = {}
+    st.consent_changes[channel] = (ts, ev.type, consent_source(ev))
+
+
+def _consent(st: CustomerState, props: dict[str, Any], ts: int, ev: Event) -> None:
     consent = props.get("consent")
     if not isinstance(consent, dict):
         return
     for ch in _CHANNELS:
         v = consent.get(ch)
         if isinstance(v, bool):
-            if st.consent is None:
-                st.consent = {}
-            st.consent[ch] = v
+            set_consent(st, ch, v, ts, ev)
 
 
-def _customer(st: CustomerState, props: dict[str, Any]) -> None:
-    _consent(st, props)
+def _customer(st: CustomerState, props: dict[str, Any], ts: int, ev: Event) -> None:
+    _consent(st, props, ts, ev)
     tz = props.get("timezone")
     if tz is not None and valid_timezone(tz):
         st.timezone = tz
@@ -61,8 +91,10 @@ CONSENT_EFFECTS: dict[str, tuple[str, bool]] = {
     "sms_unsubscribed": ("sms", False),
     "sms_resubscribed": ("sms", True),
 }
-"""Feedback event types that switch a channel's consent at once (an unsubscribe, a spam
-report or an SMS STOP off; a resubscribe or START back on)."""
+"""Event types that switch a channel's consent at once (an unsubscribe, a spam report or an
+SMS STOP off; a resubscribe or START back on), whoever sends them: a provider callback
+(connectors/sources/) or the storefront's own preference centre; the change is recorded
+with its time and source (``CustomerState.consent_changes``)."""
 _BOUNCES = {"email_bounced": "email", "sms_failed": "sms"}
 _ADDRESSES = {"email": "email", "sms": "phone", "push": "push_token"}
 
@@ -134,7 +166,7 @@ def apply_event(
     elif t == "order_refunded":
         st.revenue = round(max(0.0, st.revenue - _num(props.get("amount"))), 2)
     elif t in ("customer_signed_up", "customer_updated"):
-        _customer(st, props)
+        _customer(st, props, ts, ev)
     elif t == "cart_replaced":
         cart: dict[str, list[float]] = {}
         for item in props["items"]:
@@ -146,9 +178,7 @@ def apply_event(
         st.cart_updated = ts
     elif t in CONSENT_EFFECTS:
         channel, value = CONSENT_EFFECTS[t]
-        if st.consent is None:
-            st.consent = {}
-        st.consent[channel] = value
+        set_consent(st, channel, value, ts, ev)
     elif t in _BOUNCES and props.get("bounce_type") == "hard":
         channel = _BOUNCES[t]
         address = props.get("address") or (st.attributes or {}).get(addresses.get(channel, ""))

@@ -15,6 +15,8 @@ both sides, the number of differing lines and the first differences; exit 1 on a
 
     python -m load_tests.agreement --customers 100000 --events 1000000 --seed 1
     python -m load_tests.agreement --customers 100000 --events 1000000 --segments
+    python -m load_tests.agreement --events 1000000 --start 2026-03-08T00:00:00Z \
+        --days 31 --zones dst --unsubscribe-share 0.02   # clock changes, opt-outs
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,13 @@ import orjson
 from load_tests.diff import diff_actions
 from load_tests.oracle import OracleStats, oracle_lines
 from load_tests.oracle_segments import Change, SegmentStats, change_line, segment_changes
-from load_tests.traffic import TrafficConfig, generate
+from load_tests.traffic import (
+    DEFAULT_START,
+    DST_TIMEZONES,
+    TIMEZONES,
+    TrafficConfig,
+    generate,
+)
 
 __all__ = ["compare_segments", "engine_lines", "engine_segment_changes", "main"]
 
@@ -198,6 +207,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duplicate-share", type=float, default=0.01)
     ap.add_argument("--late-share", type=float, default=0.02)
     ap.add_argument("--late-hours-share", type=float, default=0.1)
+    ap.add_argument(
+        "--start",
+        default=None,
+        help="trace start, RFC 3339 (default 2026-01-05Z; 2026-03-08T00:00:00Z spans the "
+        "spring-forward nights of New York and Paris and the autumn one of Sydney)",
+    )
+    ap.add_argument("--days", type=float, default=28.0)
+    ap.add_argument(
+        "--zones",
+        choices=("stock", "dst"),
+        default="stock",
+        help="customer time zones: the generator's, or those plus Australia/Lord_Howe "
+        "(a 30-minute DST shift)",
+    )
+    ap.add_argument(
+        "--unsubscribe-share",
+        type=float,
+        default=0.0,
+        help="share of sessions followed by a storefront opt-out (email_unsubscribed, ...)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the generated trace file")
     ap.add_argument(
         "--segments",
@@ -214,6 +243,14 @@ def main(argv: list[str] | None = None) -> int:
             duplicate_share=args.duplicate_share,
             late_share=args.late_share,
             late_hours_share=args.late_hours_share,
+            start=(
+                DEFAULT_START
+                if args.start is None
+                else int(datetime.fromisoformat(args.start).astimezone(UTC).timestamp() * 1000)
+            ),
+            days=args.days,
+            timezones=DST_TIMEZONES if args.zones == "dst" else TIMEZONES,
+            unsubscribe_share=args.unsubscribe_share,
         )
         fd, path = tempfile.mkstemp(prefix="nudge-trace-", suffix=".jsonl")
         t0 = time.perf_counter()

@@ -33,6 +33,7 @@ from load_tests.oracle_recipes import (
     CHANNEL_CAPS,
     DEFAULT_CONSENT,
     DRAIN,
+    OPT_OUTS,
     QUIET_END,
     RECIPES,
     VIEWED_MAX,
@@ -189,6 +190,11 @@ class Oracle:
                         c.consent[channel] = consent[channel]
             if props.get("timezone") is not None and valid_zone(props["timezone"]):
                 c.timezone = props["timezone"]
+        elif etype in OPT_OUTS:
+            # an unsubscribe / spam report / STOP, or a resubscribe / START, from a
+            # provider or the storefront alike: that channel only, in arrival order
+            channel, value = OPT_OUTS[etype]
+            c.consent[channel] = value
 
     def trigger(self, r: Recipe, c: Customer, ev: dict[str, Any], ts: int, now: int) -> None:
         old = c.flows.get(r.id)

@@ -29,6 +29,7 @@ __all__ = [
     "DAY",
     "DEFAULT_CONSENT",
     "DRAIN",
+    "OPT_OUTS",
     "QUIET_END",
     "RECIPES",
     "VIEWED_MAX",
@@ -64,6 +65,14 @@ ALLOWED_LATENESS = 24 * HOUR
 DEDUP_RING = 32
 VIEWED_MAX = 5
 QUIET_START, QUIET_END = 21 * 60, 9 * 60  # "21:00-09:00", minutes after local midnight
+# events that set one channel's consent (docs/semantics.md, delivery feedback)
+OPT_OUTS = {
+    "email_unsubscribed": ("email", False),
+    "email_spam_reported": ("email", False),
+    "email_resubscribed": ("email", True),
+    "sms_unsubscribed": ("sms", False),
+    "sms_resubscribed": ("sms", True),
+}
 
 
 # --- customers and flows ---------------------------------------------------------------

@@ -47,7 +47,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-__all__ = ["TIMEZONES", "Traffic", "TrafficConfig", "generate", "main"]
+__all__ = ["DST_TIMEZONES", "TIMEZONES", "Traffic", "TrafficConfig", "generate", "main"]
 
 DEFAULT_START = 1_767_571_200_000  # 2026-01-05T00:00:00Z
 _S = 1000
@@ -65,6 +65,8 @@ TIMEZONES: tuple[str, ...] = (
     "Australia/Sydney",
     "UTC",
 )
+DST_TIMEZONES: tuple[str, ...] = (*TIMEZONES, "Australia/Lord_Howe")
+"""TIMEZONES and a zone whose clocks move by 30 minutes (Lord Howe Island)."""
 _LOCALES = ("fr-FR", "en-GB", "en-US", "en-US", "ja-JP", "en-IN", "en-AU", "en")
 _CATEGORIES = ("shoes", "bags", "shirts", "jackets", "accessories", "beauty", "home")
 
@@ -87,6 +89,11 @@ class TrafficConfig:
     new_share: float = 0.4
     products: int = 2_000
     back_in_stock_share: float = 0.02
+    # opt-outs the storefront sends itself (email_unsubscribed, sms_unsubscribed, ...)
+    # after a session; 0 (the default) leaves the trace as it was before they existed
+    unsubscribe_share: float = 0.0
+    # the zones customers live in (DST_TIMEZONES adds a 30-minute DST shift)
+    timezones: tuple[str, ...] = TIMEZONES
 
 
 # heap item kinds
@@ -133,7 +140,7 @@ class Traffic:
         self.next_event = 0
         self.next_order = 0
         self._offsets: dict[tuple[str, int], int] = {}
-        self._zones = {tz: ZoneInfo(tz) for tz in TIMEZONES}
+        self._zones = {tz: ZoneInfo(tz) for tz in config.timezones}
         self._prefix: dict[int, str] = {}
 
     # -- scheduling ------------------------------------------------------------------
@@ -190,9 +197,11 @@ class Traffic:
         rng = self.rng
         i = self.arrived
         self.arrived += 1
-        k = rng.randrange(len(TIMEZONES))
-        tz: str | None = TIMEZONES[k] if rng.random() < 0.9 else None
-        c = _Customer(f"cus-{i:07d}", tz, rng.random() < 0.3, _LOCALES[k])
+        zones = self.cfg.timezones
+        k = rng.randrange(len(zones))
+        tz: str | None = zones[k] if rng.random() < 0.9 else None
+        locale = _LOCALES[k] if k < len(_LOCALES) else "en"
+        c = _Customer(f"cus-{i:07d}", tz, rng.random() < 0.3, locale)
         if rng.random() < 0.2:
             c.ctx["channel"] = "app"
         if rng.random() < self.cfg.new_share:
@@ -278,6 +287,8 @@ class Traffic:
         self._engagement(t, c)
         if rng.random() < 0.03:
             self._consent_change(t + rng.randrange(_MIN, 6 * _H), c)
+        if self.cfg.unsubscribe_share > 0 and rng.random() < self.cfg.unsubscribe_share:
+            self._opt_out(t + rng.randrange(_MIN, 12 * _H), c)
         nxt = t + int(rng.expovariate(1.0 / self.session_gap)) + 10 * _MIN
         if nxt < self.end:
             self._push(nxt, _SESSION, c)
@@ -332,11 +343,35 @@ class Traffic:
         elif r < 0.9:
             props = {"consent": {"sms": rng.random() < 0.6}}
         else:
-            tz = rng.choice(TIMEZONES)
+            tz = rng.choice(self.cfg.timezones)
             props = {"timezone": tz}
             c.tz = tz
             c.ctx = dict(c.ctx, timezone=tz)
         self._ev(t, c, "customer_updated", props)
+
+    def _opt_out(self, t: int, c: _Customer) -> None:
+        """An unsubscribe (or a change of mind) the storefront sends itself: from its
+        preference centre (``context.source``) or with no source named."""
+        rng = self.rng
+        r = rng.random()
+        typ = (
+            "email_unsubscribed"
+            if r < 0.5
+            else "sms_unsubscribed"
+            if r < 0.75
+            else "email_spam_reported"
+            if r < 0.85
+            else "email_resubscribed"
+            if r < 0.95
+            else "sms_resubscribed"
+        )
+        props: dict[str, Any] = {}
+        if typ.startswith("email") and rng.random() < 0.5:
+            props["template"] = rng.choice(("newsletter", "cart_reminder", "promo"))
+        ev = self._build(t, c, typ, props)  # built now: its own context
+        if rng.random() < 0.5:
+            ev["context"]["source"] = "preference_center"
+        self._push(t, _LATE, ev)
 
     # -- the merge loop --------------------------------------------------------------
 

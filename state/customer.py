@@ -105,6 +105,10 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     # (orders, a merge, a backfill) and kept until then: a segment timer fired by a
     # count() window reuses it. Appended last, like the digest.
     segments_flip: int | None = None
+    # channel -> (event time, event type, source) of the last consent statement applied
+    # for it (arrival order, like ``consent``): where an opt-out came from and when.
+    # Appended last, like the digest.
+    consent_changes: dict[str, tuple[int, str, str]] | None = None
 
     # --- derived views -------------------------------------------------------------
     @property

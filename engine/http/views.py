@@ -48,6 +48,11 @@ def customer_json(st: CustomerState, rs: RuleSet, now: int) -> dict[str, Any]:
             "last_seen": _t(st.last_seen),
             "timezone": st.timezone or rs.settings.default_timezone,
             "consent": consent,
+            # where each channel's consent last came from (event time, type, source)
+            "consent_changes": {
+                ch: {"at": iso(at), "event": etype, "source": source}
+                for ch, (at, etype, source) in sorted((st.consent_changes or {}).items())
+            },
             "orders": st.orders,
             "ltv": st.revenue,
             "aov": st.aov,
