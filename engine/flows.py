@@ -21,13 +21,71 @@ from rules.ruleset import RuleSet
 from state.base import TimerStore
 from state.customer import CustomerState, FlowInstance
 
-__all__ = ["FlowRunner", "address", "idempotency_key"]
+__all__ = ["FlowRunner", "address", "attributed_step", "idempotency_key", "seen_slot"]
 
 
 def idempotency_key(rule_id: str, version: int, customer_id: str, instance: str, pc: int) -> str:
     """Stable across replays: the same input always yields the same key."""
     raw = f"{rule_id}\0{version}\0{customer_id}\0{instance}\0{pc}".encode()
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def attributed_step(
+    rule: CompiledRule, inst: FlowInstance, customer_id: str, key: str
+) -> int | None:
+    """The pc of the send op of ``inst`` whose action had idempotency key ``key`` (what
+    provider feedback carries as ``message_key``), or None: another instance's or
+    another rule's action."""
+    for pc, op in enumerate(rule.ops):
+        if isinstance(op, Send) and key == idempotency_key(
+            inst.rule_id, inst.version, customer_id, inst.instance_id, pc
+        ):
+            return pc
+    return None
+
+
+def _templates(rule: CompiledRule, op: Send) -> set[str]:
+    """The templates a send step can send: its own and the experiment arms' overrides."""
+    out = {op.template}
+    for v in rule.variants:
+        override = v.steps.get(op.name) if op.name is not None else None
+        if override is not None and override[0]:
+            out.add(override[0])
+    return out
+
+
+def seen_slot(
+    rule: CompiledRule | None, inst: FlowInstance, customer_id: str, etype: str, props: Any
+) -> str:
+    """Where an open instance records a message event (``seen``; docs/semantics.md):
+    ``etype`` when the event names no action (unattributed: today's meaning),
+    ``etype\0step`` when it is attributed to the action that named step of this instance
+    sent (by ``message_key``; without a key, by ``rule_id`` and ``template``, the latest
+    step already run that sends that template), ``etype\0`` when attributed to this
+    instance's rule but no step is known, ``etype\0*`` when attributed to anything else
+    (another rule, another instance: last week's reminder of the same rule)."""
+    key = props.get("message_key")
+    rid = props.get("rule_id")
+    if not (isinstance(key, str) and key) and not (isinstance(rid, str) and rid):
+        return etype
+    if rule is None:
+        return f"{etype}\0*"
+    if isinstance(key, str) and key:
+        pc = attributed_step(rule, inst, customer_id, key)
+        if pc is None:
+            return f"{etype}\0*"
+        op = rule.ops[pc]
+        assert isinstance(op, Send)
+        return f"{etype}\0{op.name or ''}"
+    if rid != inst.rule_id:
+        return f"{etype}\0*"
+    template = props.get("template")
+    if isinstance(template, str):
+        for pc in range(min(inst.pc, len(rule.ops)) - 1, -1, -1):
+            op = rule.ops[pc]
+            if isinstance(op, Send) and op.name and template in _templates(rule, op):
+                return f"{etype}\0{op.name}"
+    return f"{etype}\0"
 
 
 def address(st: CustomerState, channel: str, attribute: str | None) -> str:

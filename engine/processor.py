@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from engine.flows import FlowRunner
+from engine.flows import FlowRunner, seen_slot
 from engine.identity import hand_over, merge, merge_event
 from engine.intelligence.population import EMPTY, Population
 from engine.output import Output
@@ -33,6 +33,10 @@ from state.customer import SEGMENT_TIMER, CustomerState, FlowInstance
 __all__ = ["Processor", "assign_variant", "fingerprint", "kept_trigger"]
 
 logger = logging.getLogger(__name__)
+
+# message events (feedback on an action: opened, clicked, ...) that may carry ``rule_id``,
+# ``template``, ``message_key``: an open flow records them by attribution (seen_slot)
+_MESSAGE_TYPES = ("email_", "sms_", "push_")
 
 
 def fingerprint(event_id: str) -> int:
@@ -147,14 +151,20 @@ class Processor:
         apply_event(st, ev, ts, now, plan.counted, rs.settings.addresses)
         flows = st.flows
         if flows:
+            message = etype.startswith(_MESSAGE_TYPES)  # may name the action it is about
             for rule_id in plan.seen:
                 inst = flows.get(rule_id)
                 if inst is not None and ts >= inst.started_at:
+                    slot = etype
+                    if message:
+                        slot = seen_slot(
+                            rs.rules.get(rule_id), inst, st.customer_id, etype, ev.properties
+                        )
                     seen = inst.seen
                     if seen is None:
-                        inst.seen = {etype: ts}
-                    elif seen.get(etype, -1) < ts:
-                        seen[etype] = ts
+                        inst.seen = {slot: ts}
+                    elif seen.get(slot, -1) < ts:
+                        seen[slot] = ts
             if plan.exits:
                 self._exits(st, ev, ts, now, plan.exits, out)
         if plan.goal and st.goals:

@@ -104,16 +104,47 @@ class RuleScope:
     def _fn_count(self, event_type: str, window: str) -> int:
         return count(self.state.counters or {}, event_type, window, self.now)
 
+    # ``seen`` slots (engine/flows.py ``seen_slot``): ``type`` unattributed, ``type\0step``
+    # / ``type\0`` attributed to this flow (a step of it / no step known), ``type\0*``
+    # attributed to another rule's or instance's action
+    def _last(self, event_type: str, own: bool) -> int:
+        flow = self.flow
+        if flow is None or flow.seen is None:
+            return -1
+        last = -1
+        prefix = event_type + "\0"
+        for slot, t in flow.seen.items():
+            if t > last and (slot == event_type or slot.startswith(prefix)):
+                if own and slot.endswith("\0*"):
+                    continue
+                last = t
+        return last
+
     def _fn_seen(self, event_type: str) -> bool:
-        return (
-            self.flow is not None and self.flow.seen is not None and (event_type in self.flow.seen)
-        )
+        """An event of the type since the flow started, unattributed or attributed to
+        this flow."""
+        return self._last(event_type, True) >= 0
+
+    def _fn_seen_any(self, event_type: str) -> bool:
+        """Any event of the type since the flow started, whatever it is attributed to."""
+        return self._last(event_type, False) >= 0
 
     def _fn_seen_since(self, event_type: str, step: str) -> bool:
+        """An event of the type since step ``step`` ran, unattributed or attributed to
+        the action that step sent ("that email opened")."""
         flow = self.flow
         if flow is None or flow.seen is None or flow.marks is None:
             return False
-        return flow.seen.get(event_type, -1) >= flow.marks.get(step, _NEVER)
+        mark = flow.marks.get(step, _NEVER)
+        seen = flow.seen
+        return seen.get(event_type, -1) >= mark or seen.get(f"{event_type}\0{step}", -1) >= mark
+
+    def _fn_seen_any_since(self, event_type: str, step: str) -> bool:
+        """Any event of the type since step ``step`` ran ("any email opened")."""
+        flow = self.flow
+        if flow is None or flow.marks is None:
+            return False
+        return self._last(event_type, False) >= flow.marks.get(step, _NEVER)
 
     def _fn_segment_since(self, segment: str) -> int:
         return (self.state.segments or {}).get(segment, 0)

@@ -84,7 +84,7 @@ class CompiledRule:
     counted: frozenset[str]
     digest: str
     uses_trigger: bool  # some expression reads ``trigger``: keep the trigger's properties
-    # event types the flow's seen()/seen_since() calls name: what an open instance records
+    # event types the flow's seen*() calls name: what an open instance records
     # in ``seen`` (None: every type, a call's argument is not a literal)
     seen_types: frozenset[str] | None = frozenset()
     # the trigger properties the expressions select (``trigger.product_id``): all a flow
@@ -129,7 +129,7 @@ class _Compiler:
             else:
                 if self.seen is not None:
                     self.seen.add(arg)
-                if fn == "seen_since" and arg2 is not None:
+                if fn in ("seen_since", "seen_any_since") and arg2 is not None:
                     self.pending_seen.append((key, arg2, len(self.ops)))
         if e.dynamic_calls:
             self.seen = None

@@ -10,8 +10,10 @@ customer map, 5M/s with none). Where every mention of a variable is a field sele
 
 Variables: ``event`` (type, properties, context, timestamp ms), ``customer``, ``cart``,
 ``trigger`` (the properties of the event that started the flow). Functions:
-``count(type, window)``, ``seen(type)``, ``seen_since(type, step)``, ``viewed()``,
-``segment_since(id)`` (when the customer entered segment ``id``; 0 when not a member).
+``count(type, window)``, ``seen(type)``, ``seen_since(type, step)``, ``seen_any(type)``,
+``seen_any_since(type, step)`` (docs/semantics.md#steps: which feedback counts),
+``viewed()``, ``segment_since(id)`` (when the customer entered segment ``id``; 0 when not
+a member).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import cel
 __all__ = ["FUNCTIONS", "VARIABLES", "Expression", "ExpressionError", "Scope"]
 
 VARIABLES = frozenset({"event", "customer", "cart", "trigger"})
-FUNCTIONS = frozenset({"count", "seen", "seen_since", "segment_since", "viewed"})
+FUNCTIONS = frozenset(
+    {"count", "seen", "seen_since", "seen_any", "seen_any_since", "segment_since", "viewed"}
+)
 _POS = re.compile(r"<input>:(\d+):(\d+): (.*?)(\n|$)")
 # A bare field selection ("cart.value", "trigger.product_id") or a no-argument call
 # ("viewed()") is looked up directly: same result as CEL, without converting the variable
@@ -33,9 +37,10 @@ _POS = re.compile(r"<input>:(\d+):(\d+): (.*?)(\n|$)")
 _PATH = re.compile(r"^\s*([a-z_][a-z0-9_]*)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*$")
 _NOARG = re.compile(r"^\s*(viewed)\(\s*\)\s*$")
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_CALL_NAME = re.compile(r"\b(?:count|seen|seen_since)\s*\(")
+_CALL_NAME = re.compile(r"\b(?:count|seen|seen_since|seen_any|seen_any_since)\s*\(")
 _CALL = re.compile(
-    r"\b(count|seen|seen_since)\(\s*(['\"])([^'\"]*)\2(?:\s*,\s*(['\"])([^'\"]*)\4)?"
+    r"\b(count|seen|seen_since|seen_any|seen_any_since)\("
+    r"\s*(['\"])([^'\"]*)\2(?:\s*,\s*(['\"])([^'\"]*)\4)?"
 )
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from engine.flows import idempotency_key
+from engine.flows import attributed_step
 from engine.output import Output
 from engine.types import Event, Fire
 from rules.compiler import Branch, CompiledRule, Jump, Send, Wait
@@ -309,12 +309,10 @@ def _feedback(rs: RuleSet, add: Add, st: CustomerState | None, event: Event, hou
     inst = st.flows.get(rid) if st is not None and st.flows else None
     key = props.get("message_key")
     if inst is not None and rule is not None and isinstance(key, str):
-        for pc, op in enumerate(rule.ops):
-            if isinstance(op, Send) and key == idempotency_key(
-                rid, inst.version, event.customer_id, inst.instance_id, pc
-            ):
-                add[(rid, inst.version, inst.variant, pc, kind, hour)] += 1
-                return
+        pc = attributed_step(rule, inst, event.customer_id, key)
+        if pc is not None:
+            add[(rid, inst.version, inst.variant, pc, kind, hour)] += 1
+            return
     variant = ""
     if inst is not None:
         variant = inst.variant

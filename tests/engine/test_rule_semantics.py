@@ -49,3 +49,84 @@ def test_a_deploy_reorders_pending_timers() -> None:
     ).driver.processor.ruleset
     kit.advance(hours=1)
     assert [a.template for a in kit.sent()] == ["a-low"]
+
+
+# --- 1. "the reminder email was not opened" means that email ---------------------------
+_OPEN = """
+kind: settings
+default_consent: {email: true, sms: true}
+"""
+_CART = """
+id: cart
+trigger: {event: cart_item_added}
+on_retrigger: restart
+steps:
+  - wait: 4h
+  - name: reminder
+    send: {channel: email, template: cart_reminder}
+  - wait: 4h
+  - if: "!seen_since('email_opened', 'reminder')"
+    send: {channel: sms, template: cart_sms}
+"""
+_ANY = _CART.replace("id: cart", "id: cart-any").replace("seen_since(", "seen_any_since(")
+
+
+def _reminded(rule: str = _CART) -> tuple[RuleKit, str]:
+    kit = RuleKit.from_yaml(_OPEN, rule)
+    kit.send("cart_item_added", "c1", {"product_id": "p1", "price": 20})
+    kit.advance(hours=4)
+    (reminder,) = kit.sent(channel="email")
+    return kit, reminder.idempotency_key
+
+
+def _sms_after(kit: RuleKit, open_props: dict[str, str] | None) -> bool:
+    kit.advance(hours=1)
+    if open_props is not None:
+        kit.send("email_opened", "c1", open_props)
+    kit.advance(hours=3)
+    return bool(kit.sent(channel="sms"))
+
+
+def test_an_open_attributed_to_the_reminder_cancels_the_sms() -> None:
+    kit, key = _reminded()
+    assert not _sms_after(kit, {"rule_id": "cart", "message_key": key})
+
+
+def test_an_open_of_another_rules_email_does_not_cancel() -> None:
+    kit, _ = _reminded()
+    assert _sms_after(kit, {"rule_id": "newsletter", "template": "weekly", "message_key": "k9"})
+
+
+def test_an_open_of_last_weeks_reminder_of_the_same_rule_does_not_cancel() -> None:
+    kit, old_key = _reminded()
+    kit.advance(days=7)  # the first flow ended; a new cart starts a new instance
+    kit.send("cart_item_added", "c1", {"product_id": "p2", "price": 20})
+    kit.advance(hours=4)
+    assert len(kit.sent(channel="email")) == 2
+    sms_before = len(kit.sent(channel="sms"))
+    kit.advance(hours=1)
+    kit.send("email_opened", "c1", {"rule_id": "cart", "message_key": old_key})
+    kit.advance(hours=3)
+    assert len(kit.sent(channel="sms")) == sms_before + 1
+
+
+def test_without_a_key_rule_and_template_attribute_the_open() -> None:
+    kit, _ = _reminded()
+    assert not _sms_after(kit, {"rule_id": "cart", "template": "cart_reminder"})
+    kit, _ = _reminded()
+    assert _sms_after(kit, {"rule_id": "cart", "template": "some_other_email"})
+
+
+def test_an_unattributed_open_still_cancels() -> None:
+    kit, _ = _reminded()
+    assert not _sms_after(kit, {})
+
+
+def test_no_open_sends_the_sms() -> None:
+    kit, _ = _reminded()
+    assert _sms_after(kit, None)
+
+
+def test_seen_any_since_counts_any_open() -> None:
+    kit, _ = _reminded(_ANY)
+    assert not _sms_after(kit, {"rule_id": "newsletter", "template": "weekly", "message_key": "k"})
