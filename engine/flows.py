@@ -208,8 +208,20 @@ class FlowRunner:
         now: int,
         out: Output,
     ) -> bool:
-        """Returns False when the send was deferred (quiet hours): the flow waits."""
+        """Returns False when the send was deferred (quiet hours: the flow waits) or the
+        rule's ``send_if`` no longer holds (the flow has ended)."""
         variant = inst.variant
+        if rule.send_if is not None:
+            scope = RuleScope(st, now, self.consent, flow=inst, population=self.population)
+            try:
+                ok = rule.send_if.test(scope)
+            except (RuntimeError, TypeError, KeyError, ValueError) as err:
+                out.errors.append(f"{rule.id}: send_if: {err}")
+                ok = False
+            if not ok:
+                out.fires.append(Fire(rule.id, variant, op.channel, "skipped_condition", now))
+                self.close(st, inst)
+                return False
         if variant == "holdout":
             outcome: str | None = "holdout"
         else:

@@ -90,6 +90,9 @@ class CompiledRule:
     # the trigger properties the expressions select (``trigger.product_id``): all a flow
     # keeps of them (None: the whole map, an expression uses ``trigger`` otherwise)
     trigger_keys: tuple[str, ...] | None = None  # sorted: the kept map's order is stable
+    # re-checked before every send (holdout included); false: the flow ends there,
+    # counted ``skipped_condition``
+    send_if: Expression | None = None
 
     def sort_key(self) -> tuple[int, str]:
         return (-self.priority, self.id)
@@ -244,6 +247,7 @@ class _Compiler:
             f = self.expr(m.filter, ("exit_on", i, "filter"), in_flow=False) if m.filter else None
             exits.append((m.type, f))
         self.steps(s.steps, ("steps",))
+        send_if = self.expr(s.send_if, ("send_if",), in_flow=True) if s.send_if else None
         for key, step_name, at in self.pending_seen:
             if step_name not in self.names:
                 self.errors.append(
@@ -288,6 +292,7 @@ class _Compiler:
             uses_trigger=self.uses_trigger,
             seen_types=None if self.seen is None else frozenset(self.seen),
             trigger_keys=None if self.trigger_keys is None else tuple(sorted(self.trigger_keys)),
+            send_if=send_if,
         )
 
 

@@ -213,6 +213,10 @@ class RuleSpec(_Spec):
     priority: int = Field(default=0, description="higher runs first when rules compete")
     trigger: EventMatch
     when: Expr | None = Field(default=None, description="condition checked when triggered")
+    send_if: Expr | None = Field(
+        default=None,
+        description="condition re-checked before every send; false ends the flow",
+    )
     on_retrigger: Literal["ignore", "restart"] = Field(
         default="ignore", description="trigger while a run is open: ignore it or start over"
     )

@@ -4,7 +4,10 @@ conversions per entry. Scenario tests under the virtual clock, negative cases in
 
 from __future__ import annotations
 
+import pytest
+
 from engine.testing import RuleKit
+from rules.exceptions import RuleErrors
 
 _SETTINGS = """
 kind: settings
@@ -130,3 +133,57 @@ def test_no_open_sends_the_sms() -> None:
 def test_seen_any_since_counts_any_open() -> None:
     kit, _ = _reminded(_ANY)
     assert not _sms_after(kit, {"rule_id": "newsletter", "template": "weekly", "message_key": "k"})
+
+
+# --- 2. re-check before each send -------------------------------------------------------
+_RECHECK = """
+id: cart
+trigger: {event: cart_item_added}
+send_if: "cart.value > 0.0"
+steps:
+  - wait: 4h
+  - send: {channel: email, template: cart_reminder, params: {value: "{{ cart.value }}"}}
+  - wait: 4h
+  - send: {channel: sms, template: cart_sms}
+"""
+
+
+def test_an_order_stamped_before_the_flow_skips_its_sends() -> None:
+    kit = RuleKit.from_yaml(_OPEN, _RECHECK)
+    t0 = kit.now
+    kit.send("cart_item_added", "c1", {"product_id": "p1", "price": 20})
+    kit.advance(hours=1)
+    # stamped before the flow started: it does not end the flow (exit_on and goals only
+    # see events at or after the start), but it empties the cart
+    kit.send("order_completed", "c1", {"order_id": "o1", "total": 20}, at=t0 - 60_000)
+    kit.advance(hours=8)
+    assert kit.sent() == []
+    (skip,) = kit.fired(outcome="skipped_condition")
+    assert (skip.rule_id, skip.channel) == ("cart", "email")
+    assert kit.state("c1").flows is None  # the flow ended at the skipped send
+
+
+def test_the_condition_still_true_sends_every_step() -> None:
+    kit = RuleKit.from_yaml(_OPEN, _RECHECK)
+    kit.send("cart_item_added", "c1", {"product_id": "p1", "price": 20})
+    kit.advance(hours=8)
+    assert [a.channel for a in kit.sent()] == ["email", "sms"]
+    assert kit.sent()[0].params["value"] == 20.0
+
+
+def test_a_condition_turning_false_between_sends_stops_the_next() -> None:
+    kit = RuleKit.from_yaml(_OPEN, _RECHECK)
+    kit.send("cart_item_added", "c1", {"product_id": "p1", "price": 20})
+    kit.advance(hours=5)
+    kit.send("cart_item_removed", "c1", {"product_id": "p1"})
+    kit.advance(hours=4)
+    assert [a.channel for a in kit.sent()] == ["email"]
+    assert [f.channel for f in kit.fired(outcome="skipped_condition")] == ["sms"]
+
+
+def test_send_if_errors_name_the_file_and_line() -> None:
+    bad = _RECHECK.replace('send_if: "cart.value > 0.0"', 'send_if: "cart.value >"')
+    with pytest.raises(RuleErrors) as err:
+        RuleKit.from_yaml(_OPEN, bad)
+    assert "<rule 1>:4" in str(err.value)
+    assert "expression" in str(err.value)
