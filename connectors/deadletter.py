@@ -77,14 +77,25 @@ class DeadLetterStore:
         self._now = now
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
         except BaseException:
-            self._db.close()
+            db.close()
             raise
+        return db
+
+    def reopen(self) -> None:
+        """Close the database and open it again: after :meth:`close`, or to replace a
+        connection an I/O error left unusable. Rows already committed are all there."""
+        with self._lock:
+            self._db.close()
+            self._db = self._open()
 
     def add(self, action: Action, sink_name: str, error: str, attempts: int) -> None:
         """Record ``action`` as undeliverable to ``sink_name`` (insert or update by key)."""

@@ -179,6 +179,20 @@ class Metrics:
             "nudge_customers_erased", "Customers erased through the API", registry=r
         )
         self.up = Gauge("nudge_up", "1 while the process is serving", ["role"], registry=r)
+        # embedded runtime faults (engine/embedded/supervise.py, health.py)
+        self.task_failures = Counter(
+            "nudge_task_failures",
+            "Background task failures by task (each one logged and restarted with backoff)",
+            ["task"],
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "nudge_storage_errors",
+            "Failed writes to the data directory by store and cause (disk_full, io)",
+            ["store", "cause"],
+            registry=r,
+        )
+        self.ready = Gauge("nudge_ready", "1 while /readyz answers 200", registry=r)
         self.segment_members = SegmentMembers()
         r.register(self.segment_members)
         self.build = Info("nudge_build", "Build information", registry=r)

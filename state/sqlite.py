@@ -124,10 +124,15 @@ def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
+        db.execute("COMMIT")  # may fail too (a full disk): rolled back below
     except BaseException:
-        db.execute("ROLLBACK")
+        # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR): a second
+        # ROLLBACK would raise and hide the cause; one left open would refuse every
+        # later BEGIN
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")
 
 
 def _insert_rows(db: sqlite3.Connection, head: str, rows: Sequence[tuple[Any, ...]]) -> None:

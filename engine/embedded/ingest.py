@@ -5,6 +5,11 @@ While one commit runs, new requests gather in the buffer and go in the next tran
 so the commit rate adapts to load without a timer. ``pending_since`` is the earliest
 acceptance time of events not yet handed to their partitions: partitions never fire a
 timer at or after it, so the live order of timers and events equals the replay order.
+
+A failed commit (disk full, an I/O error) fails that commit's requests with what
+``on_error`` makes of the exception (the runtime: ``StorageUnavailable``, answered 507 or
+503 with ``Retry-After``) and the writer goes on with the next ones: nothing it failed was
+acknowledged, and the journal's next seq did not move.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from engine.clock import Clock
 from engine.embedded.exceptions import Backpressure
+from engine.embedded.supervise import Supervisor
 from engine.types import Event
 
 __all__ = ["Batch", "GroupCommitWriter"]
@@ -25,6 +31,7 @@ logger = logging.getLogger(__name__)
 Batch = tuple[list[Event], bytes]  # one request: its events and their JSON array
 AppendFn = Callable[[int, list[tuple[int, bytes]]], Awaitable[int]]
 DeliverFn = Callable[[int, int, list[Event]], None]  # first seq, accepted_at, events
+ErrorFn = Callable[[Exception], Exception]  # a failed commit's error -> what requests get
 
 
 class GroupCommitWriter:
@@ -40,6 +47,7 @@ class GroupCommitWriter:
         max_queue: int,
         queued: Callable[[], int],
         on_commit: Callable[[int, float], None],
+        on_error: ErrorFn | None = None,
     ) -> None:
         self.clock = clock
         self._append = append
@@ -47,6 +55,7 @@ class GroupCommitWriter:
         self._max_queue = max_queue
         self._queued = queued
         self._on_commit = on_commit
+        self._on_error = on_error
         self._buf: list[Batch] = []
         self._buffered = 0
         self._waiters: list[asyncio.Future[None]] = []
@@ -67,8 +76,12 @@ class GroupCommitWriter:
     def buffered(self) -> int:
         return self._buffered
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="journal-writer")
+    def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the commit task (under ``supervisor``: restarted if it fails)."""
+        if supervisor is None:
+            self._task = asyncio.create_task(self._run(), name="journal-writer")
+        else:
+            self._task = supervisor.spawn("journal-writer", self._run)
 
     async def close(self) -> None:
         self._closing = True
@@ -109,17 +122,21 @@ class GroupCommitWriter:
             try:
                 first = await self._append(accepted_at, [(len(e), body) for e, body in batches])
             except Exception as err:  # disk full, I/O error: fail these requests, go on
-                logger.exception("journal append failed")
+                failure = self._on_error(err) if self._on_error is not None else err
+                if failure is err:  # not a known storage error: worth a traceback
+                    logger.exception("journal append failed")
                 for fut in waiters:
                     if not fut.done():
-                        fut.set_exception(err)
+                        fut.set_exception(failure)
                 self._inflight_since = None
                 continue
-            self._on_commit(n, time.perf_counter() - t0)
-            self._deliver(first, accepted_at, [ev for events, _ in batches for ev in events])
-            self._inflight_since = None
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+            try:
+                self._on_commit(n, time.perf_counter() - t0)
+                self._deliver(first, accepted_at, [ev for events, _ in batches for ev in events])
+            finally:  # committed: durable, acknowledged even if handing them over failed
+                self._inflight_since = None
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(None)
             if self._buf or self._closing:  # closing: return once the buffer is empty
                 self._wake.set()

@@ -11,6 +11,15 @@ them is checkpointed, then handed in order, one batch at a time, by a single tas
 a forward that cannot be accepted now (not ready, backpressure) is retried until it is,
 and after a restart the pending ones go first.
 
+Undeliverable actions (the sink refused them, or attempts ran out) are written to the
+dead-letter store, then marked ``dead`` in the outbox; only then are they counted
+``dead_lettered``. If that write fails (disk full, an I/O error, the store closed), the
+action is kept in memory (``graves``), still pending, and the delivery task's exception
+goes to its supervisor (engine/embedded/supervise.py: logged, counted, restarted with
+backoff); every delivery task writes the kept ones first, before taking a new action. An
+unexpected error while delivering puts the action back in the queue the same way: a
+failing task never loses the action it held.
+
 What is not guaranteed: an action delivered just before a crash, whose "sent" mark had
 not been committed, is delivered again after the restart with the same
 ``Idempotency-Key`` header (receivers dedupe on it). The window is one flush interval (a
@@ -34,6 +43,8 @@ from connectors.exceptions import SinkError
 from connectors.retry import RetryPolicy, deliver
 from connectors.routing import Router
 from engine.clock import Clock
+from engine.embedded.health import Health
+from engine.embedded.supervise import Supervisor
 from engine.metrics import Metrics
 from engine.types import Action, Event
 
@@ -79,6 +90,8 @@ class Outbox:
         concurrency: int = 32,
         policy: RetryPolicy | None = None,
         forward: Forward | None = None,
+        supervisor: Supervisor | None = None,
+        health: Health | None = None,
     ) -> None:
         self._db = db
         self._store = store
@@ -93,12 +106,17 @@ class Outbox:
         self._queue: asyncio.Queue[tuple[Action, bool]] = asyncio.Queue()
         self._inflight: set[str] = set()
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
         self._concurrency = concurrency
         self.erased: set[str] = set()
         self._forward = forward
         self._forwards: list[Action] = []  # persisted, in production order
         self._fwake = asyncio.Event()
+        # dead letters whose write failed: (action, sink name, error, attempts), written
+        # by the next delivery task before anything else
+        self.graves: list[tuple[Action, str, str, int]] = []
+        self._sup = supervisor if supervisor is not None else Supervisor(metrics)
+        self._health = health if health is not None else Health(metrics)
+        self._names: list[str] = []
 
     def add(self, action: Action, from_event: bool) -> None:
         self._buf.append((action, from_event))
@@ -108,6 +126,12 @@ class Outbox:
         """The actions buffered so far (a checkpoint persists them with the states)."""
         buf, self._buf = self._buf, []
         return buf
+
+    def give_back(self, buf: list[tuple[Action, bool]]) -> None:
+        """Actions ``take_buffer`` returned whose commit failed: buffered again, first."""
+        if buf:
+            self._buf = buf + self._buf
+            self._wake.set()
 
     def unpersisted(self) -> list[tuple[Action, bool]]:
         """Every action produced so far whose outbox insert may not have committed yet:
@@ -157,16 +181,19 @@ class Outbox:
             self._queue.put_nowait((action, from_event))
 
     def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._flush_loop(), name="outbox-flush"))
+        """Start the flush, delivery and forward tasks (supervised: restarted if they
+        fail)."""
+        sup = self._sup
+        self._names = ["outbox-flush", "outbox-forward"]
+        sup.spawn("outbox-flush", self._flush_loop)
+        sup.spawn("outbox-forward", self._forward_loop)
         for i in range(self._concurrency):
-            self._tasks.append(asyncio.create_task(self._deliver_loop(), name=f"deliver-{i}"))
-        self._tasks.append(asyncio.create_task(self._forward_loop(), name="outbox-forward"))
+            self._names.append(f"deliver-{i}")
+            sup.spawn(f"deliver-{i}", self._deliver_loop, kind="deliver")
 
     async def close(self) -> None:
         await self.flush()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._sup.cancel(self._names)
         await self._mark_sent()
 
     async def load_pending(self) -> int:
@@ -209,37 +236,68 @@ class Outbox:
             self._wake.clear()
             try:
                 await self.flush()
-            except Exception:
-                logger.exception("outbox flush failed; retrying")
+            except Exception as err:  # kept buffered: retried until it commits
+                if self._health.failed("outbox", err) is None:
+                    logger.exception("outbox flush failed; retrying")
                 await asyncio.sleep(0.5)
                 self._wake.set()
+            else:
+                if "outbox" in self._health.faults:
+                    self._health.ok("outbox")
 
     async def _deliver_loop(self) -> None:
         m = self._metrics
         while True:
+            await self._bury()  # dead letters a failed write left behind come first
             action, from_event = await self._queue.get()
             key = action.idempotency_key
             if action.customer_id in self.erased:
                 self._inflight.discard(key)
                 continue
-            sink = self._router.sink_for(action)
-            t0 = time.perf_counter()
             try:
+                sink = self._router.sink_for(action)
+            except Exception:  # a routing bug: keep the action, fail the task
+                self._queue.put_nowait((action, from_event))
+                raise
+            try:
+                t0 = time.perf_counter()
                 await deliver(sink, action, self._router.policy_for(sink, self._policy))
                 m.action_send.observe(time.perf_counter() - t0)
             except SinkError as err:
                 logger.warning("action %s to %s dead-lettered: %s", key, sink.name, err)
-                m.actions.labels(action.channel, "dead_lettered").inc()
-                await self._db(self._dead.add, action, sink.name, str(err), err.attempts)
+                self.graves.append((action, sink.name, str(err), err.attempts))
+                await self._bury()  # raises to the supervisor if the store fails
+                continue
+            except Exception:  # a bug or a broken sink: keep the action, fail the task
+                self._queue.put_nowait((action, from_event))
+                raise
+            m.actions.labels(action.channel, "delivered").inc()
+            if from_event:
+                m.event_to_action.observe(max(0, self._clock.now() - action.fire_at) / 1000)
+            self._sent.append(key)
+            self._inflight.discard(key)
+            self._wake.set()
+
+    async def _bury(self) -> None:
+        """Write the kept dead letters to the dead-letter store and mark them ``dead`` in
+        the outbox (both idempotent by key). On failure the letter stays kept, pending,
+        and the exception propagates (the supervisor restarts the task with backoff)."""
+        while self.graves:
+            grave = self.graves.pop(0)
+            action, sink_name, err, attempts = grave
+            key = action.idempotency_key
+            try:
+                await self._db(self._dead.add, action, sink_name, err, attempts)
                 await self._db(self._store.outbox_mark, [key], "dead")
-            else:
-                m.actions.labels(action.channel, "delivered").inc()
-                if from_event:
-                    m.event_to_action.observe(max(0, self._clock.now() - action.fire_at) / 1000)
-                self._sent.append(key)
-                self._wake.set()
-            finally:
-                self._inflight.discard(key)
+            except BaseException as err:
+                self.graves.insert(0, grave)
+                if isinstance(err, Exception):
+                    self._health.failed("deadletter", err)
+                raise
+            if "deadletter" in self._health.faults:
+                self._health.ok("deadletter")
+            self._metrics.actions.labels(action.channel, "dead_lettered").inc()
+            self._inflight.discard(key)
 
     async def _forward_loop(self) -> None:
         """Hand the persisted forwards to ``forward`` in order, a batch at a time; retry a

@@ -4,15 +4,23 @@ Start-up recovers: rules (latest deployed version, else the rule paths), checkpo
 states (with their timers), then the journal after each partition's checkpoint position
 is replayed through the same deterministic core. Timers that came due while the process
 was down fire right after, and their lateness is observed in a metric.
+
+Faults (docs/operations.md, "Faults"): the data directory is locked for the process's
+life (engine/embedded/lock.py); every background task runs under a supervisor that logs,
+counts and restarts it (engine/embedded/supervise.py); failed writes to the data
+directory are recorded by store (engine/embedded/health.py) and retried by their owners.
+``unready_reasons`` is what ``/readyz`` answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
+import sqlite3
 import time
 import zlib
 from collections import Counter
@@ -28,14 +36,18 @@ from connectors.deadletter import DeadLetterStore
 from connectors.routing import Router
 from engine.analytics.tally import ORPHAN, Taken
 from engine.clock import Clock, SystemClock
-from engine.embedded.exceptions import NotReady
+from engine.embedded.exceptions import DataDirError, NotReady, StorageUnavailable
+from engine.embedded.health import Health, probe_write
 from engine.embedded.ingest import Batch, GroupCommitWriter
+from engine.embedded.lock import DataDirLock
 from engine.embedded.models import Models
 from engine.embedded.outbox import Outbox, forward_action
 from engine.embedded.paced import PacedRound, remove_stale_spools, run_writer, spool_path
 from engine.embedded.partition import Partition
 from engine.embedded.segment_backfill import SegmentBackfill
 from engine.embedded.segment_index import SegmentIndex
+from engine.embedded.spool import EXIT_DISK_FULL, EXIT_IO
+from engine.embedded.supervise import Supervisor
 from engine.events import encode_events
 from engine.intelligence.population import Population
 from engine.metrics import Metrics, type_label
@@ -87,6 +99,14 @@ class RuntimeConfig:
     # the checkpoints; days kept this long (hours: 8 days)
     analytics: bool = True
     analytics_retention_days: float = 400.0
+    # supervised background tasks (engine/embedded/supervise.py): a failed task restarts
+    # after task_backoff_s, doubling per failure in a row, at most task_backoff_max_s
+    task_backoff_s: float = 0.1
+    task_backoff_max_s: float = 30.0
+    # seconds between storage probes while a write fault is recorded (health.py)
+    probe_interval: float = 1.0
+    # what a request refused for a full disk or an I/O error is told to wait (Retry-After)
+    storage_retry_after: float = 5.0
 
 
 def partition_of(customer_id: str, n: int) -> int:
@@ -111,7 +131,7 @@ class Runtime:
         self._queues: list[list[tuple[int, int, Event]]] = []
         self._wakes: list[asyncio.Event] = []
         self.queued = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[str] = []  # the supervised tasks stop cancels
         self._starting: set[asyncio.Task[None]] = set()  # backfill (re)starts in flight
         self._stopping = False
         self._no_writer = asyncio.Event()  # set while no checkpoint writer runs
@@ -131,6 +151,28 @@ class Runtime:
         # into the stored totals, and how many folds happened (engine/analytics/)
         self._unfolded: list[tuple[Partition, Taken]] = []
         self.analytics_folds = 0
+        # faults: the data directory's lock, the background tasks, failed writes
+        self.lock = DataDirLock(cfg.data_dir)
+        self.supervisor = Supervisor(metrics, first=cfg.task_backoff_s, cap=cfg.task_backoff_max_s)
+        self.health = Health(metrics)
+        metrics.ready.set_function(lambda: 0.0 if self.unready_reasons() else 1.0)
+
+    def unready_reasons(self) -> list[str]:
+        """Why ``/readyz`` answers 503 (empty: ready): starting or stopping, a vital
+        background task down (waiting to restart), a storage fault."""
+        reasons = [] if self.ready else ["starting, recovering or stopping"]
+        reasons += [f"task {r}" for r in self.supervisor.unhealthy()]
+        return reasons + self.health.reasons()
+
+    def lock_data_dir(self) -> None:
+        """Create the data directory (0700) and take its lock (engine/embedded/lock.py):
+        DataDirLocked if another engine holds it, DataDirError if it cannot be used."""
+        data = self.cfg.data_dir
+        try:
+            data.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.lock.acquire()
+        except OSError as err:
+            raise DataDirError(data, _os_reason(err)) from err
 
     async def db(self, fn: Any, *args: Any) -> Any:
         """Run a state.db call on its thread."""
@@ -142,11 +184,27 @@ class Runtime:
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
+        """Lock the data directory, open the stores, recover, start the tasks. Raises
+        DataDirLocked or DataDirError (start-up errors ``nudge run`` prints in one line)
+        before touching anything in a data directory it cannot use."""
+        self.lock_data_dir()
+        try:
+            await self._start()
+        except BaseException:
+            if self.store is None:  # nothing opened: let another try
+                self.lock.release()
+            raise
+
+    async def _start(self) -> None:
         cfg = self.cfg
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_spools(cfg.data_dir)
-        self.store = store = await self.db(SqliteStore, cfg.data_dir, cfg.synchronous)
-        self.dead = await self.db(DeadLetterStore, cfg.data_dir / "deadletter.db")
+        try:
+            secure_data_dir(cfg.data_dir)
+            remove_stale_spools(cfg.data_dir)
+            store = await self.db(SqliteStore, cfg.data_dir, cfg.synchronous)
+            self.dead = await self.db(DeadLetterStore, cfg.data_dir / "deadletter.db")
+        except (OSError, sqlite3.Error) as err:
+            raise DataDirError(cfg.data_dir, _os_reason(err)) from err
+        self.store = store
         self.router = Router.from_config(cfg.sinks)
         await self.router.start_all()
         await self._load_rules()
@@ -169,6 +227,8 @@ class Runtime:
             self.clock,
             concurrency=cfg.delivery_concurrency,
             forward=self._forward,
+            supervisor=self.supervisor,
+            health=self.health,
         )
         self.writer = GroupCommitWriter(
             self.clock,
@@ -177,17 +237,22 @@ class Runtime:
             max_queue=cfg.max_queue,
             queued=lambda: self.queued,
             on_commit=self._on_commit,
+            on_error=self._on_journal_error,
         )
         await self._recover()
         self.models = Models(self)
         await self.models.start()
         self.outbox.start()
         await self.outbox.load_pending()
-        self.writer.start()
+        sup = self.supervisor
+        self.writer.start(sup)
         for i in range(n):
-            self._tasks.append(asyncio.create_task(self._partition_loop(i), name=f"part-{i}"))
-        self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoint"))
-        self._tasks.append(asyncio.create_task(self._gc_loop(), name="gc-freeze"))
+            sup.spawn(f"part-{i}", functools.partial(self._partition_loop, i), kind="partition")
+            self._tasks.append(f"part-{i}")
+        sup.spawn("checkpoint", self._checkpoint_loop)
+        sup.spawn("gc-freeze", self._gc_loop, vital=False)
+        sup.spawn("storage-probe", self._probe_loop, vital=False)
+        self._tasks += ["checkpoint", "gc-freeze", "storage-probe"]
         self.ready = True
         self.metrics.up.labels("embedded").set(1)
         await self.segment_backfill.start(self.ruleset)
@@ -202,10 +267,11 @@ class Runtime:
         await self.segment_backfill.stop()
         if self.models is not None:
             await self.models.stop()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.checkpoint()
+        await self.supervisor.cancel(self._tasks)
+        try:
+            await self.checkpoint()
+        except Exception:  # a full disk at stop: the journal still holds everything
+            logger.exception("final checkpoint failed; the next start replays the journal")
         await self.outbox.close()
         await self.router.close_all()
         assert self.store is not None
@@ -214,6 +280,7 @@ class Runtime:
         self._exec.shutdown(wait=True)
         self._jexec.shutdown(wait=True)
         self.metrics.up.labels("embedded").set(0)
+        self.lock.release()
 
     async def _load_rules(self) -> None:
         assert self.store is not None
@@ -296,6 +363,16 @@ class Runtime:
     def _on_commit(self, n: int, seconds: float) -> None:
         self.metrics.journal_commit.observe(seconds)
         self.metrics.journal_batch.observe(n)
+        if "journal" in self.health.faults:
+            self.health.ok("journal")
+
+    def _on_journal_error(self, err: Exception) -> Exception:
+        """A failed journal commit: a storage error becomes StorageUnavailable (507 or
+        503 with Retry-After), recorded for /readyz; anything else stays as it is."""
+        cause = self.health.failed("journal", err)
+        if cause is None:
+            return err
+        return StorageUnavailable("journal", cause, str(err), self.cfg.storage_retry_after)
 
     def _deliver(self, first: int, accepted_at: int, events: list[Event]) -> None:
         n = len(self.parts)
@@ -330,9 +407,17 @@ class Runtime:
                 batch = queue[:size]
                 del queue[:size]
                 t0 = time.perf_counter()
-                for seq, accepted_at, ev in batch:
-                    if not part.apply(seq, accepted_at, ev):
-                        m.events_duplicate.inc()
+                done = 0
+                try:
+                    for seq, accepted_at, ev in batch:
+                        done += 1
+                        if not part.apply(seq, accepted_at, ev):
+                            m.events_duplicate.inc()
+                except Exception:  # skip the event that failed, keep the rest queued
+                    queue[:0] = batch[done:]
+                    self.queued -= done
+                    logger.error("partition %d: event seq %d failed; skipped", index, seq)
+                    raise
                 m.processing.observe((time.perf_counter() - t0) / len(batch))
                 m.events_processed.inc(len(batch))
                 self.queued -= len(batch)
@@ -384,13 +469,34 @@ class Runtime:
             await self._checkpoint_inline(chunk, spread)
 
     async def _checkpoint_inline(self, chunk: int, spread: float) -> None:
+        taken = [(p, *p.take_dirty()) for p in self.parts]
+        unfolded = len(self._unfolded)
+        actions: list[Any] = []
+        try:
+            await self._write_inline(taken, chunk, spread, actions)
+        except BaseException:  # not written: all of it goes in the next one
+            for p, cids, gone in taken:
+                p.restore_dirty(cids, gone)
+            for p, counts in self._unfolded[unfolded:]:
+                assert p.tally is not None
+                p.tally.give_back(counts)
+            del self._unfolded[unfolded:]
+            self.outbox.give_back(actions)
+            raise
+
+    async def _write_inline(
+        self,
+        taken: list[tuple[Partition, list[str], list[str]]],
+        chunk: int,
+        spread: float,
+        actions: list[Any],
+    ) -> None:
         assert self.store is not None
         t0 = time.perf_counter()
         seqs = {p.index: p.last_seq for p in self.parts}
         dirty: list[tuple[Partition, str]] = []
         deleted: list[str] = []
-        for p in self.parts:
-            cids, gone = p.take_dirty()
+        for p, cids, gone in taken:
             dirty += [(p, cid) for cid in cids]
             deleted += gone
         rows: list[tuple[str, bytes]] = []
@@ -412,8 +518,9 @@ class Runtime:
                 await asyncio.sleep(pause)  # pace it: ingest and timers keep their latency
         if not dirty:
             rows += self._take_counts([], True)
-        actions = self.outbox.take_buffer()
+        actions += self.outbox.take_buffer()
         await self.db(self.store.checkpoint, rows, deleted, seqs, self.outbox.rows(actions))
+        del actions[:]  # committed: nothing to give back from here on
         await self._fold_counts()
         await self._checkpointed(seqs)
         await self.outbox.dispatch_persisted(actions)
@@ -469,7 +576,13 @@ class Runtime:
             self._no_writer.set()
         if code != 0:
             rnd.give_back()
-            logger.error("checkpoint writer exited with %d; its states go in the next one", code)
+            if code in (EXIT_DISK_FULL, EXIT_IO):  # the writer logged the cause
+                cause = "database or disk is full" if code == EXIT_DISK_FULL else "disk I/O error"
+                self.health.failed("checkpoint", sqlite3.OperationalError(cause))
+            else:
+                logger.error(
+                    "checkpoint writer exited with %d; its states go in the next one", code
+                )
             return False
         await self._fold_counts()
         await self._checkpointed(rnd.seqs)
@@ -575,6 +688,22 @@ class Runtime:
                     break
         return n
 
+    async def _probe_loop(self) -> None:
+        """While a storage fault is recorded: every ``probe_interval`` seconds, write and
+        sync a small file in the data directory; once that succeeds, the faults are over
+        (a store that still fails records its own again), and /readyz turns ready with
+        no client having to retry first."""
+        while True:
+            await asyncio.sleep(self.cfg.probe_interval)
+            if not self.health.faults:
+                continue
+            try:
+                await self.jdb(probe_write, self.cfg.data_dir)
+            except OSError as err:
+                logger.debug("storage probe failed: %s", err)
+                continue
+            self.health.clear()
+
     async def _gc_loop(self) -> None:
         """Customer states are long-lived and acyclic, and a busy engine creates some
         100k surviving containers a second. Left to the cyclic GC, each full collection
@@ -601,17 +730,24 @@ class Runtime:
             t0 = time.monotonic()
             try:
                 if mode == "paced":
-                    await self.paced_checkpoint()
+                    written = await self.paced_checkpoint()
                 else:
                     await self.checkpoint(spread=self.cfg.checkpoint_interval * 0.4)
-            except Exception:
-                logger.exception("checkpoint failed; will retry")
+                    written = True
+                if written:
+                    self.health.ok("checkpoint")
+            except Exception as err:
+                if self.health.failed("checkpoint", err) is None:
+                    logger.exception("checkpoint failed; will retry")
             await self._compact()  # also when no event arrives to trigger the drivers' sweep
             m.pending_timers.set(sum(len(p.timers) for p in self.parts))
             m.customers.set(sum(len(p.store) for p in self.parts))
             m.queue_depth.set(self.queued + self.writer.buffered)
             m.outbox_pending.set(self.outbox.pending)
-            m.dead_letters.set(await self.db(self.dead.count))
+            try:
+                m.dead_letters.set(await self.db(self.dead.count))
+            except Exception as err:  # a gauge: never worth the task
+                logger.warning("dead letters not counted: %s", err)
             took = time.monotonic() - t0 if mode == "paced" else 0.0
 
     # --- customers and rules ---------------------------------------------------------
@@ -670,6 +806,31 @@ class Runtime:
         self.metrics.ruleset_version.set(version)
         await self.segment_backfill.start(rs)
         return version
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """Owner-only access: the directory 0700, the files in it 0600 (a data directory
+    from before this was done included). New files: ``nudge run`` sets umask 077; the
+    stores' SQLite files are created here first (0600), and SQLite gives their -wal and
+    -shm files the same mode."""
+    os.chmod(data_dir, 0o700)
+    for name in _DB_FILES:
+        fd = os.open(data_dir / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+    for path in data_dir.iterdir():
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+
+
+_DB_FILES = ("journal.db", "state.db", "states.db", "deadletter.db", "addresses.db")
+
+
+def _os_reason(err: BaseException) -> str:
+    """A start-up error's cause in a few words, with the path if it names one."""
+    if isinstance(err, OSError):
+        what = err.strerror or type(err).__name__
+        return f"{what} ({err.filename})" if err.filename else what
+    return str(err) or type(err).__name__
 
 
 def _recipes() -> Path:

@@ -1,9 +1,17 @@
-"""``nudge run``: the embedded runtime behind the HTTP API, on uvloop."""
+"""``nudge run``: the embedded runtime behind the HTTP API, on uvloop.
+
+Start-up errors are one line on stderr and exit status 1, never a traceback: another
+engine holds the data directory (its pid named), the data directory cannot be created or
+written, the port cannot be bound (checked before the recovery, and again when the site
+starts). Files the process creates are owner-only (umask 077; the runtime also makes the
+data directory 0700 and its files 0600).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -18,17 +26,22 @@ from aiohttp import web
 from connectors.sources.config import SourcesConfig
 from engine.clock import Clock, ScaledClock, SystemClock
 from engine.embedded import CHECKPOINT_MODES
+from engine.embedded.exceptions import DataDirError, ListenError, StartupError
 from engine.embedded.runtime import Runtime, RuntimeConfig
 from engine.http.app import create_app
 from engine.http.auth import Tokens
 from engine.metrics import Metrics
 from state.addresses import SqliteAddressBook
 
-__all__ = ["ServeOptions", "serve"]
+__all__ = ["HTTP_LIMITS", "ServeOptions", "serve"]
 
 logger = logging.getLogger(__name__)
 
 _SWITCH_INTERVAL = 0.001
+# aiohttp's request parser answers a request line or header over its limits in plain
+# text, before any middleware: these limits let requests up to 64 KiB reach the errors
+# middleware, which answers an URL over 8 KiB with a JSON 414 (engine/http/base.py)
+HTTP_LIMITS: dict[str, Any] = {"max_line_size": 65536, "max_field_size": 65536}
 
 
 class ServeOptions:
@@ -113,14 +126,25 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         analytics=opts.analytics,
     )
     runtime = Runtime(cfg, metrics, clock)
-    tokens, token_path, created = Tokens.load_or_create(opts.data)
+    runtime.lock_data_dir()  # before anything is written there
+    await _check_port(opts.host, opts.port)  # before a recovery that may take minutes
+    try:
+        tokens, token_path, created = Tokens.load_or_create(opts.data)
+    except OSError as err:
+        raise DataDirError(opts.data, f"{err.strerror or err} ({err.filename})") from err
     await runtime.start()
     book = SqliteAddressBook(opts.data / "addresses.db")
     app = create_app(runtime, tokens, metrics, sources=SourcesConfig.load(), address_book=book)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, **HTTP_LIMITS)
     await runner.setup()
     site = web.TCPSite(runner, opts.host, opts.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as err:  # taken since the check
+        await runner.cleanup()
+        await runtime.stop()
+        book.close()
+        raise ListenError(opts.host, opts.port, _listen_reason(err)) from err
     print(
         orjson.dumps(
             {
@@ -149,8 +173,26 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
     book.close()
 
 
+async def _check_port(host: str, port: int) -> None:
+    """ListenError if ``host:port`` cannot be bound now (in use, not permitted)."""
+    loop = asyncio.get_running_loop()
+    try:
+        server = await loop.create_server(asyncio.Protocol, host, port, reuse_address=True)
+    except OSError as err:
+        raise ListenError(host, port, _listen_reason(err)) from err
+    server.close()
+    await server.wait_closed()
+
+
+def _listen_reason(err: OSError) -> str:
+    if err.errno == errno.EADDRINUSE:
+        return "address already in use (another nudge run, or another program?)"
+    return err.strerror or str(err)
+
+
 def serve(opts: ServeOptions) -> int:
-    """Run until SIGINT/SIGTERM, then stop gracefully (final checkpoint)."""
+    """Run until SIGINT/SIGTERM, then stop gracefully (final checkpoint). A start-up
+    error (module docstring) is one line on stderr and exit status 1."""
     import uvloop
 
     async def main() -> None:
@@ -160,5 +202,10 @@ def serve(opts: ServeOptions) -> int:
             loop.add_signal_handler(sig, stop.set)
         await _serve(opts, stop)
 
-    uvloop.run(main())
+    os.umask(0o077)  # data files, spools, tokens, actions.jsonl: owner-only
+    try:
+        uvloop.run(main())
+    except StartupError as err:
+        print(f"nudge run: {err}", file=sys.stderr, flush=True)
+        return 1
     return 0

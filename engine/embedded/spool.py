@@ -20,6 +20,12 @@ holds its events) and the next checkpoint writes a new spool.
 long it waits between them: more spreads its disk writes over a longer commit. The crash
 test sets both, so that its kill lands between a writer's steps.
 
+Exit codes: 0 committed, ``EXIT_DISK_FULL`` (28) the disk was full, ``EXIT_IO`` (5) an
+I/O error (the engine records either for ``/readyz``); anything else is a failure the
+writer logged with its traceback. In every case but 0 nothing of the spool was
+committed as a checkpoint (the positions are written last), and the engine packs its
+states again into the next one.
+
 With PARENT_PID the writer dies with that process (``PR_SET_PDEATHSIG``) and runs at nice
 19: a writer outliving a killed engine could commit an older checkpoint over the newer
 ones of the engine restarted in its place.
@@ -28,8 +34,10 @@ ones of the engine restarted in its place.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
+import sqlite3
 import struct
 import sys
 from collections.abc import Iterator
@@ -39,10 +47,13 @@ from typing import IO, Any
 
 import msgspec
 
+from engine.embedded.health import DISK_FULL, storage_cause
 from engine.logs import configure_logging
 from state.sqlite import STATES_PER_COMMIT, write_snapshot
 
 __all__ = [
+    "EXIT_DISK_FULL",
+    "EXIT_IO",
     "WRITER",
     "SpoolWriter",
     "die_with_parent",
@@ -60,6 +71,8 @@ try:  # resolved once, at import
 except (OSError, AttributeError):
     _prctl = None
 
+EXIT_DISK_FULL = 28  # ENOSPC
+EXIT_IO = 5  # EIO
 _LEN = struct.Struct(">I")
 _enc = msgspec.msgpack.Encoder()
 _trailer = msgspec.msgpack.Decoder(
@@ -79,7 +92,8 @@ class SpoolWriter:
     Not synced: it only has to outlive this process until the writer has read it."""
 
     def __init__(self, path: Path) -> None:
-        self._fh = path.open("wb", buffering=1 << 20)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self._fh = os.fdopen(fd, "wb", buffering=1 << 20)
 
     def rows(self, rows: list[tuple[str, bytes]]) -> None:
         if rows:
@@ -177,11 +191,19 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) > 3 and not die_with_parent(int(args[3])):
         return 1
     path = Path(spool)
-    with path.open("rb") as fh:
-        seqs, deleted, outbox, after, chunks = read_spool(fh)
-        step = int(os.environ.get("NUDGE_CHECKPOINT_STEP", STATES_PER_COMMIT))
-        pause = float(os.environ.get("NUDGE_CHECKPOINT_STEP_PAUSE_MS", "0")) / 1000
-        write_snapshot(data_dir, synchronous, outbox, deleted, chunks, seqs, after, step, pause)
+    try:
+        with path.open("rb") as fh:
+            seqs, deleted, outbox, after, chunks = read_spool(fh)
+            step = int(os.environ.get("NUDGE_CHECKPOINT_STEP", STATES_PER_COMMIT))
+            pause = float(os.environ.get("NUDGE_CHECKPOINT_STEP_PAUSE_MS", "0")) / 1000
+            write_snapshot(data_dir, synchronous, outbox, deleted, chunks, seqs, after, step, pause)
+    except (OSError, sqlite3.Error) as err:
+        cause = storage_cause(err)
+        if cause is None:
+            raise
+        logging.getLogger(__name__).error("checkpoint writer: %s: %s", cause, err)
+        path.unlink(missing_ok=True)
+        return EXIT_DISK_FULL if cause == DISK_FULL else EXIT_IO
     path.unlink()
     return 0
 

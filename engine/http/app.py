@@ -249,9 +249,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if request.app[BACKEND].ready:
+    """200 when ready; 503 naming why not (the embedded runtime: starting or stopping, a
+    vital background task down, a storage fault such as a full disk)."""
+    backend = request.app[BACKEND]
+    explain = getattr(backend, "unready_reasons", None)
+    if explain is not None:
+        reasons: list[str] = explain()
+    else:
+        reasons = [] if backend.ready else ["starting, recovering or stopping"]
+    if not reasons:
         return ok({"status": "ready"})
-    return error(503, "not_ready", "starting, recovering or stopping")
+    return error(503, "not_ready", "; ".join(reasons), reasons=reasons)
 
 
 async def openapi(request: web.Request) -> web.Response:

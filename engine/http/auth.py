@@ -11,7 +11,6 @@ the admin token reads). The admin token may also write events and read.
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import json
 import os
@@ -34,6 +33,11 @@ def _write(path: Path, tokens: Tokens, *, create: bool) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(body, fh, indent=2)
+
+
+def _same(got: bytes, token: str) -> bool:
+    """Constant-time comparison, as bytes (a configured token may be any text)."""
+    return hmac.compare_digest(got, token.encode("utf-8", "surrogateescape"))
 
 
 @dataclass(frozen=True)
@@ -69,26 +73,32 @@ class Tokens:
     def scope_of(self, header: str | None) -> str | None:
         """``admin``, ``write``, ``read`` or None for an Authorization header value: ``Bearer
         TOKEN``, or ``Basic`` with the token as user name and any password (Segment and
-        RudderStack clients send their write key so)."""
+        RudderStack clients send their write key so). The scheme is case-insensitive (RFC
+        9110 11.1); anything malformed (no token, non-ASCII, bad base64, an unknown
+        scheme) is None, never an exception: the caller answers 401."""
         if not header:
             return None
-        if header.startswith("Bearer "):
-            token = header[7:].strip()
-        elif header[:6].lower() == "basic ":
+        scheme, _, rest = header.strip().partition(" ")
+        scheme = scheme.lower()
+        rest = rest.strip()
+        if scheme == "bearer":
+            token = rest
+        elif scheme == "basic":
             try:
-                decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
+                decoded = base64.b64decode(rest, validate=True).decode()
+            except ValueError:  # binascii.Error, non-ASCII input, UnicodeDecodeError
                 return None
             token = decoded.partition(":")[0]
         else:
             return None
-        if not token:
+        if not token or not token.isascii():  # our tokens are ASCII
             return None
-        if hmac.compare_digest(token, self.admin):
+        got = token.encode()
+        if _same(got, self.admin):
             return "admin"
-        if hmac.compare_digest(token, self.write):
+        if _same(got, self.write):
             return "write"
-        if self.read and hmac.compare_digest(token, self.read):
+        if self.read and _same(got, self.read):
             return "read"
         return None
 

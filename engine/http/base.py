@@ -14,7 +14,8 @@ import orjson
 from aiohttp import web
 
 from connectors.sources.exceptions import SourceError
-from engine.embedded.exceptions import Backpressure, NotReady
+from engine.embedded.exceptions import Backpressure, NotReady, StorageUnavailable
+from engine.embedded.health import DISK_FULL, storage_cause
 from engine.events import encode_events
 from engine.http.auth import Tokens
 from engine.metrics import Metrics
@@ -25,6 +26,7 @@ __all__ = [
     "ADDRESS_BOOK",
     "BACKEND",
     "LIMITS",
+    "MAX_URL",
     "METRICS",
     "ROUTE_SOURCES",
     "TOKENS",
@@ -37,6 +39,7 @@ __all__ = [
     "metrics_of",
     "ok",
     "reject",
+    "storage_error",
     "submit",
 ]
 
@@ -55,6 +58,12 @@ runtime passes a durable one to ``create_app`` (embedded: SQLite in the data dir
 distributed ingest: Redis); without one it is in memory, lost on restart."""
 
 
+MAX_URL = 8192
+"""Longest request target (path and query) served; longer ones get a JSON 414. Up to
+``nudge run``'s parser limit (64 KiB: engine/embedded/server.py), beyond which aiohttp
+itself answers 400 in plain text."""
+
+
 def backend_of(app: web.Application) -> Any:
     """The backend the app serves (the embedded Runtime, or the distributed ingest)."""
     return app[BACKEND]
@@ -67,6 +76,14 @@ def metrics_of(app: web.Application) -> Metrics:
 def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     body = {"error": {"code": code, "message": message, **extra}}
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def storage_error(err: StorageUnavailable) -> web.Response:
+    """507 (disk full) or 503 (I/O error) with ``Retry-After``: nothing was accepted."""
+    code = "insufficient_storage" if err.cause == DISK_FULL else "storage_unavailable"
+    resp = error(err.status, code, str(err), retry_after=err.retry_after, store=err.store)
+    resp.headers["Retry-After"] = str(max(1, round(err.retry_after)))
+    return resp
 
 
 def ok(body: Any, status: int = 200) -> web.Response:
@@ -84,6 +101,8 @@ def _route(request: web.Request) -> str:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app[METRICS]
     try:
+        if len(request.raw_path) > MAX_URL:
+            raise web.HTTPRequestURITooLong()
         resp = await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:
         source = request.app[ROUTE_SOURCES].get(_route(request))
@@ -96,13 +115,22 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             limit_bytes=request.app[LIMITS][0],
         )
     except web.HTTPException as exc:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 414: "uri_too_long"}.get(
+            exc.status, "http_error"
+        )
         resp = error(exc.status, code, exc.reason)
         if "Allow" in exc.headers:  # a 405 must say which methods are (RFC 9110 15.5.6)
             resp.headers["Allow"] = exc.headers["Allow"]
-    except Exception:
-        logger.exception("unhandled error on %s %s", request.method, request.path)
-        resp = error(500, "internal", "internal error")
+    except StorageUnavailable as err:
+        resp = storage_error(err)
+    except Exception as exc:
+        cause = storage_cause(exc)
+        if cause is not None:  # a write to the data directory failed (a deploy, an erase)
+            logger.error("%s %s: storage error: %s", request.method, request.path, exc)
+            resp = storage_error(StorageUnavailable("data", cause, str(exc)))
+        else:
+            logger.exception("unhandled error on %s %s", request.method, request.path)
+            resp = error(500, "internal", "internal error")
     metrics.http_requests.labels(_route(request), str(resp.status)).inc()
     return resp
 
@@ -129,7 +157,8 @@ async def submit(
     request: web.Request, events: list[Event], body: bytes | None, source: str
 ) -> web.Response:
     """Hand ``events`` (valid, non-empty) to the backend; 202 once durable, 429 under
-    backpressure, 503 when not ready. ``body`` is their JSON array (``None``: encoded
+    backpressure, 503 when not ready, 507 (disk full) or 503 (I/O error) with
+    ``Retry-After`` when the journal write failed. ``body`` is their JSON array (``None``: encoded
     here, for events a source mapped from another format)."""
     metrics = request.app[METRICS]
     if body is None:
@@ -143,6 +172,9 @@ async def submit(
         return resp
     except NotReady as nr:
         return error(503, "not_ready", str(nr))
+    except StorageUnavailable as err:
+        metrics.events_rejected.labels(source, err.cause).inc(len(events))
+        return storage_error(err)
     await _remember_addresses(request.app, events)
     return ok({"accepted": len(events)}, status=202)
 
