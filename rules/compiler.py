@@ -11,6 +11,16 @@ from typing import Any
 from rules.durations import parse_cap, parse_clock, parse_duration, parse_range
 from rules.exceptions import RuleError
 from rules.expressions import Expression, ExpressionError
+from rules.fields import (
+    ANY,
+    CHANNELS,
+    CUSTOMER,
+    LEAF,
+    Shape,
+    check_selections,
+    event_shape,
+    known_properties,
+)
 from rules.loader import PathKey, Positions
 from rules.spec import IfStep, RuleSpec, SendStep, Settings, Step, Variant, WaitStep, WaitUntil
 from state.windows import WINDOWS
@@ -112,11 +122,46 @@ class _Compiler:
         self.trigger_keys: set[str] | None = set()
         self.seen: set[str] | None = set()
 
-    def expr(self, source: str, key: PathKey, *, in_flow: bool) -> Expression | None:
+    def expr(
+        self,
+        source: str,
+        key: PathKey,
+        *,
+        in_flow: bool,
+        event_type: str | None = None,
+        shift: int = 0,
+    ) -> Expression | None:
+        """Compile one expression at ``key``: in a step (``in_flow``), or in a trigger
+        filter, ``when`` or exit filter where ``event`` is an event of ``event_type``;
+        ``shift``: where the expression starts in the scalar (after a param's ``{{ ``)."""
+        problems: list[ExpressionError] = []
         try:
             e = Expression(source)
         except ExpressionError as err:
-            self.errors.append(self.pos.error(key, f"expression: {err.message}", err.column))
+            problems = [err, *err.others]
+            e = None
+        if e is not None:
+            problems = [
+                ExpressionError.at(source, p.offset, p.message)
+                for p in check_selections(e.selections, self.shapes(in_flow, event_type))
+            ]
+            if in_flow and "event" in e.variables:
+                at = next((sel.offset for sel in e.selections if sel.root == "event"), 0)
+                problems.append(
+                    ExpressionError.at(
+                        source,
+                        at,
+                        "'event' is only available in trigger filters, when and exit "
+                        "filters (in steps: trigger.<property>, the starting event's "
+                        "properties)",
+                    )
+                )
+        for problem in problems:
+            column = problem.column + (shift if problem.line == 1 else 0)
+            self.errors.append(
+                self.pos.error(key, f"expression: {problem.message}", column, problem.line)
+            )
+        if e is None:
             return None
         for fn, arg, arg2 in e.calls:
             if fn == "count":
@@ -146,6 +191,20 @@ class _Compiler:
         if not in_flow and "trigger" in e.variables:
             self.errors.append(self.pos.error(key, "'trigger' is only available in steps"))
         return e
+
+    def shapes(self, in_flow: bool, event_type: str | None) -> dict[str, Shape]:
+        """What the rule's own context knows of its variables beyond rules.fields'
+        BASE_SHAPES: the consent channels (the stock ones and the settings' defaults),
+        ``event`` of ``event_type``, and ``trigger``, when its type's properties are known
+        (a segment change, an alias)."""
+        channels = dict.fromkeys((*CHANNELS, *self.settings.default_consent), LEAF)
+        shapes: dict[str, Shape] = {"customer": {**CUSTOMER, "consent": channels}}
+        if in_flow:
+            props = known_properties(self.spec.trigger.type)
+            shapes["trigger"] = ANY if props is None else dict.fromkeys(props, ANY)
+        else:
+            shapes["event"] = event_shape(event_type)
+        return shapes
 
     def steps(self, steps: list[Step], key: PathKey) -> None:
         for i, step in enumerate(steps):
@@ -198,7 +257,9 @@ class _Compiler:
         dynamic: list[tuple[str, Expression]] = []
         for pname, value in params.items():
             if isinstance(value, str) and value.startswith(_TEMPLATE) and value.endswith("}}"):
-                e = self.expr(value[2:-2].strip(), (*key, pname), in_flow=True)
+                inner = value[2:-2]
+                shift = 2 + len(inner) - len(inner.lstrip())
+                e = self.expr(inner.strip(), (*key, pname), in_flow=True, shift=shift)
                 if e is not None:
                     dynamic.append((pname, e))
             else:
@@ -236,15 +297,20 @@ class _Compiler:
 
     def run(self, digest: str) -> CompiledRule | None:
         s = self.spec
+        trig = s.trigger.type
         tfilter = (
-            self.expr(s.trigger.filter, ("trigger", "filter"), in_flow=False)
+            self.expr(s.trigger.filter, ("trigger", "filter"), in_flow=False, event_type=trig)
             if s.trigger.filter
             else None
         )
-        when = self.expr(s.when, ("when",), in_flow=False) if s.when else None
+        when = self.expr(s.when, ("when",), in_flow=False, event_type=trig) if s.when else None
         exits = []
         for i, m in enumerate(s.exit_on):
-            f = self.expr(m.filter, ("exit_on", i, "filter"), in_flow=False) if m.filter else None
+            f = (
+                self.expr(m.filter, ("exit_on", i, "filter"), in_flow=False, event_type=m.type)
+                if m.filter
+                else None
+            )
             exits.append((m.type, f))
         self.steps(s.steps, ("steps",))
         send_if = self.expr(s.send_if, ("send_if",), in_flow=True) if s.send_if else None

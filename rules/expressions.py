@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 import cel
 
+from rules.fields import BASE_SHAPES, check_selections, selections
+
 __all__ = ["FUNCTIONS", "VARIABLES", "Expression", "ExpressionError", "Scope"]
 
 VARIABLES = frozenset({"event", "customer", "cart", "trigger"})
@@ -45,12 +47,22 @@ _CALL = re.compile(
 
 
 class ExpressionError(ValueError):
-    """An expression that does not compile; ``column`` is 1-based within the source."""
+    """An expression that does not compile; ``line`` and ``column`` are 1-based within
+    the source (``line`` is more than 1 only in a multi-line source)."""
 
-    def __init__(self, message: str, column: int = 1) -> None:
+    def __init__(self, message: str, column: int = 1, line: int = 1) -> None:
         super().__init__(message)
         self.message = message
         self.column = column
+        self.line = line
+        self.others: list[ExpressionError] = []  # more problems of the same expression
+
+    @classmethod
+    def at(cls, source: str, offset: int, message: str) -> ExpressionError:
+        """An error at 0-based ``offset`` in ``source``."""
+        line = source.count("\n", 0, offset) + 1
+        start = source.rfind("\n", 0, offset) + 1
+        return cls(message, offset - start + 1, line)
 
 
 class Scope(Protocol):
@@ -85,6 +97,7 @@ class Expression:
         "functions",
         "keys",
         "program",
+        "selections",
         "source",
         "variables",
     )
@@ -96,7 +109,7 @@ class Expression:
         except ValueError as err:
             m = _POS.search(str(err))
             if m:
-                raise ExpressionError(m.group(3), int(m.group(2))) from None
+                raise ExpressionError(m.group(3), int(m.group(2)), int(m.group(1))) from None
             raise ExpressionError(str(err)) from None
         refs = self.program.references()
         unknown_vars = set(refs["variables"]) - VARIABLES
@@ -108,6 +121,14 @@ class Expression:
                 + ", ".join(sorted(VARIABLES))
             )
         self.variables = tuple(sorted(set(refs["variables"]) & VARIABLES))
+        # field selections (``customer.ltv``): one that cannot exist is an error here
+        # (rules/fields.py); the compiler checks those that depend on the rule
+        self.selections = selections(source, frozenset(self.variables))
+        problems = check_selections(self.selections, BASE_SHAPES)
+        if problems:
+            errs = [ExpressionError.at(source, p.offset, p.message) for p in problems]
+            errs[0].others = errs[1:]
+            raise errs[0]
         self.functions = tuple(sorted(set(refs["functions"]) & FUNCTIONS))
         # literal arguments of count/seen/seen_since, for checks at compile time
         self.calls: tuple[tuple[str, str, str | None], ...] = tuple(

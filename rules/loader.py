@@ -57,15 +57,18 @@ class Positions:
                 best = cur
         return best, self.marks.get(best, (1, 1))
 
-    def error(self, key: PathKey, message: str, offset: int = 0) -> RuleError:
-        """A RuleError at ``key``; ``offset`` is a 1-based column inside a one-line scalar."""
+    def error(self, key: PathKey, message: str, offset: int = 0, at_line: int = 1) -> RuleError:
+        """A RuleError at ``key``; ``offset`` is a 1-based column inside the scalar's
+        ``at_line``-th line (only a literal block, ``|``, keeps more than one)."""
         line, col = self.marks.get(key, (1, 1))
         if offset:
             style = self.styles.get(key, "")
             if style in ("", "'", '"'):
                 col += offset - 1 + (1 if style else 0)
             elif style in ("|", ">"):
-                line, col = line + 1, offset  # first line of a block scalar; best effort
+                # the block's lines start on the next line; its indentation is not kept,
+                # so the column is within the line's text (best effort)
+                line, col = line + at_line, offset
         return RuleError(self.path, line, col, message)
 
 
@@ -208,7 +211,10 @@ def _expression_errors(data: Any, key: PathKey, pos: Positions) -> list[RuleErro
             try:
                 Expression(v)
             except ExpressionError as err:
-                out.append(pos.error((*key, k), f"expression: {err.message}", err.column))
+                out.extend(
+                    pos.error((*key, k), f"expression: {one.message}", one.column, one.line)
+                    for one in (err, *err.others)
+                )
         else:
             out.extend(_expression_errors(v, (*key, k), pos))
     return out
