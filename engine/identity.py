@@ -32,7 +32,7 @@ import msgspec
 
 from engine.types import Event
 from state.base import TimerStore
-from state.customer import DEDUP_WINDOW, SEGMENT_TIMER, VIEWED_MAX, CustomerState
+from state.customer import SEGMENT_TIMER, VIEWED_MAX, CustomerState
 
 __all__ = ["MERGED_FROM_MAX", "hand_over", "merge", "merge_event"]
 
@@ -49,6 +49,7 @@ def hand_over(st: CustomerState, timers: TimerStore) -> CustomerState:
     handed = msgspec.structs.replace(
         st,
         dedup=bytearray(st.dedup) if st.dedup else None,
+        dedup_at=bytearray(st.dedup_at) if st.dedup_at else None,
         merged_into=None,
         segments=None,
         segments_left=None,
@@ -136,8 +137,10 @@ def merge(st: CustomerState, other: CustomerState, timers: TimerStore) -> bool:
             counters[k] = counters.get(k, 0) + v
         st.counters = counters
     if other.dedup:
-        joined = bytearray(other.dedup) + (st.dedup or bytearray())
-        st.dedup = joined[-8 * DEDUP_WINDOW :]
+        _join_dedup(st, other)
+    if other.facts:  # orders and refunds of both ids count once each
+        for i in range(0, len(other.facts), 8):
+            st.first_fact(int.from_bytes(other.facts[i : i + 8], "little"))
     _move_flows(st, other, timers)
     if other.entries:
         st.entries = {**other.entries, **(st.entries or {})}
@@ -159,3 +162,21 @@ def _move_flows(st: CustomerState, other: CustomerState, timers: TimerStore) -> 
         if inst.due is not None:
             timers.schedule(st.customer_id, rule_id, inst.due)
     st.flows = flows or None
+
+
+def _join_dedup(st: CustomerState, other: CustomerState) -> None:
+    """Both ids' remembered event ids, ``other``'s first, each with the minute it was
+    remembered (an earlier layout's entries: the latest minute known); what lies past
+    the last DEDUP_WINDOW is forgotten at the next event as usual."""
+    assert other.dedup is not None
+    parts = []
+    for s in (other, st):
+        if not s.dedup:
+            continue
+        n = len(s.dedup) >> 3
+        at = s.dedup_at
+        if at is None or len(at) != 4 * n:
+            at = bytearray((s.last_seen // 60_000).to_bytes(4, "little") * n)
+        parts.append((s.dedup, at))
+    st.dedup = bytearray(b"".join(d for d, _ in parts))
+    st.dedup_at = bytearray(b"".join(a for _, a in parts))

@@ -68,6 +68,20 @@ def _packs(value: Any) -> bool:
     return True
 
 
+_FACTS = frozenset({"order_completed", "order_refunded"})
+
+
+def _fact(etype: str, props: dict[str, Any]) -> str:
+    """What makes an order or a refund the same one: its ``order_id``; a refund's
+    ``refund_id`` (without one: the order id and the amount)."""
+    if etype == "order_completed":
+        return f"order\0{props['order_id']}"
+    refund = props.get("refund_id")
+    if refund is not None:
+        return f"refund\0{refund}"
+    return f"refund\0{props['order_id']}\0{props.get('amount')}"
+
+
 def assign_variant(customer_id: str, rule: CompiledRule) -> str:
     """Deterministic experiment arm for (customer, rule): ``holdout`` or a variant name."""
     if rule.holdout_upto == 0 and len(rule.variants) == 1:
@@ -132,7 +146,7 @@ class Processor:
         created = st is None
         if st is None:
             st = CustomerState(ev.customer_id, ts, ts)
-        if not st.remember(fingerprint(ev.event_id)):
+        if not st.remember(fingerprint(ev.event_id), now, rs.lateness):
             out.duplicate = True
             return out
         etype = ev.type
@@ -140,6 +154,9 @@ class Processor:
             self._identity(st, ev, ts, out)
             if created:
                 self.store.put(st)
+            return out
+        if etype in _FACTS and not st.first_fact(fingerprint(_fact(etype, ev.properties))):
+            out.duplicate = True  # an order (refund) counted before under another event id
             return out
         if etype == "customer_merged":
             self._merge(st, ev, out)

@@ -27,7 +27,9 @@ __all__ = [
 ]
 
 DEDUP_WINDOW = 32
-"""Event ids remembered per customer for duplicate detection (as 64-bit fingerprints)."""
+"""Event ids always remembered per customer for duplicate detection (as 64-bit
+fingerprints), however old; younger ones are kept for the dedup horizon whatever their
+number (``CustomerState.remember``)."""
 SEGMENT_TIMER = "~segments"
 """The timer id (in place of a rule id) that re-evaluates a customer's segments; no rule id
 can take it (rule ids start with a letter)."""
@@ -109,6 +111,15 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     # for it (arrival order, like ``consent``): where an opt-out came from and when.
     # Appended last, like the digest.
     consent_changes: dict[str, tuple[int, str, str]] | None = None
+    # the processing minute (uint32 little-endian) each ``dedup`` entry was remembered
+    # at, in the same order: entries younger than the horizon are kept beyond
+    # DEDUP_WINDOW. Appended last (rows of earlier layouts: their entries count as
+    # remembered at their next event).
+    dedup_at: bytearray | None = None
+    # 64-bit fingerprints of the order ids and refund ids counted: an order adds to
+    # orders and revenue once per id, a refund once, whatever event ids carry them.
+    # Appended last.
+    facts: bytearray | None = None
 
     # --- derived views -------------------------------------------------------------
     @property
@@ -128,21 +139,54 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
         return round(self.revenue / self.orders, 2) if self.orders else 0.0
 
     # --- duplicates ----------------------------------------------------------------
-    def remember(self, fingerprint: int) -> bool:
-        """Record an event id fingerprint; False if it is among the last DEDUP_WINDOW."""
+    def remember(self, fingerprint: int, now: int = 0, horizon: int = 0) -> bool:
+        """Record an event id fingerprint at processing time ``now``; False if it is
+        remembered already: among the customer's last DEDUP_WINDOW ids, or remembered
+        less than ``horizon`` ms before ``now`` (at minute precision, rounded up)."""
         fp = fingerprint.to_bytes(8, "little")
+        minute = (now // 60_000).to_bytes(4, "little")
         dedup = self.dedup
         if dedup is None:
             self.dedup = bytearray(fp)
+            self.dedup_at = bytearray(minute)
             return True
         i = dedup.find(fp)
         while i >= 0:
             if i % 8 == 0:
                 return False
             i = dedup.find(fp, i + 1)
-        if len(dedup) >= 8 * DEDUP_WINDOW:
-            del dedup[:8]
+        n = len(dedup) >> 3
+        at = self.dedup_at
+        if at is None or len(at) != 4 * n:  # an earlier layout's row
+            at = self.dedup_at = bytearray(minute * n)
+        if n >= DEDUP_WINDOW:  # forget what is past the horizon, down to the last ids
+            cutoff = (now - horizon) // 60_000 - 1
+            drop = 0
+            while (
+                drop <= n - DEDUP_WINDOW
+                and int.from_bytes(at[4 * drop : 4 * drop + 4], "little") < cutoff
+            ):
+                drop += 1
+            if drop:
+                del dedup[: 8 * drop]
+                del at[: 4 * drop]
         dedup += fp
+        at += minute
+        return True
+
+    def first_fact(self, fingerprint: int) -> bool:
+        """Record an order or refund id fingerprint; False if it was counted before."""
+        fp = fingerprint.to_bytes(8, "little")
+        facts = self.facts
+        if facts is None:
+            self.facts = bytearray(fp)
+            return True
+        i = facts.find(fp)
+        while i >= 0:
+            if i % 8 == 0:
+                return False
+            i = facts.find(fp, i + 1)
+        facts += fp
         return True
 
     # --- snapshots -----------------------------------------------------------------

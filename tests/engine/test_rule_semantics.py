@@ -187,3 +187,91 @@ def test_send_if_errors_name_the_file_and_line() -> None:
         RuleKit.from_yaml(_OPEN, bad)
     assert "<rule 1>:4" in str(err.value)
     assert "expression" in str(err.value)
+
+
+# --- 5. a duplicate is a duplicate however late it comes --------------------------------
+_VIP = """
+id: second-order
+trigger: {event: order_completed}
+when: "customer.orders == 2"
+steps:
+  - send: {channel: email, template: thanks_again}
+"""
+
+
+def _views(kit: RuleKit, n: int) -> None:
+    for i in range(n):
+        kit.send("product_viewed", "c1", {"product_id": f"p{i}"})
+        kit.advance(minutes=1)
+
+
+def test_an_event_id_resent_after_40_newer_events_is_still_a_duplicate() -> None:
+    kit = RuleKit.from_yaml(_OPEN, _VIP)
+    kit.send("order_completed", "c1", {"order_id": "o1", "total": 50}, event_id="e-o1")
+    _views(kit, 40)
+    out = kit.send("order_completed", "c1", {"order_id": "o1", "total": 50}, event_id="e-o1")
+    assert out.duplicate
+    assert kit.state("c1").orders == 1
+    assert kit.sent() == []
+
+
+def test_the_id_window_is_time_bounded_not_count_bounded() -> None:
+    kit = RuleKit.from_yaml(_OPEN, _VIP)
+    kit.send("product_viewed", "c1", {"product_id": "p"}, event_id="e-view")
+    _views(kit, 40)
+    assert kit.send("product_viewed", "c1", {"product_id": "p"}, event_id="e-view").duplicate
+    kit.advance(hours=25)  # past allowed_lateness (24h): the old ids may be forgotten
+    _views(kit, 40)
+    assert not kit.send("product_viewed", "c1", {"product_id": "p"}, event_id="e-view").duplicate
+    st = kit.state("c1")
+    # the 42 ids from before the gap aged out; the 41 since are all inside the horizon
+    assert len(st.dedup) == 8 * 41
+    assert len(st.dedup_at) == 4 * 41
+
+
+def test_an_order_counts_once_per_order_id_whatever_its_event_id() -> None:
+    kit = RuleKit.from_yaml(_OPEN, _VIP)
+    kit.send("order_completed", "c1", {"order_id": "o1", "total": 50})
+    kit.advance(days=3)  # past the id window too
+    out = kit.send("order_completed", "c1", {"order_id": "o1", "total": 50})
+    assert out.duplicate
+    st = kit.state("c1")
+    assert (st.orders, st.revenue) == (1, 50.0)
+    assert kit.sent() == []  # customer.orders == 2 never became true
+    kit.send("order_completed", "c1", {"order_id": "o2", "total": 20})
+    assert kit.state("c1").orders == 2
+    assert [a.template for a in kit.sent()] == ["thanks_again"]
+
+
+def test_a_refund_counts_once_per_refund_id() -> None:
+    kit = RuleKit.from_yaml(_OPEN, _VIP)
+    kit.send("order_completed", "c1", {"order_id": "o1", "total": 100})
+    kit.send("order_refunded", "c1", {"order_id": "o1", "amount": 10, "refund_id": "r1"})
+    assert kit.send(
+        "order_refunded", "c1", {"order_id": "o1", "amount": 10, "refund_id": "r1"}
+    ).duplicate
+    kit.send("order_refunded", "c1", {"order_id": "o1", "amount": 10, "refund_id": "r2"})
+    assert kit.state("c1").revenue == 80.0
+    # without a refund id: the order and the amount identify it
+    kit.send("order_refunded", "c1", {"order_id": "o1", "amount": 5})
+    assert kit.send("order_refunded", "c1", {"order_id": "o1", "amount": 5}).duplicate
+    assert kit.state("c1").revenue == 75.0
+
+
+def test_dedup_times_and_facts_survive_a_checkpoint_and_a_merge() -> None:
+    from engine.identity import merge
+    from state.customer import CustomerState, load, pack
+    from state.memory import MemoryTimers
+
+    kit = RuleKit.from_yaml(_OPEN, _VIP)
+    kit.send("order_completed", "c1", {"order_id": "o1", "total": 50}, event_id="e1")
+    kit.send("order_completed", "anon", {"order_id": "o9", "total": 5}, event_id="e9")
+    st = load(pack(kit.state("c1")))
+    assert st == kit.state("c1")
+    assert st.dedup_at is not None
+    assert st.facts is not None
+    other = load(pack(kit.state("anon")))
+    merge(st, other, MemoryTimers())
+    assert not st.remember(int.from_bytes(other.dedup[:8], "little"), kit.now, 86_400_000)
+    assert not st.first_fact(int.from_bytes(other.facts[:8], "little"))
+    assert isinstance(st, CustomerState)
