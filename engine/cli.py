@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -554,7 +555,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # `nudge deadletter list | head`: the reader is gone
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away: exit quietly, as ``ls | head`` does (status 141,
+    128 + SIGPIPE), without the interpreter's own traceback when it flushes stdout at
+    exit (stdout is pointed at /dev/null first)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":
