@@ -38,6 +38,7 @@ class BacktestResult:
     actions: list[Action] = field(default_factory=list)
     fires: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     conversions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    exposures: Counter[tuple[str, str]] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
 
     def sorted_actions(self) -> list[Action]:
@@ -63,6 +64,10 @@ class BacktestResult:
             },
             "conversions_by_rule_variant": {
                 "/".join(k): v for k, v in sorted(self.conversions.items())
+            },
+            # goal windows opened: conversions / exposures is each arm's rate
+            "exposures_by_rule_variant": {
+                "/".join(k): v for k, v in sorted(self.exposures.items())
             },
             "expression_errors": dict(self.errors.most_common(10)),
         }
@@ -103,6 +108,8 @@ def backtest(ruleset: RuleSet, lines: Iterable[bytes], until: int | None = None)
             result.fires[(f.rule_id, f.variant, f.outcome)] += 1
         for c in out.conversions:
             result.conversions[(c.rule_id, c.variant)] += 1
+        for x in out.exposures:
+            result.exposures[x] += 1
         for e in out.errors:
             result.errors[e] += 1
 

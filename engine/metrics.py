@@ -122,6 +122,12 @@ class Metrics:
         self.conversions = Counter(
             "nudge_goal_conversions", "Experiment goal conversions", ["rule", "variant"], registry=r
         )
+        self.exposures = Counter(
+            "nudge_goal_exposures",
+            "Experiment goal windows opened (conversions count once per exposure)",
+            ["rule", "variant"],
+            registry=r,
+        )
         self.expression_errors = Counter(
             "nudge_expression_errors", "Rule expressions that failed at run time", registry=r
         )

@@ -21,6 +21,9 @@ class Output:
     actions: list[Action] = field(default_factory=list)
     fires: list[Fire] = field(default_factory=list)
     conversions: list[Conversion] = field(default_factory=list)
+    # experiment exposures: a goal window opened (rule id, variant); conversions count
+    # once per exposure, so rate = conversions / exposures in every arm
+    exposures: list[tuple[str, str]] = field(default_factory=list)
     duplicate: bool = False
     too_late: bool = False
     future: bool = False  # stamped ahead of the clock beyond tolerance: processed at ``now``
@@ -37,6 +40,7 @@ class Output:
         self.actions += other.actions
         self.fires += other.fires
         self.conversions += other.conversions
+        self.exposures += other.exposures
         self.errors += other.errors
         self.forwards += other.forwards
         self.segment_changes += other.segment_changes

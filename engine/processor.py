@@ -379,29 +379,33 @@ class Processor:
             if st.entries is None:
                 st.entries = {}
             st.entries[rule.id] = ts
-        if rule.goal is not None:
-            self._open_goal(st, rule, variant, ts, now)
+        if rule.goal is not None and self._open_goal(st, rule, variant, ts, now):
+            out.exposures.append((rule.id, variant))
         self._runner.run(rule, st, inst, ts, now, out)
 
     def _open_goal(
         self, st: CustomerState, rule: CompiledRule, variant: str, ts: int, now: int
-    ) -> None:
-        """Open the goal window ``[ts, ts + within]``. A window of the same rule still open
-        at ``ts`` is extended instead (one goal event converts a rule once, however often
-        the customer re-entered it); windows that ended longer ago than the allowed
-        lateness are dropped, so a customer who never converts holds a bounded list."""
+    ) -> bool:
+        """Open the goal window ``[ts, ts + within]``: an exposure (True). A window of the
+        same rule still open at ``ts`` is extended instead (False: the same exposure; one
+        goal event converts a rule once, however often the customer re-entered it);
+        windows that ended longer ago than the allowed lateness are dropped, so a customer
+        who never converts holds a bounded list."""
         assert rule.goal is not None
         etype, within = rule.goal
         horizon = now - self._rs.lateness
         start = ts
         keep = []
+        extended = False
         for g in st.goals or ():
             if g[0] == rule.id and g[4] >= ts:
                 start = min(start, g[3])
+                extended = True
             elif g[4] >= horizon:
                 keep.append(g)
         keep.append((rule.id, variant, etype, start, ts + within))
         st.goals = keep
+        return not extended
 
     # --- timers ------------------------------------------------------------------
     def on_timer(self, customer_id: str, rule_id: str, due: int, now: int) -> Output:

@@ -64,12 +64,14 @@ class ListSink:
         self.actions: list[Action] = []
         self.fires: list[Fire] = []
         self.conversions: list[Conversion] = []
+        self.exposures: list[tuple[str, str]] = []
         self.errors: list[str] = []
 
     def __call__(self, out: Output) -> None:
         self.actions += out.actions
         self.fires += out.fires
         self.conversions += out.conversions
+        self.exposures += out.exposures
         self.errors += out.errors
 
 

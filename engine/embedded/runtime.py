@@ -444,6 +444,8 @@ class Runtime:
             m.rule_fires.labels(f.rule_id, f.variant, f.outcome).inc()
         for c in out.conversions:
             m.conversions.labels(c.rule_id, c.variant).inc()
+        for rule_id, variant in out.exposures:
+            m.exposures.labels(rule_id, variant).inc()
         if out.errors:
             m.expression_errors.inc(len(out.errors))
         for a in out.actions:

@@ -275,3 +275,54 @@ def test_dedup_times_and_facts_survive_a_checkpoint_and_a_merge() -> None:
     assert not st.remember(int.from_bytes(other.dedup[:8], "little"), kit.now, 86_400_000)
     assert not st.first_fact(int.from_bytes(other.facts[:8], "little"))
     assert isinstance(st, CustomerState)
+
+
+# --- 9. goal conversions once per customer and entry -----------------------------------
+_EXPERIMENT = """
+id: cart
+trigger: {event: cart_item_added}
+on_retrigger: restart
+steps:
+  - send: {channel: email, template: first}
+  - wait: 1h
+  - send: {channel: email, template: second}
+experiment:
+  variants: {a: 50}
+  holdout: 50
+  goal: {event: order_completed, within: 3d}
+"""
+
+
+def test_conversions_count_once_per_exposure_in_every_arm() -> None:
+    kit = RuleKit.from_yaml(_OPEN, _EXPERIMENT)
+    n = 200
+    for i in range(n):
+        cid = f"c{i}"
+        kit.send("cart_item_added", cid, {"product_id": "p", "price": 5})
+        kit.send("cart_item_added", cid, {"product_id": "q", "price": 5})  # a restart
+    kit.advance(hours=2)
+    for i in range(n):
+        for k in range(2):  # two orders in the window: one conversion
+            kit.send("order_completed", f"c{i}", {"order_id": f"o{i}-{k}", "total": 9})
+    arms = {arm for _, arm in kit.sink.exposures}
+    assert arms == {"a", "holdout"}
+    for arm in arms:
+        exposed = sum(1 for _, v in kit.sink.exposures if v == arm)
+        converted = sum(1 for c in kit.sink.conversions if c.variant == arm)
+        steps = len(kit.fired(outcome="holdout")) if arm == "holdout" else len(kit.sent())
+        assert exposed == converted  # every customer converted once, whatever the arm
+        # fires are per send step reached (the restart sent "first" again): 3 per customer,
+        # not a denominator for a rate
+        assert steps == 3 * exposed
+    assert len(kit.sink.exposures) == n
+
+
+def test_an_entry_after_a_conversion_is_a_new_exposure() -> None:
+    kit = RuleKit.from_yaml(_OPEN, _EXPERIMENT)
+    kit.send("cart_item_added", "c1", {"product_id": "p", "price": 5})
+    kit.send("order_completed", "c1", {"order_id": "o1", "total": 9})
+    kit.advance(hours=2)
+    kit.send("cart_item_added", "c1", {"product_id": "p", "price": 5})
+    kit.send("order_completed", "c1", {"order_id": "o2", "total": 9})
+    assert len(kit.sink.exposures) == 2
+    assert len(kit.sink.conversions) == 2
