@@ -150,8 +150,9 @@ class Outbox:
             return []
         try:
             await self.flush()
-        except Exception:
-            logger.exception("outbox flush before a checkpoint failed")
+        except Exception as err:
+            if self._health.failed("outbox", err) is None:
+                logger.exception("outbox flush before a checkpoint failed")
         still = {id(x) for x in self.unpersisted()}
         return [x for x in before if id(x) in still]
 
