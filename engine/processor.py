@@ -79,7 +79,10 @@ def _fact(etype: str, props: dict[str, Any]) -> str:
     refund = props.get("refund_id")
     if refund is not None:
         return f"refund\0{refund}"
-    return f"refund\0{props['order_id']}\0{props.get('amount')}"
+    amount = props.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, int | float):
+        amount = None
+    return f"refund\0{props['order_id']}\0{None if amount is None else float(amount)}"
 
 
 def assign_variant(customer_id: str, rule: CompiledRule) -> str:

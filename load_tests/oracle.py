@@ -31,6 +31,7 @@ from load_tests.oracle_recipes import (
     ALLOWED_LATENESS,
     BY_PRIORITY,
     CHANNEL_CAPS,
+    DEDUP_RING,
     DEFAULT_CONSENT,
     DRAIN,
     OPT_OUTS,
@@ -57,6 +58,8 @@ from load_tests.oracle_recipes import (
 
 __all__ = ["RECIPES", "Oracle", "OracleStats", "iso", "main", "oracle_lines", "parse_ts"]
 
+_RANK = {r.id: i for i, r in enumerate(BY_PRIORITY)}
+
 
 # --- the oracle -----------------------------------------------------------------------
 @dataclass
@@ -75,7 +78,9 @@ class Oracle:
     def __init__(self) -> None:
         self.customers: dict[str, Customer] = {}
         self.timers: dict[tuple[str, str], int] = {}  # (customer, rule) -> due
-        self.queue: list[tuple[int, str, str]] = []  # (due, customer, rule), lazy deletes
+        # (due, customer, priority rank, rule), lazy deletes: one customer's timers due at
+        # the same instant fire in priority order, then rule id
+        self.queue: list[tuple[int, str, int, str]] = []
         self.clock: int | None = None
         self.actions: list[tuple[int, str, str, str, dict[str, Any]]] = []
         self.stats = OracleStats()
@@ -84,7 +89,7 @@ class Oracle:
     def schedule(self, c: Customer, flow: Flow, due: int) -> None:
         flow.due = due
         self.timers[(c.id, flow.recipe.id)] = due
-        heapq.heappush(self.queue, (due, c.id, flow.recipe.id))
+        heapq.heappush(self.queue, (due, c.id, _RANK[flow.recipe.id], flow.recipe.id))
 
     def close(self, c: Customer, flow: Flow) -> None:
         self.timers.pop((c.id, flow.recipe.id), None)
@@ -92,10 +97,10 @@ class Oracle:
         del c.flows[flow.recipe.id]
 
     def fire_timers(self, upto: int) -> None:
-        """Every timer due at or before ``upto``, in (due, customer, rule) order, each at
-        now = max(clock, due)."""
+        """Every timer due at or before ``upto``, in (due, customer, priority, rule) order,
+        each at now = max(clock, due)."""
         while self.queue and self.queue[0][0] <= upto:
-            due, cid, rid = heapq.heappop(self.queue)
+            due, cid, _, rid = heapq.heappop(self.queue)
             if self.timers.get((cid, rid)) != due:
                 continue  # cancelled or rescheduled
             del self.timers[(cid, rid)]
@@ -126,17 +131,17 @@ class Oracle:
         c = self.customers.get(cid)
         if c is None:
             c = self.customers[cid] = Customer(cid)
-        if ev["event_id"] in c.recent_ids:
+        if self.duplicate(c, ev, now):
             self.stats.duplicates += 1
             return
-        c.recent_ids.append(ev["event_id"])
         too_late = now - ts > ALLOWED_LATENESS
         self.stats.too_late += too_late
         etype = ev["type"]
         self.apply(c, ev)
         for open_flow in c.flows.values():
             if ts >= open_flow.started_at:
-                open_flow.seen[etype] = max(open_flow.seen.get(etype, ts), ts)
+                key = self.seen_key(c, open_flow, etype, ev.get("properties") or {})
+                open_flow.seen[key] = max(open_flow.seen.get(key, ts), ts)
         for recipe in BY_PRIORITY:
             flow = c.flows.get(recipe.id)
             if flow is None or ts < flow.started_at:
@@ -150,6 +155,56 @@ class Oracle:
         for recipe in BY_PRIORITY:
             if recipe.trigger == etype:
                 self.trigger(recipe, c, ev, ts, now)
+
+    def duplicate(self, c: Customer, ev: dict[str, Any], now: int) -> bool:
+        """An event id seen before (the last DEDUP_RING ids, and every id first seen less
+        than ALLOWED_LATENESS ago, at whole minutes rounded up), or an order or refund
+        counted before under another id."""
+        eid = ev["event_id"]
+        if any(seen == eid for seen, _ in c.recent_ids):
+            return True
+        minute = now // 60_000
+        horizon = (now - ALLOWED_LATENESS) // 60_000 - 1
+        while len(c.recent_ids) >= DEDUP_RING and c.recent_ids[0][1] < horizon:
+            c.recent_ids.popleft()
+        c.recent_ids.append((eid, minute))
+        props = ev.get("properties") or {}
+        if ev["type"] == "order_completed":
+            fact = f"order {props.get('order_id')}"
+        elif ev["type"] == "order_refunded":
+            if props.get("refund_id") is not None:
+                fact = f"refund {props['refund_id']}"
+            else:
+                fact = f"refund {props.get('order_id')} {number(props.get('amount'), -1.0)}"
+        else:
+            return False
+        if fact in c.counted:
+            return True
+        c.counted.add(fact)
+        return False
+
+    def seen_key(self, c: Customer, flow: Flow, etype: str, props: dict[str, Any]) -> str:
+        """Where a flow keeps an event for seen/seen_since: its type when it names no
+        action (or is not a message event); ``type/step`` when it names the action that
+        step of this flow sent (the key; else this rule and a template a step already run
+        sends); ``type/*`` when it names anything else."""
+        key, rid = props.get("message_key"), props.get("rule_id")
+        if not etype.startswith(("email_", "sms_", "push_")) or not (key or rid):
+            return etype
+        r = flow.recipe
+        if isinstance(key, str) and key:
+            for pc, op in enumerate(r.ops):
+                if isinstance(op, Send) and idempotency_key(r, c.id, flow.instance_id, pc) == key:
+                    return f"{etype}/{op.name or ''}"
+            return f"{etype}/*"
+        if rid != r.id:
+            return f"{etype}/*"
+        for op in reversed(r.ops[: flow.pc]):
+            if isinstance(op, Send) and op.name:
+                templates = {op.template} | {o[op.name] for _, _, o in r.variants if op.name in o}
+                if props.get("template") in templates:
+                    return f"{etype}/{op.name}"
+        return f"{etype}/"
 
     def apply(self, c: Customer, ev: dict[str, Any]) -> None:
         """Profile, cart and recently viewed (arrival order)."""
@@ -241,6 +296,9 @@ class Oracle:
 
     def send(self, c: Customer, flow: Flow, op: Send, now: int) -> bool:
         r = flow.recipe
+        if r.send_if is not None and not r.send_if(c, flow):
+            self.close(c, flow)  # re-checked before every send: the flow ends here
+            return False
         # (1) holdout sends nothing but skips quiet hours; (2) quiet hours defer the send
         quiet = r.quiet and op.channel != "webhook"
         if flow.variant != "holdout" and quiet and in_quiet_hours(now, c.zone()):

@@ -100,7 +100,10 @@ class Customer:
     orders: int = 0
     ltv: float = 0.0
     viewed: list[str] = field(default_factory=list)
-    recent_ids: deque[str] = field(default_factory=lambda: deque(maxlen=DEDUP_RING))
+    # event ids with the processing minute each was first seen at, oldest first: the
+    # last DEDUP_RING always, younger ones than ALLOWED_LATENESS however many
+    recent_ids: deque[tuple[str, int]] = field(default_factory=deque)
+    counted: set[str] = field(default_factory=set)  # order and refund ids already counted
     flows: dict[str, Flow] = field(default_factory=dict)
     last_entry: dict[str, int] = field(default_factory=dict)
     sends: list[tuple[int, str, str]] = field(default_factory=list)  # (at, rule, channel)
@@ -161,8 +164,17 @@ class Recipe:
     cap: tuple[int, int] | None = None
     quiet: bool = False  # 21:00-09:00 local
     holdout: int = 0  # percent
+    # checked before every send (holdout too); false: the flow ends without sending
+    send_if: Callable[[Customer, Flow], bool] | None = None
     variants: tuple[tuple[str, int, dict[str, str]], ...] = ()  # name, weight, step->template
     version: int = 1
+
+
+def opened_since(f: Flow, etype: str, step: str) -> bool:
+    """seen_since: an ``etype`` event since step ``step`` ran that names no action, or
+    names the one that step sent (``Flow.seen`` keys: see Oracle.seen_key)."""
+    mark = f.marks[step]
+    return f.seen.get(etype, -1) >= mark or f.seen.get(f"{etype}/{step}", -1) >= mark
 
 
 def _none(c: Customer, f: Flow) -> dict[str, Any]:
@@ -190,12 +202,13 @@ RECIPES: tuple[Recipe, ...] = (
                 params=lambda c, f: {"cart_value": c.cart_value(), "items": c.cart_items()},
             ),
             Wait(4 * HOUR),
-            Branch(lambda c, f: not f.seen.get("email_opened", -1) >= f.marks["reminder"], 5),
+            Branch(lambda c, f: not opened_since(f, "email_opened", "reminder"), 5),
             Send("sms", "cart_10pct", _static(discount_pct=10)),
         ),
         cap=(2, 7 * DAY),
         quiet=True,
         holdout=10,
+        send_if=lambda c, f: c.cart_value() > 0.0,
         variants=(("a", 45, {}), ("b", 45, {"reminder": "cart_reminder_urgent"})),
     ),
     Recipe(
@@ -273,6 +286,7 @@ RECIPES: tuple[Recipe, ...] = (
         period=7 * DAY,
         quiet=True,
         exits=(("cart_item_added", None), ("order_completed", None)),
+        send_if=lambda c, f: c.cart_items() == 0,
         ops=(
             Wait(2 * HOUR),
             Send(

@@ -68,6 +68,8 @@ TIMEZONES: tuple[str, ...] = (
 DST_TIMEZONES: tuple[str, ...] = (*TIMEZONES, "Australia/Lord_Howe")
 """TIMEZONES and a zone whose clocks move by 30 minutes (Lord Howe Island)."""
 _LOCALES = ("fr-FR", "en-GB", "en-US", "en-US", "ja-JP", "en-IN", "en-AU", "en")
+# the stock rules whose emails the generator's templates are (others: "newsletter")
+_RULE_OF = {"cart_reminder": "abandoned-cart", "welcome_1": "welcome-series"}
 _CATEGORIES = ("shoes", "bags", "shirts", "jackets", "accessories", "beauty", "home")
 
 
@@ -94,6 +96,14 @@ class TrafficConfig:
     unsubscribe_share: float = 0.0
     # the zones customers live in (DST_TIMEZONES adds a 30-minute DST shift)
     timezones: tuple[str, ...] = TIMEZONES
+    # opens and clicks naming the action they are about, as provider feedback does:
+    # rule_id and template (a stock rule's email, or another rule's), some with a
+    # message_key of an action that is not this flow's; 0 leaves the trace as it was
+    attributed_share: float = 0.0
+    # storefront retries: an order or refund re-sent under a new event id 1-72 h later,
+    # and duplicates re-sent 2-20 h later (past a busy customer's last 32 ids); refunds
+    # carry a refund_id; 0 leaves the trace as it was
+    retry_share: float = 0.0
 
 
 # heap item kinds
@@ -298,20 +308,30 @@ class Traffic:
         self.next_order += 1
         oid = f"ord-{self.cfg.seed}-{self.next_order:08d}"
         items = sum(c.cart.values())
-        self._ev(
-            t,
-            c,
-            "order_completed",
-            {"order_id": oid, "total": total, "currency": "EUR", "items": items},
-        )
+        order = {"order_id": oid, "total": total, "currency": "EUR", "items": items}
+        self._ev(t, c, "order_completed", order)
         c.cart.clear()
         c.orders += 1
         delivered = t + rng.randrange(_DAY, 5 * _DAY)
         self._ev(delivered, c, "order_delivered", {"order_id": oid})
+        retry = self.cfg.retry_share
+        if retry > 0 and rng.random() < retry:
+            self._retry(t, c, "order_completed", order)
         if rng.random() < 0.06:
             when = delivered + rng.randrange(-_DAY // 2, 10 * _DAY)
             amount = total if rng.random() < 0.7 else round(total / 2, 2)
-            self._ev(when, c, "order_refunded", {"order_id": oid, "amount": amount})
+            refund: dict[str, Any] = {"order_id": oid, "amount": amount}
+            if retry > 0 and rng.random() < 0.5:
+                refund["refund_id"] = f"rf-{oid}"
+            self._ev(when, c, "order_refunded", refund)
+            if retry > 0 and rng.random() < retry * 5:
+                self._retry(when, c, "order_refunded", refund)
+
+    def _retry(self, ts: int, c: _Customer, typ: str, props: dict[str, Any]) -> None:
+        """The storefront sends ``typ`` again under a new event id, stamped ``ts``,
+        1-72 h later (a lost acknowledgement)."""
+        again = self._build(ts, c, typ, dict(props))
+        self._push(ts + self.rng.randrange(_H, 72 * _H), _LATE, again)
 
     def _back_in_stock(self, t: int, c: _Customer, sku: str) -> None:
         """The customer asks to be told when ``sku`` is back; usually it comes back."""
@@ -326,11 +346,14 @@ class Traffic:
         if rng.random() < 0.25:
             at = t + rng.randrange(10 * _MIN, 20 * _H)
             tpl = rng.choice(("newsletter", "cart_reminder", "welcome_1", "promo"))
-            self._ev(at, c, "email_opened", {"template": tpl})
+            props: dict[str, Any] = {"template": tpl}
+            if self.cfg.attributed_share > 0 and rng.random() < self.cfg.attributed_share:
+                props["rule_id"] = _RULE_OF.get(tpl, "newsletter")
+                if rng.random() < 0.2:  # an action of another flow, named by its key
+                    props["message_key"] = f"{rng.getrandbits(128):032x}"
+            self._ev(at, c, "email_opened", props)
             if rng.random() < 0.3:
-                self._ev(
-                    at + rng.randrange(5 * _S, 10 * _MIN), c, "email_clicked", {"template": tpl}
-                )
+                self._ev(at + rng.randrange(5 * _S, 10 * _MIN), c, "email_clicked", props)
         if rng.random() < 0.03:
             self._ev(t + rng.randrange(_MIN, 8 * _H), c, "sms_clicked", {"template": "promo"})
 
@@ -383,6 +406,8 @@ class Traffic:
                 if rng.random() < 0.8
                 else rng.randrange(30 * _S, 2 * _H)
             )
+            if self.cfg.retry_share > 0 and rng.random() < 0.2:
+                gap = rng.randrange(2 * _H, 20 * _H)  # within the 24h the id is held
             self._push(send_ts + gap, _DUP, event)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

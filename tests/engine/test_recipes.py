@@ -225,9 +225,13 @@ class TestAbandonedCart:
         kit.advance(hours=1)
         cart_add(kit, cid)
         kit.send("order_completed", cid, {"order_id": "o0", "total": 5.0}, at=START)
+        assert "abandoned-cart" in kit.state(cid).flows  # not ended by the late order...
         kit.advance(hours=4)
-        # the late order cleared the cart (arrival order) but did not end the flow
-        assert len(kit.sent("abandoned-cart")) == 1
+        # ...but it cleared the cart (arrival order), and send_if re-checks the cart before
+        # the reminder: skipped, and the flow ends there
+        assert kit.sent("abandoned-cart") == []
+        assert [f.outcome for f in kit.fired("abandoned-cart")] == ["skipped_condition"]
+        assert "abandoned-cart" not in kit.state(cid).flows
 
 
 class TestBrowseAbandonment:

@@ -44,6 +44,27 @@ def test_oracle_and_engine_agree_on_generated_traffic(late_hours_share: float) -
     assert len(expected) > 3_000
 
 
+def test_agreement_with_attributed_feedback_and_storefront_retries() -> None:
+    """docs/semantics.md's attributed opens (rule_id/template/message_key), duplicates
+    re-sent hours later, orders and refunds re-sent under new event ids, send_if on the
+    cart recipes, same-instant timers by priority: both sides still agree."""
+    cfg = TrafficConfig(
+        customers=2_000,
+        events=30_000,
+        seed=12,
+        duplicate_share=0.03,
+        late_share=0.03,
+        attributed_share=0.5,
+        retry_share=0.05,
+    )
+    events = list(generate(cfg))
+    opens = [e for e in events if e["type"] == "email_opened"]
+    assert sum("rule_id" in e["properties"] for e in opens) > len(opens) // 4
+    ids = [e["properties"]["order_id"] for e in events if e["type"] == "order_completed"]
+    assert len(ids) - len(set(ids)) > 20  # orders re-sent under new event ids
+    _check([orjson.dumps(e) for e in events])
+
+
 def _ev(eid: str, etype: str, cid: str, ts: str, **props: object) -> bytes:
     return orjson.dumps(
         {
