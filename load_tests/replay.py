@@ -10,8 +10,14 @@
   (its timestamp - the first timestamp) / speed has elapsed; events sent late (older
   timestamps than one already seen: late or re-sent events in the trace) go at once.
   ``--rate N/s`` sends at a fixed rate instead; neither: as fast as acknowledged.
-- Batching: up to ``--batch`` events a request; a batch never waits more than 50 ms for
-  more events, and is sent when its last event is due (never early).
+- Order: each customer's events are sent in the file's order, retries included. The
+  customers are split over ``--concurrency`` lanes by a hash of their id; a lane sends
+  one batch at a time and retries it until it is acknowledged (or given up) before its
+  next, so a retried batch never lands after a later event of one of its customers (a
+  replay with failures ends in the state of one without). Order across customers is
+  not kept, as the engine's partitions do not keep it either.
+- Batching: up to ``--batch`` events of one lane a request; a batch never waits more
+  than 50 ms for more events, and is sent when its last event is due (never early).
 - Retries: 429 after its ``Retry-After``; 5xx, timeouts, connection errors and Kafka
   errors with exponential backoff (0.1 s doubling, at most 5 s), up to ``--max-attempts``
   tries. A
@@ -29,6 +35,8 @@ import asyncio
 import os
 import random
 import time
+import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -265,6 +273,23 @@ class _KafkaSender:
             return
 
 
+class _Lane:
+    """One share of the customers: its batches are sent one at a time, in order."""
+
+    def __init__(self) -> None:
+        self.pending: list[dict[str, Any]] = []
+        self.first_due = 0.0
+        self.last_due = 0.0
+        # batches formed, waiting for the lane's sender (bounded: reading waits)
+        self.queue: asyncio.Queue[list[dict[str, Any]] | None] = asyncio.Queue(maxsize=2)
+
+
+def _lane_of(event: dict[str, Any], lanes: int) -> int:
+    cid = event.get("customer_id")
+    key = cid if isinstance(cid, str) else str(cid)
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % lanes
+
+
 class _Replayer:
     def __init__(self, opts: ReplayOptions, stats: ReplayStats) -> None:
         self.opts = opts
@@ -275,74 +300,78 @@ class _Replayer:
     async def run(self) -> float:
         opts = self.opts
         st = self.stats
-        sem = asyncio.Semaphore(opts.concurrency)
-        tasks: set[asyncio.Task[None]] = set()
+        lanes = [_Lane() for _ in range(max(1, opts.concurrency))]
+        waiting: deque[_Lane] = deque()  # lanes holding events, oldest first event first
         progress = _Progress(opts.path, st, opts.progress)
         start = time.monotonic()
         t0: int | None = None
         clock = 0
         index = 0
-        pending: list[dict[str, Any]] = []
-        first_due = last_due = 0.0
 
         async with self.sender as sender:
 
-            async def send(batch: list[dict[str, Any]]) -> None:
-                try:
-                    await sender.post(batch)
-                finally:
-                    sem.release()
+            async def send(lane: _Lane) -> None:
+                while (batch := await lane.queue.get()) is not None:
+                    await sender.post(batch)  # retried here until acknowledged or given up
+                    progress.update()
 
-            async def flush() -> None:
-                nonlocal pending
-                wait = last_due - time.monotonic()
+            async def flush(lane: _Lane) -> None:
+                waiting.remove(lane)
+                wait = lane.last_due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                await sem.acquire()
-                batch, pending = pending, []
+                batch, lane.pending = lane.pending, []
                 st.sent += len(batch)
-                task = asyncio.create_task(send(batch))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                await lane.queue.put(batch)
                 progress.update()
 
-            with progress, opts.path.open("rb") as fh:
-                for raw in fh:
-                    progress.read(len(raw))
-                    line = raw.strip()
-                    if not line:
-                        continue
-                    st.lines += 1
-                    try:
-                        event = orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        event = None
-                    if not isinstance(event, dict):
-                        st.malformed += 1
-                        continue
-                    if opts.rate is not None:
-                        due = start + index / opts.rate
-                    elif opts.speed is not None:
-                        ts = _ts_ms(event.get("timestamp"))
-                        if ts is not None:
-                            if t0 is None:
-                                t0 = clock = ts
-                            clock = max(clock, ts)
-                        due = start + (clock - (t0 or 0)) / 1000.0 / opts.speed
-                    else:
-                        due = start
-                    index += 1
-                    if pending and (len(pending) >= opts.batch or due - first_due > LINGER_S):
-                        await flush()
-                    if not pending:
-                        first_due = due
-                    pending.append(event)
-                    last_due = due
-                if pending:
-                    await flush()
-                while tasks:
-                    await asyncio.gather(*list(tasks))
-                progress.update()
+            senders = [asyncio.create_task(send(lane)) for lane in lanes]
+            try:
+                with progress, opts.path.open("rb") as fh:
+                    for raw in fh:
+                        progress.read(len(raw))
+                        line = raw.strip()
+                        if not line:
+                            continue
+                        st.lines += 1
+                        try:
+                            event = orjson.loads(line)
+                        except orjson.JSONDecodeError:
+                            event = None
+                        if not isinstance(event, dict):
+                            st.malformed += 1
+                            continue
+                        if opts.rate is not None:
+                            due = start + index / opts.rate
+                        elif opts.speed is not None:
+                            ts = _ts_ms(event.get("timestamp"))
+                            if ts is not None:
+                                if t0 is None:
+                                    t0 = clock = ts
+                                clock = max(clock, ts)
+                            due = start + (clock - (t0 or 0)) / 1000.0 / opts.speed
+                        else:
+                            due = start
+                        index += 1
+                        while waiting and due - waiting[0].first_due > LINGER_S:
+                            await flush(waiting[0])  # lingered long enough
+                        lane = lanes[_lane_of(event, len(lanes))]
+                        if len(lane.pending) >= opts.batch:
+                            await flush(lane)
+                        if not lane.pending:
+                            lane.first_due = due
+                            waiting.append(lane)
+                        lane.pending.append(event)
+                        lane.last_due = due
+                    while waiting:
+                        await flush(waiting[0])
+                    for lane in lanes:
+                        await lane.queue.put(None)
+                    await asyncio.gather(*senders)
+                    progress.update()
+            finally:
+                for task in senders:
+                    task.cancel()
         return time.monotonic() - start
 
 
