@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -40,8 +40,10 @@ __all__ = [
     "Send",
     "Wait",
     "WaitUntil",
+    "day_time",
     "experiment_arm",
     "idempotency_key",
+    "in_local_window",
     "in_quiet_hours",
     "iso",
     "next_local_time",
@@ -329,28 +331,57 @@ def valid_zone(name: Any) -> bool:
     return True
 
 
-def local_minute(ms: int, zone: str) -> int:
-    local = datetime.fromtimestamp(ms // 1000, tz=ZoneInfo(zone))
-    return local.hour * 60 + local.minute
+def day_time(day: date, minute: int, zone: str) -> int:
+    """When a local date's ``minute`` (after midnight) comes, in epoch ms: the first instant
+    of that date at which the local clock shows that time or later. So: the wall time
+    itself; the first of the two when the clocks go back over it; the moment the clocks
+    jump when they skip it (02:30 on a night 02:00 becomes 03:00: at 03:00)."""
+    tz = ZoneInfo(zone)
+    wall = datetime.combine(day, clock_time(minute // 60, minute % 60))
+    candidates = {int(wall.replace(tzinfo=tz, fold=fold).timestamp()) for fold in (0, 1)}
+    exact = [s for s in candidates if datetime.fromtimestamp(s, tz).replace(tzinfo=None) == wall]
+    if exact:
+        return min(exact) * 1000
+    # skipped: from an instant after the jump, step back (minutes, then seconds) while the
+    # clock still shows ``wall`` or later
+    at = max(candidates)
+    for step in (60, 1):
+        while datetime.fromtimestamp(at - step, tz).replace(tzinfo=None) >= wall:
+            at -= step
+    return at * 1000
+
+
+def _local_date(ms: int, zone: str) -> date:
+    return datetime.fromtimestamp(ms // 1000, tz=ZoneInfo(zone)).date()
 
 
 def next_local_time(ms: int, zone: str, minute: int) -> int:
-    """The first instant strictly after ``ms`` whose local wall time is ``minute``."""
-    tz = ZoneInfo(zone)
-    today = datetime.fromtimestamp(ms // 1000, tz=tz).date()
-    for days in range(3):
-        wall = datetime.combine(
-            today + timedelta(days=days), clock_time(minute // 60, minute % 60), tzinfo=tz
-        )
-        at = int(wall.timestamp()) * 1000
+    """The first ``day_time`` of ``minute`` strictly after ``ms``."""
+    today = _local_date(ms, zone)
+    for days in range(4):
+        at = day_time(today + timedelta(days=days), minute, zone)
         if at > ms:
             return at
-    raise AssertionError("a local time of day recurs within three days")
+    raise AssertionError("a local time of day recurs within four days")
+
+
+def in_local_window(ms: int, zone: str, start: int, end: int) -> bool:
+    """Inside [start, end) local: one of the windows running from a date's ``start`` to
+    that date's ``end`` (or the next date's, when ``start > end``: it wraps midnight)
+    holds ``ms``; ``start == end``: never."""
+    if start == end:
+        return False
+    today = _local_date(ms, zone)
+    for days in range(-2, 2):
+        opens = day_time(today + timedelta(days=days), start, zone)
+        closes = day_time(today + timedelta(days=days + (start > end)), end, zone)
+        if opens <= ms < closes:
+            return True
+    return False
 
 
 def in_quiet_hours(ms: int, zone: str) -> bool:
-    m = local_minute(ms, zone)
-    return m >= QUIET_START or m < QUIET_END
+    return in_local_window(ms, zone, QUIET_START, QUIET_END)
 
 
 def number(value: Any, default: float = 0.0) -> float:
