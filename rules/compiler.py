@@ -196,7 +196,7 @@ class _Compiler:
         """What the rule's own context knows of its variables beyond rules.fields'
         BASE_SHAPES: the consent channels (the stock ones and the settings' defaults),
         ``event`` of ``event_type``, and ``trigger``, when its type's properties are known
-        (a segment change, an alias)."""
+        (a segment change)."""
         channels = dict.fromkeys((*CHANNELS, *self.settings.default_consent), LEAF)
         shapes: dict[str, Shape] = {"customer": {**CUSTOMER, "consent": channels}}
         if in_flow:

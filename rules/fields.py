@@ -94,20 +94,19 @@ EVENT: Final[dict[str, Shape]] = {
 BASE_SHAPES: Final[dict[str, Shape]] = {"customer": CUSTOMER, "cart": CART, "event": EVENT}
 """What every expression is checked against (``trigger`` depends on the rule)."""
 
-# Event types whose properties Nudge defines itself, whoever sends them. The storefront's
-# types (order_completed, product_viewed, ...) take any properties besides the required
-# ones (docs/events.md: free-form), so theirs are not checked.
+# Event types whose properties Nudge defines itself: the segment changes it makes
+# (engine/segments.py). The storefront's types (order_completed, product_viewed, ...)
+# take any properties besides the required ones (docs/events.md: free-form), so theirs
+# are not checked.
 _SEGMENT_CHANGE = ("segment_entered:", "segment_exited:")
-_CLOSED_PROPERTIES: Final[dict[str, tuple[str, ...]]] = {"customer_aliased": ("user_id",)}
 
 
 def known_properties(event_type: str) -> tuple[str, ...] | None:
     """The properties an event of ``event_type`` can have, when Nudge defines them all
-    (a segment entered or left: ``segment``; ``customer_aliased``: ``user_id``); None when
-    they are free-form."""
+    (a segment entered or left: ``segment``); None when they are free-form."""
     if event_type.startswith(_SEGMENT_CHANGE):
         return ("segment",)
-    return _CLOSED_PROPERTIES.get(event_type)
+    return None
 
 
 def event_shape(event_type: str | None) -> dict[str, Shape]:
