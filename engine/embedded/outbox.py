@@ -193,9 +193,21 @@ class Outbox:
             sup.spawn(f"deliver-{i}", self._deliver_loop, kind="deliver")
 
     async def close(self) -> None:
-        await self.flush()
+        """Flush, stop the tasks, record the last deliveries. A write failing now (a full
+        disk at stop) is logged, not raised: the actions it held come back from the
+        journal's replay at the next start, and those delivered are sent again with the
+        same idempotency key (the documented window, wider by this)."""
+        try:
+            await self.flush()
+        except Exception as err:
+            self._health.failed("outbox", err)
+            logger.error("outbox flush at stop failed: %s", err)
         await self._sup.cancel(self._names)
-        await self._mark_sent()
+        try:
+            await self._mark_sent()
+        except Exception as err:
+            self._health.failed("outbox", err)
+            logger.error("recording the last deliveries at stop failed: %s", err)
 
     async def load_pending(self) -> int:
         """Queue every action persisted but not delivered (after a restart)."""
