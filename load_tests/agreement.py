@@ -15,8 +15,10 @@ both sides, the number of differing lines and the first differences; exit 1 on a
 
     python -m load_tests.agreement --customers 100000 --events 1000000 --seed 1
     python -m load_tests.agreement --customers 100000 --events 1000000 --segments
+    # clock changes in the trace, storefront opt-outs, attributed feedback, re-sent orders
     python -m load_tests.agreement --events 1000000 --start 2026-03-08T00:00:00Z \
-        --days 31 --zones dst --unsubscribe-share 0.02   # clock changes, opt-outs
+        --days 31 --zones dst --unsubscribe-share 0.02 --attributed-share 0.5 \
+        --retry-share 0.05
 """
 
 from __future__ import annotations
@@ -227,6 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="share of sessions followed by a storefront opt-out (email_unsubscribed, ...)",
     )
+    ap.add_argument(
+        "--attributed-share",
+        type=float,
+        default=0.0,
+        help="share of opens and clicks naming the rule and template they are about",
+    )
+    ap.add_argument(
+        "--retry-share",
+        type=float,
+        default=0.0,
+        help="share of orders and refunds re-sent later under new event ids",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the generated trace file")
     ap.add_argument(
         "--segments",
@@ -251,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             days=args.days,
             timezones=DST_TIMEZONES if args.zones == "dst" else TIMEZONES,
             unsubscribe_share=args.unsubscribe_share,
+            attributed_share=args.attributed_share,
+            retry_share=args.retry_share,
         )
         fd, path = tempfile.mkstemp(prefix="nudge-trace-", suffix=".jsonl")
         t0 = time.perf_counter()
