@@ -36,6 +36,7 @@ from connectors.deadletter import DeadLetterStore
 from connectors.routing import Router
 from engine.analytics.tally import ORPHAN, Taken
 from engine.clock import Clock, SystemClock
+from engine.customer_view import customer_json
 from engine.embedded.exceptions import DataDirError, NotReady, StorageUnavailable
 from engine.embedded.health import Health, probe_write
 from engine.embedded.ingest import Batch, GroupCommitWriter
@@ -756,6 +757,13 @@ class Runtime:
     def partition(self, customer_id: str) -> Partition:
         return self.parts[partition_of(customer_id, len(self.parts))]
 
+    async def customer(self, customer_id: str) -> tuple[int, dict[str, Any]]:
+        """(status, body) of ``GET /v1/customers/{id}``: the customer's view, or 404."""
+        st = self.partition(customer_id).store.get(customer_id)
+        if st is None or self.ruleset is None:
+            return 404, {"error": {"code": "not_found", "message": f"no customer {customer_id!r}"}}
+        return 200, customer_json(st, self.ruleset, self.clock.now())
+
     async def erase(self, customer_id: str) -> dict[str, Any]:
         """Erase a customer everywhere: state, timers, journal, pending actions."""
         assert self.store is not None
@@ -811,17 +819,26 @@ class Runtime:
 
 
 def secure_data_dir(data_dir: Path) -> None:
-    """Owner-only access: the directory 0700, the files in it 0600 (a data directory
-    from before this was done included). New files: ``nudge run`` sets umask 077; the
-    stores' SQLite files are created here first (0600), and SQLite gives their -wal and
-    -shm files the same mode."""
-    os.chmod(data_dir, 0o700)
+    """Owner-only access, best effort: the directory 0700, the files in it 0600 (a data
+    directory from before this was done included), each only if this process owns it
+    (a volume's root owned by root with a group, as Kubernetes' fsGroup makes it, is
+    left alone). New files: ``nudge run`` sets umask 077; the stores' SQLite files are
+    created here first (0600), and SQLite gives their -wal and -shm files the same mode."""
+    me = os.geteuid()
+    _tighten(data_dir, 0o700, me)
     for name in _DB_FILES:
         fd = os.open(data_dir / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         os.close(fd)
     for path in data_dir.iterdir():
-        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o077:
-            path.chmod(0o600)
+        if path.is_file() and not path.is_symlink():
+            _tighten(path, 0o600, me)
+
+
+def _tighten(path: Path, mode: int, owner: int) -> None:
+    with contextlib.suppress(OSError):
+        st = path.stat()
+        if st.st_uid == owner and st.st_mode & 0o777 & ~mode:
+            path.chmod(mode)
 
 
 _DB_FILES = ("journal.db", "state.db", "states.db", "deadletter.db", "addresses.db")
