@@ -1,4 +1,4 @@
-"""The data directory's lock: one engine per data directory.
+"""The data directory: its lock (one engine per data directory) and its modes.
 
 ``nudge.lock`` in the data directory is locked (``flock``, exclusive) by the runtime for
 its whole life and holds its pid. A second engine started on the same directory finds it
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from engine.embedded.exceptions import DataDirLocked
 
-__all__ = ["LOCK_FILE", "DataDirLock"]
+__all__ = ["LOCK_FILE", "DataDirLock", "os_reason", "secure_data_dir"]
 
 LOCK_FILE = "nudge.lock"
 
@@ -69,3 +69,37 @@ def _read_pid(fd: int) -> int | None:
         return int(text) if text else None
     except (OSError, ValueError):
         return None
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """Owner-only access, best effort: the directory 0700, the files in it 0600 (a data
+    directory from before this was done included), each only if this process owns it
+    (a volume's root owned by root with a group, as Kubernetes' fsGroup makes it, is
+    left alone). New files: ``nudge run`` sets umask 077; the stores' SQLite files are
+    created here first (0600), and SQLite gives their -wal and -shm files the same mode."""
+    me = os.geteuid()
+    _tighten(data_dir, 0o700, me)
+    for name in _DB_FILES:
+        fd = os.open(data_dir / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(fd)
+    for path in data_dir.iterdir():
+        if path.is_file() and not path.is_symlink():
+            _tighten(path, 0o600, me)
+
+
+def _tighten(path: Path, mode: int, owner: int) -> None:
+    with contextlib.suppress(OSError):
+        st = path.stat()
+        if st.st_uid == owner and st.st_mode & 0o777 & ~mode:
+            path.chmod(mode)
+
+
+_DB_FILES = ("journal.db", "state.db", "states.db", "deadletter.db", "addresses.db")
+
+
+def os_reason(err: BaseException) -> str:
+    """A start-up error's cause in a few words, with the path if it names one."""
+    if isinstance(err, OSError):
+        what = err.strerror or type(err).__name__
+        return f"{what} ({err.filename})" if err.filename else what
+    return str(err) or type(err).__name__

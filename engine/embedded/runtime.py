@@ -40,7 +40,7 @@ from engine.customer_view import customer_json
 from engine.embedded.exceptions import DataDirError, NotReady, StorageUnavailable
 from engine.embedded.health import Health, probe_write
 from engine.embedded.ingest import Batch, GroupCommitWriter
-from engine.embedded.lock import DataDirLock
+from engine.embedded.lock import DataDirLock, os_reason, secure_data_dir
 from engine.embedded.models import Models
 from engine.embedded.outbox import Outbox, forward_action
 from engine.embedded.paced import PacedRound, remove_stale_spools, run_writer, spool_path
@@ -173,7 +173,7 @@ class Runtime:
             data.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.lock.acquire()
         except OSError as err:
-            raise DataDirError(data, _os_reason(err)) from err
+            raise DataDirError(data, os_reason(err)) from err
 
     async def db(self, fn: Any, *args: Any) -> Any:
         """Run a state.db call on its thread."""
@@ -204,7 +204,7 @@ class Runtime:
             store = await self.db(SqliteStore, cfg.data_dir, cfg.synchronous)
             self.dead = await self.db(DeadLetterStore, cfg.data_dir / "deadletter.db")
         except (OSError, sqlite3.Error) as err:
-            raise DataDirError(cfg.data_dir, _os_reason(err)) from err
+            raise DataDirError(cfg.data_dir, os_reason(err)) from err
         self.store = store
         self.router = Router.from_config(cfg.sinks)
         await self.router.start_all()
@@ -816,40 +816,6 @@ class Runtime:
         self.metrics.ruleset_version.set(version)
         await self.segment_backfill.start(rs)
         return version
-
-
-def secure_data_dir(data_dir: Path) -> None:
-    """Owner-only access, best effort: the directory 0700, the files in it 0600 (a data
-    directory from before this was done included), each only if this process owns it
-    (a volume's root owned by root with a group, as Kubernetes' fsGroup makes it, is
-    left alone). New files: ``nudge run`` sets umask 077; the stores' SQLite files are
-    created here first (0600), and SQLite gives their -wal and -shm files the same mode."""
-    me = os.geteuid()
-    _tighten(data_dir, 0o700, me)
-    for name in _DB_FILES:
-        fd = os.open(data_dir / name, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.close(fd)
-    for path in data_dir.iterdir():
-        if path.is_file() and not path.is_symlink():
-            _tighten(path, 0o600, me)
-
-
-def _tighten(path: Path, mode: int, owner: int) -> None:
-    with contextlib.suppress(OSError):
-        st = path.stat()
-        if st.st_uid == owner and st.st_mode & 0o777 & ~mode:
-            path.chmod(mode)
-
-
-_DB_FILES = ("journal.db", "state.db", "states.db", "deadletter.db", "addresses.db")
-
-
-def _os_reason(err: BaseException) -> str:
-    """A start-up error's cause in a few words, with the path if it names one."""
-    if isinstance(err, OSError):
-        what = err.strerror or type(err).__name__
-        return f"{what} ({err.filename})" if err.filename else what
-    return str(err) or type(err).__name__
 
 
 def _recipes() -> Path:
