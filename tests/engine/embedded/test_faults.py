@@ -244,3 +244,25 @@ async def test_long_url_gets_json_error(tmp_path: Path) -> None:
             assert body["error"]["code"] == "uri_too_long"
         finally:
             await server.close()
+
+
+async def test_second_runtime_on_a_locked_data_dir_refuses(harness: Harness) -> None:
+    """In one process too: the lock is per open file, not per process."""
+    import os
+
+    from engine.embedded.exceptions import DataDirLocked
+    from engine.embedded.runtime import Runtime, RuntimeConfig
+
+    def files() -> list[str]:  # the first one's spools come and go by themselves
+        return sorted(p.name for p in harness.data.iterdir() if p.suffix != ".spool")
+
+    before = files()
+    second = Runtime(RuntimeConfig(data_dir=harness.data), Metrics())
+    with pytest.raises(DataDirLocked) as info:
+        await second.start()
+    assert info.value.pid == os.getpid()
+    assert str(harness.data) in str(info.value)
+    assert second.store is None
+    assert files() == before
+    assert (await harness.post_events(order(1, "c1")))[0] == 202
+    assert (await readyz(harness))[0] == 200
