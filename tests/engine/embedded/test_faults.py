@@ -8,6 +8,7 @@ tests poll for outcomes with generous deadlines and never assert on speed."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,31 @@ async def test_second_runtime_on_a_locked_data_dir_refuses(harness: Harness) -> 
     assert files() == before
     assert (await harness.post_events(order(1, "c1")))[0] == 202
     assert (await readyz(harness))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (sqlite3.OperationalError("database or disk is full"), 28),
+        (OSError(28, "No space left on device"), 28),
+        (sqlite3.OperationalError("disk I/O error"), 5),
+    ],
+)
+def test_checkpoint_writer_exit_code_names_the_storage_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, code: int
+) -> None:
+    """The spool writer's exit status tells the engine a full disk (28) or an I/O error
+    (5) from a bug; the spool is removed either way (the states go in the next one)."""
+    from engine.embedded import spool
+
+    path = tmp_path / "checkpoint-1.spool"
+    with spool.SpoolWriter(path) as out:
+        out.rows([("c1", b"state")])
+        out.trailer({0: 1}, [], [])
+
+    def full(*args: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(spool, "write_snapshot", full)
+    assert spool.main([str(tmp_path), "NORMAL", str(path)]) == code
+    assert not path.exists()
