@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import cel
 
-from rules.fields import BASE_SHAPES, check_selections, selections
+from rules.fields import BASE_SHAPES, check_selections, macro_bound, selections
 
 __all__ = ["FUNCTIONS", "VARIABLES", "Expression", "ExpressionError", "Scope"]
 
@@ -112,13 +112,16 @@ class Expression:
                 raise ExpressionError(m.group(3), int(m.group(2)), int(m.group(1))) from None
             raise ExpressionError(str(err)) from None
         refs = self.program.references()
-        unknown_vars = set(refs["variables"]) - VARIABLES
-        # names bound by macros (x in list.exists(x, ...)) show up as variables too
-        macros = {"all", "exists", "exists_one", "map", "filter"} & set(refs["functions"])
-        if unknown_vars and not macros:
-            raise ExpressionError(
-                f"unknown variable {sorted(unknown_vars)[0]!r}; use one of "
-                + ", ".join(sorted(VARIABLES))
+        # names bound by macros (x in list.exists(x, ...)) show up as variables too (CEL
+        # expands the macros: their names are not among the functions)
+        unknown_vars = set(refs["variables"]) - VARIABLES - macro_bound(source)
+        if unknown_vars:
+            name = sorted(unknown_vars)[0]
+            m = re.search(rf"(?<![\w.]){name}\b", source)
+            raise ExpressionError.at(
+                source,
+                m.start() if m else 0,
+                f"unknown variable {name!r}; use one of " + ", ".join(sorted(VARIABLES)),
             )
         self.variables = tuple(sorted(set(refs["variables"]) & VARIABLES))
         # field selections (``customer.ltv``): one that cannot exist is an error here

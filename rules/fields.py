@@ -40,6 +40,7 @@ __all__ = [
     "check_selections",
     "event_shape",
     "known_properties",
+    "macro_bound",
     "selections",
 ]
 
@@ -155,10 +156,7 @@ def _tokens(source: str) -> Iterator[tuple[str, str, int]]:
             yield kind, m.group(), m.start()
 
 
-def selections(source: str, roots: frozenset[str]) -> list[Selection]:
-    """The field selections in ``source`` starting at one of ``roots`` (less any root a
-    comprehension macro binds as its loop variable anywhere in ``source``)."""
-    toks = list(_tokens(source))
+def _bound(toks: list[tuple[str, str, int]]) -> set[str]:
     bound: set[str] = set()
     for i in range(len(toks) - 3):
         if (
@@ -169,7 +167,20 @@ def selections(source: str, roots: frozenset[str]) -> list[Selection]:
             and toks[i + 3][0] == "ident"
         ):
             bound.add(toks[i + 3][1])
-    roots = roots - bound
+    return bound
+
+
+def macro_bound(source: str) -> frozenset[str]:
+    """The names comprehension macros bind in ``source`` (``p`` in
+    ``cart.products.exists(p, p == 'x')``): CEL reports them as variables."""
+    return frozenset(_bound(list(_tokens(source))))
+
+
+def selections(source: str, roots: frozenset[str]) -> list[Selection]:
+    """The field selections in ``source`` starting at one of ``roots`` (less any root a
+    comprehension macro binds as its loop variable anywhere in ``source``)."""
+    toks = list(_tokens(source))
+    roots = roots - _bound(toks)
     out: list[Selection] = []
     n = len(toks)
     i = 0

@@ -226,3 +226,20 @@ def test_the_rejected_selection_fails_at_run_time() -> None:
     assert cel.compile("cart.value > 20.0").execute({"cart": cart}) is True
     with pytest.raises((KeyError, RuntimeError, TypeError, ValueError)):
         cel.compile("cart.valu > 20.0").execute({"cart": cart})
+
+
+def test_comprehension_macros_compile_and_run() -> None:
+    """CEL expands exists/all/map/filter, so their loop names came back as unknown
+    variables and every such rule was refused; a name used outside one still is."""
+    from engine.testing import RuleKit
+
+    rule = RULE.replace("WHEN", "cart.products.exists(p, p.startsWith('sku-'))")
+    kit = RuleKit.from_yaml(rule)
+    kit.send("cart_item_added", "c1", {"product_id": "sku-1", "price": 5.0})
+    kit.send("cart_item_added", "c2", {"product_id": "gift", "price": 5.0})
+    assert [a.customer_id for a in kit.sent("r")] == ["c1"]
+    for source in ("[1, 2].all(x, x > 0)", "size(cart.products.filter(p, p != '')) > 0"):
+        Expression(source)
+    with pytest.raises(ExpressionError, match="unknown variable 'q'") as info:
+        Expression("cart.value > 1.0 && cart.products.exists(p, q == p)")
+    assert info.value.column == 45
