@@ -198,7 +198,9 @@ class Metrics:
             ["store", "cause"],
             registry=r,
         )
-        self.ready = Gauge("nudge_ready", "1 while /readyz answers 200", registry=r)
+        self.ready = Gauge(
+            "nudge_ready", "1 while /readyz answers 200 (set by nudge run)", ["role"], registry=r
+        )
         self.segment_members = SegmentMembers()
         r.register(self.segment_members)
         self.build = Info("nudge_build", "Build information", registry=r)

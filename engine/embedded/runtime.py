@@ -156,7 +156,9 @@ class Runtime:
         self.lock = DataDirLock(cfg.data_dir)
         self.supervisor = Supervisor(metrics, first=cfg.task_backoff_s, cap=cfg.task_backoff_max_s)
         self.health = Health(metrics)
-        metrics.ready.set_function(lambda: 0.0 if self.unready_reasons() else 1.0)
+        metrics.ready.labels("embedded").set_function(
+            lambda: 0.0 if self.unready_reasons() else 1.0
+        )
 
     def unready_reasons(self) -> list[str]:
         """Why ``/readyz`` answers 503 (empty: ready): starting or stopping, a vital
