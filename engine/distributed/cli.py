@@ -177,7 +177,11 @@ def _add_ingest(worker_app: Any, args: argparse.Namespace) -> None:
     async def serve() -> None:
         redis = RedisState(cfg.redis_url, prefix=cfg.redis_prefix)
         ingest = KafkaIngest(
-            cfg.broker, cfg.events_topic, redis=redis, segments_topic=cfg.segments_topic
+            cfg.broker,
+            cfg.events_topic,
+            redis=redis,
+            segments_topic=cfg.segments_topic,
+            replies_topic=cfg.replies_topic,
         )
         await ingest.start()
         tokens, _, _ = Tokens.load_or_create(Path(args.data))

@@ -81,6 +81,11 @@ class WorkerConfig:
         return f"{self.actions_topic}-dead"
 
     @property
+    def replies_topic(self) -> str:
+        """Customer request replies (engine/distributed/requests.py)."""
+        return f"{self.app_id}-replies"
+
+    @property
     def segments_topic(self) -> str:
         """The compacted segment membership topic (engine/distributed/segments.py)."""
         return f"{self.app_id}-segments"

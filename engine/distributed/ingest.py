@@ -4,7 +4,9 @@ topic (key: customer id, timestamp: acceptance time) with ``acks=all`` and an id
 producer, and answers only after the broker acknowledged every event of the request.
 
 Rule endpoints go to Redis (``PUT /v1/rules`` publishes a new version to every worker).
-Customer read/erase need the owning worker and are not served here (HTTP 500 "internal").
+Customer read and erase go to the worker owning the customer's partition, as requests in
+the ``events`` topic answered on the replies topic (engine/distributed/requests.py): the
+same answers as ``nudge run``, 503 with ``Retry-After`` when none comes in time.
 
 Segments (engine/http/segments.py): with ``segments_topic`` the ingest follows the
 workers' membership topic into a segment index (engine/distributed/segments.py) and
@@ -26,6 +28,7 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 
 from engine.clock import Clock, SystemClock
+from engine.distributed.requests import ReplyFollower
 from engine.distributed.segments import SegmentFeed
 from engine.embedded.exceptions import Backpressure, NotReady
 from engine.embedded.segment_index import SegmentIndex
@@ -59,6 +62,8 @@ class KafkaIngest:
         linger_ms: int = 2,
         segments_topic: str | None = None,
         rules_poll: float = 2.0,
+        replies_topic: str | None = None,
+        request_timeout: float = 10.0,
     ) -> None:
         self.bootstrap = bootstrap.removeprefix("kafka://")
         self.topic = topic
@@ -74,6 +79,9 @@ class KafkaIngest:
         self.rules_files: dict[str, str] = {}
         self.rules_poll = rules_poll
         self._rules_task: asyncio.Task[None] | None = None
+        self.replies: ReplyFollower | None = None
+        if replies_topic is not None:
+            self.replies = ReplyFollower(self.bootstrap, replies_topic, request_timeout)
         self.segment_feed: SegmentFeed | None = None
         if segments_topic is not None:
             self.segment_feed = SegmentFeed(self.bootstrap, segments_topic, SegmentIndex(None))
@@ -119,6 +127,8 @@ class KafkaIngest:
             self._rules_task = asyncio.create_task(self._follow_rules(), name="ingest-rules")
         if self.segment_feed is not None:
             await self.segment_feed.start()
+        if self.replies is not None:
+            await self.replies.start()
         self.ready = True
 
     async def _follow_rules(self) -> None:
@@ -148,6 +158,8 @@ class KafkaIngest:
                 await task
         if self.segment_feed is not None:
             await self.segment_feed.stop()
+        if self.replies is not None:
+            await self.replies.stop()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -175,6 +187,26 @@ class KafkaIngest:
             await asyncio.gather(*futs)
         finally:
             self.inflight -= len(events)
+
+    async def customer(self, customer_id: str) -> tuple[int, dict[str, Any]]:
+        """(status, body) of ``GET /v1/customers/{id}``, from the owning worker."""
+        return await self._request("read", customer_id)
+
+    async def erase(self, customer_id: str) -> dict[str, Any]:
+        """What ``DELETE /v1/customers/{id}`` erased, on the owning worker."""
+        _, body = await self._request("erase", customer_id)
+        erased: dict[str, Any] = body["erased"]
+        return erased
+
+    async def _request(self, kind: str, customer_id: str) -> tuple[int, dict[str, Any]]:
+        if not self.ready or self.replies is None:
+            raise NotReady("customer requests need the replies topic (nudge worker --http-port)")
+        return await self.replies.call(
+            self._producer,
+            self.topic,
+            "erase" if kind == "erase" else "read",
+            customer_id,
+        )
 
     async def deploy(self, files: dict[str, str]) -> int:
         """Validate and publish a rule set to every worker (raises RuleErrors)."""

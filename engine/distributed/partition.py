@@ -16,7 +16,7 @@ from engine.output import Output
 from engine.shard import Shard
 from engine.types import Event
 from rules.ruleset import RuleSet
-from state.customer import CustomerState
+from state.customer import SEGMENT_TIMER, CustomerState
 
 __all__ = ["OwnedPartition"]
 
@@ -28,6 +28,7 @@ class OwnedPartition(Shard):
     def __init__(self, index: int, ruleset: RuleSet, on_output: OutputHandler) -> None:
         super().__init__(index, ruleset, on_output)
         self.last_offset = -1
+        self.erased: set[str] = set()  # since the last take_erased: changelog tombstones
 
     def apply(self, offset: int, accepted_at: int, event: Event) -> Output | None:
         """Process the event at ``offset``; None when the customer's state already
@@ -37,6 +38,25 @@ class OwnedPartition(Shard):
         out = self.apply_at(offset + 1, accepted_at, event)
         if out is not None:
             self.dirty.add(event.customer_id)
+        return out
+
+    def erase(self, customer_id: str) -> bool:
+        """Drop the customer's state and timers (a changelog tombstone follows, see
+        :meth:`take_erased`); False when there was none."""
+        st = self.store.get(customer_id)
+        if st is None:
+            return False
+        for inst in (st.flows or {}).values():
+            self.timers.cancel(customer_id, inst.rule_id)
+        self.timers.cancel(customer_id, SEGMENT_TIMER)
+        self.store.delete(customer_id)
+        self.dirty.discard(customer_id)
+        self.erased.add(customer_id)
+        return True
+
+    def take_erased(self) -> list[str]:
+        """The customers erased since the last call (their tombstones to write)."""
+        out, self.erased = sorted(self.erased), set()
         return out
 
     def take_dirty(self) -> list[CustomerState]:

@@ -34,7 +34,15 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from engine.customer_view import customer_json
 from engine.distributed.partition import OwnedPartition
+from engine.distributed.requests import (
+    CustomerRequest,
+    erased_body,
+    not_found_body,
+    reply_record,
+    request_of,
+)
 from engine.distributed.segments import SegmentChange
 from engine.driver import OutputHandler
 from engine.embedded.segment_backfill import held_digest
@@ -57,9 +65,10 @@ class Flush(Protocol):
     """Queue a batch's output: ``actions`` by partition to the actions topic,
     ``forwards`` (identity: events for customers elsewhere) to the events topic and
     ``segments`` (membership changes by partition) to the segments topic, then
-    (once those are acknowledged) ``rows`` by partition to the changelog, in submission
-    order. Returns, once queued, a future that resolves when the broker acknowledged
-    all. So a tombstone's row is never written before the merge it sent is in Kafka."""
+    (once those are acknowledged) ``rows`` by partition to the changelog, and a
+    tombstone for each customer ``erased`` there, in submission order. Returns, once
+    queued, a future that resolves when the broker acknowledged all. So a tombstone's
+    row is never written before the merge it sent is in Kafka."""
 
     def __call__(
         self,
@@ -67,6 +76,7 @@ class Flush(Protocol):
         rows: dict[int, list[CustomerState]],
         forwards: list[Event],
         segments: dict[int, list[SegmentChange]],
+        erased: dict[int, list[str]],
         /,
     ) -> Awaitable[asyncio.Future[None]]: ...
 
@@ -104,6 +114,7 @@ class EngineStats:
     future: int = 0  # stamped beyond future_tolerance ahead of the clock: processed at it
     undecodable: int = 0
     not_owned: int = 0
+    customer_requests: int = 0  # reads and erases answered (engine/distributed/requests.py)
     timers_fired: int = 0
     timers_restored: int = 0
     actions: int = 0
@@ -132,6 +143,9 @@ class PartitionEngine:
         self._actions: dict[int, list[Action]] = {}
         self._forwards: list[Event] = []
         self._segments: dict[int, list[SegmentChange]] = {}
+        # customer request replies (key, value) for the replies topic, sent once the
+        # batch that answered them is durable (take_replies)
+        self.replies: list[tuple[bytes, bytes]] = []
         self.stats = EngineStats(rules_version=rules_version)
         # what customer.rfm / customer.predicted are computed against (engine/distributed/
         # models.py keeps it); a partition assigned later gets it too
@@ -225,6 +239,13 @@ class PartitionEngine:
             if part is None:  # revoked meanwhile: the new owner processes it
                 stats.not_owned += 1
                 continue
+            req = request_of(rec)
+            if req is not None:  # a customer read or erase, in order with the events
+                part.last_offset = max(part.last_offset, rec.offset)
+                if req.id:
+                    self._answer(part, req, rec.timestamp)
+                    touched.add(rec.partition)
+                continue
             try:
                 # validated in full, as at the HTTP edge: a producer may write to the
                 # topic directly, and a product_viewed without product_id must not reach
@@ -256,6 +277,29 @@ class PartitionEngine:
         durable = await self._flush(touched)
         stats.processing_seconds += time.perf_counter() - t0
         return durable
+
+    def _answer(self, part: OwnedPartition, req: CustomerRequest, at: int) -> None:
+        """Answer a customer request at its acceptance time ``at`` (the same answer on a
+        reprocessing); an erase also drops the customer's segment memberships."""
+        cid = req.customer_id
+        self.stats.customer_requests += 1
+        part.fire_until(at)  # what an event accepted then would see
+        part.clock.set(at)
+        if req.kind == "erase":
+            had = part.erase(cid)
+            if had:
+                self._dropped(part.index, cid)
+            self.replies.append(reply_record(req.id, 200, erased_body(cid, had)))
+            return
+        st = part.store.get(cid)
+        if st is None:
+            self.replies.append(reply_record(req.id, 404, not_found_body(cid)))
+        else:
+            self.replies.append(reply_record(req.id, 200, customer_json(st, self.ruleset, at)))
+
+    def take_replies(self) -> list[tuple[bytes, bytes]]:
+        out, self.replies = self.replies, []
+        return out
 
     async def fire_timers(self, limits: dict[int, int]) -> int:
         """Fire the timers of each partition in ``limits`` due up to its limit (epoch ms),
@@ -331,17 +375,21 @@ class PartitionEngine:
         segments = dict(self._segments)
         self._segments.clear()
         rows: dict[int, list[CustomerState]] = {}
+        erased: dict[int, list[str]] = {}
         for index in touched:
             part = self.parts.get(index)
             if part is not None:
                 dirty = part.take_dirty()
                 if dirty:
                     rows[index] = dirty
+                gone = part.take_erased()
+                if gone:
+                    erased[index] = gone
         self.stats.actions += sum(len(a) for a in actions.values())
         self.stats.rows_written += sum(len(r) for r in rows.values())
         self.stats.forwards += len(forwards)
         self.stats.segment_changes += sum(len(c) for c in segments.values())
-        return await self._flush_out(actions, rows, forwards, segments)
+        return await self._flush_out(actions, rows, forwards, segments, erased)
 
     def refresh_gauges(self) -> None:
         s = self.stats

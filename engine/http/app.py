@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.sources.config import SourcesConfig
 from engine import console
+from engine.embedded.exceptions import NotReady
 from engine.events import INTERNAL_TYPES, decode_event, validate_properties
 from engine.exceptions import EventError
 from engine.http import models, reports, segment, segments, webhooks
@@ -40,7 +41,6 @@ from engine.http.base import (
     ok,
     submit,
 )
-from engine.http.views import customer_json
 from engine.metrics import Metrics
 from engine.types import Event
 from rules.exceptions import RuleErrors
@@ -222,21 +222,31 @@ async def validate_rules(request: web.Request) -> web.Response:
 
 
 async def get_customer(request: web.Request) -> web.Response:
+    """The customer's view from the backend (the distributed ingest asks the worker that
+    owns it: 503 with ``Retry-After`` when no answer comes in time)."""
     if (denied := auth(request, "read")) is not None:
         return denied
-    b = request.app[BACKEND]
-    cid = request.match_info["customer_id"]
-    part = b.partition(cid)
-    st = part.store.get(cid)
-    if st is None:
-        return error(404, "not_found", f"no customer {cid!r}")
-    return ok(customer_json(st, b.ruleset, b.clock.now()))
+    try:
+        status, body = await request.app[BACKEND].customer(request.match_info["customer_id"])
+    except NotReady as nr:
+        return _retry_later(nr)
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
 async def delete_customer(request: web.Request) -> web.Response:
     if (denied := auth(request, "admin")) is not None:
         return denied
-    return ok({"erased": await request.app[BACKEND].erase(request.match_info["customer_id"])})
+    try:
+        erased = await request.app[BACKEND].erase(request.match_info["customer_id"])
+    except NotReady as nr:
+        return _retry_later(nr)
+    return ok({"erased": erased})
+
+
+def _retry_later(nr: NotReady, seconds: int = 2) -> web.Response:
+    resp = error(503, "not_ready", str(nr), retry_after=seconds)
+    resp.headers["Retry-After"] = str(seconds)
+    return resp
 
 
 async def metrics_view(request: web.Request) -> web.Response:

@@ -5,7 +5,7 @@ follows arrival order (a late revoke wins). Scenarios under the virtual clock.""
 
 from __future__ import annotations
 
-from engine.http.views import customer_json
+from engine.customer_view import customer_json
 from engine.testing import START, RuleKit
 from engine.types import iso
 from state.customer import pack, unpack

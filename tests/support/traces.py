@@ -42,6 +42,8 @@ def make_events(n: int, start: int, customers: int = 97, prefix: str = "e") -> l
     out = []
     for i in range(n):
         etype, props = _KINDS[i % len(_KINDS)]
+        if etype == "order_completed":  # orders count once per order id
+            props = {**props, "order_id": f"{prefix}o{i}"}
         out.append(
             {
                 "event_id": f"{prefix}{i}",

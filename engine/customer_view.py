@@ -1,4 +1,5 @@
-"""JSON views of internal records for the HTTP API (times as RFC 3339 UTC)."""
+"""The JSON view of one customer (GET /v1/customers/{id}, the console, the worker's
+answer to a customer read); times as RFC 3339 UTC."""
 
 from __future__ import annotations
 
