@@ -47,33 +47,45 @@ def consent_source(ev: Event) -> str:
     """Where a consent change came from: the event's ``context.source`` (a provider
     source sets it; a storefront may, e.g. ``preference_center``), else ``storefront``."""
     src = ev.context.get("source") if ev.context else None
-    return src[:64] if isinstance(src, str) and src else DEFAULT_SOURCE
+    return sys.intern(src[:64]) if isinstance(src, str) and src else DEFAULT_SOURCE
 
 
 def set_consent(st: CustomerState, channel: str, value: bool, ts: int, ev: Event) -> None:
-    """Switch ``channel``'s consent to ``value`` and record when (event time ``ts``), by
-    which event type and from which source. Applied in arrival order: the last event
-    processed wins, whatever its time (a late unsubscribe still switches it off)."""
+    """Switch ``channel``'s consent to ``value`` for an opt-out or opt-in event
+    (:data:`CONSENT_EFFECTS`), recording when (event time ``ts``), which event and from
+    which source. Applied in arrival order: the last event processed wins, whatever its
+    time (a late unsubscribe still switches it off)."""
     if st.consent is None:
         st.consent = {}
     st.consent[channel] = value
     if st.consent_changes is None:
         st.consent_changes = {}
-    st.consent_changes[channel] = (ts, ev.type, consent_source(ev))
+    st.consent_changes[channel] = (ts, sys.intern(ev.type), consent_source(ev))
 
 
-def _consent(st: CustomerState, props: dict[str, Any], ts: int, ev: Event) -> None:
+def _consent(st: CustomerState, props: dict[str, Any]) -> None:
+    """A profile's consent statement (sign-up, update): sets the channels it names and
+    drops their opt-out records, which described a statement now superseded (kept only
+    for opt-out/in events: most customers state consent once, at sign-up, and a record
+    each would cost ~45 packed bytes a channel)."""
     consent = props.get("consent")
     if not isinstance(consent, dict):
         return
+    changes = st.consent_changes
     for ch in _CHANNELS:
         v = consent.get(ch)
         if isinstance(v, bool):
-            set_consent(st, ch, v, ts, ev)
+            if st.consent is None:
+                st.consent = {}
+            st.consent[ch] = v
+            if changes is not None:
+                changes.pop(ch, None)
+    if changes is not None and not changes:
+        st.consent_changes = None
 
 
-def _customer(st: CustomerState, props: dict[str, Any], ts: int, ev: Event) -> None:
-    _consent(st, props, ts, ev)
+def _customer(st: CustomerState, props: dict[str, Any]) -> None:
+    _consent(st, props)
     tz = props.get("timezone")
     if tz is not None and valid_timezone(tz):
         st.timezone = tz
@@ -166,7 +178,7 @@ def apply_event(
     elif t == "order_refunded":
         st.revenue = round(max(0.0, st.revenue - _num(props.get("amount"))), 2)
     elif t in ("customer_signed_up", "customer_updated"):
-        _customer(st, props, ts, ev)
+        _customer(st, props)
     elif t == "cart_replaced":
         cart: dict[str, list[float]] = {}
         for item in props["items"]:

@@ -107,8 +107,9 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     # (orders, a merge, a backfill) and kept until then: a segment timer fired by a
     # count() window reuses it. Appended last, like the digest.
     segments_flip: int | None = None
-    # channel -> (event time, event type, source) of the last consent statement applied
-    # for it (arrival order, like ``consent``): where an opt-out came from and when.
+    # channel -> (event time, event type, source) of the opt-out or opt-in event
+    # (email_unsubscribed, sms_resubscribed, ...) its consent last came from, in arrival
+    # order like ``consent``; a profile's consent statement drops the channel's entry.
     # Appended last, like the digest.
     consent_changes: dict[str, tuple[int, str, str]] | None = None
     # the processing minute (uint32 little-endian) each ``dedup`` entry was remembered

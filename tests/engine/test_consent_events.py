@@ -51,7 +51,7 @@ def test_storefront_email_unsubscribe_stops_the_email_not_the_sms() -> None:
     assert st.consent == {"email": False, "sms": True}
     at = START + 30 * 60_000
     assert st.consent_changes["email"] == (at, "email_unsubscribed", "preference_center")
-    assert st.consent_changes["sms"] == (START, "customer_signed_up", "storefront")
+    assert "sms" not in st.consent_changes  # stated at sign-up: no opt-out record
 
 
 def test_storefront_sms_unsubscribe_stops_the_sms_only() -> None:
@@ -101,7 +101,7 @@ def test_a_late_revoke_wins_consent_follows_arrival_order() -> None:
     # and the other way round: an opt-in arriving after the opt-out wins too
     kit.send("customer_updated", "c1", {"consent": {"email": True}}, at=START)
     assert kit.state("c1").consent["email"] is True
-    assert kit.state("c1").consent_changes["email"] == (START, "customer_updated", "storefront")
+    assert kit.state("c1").consent_changes is None  # the opt-out it superseded is gone
 
 
 def test_no_consent_event_no_record_and_default_consent_applies() -> None:
@@ -123,9 +123,10 @@ def test_the_record_survives_a_checkpoint_a_merge_and_shows_in_the_api() -> None
     kit.send("customer_aliased", "anon:v1", {"user_id": "c1"})
     kit.driver.advance(0)
     merged = kit.state("c1")
-    # the known customer's consent wins (sms was given at sign-up); its record with it
+    # the known customer's consent wins (sms was given at sign-up), and the anonymous
+    # visitor's SMS opt-out record does not come along with a consent it does not explain
     assert merged.consent == {"email": False, "sms": True}
-    assert merged.consent_changes["sms"][1] == "customer_signed_up"
+    assert set(merged.consent_changes) == {"email"}
     assert kit.state("anon:v1").consent_changes is None
     view = customer_json(merged, kit.driver.processor.ruleset, kit.now)
     assert view["profile"]["consent_changes"]["email"] == {
@@ -133,3 +134,24 @@ def test_the_record_survives_a_checkpoint_a_merge_and_shows_in_the_api() -> None
         "event": "email_unsubscribed",
         "source": "preference_center",
     }
+
+
+def test_an_anonymous_opt_out_fills_a_gap_with_its_record() -> None:
+    kit = RuleKit.from_yaml(FLOW, SETTINGS)
+    kit.send("page_viewed", "c5", {})  # known, no consent stated: the settings' default
+    kit.send("sms_resubscribed", "anon:v2", context={"source": "sms_keyword"})
+    kit.send("customer_aliased", "anon:v2", {"user_id": "c5"})
+    kit.driver.advance(0)
+    merged = kit.state("c5")
+    assert merged.consent == {"sms": True}
+    assert merged.consent_changes["sms"][1:] == ("sms_resubscribed", "sms_keyword")
+
+
+def test_a_profile_statement_leaves_other_channels_records() -> None:
+    kit = _kit()
+    kit.send("email_unsubscribed", "c1")
+    kit.send("sms_unsubscribed", "c1")
+    kit.send("customer_updated", "c1", {"consent": {"sms": True}})
+    st = kit.state("c1")
+    assert st.consent == {"email": False, "sms": True}
+    assert set(st.consent_changes) == {"email"}
