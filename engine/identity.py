@@ -113,10 +113,10 @@ def merge(st: CustomerState, other: CustomerState, timers: TimerStore) -> bool:
     st.last_seen = max(st.last_seen, other.last_seen)
     st.timezone = st.timezone or other.timezone
     # a channel's opt-out record goes with the consent that wins for it
-    mine = st.consent or {}
-    theirs = {ch: r for ch, r in (other.consent_changes or {}).items() if ch not in mine}
+    known = st.consent or {}
+    records = {ch: r for ch, r in (other.consent_changes or {}).items() if ch not in known}
     st.consent = _under(other.consent, st.consent)
-    st.consent_changes = _under(theirs, st.consent_changes)
+    st.consent_changes = _under(records, st.consent_changes)
     st.attributes = _under(other.attributes, st.attributes)
     st.undeliverable = _under(other.undeliverable, st.undeliverable)
     st.orders += other.orders
