@@ -8,6 +8,8 @@ import typing
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 
 from engine.cli import main
 from engine.intelligence.clv import Predictions
@@ -243,3 +245,44 @@ def test_comprehension_macros_compile_and_run() -> None:
     with pytest.raises(ExpressionError, match="unknown variable 'q'") as info:
         Expression("cart.value > 1.0 && cart.products.exists(p, q == p)")
     assert info.value.column == 45
+
+
+# --- property: the check rejects exactly what fails at run time -----------------------
+_NAMES = sorted({*CUSTOMER, *CART, *CHANNELS, "valu", "rfm_score", "nosuch", "x", "email"})
+
+
+@given(
+    root=hst.sampled_from(["customer", "cart"]),
+    path=hst.lists(hst.sampled_from(_NAMES), min_size=1, max_size=3),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_selection_is_refused_iff_it_fails_at_run_time(root: str, path: list[str]) -> None:
+    """Over a customer with every map filled (consent for each channel, attributes,
+    segments; rfm and predicted are null without a population, so they are left out), a
+    bare selection in a rule's ``when`` loads iff CEL finds every key (free-form maps
+    aside)."""
+    import cel
+
+    if "rfm" in path or "predicted" in path:
+        return
+    source = ".".join([root, *path])
+    state = CustomerState("c1", 1, 2)
+    state.cart = {"p": [1.0, 3.0]}
+    state.attributes = {name: {"x": 1} for name in _NAMES}
+    state.segments = dict.fromkeys(_NAMES, 1)
+    scope = RuleScope(state, 0, dict.fromkeys(CHANNELS, True))
+    try:
+        load_texts([("r.yaml", RULE.replace("WHEN", source))])
+        refused = False
+    except RuleErrors:
+        refused = True
+    ctx = {root: scope.variable(root)}
+    try:
+        cel.compile(source).execute(ctx)
+        fails = False
+    except (KeyError, RuntimeError, TypeError, ValueError):
+        fails = True
+    if refused:
+        assert fails, source
+    elif fails:  # only through a free-form map (attributes, segments: any key may exist)
+        assert {"attributes", "segments"} & set(path), source
