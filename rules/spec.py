@@ -93,7 +93,10 @@ class SendSpec(_Spec):
 
 class WaitUntil(_Spec):
     until: Annotated[str, Field(pattern=CLOCK_PATTERN)] = Field(
-        description="next occurrence of this local time in the customer's time zone"
+        description=(
+            "next occurrence of this local time in the customer's time zone (on a night "
+            "the clocks skip it: when they jump; on a night it happens twice: the first)"
+        )
     )
 
 
