@@ -131,6 +131,29 @@ class Metrics:
         self.expression_errors = Counter(
             "nudge_expression_errors", "Rule expressions that failed at run time", registry=r
         )
+        self.admission_admitted = Counter(
+            "nudge_admission_admitted_events",
+            "Events admitted by the time-bounded admission, by request priority",
+            ["priority"],
+            registry=r,
+        )
+        self.admission_shed = Counter(
+            "nudge_admission_shed_events",
+            "Events refused (429) by the time-bounded admission, by request priority",
+            ["priority"],
+            registry=r,
+        )
+        self.admission_drain = Gauge(
+            "nudge_admission_drain_seconds",
+            "Estimated seconds the queued events need at the measured processing pace",
+            registry=r,
+        )
+        self.admission_limit = Gauge(
+            "nudge_admission_limit_events",
+            "Queued events up to which a request of this priority is admitted",
+            ["priority"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "nudge_queue_depth", "Accepted events waiting to be processed", registry=r
         )

@@ -37,7 +37,13 @@ from connectors.routing import Router
 from engine.analytics.tally import ORPHAN, Taken
 from engine.clock import Clock, SystemClock
 from engine.customer_view import customer_json
-from engine.embedded.exceptions import DataDirError, NotReady, StorageUnavailable
+from engine.embedded.admission import DEFAULT_PRIORITIES, PRIORITIES, Admission
+from engine.embedded.exceptions import (
+    Backpressure,
+    DataDirError,
+    NotReady,
+    StorageUnavailable,
+)
 from engine.embedded.health import Health, probe_write
 from engine.embedded.ingest import Batch, GroupCommitWriter
 from engine.embedded.lock import DataDirLock, os_reason, secure_data_dir
@@ -73,7 +79,11 @@ class RuntimeConfig:
     data_dir: Path
     rules: list[str] | None = None
     partitions: int = 4
-    max_queue: int = 200_000
+    max_queue: int = 200_000  # a hard cap in events; admission bounds the queue in time
+    # admission (engine/embedded/admission.py): seconds of queued work a request may wait
+    # behind (times its priority's factor), and event type -> low/normal/high overrides
+    admission_target_s: float = 0.25
+    priorities: dict[str, str] = field(default_factory=dict)
     checkpoint_interval: float = 10.0
     journal_retention_days: float = 7.0
     synchronous: str = "FULL"
@@ -131,6 +141,7 @@ class Runtime:
         self.parts: list[Partition] = []
         self._queues: list[list[tuple[int, int, Event]]] = []
         self._wakes: list[asyncio.Event] = []
+        self.admission = Admission(cfg.admission_target_s, {**DEFAULT_PRIORITIES, **cfg.priorities})
         self.queued = 0
         self._tasks: list[str] = []  # the supervised tasks stop cancels
         self._starting: set[asyncio.Task[None]] = set()  # backfill (re)starts in flight
@@ -345,18 +356,28 @@ class Runtime:
         )
 
     # --- ingest --------------------------------------------------------------------
-    async def accept(self, batch: Batch) -> None:
+    async def accept(self, batch: Batch, *, admit: bool = True) -> None:
         """Journal one request's events durably, then queue them for processing.
-        ``batch`` is the validated events and their JSON array (kept as sent)."""
+        ``batch`` is the validated events and their JSON array (kept as sent). Raises
+        Backpressure when admission refuses it (``admit``: judge it; the engine's own
+        identity forwards are not)."""
         if not self.ready:
             raise NotReady("starting or stopping")
+        if admit:
+            queued = self.queued + self.writer.buffered
+            d = self.admission.decide(queued, (ev.type for ev in batch[0]))
+            m = self.metrics
+            if not d.admitted:
+                m.admission_shed.labels(d.priority).inc(len(batch[0]))
+                raise Backpressure(d.retry_after, queued)
+            m.admission_admitted.labels(d.priority).inc(len(batch[0]))
         await self.writer.accept(batch)
         for etype, n in Counter(type_label(ev.type) for ev in batch[0]).items():
             self.metrics.events_accepted.labels(etype).inc(n)
 
     async def _forward(self, events: list[Event]) -> None:
         """Journal identity forwards like accepted events (the outbox calls it, in order)."""
-        await self.accept((events, encode_events(events)))
+        await self.accept((events, encode_events(events)), admit=False)
 
     async def _append(self, accepted_at: int, rows: list[tuple[int, bytes]]) -> int:
         assert self.store is not None
@@ -421,11 +442,15 @@ class Runtime:
                     self.queued -= done
                     logger.error("partition %d: event seq %d failed; skipped", index, seq)
                     raise
-                m.processing.observe((time.perf_counter() - t0) / len(batch))
+                took = time.perf_counter() - t0
+                m.processing.observe(took / len(batch))
                 m.events_processed.inc(len(batch))
                 self.queued -= len(batch)
+                self.admission.processed(len(batch), took)
+                self.admission.tick(self.queued > 0)
                 await asyncio.sleep(0)
                 continue
+            self.admission.tick(self.queued > 0)
             part.fire_until(self.safe_time())
             wake.clear()
             nxt = part.timers.next_due()
@@ -748,6 +773,9 @@ class Runtime:
             m.pending_timers.set(sum(len(p.timers) for p in self.parts))
             m.customers.set(sum(len(p.store) for p in self.parts))
             m.queue_depth.set(self.queued + self.writer.buffered)
+            m.admission_drain.set(self.admission.drain_time(self.queued + self.writer.buffered))
+            for prio in PRIORITIES:
+                m.admission_limit.labels(prio).set(self.admission.limit_events(prio))
             m.outbox_pending.set(self.outbox.pending)
             try:
                 m.dead_letters.set(await self.db(self.dead.count))
