@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from engine.admin import add_admin_parsers
-from engine.distributed.cli import add_worker_parser
+from engine.distributed.cli import add_topics_parser, add_worker_parser
 from engine.embedded import CHECKPOINT_MODES
 from engine.logs import configure_logging
 from engine.types import to_ms
@@ -501,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--demo",
         action="store_true",
-        help="also run a synthetic storefront and print fires (clock x600)",
+        help="also run a synthetic storefront and print fires (clock x1800 unless "
+        "--clock-speed: 4 hours in 8 seconds)",
     )
     run.set_defaults(func=_cmd_run)
 
@@ -540,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     mfit.set_defaults(func=_cmd_models_fit)
 
     add_worker_parser(sub)
+    add_topics_parser(sub)
     add_loadtest_parsers(sub)
 
     _add_report_parser(sub)

@@ -7,9 +7,11 @@ Also runnable alone: ``python -m engine.distributed.cli worker ...``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any, NoReturn
 
 from engine.logs import configure_logging
 
-__all__ = ["add_worker_parser", "config_from_args", "run_worker"]
+__all__ = ["add_topics_parser", "add_worker_parser", "config_from_args", "run_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,16 @@ def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
     w.add_argument("--broker", default="kafka://127.0.0.1:9092")
     w.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     w.add_argument("--app-id", default="nudge")
-    w.add_argument("--partitions", type=int, default=4, help="= the events topic's partitions")
+    w.add_argument(
+        "--partitions",
+        type=int,
+        default=4,
+        help="the partitions of every topic (created with it; an existing topic with "
+        "another count is refused at start)",
+    )
+    w.add_argument(
+        "--replication-factor", type=int, default=1, help="of the topics created (default 1)"
+    )
     w.add_argument("--events-topic", default="events")
     w.add_argument("--actions-topic", default="actions")
     w.add_argument("--rules", nargs="+", help="seed rule set when Redis has none")
@@ -85,6 +96,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         redis_url=args.redis,
         app_id=args.app_id,
         partitions=args.partitions,
+        replication_factor=args.replication_factor,
         events_topic=args.events_topic,
         actions_topic=args.actions_topic,
         rules=args.rules,
@@ -101,26 +113,85 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_worker(args: argparse.Namespace) -> NoReturn:
-    """Build the app and run it with a faust Worker (blocks until stopped)."""
+    """Build the app and run it with a faust Worker (blocks until stopped). A start-up
+    error (a port in use, an unwritable ``--data``, Kafka unreachable, a topic with
+    another partition count) is one line on stderr and exit status 1."""
     import asyncio
 
     import faust
 
     from engine.distributed.app import create_app
-    from engine.distributed.topics import ensure_topics
+    from engine.distributed.topics import ensure_topics, plan_of
 
     cfg = config_from_args(args)
-    asyncio.run(ensure_topics(cfg))
+    try:
+        socks = _listen(args)
+        if args.http_port:
+            _load_tokens(args)
+        asyncio.run(ensure_topics(cfg.broker, plan_of(cfg)))
+    except _StartupError as err:
+        _refuse(str(err))
+    except Exception as err:  # broker unreachable, a layout error, a timeout
+        _refuse(_kafka_reason(cfg.broker, err))
     _maybe_profile()
     worker_app = create_app(cfg)
     if args.http_port:
-        _add_ingest(worker_app, args)
+        _add_ingest(worker_app, args, socks["http"])
     if args.metrics_port:
-        _add_metrics(worker_app, args)
+        _add_metrics(worker_app, args, socks["metrics"])
     worker = faust.Worker(
         worker_app.app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False
     )
     worker.execute_from_commandline()  # exits the process
+
+
+class _StartupError(Exception):
+    pass
+
+
+def _refuse(message: str) -> NoReturn:
+    print(f"nudge worker: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def _kafka_reason(broker: str, err: BaseException) -> str:
+    from engine.distributed.exceptions import DistributedError
+
+    if isinstance(err, DistributedError):
+        return str(err)
+    if isinstance(err, TimeoutError):
+        return f"{broker}: {err or 'timed out'}"
+    return f"{broker}: cannot reach Kafka ({type(err).__name__}: {err})"
+
+
+def _listen(args: argparse.Namespace) -> dict[str, socket.socket]:
+    """The listening sockets of ``--http-port`` and ``--metrics-port``, bound now so a
+    port in use is reported before anything starts (served later on faust's loop)."""
+    socks: dict[str, socket.socket] = {}
+    for name, port in (("http", args.http_port), ("metrics", args.metrics_port)):
+        if not port:
+            continue
+        try:
+            socks[name] = socket.create_server((args.http_host, port), backlog=512)
+        except OSError as err:
+            reason = (
+                "address already in use (another nudge process, or another program?)"
+                if err.errno == errno.EADDRINUSE
+                else err.strerror or str(err)
+            )
+            raise _StartupError(f"cannot listen on {args.http_host}:{port}: {reason}") from err
+    return socks
+
+
+def _load_tokens(args: argparse.Namespace) -> None:
+    """The API tokens (``--data``/tokens.json, created when missing) readable now."""
+    from engine.http.auth import Tokens
+
+    try:
+        Tokens.load_or_create(Path(args.data))
+    except (OSError, ValueError, KeyError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise _StartupError(f"data directory {args.data}: {reason}") from err
 
 
 def _maybe_profile() -> None:
@@ -142,7 +213,7 @@ def _maybe_profile() -> None:
     prof.enable()
 
 
-def _add_metrics(worker_app: Any, args: argparse.Namespace) -> None:
+def _add_metrics(worker_app: Any, args: argparse.Namespace, sock: socket.socket) -> None:
     """Serve the worker's metrics (engine/distributed/metrics.py) on its event loop."""
     from aiohttp import web
 
@@ -153,13 +224,13 @@ def _add_metrics(worker_app: Any, args: argparse.Namespace) -> None:
     async def serve() -> None:
         runner = web.AppRunner(metrics_app(collector), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, args.http_host, args.metrics_port).start()
+        await web.SockSite(runner, sock).start()
         logger.info("metrics on http://%s:%d/metrics", args.http_host, args.metrics_port)
 
     worker_app.app.task(serve)
 
 
-def _add_ingest(worker_app: Any, args: argparse.Namespace) -> None:
+def _add_ingest(worker_app: Any, args: argparse.Namespace, sock: socket.socket) -> None:
     """Serve ``create_app(KafkaIngest)`` on the worker's event loop (segments from the
     app's segments topic, docs/segments.md)."""
     from aiohttp import web
@@ -192,10 +263,76 @@ def _add_ingest(worker_app: Any, args: argparse.Namespace) -> None:
         app = create_http_app(ingest, tokens, metrics, address_book=book)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, args.http_host, args.http_port).start()
+        await web.SockSite(runner, sock).start()
         logger.info("ingest on http://%s:%d", args.http_host, args.http_port)
 
     worker_app.app.task(serve)
+
+
+def add_topics_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``topics ensure``: the one-shot step before the workers start."""
+    t: argparse.ArgumentParser = subparsers.add_parser(
+        "topics", help="create the distributed runtime's Kafka topics (before the workers)"
+    )
+    tsub = t.add_subparsers(dest="topics_command", required=True)
+    e = tsub.add_parser(
+        "ensure",
+        help="create the missing topics with --partitions; exit 1 when one exists with "
+        "another partition count",
+    )
+    e.add_argument("--broker", default="kafka://127.0.0.1:9092")
+    e.add_argument("--partitions", type=int, required=True, help="the workers' --partitions")
+    e.add_argument("--replication-factor", type=int, default=1)
+    e.add_argument("--app-id", default="nudge", help="the workers' --app-id")
+    e.add_argument("--events-topic", default="events")
+    e.add_argument("--actions-topic", default="actions")
+    e.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for Kafka")
+    e.set_defaults(func=run_topics_ensure)
+    return t
+
+
+def run_topics_ensure(args: argparse.Namespace) -> int:
+    """``nudge topics ensure``: one line per topic created (or none), exit status 0;
+    1 with one line on stderr when a topic has another partition count or Kafka does
+    not answer within ``--timeout`` (retried meanwhile: a broker still starting)."""
+    import asyncio
+
+    from engine.distributed.config import WorkerConfig
+    from engine.distributed.exceptions import DistributedError
+    from engine.distributed.topics import ensure_topics, plan_of
+
+    cfg = WorkerConfig(
+        broker=args.broker,
+        app_id=args.app_id,
+        partitions=args.partitions,
+        replication_factor=args.replication_factor,
+        events_topic=args.events_topic,
+        actions_topic=args.actions_topic,
+    )
+    plan = plan_of(cfg)
+
+    async def ensure() -> list[str]:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + args.timeout
+        while True:
+            try:
+                return await ensure_topics(cfg.broker, plan, timeout=args.timeout)
+            except DistributedError:
+                raise
+            except Exception:
+                if loop.time() > end:
+                    raise
+                await asyncio.sleep(1.0)
+
+    try:
+        created = asyncio.run(ensure())
+    except Exception as err:
+        print(f"nudge topics ensure: {_kafka_reason(cfg.broker, err)}", file=sys.stderr)
+        return 1
+    for name in created:
+        print(f"created {name} ({args.partitions} partitions)")
+    print(f"topics ready: {', '.join(plan.create)}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -203,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nudge")
     sub = parser.add_subparsers(dest="command", required=True)
     add_worker_parser(sub)
+    add_topics_parser(sub)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

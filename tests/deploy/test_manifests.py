@@ -129,7 +129,31 @@ def _compose() -> dict[str, Any]:
 
 
 def _nudge_services() -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in _compose()["services"].items() if s.get("image") == IMAGE}
+    """The services running ``nudge worker`` (the consumer group's members)."""
+    return {
+        n: s
+        for n, s in _compose()["services"].items()
+        if s.get("image") == IMAGE and s["command"][0] == "worker"
+    }
+
+
+def test_compose_topics_step_runs_before_every_worker() -> None:
+    """The one-shot ``topics`` service creates the topics with the workers' partitions
+    and broker; every worker starts only once it exited 0."""
+    services = _compose()["services"]
+    topics = services["topics"]
+    args = _parse(topics["command"])
+    assert (args.command, args.topics_command) == ("topics", "ensure")
+    assert topics["restart"] == "no"
+    assert topics["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    for name, svc in _nudge_services().items():
+        w = _parse(svc["command"])
+        assert (args.broker, args.partitions, args.app_id) == (w.broker, w.partitions, w.app_id)
+        assert (args.replication_factor, args.events_topic) == (
+            w.replication_factor,
+            w.events_topic,
+        )
+        assert svc["depends_on"]["topics"] == {"condition": "service_completed_successfully"}, name
 
 
 def test_compose_services_and_images() -> None:
@@ -301,6 +325,25 @@ def test_k8s_deployment(component: str) -> None:
     assert volume["configMap"]["name"] == cm["metadata"]["name"]
     assert args.rules == [f"{mount['mountPath']}/{name}" for name in sorted(cm["data"])]
     assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize("component", ["ingest", "worker"])
+def test_k8s_topics_init_container(component: str) -> None:
+    """Each pod creates the topics before it joins the group, with its own flags."""
+    (dep,) = [d for d in _of_kind("Deployment") if d["metadata"]["name"] == f"nudge-{component}"]
+    (init,) = dep["spec"]["template"]["spec"]["initContainers"]
+    assert init["image"] == IMAGE
+    args = _parse(init["args"])
+    assert (args.command, args.topics_command) == ("topics", "ensure")
+    w = _parse(_container(dep)["args"])
+    assert (args.broker, args.partitions, args.app_id, args.replication_factor) == (
+        w.broker,
+        w.partitions,
+        w.app_id,
+        w.replication_factor,
+    )
+    assert (args.events_topic, args.actions_topic) == (w.events_topic, w.actions_topic)
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_k8s_models_refit_cronjob() -> None:
