@@ -406,8 +406,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
             refit_every=args.refit_every,
             # the demo's storefront is light: its console shows the reports
             analytics=args.analytics == "on" if args.analytics else bool(args.demo),
+            admission_target=args.admission_target,
+            priorities=dict(args.priority or ()),
         )
     )
+
+
+def _priority(text: str) -> tuple[str, str]:
+    from engine.embedded.admission import PRIORITIES
+
+    etype, _, prio = text.partition("=")
+    if not etype or prio not in PRIORITIES:
+        raise argparse.ArgumentTypeError(f"expected TYPE=low|normal|high, not {text!r}")
+    return etype, prio
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -488,6 +499,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="refit the CLV models on this schedule (24h, 12h, ...; real time): `nudge "
         "models fit` in a subprocess on the data directory, then a reload (default: off; "
         "docs/predictions.md)",
+    )
+    run.add_argument(
+        "--admission-target",
+        type=float,
+        default=0.25,
+        metavar="SECONDS",
+        help="admit a request only if the work queued ahead of it drains within this many "
+        "seconds at the measured pace (views: half of it, orders, carts and consent: four "
+        "times); else 429 with Retry-After (default 0.25; docs/operations.md, Overload)",
+    )
+    run.add_argument(
+        "--priority",
+        type=_priority,
+        action="append",
+        metavar="TYPE=low|normal|high",
+        help="shedding priority of an event type under overload (repeatable; defaults: "
+        "views low, orders, carts, consent, identity and provider feedback high)",
     )
     run.add_argument(
         "--analytics",

@@ -64,6 +64,8 @@ class ServeOptions:
         checkpoint_mode: str | None = None,
         refit_every: float | None = None,
         analytics: bool = True,
+        admission_target: float = 0.25,
+        priorities: dict[str, str] | None = None,
     ) -> None:
         self.rules = rules
         self.data = data
@@ -76,6 +78,9 @@ class ServeOptions:
         self.synchronous = synchronous
         self.compact_idle = compact_idle
         self.analytics = analytics  # campaign analytics (docs/analytics.md)
+        # time-bounded admission (engine/embedded/admission.py)
+        self.admission_target = admission_target
+        self.priorities = priorities or {}
         # None: NUDGE_CHECKPOINT_INTERVAL, else 10 s (tests shorten it by the environment
         # to crash mid-checkpoint)
         self.checkpoint_interval = (
@@ -124,6 +129,8 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         checkpoint_mode=opts.checkpoint_mode,
         refit_every_s=opts.refit_every,
         analytics=opts.analytics,
+        admission_target_s=opts.admission_target,
+        priorities=opts.priorities,
     )
     runtime = Runtime(cfg, metrics, clock)
     runtime.lock_data_dir()  # before anything is written there

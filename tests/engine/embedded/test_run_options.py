@@ -55,3 +55,20 @@ def test_checkpoint_mode_from_the_environment_is_checked(
     monkeypatch.setenv("NUDGE_CHECKPOINT_MODE", "fork")  # removed: not silently inline
     with pytest.raises(SystemExit, match="NUDGE_CHECKPOINT_MODE: 'fork' is not one of paced"):
         _opts(None)
+
+
+def test_admission_options_reach_the_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[ServeOptions] = []
+    monkeypatch.setattr("engine.embedded.server.serve", lambda opts: seen.append(opts) or 0)
+    assert main(["run", "--admission-target", "0.5", "--priority", "wishlist_added=high",
+                 "--priority", "page_viewed=normal"]) == 0  # fmt: skip
+    (opts,) = seen
+    assert opts.admission_target == 0.5
+    assert opts.priorities == {"wishlist_added": "high", "page_viewed": "normal"}
+
+
+def test_a_bad_priority_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--priority", "wishlist_added=urgent"])
+    assert exc.value.code == 2
+    assert "expected TYPE=low|normal|high" in capsys.readouterr().err
