@@ -20,6 +20,7 @@ from rules.fields import (
     check_selections,
     event_shape,
     known_properties,
+    lint_warnings,
 )
 from rules.loader import PathKey, Positions
 from rules.spec import IfStep, RuleSpec, SendStep, Settings, Step, Variant, WaitStep, WaitUntil
@@ -108,6 +109,16 @@ class CompiledRule:
         return (-self.priority, self.id)
 
 
+def _collected(message: str) -> bool:
+    """Inside rules.fields.lenient_fields (a stored rule set loading): note ``message`` as
+    a lint warning and report no error."""
+    sink = lint_warnings()
+    if sink is None:
+        return False
+    sink.append(message)
+    return True
+
+
 class _Compiler:
     def __init__(self, spec: RuleSpec, pos: Positions, settings: Settings) -> None:
         self.spec = spec
@@ -145,7 +156,7 @@ class _Compiler:
                 ExpressionError.at(source, p.offset, p.message)
                 for p in check_selections(e.selections, self.shapes(in_flow, event_type))
             ]
-            if in_flow and "event" in e.variables:
+            if in_flow and "event" in e.variables and not _collected("'event' in a step"):
                 at = next((sel.offset for sel in e.selections if sel.root == "event"), 0)
                 problems.append(
                     ExpressionError.at(

@@ -19,9 +19,11 @@ succeed at run time; it cannot reject a valid one.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Final
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "check_selections",
     "event_shape",
     "known_properties",
+    "lenient_fields",
+    "lint_warnings",
     "macro_bound",
     "selections",
 ]
@@ -225,9 +229,32 @@ class FieldProblem:
         return f"FieldProblem({self.offset}, {self.message!r})"
 
 
+_LENIENT: ContextVar[list[str] | None] = ContextVar("lenient_fields", default=None)
+
+
+@contextlib.contextmanager
+def lenient_fields() -> Iterator[list[str]]:
+    """Within it, what this module's lint finds is collected (the list yielded) instead of
+    reported as errors: a rule set stored by an earlier version, before the lint existed,
+    must still load after an upgrade (a field that cannot exist evaluates false at run
+    time, as it always did); new deploys and ``nudge rules check`` stay strict."""
+    found: list[str] = []
+    token = _LENIENT.set(found)
+    try:
+        yield found
+    finally:
+        _LENIENT.reset(token)
+
+
+def lint_warnings() -> list[str] | None:
+    """Where lint problems go instead of errors (inside :func:`lenient_fields`), else None."""
+    return _LENIENT.get()
+
+
 def check_selections(found: list[Selection], shapes: Mapping[str, Shape]) -> list[FieldProblem]:
     """The selections in ``found`` that name a field their variable's shape does not have
-    (variables not in ``shapes`` are not checked)."""
+    (variables not in ``shapes`` are not checked); none inside :func:`lenient_fields`,
+    which collects their messages instead."""
     problems: list[FieldProblem] = []
     for sel in found:
         shape = shapes.get(sel.root)
@@ -245,6 +272,10 @@ def check_selections(found: list[Selection], shapes: Mapping[str, Shape]) -> lis
                 break
             shape = shape[name]
             path = f"{path}.{name}"
+    sink = _LENIENT.get()
+    if sink is not None and problems:
+        sink.extend(p.message for p in problems)
+        return []
     return problems
 
 

@@ -7,6 +7,7 @@ line, column); the caller keeps its previous rule set.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from rules.compiler import CompiledRule, compile_rule
 from rules.durations import parse_cap, parse_duration, parse_range
 from rules.exceptions import RuleError, RuleErrors
+from rules.fields import lenient_fields
 from rules.loader import Positions, SourceDoc, parse_specs, rule_files
 from rules.segments import CompiledSegment, compile_segment
 from rules.spec import RuleSpec, SegmentSpec, Settings
@@ -24,11 +26,14 @@ __all__ = [
     "RuleSet",
     "TypePlan",
     "load_ruleset",
+    "load_stored",
     "load_texts",
     "segments_digest",
 ]
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +297,23 @@ def load_texts(sources: Iterable[tuple[str, str]]) -> RuleSet:
         digest=h.hexdigest()[:16],
         segments=tuple(segments.values()),
     )
+
+
+def load_stored(sources: Iterable[tuple[str, str]], version: int | None = None) -> RuleSet:
+    """A rule set already deployed (stored by the runtime, maybe by an earlier version of
+    Nudge): like :func:`load_texts`, except that what the field lint finds (rules/
+    fields.py: a field that cannot exist) is logged as a warning, not an error. The
+    deploy was valid when it was made; refusing it now would stop the engine from
+    starting after an upgrade. Such a condition evaluates false at run time, as before."""
+    with lenient_fields() as warnings:
+        rs = load_texts(sources)
+    for message in sorted(set(warnings)):
+        logger.warning(
+            "deployed rule set%s: %s (allowed in a stored rule set; fix it in the next deploy)",
+            "" if version is None else f" version {version}",
+            message,
+        )
+    return rs
 
 
 def load_ruleset(paths: Iterable[str | Path] | None = None) -> RuleSet:

@@ -33,7 +33,7 @@ from engine.distributed.segments import SegmentFeed
 from engine.embedded.exceptions import Backpressure, NotReady
 from engine.embedded.segment_index import SegmentIndex
 from engine.types import Event
-from rules.ruleset import RuleSet, load_texts
+from rules.ruleset import RuleSet, load_stored, load_texts
 from state.redis import RedisState
 
 __all__ = ["KafkaIngest"]
@@ -122,7 +122,7 @@ class KafkaIngest:
         if self.redis is not None:
             rec = await self.redis.load_rules()
             if rec is not None:
-                self.ruleset = load_texts(sorted(rec.files.items()))
+                self.ruleset = load_stored(sorted(rec.files.items()), rec.version)
                 self.rules_version, self.rules_files = rec.version, rec.files
             self._rules_task = asyncio.create_task(self._follow_rules(), name="ingest-rules")
         if self.segment_feed is not None:
@@ -142,7 +142,7 @@ class KafkaIngest:
             if rec is None or rec.version <= self.rules_version:
                 continue
             try:
-                rs = await asyncio.to_thread(load_texts, sorted(rec.files.items()))
+                rs = await asyncio.to_thread(load_stored, sorted(rec.files.items()), rec.version)
             except Exception:
                 logger.exception("rule set version %d does not load; skipped", rec.version)
                 self.rules_version = rec.version

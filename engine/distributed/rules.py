@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from rules.loader import rule_files
-from rules.ruleset import RECIPES_DIR, RuleSet, load_texts
+from rules.ruleset import RECIPES_DIR, RuleSet, load_stored, load_texts
 from state.redis import RedisState, RulesRecord
 
 __all__ = ["RuleWatcher", "files_from_paths", "publish_rules", "publish_rules_async"]
@@ -62,7 +62,7 @@ class RuleWatcher:
 
     async def initial(self) -> tuple[RuleSet, int]:
         rec = await self.redis.seed_rules(self.seed_files)
-        rs = load_texts(sorted(rec.files.items()))
+        rs = load_stored(sorted(rec.files.items()), rec.version)
         self.version, self.files = rec.version, rec.files
         return rs, rec.version
 
@@ -89,8 +89,8 @@ class RuleWatcher:
             await self.redis.put_rules(self.files, self.version)
 
     def _apply(self, rec: RulesRecord, on_rules: OnRules) -> None:
-        try:
-            rs = load_texts(sorted(rec.files.items()))
+        try:  # validated by the process that deployed it
+            rs = load_stored(sorted(rec.files.items()), rec.version)
         except Exception:
             logger.exception(
                 "rule set version %d does not load; keeping %d", rec.version, self.version

@@ -61,7 +61,7 @@ from engine.metrics import Metrics, type_label
 from engine.output import Output
 from engine.types import Event
 from rules.loader import rule_files
-from rules.ruleset import RuleSet, load_ruleset, load_texts
+from rules.ruleset import RuleSet, load_ruleset, load_stored, load_texts
 from state.analytics import Cell, DayTotals, Period
 from state.sqlite import SqliteStore
 
@@ -301,7 +301,7 @@ class Runtime:
         latest = await self.db(self.store.latest_rules)
         if latest is not None:
             self.rules_version, self.rules_files = latest
-            self.ruleset = load_texts(sorted(self.rules_files.items()))
+            self.ruleset = load_stored(sorted(self.rules_files.items()), self.rules_version)
             self.ruleset.require_addresses(self.router.needs_address)
         else:
             rs = load_ruleset(self.cfg.rules)
