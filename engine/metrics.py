@@ -115,7 +115,7 @@ class Metrics:
         )
         self.actions = Counter(
             "nudge_actions",
-            "Action deliveries by channel and outcome",
+            "Action deliveries by channel and outcome (delivered, dead_lettered, expired)",
             ["channel", "outcome"],
             registry=r,
         )
@@ -162,6 +162,19 @@ class Metrics:
         )
         self.dead_letters = Gauge(
             "nudge_dead_letters", "Actions in the dead-letter store", registry=r
+        )
+        # delivery through an outage (connectors/retry.py, breaker.py, deadline.py)
+        self.sink_state = Gauge(
+            "nudge_sink_state",
+            "Circuit breaker of each sink: 0 closed, 1 half open (probing), 2 open",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_attempts = Counter(
+            "nudge_sink_attempts",
+            "Sends to each sink by result (ok, retry: failed and will be retried, refused)",
+            ["sink", "result"],
+            registry=r,
         )
         self.journal_commit = Histogram(
             "nudge_journal_commit_seconds", "Journal group-commit time", buckets=_LAT, registry=r
