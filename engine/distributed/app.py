@@ -50,6 +50,7 @@ from engine.distributed.backfill import WorkerBackfill
 from engine.distributed.batching import BatchApp, BatchSender, OutputPipeline, StampedPayload
 from engine.distributed.config import WorkerConfig
 from engine.distributed.delivery import Deliverer
+from engine.distributed.metrics import MeteredEngine, OutputMeter
 from engine.distributed.models import WorkerModels
 from engine.distributed.processing import PartitionEngine
 from engine.distributed.requests import ensure_replies_topic
@@ -57,6 +58,7 @@ from engine.distributed.rules import RuleWatcher, files_from_paths
 from engine.distributed.segments import SegmentChange, segment_records
 from engine.distributed.topics import key_partition
 from engine.intelligence.population import Population
+from engine.metrics import Metrics
 from engine.types import Action, Event
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
@@ -127,6 +129,9 @@ class WorkerApp:
         self.watcher: RuleWatcher | None = None
         self.backfill: WorkerBackfill | None = None
         self.models: WorkerModels | None = None  # RFM boundaries, CLV parameters (Redis)
+        # what the worker counts in nudge run's names (engine/distributed/metrics.py);
+        # set by the CLI before the app starts, None: nothing counted
+        self.metrics: Metrics | None = None
         self._ready = asyncio.Event()
         self._lock = asyncio.Lock()
         self.rebalancing = True  # until the first recovery completes
@@ -188,7 +193,11 @@ class WorkerApp:
             self.router = Router.from_config(cfg.sinks)
             await self.router.start_all()
             self.deliverer = Deliverer(
-                self.router, self.redis, self._dead_letter, concurrency=cfg.delivery_concurrency
+                self.router,
+                self.redis,
+                self._dead_letter,
+                concurrency=cfg.delivery_concurrency,
+                metrics=self.metrics,
             )
         if not cfg.processing:
             self._ready.set()
@@ -201,7 +210,8 @@ class WorkerApp:
         self._needs_address = (self.router or Router.from_config(cfg.sinks)).needs_address
         ruleset, version = await self.watcher.initial()
         ruleset.require_addresses(self._needs_address)
-        self.engine = engine = PartitionEngine(ruleset, version, self._flush)
+        meter = None if self.metrics is None else OutputMeter(self.metrics)
+        self.engine = engine = MeteredEngine(ruleset, version, self._flush, meter)
         self.backfill = self._new_backfill(self.redis)
         self.models = WorkerModels(
             self.redis,
