@@ -135,10 +135,12 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
         _refuse(_kafka_reason(cfg.broker, err))
     _maybe_profile()
     worker_app = create_app(cfg)
-    if args.http_port:
-        _add_ingest(worker_app, args, socks["http"])
-    if args.metrics_port:
-        _add_metrics(worker_app, args, socks["metrics"])
+    if socks:
+        metrics = _metrics(worker_app, ingest="http" in socks)
+        if "http" in socks:
+            _add_ingest(worker_app, args, socks["http"], metrics)
+        if "metrics" in socks:
+            _add_metrics(worker_app, args, socks["metrics"], metrics)
     worker = faust.Worker(
         worker_app.app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False
     )
@@ -213,16 +215,34 @@ def _maybe_profile() -> None:
     prof.enable()
 
 
-def _add_metrics(worker_app: Any, args: argparse.Namespace, sock: socket.socket) -> None:
-    """Serve the worker's metrics (engine/distributed/metrics.py) on its event loop."""
+def _metrics(worker_app: Any, ingest: bool) -> Any:
+    """The process's metrics (engine/distributed/metrics.py), counted by the app."""
+    from engine.distributed.metrics import (
+        WorkerCollector,
+        consumer_lag,
+        serve_alongside,
+        worker_metrics,
+    )
+
+    metrics = worker_metrics(ingest)
+    collector = WorkerCollector(
+        worker_app.stats, worker_app.cfg.role, lag=lambda: consumer_lag(worker_app)
+    )
+    serve_alongside(metrics, collector)
+    worker_app.metrics = metrics
+    return metrics
+
+
+def _add_metrics(
+    worker_app: Any, args: argparse.Namespace, sock: socket.socket, metrics: Any
+) -> None:
+    """Serve the worker's metrics on ``--metrics-port``, on its event loop."""
     from aiohttp import web
 
-    from engine.distributed.metrics import WorkerCollector, metrics_app
-
-    collector = WorkerCollector(worker_app.stats, worker_app.cfg.role)
+    from engine.distributed.metrics import metrics_app
 
     async def serve() -> None:
-        runner = web.AppRunner(metrics_app(collector), access_log=None)
+        runner = web.AppRunner(metrics_app(metrics.registry), access_log=None)
         await runner.setup()
         await web.SockSite(runner, sock).start()
         logger.info("metrics on http://%s:%d/metrics", args.http_host, args.metrics_port)
@@ -230,16 +250,16 @@ def _add_metrics(worker_app: Any, args: argparse.Namespace, sock: socket.socket)
     worker_app.app.task(serve)
 
 
-def _add_ingest(worker_app: Any, args: argparse.Namespace, sock: socket.socket) -> None:
-    """Serve ``create_app(KafkaIngest)`` on the worker's event loop (segments from the
+def _add_ingest(
+    worker_app: Any, args: argparse.Namespace, sock: socket.socket, metrics: Any
+) -> None:
+    """Serve ``create_app(MeteredIngest)`` on the worker's event loop (segments from the
     app's segments topic, docs/segments.md)."""
     from aiohttp import web
 
-    from engine.distributed.ingest import KafkaIngest
-    from engine.distributed.metrics import WorkerCollector, serve_alongside
+    from engine.distributed.metrics import MeteredIngest
     from engine.http.app import create_app as create_http_app
     from engine.http.auth import Tokens
-    from engine.metrics import Metrics
     from state.addresses import RedisAddressBook
     from state.redis import RedisState
 
@@ -247,18 +267,17 @@ def _add_ingest(worker_app: Any, args: argparse.Namespace, sock: socket.socket) 
 
     async def serve() -> None:
         redis = RedisState(cfg.redis_url, prefix=cfg.redis_prefix)
-        ingest = KafkaIngest(
+        ingest = MeteredIngest(
             cfg.broker,
             cfg.events_topic,
             redis=redis,
             segments_topic=cfg.segments_topic,
             replies_topic=cfg.replies_topic,
+            metrics=metrics,
         )
         await ingest.start()
         tokens, _, _ = Tokens.load_or_create(Path(args.data))
-        metrics = Metrics()
         metrics.segment_members.source = ingest.segment_sizes
-        serve_alongside(metrics, WorkerCollector(worker_app.stats, cfg.role))
         book = RedisAddressBook(redis.client, prefix=f"{cfg.redis_prefix}:addresses")
         app = create_http_app(ingest, tokens, metrics, address_book=book)
         runner = web.AppRunner(app, access_log=None)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from connectors.exceptions import SinkError
 from connectors.retry import RetryPolicy, deliver
 from connectors.routing import Router
+from engine.metrics import Metrics
 from engine.types import Action
 from state.redis import Claim, RedisState
 
@@ -109,6 +110,7 @@ class Deliverer:
         concurrency: int = 64,
         busy_wait: float = 0.2,
         wall_ms: WallMs = _wall_ms,
+        metrics: Metrics | None = None,
     ) -> None:
         self.router = router
         self.redis = redis
@@ -119,6 +121,7 @@ class Deliverer:
         self._sem = asyncio.Semaphore(concurrency)
         self._wall_ms = wall_ms
         self._marks = MarkBatcher(redis)
+        self.metrics = metrics
 
     async def deliver_all(self, actions: list[Action]) -> None:
         """Deliver (or skip) every action; returns when each one is settled. The claims
@@ -150,6 +153,8 @@ class Deliverer:
                 continue
             break
         sink = self.router.sink_for(action)
+        m = self.metrics
+        t0 = time.perf_counter()
         try:
             await deliver(sink, action, self.router.policy_for(sink, self.policy))
         except SinkError as err:
@@ -157,10 +162,20 @@ class Deliverer:
             await self.dead_letter(action, str(err))
             await self._marks.mark(key, "dead")
             stats.dead += 1
+            if m is not None:
+                m.actions.labels(action.channel, "dead_lettered").inc()
             return
         except BaseException:
             await asyncio.shield(self.redis.release(key))  # cancelled: let a retry send it
             raise
+        sent = time.perf_counter()
         await self._marks.mark(key, "sent")
         stats.sent += 1
-        stats.observe(self._wall_ms() - action.fire_at)
+        latency = self._wall_ms() - action.fire_at
+        stats.observe(latency)
+        if m is not None:
+            # nudge run's names: event-to-action from the time the action was due (its
+            # event's acceptance, or its timer's due time)
+            m.actions.labels(action.channel, "delivered").inc()
+            m.action_send.observe(sent - t0)
+            m.event_to_action.observe(max(0, latency) / 1000)

@@ -1,17 +1,33 @@
 """Prometheus metrics of one ``nudge worker``: on ``/metrics`` of ``--metrics-port``, and
 of ``--http-port`` when the worker also serves the HTTP API.
 
+One vocabulary with ``nudge run``: the process keeps an :class:`engine.metrics.Metrics`
+(same names, labels, buckets) without the members only the embedded runtime has
+(checkpoints, outbox, supervisor, storage; and the ingest's when it serves no HTTP):
+
+- the ingest (:class:`MeteredIngest`) counts ``nudge_events_accepted_total{type}`` and
+  observes the Kafka acknowledgement of each request (``acks=all``: its durable write) as
+  ``nudge_journal_commit_seconds`` / ``nudge_journal_batch_events``, the journal being the
+  ``events`` topic here; the HTTP layer counts rejections, requests and deploys;
+- processing (:class:`MeteredEngine`) observes each output as ``nudge run`` does: rule
+  fires, goal exposures and conversions, timer lateness, event lateness, too-late events,
+  core time per event;
+- delivery (engine/distributed/delivery.py) counts ``nudge_actions_total{channel,
+  outcome}`` and observes event-to-action latency and the send time.
+
 A collector reads the worker's counters (:meth:`WorkerApp.stats`, the same numbers as
 ``--stats-file``) at scrape time, on the worker's event loop (the ``/metrics`` handler runs
-there, so nothing is read while a batch changes it). Names follow the embedded runtime's
-where they mean the same (``nudge_events_processed_total``, ``nudge_pending_timers``,
-``nudge_customers``, ``nudge_ruleset_version``, ``nudge_up``), so the dashboard's panels
-work for both; the rest are ``nudge_worker_*``.
+there, so nothing is read while a batch changes it): ``nudge_events_processed_total``,
+``nudge_pending_timers``, ``nudge_customers``, ``nudge_ruleset_version``, ``nudge_up``,
+``nudge_queue_depth`` (the consumer lag of the owned partitions: accepted events not yet
+processed) and the worker's own ``nudge_worker_*``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -20,9 +36,45 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
-from engine.metrics import Metrics
+from engine.distributed.ingest import Batch, KafkaIngest
+from engine.distributed.processing import Flush, PartitionEngine, Record
+from engine.driver import OutputHandler
+from engine.metrics import Metrics, type_label
+from engine.output import Output
+from rules.ruleset import RuleSet
 
-__all__ = ["WorkerCollector", "metrics_app", "serve_alongside"]
+__all__ = [
+    "MeteredEngine",
+    "MeteredIngest",
+    "OutputMeter",
+    "WorkerCollector",
+    "consumer_lag",
+    "metrics_app",
+    "serve_alongside",
+    "worker_metrics",
+]
+
+# members of engine.metrics.Metrics a worker process never updates
+_EMBEDDED_ONLY = (
+    "checkpoint",
+    "outbox_flush",
+    "outbox_pending",
+    "dead_letters",
+    "task_failures",
+    "storage_errors",
+    "ready",
+)
+# ... and those only its HTTP ingest (--http-port) updates
+_INGEST_ONLY = (
+    "events_accepted",
+    "events_rejected",
+    "journal_commit",
+    "journal_batch",
+    "http_requests",
+    "rule_deploys",
+    "customers_erased",
+    "segment_members",
+)
 
 # stats()["engine"] key -> (metric name, help); counters
 _ENGINE_COUNTERS = {
@@ -45,20 +97,28 @@ _ENGINE_GAUGES = {
 _DELIVERY_OUTCOMES = ("sent", "skipped_done", "waited_busy", "dead")
 _OUTAGES = "nudge_worker_redis_outages"
 _OTHER = ("nudge_up", "nudge_worker_partitions", "nudge_worker_deliveries")
+_LAG = "nudge_queue_depth"
 
 
 class WorkerCollector(Collector):
     """Metric families from ``stats()`` (the worker's counters) at each scrape."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]], role: str) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], dict[str, Any]],
+        role: str,
+        lag: Callable[[], int | None] | None = None,
+    ) -> None:
         self._stats = stats
         self._role = role
+        self._lag = lag
 
     @staticmethod
     def names() -> set[str]:
         """Every metric family name this collector can yield."""
         tables = (_ENGINE_COUNTERS, _ENGINE_GAUGES)
-        return {name for t in tables for name, _ in t.values()} | {*_OTHER, _OUTAGES}
+        names = {name for t in tables for name, _ in t.values()}
+        return names | {*_OTHER, _OUTAGES, _LAG}
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
@@ -66,6 +126,14 @@ class WorkerCollector(Collector):
         up.add_metric([f"worker-{self._role}"], 1)
         yield up
         engine = stats.get("engine")
+        lag = self._lag() if self._lag is not None and engine is not None else None
+        if lag is not None:
+            yield GaugeMetricFamily(
+                _LAG,
+                "Accepted events waiting to be processed (worker: consumer lag of the "
+                "owned events partitions)",
+                value=lag,
+            )
         if engine is not None:
             for key, (name, doc) in _ENGINE_COUNTERS.items():
                 yield CounterMetricFamily(name, doc, value=engine.get(key, 0))
@@ -106,10 +174,13 @@ def serve_alongside(metrics: Metrics, collector: WorkerCollector) -> None:
     metrics.registry.register(collector)
 
 
-def metrics_app(collector: WorkerCollector) -> web.Application:
-    """An aiohttp app serving ``collector`` on ``/metrics``."""
-    registry = CollectorRegistry()
-    registry.register(collector)
+def metrics_app(source: WorkerCollector | CollectorRegistry) -> web.Application:
+    """An aiohttp app serving a registry (or a collector alone) on ``/metrics``."""
+    if isinstance(source, CollectorRegistry):
+        registry = source
+    else:
+        registry = CollectorRegistry()
+        registry.register(source)
 
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(registry)
@@ -118,3 +189,123 @@ def metrics_app(collector: WorkerCollector) -> web.Application:
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     return app
+
+
+def worker_metrics(ingest: bool) -> Metrics:
+    """``nudge run``'s metrics without the members a worker never updates (``ingest``:
+    it serves the HTTP API, whose members stay)."""
+    metrics = Metrics()
+    for attr in _EMBEDDED_ONLY + (() if ingest else _INGEST_ONLY):
+        metrics.registry.unregister(getattr(metrics, attr))
+    return metrics
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class OutputMeter:
+    """What one core output counts, as the embedded runtime counts it (its
+    ``_on_output``): fires, exposures, conversions, timer lateness (wall clock minus due
+    time), event lateness and too-late events. Duplicates count nowhere."""
+
+    def __init__(self, metrics: Metrics, wall_ms: Callable[[], int] = _wall_ms) -> None:
+        self.metrics = metrics
+        self._wall_ms = wall_ms
+
+    def __call__(self, out: Output) -> None:
+        m = self.metrics
+        if out.timer_due is not None:
+            m.timer_lateness.observe(max(0, self._wall_ms() - out.timer_due) / 1000)
+        elif not out.duplicate:
+            m.event_lateness.observe(out.lateness / 1000)
+            if out.too_late:
+                m.events_too_late.inc()
+        for f in out.fires:
+            m.rule_fires.labels(f.rule_id, f.variant, f.outcome).inc()
+        for c in out.conversions:
+            m.conversions.labels(c.rule_id, c.variant).inc()
+        for rule_id, variant in out.exposures:
+            m.exposures.labels(rule_id, variant).inc()
+
+
+class MeteredEngine(PartitionEngine):
+    """A :class:`PartitionEngine` whose outputs also go to ``meter`` (None: none), and
+    whose batches observe ``nudge_processing_seconds`` (core time per event)."""
+
+    def __init__(
+        self, ruleset: RuleSet, rules_version: int, flush: Flush, meter: OutputMeter | None
+    ) -> None:
+        self._meter = meter
+        super().__init__(ruleset, rules_version, flush)
+
+    def _output_handler(self, index: int) -> OutputHandler:
+        inner = super()._output_handler(index)
+        meter = self._meter
+        if meter is None:
+            return inner
+
+        def on_output(out: Output) -> None:
+            inner(out)
+            meter(out)
+
+        return on_output
+
+    async def process(self, records: Iterable[Record]) -> Any:
+        stats = self.stats
+        events, core = stats.events, stats.core_seconds
+        durable = await super().process(records)
+        n = stats.events - events
+        if n and self._meter is not None:
+            self._meter.metrics.processing.observe((stats.core_seconds - core) / n)
+        return durable
+
+
+class MeteredIngest(KafkaIngest):
+    """The distributed ingest, counting what it accepted and how long the broker took
+    to acknowledge it (``metrics``: the process's)."""
+
+    def __init__(self, *args: Any, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.metrics = metrics
+
+    async def accept(self, batch: Batch) -> None:
+        t0 = time.perf_counter()
+        await super().accept(batch)
+        m = self.metrics
+        events = batch[0]
+        m.journal_commit.observe(time.perf_counter() - t0)
+        m.journal_batch.observe(len(events))
+        for etype, n in Counter(type_label(ev.type) for ev in events).items():
+            m.events_accepted.labels(etype).inc(n)
+
+    async def erase(self, customer_id: str) -> dict[str, Any]:
+        erased = await super().erase(customer_id)
+        self.metrics.customers_erased.inc()
+        return erased
+
+
+def consumer_lag(worker_app: Any) -> int | None:
+    """Events of the worker's owned ``events`` partitions not yet processed: the
+    broker's high watermark (as of the last fetch) minus the next offset to process.
+    None before the engine runs (a delivery-only worker has no engine)."""
+    from faust.types import TP
+
+    engine = worker_app.engine
+    if engine is None:
+        return None
+    consumer = worker_app.app.consumer
+    committed: dict[Any, Any] = getattr(consumer, "_committed_offset", {}) or {}
+    topic = worker_app.cfg.events_topic
+    total = 0
+    for index, part in list(engine.parts.items()):
+        tp = TP(topic, index)
+        try:
+            hw = consumer.highwater(tp)
+        except Exception:
+            hw = None
+        if hw is None:
+            continue
+        done = max(part.last_offset + 1, committed.get(tp) or 0)
+        total += max(0, int(hw) - done)
+    return total

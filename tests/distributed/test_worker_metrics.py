@@ -7,7 +7,7 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine.distributed.metrics import WorkerCollector, serve_alongside
+from engine.distributed.metrics import WorkerCollector, serve_alongside, worker_metrics
 from engine.metrics import Metrics
 
 STATS: dict[str, Any] = {
@@ -47,5 +47,28 @@ def test_collector_replaces_the_runtime_members_in_the_api_registry() -> None:
 
 
 def test_collector_names_cover_what_it_yields() -> None:
-    yielded = {fam.name for fam in WorkerCollector(lambda: STATS, "all").collect()}
+    collector = WorkerCollector(lambda: STATS, "all", lag=lambda: 12)
+    yielded = {fam.name for fam in collector.collect()}
     assert yielded == WorkerCollector.names()
+
+
+def test_worker_registry_has_nudge_runs_names_it_updates() -> None:
+    """A worker's registry: nudge run's families, less the embedded-only ones (and the
+    ingest's when it serves no HTTP); the lag is nudge_queue_depth."""
+    plain, ingest = worker_metrics(ingest=False), worker_metrics(ingest=True)
+    for m in (plain, ingest):
+        serve_alongside(m, WorkerCollector(lambda: STATS, "all", lag=lambda: 12))
+        m.rule_fires.labels("r", "a", "sent").inc()
+    fams, with_http = _families(plain), _families(ingest)
+    assert fams["nudge_queue_depth"] == {"": 12}
+    assert fams["nudge_rule_fires"] == {"outcome=sent,rule=r,variant=a": 1}
+    for name in (
+        "nudge_timer_lateness_seconds",
+        "nudge_event_to_action_seconds",
+        "nudge_build_info",
+    ):
+        assert name in fams
+    for name in ("nudge_checkpoint_seconds", "nudge_outbox_pending", "nudge_ready"):
+        assert name not in fams and name not in with_http
+    assert "nudge_events_accepted" not in fams and "nudge_events_accepted" in with_http
+    assert "nudge_journal_commit_seconds" in with_http
