@@ -176,9 +176,9 @@ class Processor:
                 inst = flows.get(rule_id)
                 if inst is not None and ts >= inst.started_at:
                     slot = etype
-                    if message:
+                    if message:  # attributed by the flow's own version's steps
                         slot = seen_slot(
-                            rs.rules.get(rule_id), inst, st.customer_id, etype, ev.properties
+                            rs.flow_rule(inst), inst, st.customer_id, etype, ev.properties
                         )
                     seen = inst.seen
                     if seen is None:
@@ -319,6 +319,8 @@ class Processor:
             inst = flows.get(rule.id)
             if inst is None or ts < inst.started_at:
                 continue
+            if inst.version != rule.version:  # an open flow leaves on its version's exits
+                rule = self._rs.flow_rule(inst) or rule
             for etype, flt in rule.exits:
                 if etype == ev.type and (
                     flt is None
@@ -412,8 +414,10 @@ class Processor:
 
     # --- timers ------------------------------------------------------------------
     def on_timer(self, customer_id: str, rule_id: str, due: int, now: int) -> Output:
-        """Resume the flow instance whose timer came due. A timer whose rule or instance
-        is gone (rule removed by a deploy, customer erased) does nothing."""
+        """Resume the flow instance whose timer came due, on the rule version it entered
+        with (``RuleSet.flow_rule``). A timer whose instance is gone (customer erased)
+        does nothing; one whose rule or version is gone (removed by a deploy, or past
+        ``versions_kept``) ends the flow."""
         out = Output(customer_id, due)
         st = self.store.get(customer_id)
         if rule_id == SEGMENT_TIMER:
@@ -432,7 +436,7 @@ class Processor:
             return out
         out.lateness = now - due if now > due else 0
         inst.due = None
-        rule = self._rs.rules.get(rule_id)
+        rule = self._rs.flow_rule(inst)
         if rule is None:
             self._runner.close(st, inst)
             return out

@@ -95,6 +95,16 @@ class RuleKit:
     def now(self) -> int:
         return self.clock.now()
 
+    def deploy(self, *texts: str) -> RuleSet:
+        """Swap in a new rule set as the runtimes deploy one: keeping earlier versions of
+        its rules for the flows open on them (rules/versions.py). Returns it."""
+        processor = self.driver.processor
+        rs = load_texts(
+            ((f"<rule {i}>", t) for i, t in enumerate(texts)), processor.ruleset.history()
+        )
+        processor.ruleset = rs
+        return rs
+
     def send(
         self,
         type: str,

@@ -1,16 +1,18 @@
 """A rule set: every rule of a deployment compiled, validated whole and indexed by event type.
 
 Loading is all-or-nothing: one error anywhere and :class:`RuleErrors` lists them all (file,
-line, column); the caller keeps its previous rule set.
+line, column); the caller keeps its previous rule set. A deployed set also carries earlier
+versions of its rules for the flows still open on them (rules/versions.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rules.compiler import CompiledRule, compile_rule
 from rules.durations import parse_cap, parse_duration, parse_range
@@ -19,7 +21,11 @@ from rules.fields import lenient_fields
 from rules.loader import Positions, SourceDoc, parse_specs, rule_files
 from rules.segments import CompiledSegment, compile_segment
 from rules.spec import RuleSpec, SegmentSpec, Settings
+from rules.versions import Archive, compile_archive, move_errors, place, retained, spec_json
 from state.windows import Thresholds, WindowSpec, watch, watch_thresholds
+
+if TYPE_CHECKING:
+    from state.customer import FlowInstance
 
 __all__ = [
     "RECIPES_DIR",
@@ -100,6 +106,52 @@ class RuleSet:
     # (rule id, channel) -> the send needs an address; the runtimes add what their sinks
     # need (``require_addresses``), settings.require_address covers every rule
     address_required: Callable[[str, str], bool] | None = None
+    # earlier versions of the rules, kept for the flows still open on them
+    # (rules/versions.py): rule id -> compiled versions, newest first, and their specs
+    retired: dict[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
+    archive: Archive = field(default_factory=dict)
+    specs: dict[str, RuleSpec] = field(default_factory=dict)  # the current rules' specs
+    # ids of the rules with ``on_update: move``
+    moving: frozenset[str] = frozenset()
+    # ids of the rules whose spec changed without a version bump (against the history
+    # this set was loaded with)
+    changed_in_place: tuple[str, ...] = ()
+
+    def history(self) -> Archive:
+        """What the next deploy keeps versions from: each rule's current spec in front
+        of its archived ones (``load_texts(..., archive=rs.history())``)."""
+        return {
+            rid: [spec_json(spec), *self.archive.get(rid, ())] for rid, spec in self.specs.items()
+        }
+
+    def version_of(self, rule_id: str, version: int) -> CompiledRule | None:
+        """Version ``version`` of rule ``rule_id``: the current one or a kept earlier one
+        (None: not kept, or the rule is gone)."""
+        rule = self.rules.get(rule_id)
+        if rule is None or rule.version == version:
+            return rule
+        for old in self.retired.get(rule_id, ()):
+            if old.version == version:
+                return old
+        return None
+
+    def flow_rule(self, inst: FlowInstance) -> CompiledRule | None:
+        """The definition open flow ``inst`` runs on: its own version while kept (None
+        when not: the flow ends at its next timer, like one of a removed rule). A rule
+        with ``on_update: move`` moves an older flow onto its current version here
+        (``inst.pc`` and ``inst.version`` rewritten: rules/versions.py ``place``); one it
+        cannot place stays on its own version."""
+        rule = self.rules.get(inst.rule_id)
+        if rule is None or rule.version == inst.version:
+            return rule
+        old = self.version_of(inst.rule_id, inst.version)
+        if old is not None and inst.rule_id in self.moving:
+            pc = place(old, rule, inst.pc)
+            if pc is not None:
+                inst.pc = pc
+                inst.version = rule.version
+                return rule
+        return old
 
     def require_addresses(self, needs: Callable[[str, str], bool]) -> None:
         """Sends of (rule id, channel) for which ``needs`` is true require an address
@@ -134,24 +186,40 @@ class RuleSet:
 
     def __post_init__(self) -> None:
         order = sorted(self.rules.values(), key=CompiledRule.sort_key)
+        retired = [old for r in order for old in self.retired.get(r.id, ())]
         trig: dict[str, list[CompiledRule]] = {}
         exits: dict[str, list[CompiledRule]] = {}
         for r in order:
             trig.setdefault(r.trigger, []).append(r)
-            for ev in {e for e, _ in r.exits}:
+            # a kept version's exits too: its open flows leave on them (the processor
+            # tests the exits of the flow's own version, ``flow_rule``)
+            olds = self.retired.get(r.id, ())
+            for ev in {e for v in (r, *olds) for e, _ in v.exits}:
                 exits.setdefault(ev, []).append(r)
         self.by_trigger = {k: tuple(v) for k, v in trig.items()}
         self.by_exit = {k: tuple(v) for k, v in exits.items()}
-        self.goal_types = frozenset(r.goal[0] for r in order if r.goal)
-        # event type -> ids of the rules whose open instances record it in ``seen``; the
-        # rules that record every type are in each (and alone in the default plan)
-        seen_any = tuple(r.id for r in order if r.seen_types is None)
+        self.goal_types = frozenset(r.goal[0] for r in (*order, *retired) if r.goal)
+        # event type -> ids of the rules whose open instances record it in ``seen`` (in
+        # any kept version); the rules that record every type are in each (and alone in
+        # the default plan)
+        seen_types: dict[str, frozenset[str] | None] = {}
+        for r in order:
+            recorded: frozenset[str] | None = r.seen_types
+            for old in self.retired.get(r.id, ()):
+                recorded = (
+                    None
+                    if recorded is None or old.seen_types is None
+                    else recorded | old.seen_types
+                )
+            seen_types[r.id] = recorded
+        seen_any = tuple(r.id for r in order if seen_types[r.id] is None)
         seen: dict[str, list[str]] = {}
         for r in order:
-            for t in r.seen_types or ():
+            for t in seen_types[r.id] or ():
                 seen.setdefault(t, list(seen_any)).append(r.id)
         self.counted = frozenset(self.settings.counters).union(
-            *(r.counted for r in order), (t for seg in self.segments for t, _ in seg.counts)
+            *(r.counted for r in (*order, *retired)),
+            (t for seg in self.segments for t, _ in seg.counts),
         )
         types = set(self.by_trigger) | set(self.by_exit) | self.goal_types | set(seen)
         self.plans = {
@@ -241,8 +309,14 @@ def segments_digest(segments: Iterable[CompiledSegment]) -> str | None:
     return h.hexdigest()[:16]
 
 
-def load_texts(sources: Iterable[tuple[str, str]]) -> RuleSet:
-    """Build a rule set from (path, text) pairs; raise RuleErrors with every error found."""
+def load_texts(
+    sources: Iterable[tuple[str, str]], archive: Mapping[str, list[dict[str, Any]]] | None = None
+) -> RuleSet:
+    """Build a rule set from (path, text) pairs; raise RuleErrors with every error found.
+
+    ``archive``: earlier versions to keep (a stored set's ``archive``, or the running
+    set's ``history()`` at a deploy); the set keeps, for each of its rules, up to
+    ``versions_kept`` versions other than its own (rules/versions.py ``retained``)."""
     errors: list[RuleError] = []
     specs: list[tuple[RuleSpec, SourceDoc]] = []
     settings: list[tuple[Settings, SourceDoc]] = []
@@ -259,6 +333,7 @@ def load_texts(sources: Iterable[tuple[str, str]]) -> RuleSet:
         errors.append(settings[1][1].positions.error((), "only one settings document allowed"))
     setting = settings[0][0] if settings else Settings(kind="settings")
     rules: dict[str, CompiledRule] = {}
+    rule_specs: dict[str, RuleSpec] = {}
     seen: dict[str, Positions] = {}
     for spec, doc in specs:
         if spec.id in seen:
@@ -272,9 +347,10 @@ def load_texts(sources: Iterable[tuple[str, str]]) -> RuleSet:
             continue
         seen[spec.id] = doc.positions
         compiled, errs = compile_rule(spec, doc.positions, setting)
-        errors += errs
+        errors += errs + move_errors(spec, doc.positions)
         if compiled is not None and spec.enabled:
             rules[spec.id] = compiled
+            rule_specs[spec.id] = spec
     segments: dict[str, CompiledSegment] = {}
     for seg, doc in segment_specs:
         if seg.id in segments:
@@ -291,22 +367,40 @@ def load_texts(sources: Iterable[tuple[str, str]]) -> RuleSet:
                 errors.append(RuleError("<rule set>", 1, 1, f"rule {r.id}: no segment {name!r}"))
     if errors:
         raise RuleErrors(errors)
+    kept, in_place = retained(rules, rule_specs, archive, setting.versions_kept)
+    for rule_id in in_place:
+        logger.warning(
+            "rule %s changed without a version bump: its open flows continue at their "
+            "step index with the new steps",
+            rule_id,
+        )
+    retired, kept = compile_archive(kept, setting)
     return RuleSet(
         rules=rules,
         settings=setting,
         digest=h.hexdigest()[:16],
         segments=tuple(segments.values()),
+        retired=retired,
+        archive=kept,
+        specs=rule_specs,
+        moving=frozenset(rid for rid, spec in rule_specs.items() if spec.on_update == "move"),
+        changed_in_place=in_place,
     )
 
 
-def load_stored(sources: Iterable[tuple[str, str]], version: int | None = None) -> RuleSet:
+def load_stored(
+    sources: Iterable[tuple[str, str]],
+    version: int | None = None,
+    archive: Mapping[str, list[dict[str, Any]]] | None = None,
+) -> RuleSet:
     """A rule set already deployed (stored by the runtime, maybe by an earlier version of
     Nudge): like :func:`load_texts`, except that what the field lint finds (rules/
     fields.py: a field that cannot exist) is logged as a warning, not an error. The
     deploy was valid when it was made; refusing it now would stop the engine from
-    starting after an upgrade. Such a condition evaluates false at run time, as before."""
+    starting after an upgrade. Such a condition evaluates false at run time, as before.
+    ``archive``: the earlier versions stored with it (``RuleSet.archive``)."""
     with lenient_fields() as warnings:
-        rs = load_texts(sources)
+        rs = load_texts(sources, archive)
     for message in sorted(set(warnings)):
         logger.warning(
             "deployed rule set%s: %s (allowed in a stored rule set; fix it in the next deploy)",

@@ -223,6 +223,14 @@ class RuleSpec(_Spec):
     on_retrigger: Literal["ignore", "restart"] = Field(
         default="ignore", description="trigger while a run is open: ignore it or start over"
     )
+    on_update: Literal["keep", "move"] = Field(
+        default="keep",
+        description=(
+            "when a deploy changes this rule's version: open flows keep the version they "
+            "entered with (keep), or move to the new one at the wait of the same name "
+            "(move; every wait must be named). docs/rules.md, 'Deploys and open flows'"
+        ),
+    )
     reentry: Literal["always", "once"] | Reentry = "always"
     exit_on: list[EventMatch] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)
@@ -254,6 +262,13 @@ class Settings(_Spec):
     )
     counters: list[EventType] = Field(
         default_factory=list, description="event types to count besides those rules use"
+    )
+    versions_kept: Annotated[int, Field(ge=1, le=50)] = Field(
+        default=5,
+        description=(
+            "earlier versions of each rule kept for the open flows that entered them; an "
+            "open flow of a version no longer kept ends at its next timer"
+        ),
     )
     addresses: dict[str, Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=lambda: {"email": "email", "sms": "phone", "push": "push_token"},
