@@ -45,6 +45,7 @@ class Send:
     params: dict[str, Any]
     dynamic: tuple[tuple[str, Expression], ...]  # params computed at send time
     name: str | None
+    within_ms: int | None = None  # deliver_within: the send-by deadline after fire_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +280,15 @@ class _Compiler:
 
     def send(self, step: SendStep, k: PathKey) -> Send:
         static, dynamic = self.params(step.send.params, (*k, "send", "params"))
-        return Send(step.send.channel, step.send.template, static, dynamic, step.name)
+        within = step.send.deliver_within
+        return Send(
+            step.send.channel,
+            step.send.template,
+            static,
+            dynamic,
+            step.name,
+            None if within is None else parse_duration(within),
+        )
 
     def variants(self) -> tuple[int, tuple[VariantPlan, ...]]:
         exp = self.spec.experiment

@@ -89,6 +89,14 @@ class SendSpec(_Spec):
         default_factory=dict,
         description='Literal values; a string "{{ expr }}" is CEL evaluated at send time',
     )
+    deliver_within: Duration | None = Field(
+        default=None,
+        description=(
+            "send-by deadline: if the message cannot be delivered this long after the step "
+            "was reached (a provider outage), it is not sent but recorded as expired "
+            "(default: the sink's, else per channel; docs/sinks.md)"
+        ),
+    )
 
 
 class WaitUntil(_Spec):
