@@ -4,7 +4,8 @@ Three files. ``journal.db``: ``journal`` (accepted requests, one row per request
 array of events whose seqs are ``seq``, ``seq + 1``, ...; an erased customer's events
 become ``null``). ``states.db``: ``states`` (customer state checkpoints) and ``meta``
 (checkpoint positions). ``state.db``: ``outbox`` (actions by idempotency key, so a replay
-never queues one twice) and ``rules`` (deployed rule set versions). A data directory from
+never queues one twice), ``rules`` (deployed rule set versions) and ``rules_archive``
+(the earlier rule versions each deploy keeps: rules/versions.py). A data directory from
 before ``states.db`` existed has its states and positions moved there on first open.
 
 Each file has its own lock, so a checkpoint's bulk write never delays the ingest path's
@@ -89,6 +90,11 @@ CREATE TABLE IF NOT EXISTS rules (
     version INTEGER PRIMARY KEY,
     created_at INTEGER NOT NULL,
     files BLOB NOT NULL
+);
+-- per deployed version: the earlier rule versions it keeps (JSON; none before it existed)
+CREATE TABLE IF NOT EXISTS rules_archive (
+    version INTEGER PRIMARY KEY,
+    archive BLOB NOT NULL
 );
 """
 
@@ -526,14 +532,40 @@ class SqliteStore:
         return out
 
     # --- rules ---------------------------------------------------------------------
-    def save_rules(self, created_at: int, files: dict[str, str]) -> int:
-        row = self.db.execute("SELECT COALESCE(MAX(version), 0) FROM rules").fetchone()
-        version = int(row[0]) + 1
-        self.db.execute(
-            "INSERT INTO rules (version, created_at, files) VALUES (?, ?, ?)",
-            (version, created_at, orjson.dumps(files)),
-        )
+    def save_rules(
+        self, created_at: int, files: dict[str, str], archive: dict[str, Any] | None = None
+    ) -> int:
+        """Store ``files`` as the next version, with the earlier rule versions it keeps
+        (``RuleSet.archive``), in one transaction. Returns the version."""
+        with _transaction(self.db):
+            row = self.db.execute("SELECT COALESCE(MAX(version), 0) FROM rules").fetchone()
+            version = int(row[0]) + 1
+            self.db.execute(
+                "INSERT INTO rules (version, created_at, files) VALUES (?, ?, ?)",
+                (version, created_at, orjson.dumps(files)),
+            )
+            if archive:
+                self.db.execute(
+                    "INSERT INTO rules_archive (version, archive) VALUES (?, ?)",
+                    (version, orjson.dumps(archive)),
+                )
         return version
+
+    def rules_archive(self, version: int) -> dict[str, Any]:
+        """The earlier rule versions stored with deployed version ``version`` ({} if
+        none)."""
+        row = self.db.execute(
+            "SELECT archive FROM rules_archive WHERE version = ?", (version,)
+        ).fetchone()
+        return {} if row is None else dict(orjson.loads(row[0]))
+
+    def rules_files(self, version: int) -> dict[str, str] | None:
+        """The files of deployed version ``version`` (None: no such version)."""
+        row = self.db.execute("SELECT files FROM rules WHERE version = ?", (version,)).fetchone()
+        if row is None:
+            return None
+        files: dict[str, Any] = orjson.loads(row[0])
+        return {str(k): str(v) for k, v in files.items()}
 
     def latest_rules(self) -> tuple[int, dict[str, str]] | None:
         row = self.db.execute(
