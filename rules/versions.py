@@ -16,7 +16,7 @@ the name of the wait they are in (:func:`place`); one it cannot place stays on i
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,12 +24,13 @@ from pydantic import ValidationError
 from rules.compiler import CompiledRule, Wait, compile_rule
 from rules.exceptions import RuleError
 from rules.fields import lenient_fields
-from rules.loader import Positions
+from rules.loader import Positions, parse_specs
 from rules.spec import IfStep, RuleSpec, Settings, Step, WaitStep
 
 __all__ = [
     "Archive",
     "compile_archive",
+    "history_of",
     "move_errors",
     "place",
     "retained",
@@ -175,3 +176,17 @@ def move_errors(spec: RuleSpec, pos: Positions) -> list[RuleError]:
         )
         for k in _waits(spec.steps, ("steps",))
     ]
+
+
+def history_of(
+    sources: Iterable[tuple[str, str]], archive: Mapping[str, list[dict[str, Any]]] | None
+) -> Archive:
+    """``RuleSet.history()`` of a stored rule set without compiling it: each enabled
+    rule's spec (the first of an id) in front of its archived versions. What does not
+    parse is left out (a stored set was valid when deployed)."""
+    out: Archive = {}
+    for path, text in sources:
+        for spec, _ in parse_specs(path, text).rules:
+            if spec.enabled and spec.id not in out:
+                out[spec.id] = [spec_json(spec), *(archive or {}).get(spec.id, ())]
+    return out

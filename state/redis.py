@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -43,16 +43,26 @@ T = TypeVar("T")
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
-# Store a rule set only if its version is newer than the stored one (concurrent deploys).
+# Store a rule set only if its version is newer than the stored one (concurrent deploys);
+# keep the last RULES_HISTORY records, newest first (rollback).
 _PUT_RULES = """
 local cur = redis.call('GET', KEYS[2])
 local v = tonumber(ARGV[1])
 if cur and tonumber(cur) >= v then return 0 end
+if redis.call('LLEN', KEYS[4]) == 0 then
+  local old = redis.call('GET', KEYS[1])
+  if old then redis.call('LPUSH', KEYS[4], old) end
+end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1])
+redis.call('LPUSH', KEYS[4], ARGV[2])
+redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[3]) - 1)
 redis.call('PUBLISH', KEYS[3], ARGV[1])
 return 1
 """
+RULES_HISTORY = 20
+"""Deployed rule set records kept in Redis for ``nudge rules rollback`` (the current one
+included)."""
 
 
 # Start an RFM round (engine/distributed/models.py) unless one started recently.
@@ -86,10 +96,13 @@ class Claim(Enum):
 
 @dataclass(frozen=True)
 class RulesRecord:
-    """A deployed rule set: monotonically increasing ``version`` and the file texts."""
+    """A deployed rule set: monotonically increasing ``version``, the file texts and the
+    earlier rule versions it keeps for open flows (``RuleSet.archive``,
+    rules/versions.py; empty in a record stored before it existed)."""
 
     version: int
     files: dict[str, str]
+    archive: dict[str, Any] = field(default_factory=dict)
 
 
 class RedisState:
@@ -116,6 +129,7 @@ class RedisState:
         self.rules_key = f"{prefix}:rules"
         self.rules_version_key = f"{prefix}:rules:version"
         self.rules_channel = f"{prefix}:rules:deploy"
+        self.rules_history_key = f"{prefix}:rules:history"
         self.unavailable_since: float | None = None
         self.outages = 0
 
@@ -382,20 +396,37 @@ class RedisState:
         raw = await self._retry(lambda: self._get(self.rules_key), "rules")
         if raw is None:
             return None
-        data = orjson.loads(raw)
-        return RulesRecord(int(data["version"]), dict(data["files"]))
+        return _record(raw)
 
-    async def put_rules(self, files: dict[str, str], version: int | None = None) -> int:
-        """Store ``files`` as a new version (the stored version + 1, or ``version`` when
-        given and newer) and announce it on the deploy channel. Returns the version; 0 if
-        a newer version was stored meanwhile. Callers validate the files first."""
+    async def rules_history(self) -> list[RulesRecord]:
+        """The last RULES_HISTORY deployed records, newest first (the current one
+        first; records stored before the history existed are not in it)."""
+        key = self.rules_history_key
+        raws = await self._retry(lambda: self.client.lrange(key, 0, -1), "rules_history")
+        return [_record(raw) for raw in raws]
+
+    async def put_rules(
+        self,
+        files: dict[str, str],
+        version: int | None = None,
+        archive: dict[str, Any] | None = None,
+    ) -> int:
+        """Store ``files`` (and the earlier rule versions it keeps, ``archive``) as a new
+        version (the stored version + 1, or ``version`` when given and newer) and announce
+        it on the deploy channel. Returns the version; 0 if a newer version was stored
+        meanwhile. Callers validate the files first."""
 
         async def op() -> int:
             cur = await self.client.get(self.rules_version_key)
             v = version if version is not None else int(cur or 0) + 1
-            body = orjson.dumps({"version": v, "files": files})
-            keys = [self.rules_key, self.rules_version_key, self.rules_channel]
-            done = await self.client.eval(_PUT_RULES, 3, *keys, v, body)
+            body = orjson.dumps({"version": v, "files": files, "archive": archive or {}})
+            keys = [
+                self.rules_key,
+                self.rules_version_key,
+                self.rules_channel,
+                self.rules_history_key,
+            ]
+            done = await self.client.eval(_PUT_RULES, 4, *keys, v, body, RULES_HISTORY)
             return v if int(done) else 0
 
         return await self._retry(op, "put_rules")
@@ -458,3 +489,13 @@ class RedisState:
             return [orjson.loads(v) for v in await self.client.mget(keys) if v is not None]
 
         return await self._retry(op, "backfill progress")
+
+
+def _record(raw: bytes | str) -> RulesRecord:
+    data = orjson.loads(raw)
+    archive = data.get("archive")
+    return RulesRecord(
+        int(data["version"]),
+        dict(data["files"]),
+        dict(archive) if isinstance(archive, dict) else {},
+    )

@@ -1,5 +1,6 @@
-"""The deployed rule set in Redis: ``publish_rules`` (validate, store a new version,
-announce it) and the worker's hot reload (:class:`RuleWatcher`).
+"""The deployed rule set in Redis: ``publish_rules`` (validate, store a new version with
+the earlier rule versions it keeps for open flows, announce it), the records a rollback
+deploys again (``stored_rule_files``) and the worker's hot reload (:class:`RuleWatcher`).
 
 A rule set with any error is rejected whole (:class:`~rules.errors.RuleErrors` from
 ``load_texts``) before anything is stored. Workers swap to a newer version between two
@@ -13,12 +14,21 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from rules.loader import rule_files
 from rules.ruleset import RECIPES_DIR, RuleSet, load_stored, load_texts
+from rules.versions import history_of
 from state.redis import RedisState, RulesRecord
 
-__all__ = ["RuleWatcher", "files_from_paths", "publish_rules", "publish_rules_async"]
+__all__ = [
+    "RuleWatcher",
+    "deploy_rules",
+    "files_from_paths",
+    "publish_rules",
+    "publish_rules_async",
+    "stored_rule_files",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +41,36 @@ def files_from_paths(paths: list[str] | None) -> dict[str, str]:
     return {str(f): f.read_text(encoding="utf-8") for f in rule_files(names)}
 
 
+async def deploy_rules(redis: RedisState, files: Mapping[str, str]) -> tuple[RuleSet, int]:
+    """Validate ``files`` (raises RuleErrors, nothing stored), keeping the deployed set's
+    rule versions for the flows open on them (rules/versions.py), store them as the next
+    version and notify every worker. Returns the rule set and its version (0: a newer one
+    was stored meanwhile)."""
+    rec = await redis.load_rules()
+    history = None if rec is None else history_of(sorted(rec.files.items()), rec.archive)
+    # parsing is CPU work (a 1 MiB file: ~1.4 s): in a thread, the loop keeps serving
+    rs = await asyncio.to_thread(load_texts, sorted(files.items()), history)
+    return rs, await redis.put_rules(dict(files), archive=rs.archive)
+
+
+async def stored_rule_files(redis: RedisState, version: int) -> dict[str, str] | None:
+    """The files of deployed version ``version`` while Redis keeps it (the last
+    RULES_HISTORY deploys, state/redis.py), else None: what a rollback deploys again."""
+    for kept in await redis.rules_history():
+        if kept.version == version:
+            return kept.files
+    rec = await redis.load_rules()
+    return rec.files if rec is not None and rec.version == version else None
+
+
 async def publish_rules_async(
     redis_url: str, files: Mapping[str, str], *, prefix: str = "nudge"
 ) -> int:
     """Validate ``files`` (raises RuleErrors, nothing stored), store them as the next
-    version and notify every worker. Returns the version."""
-    load_texts(sorted(files.items()))
+    version and notify every worker (:func:`deploy_rules`). Returns the version."""
     state = RedisState(redis_url, prefix=prefix, retry_for=10.0)
     try:
-        return await state.put_rules(dict(files))
+        return (await deploy_rules(state, files))[1]
     finally:
         await state.close()
 
@@ -59,11 +90,12 @@ class RuleWatcher:
         self.seed_files = seed_files
         self.version = 0
         self.files: dict[str, str] = {}
+        self.archive: dict[str, Any] = {}
 
     async def initial(self) -> tuple[RuleSet, int]:
         rec = await self.redis.seed_rules(self.seed_files)
-        rs = load_stored(sorted(rec.files.items()), rec.version)
-        self.version, self.files = rec.version, rec.files
+        rs = load_stored(sorted(rec.files.items()), rec.version, rec.archive)
+        self.version, self.files, self.archive = rec.version, rec.files, rs.archive
         return rs, rec.version
 
     async def watch(self, on_rules: OnRules, poll: float = 5.0) -> None:
@@ -86,17 +118,17 @@ class RuleWatcher:
         """Redis lost the rule set (restart without persistence): store ours again."""
         if self.files:
             logger.warning("deployed rule set missing in redis; restoring version %d", self.version)
-            await self.redis.put_rules(self.files, self.version)
+            await self.redis.put_rules(self.files, self.version, self.archive)
 
     def _apply(self, rec: RulesRecord, on_rules: OnRules) -> None:
         try:  # validated by the process that deployed it
-            rs = load_stored(sorted(rec.files.items()), rec.version)
+            rs = load_stored(sorted(rec.files.items()), rec.version, rec.archive)
         except Exception:
             logger.exception(
                 "rule set version %d does not load; keeping %d", rec.version, self.version
             )
             self.version = rec.version  # do not retry the same broken version
             return
-        self.version, self.files = rec.version, rec.files
+        self.version, self.files, self.archive = rec.version, rec.files, rs.archive
         on_rules(rs, rec.version)
         logger.info("rule set version %d deployed (%d rules)", rec.version, len(rs.rules))
