@@ -29,11 +29,12 @@ from aiokafka import AIOKafkaProducer
 
 from engine.clock import Clock, SystemClock
 from engine.distributed.requests import ReplyFollower
+from engine.distributed.rules import deploy_rules, stored_rule_files
 from engine.distributed.segments import SegmentFeed
 from engine.embedded.exceptions import Backpressure, NotReady
 from engine.embedded.segment_index import SegmentIndex
 from engine.types import Event
-from rules.ruleset import RuleSet, load_stored, load_texts
+from rules.ruleset import RuleSet, load_stored
 from state.redis import RedisState
 
 __all__ = ["KafkaIngest"]
@@ -209,11 +210,18 @@ class KafkaIngest:
         )
 
     async def deploy(self, files: dict[str, str]) -> int:
-        """Validate and publish a rule set to every worker (raises RuleErrors)."""
+        """Validate and publish a rule set to every worker (raises RuleErrors), with the
+        deployed set's rule versions kept for open flows (engine/distributed/rules.py)."""
         if self.redis is None:
             raise NotReady("no redis configured for rule deploys")
-        rs = await asyncio.to_thread(load_texts, sorted(files.items()))  # CPU work, off the loop
-        version = await self.redis.put_rules(dict(files))
+        rs, version = await deploy_rules(self.redis, files)
         if version > self.rules_version:  # else the follower already has a newer one
             self.ruleset, self.rules_version, self.rules_files = rs, version, dict(files)
         return version
+
+    async def rule_files(self, version: int) -> dict[str, str] | None:
+        """The files of deployed version ``version`` while Redis keeps it (None: not
+        kept): what ``POST /v1/rules/rollback`` deploys again."""
+        if self.redis is None:
+            raise NotReady("no redis configured for rule deploys")
+        return await stored_rule_files(self.redis, version)

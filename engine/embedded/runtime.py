@@ -301,7 +301,11 @@ class Runtime:
         latest = await self.db(self.store.latest_rules)
         if latest is not None:
             self.rules_version, self.rules_files = latest
-            self.ruleset = load_stored(sorted(self.rules_files.items()), self.rules_version)
+            # with the earlier rule versions its open flows may still run on
+            archive = await self.db(self.store.rules_archive, self.rules_version)
+            self.ruleset = load_stored(
+                sorted(self.rules_files.items()), self.rules_version, archive
+            )
             self.ruleset.require_addresses(self.router.needs_address)
         else:
             rs = load_ruleset(self.cfg.rules)
@@ -830,11 +834,14 @@ class Runtime:
             task.add_done_callback(self._starting.discard)
 
     async def deploy(self, files: dict[str, str]) -> int:
-        """Validate a whole rule set and swap it in; raises RuleErrors (nothing changes)."""
+        """Validate a whole rule set and swap it in; raises RuleErrors (nothing changes).
+        The running set's rule versions are kept for the flows open on them
+        (rules/versions.py), stored with the new version."""
         assert self.store is not None
+        history = self.ruleset.history() if self.ruleset is not None else None
         # parsing is CPU work (a 1 MiB file: ~1.4 s): in a thread, the loop keeps serving
-        rs = await asyncio.to_thread(load_texts, sorted(files.items()))
-        version: int = await self.db(self.store.save_rules, self.clock.now(), files)
+        rs = await asyncio.to_thread(load_texts, sorted(files.items()), history)
+        version: int = await self.db(self.store.save_rules, self.clock.now(), files, rs.archive)
         rs.require_addresses(self.router.needs_address)
         if self.models is not None:  # segments reading rfm/predicted: the population's key
             rs.use_population(self.models.population.key(rs.segments_population))
@@ -846,6 +853,13 @@ class Runtime:
         self.metrics.ruleset_version.set(version)
         await self.segment_backfill.start(rs)
         return version
+
+    async def rule_files(self, version: int) -> dict[str, str] | None:
+        """The files of deployed rule set version ``version`` (None: no such version):
+        what ``POST /v1/rules/rollback`` deploys again (engine/http/rules.py)."""
+        assert self.store is not None
+        files: dict[str, str] | None = await self.db(self.store.rules_files, version)
+        return files
 
 
 def _recipes() -> Path:
