@@ -1,4 +1,15 @@
-"""Actions that could not be delivered, kept in SQLite until replayed or removed."""
+"""Actions that could not be delivered, kept in SQLite until replayed or removed.
+
+Each letter has a ``reason``: ``rejected`` (the receiver refused it: a 4xx other than
+408/409/425/429), ``horizon`` (retried for the sink's whole retry horizon), ``attempts``
+(the sink's optional attempt cap), ``expired`` (its send-by deadline passed: not sent on
+purpose), or ``failed`` (letters written before reasons existed).
+
+Replay: without an engine on the data directory, :meth:`DeadLetterStore.replay` delivers
+letters itself. With one running, ``nudge deadletter replay`` only marks them
+(:meth:`request_replay`); the engine takes them (:meth:`take_replays`) back into its
+outbox, so its breakers, per-customer order and gauges see the replay.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +46,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (failed_at, key);
 """
-_COLUMNS = "key, sink, action, error, attempts, failed_at"
+# added later: ALTER TABLE on an older file (SQLite has no ADD COLUMN IF NOT EXISTS)
+_ADDED = {
+    "reason": "ALTER TABLE dead_letters ADD COLUMN reason TEXT NOT NULL DEFAULT 'failed'",
+    "replay": "ALTER TABLE dead_letters ADD COLUMN replay INTEGER NOT NULL DEFAULT 0",
+}
+_COLUMNS = "key, sink, action, error, attempts, failed_at, reason"
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Action).decode
 
@@ -53,7 +69,8 @@ def _wall_ms() -> Millis:
 @dataclass(frozen=True)
 class DeadLetter:
     """One undeliverable action: the sink it was meant for, the last error, how many
-    attempts were made in total, and when it last failed (epoch ms)."""
+    attempts were made in total, when it last failed (epoch ms) and why it was given up
+    (``reason``: module docstring)."""
 
     key: str
     sink_name: str
@@ -61,6 +78,7 @@ class DeadLetter:
     error: str
     attempts: int
     failed_at: Millis
+    reason: str = "failed"
 
 
 class DeadLetterStore:
@@ -85,6 +103,10 @@ class DeadLetterStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(dead_letters)")}
+            for column, ddl in _ADDED.items():
+                if column not in have:
+                    db.execute(ddl)
         except BaseException:
             db.close()
             raise
@@ -97,15 +119,31 @@ class DeadLetterStore:
             self._db.close()
             self._db = self._open()
 
-    def add(self, action: Action, sink_name: str, error: str, attempts: int) -> None:
-        """Record ``action`` as undeliverable to ``sink_name`` (insert or update by key)."""
+    def add(
+        self,
+        action: Action,
+        sink_name: str,
+        error: str,
+        attempts: int,
+        reason: str = "failed",
+    ) -> None:
+        """Record ``action`` as undeliverable to ``sink_name`` for ``reason`` (insert or
+        update by key; an update clears a pending replay request)."""
         with self._lock:
             self._db.execute(
-                f"INSERT INTO dead_letters ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO dead_letters ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET sink = excluded.sink, action = excluded.action,"
                 " error = excluded.error, attempts = excluded.attempts,"
-                " failed_at = excluded.failed_at",
-                (action.idempotency_key, sink_name, _encode(action), error, attempts, self._now()),
+                " failed_at = excluded.failed_at, reason = excluded.reason, replay = 0",
+                (
+                    action.idempotency_key,
+                    sink_name,
+                    _encode(action),
+                    error,
+                    attempts,
+                    self._now(),
+                    reason,
+                ),
             )
 
     def list(self, limit: int = 100, *, sink_name: str | None = None) -> builtins.list[DeadLetter]:
@@ -117,6 +155,56 @@ class DeadLetterStore:
         with self._lock:
             row = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()
         return int(row[0])
+
+    def counts(self) -> dict[str, int]:
+        """How many dead letters there are, by reason."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT reason, count(*) FROM dead_letters GROUP BY reason"
+            ).fetchall()
+        return {str(r): int(n) for r, n in rows}
+
+    def request_replay(self, *, sink_name: str | None = None, expired: bool = False) -> int:
+        """Mark letters for a running engine to replay (:meth:`take_replays`); returns
+        how many. Expired letters only with ``expired`` (they were not sent on purpose)."""
+        sql = "UPDATE dead_letters SET replay = 1 WHERE replay = 0"
+        args: builtins.list[str] = []
+        if sink_name is not None:
+            sql += " AND sink = ?"
+            args.append(sink_name)
+        if not expired:
+            sql += " AND reason != 'expired'"
+        with self._lock:
+            cur = self._db.execute(sql, args)
+        return cur.rowcount
+
+    def replay_requested(self) -> int:
+        """How many letters wait for a running engine to take them."""
+        with self._lock:
+            row = self._db.execute("SELECT count(*) FROM dead_letters WHERE replay = 1").fetchone()
+        return int(row[0])
+
+    def take_replays(self, limit: int = 500) -> builtins.list[DeadLetter]:
+        """Up to ``limit`` letters marked by :meth:`request_replay`, in key order. They
+        stay in the store until the caller removes them (:meth:`remove_many`), after it
+        made them durable elsewhere."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM dead_letters WHERE replay = 1 ORDER BY key LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_letter(*row) for row in rows]
+
+    def remove_many(self, keys: builtins.list[str]) -> int:
+        """Delete the dead letters with these keys; returns how many there were."""
+        removed = 0
+        with self._lock:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                cur = self._db.execute(f"DELETE FROM dead_letters WHERE key IN ({marks})", chunk)
+                removed += cur.rowcount
+        return removed
 
     def remove(self, key: str) -> bool:
         """Delete the dead letter with idempotency key ``key``; ``False`` if there was none."""
@@ -135,15 +223,18 @@ class DeadLetterStore:
         policy: RetryPolicy,
         *,
         all_sinks: bool = False,
+        expired: bool = False,
         sleep: Sleep = asyncio.sleep,
         batch: int = 100,
     ) -> tuple[int, int]:
         """Re-deliver dead letters to ``sink`` with :func:`~connectors.retry.deliver`, one at
         a time, in key order; return ``(delivered, failed)``.
 
-        Only the letters recorded for ``sink.name`` are replayed, unless ``all_sinks``. A
-        delivered letter is removed; a failed one stays, with the new error and attempts
-        added to its count. Letters added while the replay runs may or may not be included.
+        Only the letters recorded for ``sink.name`` are replayed, unless ``all_sinks``;
+        expired letters only with ``expired``. There is no send-by deadline on a replay,
+        and the retry horizon runs from the letter's replay. A delivered letter is
+        removed; a failed one stays, with the new error and reason, and attempts added to
+        its count. Letters added while the replay runs may or may not be included.
         The sink must be started.
         """
         delivered = failed = 0
@@ -152,11 +243,19 @@ class DeadLetterStore:
         while letters := self._select(batch, sink_name, after=after, by_key=True):
             for letter in letters:
                 after = letter.key
+                if letter.reason == "expired" and not expired:
+                    continue
                 try:
                     await deliver(sink, letter.action, policy, sleep)
                 except SinkError as err:
                     failed += 1
-                    self.add(letter.action, sink.name, str(err), letter.attempts + err.attempts)
+                    self.add(
+                        letter.action,
+                        sink.name,
+                        str(err),
+                        letter.attempts + err.attempts,
+                        err.reason or "rejected",
+                    )
                     logger.info("replay of %s to %s failed: %s", letter.key, sink.name, err)
                 else:
                     delivered += 1
@@ -180,14 +279,10 @@ class DeadLetterStore:
             sql += " WHERE " + " AND ".join(where)
         with self._lock:
             rows = self._db.execute(f"{sql} ORDER BY {order} LIMIT ?", (*args, limit)).fetchall()
-        return [
-            DeadLetter(
-                key=key,
-                sink_name=sink,
-                action=_decode(blob),
-                error=error,
-                attempts=attempts,
-                failed_at=failed_at,
-            )
-            for key, sink, blob, error, attempts, failed_at in rows
-        ]
+        return [_letter(*row) for row in rows]
+
+
+def _letter(
+    key: str, sink: str, blob: bytes, error: str, attempts: int, failed_at: int, reason: str
+) -> DeadLetter:
+    return DeadLetter(key, sink, _decode(blob), error, attempts, failed_at, reason)

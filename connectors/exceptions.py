@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.exceptions import NudgeError
 
-__all__ = ["ConnectorError", "SinkBackpressure", "SinkError"]
+__all__ = ["ConnectorError", "Expired", "SinkBackpressure", "SinkError"]
 
 
 class ConnectorError(NudgeError):
@@ -28,6 +28,10 @@ class SinkError(ConnectorError):
     be encoded, retries exhausted). ``status`` is the HTTP status when there was one.
     ``attempts`` is how many sends were made; :func:`connectors.retry.deliver` sets it on
     the error it raises when it gives up (a single ``send`` leaves it at 1).
+    ``reason`` says why delivery ended for good, on the errors that end it: ``rejected``
+    (the receiver refused it), ``horizon`` (retried for the whole retry horizon),
+    ``attempts`` (the optional attempt cap), ``expired`` (:class:`Expired`); ``None`` on
+    a single attempt's error.
     """
 
     def __init__(
@@ -37,11 +41,13 @@ class SinkError(ConnectorError):
         retryable: bool,
         status: int | None = None,
         attempts: int = 1,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
         self.attempts = attempts
+        self.reason = reason
 
 
 class SinkBackpressure(SinkError):
@@ -51,3 +57,12 @@ class SinkBackpressure(SinkError):
     def __init__(self, message: str, *, retry_after: float, status: int | None = None) -> None:
         super().__init__(message, retryable=True, status=status)
         self.retry_after = retry_after
+
+
+class Expired(SinkError):
+    """An action's send-by deadline (epoch ms ``deadline``) passed before it could be
+    delivered: it is not sent, and recorded with reason ``expired``."""
+
+    def __init__(self, message: str, *, deadline: int, attempts: int = 0) -> None:
+        super().__init__(message, retryable=False, attempts=attempts, reason="expired")
+        self.deadline = deadline

@@ -35,14 +35,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from connectors.breaker import BreakerPolicy
+from connectors.deadline import Deadlines, RuleWithin
 from connectors.exceptions import ConnectorError
+from connectors.options import DeliveryOptions
 from connectors.retry import RetryPolicy
 from connectors.sinks.base import Sink
 from connectors.sinks.fcm import FcmConfig, FcmSink, ServiceAccount
 from connectors.sinks.jsonl import JsonlSink
 from connectors.sinks.log import LogSink
-from connectors.sinks.provider import ProviderConfig, read_secrets, secret_problems
+from connectors.sinks.provider import (
+    ProviderConfig,
+    SecretProblem,
+    read_secret,
+    read_secrets,
+    secret_problems,
+)
 from connectors.sinks.sendgrid import SendGridConfig, SendGridSink
+from connectors.sinks.signing import WebhookSigner, parse_secrets
 from connectors.sinks.twilio import TwilioConfig, TwilioSink, load_templates
 from connectors.sinks.webhook import WebhookSink
 from engine.types import Action
@@ -69,14 +79,27 @@ class _JsonlConfig(_Strict):
     fsync_every: Annotated[int, Field(ge=0)] = 1
 
 
-class _WebhookConfig(_Strict):
+class _WebhookConfig(DeliveryOptions):
     type: Literal["webhook"]
     url: Annotated[str, Field(pattern=r"^https?://[^/\s]+")]
     timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
     headers: dict[str, str] = {}
-    max_attempts: Annotated[int, Field(ge=1)] = 5
-    base_delay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.2
-    max_delay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
+    # Standard Webhooks signing: one or two whsec_ secrets (new first), whitespace-separated
+    signing_secret_env: _Name | None = None
+    signing_secret_file: _Name | None = None
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> _WebhookConfig:
+        if self.signing_secret_env is not None and self.signing_secret_file is not None:
+            raise ValueError("give signing_secret_env or signing_secret_file, not both")
+        return self
+
+    def secret_source(self) -> tuple[str, str] | None:
+        if self.signing_secret_env is not None:
+            return "signing_secret_env", self.signing_secret_env
+        if self.signing_secret_file is not None:
+            return "signing_secret_file", self.signing_secret_file
+        return None
 
 
 _SinkConfig = _LogConfig | _JsonlConfig | _WebhookConfig | SendGridConfig | TwilioConfig | FcmConfig
@@ -150,7 +173,13 @@ class Router:
     :meth:`close_all`, used by a route or not.
     """
 
-    def __init__(self, sinks: Mapping[str, Sink], routes: Sequence[Route], default: str) -> None:
+    def __init__(
+        self,
+        sinks: Mapping[str, Sink],
+        routes: Sequence[Route],
+        default: str,
+        options: Mapping[str, DeliveryOptions] | None = None,
+    ) -> None:
         for i, route in enumerate(routes):
             if route.sink not in sinks:
                 raise ConnectorError(f"unknown sink {route.sink!r}", field=f"$.routes[{i}].sink")
@@ -159,6 +188,7 @@ class Router:
         self.sinks: dict[str, Sink] = dict(sinks)
         self.routes: tuple[Route, ...] = tuple(routes)
         self.default = default
+        self.options: dict[str, DeliveryOptions] = dict(options or {})
         self._started: list[Sink] = []
 
     @classmethod
@@ -179,11 +209,15 @@ class Router:
             raise ConnectorError(message, field=first.field)
         cfg = _RoutingConfig.model_validate(config)
         sinks: dict[str, Sink] = {}
+        options: dict[str, DeliveryOptions] = {}
         for name, raw in cfg.sinks.items():
             sinks[name] = _build_sink(name, raw, f"$.sinks.{name}", env)
+            sink_cfg = _SINK_MODELS[raw["type"]].model_validate(raw)
+            if isinstance(sink_cfg, DeliveryOptions):
+                options[name] = sink_cfg
         sinks.setdefault("log", LogSink("log"))
         routes = [Route(sink=r.sink, rule=r.rule, channel=r.channel) for r in cfg.routes]
-        return cls(sinks, routes, cfg.default)
+        return cls(sinks, routes, cfg.default, options)
 
     def sink_name(self, rule_id: str, channel: str) -> str:
         """The name of the sink sends of ``rule_id`` on ``channel`` go to."""
@@ -209,6 +243,22 @@ class Router:
         ``default``."""
         own = getattr(sink, "policy", None)
         return own if isinstance(own, RetryPolicy) else default
+
+    def breaker_policy(self, sink_name: str) -> BreakerPolicy:
+        """The circuit breaker settings of ``sink_name`` (its ``breaker:``, else the
+        defaults)."""
+        opts = self.options.get(sink_name)
+        return opts.breaker.policy() if opts is not None else BreakerPolicy()
+
+    def deadlines(self, per_rule: RuleWithin | None = None) -> Deadlines:
+        """Send-by deadlines: ``per_rule`` (the rule send steps'), then each sink's
+        ``deliver_within``, then the channel defaults (connectors/deadline.py)."""
+        per_sink = {
+            name: opts.within()
+            for name, opts in self.options.items()
+            if opts.deliver_within is not None
+        }
+        return Deadlines(per_sink=per_sink, per_rule=per_rule)
 
     async def start_all(self) -> None:
         """Start every sink, in config order. If one fails, the ones already started are
@@ -286,6 +336,8 @@ def _sink_problems(
     if problems:
         return problems
     cfg = model.model_validate(raw)
+    if isinstance(cfg, _WebhookConfig):
+        return _signing_problems(cfg, base, env, warn_secrets)
     if not isinstance(cfg, ProviderConfig):
         return []
     unreadable = secret_problems(cfg, env)
@@ -314,6 +366,35 @@ def _sink_problems(
     return problems
 
 
+def _signing_problems(
+    cfg: _WebhookConfig,
+    base: tuple[str | int, ...],
+    env: Mapping[str, str] | None,
+    warn_secrets: bool,
+) -> list[Problem]:
+    source = cfg.secret_source()
+    if source is None:
+        return []
+    got = read_secret(*source, env)
+    if isinstance(got, SecretProblem):
+        return [Problem((*base, got.key), got.message, warn_secrets)]
+    try:
+        parse_secrets(got)
+    except ConnectorError as err:
+        return [Problem((*base, source[0]), err.message)]
+    return []
+
+
+def _signer(cfg: _WebhookConfig, path: str, env: Mapping[str, str] | None) -> WebhookSigner | None:
+    source = cfg.secret_source()
+    if source is None:
+        return None
+    got = read_secret(*source, env)
+    if isinstance(got, SecretProblem):
+        raise ConnectorError(got.message, field=f"{path}.{got.key}")
+    return WebhookSigner(parse_secrets(got, field=f"{path}.{source[0]}"))
+
+
 def _build_sink(name: str, raw: dict[str, Any], path: str, env: Mapping[str, str] | None) -> Sink:
     cfg = _SINK_MODELS[raw["type"]].model_validate(raw)  # check_config passed
     if isinstance(cfg, _LogConfig):
@@ -325,10 +406,9 @@ def _build_sink(name: str, raw: dict[str, Any], path: str, env: Mapping[str, str
             cfg.url,
             timeout=cfg.timeout,
             headers=cfg.headers,
-            max_attempts=cfg.max_attempts,
-            base_delay=cfg.base_delay,
-            max_delay=cfg.max_delay,
             name=name,
+            policy=cfg.policy(),
+            signer=_signer(cfg, path, env),
         )
     secrets = read_secrets(cfg, path, os.environ if env is None else env)
     try:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from yarl import URL
 
 from connectors.exceptions import ConnectorError, SinkBackpressure, SinkError
+from connectors.options import DeliveryOptions
 from connectors.ratelimit import Monotonic, TokenBucket
 from connectors.retry import RetryPolicy, Sleep
 from connectors.sinks.webhook import RETRYABLE_STATUSES, parse_retry_after
@@ -40,6 +41,7 @@ __all__ = [
     "SecretProblem",
     "as_data_string",
     "fill_template",
+    "read_secret",
     "read_secrets",
     "secret_problems",
     "status_error",
@@ -60,7 +62,7 @@ class EpochSeconds(Protocol):
     def __call__(self) -> float: ...
 
 
-class ProviderConfig(BaseModel):
+class ProviderConfig(DeliveryOptions):
     """Fields every provider sink has. Subclasses list their secret fields in
     ``SECRETS``; each needs exactly one of ``<name>_env`` / ``<name>_file``."""
 
@@ -76,9 +78,6 @@ class ProviderConfig(BaseModel):
     burst: Annotated[float, Field(ge=1, allow_inf_nan=False)] | None = Field(
         None, description="requests that may go at once before pacing (default: 1 s worth)"
     )
-    max_attempts: Annotated[int, Field(ge=1)] = 5
-    base_delay: _NonNegative = 0.5
-    max_delay: _NonNegative = 60.0
 
     @model_validator(mode="before")
     @classmethod
@@ -96,11 +95,6 @@ class ProviderConfig(BaseModel):
         rate = self.rate_per_second if self.rate_per_second is not None else self.DEFAULT_RATE
         burst = self.burst if self.burst is not None else max(1.0, rate)
         return rate, burst
-
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(
-            max_attempts=self.max_attempts, base_delay=self.base_delay, max_delay=self.max_delay
-        )
 
     def transport(self) -> Transport:
         """The sink's HTTP options from this config (pace, burst, timeout, retries)."""
@@ -140,6 +134,12 @@ def _read_one(key: str, where: str, env: Mapping[str, str]) -> str | SecretProbl
     if not text:
         return SecretProblem(key, f"{where} is empty")
     return text
+
+
+def read_secret(key: str, where: str, env: Mapping[str, str] | None = None) -> str | SecretProblem:
+    """One secret given as config key ``key`` (``*_env``: a variable; ``*_file``: a path)
+    at ``where``: its value, stripped, or the problem reading it."""
+    return _read_one(key, where, os.environ if env is None else env)
 
 
 def secret_problems(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -14,13 +15,14 @@ from yarl import URL
 from connectors.exceptions import ConnectorError, SinkBackpressure, SinkError
 from connectors.retry import RetryPolicy
 from connectors.sinks.base import action_payload
+from connectors.sinks.signing import WebhookSigner
 from engine.types import Action
 
 __all__ = ["RETRYABLE_STATUSES", "WebhookSink", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE_STATUSES = frozenset({408, 425, 429})
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 """4xx statuses worth retrying; every 5xx is retryable too."""
 _BACKPRESSURE_STATUSES = frozenset({429, 503})
 _BODY_SNIPPET = 200
@@ -31,18 +33,21 @@ class WebhookSink:
 
     Each request carries ``Content-Type: application/json`` and ``Idempotency-Key:
     <action.idempotency_key>`` (the same on every retry and replay: receivers dedupe on it),
-    plus ``headers`` (which cannot override those two).
+    plus ``headers`` (which cannot override those two). With a ``signer``, also the
+    Standard Webhooks headers ``webhook-id`` (the idempotency key), ``webhook-timestamp``
+    (``now_s()`` at this attempt) and ``webhook-signature`` (connectors/sinks/signing.py).
 
     ``send`` makes ONE attempt, bounded by ``timeout`` seconds in all, and:
 
     - returns on any 2xx (the body is ignored);
     - raises :class:`SinkBackpressure` on 429/503 with a usable ``Retry-After``;
-    - raises ``SinkError(retryable=True)`` on 408/425/429/5xx, connection errors, timeouts;
+    - raises ``SinkError(retryable=True)`` on 408/409/425/429/5xx, connection errors,
+      timeouts;
     - raises ``SinkError(retryable=False)`` on any other status (e.g. 400, 401, 404, 3xx:
       redirects are not followed) and when the action cannot be encoded as JSON.
 
-    ``max_attempts``, ``base_delay`` and ``max_delay`` only build :attr:`policy`, the
-    :class:`RetryPolicy` meant for :func:`connectors.retry.deliver` with this sink.
+    ``policy`` (or, without one, ``max_attempts``, ``base_delay`` and ``max_delay``) is
+    :attr:`policy`, the :class:`RetryPolicy` the runtime delivers to this sink with.
 
     ``session``: an existing ``aiohttp.ClientSession`` to use; it is not closed by
     :meth:`close`. Without one, :meth:`start` (or the first ``send``) opens one and
@@ -54,12 +59,15 @@ class WebhookSink:
         url: str,
         timeout: float = 5.0,
         headers: Mapping[str, str] | None = None,
-        max_attempts: int = 5,
-        base_delay: float = 0.2,
-        max_delay: float = 30.0,
+        max_attempts: int | None = None,
+        base_delay: float = 0.5,
+        max_delay: float = 300.0,
         session: aiohttp.ClientSession | None = None,
         *,
         name: str = "webhook",
+        policy: RetryPolicy | None = None,
+        signer: WebhookSigner | None = None,
+        now_s: Callable[[], float] = time.time,
     ) -> None:
         parsed = URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
@@ -70,9 +78,13 @@ class WebhookSink:
         self.url = parsed
         self.timeout = aiohttp.ClientTimeout(total=timeout)
         self.headers = dict(headers or {})
-        self.policy = RetryPolicy(
-            max_attempts=max_attempts, base_delay=base_delay, max_delay=max_delay
+        self.policy = (
+            policy
+            if policy is not None
+            else RetryPolicy(max_attempts=max_attempts, base_delay=base_delay, max_delay=max_delay)
         )
+        self.signer = signer
+        self._now_s = now_s
         self._session = session
         self._owns_session = session is None
 
@@ -104,6 +116,9 @@ class WebhookSink:
             "Content-Type": "application/json",
             "Idempotency-Key": action.idempotency_key,
         }
+        if self.signer is not None:
+            stamp = int(self._now_s())
+            headers.update(self.signer.headers(action.idempotency_key, stamp, body))
         try:
             async with self._session.post(
                 self.url, data=body, headers=headers, timeout=self.timeout, allow_redirects=False

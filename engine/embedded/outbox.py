@@ -11,14 +11,38 @@ them is checkpointed, then handed in order, one batch at a time, by a single tas
 a forward that cannot be accepted now (not ready, backpressure) is retried until it is,
 and after a restart the pending ones go first.
 
-Undeliverable actions (the sink refused them, or attempts ran out) are written to the
-dead-letter store, then marked ``dead`` in the outbox; only then are they counted
-``dead_lettered``. If that write fails (disk full, an I/O error, the store closed), the
-action is kept in memory (``graves``), still pending, and the delivery task's exception
-goes to its supervisor (engine/embedded/supervise.py: logged, counted, restarted with
-backoff); every delivery task writes the kept ones first, before taking a new action. An
-unexpected error while delivering puts the action back in the queue the same way: a
-failing task never loses the action it held.
+Delivery rides out a provider outage (issue 19; docs/sinks.md "Outages"):
+
+- **Per-customer order.** Each customer's pending actions form a lane, in the order they
+  were made; only the first is attempted, so an SMS is never sent before the email made
+  ahead of it, also when that email waits out an outage. Different customers go in
+  parallel (``concurrency`` delivery tasks).
+- **Retry by time.** A retryable failure puts the customer's lane to sleep until the next
+  attempt (:func:`connectors.retry.next_attempt`: full-jitter backoff, ``Retry-After``);
+  no task is held while it waits: a timer heap, drained by one task by the injected
+  clock. The action stays ``pending`` in ``state.db``, so a restart (``kill -9``
+  included) re-queues it from ``load_pending``, in order.
+- **Circuit breaker per sink** (:mod:`connectors.breaker`): while open no send goes out;
+  lanes park behind it and one is woken for each probe; when the sink answers again the
+  parked lanes are woken at the pace the breaker ramps up to.
+- **Send-by deadline** (:mod:`connectors.deadline`): an action past it is not sent; it is
+  recorded ``expired``. Quiet hours (``hold``) still apply to a delayed send: it waits for
+  their end if that is before its deadline, else it expires.
+- **Dead letters** only for permanent failures (refused, retry horizon passed, an attempt
+  cap), with the reason. They are written to the dead-letter store, then marked ``dead``
+  (``expired``) in the outbox; only then counted and the customer's next action let go.
+  If that write fails (disk full, an I/O error, the store closed), the action is kept in
+  memory (``graves``), still pending, and the delivery task's exception goes to its
+  supervisor (engine/embedded/supervise.py: logged, counted, restarted with backoff);
+  every delivery task writes the kept ones first, before taking a new action. An
+  unexpected error while delivering puts the customer back in the queue the same way: a
+  failing task never loses the action it held.
+- **Replay** (``nudge deadletter replay`` while this engine runs): the letters it marks
+  are taken back into the outbox by ``_replay_loop``.
+
+What is not kept across a restart: attempt counts and backoff (a restarted engine tries
+each pending action at once, then backs off again; the horizon and deadlines count from
+``fire_at``, so they hold), and a replay's "no deadline, horizon from the replay".
 
 What is not guaranteed: an action delivered just before a crash, whose "sent" mark had
 not been committed, is delivered again after the restart with the same
@@ -30,18 +54,24 @@ event id, or the merge's ``merged_from``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
+from connectors.breaker import BreakerState, CircuitBreaker
 from connectors.deadletter import DeadLetterStore
-from connectors.exceptions import SinkError
-from connectors.retry import RetryPolicy, deliver
+from connectors.deadline import Deadlines
+from connectors.exceptions import Expired, SinkError
+from connectors.retry import RetryPolicy, next_attempt
 from connectors.routing import Router
+from connectors.sinks.base import Sink
 from engine.clock import Clock
 from engine.embedded.health import Health
 from engine.embedded.supervise import Supervisor
@@ -54,6 +84,9 @@ logger = logging.getLogger(__name__)
 
 DbCall = Callable[..., Awaitable[Any]]
 Forward = Callable[[list[Event]], Awaitable[None]]
+Hold = Callable[[Action, int], int | None]
+"""``hold(action, now)``: the epoch ms until which ``action`` must not be sent now (quiet
+hours in the customer's time zone), or ``None``."""
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(Action)
 FORWARD = "_forward"
@@ -92,6 +125,10 @@ class Outbox:
         forward: Forward | None = None,
         supervisor: Supervisor | None = None,
         health: Health | None = None,
+        deadlines: Deadlines | None = None,
+        hold: Hold | None = None,
+        tick_s: float = 0.25,
+        replay_poll_s: float = 1.0,
     ) -> None:
         self._db = db
         self._store = store
@@ -103,7 +140,23 @@ class Outbox:
         self._buf: list[tuple[Action, bool]] = []  # (action, caused by an event)
         self._persisting: list[list[tuple[Action, bool]]] = []  # taken, not yet committed
         self._sent: list[str] = []
-        self._queue: asyncio.Queue[tuple[Action, bool]] = asyncio.Queue()
+        # per customer, the actions not settled yet, in the order they were made: only the
+        # first is attempted (an SMS goes after its email, also across an outage)
+        self._lanes: dict[str, deque[tuple[Action, bool]]] = {}
+        self._ready: asyncio.Queue[str] = asyncio.Queue()  # customers whose first is due
+        self._waiting: dict[str, int] = {}  # customer -> generation of its wait
+        self._timers: list[tuple[int, int, str, str]] = []  # (due, gen, customer, sink)
+        self._parked: dict[str, deque[tuple[str, int]]] = {}  # sink -> waiting on its breaker
+        self._sink_due: dict[str, int] = {}  # sink -> end of its open period (a timer)
+        self._gen = 0
+        self._twake = asyncio.Event()
+        self._attempts: dict[str, int] = {}
+        self._replayed: dict[str, int] = {}  # key -> when a replay re-queued it
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._deadlines = deadlines if deadlines is not None else router.deadlines()
+        self._hold = hold
+        self._tick_s = tick_s
+        self._replay_poll_s = replay_poll_s
         self._inflight: set[str] = set()
         self._wake = asyncio.Event()
         self._concurrency = concurrency
@@ -111,9 +164,9 @@ class Outbox:
         self._forward = forward
         self._forwards: list[Action] = []  # persisted, in production order
         self._fwake = asyncio.Event()
-        # dead letters whose write failed: (action, sink name, error, attempts), written
-        # by the next delivery task before anything else
-        self.graves: list[tuple[Action, str, str, int]] = []
+        # dead letters whose write failed: (action, sink name, error, attempts, reason),
+        # written by the next delivery task before anything else
+        self.graves: list[tuple[Action, str, str, int, str]] = []
         self._sup = supervisor if supervisor is not None else Supervisor(metrics)
         self._health = health if health is not None else Health(metrics)
         self._names: list[str] = []
@@ -178,16 +231,24 @@ class Outbox:
         if action.channel == FORWARD:
             self._forwards.append(action)
             self._fwake.set()
-        else:
-            self._queue.put_nowait((action, from_event))
+            return
+        cid = action.customer_id
+        lane = self._lanes.get(cid)
+        if lane is None:  # nothing of this customer's ahead: due now
+            self._lanes[cid] = deque([(action, from_event)])
+            self._ready.put_nowait(cid)
+        else:  # behind the customer's earlier actions: sent after them
+            lane.append((action, from_event))
 
     def start(self) -> None:
         """Start the flush, delivery and forward tasks (supervised: restarted if they
         fail)."""
         sup = self._sup
-        self._names = ["outbox-flush", "outbox-forward"]
+        self._names = ["outbox-flush", "outbox-forward", "outbox-retry", "outbox-replay"]
         sup.spawn("outbox-flush", self._flush_loop)
         sup.spawn("outbox-forward", self._forward_loop)
+        sup.spawn("outbox-retry", self._retry_loop)
+        sup.spawn("outbox-replay", self._replay_loop, vital=False)
         for i in range(self._concurrency):
             self._names.append(f"deliver-{i}")
             sup.spawn(f"deliver-{i}", self._deliver_loop, kind="deliver")
@@ -258,59 +319,270 @@ class Outbox:
                 if "outbox" in self._health.faults:
                     self._health.ok("outbox")
 
+    # --- delivery ---------------------------------------------------------------------
     async def _deliver_loop(self) -> None:
-        m = self._metrics
+        """Take a customer whose first action is due, make one attempt, decide what
+        next: delivered (the customer's next action is due), retried later (the customer
+        waits: order kept), expired or dead-lettered (the next one is due)."""
         while True:
             await self._bury()  # dead letters a failed write left behind come first
-            action, from_event = await self._queue.get()
-            key = action.idempotency_key
-            if action.customer_id in self.erased:
-                self._inflight.discard(key)
+            cid = await self._ready.get()
+            lane = self._lanes.get(cid)
+            if not lane:
+                continue
+            action, from_event = lane[0]
+            if cid in self.erased:
+                for a, _ in lane:
+                    self._inflight.discard(a.idempotency_key)
+                del self._lanes[cid]
                 continue
             try:
                 sink = self._router.sink_for(action)
             except Exception:  # a routing bug: keep the action, fail the task
-                self._queue.put_nowait((action, from_event))
+                self._ready.put_nowait(cid)
                 raise
             try:
-                t0 = time.perf_counter()
-                await deliver(sink, action, self._router.policy_for(sink, self._policy))
-                m.action_send.observe(time.perf_counter() - t0)
-            except SinkError as err:
-                logger.warning("action %s to %s dead-lettered: %s", key, sink.name, err)
-                self.graves.append((action, sink.name, str(err), err.attempts))
-                await self._bury()  # raises to the supervisor if the store fails
-                continue
-            except Exception:  # a bug or a broken sink: keep the action, fail the task
-                self._queue.put_nowait((action, from_event))
+                await self._attempt(cid, action, from_event, sink)
+            except Exception:  # a bug: keep the action, fail the task
+                self._ready.put_nowait(cid)
                 raise
+
+    async def _attempt(self, cid: str, action: Action, from_event: bool, sink: Sink) -> None:
+        key = action.idempotency_key
+        now = self._clock.now()
+        replayed = self._replayed.get(key)
+        deadline = None if replayed is not None else self._deadlines.deadline(action, sink.name)
+        if deadline is not None and now >= deadline:
+            self._give_up(cid, action, sink, Expired("send-by deadline passed", deadline=deadline))
+            return
+        if self._hold is not None:
+            until = self._hold(action, now)
+            if until is not None:  # quiet hours: wait for their end, if still worth it
+                if deadline is not None and until >= deadline:
+                    self._give_up(
+                        cid, action, sink, Expired("quiet hours last past it", deadline=deadline)
+                    )
+                else:
+                    self._wait(cid, until)
+                return
+        breaker = self._breaker(sink.name)
+        later = breaker.acquire()
+        if later is not None:  # open, or half open at its limit: wait for a probe
+            self._park(cid, sink.name, deadline)
+            if breaker.state is BreakerState.OPEN:
+                self._sink_timer(sink.name, later)
+            return
+        attempt = self._attempts.get(key, 0) + 1
+        self._attempts[key] = attempt
+        t0 = time.perf_counter()
+        try:
+            await sink.send(action)
+        except SinkError as err:
+            failure: SinkError = err
+        except Exception as err:  # a sink bug: a permanent failure, as deliver() treats it
+            logger.exception("sink %s raised an unexpected error", sink.name)
+            failure = SinkError(f"sink {sink.name} failed unexpectedly: {err!r}", retryable=False)
+        else:
+            self._released(sink.name, breaker, ok=True)
+            m = self._metrics
+            m.sink_attempts.labels(sink.name, "ok").inc()
+            m.action_send.observe(time.perf_counter() - t0)
             m.actions.labels(action.channel, "delivered").inc()
             if from_event:
                 m.event_to_action.observe(max(0, self._clock.now() - action.fire_at) / 1000)
+            self._done(cid, key)
             self._sent.append(key)
-            self._inflight.discard(key)
             self._wake.set()
+            return
+        self._released(sink.name, breaker, ok=not failure.retryable)
+        self._metrics.sink_attempts.labels(
+            sink.name, "retry" if failure.retryable else "refused"
+        ).inc()
+        try:
+            at = next_attempt(
+                self._router.policy_for(sink, self._policy),
+                action,
+                failure,
+                attempt,
+                self._clock.now(),
+                deadline=deadline,
+                horizon_from=replayed,
+                who=sink.name,
+            )
+        except SinkError as final:
+            self._give_up(cid, action, sink, final)
+            return
+        logger.debug("retrying %s to %s at %d: %s", key, sink.name, at, failure)
+        self._wait(cid, at)
+        self._park(cid, sink.name, None, keep=True)  # and woken early if the sink recovers
 
+    def _give_up(self, cid: str, action: Action, sink: Sink, err: SinkError) -> None:
+        """Expired or dead: recorded by ``_bury`` (before the customer's next action)."""
+        reason = err.reason or "rejected"
+        log = logger.info if reason == "expired" else logger.warning
+        log("action %s to %s %s: %s", action.idempotency_key, sink.name, reason, err)
+        attempts = max(err.attempts, self._attempts.get(action.idempotency_key, 0))
+        self.graves.append((action, sink.name, str(err), attempts, reason))
+        self._unpark(sink.name)  # pass a probe slot on
+
+    def _done(self, cid: str, key: str) -> None:
+        """The customer's first action is settled: the next one (if any) is due."""
+        self._inflight.discard(key)
+        self._attempts.pop(key, None)
+        self._replayed.pop(key, None)
+        lane = self._lanes.get(cid)
+        if lane:
+            lane.popleft()
+            if lane:
+                self._ready.put_nowait(cid)
+            else:
+                del self._lanes[cid]
+
+    # --- waiting: timers, parking behind a sink's breaker -----------------------------------
+    def _wait(self, cid: str, at: int) -> None:
+        """The customer's first action waits until ``at`` (epoch ms), or a wake-up."""
+        gen = self._gen = self._gen + 1
+        self._waiting[cid] = gen
+        heapq.heappush(self._timers, (at, gen, cid, ""))
+        self._twake.set()
+
+    def _park(self, cid: str, sink_name: str, deadline: int | None, *, keep: bool = False) -> None:
+        """Wait for ``sink_name``'s breaker to let a send through (and for ``deadline``:
+        it expires then). ``keep``: already waiting on a timer, add the wake-up."""
+        if keep:
+            gen = self._waiting[cid]
+        elif deadline is not None:
+            self._wait(cid, deadline)
+            gen = self._waiting[cid]
+        else:
+            gen = self._gen = self._gen + 1
+            self._waiting[cid] = gen
+        self._parked.setdefault(sink_name, deque()).append((cid, gen))
+
+    def _sink_timer(self, sink_name: str, at: int) -> None:
+        if self._sink_due.get(sink_name) == at:
+            return
+        self._sink_due[sink_name] = at
+        self._gen += 1
+        heapq.heappush(self._timers, (at, self._gen, "", sink_name))
+        self._twake.set()
+
+    def _wake_cid(self, cid: str, gen: int) -> bool:
+        if self._waiting.get(cid) != gen:
+            return False  # woken already, by its timer or another wake-up
+        del self._waiting[cid]
+        self._ready.put_nowait(cid)
+        return True
+
+    def _unpark(self, sink_name: str, n: int = 1) -> None:
+        """Wake up to ``n`` customers waiting on ``sink_name``'s breaker."""
+        parked = self._parked.get(sink_name)
+        while parked and n > 0:
+            cid, gen = parked.popleft()
+            if self._wake_cid(cid, gen):
+                n -= 1
+
+    def _released(self, sink_name: str, breaker: CircuitBreaker, *, ok: bool) -> None:
+        before = breaker.state
+        breaker.release(ok)
+        after = breaker.state
+        if after is BreakerState.CLOSED and before is not BreakerState.CLOSED:
+            self._unpark(sink_name, len(self._parked.get(sink_name, ())))  # recovered: all
+        elif after is BreakerState.HALF_OPEN:
+            self._unpark(sink_name, max(0, breaker.limit - breaker.inflight))
+        elif after is BreakerState.OPEN:
+            self._sink_timer(sink_name, breaker.open_until)
+
+    def _breaker(self, sink_name: str) -> CircuitBreaker:
+        br = self._breakers.get(sink_name)
+        if br is None:
+            br = self._breakers[sink_name] = CircuitBreaker(
+                sink_name,
+                self._router.breaker_policy(sink_name),
+                self._clock.now,
+                self._on_breaker,
+            )
+        return br
+
+    def _on_breaker(self, sink_name: str, state: BreakerState) -> None:
+        self._metrics.sink_state.labels(sink_name).set(int(state))
+
+    def tick(self) -> int:
+        """Wake every waiting action whose time came (by the injected clock); returns
+        the epoch ms of the next timer, or 0 if none."""
+        now = self._clock.now()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, gen, cid, sink_name = heapq.heappop(timers)
+            if cid:
+                self._wake_cid(cid, gen)
+            elif self._sink_due.get(sink_name) is not None:
+                del self._sink_due[sink_name]
+                self._unpark(sink_name)  # the open period is over: one probe
+        return timers[0][0] if timers else 0
+
+    async def _retry_loop(self) -> None:
+        """Moves due retries back to the delivery tasks. Sleeps until the next one, at
+        most ``tick_s`` (so a clock that jumps, or a virtual one, is noticed)."""
+        while True:
+            nxt = self.tick()
+            self._twake.clear()
+            if nxt == 0:
+                await self._twake.wait()
+                continue
+            delay = min(max(0, nxt - self._clock.now()) / 1000, self._tick_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._twake.wait(), delay)
+
+    # --- dead letters ---------------------------------------------------------------------
     async def _bury(self) -> None:
-        """Write the kept dead letters to the dead-letter store and mark them ``dead`` in
-        the outbox (both idempotent by key). On failure the letter stays kept, pending,
-        and the exception propagates (the supervisor restarts the task with backoff)."""
+        """Write the kept dead letters to the dead-letter store and mark them ``dead`` (or
+        ``expired``) in the outbox (both idempotent by key), then let the customer's next
+        action go. On failure the letter stays kept, pending, and the exception
+        propagates (the supervisor restarts the task with backoff)."""
         while self.graves:
             grave = self.graves.pop(0)
-            action, sink_name, err, attempts = grave
+            action, sink_name, err, attempts, reason = grave
             key = action.idempotency_key
+            status = "expired" if reason == "expired" else "dead"
             try:
-                await self._db(self._dead.add, action, sink_name, err, attempts)
-                await self._db(self._store.outbox_mark, [key], "dead")
-            except BaseException as err:
+                await self._db(self._dead.add, action, sink_name, err, attempts, reason)
+                await self._db(self._store.outbox_mark, [key], status)
+            except BaseException as exc:
                 self.graves.insert(0, grave)
-                if isinstance(err, Exception):
-                    self._health.failed("deadletter", err)
+                if isinstance(exc, Exception):
+                    self._health.failed("deadletter", exc)
                 raise
             if "deadletter" in self._health.faults:
                 self._health.ok("deadletter")
-            self._metrics.actions.labels(action.channel, "dead_lettered").inc()
-            self._inflight.discard(key)
+            outcome = "expired" if reason == "expired" else "dead_lettered"
+            self._metrics.actions.labels(action.channel, outcome).inc()
+            self._metrics.dead_letters.inc()
+            self._done(action.customer_id, key)
+
+    async def _replay_loop(self) -> None:
+        """Take the dead letters ``nudge deadletter replay`` asked for (it marks them in
+        the store while this engine runs): back into the outbox as pending (durable), out
+        of the dead-letter store, delivered like new ones (breaker, order, metrics) but
+        with no send-by deadline and the retry horizon counted from now."""
+        while True:
+            await asyncio.sleep(self._replay_poll_s)
+            letters = await self._db(self._dead.take_replays, 500)
+            if not letters:
+                continue
+            actions = [(d.action, False) for d in letters]
+            await self._db(self._store.outbox_add, self.rows(actions))
+            keys = [d.key for d in letters]
+            await self._db(self._store.outbox_mark, keys, "pending")
+            now = self._clock.now()
+            for d in letters:
+                if d.key in self._inflight:
+                    continue
+                self._replayed[d.key] = now
+                self._enqueue(d.action, False)
+            await self._db(self._dead.remove_many, keys)
+            self._metrics.dead_letters.set(await self._db(self._dead.count))
+            logger.info("replaying %d dead letters", len(letters))
 
     async def _forward_loop(self) -> None:
         """Hand the persisted forwards to ``forward`` in order, a batch at a time; retry a
@@ -341,3 +613,12 @@ class Outbox:
     @property
     def pending(self) -> int:
         return len(self._inflight) + len(self._buf)
+
+    @property
+    def waiting(self) -> int:
+        """Customers whose first action waits (a retry, a breaker, quiet hours)."""
+        return len(self._waiting)
+
+    def breakers(self) -> dict[str, CircuitBreaker]:
+        """The sinks' circuit breakers made so far, by sink name."""
+        return dict(self._breakers)

@@ -148,7 +148,8 @@ def test_provider_sink_types_are_built(tmp_path: Path, fake_providers: FakeProvi
     assert isinstance(router.sinks["sms"], TwilioSink)
     assert isinstance(router.sinks["push"], FcmSink)
     policy = router.policy_for(router.sinks["sms"], RetryPolicy(max_attempts=9))
-    assert policy.max_attempts == 5  # the provider sink's own
+    assert policy.max_attempts is None  # the provider sink's own: bounded by time
+    assert policy.horizon == 12 * 3600
 
 
 def test_needs_address_follows_the_routes(tmp_path: Path, fake_providers: FakeProviders) -> None:

@@ -109,7 +109,7 @@ async def test_400_is_permanent_and_not_retried(
         (400, False),
         (401, False),
         (404, False),
-        (409, False),
+        (409, True),  # Conflict: retried (issue 19: other 4xx are permanent)
         (422, False),
     ],
 )
