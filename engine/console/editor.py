@@ -5,7 +5,7 @@ through the same backend calls as the API (``load_texts`` as ``POST /v1/rules/va
 ``backend.deploy`` and the deploy counter as ``PUT /v1/rules``). Errors are shown at their
 file, line and column on a listing of the file. The preview runs the candidate set and the
 running one over the same events with :func:`engine.backtest.backtest`: the last N events
-of the embedded runtime's journal (engine/console/history.py), or an uploaded JSONL trace
+of the embedded runtime's journal (engine/embedded/history.py), or an uploaded JSONL trace
 (the distributed ingest keeps no journal). It starts from empty customer state, so it is a
 preview of what the rules do on those events, not a replay of production.
 """
@@ -21,9 +21,9 @@ from typing import Any
 from aiohttp import web
 
 from engine.backtest import BacktestResult, backtest
-from engine.console.history import last_events
 from engine.console.session import Session
 from engine.console.web import redirect, render
+from engine.embedded.history import last_events
 from engine.http.base import BACKEND, METRICS
 from rules.exceptions import RuleError, RuleErrors
 from rules.ruleset import RuleSet, load_texts

@@ -3,7 +3,7 @@
 Segments read the backend's segment index like ``GET /v1/segments`` (engine/http/
 segments.py); exports are that API's own streams. The customer page is
 ``GET /v1/customers/{id}``'s view (engine/customer_view.py) plus the population's scores and
-a timeline assembled from what the runtime keeps (engine/console/history.py): no store
+a timeline assembled from what the runtime keeps (engine/embedded/history.py): no store
 keeps a customer's whole history, and the page says what the timeline covers.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 from aiohttp import web
 
 from engine.console import api
-from engine.console.history import customer_actions, customer_events
 from engine.console.session import Session
 from engine.console.web import CONSOLE, redirect, render
 from engine.customer_view import customer_json
+from engine.embedded.history import customer_actions, customer_events
 from engine.http.base import BACKEND
 from engine.http.segments import segment_rows
 from engine.types import iso

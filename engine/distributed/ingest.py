@@ -28,7 +28,7 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 
 from engine.clock import Clock, SystemClock
-from engine.distributed.requests import ReplyFollower
+from engine.distributed.requests import Kind, ReplyFollower
 from engine.distributed.rules import deploy_rules, stored_rule_files
 from engine.distributed.segments import SegmentFeed
 from engine.embedded.exceptions import Backpressure, NotReady
@@ -193,6 +193,11 @@ class KafkaIngest:
         """(status, body) of ``GET /v1/customers/{id}``, from the owning worker."""
         return await self._request("read", customer_id)
 
+    async def export(self, customer_id: str) -> tuple[int, dict[str, Any]]:
+        """(status, body) of ``GET /v1/customers/{id}/export``: what the owning worker
+        holds (the events stay in the ``events`` topic until its retention)."""
+        return await self._request("export", customer_id)
+
     async def erase(self, customer_id: str) -> dict[str, Any]:
         """What ``DELETE /v1/customers/{id}`` erased, on the owning worker."""
         _, body = await self._request("erase", customer_id)
@@ -202,11 +207,9 @@ class KafkaIngest:
     async def _request(self, kind: str, customer_id: str) -> tuple[int, dict[str, Any]]:
         if not self.ready or self.replies is None:
             raise NotReady("customer requests need the replies topic (nudge worker --http-port)")
+        kinds: dict[str, Kind] = {"erase": "erase", "export": "export"}
         return await self.replies.call(
-            self._producer,
-            self.topic,
-            "erase" if kind == "erase" else "read",
-            customer_id,
+            self._producer, self.topic, kinds.get(kind, "read"), customer_id
         )
 
     async def deploy(self, files: dict[str, str]) -> int:

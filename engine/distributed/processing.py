@@ -294,8 +294,16 @@ class PartitionEngine:
         st = part.store.get(cid)
         if st is None:
             self.replies.append(reply_record(req.id, 404, not_found_body(cid)))
-        else:
-            self.replies.append(reply_record(req.id, 200, customer_json(st, self.ruleset, at)))
+            return
+        view = customer_json(st, self.ruleset, at)
+        if req.kind == "export":  # what the worker holds; events stay in the topic
+            view = {
+                "customer_id": cid,
+                "runtime": "distributed",
+                "state": view,
+                "segments": dict(sorted((st.segments or {}).items())),
+            }
+        self.replies.append(reply_record(req.id, 200, view))
 
     def take_replies(self) -> list[tuple[bytes, bytes]]:
         out, self.replies = self.replies, []

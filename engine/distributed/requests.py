@@ -34,6 +34,7 @@ from engine.embedded.exceptions import NotReady
 __all__ = [
     "REQUEST_HEADER",
     "CustomerRequest",
+    "Kind",
     "ReplyFollower",
     "ensure_replies_topic",
     "erased_body",
@@ -45,8 +46,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 REQUEST_HEADER = "nudge-request"
-Kind = Literal["read", "erase"]
-_KINDS: tuple[Kind, ...] = ("read", "erase")
+Kind = Literal["read", "erase", "export"]
+_KINDS: tuple[Kind, ...] = ("read", "erase", "export")
 
 
 @dataclass(frozen=True, slots=True)

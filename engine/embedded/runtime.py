@@ -45,6 +45,7 @@ from engine.embedded.exceptions import (
     StorageUnavailable,
 )
 from engine.embedded.health import Health, probe_write
+from engine.embedded.history import customer_record
 from engine.embedded.ingest import Batch, GroupCommitWriter
 from engine.embedded.lock import DataDirLock, os_reason, secure_data_dir
 from engine.embedded.models import Models
@@ -797,6 +798,23 @@ class Runtime:
         if st is None or self.ruleset is None:
             return 404, {"error": {"code": "not_found", "message": f"no customer {customer_id!r}"}}
         return 200, customer_json(st, self.ruleset, self.clock.now())
+
+    async def export(self, customer_id: str) -> tuple[int, dict[str, Any]]:
+        """(status, body) of ``GET /v1/customers/{id}/export``: the customer's view (profile,
+        consent and its last changes, cart, flows, timers, segments) and everything the
+        data directory holds of them (engine/embedded/history.py ``customer_record``)."""
+        status, view = await self.customer(customer_id)
+        record = await asyncio.to_thread(customer_record, self.cfg.data_dir, customer_id)
+        if status == 404 and not any(record.values()):
+            return status, view
+        st = self.partition(customer_id).store.get(customer_id)
+        return 200, {
+            "customer_id": customer_id,
+            "runtime": "embedded",
+            "state": view if status == 200 else None,
+            "segments": dict(sorted((st.segments or {}).items())) if st is not None else {},
+            **record,
+        }
 
     async def erase(self, customer_id: str) -> dict[str, Any]:
         """Erase a customer everywhere: state, timers, journal, pending actions."""

@@ -233,6 +233,17 @@ async def get_customer(request: web.Request) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
+async def export_customer(request: web.Request) -> web.Response:
+    """Everything held about the customer, as one JSON document (admin: personal data)."""
+    if (denied := auth(request, "admin")) is not None:
+        return denied
+    try:
+        status, body = await request.app[BACKEND].export(request.match_info["customer_id"])
+    except NotReady as nr:
+        return _retry_later(nr)
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
 async def delete_customer(request: web.Request) -> web.Response:
     if (denied := auth(request, "admin")) is not None:
         return denied
@@ -306,6 +317,7 @@ def create_app(
     app.router.add_post("/v1/rules/validate", validate_rules)
     app.router.add_get("/v1/customers/{customer_id}", get_customer)
     app.router.add_delete("/v1/customers/{customer_id}", delete_customer)
+    app.router.add_get("/v1/customers/{customer_id}/export", export_customer)
     app.router.add_get("/metrics", metrics_view)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

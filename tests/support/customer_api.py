@@ -70,7 +70,7 @@ async def _delete(api: CustomerApi, cid: str) -> dict[str, Any]:
 
 
 async def customer_cases(api: CustomerApi) -> None:
-    """View, 404, erase (twice), and timestamps before year 1000."""
+    """View, 404, export, erase (twice), and timestamps before year 1000."""
     t = api.now
     cart = [
         _ev(1, "product_viewed", "c9", {"product_id": "p1"}, t),
@@ -97,11 +97,26 @@ async def customer_cases(api: CustomerApi) -> None:
     assert status == 200
     assert body["profile"]["first_seen"] == "0606-08-18T18:40:53.000Z"
 
+    # right of access: everything held about c9, as one document
+    status, doc = await api.call("GET", "/v1/customers/c9/export")
+    assert status == 200, doc
+    check_schema("/v1/customers/{customer_id}/export", "get", 200, doc)
+    assert doc["customer_id"] == "c9"
+    assert doc["state"]["cart"]["value"] == 20.0
+    if api.journal:  # nudge run: the events still journaled, as sent
+        assert doc["runtime"] == "embedded"
+        assert [e["event"]["event_id"] for e in doc["events"]] == ["capi-c9-1", "capi-c9-2"]
+        assert doc["events"][1]["event"]["properties"]["quantity"] == 2
+    else:  # the worker's state; the events stay in the topic
+        assert doc["runtime"] == "distributed"
+    assert (await api.call("GET", "/v1/customers/nobody/export"))[0] == 404
+
     erased = await _delete(api, "c9")
     assert erased["customer_id"] == "c9"
     assert erased["state"] is True
     assert erased["journal_entries"] == (2 if api.journal else 0)
     assert (await _get(api, "c9"))[0] == 404
+    assert (await api.call("GET", "/v1/customers/c9/export"))[0] == 404  # nothing left
     again = await _delete(api, "c9")  # erasing twice is safe: nothing left
     assert (again["state"], again["journal_entries"]) == (False, 0)
     assert (await _get(api, "c2"))[0] == 200  # others untouched

@@ -1,4 +1,4 @@
-"""What the embedded runtime keeps of the recent past, read for the console.
+"""What the embedded runtime keeps of the recent past, read for the console and the export.
 
 The runtime journals every accepted event (``journal.db``: one row per request, a JSON
 array, kept ``journal_retention_days`` and until checkpointed) and keeps actions in its
@@ -8,7 +8,9 @@ block the runtime's writers), newest first and bounded:
 
 - :func:`last_events`: the last N events as JSON lines, for the backtest preview;
 - :func:`customer_events`: one customer's events among the last ``scan`` events accepted;
-- :func:`customer_actions`: one customer's actions still in the outbox.
+- :func:`customer_actions`: one customer's actions still in the outbox;
+- :func:`customer_record`: everything of one customer in the journal, the outbox, the
+  dead-letter store and the actions file, in full, for ``GET /v1/customers/{id}/export``.
 
 All of them are blocking: call them in a thread.
 """
@@ -24,7 +26,7 @@ from typing import Any
 import msgspec
 import orjson
 
-__all__ = ["customer_actions", "customer_events", "last_events"]
+__all__ = ["customer_actions", "customer_events", "customer_record", "last_events"]
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 
@@ -135,3 +137,51 @@ def customer_actions(data_dir: Path, customer_id: str, limit: int = 100) -> list
         )
     out.sort(key=lambda a: a["fire_at"] or 0, reverse=True)
     return out
+
+
+def customer_record(data_dir: Path, customer_id: str) -> dict[str, list[Any]]:
+    """Everything the data directory holds of ``customer_id`` besides its state, in full
+    (the right of access: no bound): the events still journaled (as sent, with their
+    acceptance time), the actions in the outbox (with their status), the dead letters,
+    and the lines of the default actions file (``actions.jsonl``)."""
+    events: list[Any] = []
+    for accepted_at, raws in _rows_newest_first(data_dir, 1 << 62):
+        for raw in raws:
+            try:
+                head = _head.decode(raw)
+            except msgspec.MsgspecError:
+                continue
+            if head.customer_id == customer_id:
+                events.append({"accepted_at": accepted_at, "event": orjson.loads(raw)})
+    events.reverse()  # oldest first
+    outbox: list[Any] = []
+    path = data_dir / "state.db"
+    if path.exists():
+        with _readonly(path) as db:
+            rows = db.execute(
+                "SELECT body, status FROM outbox WHERE customer_id = ? ORDER BY cause_at",
+                (customer_id,),
+            ).fetchall()
+        outbox = [{"status": str(status), "action": orjson.loads(body)} for body, status in rows]
+    dead: list[Any] = []
+    path = data_dir / "deadletter.db"
+    if path.exists():
+        with _readonly(path) as db:
+            for action, error, failed_at in db.execute(
+                "SELECT action, error, failed_at FROM dead_letters ORDER BY failed_at"
+            ):
+                a = orjson.loads(action)
+                if isinstance(a, dict) and a.get("customer_id") == customer_id:
+                    dead.append({"failed_at": failed_at, "error": error, "action": a})
+    sent: list[Any] = []
+    path = data_dir / "actions.jsonl"
+    if path.exists():
+        needle = orjson.dumps(customer_id)
+        with path.open("rb") as fh:
+            for line in fh:
+                if needle in line:  # cheap filter, then the exact field
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        a = orjson.loads(line)
+                        if isinstance(a, dict) and a.get("customer_id") == customer_id:
+                            sent.append(a)
+    return {"events": events, "outbox": outbox, "dead_letters": dead, "actions_file": sent}
