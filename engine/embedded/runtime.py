@@ -60,6 +60,7 @@ from engine.events import encode_events
 from engine.intelligence.population import Population
 from engine.metrics import Metrics, type_label
 from engine.output import Output
+from engine.send_policy import quiet_hold, rule_within
 from engine.types import Event
 from rules.loader import rule_files
 from rules.ruleset import RuleSet, load_ruleset, load_stored, load_texts
@@ -244,6 +245,8 @@ class Runtime:
             forward=self._forward,
             supervisor=self.supervisor,
             health=self.health,
+            deadlines=self.router.deadlines(rule_within(lambda: self.ruleset)),
+            hold=quiet_hold(lambda: self.ruleset, self._timezone_of),
         )
         self.writer = GroupCommitWriter(
             self.clock,
@@ -789,6 +792,11 @@ class Runtime:
             took = time.monotonic() - t0 if mode == "paced" else 0.0
 
     # --- customers and rules ---------------------------------------------------------
+    def _timezone_of(self, customer_id: str) -> str | None:
+        """The customer's time zone, for quiet hours at a delayed send (the outbox)."""
+        st = self.partition(customer_id).store.get(customer_id)
+        return None if st is None else st.timezone
+
     def partition(self, customer_id: str) -> Partition:
         return self.parts[partition_of(customer_id, len(self.parts))]
 
