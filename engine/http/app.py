@@ -26,6 +26,7 @@ from engine.embedded.exceptions import NotReady
 from engine.events import INTERNAL_TYPES, decode_event, validate_properties
 from engine.exceptions import EventError
 from engine.http import models, reports, segment, segments, webhooks
+from engine.http import rules as rule_routes
 from engine.http.auth import Tokens
 from engine.http.base import (
     ADDRESS_BOOK,
@@ -315,6 +316,7 @@ def create_app(
     app.router.add_get("/v1/rules", get_rules)
     app.router.add_put("/v1/rules", put_rules)
     app.router.add_post("/v1/rules/validate", validate_rules)
+    rule_routes.install(app)
     app.router.add_get("/v1/customers/{customer_id}", get_customer)
     app.router.add_delete("/v1/customers/{customer_id}", delete_customer)
     app.router.add_get("/v1/customers/{customer_id}/export", export_customer)
