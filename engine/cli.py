@@ -1,4 +1,4 @@
-"""The ``nudge`` command line: rules check|schema|list, sinks check, backtest, segments
+"""The ``nudge`` command line: rules check|schema|list|rollback, sinks check, backtest, segments
 list|export (run and worker come with their runtimes)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from engine.admin import add_admin_parsers
 from engine.distributed.cli import add_topics_parser, add_worker_parser
 from engine.embedded import CHECKPOINT_MODES
 from engine.logs import configure_logging
+from engine.rollback import add_rollback_parser
 from engine.types import to_ms
 from load_tests.cli import add_loadtest_parsers
 from rules.exceptions import RuleErrors
@@ -434,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("paths", nargs="*", default=[str(RECIPES_DIR)])
     lst.set_defaults(func=_cmd_rules_list)
     add_admin_parsers(sub, rsub)
+    add_rollback_parser(rsub)
     sch = rsub.add_parser("schema", help="print the rule file JSON Schema")
     sch.add_argument("-o", "--output")
     sch.set_defaults(func=_cmd_rules_schema)
