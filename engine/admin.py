@@ -73,6 +73,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 def _cmd_deadletter(args: argparse.Namespace) -> int:
     from connectors.deadletter import DeadLetterStore
 
+    if args.broker:
+        return _deadletter_distributed(args)
+
     store = DeadLetterStore(Path(args.data) / "deadletter.db")
     try:
         if args.action == "list":
@@ -97,6 +100,40 @@ def _cmd_deadletter(args: argparse.Namespace) -> int:
         return asyncio.run(_replay(store, args))
     finally:
         store.close()
+
+
+def _deadletter_distributed(args: argparse.Namespace) -> int:
+    """``--broker``: the workers' dead-letter topic (engine/distributed/deadletters.py)."""
+    from engine.distributed.deadletters import group_of, letters, replay
+    from state.redis import RedisState
+
+    topic = f"{args.actions_topic}-dead"
+
+    async def listing() -> int:
+        n = 0
+        async for letter in letters(args.broker, topic, group_of(args.app_id)):
+            action = None if letter.action is None else letter.action.to_json_dict()
+            row = {"partition": letter.partition, "offset": letter.offset}
+            print(orjson.dumps({**row, "error": letter.error, "action": action}).decode())
+            n += 1
+            if n >= args.limit:
+                break
+        return 0
+
+    async def replaying() -> int:
+        redis = RedisState(args.redis, prefix=args.redis_prefix, retry_for=30.0)
+        try:
+            result = await replay(args.broker, redis, args.actions_topic, args.app_id)
+        finally:
+            await redis.close()
+        print(orjson.dumps(result.as_dict()).decode())
+        return 0 if result.undecodable == 0 else 1
+
+    try:
+        return asyncio.run(listing() if args.action == "list" else replaying())
+    except Exception as err:  # Kafka or Redis unreachable
+        print(f"nudge deadletter {args.action}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
 
 
 async def _replay(store: object, args: argparse.Namespace) -> int:
@@ -139,4 +176,13 @@ def add_admin_parsers(
     dl.add_argument("--data", default="nudge-data")
     dl.add_argument("--limit", type=int, default=100)
     dl.add_argument("--sinks", help="routing config to replay through (YAML/JSON)")
+    dl.add_argument(
+        "--broker",
+        help="distributed: the workers' Kafka (kafka://host:port); replay hands the letters "
+        "back to the workers through the actions topic, once each (Redis keys)",
+    )
+    dl.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="with --broker")
+    dl.add_argument("--app-id", default="nudge", help="the workers' --app-id")
+    dl.add_argument("--actions-topic", default="actions", help="the workers' --actions-topic")
+    dl.add_argument("--redis-prefix", default="nudge", help="the workers' --redis-prefix")
     dl.set_defaults(func=_cmd_deadletter)
