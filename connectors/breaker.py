@@ -9,8 +9,9 @@ States (the values of ``nudge_sink_state{sink}``):
   probe, up to ``max_open_for``: a provider down for a minute sees a handful of probes,
   not a thundering herd of retries.
 - ``half_open`` (1): at most ``limit`` sends in flight. The first probe has the limit 1;
-  every success doubles it (resuming at the pace the provider shows it can take) until it
-  reaches ``ramp``, then the breaker closes. A failure opens it again.
+  every success raises it by one, so it doubles per round of sends (TCP's slow start:
+  resuming at the pace the provider shows it can take) until it reaches ``ramp``, then
+  the breaker closes. A failure opens it again.
 
 A permanent refusal (4xx) is a success for the breaker: the provider is up. The breaker
 reads time only from the injected ``now`` (epoch ms) and does no I/O; callers wait.
@@ -110,7 +111,7 @@ class CircuitBreaker:
             if self.state is BreakerState.CLOSED:
                 self.failures = 0
             elif self.state is BreakerState.HALF_OPEN:
-                self.limit *= 2
+                self.limit += 1
                 if self.limit >= p.ramp:
                     self._open_ms = int(p.open_for * 1000)
                     self.failures = 0
