@@ -41,6 +41,13 @@ async def _target(request: web.Request, current: int) -> int | web.Response:
             return error(400, "invalid_field", 'expected {"to_version": N} or no body', field="$")
     to = body.get("to_version")
     if to is None:
+        if current <= 1:
+            return error(
+                400,
+                "invalid_field",
+                f"rule set version {current} is the first deployed: nothing to roll back to",
+                field="$.to_version",
+            )
         to = current - 1
     elif isinstance(to, bool) or not isinstance(to, int) or to < 1:
         return error(400, "invalid_field", "to_version: a version number", field="$.to_version")
