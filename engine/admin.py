@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import os
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -79,12 +81,13 @@ def _cmd_deadletter(args: argparse.Namespace) -> int:
     store = DeadLetterStore(Path(args.data) / "deadletter.db")
     try:
         if args.action == "list":
-            for letter in store.list(args.limit):
+            for letter in store.list(args.limit, sink_name=args.sink):
                 print(
                     orjson.dumps(
                         {
                             "key": letter.key,
                             "sink": letter.sink_name,
+                            "reason": letter.reason,
                             "attempts": letter.attempts,
                             "error": letter.error,
                             "action": letter.action.to_json_dict(),
@@ -92,14 +95,45 @@ def _cmd_deadletter(args: argparse.Namespace) -> int:
                     ).decode()
                 )
             return 0
+        return _replay_embedded(store, args)
+    finally:
+        store.close()
+
+
+def _replay_embedded(store: object, args: argparse.Namespace) -> int:
+    """With ``nudge run`` on the data directory: mark the letters, the engine takes them
+    back into its outbox (its breakers, order and gauges see them) and this waits until it
+    did. Without: deliver them here through ``--sinks``."""
+    from connectors.deadletter import DeadLetterStore
+    from engine.embedded.exceptions import DataDirLocked
+    from engine.embedded.lock import DataDirLock
+
+    assert isinstance(store, DeadLetterStore)
+    lock = DataDirLock(Path(args.data))
+    try:
+        lock.acquire()
+    except DataDirLocked:  # an engine runs here: it replays
+        n = store.request_replay(sink_name=args.sink, expired=args.expired)
+        end = time.monotonic() + args.wait
+        while store.replay_requested() and time.monotonic() < end:
+            time.sleep(0.1)
+        waiting = store.replay_requested()
+        out = {"requested": n, "taken_by_engine": n - waiting, "left": store.count()}
+        print(orjson.dumps(out).decode())
+        if waiting:
+            print(f"the engine has not taken {waiting} letters yet", file=sys.stderr)
+        return 0 if not waiting else 1
+    try:
         if not args.sinks:
             print(
-                "replay needs --sinks FILE (the routing config to deliver through)", file=sys.stderr
+                "replay needs --sinks FILE (the routing config to deliver through) when no "
+                "engine runs on --data",
+                file=sys.stderr,
             )
             return 2
         return asyncio.run(_replay(store, args))
     finally:
-        store.close()
+        lock.release()
 
 
 def _deadletter_distributed(args: argparse.Namespace) -> int:
@@ -150,7 +184,11 @@ async def _replay(store: object, args: argparse.Namespace) -> int:
     delivered = failed = 0
     try:
         for sink in router.sinks.values():
-            d, f = await store.replay(sink, router.policy_for(sink, RetryPolicy()))
+            if args.sink is not None and sink.name != args.sink:
+                continue
+            # each letter is retried for --retry-for seconds here, not the sink's horizon
+            policy = replace(router.policy_for(sink, RetryPolicy()), horizon=args.retry_for)
+            d, f = await store.replay(sink, policy, expired=args.expired)
             delivered += d
             failed += f
     finally:
@@ -176,6 +214,24 @@ def add_admin_parsers(
     dl.add_argument("--data", default="nudge-data")
     dl.add_argument("--limit", type=int, default=100)
     dl.add_argument("--sinks", help="routing config to replay through (YAML/JSON)")
+    dl.add_argument("--sink", help="only the letters of this sink")
+    dl.add_argument(
+        "--expired",
+        action="store_true",
+        help="replay expired letters too (not sent on purpose: past their send-by deadline)",
+    )
+    dl.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        help="with an engine running on --data: seconds to wait for it to take the letters",
+    )
+    dl.add_argument(
+        "--retry-for",
+        type=float,
+        default=60.0,
+        help="without an engine: seconds to retry each letter before leaving it",
+    )
     dl.add_argument(
         "--broker",
         help="distributed: the workers' Kafka (kafka://host:port); replay hands the letters "

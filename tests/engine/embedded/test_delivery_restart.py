@@ -47,9 +47,11 @@ SCALED = {  # the defaults / 10 (see the module docstring)
 
 @dataclass
 class OutageReceiver:
-    """POST /hook: 503 while ``down``, else 200 and the delivery recorded."""
+    """POST /hook: ``down_status`` (503) while ``down``, else 200 and the delivery
+    recorded."""
 
     down: bool = True
+    down_status: int = 503
     attempts_down: int = 0
     bad_signatures: int = 0
     deliveries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -65,7 +67,7 @@ class OutageReceiver:
             return web.Response(status=400)
         if self.down:
             self.attempts_down += 1
-            return web.Response(status=503)
+            return web.Response(status=self.down_status)
         self.deliveries.append((request.headers["webhook-id"], orjson.loads(body)))
         return web.Response(status=200)
 
