@@ -150,11 +150,14 @@ class FlowRunner:
         same deadlines. Sends happen at ``now``."""
         ops = rule.ops
         n = len(ops)
+        notes = out.notes
         while inst.pc < n:
             op = ops[inst.pc]
             if isinstance(op, Wait):
                 if op.name:
                     _mark(inst, op.name, t)
+                if notes is not None:
+                    notes.append(("reach", rule.id, inst.version, inst.variant, inst.pc, None))
                 inst.pc += 1
                 if op.ms is not None:
                     due = t + op.ms
@@ -164,8 +167,16 @@ class FlowRunner:
                 self._suspend(st, inst, due)
                 return
             if isinstance(op, Send):
-                if not self._send(rule, st, inst, op, now, out):
-                    return  # deferred by quiet hours
+                fired = len(out.fires)
+                sent = self._send(rule, st, inst, op, now, out)
+                if notes is not None and len(out.fires) > fired:
+                    notes.append(
+                        ("send", rule.id, inst.version, inst.variant, inst.pc, out.fires[-1])
+                    )
+                if not sent:  # deferred by quiet hours, or send_if ended the flow
+                    if notes is not None and len(out.fires) > fired:
+                        notes.append(("exit", rule.id, inst.version, inst.variant, -1, "send_if"))
+                    return
                 inst.pc += 1
             elif isinstance(op, Branch):
                 scope = RuleScope(st, now, self.consent, flow=inst, population=self.population)
@@ -178,6 +189,8 @@ class FlowRunner:
             else:
                 assert isinstance(op, Jump)
                 inst.pc = op.target
+        if notes is not None:
+            notes.append(("complete", rule.id, inst.version, inst.variant, -1, None))
         self.close(st, inst)
 
     def _blocked(self, rule: CompiledRule, st: CustomerState, channel: str, now: int) -> str | None:

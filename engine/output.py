@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 
 from engine.types import Action, Conversion, Event, Fire
 
-__all__ = ["Output"]
+__all__ = ["Note", "Output"]
+
+Note = tuple[str, str, int, str, int, Fire | str | None]
+"""What a flow did, for campaign analytics (engine/analytics/observe.py): (kind, rule id,
+version, variant, pc, detail). Kinds: ``enter`` (an instance started), ``send`` (the send
+op at pc ran: detail is its Fire), ``reach`` (the flow suspended at the wait at pc),
+``exit`` (it was ended by an event or segment change of the type in detail, by
+``send_if``, or ``restarted`` by its trigger), ``complete`` (it ran to its end, or its rule version is gone). pc is -1 when
+it is not about an op."""
 
 
 @dataclass(slots=True)
@@ -35,6 +43,9 @@ class Output:
     # segment membership changes: (customer id, segment id, entered?, at ms), in order
     # (the runtime keeps its segment index with them: engine/embedded/segment_index.py)
     segment_changes: list[tuple[str, str, bool, int]] = field(default_factory=list)
+    # what the customer's flows did (``Note``), noted only when the runtime counts
+    # campaign analytics (``Processor.notes``); None otherwise
+    notes: list[Note] | None = None
 
     def extend(self, other: Output) -> None:
         self.actions += other.actions
@@ -44,3 +55,5 @@ class Output:
         self.errors += other.errors
         self.forwards += other.forwards
         self.segment_changes += other.segment_changes
+        if other.notes:
+            self.notes = [*(self.notes or ()), *other.notes]

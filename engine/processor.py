@@ -108,6 +108,9 @@ class Processor:
         self.store = store
         self.timers = timers
         self._pop = EMPTY
+        # note what flows do in each Output (``Output.notes``): the runtime counts
+        # campaign analytics from them (engine/analytics/observe.py)
+        self.notes = False
         self.ruleset = ruleset
 
     @property
@@ -139,6 +142,8 @@ class Processor:
         """Apply one event at processing time ``now`` (``ts``: the event time in ms, when
         the caller already computed it)."""
         out = Output(ev.customer_id)
+        if self.notes:
+            out.notes = []
         rs = self._rs
         if ts is None:
             ts = ev.ts
@@ -269,6 +274,8 @@ class Processor:
         unknown customer, an id merged into another (its state is a redirect) or a state
         already current."""
         out = Output(customer_id)
+        if self.notes:
+            out.notes = []
         st = self.store.get(customer_id)
         if st is None or st.merged_into is not None:
             return out
@@ -326,6 +333,10 @@ class Processor:
                     flt is None
                     or self._test(flt, RuleScope(st, now, self._consent, ev, None, self._pop), out)
                 ):
+                    if out.notes is not None:
+                        out.notes.append(
+                            ("exit", inst.rule_id, inst.version, inst.variant, -1, ev.type)
+                        )
                     self._runner.close(st, inst)
                     break
 
@@ -372,7 +383,9 @@ class Processor:
                 return
             if rule.when is not None and not self._test(rule.when, scope, out):
                 return
-        if inst is not None:
+        if inst is not None:  # on_retrigger: restart
+            if out.notes is not None:
+                out.notes.append(("exit", rule.id, inst.version, inst.variant, -1, "restarted"))
             self._runner.close(st, inst)
         variant = assign_variant(st.customer_id, rule)
         trigger = kept_trigger(ev.properties, rule.trigger_keys) if rule.uses_trigger else None
@@ -380,6 +393,8 @@ class Processor:
         if st.flows is None:
             st.flows = {}
         st.flows[rule.id] = inst
+        if out.notes is not None:
+            out.notes.append(("enter", rule.id, rule.version, variant, -1, None))
         if rule.reentry != "always":  # only these policies ever read it back
             if st.entries is None:
                 st.entries = {}
@@ -419,6 +434,8 @@ class Processor:
         does nothing; one whose rule or version is gone (removed by a deploy, or past
         ``versions_kept``) ends the flow."""
         out = Output(customer_id, due)
+        if self.notes:
+            out.notes = []
         st = self.store.get(customer_id)
         if rule_id == SEGMENT_TIMER:
             if st is not None and st.segments_due == due:
@@ -438,6 +455,8 @@ class Processor:
         inst.due = None
         rule = self._rs.flow_rule(inst)
         if rule is None:
+            if out.notes is not None:
+                out.notes.append(("complete", inst.rule_id, inst.version, inst.variant, -1, None))
             self._runner.close(st, inst)
             return out
         self._runner.run(rule, st, inst, due, now, out)

@@ -210,7 +210,6 @@ class SegmentBackfill:
                 have, merged = held_digest(st)
                 if have == digest or merged:  # made current since (a merge, a timer)
                     continue
-                part.expect(cid)  # analytics: the flows before (engine/analytics/)
                 emit(backfill(cid, now))
                 self.backfilled += 1
                 if isinstance(st, bytes):
