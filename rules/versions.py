@@ -54,6 +54,11 @@ def _version_of(entry: Mapping[str, Any]) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+def _behaviour(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A spec without what does not change what it does (its description)."""
+    return {k: v for k, v in entry.items() if k != "description"}
+
+
 def retained(
     current: Mapping[str, CompiledRule],
     specs: Mapping[str, RuleSpec],
@@ -80,7 +85,7 @@ def retained(
                 continue
             if v == rule.version:
                 spec = specs.get(rule_id)
-                if i == 0 and spec is not None and entry != spec_json(spec):
+                if i == 0 and spec is not None and _behaviour(entry) != _behaviour(spec_json(spec)):
                     in_place.append(rule_id)
                 continue
             if v in versions or len(kept) >= keep:

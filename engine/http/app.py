@@ -205,7 +205,10 @@ async def put_rules(request: web.Request) -> web.Response:
         metrics.rule_deploys.labels("rejected").inc()
         return _rule_errors(err)
     metrics.rule_deploys.labels("ok").inc()
-    return ok({"version": version, "rules": len(request.app[BACKEND].ruleset.rules)})
+    rs = request.app[BACKEND].ruleset
+    return ok(
+        {"version": version, "rules": len(rs.rules), "warnings": rule_routes.deploy_warnings(rs)}
+    )
 
 
 async def validate_rules(request: web.Request) -> web.Response:

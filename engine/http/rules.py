@@ -23,8 +23,19 @@ from aiohttp import web
 from engine.embedded.exceptions import NotReady
 from engine.http.base import BACKEND, METRICS, auth, error, ok
 from rules.exceptions import RuleErrors
+from rules.ruleset import RuleSet
 
-__all__ = ["install", "rollback_rules"]
+__all__ = ["deploy_warnings", "install", "rollback_rules"]
+
+
+def deploy_warnings(rs: RuleSet) -> list[str]:
+    """What a deploy answers besides its version: the rules whose steps changed without a
+    version bump (their open flows continue at their step index with the new steps)."""
+    return [
+        f"rule {rid}: changed without a version bump: its open flows continue at their "
+        "step index with the new steps (bump version to keep them on the old ones)"
+        for rid in rs.changed_in_place
+    ]
 
 
 async def _target(request: web.Request, current: int) -> int | web.Response:
@@ -101,6 +112,7 @@ async def rollback_rules(request: web.Request) -> web.Response:
             "rolled_back_to": target,
             "previous": current,
             "rules": len(backend.ruleset.rules),
+            "warnings": deploy_warnings(backend.ruleset),
         }
     )
 

@@ -141,7 +141,13 @@ async def test_versions_survive_a_deploy_a_new_worker_and_a_rollback(
 
             status, body = await call("POST", "/v1/rules/rollback")
             assert status == 200, body
-            assert body == {"version": 3, "rolled_back_to": 1, "previous": 2, "rules": 1}
+            assert body == {
+                "version": 3,
+                "rolled_back_to": 1,
+                "previous": 2,
+                "rules": 1,
+                "warnings": [],
+            }
             await until("w2 on rule set 3", lambda: on("w2", 3), c)
             await visit("after")  # enters version 1 again
 

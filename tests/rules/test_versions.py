@@ -79,6 +79,12 @@ def test_without_a_version_bump_the_new_steps_apply_at_the_step_index() -> None:
     ]
 
 
+def test_a_new_description_is_no_change_in_place() -> None:
+    first = load_texts([("w.yaml", WELCOME_V1)])
+    text = WELCOME_V1.replace("version: 1", "version: 1\ndescription: day 1 and day 3")
+    assert load_texts([("w.yaml", text)], first.history()).changed_in_place == ()
+
+
 def test_a_flow_leaves_on_the_exits_of_its_own_version() -> None:
     v1 = WELCOME_V1.replace("steps:", "exit_on: [{event: order_completed}]\nsteps:")
     v2 = WELCOME_V2.replace("steps:", "exit_on: [{event: account_closed}]\nsteps:")

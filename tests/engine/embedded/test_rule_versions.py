@@ -91,7 +91,13 @@ async def test_flows_keep_their_version_through_deploy_rollback_and_restart(
     async with h.session.post(h.url("/v1/rules/rollback"), headers=h.auth("admin")) as r:
         assert r.status == 200, await r.text()
         body = await r.json()
-    assert body == {"version": second + 1, "rolled_back_to": first, "previous": second, "rules": 1}
+    assert body == {
+        "version": second + 1,
+        "rolled_back_to": first,
+        "previous": second,
+        "rules": 1,
+        "warnings": [],
+    }
     assert await rule_versions(h) == {"welcome": 1}
     await h.post_events([ev(3, "customer_signed_up", "after", {}, at=START + 24 * H)])
     await h.settle()
@@ -114,6 +120,15 @@ async def test_flows_keep_their_version_through_deploy_rollback_and_restart(
     assert templates(h, "early") == [("welcome_day1", 1, at(24)), ("welcome_day3", 1, at(72))]
     assert templates(h, "late") == [("welcome_intro", 2, at(24)), ("welcome_day1", 2, at(48))]
     assert templates(h, "after") == [("welcome_day1", 1, at(48))]
+
+
+async def test_a_deploy_warns_of_steps_changed_without_a_version_bump(harness: Harness) -> None:
+    h = harness
+    assert (await deploy(h, V1))["warnings"] == []
+    body = await deploy(h, V2.replace("version: 2", "version: 1"))
+    [warning] = body["warnings"]
+    assert "rule welcome: changed without a version bump" in warning
+    assert (await deploy(h, V2))["warnings"] == []
 
 
 async def test_rollback_refusals(harness: Harness) -> None:
