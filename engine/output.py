@@ -16,8 +16,8 @@ Note = tuple[str, str, int, str, int, Fire | str | None]
 version, variant, pc, detail). Kinds: ``enter`` (an instance started), ``send`` (the send
 op at pc ran: detail is its Fire), ``reach`` (the flow suspended at the wait at pc),
 ``exit`` (it was ended by an event or segment change of the type in detail, by
-``send_if``, or ``restarted`` by its trigger), ``complete`` (it ran to its end, or its rule version is gone). pc is -1 when
-it is not about an op."""
+``send_if``, or ``restarted`` by its trigger), ``complete`` (it ran to its end, or its
+rule version is gone). pc is -1 when it is not about an op."""
 
 
 @dataclass(slots=True)
