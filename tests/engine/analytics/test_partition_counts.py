@@ -57,7 +57,9 @@ def test_counts_balance_against_the_core() -> None:
         assert by[(rid, variant, "sent")] == fires[(rid, variant, "sent")]
         assert by[(rid, variant, "holdout")] == fires[(rid, variant, "holdout")]
         suppressed = sum(
-            n for (r, v, o), n in fires.items() if r == rid and v == variant and o.startswith("supp")
+            n
+            for (r, v, o), n in fires.items()
+            if r == rid and v == variant and o.startswith("supp")
         )
         assert by[(rid, variant, "suppressed")] == suppressed
     assert sum(by[k] for k in by if k[2] == "exited") > 0
