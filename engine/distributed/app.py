@@ -445,8 +445,8 @@ class WorkerApp:
         for i in range(0, len(actions), size):
             await deliverer.deliver_all(actions[i : i + size])
 
-    async def _dead_letter(self, action: Action, error: str) -> None:
-        body = orjson.dumps({"action": action.to_json_dict(), "error": error})
+    async def _dead_letter(self, action: Action, error: str, reason: str = "rejected") -> None:
+        body = orjson.dumps({"action": action.to_json_dict(), "error": error, "reason": reason})
         await self.dead_topic.send(key=action.customer_id.encode(), value=body)
 
     # --- stats -----------------------------------------------------------------------
