@@ -160,6 +160,9 @@ async def get_rules(request: web.Request) -> web.Response:
             "priority": r.priority,
             "trigger": r.trigger,
             "digest": r.digest,
+            # earlier versions kept for open flows, newest first (rules/versions.py)
+            "kept_versions": [old.version for old in rs.retired.get(r.id, ())],
+            "on_update": "move" if r.id in rs.moving else "keep",
         }
         for r in sorted(rs.rules.values(), key=lambda r: r.sort_key())
     ]

@@ -51,9 +51,14 @@ async def deploy(h: Harness, text: str) -> dict[str, Any]:
 
 
 async def rule_versions(h: Harness) -> dict[str, int]:
+    return {r["id"]: r["version"] for r in await listed(h)}
+
+
+async def listed(h: Harness) -> list[dict[str, Any]]:
     async with h.session.get(h.url("/v1/rules"), headers=h.auth("admin")) as r:
         body = await r.json()
-    return {r["id"]: r["version"] for r in body["rules"]}
+    rules: list[dict[str, Any]] = body["rules"]
+    return rules
 
 
 def templates(h: Harness, customer: str) -> list[tuple[str, int, str]]:
@@ -98,7 +103,8 @@ async def test_flows_keep_their_version_through_deploy_rollback_and_restart(
         "rules": 1,
         "warnings": [],
     }
-    assert await rule_versions(h) == {"welcome": 1}
+    [listing] = await listed(h)
+    assert (listing["version"], listing["kept_versions"], listing["on_update"]) == (1, [2], "keep")
     await h.post_events([ev(3, "customer_signed_up", "after", {}, at=START + 24 * H)])
     await h.settle()
 
