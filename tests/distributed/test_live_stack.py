@@ -1,0 +1,294 @@
+"""The monitoring kit against a live distributed stack: an ingest and two workers, each
+with ``--http-port`` as deploy/docker/docker-compose.yml runs them, scraped by a real
+Prometheus with deploy/prometheus/alerts.yml loaded.
+
+After a short trace every dashboard query returns data, except the panels only
+``nudge run`` fills (its outbox, dead-letter store and checkpoints). Then the alert
+rules: none fires on the healthy stack; each fires when its fault is injected: the
+traffic stops (NudgeNoEventsReceived), the sink refuses every action
+(NudgeDeadLettersGrowing, NudgeActionFailureRateHigh), a burst outruns the workers
+(NudgeEventBacklogHigh), a worker is killed (NudgeProcessDown).
+
+To run in minutes, the alert file is loaded with its durations shortened (``for`` 3 s,
+range windows and offsets 20 s) and the backlog threshold lowered from 100,000 to
+2,000 events; the expressions are otherwise the shipped ones. The workers run with
+``--batch-size 5`` so that a burst of 30,000 events builds a backlog on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession, ClientTimeout
+
+from engine.types import iso
+from tests.deploy._support import ALERTS, GRAFANA_VARS, dashboard_exprs
+from tests.deploy.test_live import _request
+from tests.distributed.conftest import Cluster, produce
+from tests.support.fixtures import PrometheusFactory
+from tests.support.servers import free_port
+from tests.support.traces import make_events
+from tests.support.webhook import WebhookReceiver
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
+WRITE, ADMIN = "live-write-token", "live-admin-token"
+
+EXPERIMENT_RULE = """id: page-exp
+trigger: {event: page_viewed}
+reentry: always
+steps:
+  - send: {channel: webhook, template: exp}
+experiment:
+  variants: {a: 50, b: 50}
+  goal: {event: order_completed, within: 1d}
+"""
+
+# metrics only nudge run has: its outbox, dead-letter store and checkpoints
+NUDGE_RUN_ONLY = ("nudge_outbox_pending", "nudge_dead_letters", "nudge_checkpoint_seconds")
+NUDGE_RUN_ONLY += ("nudge_outbox_flush_seconds",)
+
+
+def fast_alerts(text: str) -> str:
+    """alerts.yml with its durations shortened and the backlog threshold lowered."""
+    text = re.sub(r"(?m)^(\s+for:) \d+m$", r"\1 3s", text)
+    text = re.sub(r"\[\d+m\]", "[20s]", text)
+    text = re.sub(r"offset \d+m", "offset 20s", text)
+    text = text.replace("> 100000", "> 2000")
+    assert "[10m]" not in text
+    assert "for: 10m" not in text
+    return text
+
+
+class Prom:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        status, body = _request("GET", url)
+        answer = json.loads(body)
+        assert status == 200, (promql, answer)
+        assert answer["status"] == "success", (promql, answer)
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    def firing(self) -> dict[str, list[dict[str, str]]]:
+        """alert name -> the label sets of its firing alerts."""
+        status, body = _request("GET", self.url + "/api/v1/alerts")
+        assert status == 200
+        out: dict[str, list[dict[str, str]]] = {}
+        for a in json.loads(body)["data"]["alerts"]:
+            if a["state"] == "firing":
+                out.setdefault(a["labels"]["alertname"], []).append(a["labels"])
+        return out
+
+    def fired_since(self, seconds: int) -> set[str]:
+        """Alerts that were firing at any evaluation in the last ``seconds``."""
+        got = self.query(f'max_over_time(ALERTS{{alertstate="firing"}}[{seconds}s])')
+        return {s["metric"]["alertname"] for s in got}
+
+
+async def wait_for(what: str, probe: Any, timeout: float, c: Cluster) -> Any:
+    end = time.monotonic() + timeout
+    while True:
+        got = await asyncio.to_thread(probe)
+        if got:
+            return got
+        for name, proc in c.procs.items():
+            if proc.poll() is not None and name not in c.killed:
+                raise AssertionError(f"{name} exited:\n{c.log_tail(name)}")
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.5)
+
+
+class Traffic:
+    """A few events every half second through the ingest while ``on``."""
+
+    def __init__(self, session: ClientSession, url: str) -> None:
+        self.session, self.url, self.on, self.n = session, url, True, 0
+
+    async def run(self) -> None:
+        auth = {"Authorization": f"Bearer {WRITE}"}
+        while True:
+            if self.on:
+                self.n += 1
+                now = int(time.time() * 1000)
+                events = make_events(4, now, customers=5, prefix=f"t{self.n}-")
+                with contextlib.suppress(OSError, TimeoutError):
+                    async with self.session.post(self.url, json=events, headers=auth) as r:
+                        assert r.status == 202, await r.text()
+            await asyncio.sleep(0.5)
+
+
+async def test_dashboard_and_alerts_on_a_live_distributed_stack(
+    cluster_factory: Any,
+    prometheus_factory: PrometheusFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("NUDGE_WRITE_TOKEN", WRITE)
+    monkeypatch.setenv("NUDGE_ADMIN_TOKEN", ADMIN)
+    hook = WebhookReceiver()
+    await hook.start()
+    c: Cluster = cluster_factory(hook.url)
+    (c.rules_dir / "exp.yaml").write_text(EXPERIMENT_RULE)
+    hook_sink = {"type": "webhook", "url": hook.url, "max_attempts": 1}
+    c.sinks_file.write_text(json.dumps({"default": "hook", "sinks": {"hook": hook_sink}}))
+    ports = {name: free_port() for name in ("ingest", "w1", "w2")}
+    for name, port in ports.items():
+        c.start_worker(
+            name, "--http-port", str(port), "--data", str(c.tmp / name), "--batch-size", "5"
+        )
+    alerts = tmp_path / "alerts.yml"
+    alerts.write_text(fast_alerts(ALERTS.read_text(encoding="utf-8")), encoding="utf-8")
+    workers = ", ".join(f"'127.0.0.1:{ports[n]}'" for n in ("w1", "w2"))
+    prom = Prom(
+        prometheus_factory(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files:\n  - {alerts}\n"
+            "scrape_configs:\n"
+            "  - job_name: nudge-ingest\n"
+            f"    static_configs:\n      - targets: ['127.0.0.1:{ports['ingest']}']\n"
+            "  - job_name: nudge-worker\n"
+            f"    static_configs:\n      - targets: [{workers}]\n"
+        ).url
+    )
+    base = f"http://127.0.0.1:{ports['ingest']}"
+    timeout = ClientTimeout(total=30)
+    async with ClientSession(timeout=timeout) as session:
+        traffic_task: asyncio.Task[None] | None = None
+        try:
+            await wait_for(
+                "all three serving",
+                lambda: len(prom.query('nudge_up{job=~"nudge.*"} == 1')) == 3,
+                120,
+                c,
+            )
+            # --- a short trace: accepted, rejected, unauthorized, too late, a deploy
+            auth = {"Authorization": f"Bearer {WRITE}"}
+            now = int(time.time() * 1000)
+            trace = make_events(400, now - 5_000)
+            old = make_events(1, now - 3 * 86_400_000, prefix="old")  # past allowed lateness
+            for body, token, want in (
+                (trace, WRITE, 202),
+                (old, WRITE, 202),
+                ({"type": "page_viewed"}, WRITE, 400),
+                (trace[:1], "wrong-token", 401),
+            ):
+                headers = {"Authorization": f"Bearer {token}"}
+                async with session.post(base + "/v1/events", json=body, headers=headers) as r:
+                    assert r.status == want, await r.text()
+            files = {p.name: p.read_text() for p in sorted(c.rules_dir.iterdir())}
+            admin = {"Authorization": f"Bearer {ADMIN}"}
+            async with session.put(base + "/v1/rules", json={"files": files}, headers=admin) as r:
+                assert r.status == 200, await r.text()
+            traffic = Traffic(session, base + "/v1/events")
+            traffic_task = asyncio.create_task(traffic.run())
+            del auth
+
+            # --- every dashboard query returns data (but nudge run's own panels)
+            exprs = [e for e in dashboard_exprs(GRAFANA_VARS) if not e.startswith("label_")]
+            expected_empty = {e for e in exprs if any(m in e for m in NUDGE_RUN_ONLY)}
+            assert expected_empty
+            assert len(exprs) - len(expected_empty) >= 40
+
+            def missing() -> set[str]:
+                return {e for e in exprs if not prom.query(e)} - expected_empty
+
+            left: set[str] = set(exprs)
+
+            def all_there() -> bool:
+                nonlocal left
+                left = missing()
+                return not left
+
+            try:
+                await wait_for("every dashboard query to return data", all_there, 90, c)
+            except AssertionError:
+                raise AssertionError(f"no data: {sorted(left)}") from None
+            for e in expected_empty:
+                assert prom.query(e) == [], e
+
+            # --- healthy: no alert fires (the shortened windows have passed meanwhile)
+            await asyncio.sleep(25)
+            assert prom.firing() == {}
+            assert prom.fired_since(20) == set()
+
+            # --- fault: no traffic
+            traffic.on = False
+            got = await wait_for(
+                "NudgeNoEventsReceived", lambda: prom.firing().get("NudgeNoEventsReceived"), 90, c
+            )
+            assert set(prom.firing()) == {"NudgeNoEventsReceived"}, prom.firing()
+            print("no events:", got)
+            traffic.on = True
+            await wait_for("traffic again", lambda: not prom.firing(), 90, c)
+
+            # --- fault: the sink refuses every action
+            hook.fail_next = 10**9
+            await wait_for(
+                "the dead-letter alerts",
+                lambda: (
+                    {"NudgeDeadLettersGrowing", "NudgeActionFailureRateHigh"} <= set(prom.firing())
+                ),
+                90,
+                c,
+            )
+            assert set(prom.firing()) == {"NudgeDeadLettersGrowing", "NudgeActionFailureRateHigh"}
+            print("dead letters:", prom.firing())
+            hook.fail_next = 0
+            await wait_for("the sink back", lambda: not prom.firing(), 90, c)
+
+            # --- fault: a burst the workers cannot keep up with
+            stamp = iso(int(time.time() * 1000))
+            burst: list[dict[str, Any] | bytes] = [
+                {
+                    "event_id": f"burst-{i}",
+                    "type": "lag_probe",
+                    "customer_id": f"b{i % 500}",
+                    "timestamp": stamp,
+                }
+                for i in range(30_000)
+            ]
+            await produce(c.kafka.bootstrap, c.events_topic, burst)
+            await wait_for(
+                "NudgeEventBacklogHigh",
+                lambda: "NudgeEventBacklogHigh" in prom.fired_since(60),
+                90,
+                c,
+            )
+            lag = prom.query('max_over_time(max(nudge_queue_depth{job=~"nudge.*"})[60s:1s])')
+            print("backlog: max lag", lag[0]["value"][1])
+            await wait_for(
+                "the backlog drained",
+                lambda: (
+                    float(prom.query('sum(nudge_queue_depth{job=~"nudge.*"})')[0]["value"][1]) == 0
+                ),
+                180,
+                c,
+            )
+            await wait_for("the backlog alert resolved", lambda: not prom.firing(), 30, c)
+
+            # --- fault: a worker dies
+            c.kill("w2")
+            down = await wait_for(
+                "NudgeProcessDown", lambda: prom.firing().get("NudgeProcessDown"), 60, c
+            )
+            assert [a["instance"] for a in down] == [f"127.0.0.1:{ports['w2']}"]
+            print("worker down:", down, "also firing:", sorted(prom.firing()))
+        finally:
+            if traffic_task is not None:
+                traffic_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await traffic_task
+            c.stop_all()
+            await hook.stop()
