@@ -59,6 +59,7 @@ from engine.distributed.segments import SegmentChange, segment_records
 from engine.distributed.topics import key_partition
 from engine.intelligence.population import Population
 from engine.metrics import Metrics
+from engine.send_policy import rule_within
 from engine.types import Action, Event
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
@@ -198,6 +199,10 @@ class WorkerApp:
                 self._dead_letter,
                 concurrency=cfg.delivery_concurrency,
                 metrics=self.metrics,
+                # rule steps' deliver_within where this worker also processes (role all)
+                deadlines=self.router.deadlines(
+                    rule_within(lambda: None if self.engine is None else self.engine.ruleset)
+                ),
             )
         if not cfg.processing:
             self._ready.set()
