@@ -4,8 +4,11 @@ swaps rule sets the way both runtimes deploy them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from engine.cli import main
 from engine.testing import START, RuleKit
 from rules.exceptions import RuleErrors
 from rules.ruleset import load_texts
@@ -194,6 +197,19 @@ def test_rules_check_wants_every_wait_named_with_on_update_move() -> None:
     with pytest.raises(RuleErrors) as bad:
         load_texts([("nurture.yaml", MOVE_V1.replace("on_update: move", "on_update: migrate"))])
     assert "on_update" in str(bad.value)
+
+
+def test_nudge_rules_check_reports_an_unnamed_wait_under_move(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nurture.yaml"
+    path.write_text(MOVE_V1.replace("    name: first-wait\n", ""))
+    assert main(["rules", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:7:" in err
+    assert "give this wait a name" in err
+    path.write_text(MOVE_V1)
+    assert main(["rules", "check", str(path)]) == 0
 
 
 def test_a_flow_whose_version_is_no_longer_kept_ends_at_its_timer() -> None:
