@@ -88,6 +88,38 @@ def test_a_new_description_is_no_change_in_place() -> None:
     assert load_texts([("w.yaml", text)], first.history()).changed_in_place == ()
 
 
+CART_V1 = """
+id: cart
+version: 1
+trigger: {event: cart_item_added}
+steps:
+  - wait: 1h
+  - name: reminder
+    send: {channel: email, template: reminder}
+  - wait: 4h
+  - if: "!seen_since('email_opened', 'reminder')"
+    send: {channel: email, template: followup}
+"""
+
+
+def test_an_open_is_attributed_by_the_steps_of_the_flows_version() -> None:
+    """Feedback naming the action (``message_key``) is matched against the steps of the
+    version that sent it, not the new version's (where the reminder moved)."""
+    v2 = CART_V1.replace("version: 1", "version: 2").replace(
+        "steps:\n", "steps:\n  - wait: 30m\n  - send: {channel: email, template: hello}\n"
+    )
+    kit = RuleKit.from_yaml(CART_V1)
+    kit.send("cart_item_added", "c1", {"product_id": "p1", "price": 30.0})
+    kit.advance(minutes=30)
+    kit.deploy(v2)
+    kit.advance(hours=1)
+    [reminder] = kit.sent()
+    assert (reminder.template, reminder.rule_version) == ("reminder", 1)
+    kit.send("email_opened", "c1", {"message_key": reminder.idempotency_key})
+    kit.advance(hours=5)
+    assert [a.template for a in kit.sent()] == ["reminder"]  # opened: no follow-up
+
+
 def test_a_flow_leaves_on_the_exits_of_its_own_version() -> None:
     v1 = WELCOME_V1.replace("steps:", "exit_on: [{event: order_completed}]\nsteps:")
     v2 = WELCOME_V2.replace("steps:", "exit_on: [{event: account_closed}]\nsteps:")
