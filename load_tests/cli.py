@@ -56,6 +56,12 @@ def add_loadtest_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     rp.add_argument("--concurrency", type=int, default=16, help="requests in flight at most")
     rp.add_argument("--max-attempts", type=int, default=20, help="tries per batch")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rp.add_argument(
+        "--restamp",
+        action="store_true",
+        help="shift every timestamp by one offset so the newest event is stamped now (gaps "
+        "kept): an old trace triggers rules instead of arriving too late",
+    )
     rp.set_defaults(func=_cmd_replay)
 
     lt = sub.add_parser(

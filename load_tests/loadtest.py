@@ -515,4 +515,9 @@ def run_loadtest(args: Any) -> int:
         return 1
     sys.stdout.write(report["markdown"])
     sys.stdout.flush()
+    if report["errors"]:  # refused (401, 429, 5xx...) or no answer: the rate was not met
+        refused = sum(report["errors"].values())
+        statuses = ", ".join(f"{k}: {v}" for k, v in report["errors"].items())
+        print(f"loadtest: {refused} requests not accepted ({statuses})", file=sys.stderr)
+        return 1
     return 0

@@ -24,6 +24,14 @@
   400 ``invalid_events`` drops the listed events (counted as rejected) and re-sends the
   rest; any other 4xx rejects the whole batch.
 - Lines that are not JSON objects are counted as malformed and skipped.
+- Timestamps: an event stamped more than ``STALE_MS`` (24 h, the stock recipes'
+  ``allowed_lateness``) before it is sent updates state but triggers nothing; when most
+  of the trace is, a warning says so. ``--restamp`` shifts every timestamp by one offset
+  so that the newest event of the file is stamped with the replay's start: gaps kept,
+  nothing in the future.
+- Exit status 1 when a request was refused whole (401, 403, any 4xx but the 400 that
+  names invalid events, which are dropped and counted as rejected) or given up after
+  ``--max-attempts``, with the statuses on stderr.
 
 Progress (sent, acknowledged, rejected, retried, rate) goes to stderr; the JSON summary to
 stdout.
@@ -44,9 +52,12 @@ from typing import Any
 
 import orjson
 
+from engine.types import iso
+
 __all__ = ["ReplayOptions", "ReplayStats", "parse_rate", "parse_speed", "replay", "run_replay"]
 
 LINGER_S = 0.05
+STALE_MS = 24 * 3_600_000
 
 
 def parse_speed(text: str) -> float:
@@ -100,6 +111,7 @@ class ReplayOptions:
     max_attempts: int = 20
     timeout: float = 30.0
     progress: bool = True
+    restamp: bool = False
 
 
 @dataclass
@@ -112,6 +124,8 @@ class ReplayStats:
     retried: int = 0
     failed: int = 0
     requests: int = 0
+    refused: int = 0  # rejected with their whole request (401, 403, 4xx), of rejected
+    stale: int = 0  # stamped more than STALE_MS before they were sent
     statuses: dict[str, int] = field(default_factory=dict)
 
     def status(self, key: str) -> None:
@@ -192,6 +206,7 @@ class _HttpSender:
                     continue
             if 400 <= status < 500 and status != 429:
                 st.rejected += len(events)
+                st.refused += len(events)
                 return
             if attempt >= self.opts.max_attempts:
                 st.failed += len(events)
@@ -296,6 +311,12 @@ class _Replayer:
         self.stats = stats
         kafka = opts.target.startswith("kafka://")
         self.sender = _KafkaSender(opts, stats) if kafka else _HttpSender(opts, stats)
+        # --restamp: added to every timestamp (the newest event lands at the start)
+        self.shift: int | None = None
+        if opts.restamp:
+            newest = _newest_timestamp(opts.path)
+            if newest is not None:
+                self.shift = time.time_ns() // 1_000_000 - newest
 
     async def run(self) -> float:
         opts = self.opts
@@ -341,6 +362,7 @@ class _Replayer:
                         if not isinstance(event, dict):
                             st.malformed += 1
                             continue
+                        self._stamp(event)
                         if opts.rate is not None:
                             due = start + index / opts.rate
                         elif opts.speed is not None:
@@ -373,6 +395,32 @@ class _Replayer:
                 for task in senders:
                     task.cancel()
         return time.monotonic() - start
+
+    def _stamp(self, event: dict[str, Any]) -> None:
+        """Apply ``--restamp``; count the event if it is stale as it is sent."""
+        ts = _ts_ms(event.get("timestamp"))
+        if ts is None:
+            return
+        if self.shift is not None:
+            ts += self.shift
+            event["timestamp"] = iso(ts)
+        if time.time_ns() // 1_000_000 - ts > STALE_MS:
+            self.stats.stale += 1
+
+
+def _newest_timestamp(path: Path) -> int | None:
+    """The latest ``timestamp`` of the trace (a first pass over the file)."""
+    newest: int | None = None
+    with path.open("rb") as fh:
+        for raw in fh:
+            try:
+                event = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            ts = _ts_ms(event.get("timestamp")) if isinstance(event, dict) else None
+            if ts is not None and (newest is None or ts > newest):
+                newest = ts
+    return newest
 
 
 def _invalid_indices(body: bytes, n: int) -> set[int]:
@@ -470,9 +518,12 @@ def replay(opts: ReplayOptions) -> dict[str, Any]:
         "sent": stats.sent,
         "acknowledged": stats.acknowledged,
         "rejected": stats.rejected,
+        "refused": stats.refused,
         "retried": stats.retried,
         "failed": stats.failed,
         "requests": stats.requests,
+        "stale": stats.stale,
+        "restamped": opts.restamp,
         "statuses": dict(sorted(stats.statuses.items())),
         "elapsed_s": round(elapsed, 3),
         "rate_per_s": round(stats.acknowledged / elapsed, 1) if elapsed > 0 else 0.0,
@@ -513,8 +564,33 @@ def run_replay(args: Any) -> int:
             concurrency=args.concurrency,
             max_attempts=args.max_attempts,
             progress=not args.no_progress,
+            restamp=args.restamp,
         )
     )
     sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
     sys.stdout.flush()
-    return 0 if summary["failed"] == 0 else 1
+    return _verdict(summary)
+
+
+def _verdict(summary: dict[str, Any]) -> int:
+    """Warnings on stderr; 1 when a request was refused whole or given up, else 0."""
+    import sys
+
+    if summary["stale"] and summary["stale"] * 2 >= summary["sent"]:  # mostly stale
+        print(
+            f"replay: warning: {summary['stale']} of {summary['lines']} events were stamped "
+            "more than 24h before they were sent: beyond the stock allowed_lateness they "
+            "update state but trigger no rule (--restamp shifts the trace to now)",
+            file=sys.stderr,
+        )
+    lost = summary["refused"] + summary["failed"]
+    if lost:
+        statuses = orjson.dumps(summary["statuses"]).decode()
+        print(
+            f"replay: {lost} of {summary['sent']} events not acknowledged "
+            f"({summary['refused']} refused with their request, {summary['failed']} given "
+            f"up after retries); statuses {statuses}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -106,10 +106,38 @@ def test_replay_rejects_bad_token_and_invalid_events(engine: Engine, tmp_path: P
 
     res = run_cli("replay", str(trace), "--target", engine.base, "--token", "wrong")
     summary = orjson.loads(res.stdout)
-    assert summary["rejected"] == 31
+    assert summary["rejected"] == summary["refused"] == 31
     assert summary["acknowledged"] == 0
     # one 401 per request, never retried (requests: one per lane holding events)
     assert summary["statuses"] == {"401": summary["requests"]}
+    assert res.returncode == 1  # refused: the operator must see it, statuses included
+    assert f'statuses {{"401":{summary["requests"]}}}' in res.stderr
+
+
+def test_replay_warns_of_a_stale_trace_and_restamps_it(engine: Engine, tmp_path: Path) -> None:
+    """A trace stamped days ago is mostly too late to trigger: a warning says so;
+    --restamp moves it to now, its gaps kept (the engine then fires on it)."""
+    cfg = TrafficConfig(
+        customers=20, events=60, seed=9, days=0.5, late_share=0.0, duplicate_share=0.0
+    )
+    events = list(generate(cfg))
+    trace = tmp_path / "old.jsonl"
+    trace.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
+    common = ("replay", str(trace), "--target", engine.base, "--token", WRITE)
+    res = run_cli(*common)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = orjson.loads(res.stdout)
+    assert summary["stale"] == 60
+    assert "warning: 60 of 60 events were stamped more than 24h before" in res.stderr
+    assert "--restamp" in res.stderr
+
+    restamped = [{**e, "event_id": "r-" + e["event_id"]} for e in events]
+    trace.write_bytes(b"\n".join(orjson.dumps(e) for e in restamped) + b"\n")
+    res = run_cli(*common, "--restamp")
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = orjson.loads(res.stdout)
+    assert (summary["stale"], summary["acknowledged"], summary["restamped"]) == (0, 60, True)
+    assert "warning" not in res.stderr
 
 
 def test_loadtest_writes_report_and_plots(engine: Engine, tmp_path: Path) -> None:
