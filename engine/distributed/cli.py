@@ -7,13 +7,14 @@ Also runnable alone: ``python -m engine.distributed.cli worker ...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -128,7 +129,8 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
         socks = _listen(args)
         if args.http_port:
             _load_tokens(args)
-        asyncio.run(ensure_topics(cfg.broker, plan_of(cfg)))
+        with _quiet_kafka():
+            asyncio.run(ensure_topics(cfg.broker, plan_of(cfg)))
     except _StartupError as err:
         _refuse(str(err))
     except Exception as err:  # broker unreachable, a layout error, a timeout
@@ -163,7 +165,20 @@ def _kafka_reason(broker: str, err: BaseException) -> str:
         return str(err)
     if isinstance(err, TimeoutError):
         return f"{broker}: {err or 'timed out'}"
-    return f"{broker}: cannot reach Kafka ({type(err).__name__}: {err})"
+    return f"{broker}: cannot reach Kafka ({err or type(err).__name__})"
+
+
+@contextlib.contextmanager
+def _quiet_kafka() -> Iterator[None]:
+    """aiokafka logs each failed connection at ERROR: the one-line start-up error says
+    it instead."""
+    log = logging.getLogger("aiokafka")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _listen(args: argparse.Namespace) -> dict[str, socket.socket]:
@@ -344,7 +359,8 @@ def run_topics_ensure(args: argparse.Namespace) -> int:
                 await asyncio.sleep(1.0)
 
     try:
-        created = asyncio.run(ensure())
+        with _quiet_kafka():
+            created = asyncio.run(ensure())
     except Exception as err:
         print(f"nudge topics ensure: {_kafka_reason(cfg.broker, err)}", file=sys.stderr)
         return 1
