@@ -69,6 +69,8 @@ def test_worker_registry_has_nudge_runs_names_it_updates() -> None:
     ):
         assert name in fams
     for name in ("nudge_checkpoint_seconds", "nudge_outbox_pending", "nudge_ready"):
-        assert name not in fams and name not in with_http
-    assert "nudge_events_accepted" not in fams and "nudge_events_accepted" in with_http
+        assert name not in fams
+        assert name not in with_http
+    assert "nudge_events_accepted" not in fams
+    assert "nudge_events_accepted" in with_http
     assert "nudge_journal_commit_seconds" in with_http
