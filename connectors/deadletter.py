@@ -100,6 +100,7 @@ class DeadLetterStore:
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
+            db.execute("PRAGMA secure_delete=ON")  # an erased customer's letters are gone
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
@@ -111,6 +112,25 @@ class DeadLetterStore:
             db.close()
             raise
         return db
+
+    def erase_customer(self, customer_id: str) -> int:
+        """Delete every letter of ``customer_id``'s actions (erasure) and truncate the WAL;
+        returns how many."""
+        with self._lock:
+            keys = []
+            for key, action in self._db.execute("SELECT key, action FROM dead_letters"):
+                try:
+                    if _decode(action).customer_id == customer_id:
+                        keys.append(key)
+                except msgspec.MsgspecError:
+                    continue
+            for i in range(0, len(keys), 500):
+                part = keys[i : i + 500]
+                self._db.execute(
+                    f"DELETE FROM dead_letters WHERE key IN ({','.join('?' * len(part))})", part
+                )
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return len(keys)
 
     def reopen(self) -> None:
         """Close the database and open it again: after :meth:`close`, or to replace a

@@ -67,6 +67,10 @@ class AddressBook(Protocol):
         """The customer that last recorded ``address``, or None."""
         ...
 
+    async def erase(self, customer_id: str) -> int:
+        """Forget every address of ``customer_id`` (erasure); returns how many."""
+        ...
+
 
 def normalize(channel: str, address: str) -> str:
     """The form addresses are stored and looked up in: emails stripped and lower-cased;
@@ -116,6 +120,12 @@ class MemoryAddressBook:
     async def lookup(self, channel: str, address: str) -> str | None:
         return self._data.get((channel, address))
 
+    async def erase(self, customer_id: str) -> int:
+        gone = [k for k, v in self._data.items() if v == customer_id]
+        for k in gone:
+            del self._data[k]
+        return len(gone)
+
     def __len__(self) -> int:
         return len(self._data)
 
@@ -135,6 +145,7 @@ class SqliteAddressBook:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute("PRAGMA secure_delete=ON")  # an erased customer's addresses are gone
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute(
@@ -163,6 +174,17 @@ class SqliteAddressBook:
             (channel, address),
         )
         return str(rows[0][0]) if rows else None
+
+    async def erase(self, customer_id: str) -> int:
+        def run() -> int:
+            assert self._db is not None, "address book is closed"
+            n = self._db.execute(
+                "DELETE FROM addresses WHERE customer_id = ?", (customer_id,)
+            ).rowcount
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return int(n)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     def close(self) -> None:
         """Close the file and stop the thread (calls after this fail)."""
@@ -194,3 +216,13 @@ class RedisAddressBook:
         if got is None:
             return None
         return got.decode() if isinstance(got, bytes) else str(got)
+
+    async def erase(self, customer_id: str) -> int:
+        """Every channel's hash scanned (erasure is rare): fields naming the customer go."""
+        n = 0
+        want = customer_id.encode()
+        async for key in self._redis.scan_iter(match=f"{self._prefix}:*"):
+            fields = [f for f, v in (await self._redis.hgetall(key)).items() if v == want]
+            if fields:
+                n += int(await self._redis.hdel(key, *fields))
+        return n

@@ -25,6 +25,7 @@ import functools
 import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,9 @@ CREATE TABLE IF NOT EXISTS rules_archive (
 
 def _connect(path: Path, synchronous: str, schema: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    # deleted content is overwritten, not left in free pages (an erased customer's
+    # data must not be readable in the file: docs/operations.md, "Erasure")
+    db.execute("PRAGMA secure_delete=ON")
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={synchronous}")
     db.executescript(schema)
@@ -266,6 +270,7 @@ def write_snapshot(
     if outbox:  # none: nothing to lock state.db for (the engine's outbox flushes use it)
         db = sqlite3.connect(path / "state.db", timeout=60.0, isolation_level=None)
         try:
+            db.execute("PRAGMA secure_delete=ON")
             db.execute(f"PRAGMA synchronous={synchronous}")
             with _transaction(db):
                 _outbox_add(db, outbox)
@@ -273,6 +278,7 @@ def write_snapshot(
             db.close()
     sdb = sqlite3.connect(path / "states.db", timeout=60.0, isolation_level=None)
     try:
+        sdb.execute("PRAGMA secure_delete=ON")
         sdb.execute(f"PRAGMA synchronous={synchronous}")
         return _write_states_in_steps(sdb, chunks, deleted, seqs, erased_after, per_commit, pause)
     finally:
@@ -521,14 +527,39 @@ class SqliteStore:
         return erased
 
     def erase_customer(self, customer_id: str) -> dict[str, int]:
-        """Delete a customer's checkpointed state and undelivered actions; returns counts."""
+        """Delete a customer's checkpointed state and every outbox row (pending, sent or
+        dead: they hold the actions' params and address); campaign counts committed
+        under its id and not yet folded move to a key without it (the next fold adds
+        them to the totals: reports keep the numbers, not the id). Returns counts:
+        ``states``, ``outbox`` (pending ones), ``outbox_rows`` (all)."""
         out = {}
-        for table, db, extra in (
-            ("states", self.sdb, ""),
-            ("outbox", self.db, " AND status = 'pending'"),
-        ):
-            cur = db.execute(f"DELETE FROM {table} WHERE customer_id = ?{extra}", (customer_id,))
-            out[table] = cur.rowcount
+        with _transaction(self.sdb):
+            out["states"] = self.sdb.execute(
+                "DELETE FROM states WHERE customer_id = ?", (customer_id,)
+            ).rowcount
+            self.sdb.execute(
+                "UPDATE analytics_pending SET customer_id = ? WHERE customer_id = ?",
+                ("\x00erased:" + uuid.uuid4().hex, customer_id),
+            )
+        with _transaction(self.db):
+            out["outbox"] = self.db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE customer_id = ? AND status = 'pending'",
+                (customer_id,),
+            ).fetchone()[0]
+            out["outbox_rows"] = self.db.execute(
+                "DELETE FROM outbox WHERE customer_id = ?", (customer_id,)
+            ).rowcount
+        return out
+
+    def truncate_wals(self) -> dict[str, bool]:
+        """Move every committed page into the database files and truncate their WALs, so
+        no older page image (an erased customer's) stays in a ``-wal`` file; a database
+        another connection is reading is retried at the next call. Returns, per file,
+        whether its WAL is empty now."""
+        out = {}
+        for name, db in (("journal.db", self.jdb), ("state.db", self.db), ("states.db", self.sdb)):
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            out[name] = not busy
         return out
 
     # --- rules ---------------------------------------------------------------------

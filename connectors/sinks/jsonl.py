@@ -76,6 +76,21 @@ class JsonlSink:
             self._writer = asyncio.create_task(self._drain(), name=f"jsonl-{self.name}")
         await done
 
+    async def redact(self, customer_id: str) -> int:
+        """Rewrite the file without the lines of ``customer_id``'s actions (erasure),
+        after the writes queued now; sends meanwhile wait for the reopened file. The new
+        file replaces the old atomically (a crash leaves one or the other, whole).
+        Returns how many lines were dropped."""
+        async with self._opening:
+            if self._writer is not None:
+                await self._writer
+            file, self._file = self._file, None
+            if file is not None:
+                await asyncio.to_thread(_sync_close, file)
+            dropped = await asyncio.to_thread(_rewrite_without, self.path, customer_id)
+        await self.start()
+        return dropped
+
     async def close(self) -> None:
         """Finish queued writes, fsync and close. Idempotent."""
         if self._writer is not None:
@@ -121,6 +136,33 @@ class JsonlSink:
         if self.fsync_every and self._unsynced >= self.fsync_every:
             os.fsync(file.fileno())
             self._unsynced = 0
+
+
+def _rewrite_without(path: Path, customer_id: str) -> int:
+    if not path.exists():
+        return 0
+    needle = orjson.dumps(customer_id)
+    tmp = path.with_name(path.name + ".redact")
+    dropped = 0
+    with path.open("rb") as src, tmp.open("wb") as dst:
+        for line in src:
+            if needle in line:  # cheap filter, then the exact field
+                try:
+                    if orjson.loads(line).get("customer_id") == customer_id:
+                        dropped += 1
+                        continue
+                except (orjson.JSONDecodeError, AttributeError):
+                    pass
+            dst.write(line)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return dropped
 
 
 def _drop_partial_tail(file: IO[bytes], path: Path) -> None:

@@ -153,6 +153,7 @@ class Outbox:
         self._attempts: dict[str, int] = {}
         self._replayed: dict[str, int] = {}  # key -> when a replay re-queued it
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._counters: dict[tuple[str, str], Any] = {}
         self._deadlines = deadlines if deadlines is not None else router.deadlines()
         self._hold = hold
         self._tick_s = tick_s
@@ -170,6 +171,26 @@ class Outbox:
         self._sup = supervisor if supervisor is not None else Supervisor(metrics)
         self._health = health if health is not None else Health(metrics)
         self._names: list[str] = []
+
+    def purge(self, customer_id: str) -> int:
+        """Drop ``customer_id``'s actions held in memory (the buffer, the delivery lane,
+        the forwards, the dead letters waiting for a write): the erasure's, once its rows
+        are deleted. Returns how many."""
+        n = 0
+        lane = self._lanes.pop(customer_id, None)
+        for a, _ in lane or ():
+            self._inflight.discard(a.idempotency_key)
+            n += 1
+        keep = [x for x in self._buf if x[0].customer_id != customer_id]
+        n += len(self._buf) - len(keep)
+        self._buf = keep
+        forwards = [a for a in self._forwards if a.customer_id != customer_id]
+        n += len(self._forwards) - len(forwards)
+        self._forwards = forwards
+        graves = [g for g in self.graves if g[0].customer_id != customer_id]
+        n += len(self.graves) - len(graves)
+        self.graves = graves
+        return n
 
     def add(self, action: Action, from_event: bool) -> None:
         self._buf.append((action, from_event))
@@ -385,7 +406,7 @@ class Outbox:
         else:
             self._released(sink.name, breaker, ok=True)
             m = self._metrics
-            m.sink_attempts.labels(sink.name, "ok").inc()
+            self._attempt_counter(sink.name, "ok").inc()
             m.action_send.observe(time.perf_counter() - t0)
             m.actions.labels(action.channel, "delivered").inc()
             if from_event:
@@ -395,9 +416,7 @@ class Outbox:
             self._wake.set()
             return
         self._released(sink.name, breaker, ok=not failure.retryable)
-        self._metrics.sink_attempts.labels(
-            sink.name, "retry" if failure.retryable else "refused"
-        ).inc()
+        self._attempt_counter(sink.name, "retry" if failure.retryable else "refused").inc()
         try:
             at = next_attempt(
                 self._router.policy_for(sink, self._policy),
@@ -415,6 +434,14 @@ class Outbox:
         logger.debug("retrying %s to %s at %d: %s", key, sink.name, at, failure)
         self._wait(cid, at)
         self._park(cid, sink.name, None, keep=True)  # and woken early if the sink recovers
+
+    def _attempt_counter(self, sink_name: str, result: str) -> Any:
+        """``nudge_sink_attempts{sink, result}``'s child (looked up once: every send)."""
+        key = (sink_name, result)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = self._metrics.sink_attempts.labels(sink_name, result)
+        return child
 
     def _give_up(self, cid: str, action: Action, sink: Sink, err: SinkError) -> None:
         """Expired or dead: recorded by ``_bury`` (before the customer's next action)."""

@@ -825,7 +825,11 @@ class Runtime:
         }
 
     async def erase(self, customer_id: str) -> dict[str, Any]:
-        """Erase a customer everywhere: state, timers, journal, pending actions."""
+        """Erase a customer everywhere in the data directory: state and timers (memory and
+        checkpoint), journal entries, every outbox row, dead letters, the default
+        actions file's lines, and the SQLite WAL files that held older page images
+        (docs/operations.md, "Erasure"). The customer's id may come back later as a new,
+        empty customer whose actions flow at once."""
         assert self.store is not None
         had_state = self.partition(customer_id).erase(customer_id)
         if self.segment_index is not None:
@@ -838,6 +842,17 @@ class Runtime:
         await self._no_writer.wait()
         counts: dict[str, int] = await self.db(self.store.erase_customer, customer_id)
         counts["journal"] = await self.jdb(self.store.erase_from_journal, customer_id)
+        dead = await self.db(self.dead.erase_customer, customer_id)
+        lines = 0
+        for sink in self.router.sinks.values():
+            redact = getattr(sink, "redact", None)  # a file sink (connectors/sinks/jsonl.py)
+            if redact is not None:
+                lines += await redact(customer_id)
+        # actions of the customer still in memory (queued before its rows were deleted)
+        # go, and the mark with them: a customer seen again gets its new actions
+        self.outbox.purge(customer_id)
+        self.outbox.erased.discard(customer_id)
+        await self.db(self.store.truncate_wals)
         self.metrics.customers_erased.inc()
         return {
             "customer_id": customer_id,
@@ -845,6 +860,9 @@ class Runtime:
             "journal_entries": counts["journal"],
             "pending_actions": counts["outbox"],
             "checkpoint": counts["states"],
+            "outbox_rows": counts["outbox_rows"],
+            "dead_letters": dead,
+            "actions_file_lines": lines,
         }
 
     def population_changed(self, population: Population) -> None:

@@ -254,10 +254,13 @@ async def export_customer(request: web.Request) -> web.Response:
 async def delete_customer(request: web.Request) -> web.Response:
     if (denied := auth(request, "admin")) is not None:
         return denied
+    cid = request.match_info["customer_id"]
     try:
-        erased = await request.app[BACKEND].erase(request.match_info["customer_id"])
+        erased = await request.app[BACKEND].erase(cid)
     except NotReady as nr:
         return _retry_later(nr)
+    # the address book (provider callbacks' phone -> customer) belongs to the HTTP layer
+    erased["addresses"] = await request.app[ADDRESS_BOOK].erase(cid)
     return ok({"erased": erased})
 
 
