@@ -68,6 +68,11 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.events_suppressed = Counter(
+            "nudge_events_suppressed",
+            "Events dropped at the edge: their customer was erased with suppression",
+            registry=r,
+        )
         self.events_processed = Counter(
             "nudge_events_processed",
             "Events applied by the core (accepted minus processed = backlog)",

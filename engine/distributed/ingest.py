@@ -31,6 +31,7 @@ from engine.clock import Clock, SystemClock
 from engine.distributed.requests import Kind, ReplyFollower
 from engine.distributed.rules import deploy_rules, stored_rule_files
 from engine.distributed.segments import SegmentFeed
+from engine.distributed.suppression import RedisSuppression
 from engine.embedded.exceptions import Backpressure, NotReady
 from engine.embedded.segment_index import SegmentIndex
 from engine.types import Event
@@ -80,6 +81,10 @@ class KafkaIngest:
         self.rules_files: dict[str, str] = {}
         self.rules_poll = rules_poll
         self._rules_task: asyncio.Task[None] | None = None
+        self.suppression: RedisSuppression | None = None
+        if redis is not None:
+            self.suppression = RedisSuppression(redis)
+        self.suppressed = 0  # events dropped: their customer was erased with suppression
         self.replies: ReplyFollower | None = None
         if replies_topic is not None:
             self.replies = ReplyFollower(self.bootstrap, replies_topic, request_timeout)
@@ -130,6 +135,8 @@ class KafkaIngest:
             await self.segment_feed.start()
         if self.replies is not None:
             await self.replies.start()
+        if self.suppression is not None:
+            await self.suppression.start()
         self.ready = True
 
     async def _follow_rules(self) -> None:
@@ -161,6 +168,8 @@ class KafkaIngest:
             await self.segment_feed.stop()
         if self.replies is not None:
             await self.replies.stop()
+        if self.suppression is not None:
+            await self.suppression.stop()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -169,6 +178,16 @@ class KafkaIngest:
         if not self.ready or self._producer is None:
             raise NotReady("ingest not connected to Kafka")
         events, body = batch
+        sup = self.suppression
+        if sup is not None and len(sup):  # erased with suppression: dropped, counted
+            kept = [i for i, ev in enumerate(events) if ev.customer_id not in sup]
+            if len(kept) < len(events):
+                self.suppressed += len(events) - len(kept)
+                raws = _raw_list.decode(body)
+                events = [events[i] for i in kept]
+                body = b"[" + b",".join(bytes(raws[i]) for i in kept) + b"]"
+                if not events:
+                    return
         if self.inflight + len(events) > self.max_inflight:
             raise Backpressure(1.0, self.inflight)
         raws = _raw_list.decode(body)  # the events as sent, one message each
@@ -198,10 +217,16 @@ class KafkaIngest:
         holds (the events stay in the ``events`` topic until its retention)."""
         return await self._request("export", customer_id)
 
-    async def erase(self, customer_id: str) -> dict[str, Any]:
-        """What ``DELETE /v1/customers/{id}`` erased, on the owning worker."""
+    async def erase(self, customer_id: str, suppress: bool = False) -> dict[str, Any]:
+        """What ``DELETE /v1/customers/{id}`` erased, on the owning worker; with
+        ``suppress``, the id's later events are dropped by every ingest."""
+        if suppress:
+            if self.suppression is None:
+                raise NotReady("suppression needs redis (nudge worker --redis)")
+            await self.suppression.add(customer_id)  # first: nothing new arrives after
         _, body = await self._request("erase", customer_id)
         erased: dict[str, Any] = body["erased"]
+        erased["suppressed"] = suppress
         return erased
 
     async def _request(self, kind: str, customer_id: str) -> tuple[int, dict[str, Any]]:

@@ -271,16 +271,19 @@ class MeteredIngest(KafkaIngest):
 
     async def accept(self, batch: Batch) -> None:
         t0 = time.perf_counter()
+        dropped = self.suppressed
         await super().accept(batch)
         m = self.metrics
+        if self.suppressed > dropped:  # erased with suppression: counted, not accepted
+            m.events_suppressed.inc(self.suppressed - dropped)
         events = batch[0]
         m.journal_commit.observe(time.perf_counter() - t0)
         m.journal_batch.observe(len(events))
         for etype, n in Counter(type_label(ev.type) for ev in events).items():
             m.events_accepted.labels(etype).inc(n)
 
-    async def erase(self, customer_id: str) -> dict[str, Any]:
-        erased = await super().erase(customer_id)
+    async def erase(self, customer_id: str, suppress: bool = False) -> dict[str, Any]:
+        erased = await super().erase(customer_id, suppress)
         self.metrics.customers_erased.inc()
         return erased
 

@@ -66,6 +66,7 @@ from rules.loader import rule_files
 from rules.ruleset import RuleSet, load_ruleset, load_stored, load_texts
 from state.analytics import Cell, DayTotals, Period
 from state.sqlite import SqliteStore
+from state.suppression import Suppression
 
 __all__ = ["Runtime", "RuntimeConfig"]
 
@@ -218,6 +219,7 @@ class Runtime:
             remove_stale_spools(cfg.data_dir)
             store = await self.db(SqliteStore, cfg.data_dir, cfg.synchronous)
             self.dead = await self.db(DeadLetterStore, cfg.data_dir / "deadletter.db")
+            self.suppression = await self.db(Suppression, cfg.data_dir / "suppressed.db")
         except (OSError, sqlite3.Error) as err:
             raise DataDirError(cfg.data_dir, os_reason(err)) from err
         self.store = store
@@ -295,6 +297,7 @@ class Runtime:
         assert self.store is not None
         await self.db(self.store.close)
         await self.db(self.dead.close)
+        await self.db(self.suppression.close)
         self._exec.shutdown(wait=True)
         self._jexec.shutdown(wait=True)
         self.metrics.up.labels("embedded").set(0)
@@ -371,6 +374,10 @@ class Runtime:
         identity forwards are not)."""
         if not self.ready:
             raise NotReady("starting or stopping")
+        if admit and len(self.suppression):  # erased with suppression: dropped, counted
+            batch = self._unsuppressed(batch)
+            if not batch[0]:
+                return
         if admit:
             queued = self.queued + self.writer.buffered
             d = self.admission.decide(queued, (ev.type for ev in batch[0]))
@@ -382,6 +389,14 @@ class Runtime:
         await self.writer.accept(batch)
         for etype, n in Counter(type_label(ev.type) for ev in batch[0]).items():
             self.metrics.events_accepted.labels(etype).inc(n)
+
+    def _unsuppressed(self, batch: Batch) -> Batch:
+        events = batch[0]
+        kept = [ev for ev in events if ev.customer_id not in self.suppression]
+        if len(kept) == len(events):
+            return batch
+        self.metrics.events_suppressed.inc(len(events) - len(kept))
+        return kept, encode_events(kept)
 
     async def _forward(self, events: list[Event]) -> None:
         """Journal identity forwards like accepted events (the outbox calls it, in order)."""
@@ -824,12 +839,13 @@ class Runtime:
             **record,
         }
 
-    async def erase(self, customer_id: str) -> dict[str, Any]:
+    async def erase(self, customer_id: str, suppress: bool = False) -> dict[str, Any]:
         """Erase a customer everywhere in the data directory: state and timers (memory and
         checkpoint), journal entries, every outbox row, dead letters, the default
         actions file's lines, and the SQLite WAL files that held older page images
         (docs/operations.md, "Erasure"). The customer's id may come back later as a new,
-        empty customer whose actions flow at once."""
+        empty customer whose actions flow at once, unless ``suppress``: then its later
+        events are dropped at the edge (state/suppression.py), the id kept only hashed."""
         assert self.store is not None
         had_state = self.partition(customer_id).erase(customer_id)
         if self.segment_index is not None:
@@ -852,6 +868,8 @@ class Runtime:
         # go, and the mark with them: a customer seen again gets its new actions
         self.outbox.purge(customer_id)
         self.outbox.erased.discard(customer_id)
+        if suppress:
+            await self.db(self.suppression.add, customer_id, self.clock.now())
         await self.db(self.store.truncate_wals)
         self.metrics.customers_erased.inc()
         return {
@@ -863,6 +881,7 @@ class Runtime:
             "outbox_rows": counts["outbox_rows"],
             "dead_letters": dead,
             "actions_file_lines": lines,
+            "suppressed": suppress,
         }
 
     def population_changed(self, population: Population) -> None:

@@ -255,8 +255,14 @@ async def delete_customer(request: web.Request) -> web.Response:
     if (denied := auth(request, "admin")) is not None:
         return denied
     cid = request.match_info["customer_id"]
+    flag = request.query.get("suppress", "false")
+    if flag not in ("true", "false"):
+        return error(400, "invalid_field", "suppress must be true or false", field="suppress")
     try:
-        erased = await request.app[BACKEND].erase(cid)
+        if flag == "true":
+            erased = await request.app[BACKEND].erase(cid, suppress=True)
+        else:
+            erased = await request.app[BACKEND].erase(cid)
     except NotReady as nr:
         return _retry_later(nr)
     # the address book (provider callbacks' phone -> customer) belongs to the HTTP layer

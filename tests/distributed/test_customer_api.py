@@ -80,6 +80,27 @@ async def test_customer_api_on_the_distributed_ingest(
             now = int(time.time() * 1000) - 60_000
             await customer_cases(CustomerApi(post, call, settled, now, journal=False))
 
+            # erase with suppression: the id's later events are dropped at the ingest
+            assert await post([_ev("sup1", now)]) == 202
+
+            async def sup_there() -> bool:
+                return (await call("GET", "/v1/customers/sup1"))[0] == 200
+
+            await until("sup1 processed", sup_there, c)
+            status, body = await call("DELETE", "/v1/customers/sup1?suppress=true")
+            assert status == 200, body
+            assert body["erased"]["suppressed"] is True
+            assert await post([_ev("sup1", now + 5, "p2"), _ev("marker", now + 5)]) == 202
+
+            async def marker_there() -> bool:
+                return (await call("GET", "/v1/customers/marker"))[0] == 200
+
+            await until("the marker processed", marker_there, c)
+            assert (await call("GET", "/v1/customers/sup1"))[0] == 404
+            async with session.get(url + "/metrics") as r:
+                text = await r.text()
+            assert "nudge_events_suppressed_total 1.0" in text
+
             # erase during a rebalance: the worker owning the customer dies just before
             # the erase; the request waits in its partition for the next owner
             owned = c.stats("w2")["engine"]["partitions"]

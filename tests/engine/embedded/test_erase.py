@@ -159,3 +159,47 @@ def test_erase_leaves_nothing_in_the_data_dir_even_after_kill_9(tmp_path: Path) 
             proc.terminate()
             proc.wait(timeout=30)
     time.sleep(0)
+
+
+async def test_suppressed_ids_events_are_dropped_and_counted_across_restarts(
+    tmp_path: Path,
+) -> None:
+    from tests.engine.embedded.conftest import running
+    from tests.engine.embedded.test_api import metric
+
+    data = tmp_path / "data"
+    ev = {
+        "event_id": "s1",
+        "type": "page_viewed",
+        "customer_id": CID,
+        "timestamp": iso(NOW),
+        "properties": {},
+    }
+    async with running(data) as h:
+        admin = h.auth("admin")
+        assert (await h.post_events([ev]))[0] == 202
+        await h.settle()
+        url = h.url(f"/v1/customers/{CID}?suppress=maybe")
+        async with h.session.delete(url, headers=admin) as r:
+            assert r.status == 400
+            assert (await r.json())["error"]["field"] == "suppress"
+        async with h.session.delete(
+            h.url(f"/v1/customers/{CID}?suppress=true"), headers=admin
+        ) as r:
+            assert r.status == 200
+            assert (await r.json())["erased"]["suppressed"] is True
+        other = {**ev, "event_id": "s2", "customer_id": OTHER}
+        assert (await h.post_events([{**ev, "event_id": "s3"}, other]))[0] == 202
+        await h.settle()
+        async with h.session.get(h.url(f"/v1/customers/{CID}"), headers=admin) as r:
+            assert r.status == 404  # dropped at the edge: no state
+        async with h.session.get(h.url(f"/v1/customers/{OTHER}"), headers=admin) as r:
+            assert r.status == 200
+        assert await metric(h, "nudge_events_suppressed_total") == 1
+    assert CID.encode() not in (data / "suppressed.db").read_bytes()  # kept hashed only
+    async with running(data) as h:  # the list survives a restart
+        assert (await h.post_events([{**ev, "event_id": "s4"}]))[0] == 202
+        await h.settle()
+        async with h.session.get(h.url(f"/v1/customers/{CID}"), headers=h.auth("admin")) as r:
+            assert r.status == 404
+        assert await metric(h, "nudge_events_suppressed_total") == 1
