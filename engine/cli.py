@@ -19,6 +19,7 @@ import orjson
 from engine.admin import add_admin_parsers
 from engine.distributed.cli import add_topics_parser, add_worker_parser
 from engine.embedded import CHECKPOINT_MODES
+from engine.erasure import add_erase_parser
 from engine.logs import configure_logging
 from engine.rollback import add_rollback_parser
 from engine.types import to_ms
@@ -575,6 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_loadtest_parsers(sub)
 
     _add_report_parser(sub)
+    add_erase_parser(sub)
 
     bt = sub.add_parser("backtest", help="run rules over a recorded JSONL trace")
     bt.add_argument("--rules", nargs="+", default=[str(RECIPES_DIR)])

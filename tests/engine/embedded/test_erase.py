@@ -18,7 +18,14 @@ import pytest
 
 from engine.types import iso
 from load_tests.nudge_proc import start_nudge_run, wait_ready
-from tests.engine.embedded.test_faults_process import ADMIN, WRITE, free_port, request, until
+from tests.engine.embedded.test_faults_process import (
+    ADMIN,
+    WRITE,
+    free_port,
+    nudge,
+    request,
+    until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +54,10 @@ def _events(cid: str, n: int, email: str | None = None, phone: str = PHONE) -> l
                 "type": "customer_signed_up",
                 "customer_id": cid,
                 "timestamp": iso(NOW),
-                "properties": {"email": email, "phone": phone, "consent": {"email": True}},
+                "properties": {
+                    "attributes": {"email": email, "phone": phone},
+                    "consent": {"email": True},
+                },
             }
         )
     for i in range(n):
@@ -113,8 +123,18 @@ def test_erase_leaves_nothing_in_the_data_dir_even_after_kill_9(tmp_path: Path) 
         before = {n for _, n in _hits(data)}
         assert before >= {CID, EMAIL}  # the customer is in the data directory
 
-        status, erased = request("DELETE", port, f"/v1/customers/{CID}")
-        assert status == 200, erased
+        # before: the CLI's search finds the customer (exit 1); then it erases through
+        # the API (profile values read first) and searches again: nothing (exit 0)
+        look = nudge("erase", CID, "--verify", "--data", str(data), "--value", EMAIL)
+        assert look.returncode == 1, look.stderr
+        assert "journal.db" in look.stdout
+        assert EMAIL not in look.stdout + look.stderr  # values are shown masked
+        done = nudge(
+            "erase", CID, "--url", f"http://127.0.0.1:{port}", "--verify", "--data", str(data)
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "0 hit(s)" in done.stderr
+        erased = orjson.loads(done.stdout.splitlines()[0])
         e = erased["erased"]
         assert e["state"] is True
         assert e["journal_entries"] == 7
