@@ -223,3 +223,26 @@ async def test_suppressed_ids_events_are_dropped_and_counted_across_restarts(
         async with h.session.get(h.url(f"/v1/customers/{CID}"), headers=h.auth("admin")) as r:
             assert r.status == 404
         assert await metric(h, "nudge_events_suppressed_total") == 1
+
+
+async def test_a_dead_letter_replay_after_an_erase_sends_nothing_of_the_customer(
+    tmp_path: Path,
+) -> None:
+    from engine.types import Action
+    from tests.engine.embedded.conftest import running
+
+    def letter(cid: str) -> Action:
+        return Action("vip", 1, cid, "webhook", "vip", {}, "default", f"key-{cid}", NOW, "")
+
+    async with running(tmp_path / "data") as h:
+        rt = h.runtime
+        for cid in (CID, OTHER):
+            rt.dead.add(letter(cid), "default", "HTTP 400", 1, "rejected")
+        admin = h.auth("admin")
+        async with h.session.delete(h.url(f"/v1/customers/{CID}"), headers=admin) as r:
+            assert (await r.json())["erased"]["dead_letters"] == 1
+        assert rt.dead.request_replay() == 1  # only the other customer's is left
+        [d] = await h.hook.wait_for(1)
+        assert d.body["customer_id"] == OTHER
+        await h.settle()
+        assert [x.body["customer_id"] for x in h.hook.deliveries] == [OTHER]
