@@ -71,6 +71,19 @@ class Shard:
             st.seq = position
         return out
 
+    def erase(self, customer_id: str) -> bool:
+        """Drop the customer's state and its timers; False when there was none. The
+        runtimes add what their storage needs (a checkpoint delete, a tombstone)."""
+        st = self.store.get(customer_id)
+        if st is None:
+            return False
+        for inst in (st.flows or {}).values():
+            self.timers.cancel(customer_id, inst.rule_id)
+        self.timers.cancel(customer_id, SEGMENT_TIMER)
+        self.store.delete(customer_id)
+        self.dirty.discard(customer_id)
+        return True
+
     def fire_until(self, t: int) -> int:
         """Fire every timer due at or before ``t``; returns how many fired."""
         return self.driver.fire_due(t)

@@ -20,7 +20,6 @@ store in Redis, summed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -34,6 +33,7 @@ from engine.distributed.segments import SegmentFeed
 from engine.distributed.suppression import RedisSuppression
 from engine.embedded.exceptions import Backpressure, NotReady
 from engine.embedded.segment_index import SegmentIndex
+from engine.tasks import cancel
 from engine.types import Event
 from rules.ruleset import RuleSet, load_stored
 from state.redis import RedisState
@@ -160,10 +160,7 @@ class KafkaIngest:
     async def stop(self) -> None:
         self.ready = False
         task, self._rules_task = self._rules_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         if self.segment_feed is not None:
             await self.segment_feed.stop()
         if self.replies is not None:

@@ -16,7 +16,7 @@ from engine.output import Output
 from engine.shard import Shard
 from engine.types import Event
 from rules.ruleset import RuleSet
-from state.customer import SEGMENT_TIMER, CustomerState
+from state.customer import CustomerState
 
 __all__ = ["OwnedPartition"]
 
@@ -43,14 +43,8 @@ class OwnedPartition(Shard):
     def erase(self, customer_id: str) -> bool:
         """Drop the customer's state and timers (a changelog tombstone follows, see
         :meth:`take_erased`); False when there was none."""
-        st = self.store.get(customer_id)
-        if st is None:
+        if not super().erase(customer_id):
             return False
-        for inst in (st.flows or {}).values():
-            self.timers.cancel(customer_id, inst.rule_id)
-        self.timers.cancel(customer_id, SEGMENT_TIMER)
-        self.store.delete(customer_id)
-        self.dirty.discard(customer_id)
         self.erased.add(customer_id)
         return True
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import orjson
 
 from engine.embedded.exceptions import NotReady
+from engine.tasks import cancel
 
 __all__ = [
     "REQUEST_HEADER",
@@ -155,10 +156,7 @@ class ReplyFollower:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None

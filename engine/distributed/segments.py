@@ -29,13 +29,13 @@ once it has read up to the end offsets it saw when it started.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
 
 from engine.distributed.batching import Stamped
 from engine.embedded.segment_index import SegmentIndex
+from engine.tasks import cancel
 
 __all__ = ["DROP_HEADER", "SegmentChange", "SegmentFeed", "decode_key", "segment_records"]
 
@@ -109,10 +109,7 @@ class SegmentFeed:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None

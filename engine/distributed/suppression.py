@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
 
+from engine.tasks import cancel
 from state.redis import RedisState
 
 __all__ = ["RedisSuppression"]
@@ -39,10 +39,7 @@ class RedisSuppression:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(task)
 
     async def _load(self) -> None:
         members = await self.redis.client.smembers(self.key)

@@ -10,7 +10,6 @@ from engine.output import Output
 from engine.shard import Shard
 from engine.types import Event
 from rules.ruleset import RuleSet
-from state.customer import SEGMENT_TIMER
 
 __all__ = ["Partition"]
 
@@ -63,14 +62,9 @@ class Partition(Shard):
 
     # --- customers -------------------------------------------------------------------
     def erase(self, customer_id: str) -> bool:
-        st = self.store.get(customer_id)
-        if st is None:
+        """Shard.erase, and the checkpoint deletes it; its pending counts are orphaned."""
+        if not super().erase(customer_id):
             return False
-        for inst in (st.flows or {}).values():
-            self.timers.cancel(customer_id, inst.rule_id)
-        self.timers.cancel(customer_id, SEGMENT_TIMER)
-        self.store.delete(customer_id)
-        self.dirty.discard(customer_id)
         self.deleted.add(customer_id)
         if self.tally is not None:
             self.tally.orphan(customer_id)

@@ -231,21 +231,20 @@ async def validate_rules(request: web.Request) -> web.Response:
 async def get_customer(request: web.Request) -> web.Response:
     """The customer's view from the backend (the distributed ingest asks the worker that
     owns it: 503 with ``Retry-After`` when no answer comes in time)."""
-    if (denied := auth(request, "read")) is not None:
-        return denied
-    try:
-        status, body = await request.app[BACKEND].customer(request.match_info["customer_id"])
-    except NotReady as nr:
-        return _retry_later(nr)
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+    return await _customer_document(request, "read", "customer")
 
 
 async def export_customer(request: web.Request) -> web.Response:
     """Everything held about the customer, as one JSON document (admin: personal data)."""
-    if (denied := auth(request, "admin")) is not None:
+    return await _customer_document(request, "admin", "export")
+
+
+async def _customer_document(request: web.Request, scope: str, method: str) -> web.Response:
+    if (denied := auth(request, scope)) is not None:
         return denied
+    fetch = getattr(request.app[BACKEND], method)
     try:
-        status, body = await request.app[BACKEND].export(request.match_info["customer_id"])
+        status, body = await fetch(request.match_info["customer_id"])
     except NotReady as nr:
         return _retry_later(nr)
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
