@@ -270,6 +270,8 @@ class Outbox:
         sup.spawn("outbox-forward", self._forward_loop)
         sup.spawn("outbox-retry", self._retry_loop)
         sup.spawn("outbox-replay", self._replay_loop, vital=False)
+        for name in self._router.sinks:  # nudge_sink_state{sink} from the start
+            self._breaker(name)
         for i in range(self._concurrency):
             self._names.append(f"deliver-{i}")
             sup.spawn(f"deliver-{i}", self._deliver_loop, kind="deliver")
