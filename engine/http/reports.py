@@ -64,7 +64,10 @@ def _range(request: web.Request, backend: Any, max_days: int) -> tuple[int, int]
         except ValueError:
             return error(400, "invalid_field", f"{name}: a date, YYYY-MM-DD", field=name)
     to = days.get("to", today)
-    first = days.get("from", to - timedelta(days=min(DEFAULT_DAYS, max_days) - 1))
+    first = days.get("from")
+    if first is None:  # the default span back from ``to``, not before year 1
+        back = (to - date.min).days
+        first = to - timedelta(days=min(DEFAULT_DAYS, max_days, back + 1) - 1)
     if first > to:
         return error(400, "invalid_field", "from: after to", field="from")
     if (to - first).days + 1 > max_days:

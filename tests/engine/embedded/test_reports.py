@@ -266,3 +266,18 @@ async def test_cli_writes_md_html_json(tmp_path: Path) -> None:
                 assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             else:
                 assert text.count('src="data:image/png;base64,') == 2
+
+
+async def test_dates_near_year_one_are_a_400_or_an_empty_report(harness: Harness) -> None:
+    """A `to` in January of year 1 made the default span start before year 1 (500, found by
+    schemathesis), even with `from` given: Python evaluated the default anyway."""
+    admin = harness.auth("admin")
+    for q, status in (
+        ("from=2000-01-03&to=0001-01-11", 400),  # from after to
+        ("from=0001-01-01&to=0001-01-02", 404),  # valid dates: no such rule
+        ("to=0001-01-05", 404),
+    ):
+        async with harness.session.get(
+            harness.url(f"/v1/reports/rules/nosuchrule?{q}"), headers=admin
+        ) as r:
+            assert r.status == status, (q, await r.text())
