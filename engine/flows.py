@@ -18,6 +18,7 @@ from engine.scope import RuleScope
 from engine.types import Action, Fire
 from rules.compiler import Branch, CompiledRule, Jump, Send, Wait
 from rules.ruleset import RuleSet
+from rules.segments import test_condition
 from state.base import TimerStore
 from state.customer import CustomerState, FlowInstance
 
@@ -227,7 +228,7 @@ class FlowRunner:
         if rule.send_if is not None:
             scope = RuleScope(st, now, self.consent, flow=inst, population=self.population)
             try:
-                ok = rule.send_if.test(scope)
+                ok = test_condition(rule.send_if, rule.send_if_terms, scope)
             except (RuntimeError, TypeError, KeyError, ValueError) as err:
                 out.errors.append(f"{rule.id}: send_if: {err}")
                 ok = False

@@ -23,6 +23,7 @@ from rules.fields import (
     lint_warnings,
 )
 from rules.loader import PathKey, Positions
+from rules.segments import Term, fast_terms
 from rules.spec import IfStep, RuleSpec, SendStep, Settings, Step, Variant, WaitStep, WaitUntil
 from state.windows import WINDOWS
 
@@ -105,6 +106,7 @@ class CompiledRule:
     # re-checked before every send (holdout included); false: the flow ends there,
     # counted ``skipped_condition``
     send_if: Expression | None = None
+    send_if_terms: tuple[Term, ...] | None = None  # its simple comparisons (rules/segments.py)
 
     def sort_key(self) -> tuple[int, str]:
         return (-self.priority, self.id)
@@ -379,6 +381,7 @@ class _Compiler:
             seen_types=None if self.seen is None else frozenset(self.seen),
             trigger_keys=None if self.trigger_keys is None else tuple(sorted(self.trigger_keys)),
             send_if=send_if,
+            send_if_terms=fast_terms(s.send_if) if s.send_if else None,
         )
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "fast_terms",
     "input_types",
     "population_reads",
+    "test_condition",
 ]
 
 SEGMENT_VARIABLES = frozenset({"customer", "cart"})
@@ -264,22 +265,25 @@ class CompiledSegment:
         return event_type not in (self.falling if member else self.rising)
 
     def test(self, scope: Scope) -> bool:
-        """Whether the customer ``scope`` shows is in the segment (CEL errors raise).
+        """Whether the customer ``scope`` shows is in the segment (CEL errors raise)."""
+        return test_condition(self.condition, self.terms, scope)
 
-        A condition made of simple comparisons is evaluated in Python, a few times faster
-        than converting the values for CEL; wherever a value's type differs from its
-        literal's (``customer.orders == 1.0``: CEL refuses int == double), CEL decides, so
-        the answer is always CEL's."""
-        terms = self.terms
-        if terms is None:
-            return self.condition.test(scope)
-        for get, op, literal in terms:
-            value = get(scope)
-            if type(value) is not type(literal):
-                return self.condition.test(scope)
-            if not op(value, literal):
-                return False
-        return True
+
+def test_condition(condition: Expression, terms: tuple[Term, ...] | None, scope: Scope) -> bool:
+    """``condition.test(scope)``, with ``terms`` (its :func:`fast_terms`) when it has them:
+    a condition made of simple comparisons is evaluated in Python, a few times faster than
+    converting the values for CEL; wherever a value's type differs from its literal's
+    (``customer.orders == 1.0``: CEL refuses int == double), CEL decides, so the answer is
+    always CEL's."""
+    if terms is None:
+        return condition.test(scope)
+    for get, op, literal in terms:
+        value = get(scope)
+        if type(value) is not type(literal):
+            return condition.test(scope)
+        if not op(value, literal):
+            return False
+    return True
 
 
 def compile_segment(
