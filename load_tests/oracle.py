@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -158,12 +159,17 @@ class Oracle:
 
     def duplicate(self, c: Customer, ev: dict[str, Any], now: int) -> bool:
         """An event id seen before (the last DEDUP_RING ids, and every id first seen less
-        than ALLOWED_LATENESS ago, at whole minutes rounded up), or an order or refund
-        counted before under another id."""
+        than ALLOWED_LATENESS ago, at whole minutes rounded up; the ids seen before the
+        customer first held DEDUP_RING count as seen when the next one came), or an order
+        or refund counted before under another id."""
         eid = ev["event_id"]
         if any(seen == eid for seen, _ in c.recent_ids):
             return True
         minute = now // 60_000
+        if len(c.recent_ids) >= DEDUP_RING and not c.ids_timed:
+            # the ring is full for the first time: its ids count as seen now
+            c.recent_ids = deque((seen, minute) for seen, _ in c.recent_ids)
+            c.ids_timed = True
         horizon = (now - ALLOWED_LATENESS) // 60_000 - 1
         while len(c.recent_ids) >= DEDUP_RING and c.recent_ids[0][1] < horizon:
             c.recent_ids.popleft()

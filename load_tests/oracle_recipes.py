@@ -106,6 +106,7 @@ class Customer:
     # last DEDUP_RING always, younger ones than ALLOWED_LATENESS however many
     recent_ids: deque[tuple[str, int]] = field(default_factory=deque)
     counted: set[str] = field(default_factory=set)  # order and refund ids already counted
+    ids_timed: bool = False  # the ring filled once: recent_ids' minutes count from then
     flows: dict[str, Flow] = field(default_factory=dict)
     last_entry: dict[str, int] = field(default_factory=dict)
     sends: list[tuple[int, str, str]] = field(default_factory=list)  # (at, rule, channel)

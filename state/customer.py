@@ -113,9 +113,9 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     # Appended last, like the digest.
     consent_changes: dict[str, tuple[int, str, str]] | None = None
     # the processing minute (uint32 little-endian) each ``dedup`` entry was remembered
-    # at, in the same order: entries younger than the horizon are kept beyond
-    # DEDUP_WINDOW. Appended last (rows of earlier layouts: their entries count as
-    # remembered at their next event).
+    # at, in the same order, from the moment the window first filled (None before:
+    # ``remember``): entries younger than the horizon are kept beyond DEDUP_WINDOW.
+    # Appended last.
     dedup_at: bytearray | None = None
     # 64-bit fingerprints of the order ids and refund ids counted: an order adds to
     # orders and revenue once per id, a refund once, whatever event ids carry them.
@@ -142,14 +142,15 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     # --- duplicates ----------------------------------------------------------------
     def remember(self, fingerprint: int, now: int = 0, horizon: int = 0) -> bool:
         """Record an event id fingerprint at processing time ``now``; False if it is
-        remembered already: among the customer's last DEDUP_WINDOW ids, or remembered
-        less than ``horizon`` ms before ``now`` (at minute precision, rounded up)."""
+        remembered already. Kept: the last DEDUP_WINDOW ids always, and every id less
+        than ``horizon`` ms old (at minute precision, rounded up). Times are only needed
+        once the window is full, so they are kept from then on (``dedup_at``): the ids
+        a customer had before count as remembered when its window filled (kept at least
+        as long as promised; most customers never fill it and pay nothing)."""
         fp = fingerprint.to_bytes(8, "little")
-        minute = (now // 60_000).to_bytes(4, "little")
         dedup = self.dedup
         if dedup is None:
             self.dedup = bytearray(fp)
-            self.dedup_at = bytearray(minute)
             return True
         i = dedup.find(fp)
         while i >= 0:
@@ -158,7 +159,11 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
             i = dedup.find(fp, i + 1)
         n = len(dedup) >> 3
         at = self.dedup_at
-        if at is None or len(at) != 4 * n:  # an earlier layout's row
+        if at is None and n < DEDUP_WINDOW:
+            dedup += fp
+            return True
+        minute = (now // 60_000).to_bytes(4, "little")
+        if at is None or len(at) != 4 * n:  # the window just filled (or an older row)
             at = self.dedup_at = bytearray(minute * n)
         if n >= DEDUP_WINDOW:  # forget what is past the horizon, down to the last ids
             cutoff = (now - horizon) // 60_000 - 1

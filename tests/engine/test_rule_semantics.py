@@ -266,9 +266,12 @@ def test_dedup_times_and_facts_survive_a_checkpoint_and_a_merge() -> None:
     kit = RuleKit.from_yaml(_OPEN, _VIP)
     kit.send("order_completed", "c1", {"order_id": "o1", "total": 50}, event_id="e1")
     kit.send("order_completed", "anon", {"order_id": "o9", "total": 5}, event_id="e9")
+    assert kit.state("c1").dedup_at is None  # times are kept once the window is full
+    _views(kit, 40)
     st = load(pack(kit.state("c1")))
     assert st == kit.state("c1")
     assert st.dedup_at is not None
+    assert len(st.dedup_at) * 2 == len(st.dedup)
     assert st.facts is not None
     other = load(pack(kit.state("anon")))
     merge(st, other, MemoryTimers())
