@@ -12,8 +12,8 @@ them), a burst outruns the workers
 
 To run in minutes, the alert file is loaded with its durations shortened (``for`` 3 s,
 range windows and offsets 20 s) and the backlog threshold lowered from 100,000 to
-2,000 events; the expressions are otherwise the shipped ones. The workers run with
-``--batch-size 5`` so that a burst of 30,000 events builds a backlog on this machine.
+500 events; the expressions are otherwise the shipped ones. The workers run with
+``--batch-size 5`` so that a burst of 60,000 events builds a backlog on this machine.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def fast_alerts(text: str) -> str:
     text = re.sub(r"(?m)^(\s+for:) \d+m$", r"\1 3s", text)
     text = re.sub(r"\[\d+m\]", "[20s]", text)
     text = re.sub(r"offset \d+m", "offset 20s", text)
-    text = text.replace("> 100000", "> 2000")
+    text = text.replace("> 100000", "> 500")
     assert "[10m]" not in text
     assert "for: 10m" not in text
     return text
@@ -260,13 +260,13 @@ async def test_dashboard_and_alerts_on_a_live_distributed_stack(
                     "customer_id": f"b{i % 500}",
                     "timestamp": stamp,
                 }
-                for i in range(30_000)
+                for i in range(60_000)
             ]
             await produce(c.kafka.bootstrap, c.events_topic, burst)
             await wait_for(
                 "NudgeEventBacklogHigh",
                 lambda: "NudgeEventBacklogHigh" in prom.fired_since(60),
-                90,
+                150,
                 c,
             )
             lag = prom.query('max_over_time(max(nudge_queue_depth{job=~"nudge.*"})[60s:1s])')
