@@ -152,11 +152,8 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
         if dedup is None:
             self.dedup = bytearray(fp)
             return True
-        i = dedup.find(fp)
-        while i >= 0:
-            if i % 8 == 0:
-                return False
-            i = dedup.find(fp, i + 1)
+        if _holds(dedup, fp):
+            return False
         n = len(dedup) >> 3
         at = self.dedup_at
         if at is None and n < DEDUP_WINDOW:
@@ -187,11 +184,8 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
         if facts is None:
             self.facts = bytearray(fp)
             return True
-        i = facts.find(fp)
-        while i >= 0:
-            if i % 8 == 0:
-                return False
-            i = facts.find(fp, i + 1)
+        if _holds(facts, fp):
+            return False
         facts += fp
         return True
 
@@ -204,6 +198,16 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     @classmethod
     def from_row(cls, row: list[Any]) -> CustomerState:
         return msgspec.convert(row, cls, str_keys=True)
+
+
+def _holds(fingerprints: bytearray, fp: bytes) -> bool:
+    """Whether ``fp`` is one of the 8-byte ``fingerprints`` (at an 8-byte boundary)."""
+    i = fingerprints.find(fp)
+    while i >= 0:
+        if i % 8 == 0:
+            return True
+        i = fingerprints.find(fp, i + 1)
+    return False
 
 
 _pack = msgspec.msgpack.Encoder().encode

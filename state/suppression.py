@@ -16,7 +16,13 @@ import sqlite3
 import threading
 from pathlib import Path
 
-__all__ = ["Suppression"]
+__all__ = ["Suppression", "digest"]
+
+
+def digest(salt: bytes, customer_id: str) -> bytes:
+    """The suppression list's key for ``customer_id``: BLAKE2b-128 keyed by ``salt``."""
+    return hashlib.blake2b(customer_id.encode(), digest_size=16, key=salt).digest()
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS salt (salt BLOB NOT NULL);
@@ -49,7 +55,7 @@ class Suppression:
         return len(self._digests)
 
     def digest(self, customer_id: str) -> bytes:
-        return hashlib.blake2b(customer_id.encode(), digest_size=16, key=self._salt).digest()
+        return digest(self._salt, customer_id)
 
     def add(self, customer_id: str, at: int) -> None:
         """Suppress ``customer_id`` from now on (durable when this returns)."""

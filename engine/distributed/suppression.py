@@ -7,12 +7,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 
 from engine.tasks import cancel
 from state.redis import RedisState
+from state.suppression import digest
 
 __all__ = ["RedisSuppression"]
 
@@ -54,7 +54,7 @@ class RedisSuppression:
                 logger.warning("suppressed customers not refreshed: %r", err)
 
     def digest(self, customer_id: str) -> bytes:
-        return hashlib.blake2b(customer_id.encode(), digest_size=16, key=self._salt).digest()
+        return digest(self._salt, customer_id)
 
     async def add(self, customer_id: str) -> None:
         d = self.digest(customer_id)

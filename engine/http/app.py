@@ -258,10 +258,7 @@ async def delete_customer(request: web.Request) -> web.Response:
     if flag not in ("true", "false"):
         return error(400, "invalid_field", "suppress must be true or false", field="suppress")
     try:
-        if flag == "true":
-            erased = await request.app[BACKEND].erase(cid, suppress=True)
-        else:
-            erased = await request.app[BACKEND].erase(cid)
+        erased = await request.app[BACKEND].erase(cid, suppress=flag == "true")
     except NotReady as nr:
         return _retry_later(nr)
     # the address book (provider callbacks' phone -> customer) belongs to the HTTP layer
