@@ -139,7 +139,7 @@ def _replay_embedded(store: object, args: argparse.Namespace) -> int:
 def _deadletter_distributed(args: argparse.Namespace) -> int:
     """``--broker``: the workers' dead-letter topic (engine/distributed/deadletters.py)."""
     from engine.distributed.deadletters import group_of, letters, replay
-    from state.redis import RedisState
+    from engine.distributed.storage.redis import RedisState
 
     topic = f"{args.actions_topic}-dead"
 

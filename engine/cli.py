@@ -305,7 +305,7 @@ def _fit_once(args: argparse.Namespace, now_ms: int | None) -> Any:
     directory's checkpointed states into its ``states.db``. Returns the CLVParams."""
     if args.broker:
         from engine.distributed.models import fit_changelog
-        from state.redis import RedisState
+        from engine.distributed.storage.redis import RedisState
 
         async def run() -> Any:
             redis = RedisState(args.redis, prefix=args.redis_prefix, retry_for=30.0)

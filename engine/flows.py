@@ -17,6 +17,7 @@ from engine.output import Output
 from engine.scope import RuleScope
 from engine.types import Action, Fire
 from rules.compiler import Branch, CompiledRule, Jump, Send, Wait
+from rules.expressions import ExpressionError
 from rules.ruleset import RuleSet
 from rules.segments import test_condition
 from state.base import TimerStore
@@ -183,7 +184,7 @@ class FlowRunner:
                 scope = RuleScope(st, now, self.consent, flow=inst, population=self.population)
                 try:
                     ok = op.expr.test(scope)
-                except (RuntimeError, TypeError, KeyError, ValueError) as err:
+                except ExpressionError as err:
                     out.errors.append(f"{rule.id}: {op.expr.source}: {err}")
                     ok = False
                 inst.pc = inst.pc + 1 if ok else op.target
@@ -229,7 +230,7 @@ class FlowRunner:
             scope = RuleScope(st, now, self.consent, flow=inst, population=self.population)
             try:
                 ok = test_condition(rule.send_if, rule.send_if_terms, scope)
-            except (RuntimeError, TypeError, KeyError, ValueError) as err:
+            except ExpressionError as err:
                 out.errors.append(f"{rule.id}: send_if: {err}")
                 ok = False
             if not ok:
@@ -268,7 +269,7 @@ class FlowRunner:
             for name, expr in dynamic:
                 try:
                     params[name] = expr.evaluate(scope)
-                except (RuntimeError, TypeError, KeyError, ValueError) as err:
+                except ExpressionError as err:
                     out.errors.append(f"{rule.id}: param {name}: {err}")
                     params[name] = None
         key = idempotency_key(rule.id, inst.version, st.customer_id, inst.instance_id, inst.pc)

@@ -25,6 +25,7 @@ from engine.scope import RuleScope
 from engine.segments import baseline, change_event, drop_removed, evaluate_segments
 from engine.types import Conversion, Event
 from rules.compiler import CompiledRule
+from rules.expressions import ExpressionError
 from rules.ruleset import RuleSet
 from rules.segments import CompiledSegment
 from state.base import StateStore, TimerStore
@@ -359,7 +360,7 @@ class Processor:
     def _test(self, expr: Any, scope: RuleScope, out: Output) -> bool:
         try:
             return bool(expr.test(scope))
-        except (RuntimeError, TypeError, KeyError, ValueError) as err:
+        except ExpressionError as err:
             out.errors.append(f"{expr.source}: {err}")
             return False
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engine.scope import RuleScope
+from rules.expressions import ExpressionError
 from rules.segments import CompiledSegment
 from state.customer import CustomerState
 
@@ -36,8 +37,6 @@ again."""
 RESOLUTION_MS = 60_000
 """How close to the turn the bisection gets (a minute)."""
 
-_ERRORS = (RuntimeError, TypeError, KeyError, ValueError)
-
 
 def _members(
     segments: tuple[CompiledSegment, ...],
@@ -51,7 +50,7 @@ def _members(
     for seg in segments:
         try:
             out.append(seg.test(scope))
-        except _ERRORS:
+        except ExpressionError:
             out.append(None)  # an error keeps the membership: not a turn
     return tuple(out)
 

@@ -18,6 +18,7 @@ from engine.output import Output
 from engine.scope import RuleScope
 from engine.segment_flips import next_flip
 from engine.types import Event, from_ms
+from rules.expressions import ExpressionError
 from rules.ruleset import RuleSet
 from rules.segments import CompiledSegment
 from state.base import TimerStore
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
     from engine.intelligence.population import Population
 
 __all__ = ["baseline", "change_event", "drop_removed", "evaluate_segments"]
-
-_ERRORS = (RuntimeError, TypeError, KeyError, ValueError)
 
 
 def baseline(rs: RuleSet, consent: dict[str, bool]) -> tuple[str, ...]:
@@ -46,7 +45,7 @@ def baseline(rs: RuleSet, consent: dict[str, bool]) -> tuple[str, ...]:
         try:
             if seg.test(scope):
                 members.append(seg.id)
-        except _ERRORS:
+        except ExpressionError:
             continue
     return tuple(members)
 
@@ -128,7 +127,7 @@ def evaluate_segments(
             scope = RuleScope(st, now, consent, population=population)
         try:
             inside = seg.test(scope)
-        except _ERRORS as err:
+        except ExpressionError as err:
             out.errors.append(f"segment {seg.id}: {err}")
             inside = was
         if inside != was:

@@ -29,13 +29,13 @@ from engine.analytics.report import (
     rules_summary_totals,
 )
 from engine.embedded.partition import Partition
+from engine.embedded.storage.sqlite import SqliteStore
 from engine.events import decode_event
 from engine.testing import START
 from engine.types import Event
 from load_tests.traffic import TrafficConfig, generate
 from rules.ruleset import RECIPES_DIR, load_ruleset
 from state.analytics import DAY_MS
-from state.sqlite import SqliteStore
 
 _enc = msgspec.msgpack.Encoder()
 

@@ -34,9 +34,9 @@ from typing import Any
 from connectors.deadletter import DeadLetterStore
 from connectors.routing import Router
 from engine.clock import SystemClock
+from engine.embedded.storage.sqlite import SqliteStore
 from engine.metrics import Metrics
 from engine.types import Action
-from state.sqlite import SqliteStore
 
 __all__ = ["main"]
 

@@ -28,11 +28,11 @@ import orjson
 from aiohttp import web
 
 from engine.embedded.runtime import Runtime, RuntimeConfig
+from engine.embedded.storage.sqlite import SqliteStore
 from engine.http.app import create_app
 from engine.http.auth import Tokens
 from engine.metrics import Metrics
 from state.customer import CustomerState, pack
-from state.sqlite import SqliteStore
 
 __all__ = ["main"]
 

@@ -3,8 +3,8 @@
 The engine's journal and outbox commit with an fsync each (``--synchronous FULL``), on the
 same file system as ``states.db``, where the checkpoint writer commits ~100,000 states
 every 10 s under load. ext4 orders commits, so a small fsync issued while the writer's
-big one runs waits for it. This runs ``state.sqlite.write_snapshot`` over N states of
-500 bytes, ``--step`` states per transaction (0: all in one, as before 2026-11-24), while
+big one runs waits for it. This runs ``engine.embedded.storage.sqlite.write_snapshot`` over N
+states of 500 bytes, ``--step`` states per transaction (0: all in one, as before 2026-11-24), while
 a thread fsyncs 4 KB every millisecond in the same directory, and prints the small
 fsyncs' worst times.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from state.sqlite import STATES_PER_COMMIT, SqliteStore, write_snapshot
+from engine.embedded.storage.sqlite import STATES_PER_COMMIT, SqliteStore, write_snapshot
 
 __all__ = ["main"]
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import cel
 
+from engine.exceptions import NudgeError
 from rules.fields import BASE_SHAPES, check_selections, macro_bound, selections
 
 __all__ = ["FUNCTIONS", "VARIABLES", "Expression", "ExpressionError", "Scope"]
@@ -46,9 +47,14 @@ _CALL = re.compile(
 )
 
 
-class ExpressionError(ValueError):
-    """An expression that does not compile; ``line`` and ``column`` are 1-based within
-    the source (``line`` is more than 1 only in a multi-line source)."""
+_CEL_ERRORS = (RuntimeError, TypeError, KeyError, ValueError)
+"""What CEL (and the scope's lookups) raise while evaluating: wrapped in ExpressionError."""
+
+
+class ExpressionError(NudgeError):
+    """An expression that does not compile (``line`` and ``column`` are 1-based within
+    the source; ``line`` is more than 1 only in a multi-line source), or one that failed
+    while evaluating (CEL's runtime error wrapped, as ``__cause__``)."""
 
     def __init__(self, message: str, column: int = 1, line: int = 1) -> None:
         super().__init__(message)
@@ -147,8 +153,13 @@ class Expression:
             self.fast = ("call", m.group(1), ())
 
     def evaluate(self, scope: Scope) -> Any:
-        """Run against ``scope``; CEL runtime errors propagate (RuntimeError, TypeError,
-        KeyError)."""
+        """Run against ``scope``; a CEL runtime error raises ExpressionError."""
+        try:
+            return self._evaluate(scope)
+        except _CEL_ERRORS as err:
+            raise ExpressionError(str(err)) from err
+
+    def _evaluate(self, scope: Scope) -> Any:
         fast = self.fast
         if fast is not None:
             if fast[0] == "call":

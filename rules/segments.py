@@ -278,7 +278,10 @@ def test_condition(condition: Expression, terms: tuple[Term, ...] | None, scope:
     if terms is None:
         return condition.test(scope)
     for get, op, literal in terms:
-        value = get(scope)
+        try:
+            value = get(scope)
+        except (KeyError, TypeError) as err:
+            raise ExpressionError(str(err)) from err
         if type(value) is not type(literal):
             return condition.test(scope)
         if not op(value, literal):

@@ -13,34 +13,28 @@ address owns it. Lookups are best effort: an address recorded by a request whose
 were then refused (backpressure) stays recorded, which is harmless (it names the customer
 that claimed it).
 
-Backends: :class:`MemoryAddressBook` (tests, default), :class:`SqliteAddressBook`
-(embedded runtime: a file in the data directory), :class:`RedisAddressBook` (distributed
-ingest: one hash ``nudge:addresses:<channel>`` per channel, shared by every ingest
-process).
+Backends: :class:`MemoryAddressBook` (tests, default), ``SqliteAddressBook``
+(engine/embedded/storage/addresses.py: a file in the data directory), ``RedisAddressBook``
+(engine/distributed/storage/addresses.py: one hash ``nudge:addresses:<channel>`` per
+channel, shared by every ingest process).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import sqlite3
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from engine.types import Event
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
+    pass
 
 __all__ = [
     "ADDRESS_EVENT_TYPES",
     "AddressBook",
     "MemoryAddressBook",
-    "RedisAddressBook",
-    "SqliteAddressBook",
     "normalize",
     "record_addresses",
 ]
@@ -128,101 +122,3 @@ class MemoryAddressBook:
 
     def __len__(self) -> int:
         return len(self._data)
-
-
-class SqliteAddressBook:
-    """A table ``addresses(channel, address, customer_id)`` in its own SQLite file (WAL,
-    ``synchronous=NORMAL``: an address lost in a power cut is recorded again by the
-    customer's next profile event). Calls run on one dedicated thread, so the event loop
-    never waits on the file and the connection is used by a single thread."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="addresses")
-        self._db: sqlite3.Connection | None = None
-        self._executor.submit(self._open).result()
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA secure_delete=ON")  # an erased customer's addresses are gone
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS addresses (channel TEXT NOT NULL, address TEXT NOT"
-            " NULL, customer_id TEXT NOT NULL, PRIMARY KEY (channel, address)) WITHOUT ROWID"
-        )
-        self._db = db
-
-    async def _call(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
-        def run() -> list[Any]:
-            assert self._db is not None, "address book is closed"
-            return self._db.execute(sql, args).fetchall()
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
-
-    async def record(self, channel: str, address: str, customer_id: str) -> None:
-        await self._call(
-            "INSERT INTO addresses (channel, address, customer_id) VALUES (?, ?, ?)"
-            " ON CONFLICT (channel, address) DO UPDATE SET customer_id = excluded.customer_id",
-            (channel, address, customer_id),
-        )
-
-    async def lookup(self, channel: str, address: str) -> str | None:
-        rows = await self._call(
-            "SELECT customer_id FROM addresses WHERE channel = ? AND address = ?",
-            (channel, address),
-        )
-        return str(rows[0][0]) if rows else None
-
-    async def erase(self, customer_id: str) -> int:
-        def run() -> int:
-            assert self._db is not None, "address book is closed"
-            n = self._db.execute(
-                "DELETE FROM addresses WHERE customer_id = ?", (customer_id,)
-            ).rowcount
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            return int(n)
-
-        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
-
-    def close(self) -> None:
-        """Close the file and stop the thread (calls after this fail)."""
-
-        def shut() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        self._executor.submit(shut).result()
-        self._executor.shutdown(wait=True)
-
-
-class RedisAddressBook:
-    """One Redis hash per channel, ``<prefix>:<channel>`` (default
-    ``nudge:addresses:sms``): field = address, value = customer id. Shared by every
-    ingest process of the distributed runtime. Redis errors propagate (the request then
-    answers 500 and the provider retries)."""
-
-    def __init__(self, client: aioredis.Redis, prefix: str = "nudge:addresses") -> None:
-        self._redis = client
-        self._prefix = prefix
-
-    async def record(self, channel: str, address: str, customer_id: str) -> None:
-        await self._redis.hset(f"{self._prefix}:{channel}", address, customer_id)
-
-    async def lookup(self, channel: str, address: str) -> str | None:
-        got = await self._redis.hget(f"{self._prefix}:{channel}", address)
-        if got is None:
-            return None
-        return got.decode() if isinstance(got, bytes) else str(got)
-
-    async def erase(self, customer_id: str) -> int:
-        """Every channel's hash scanned (erasure is rare): fields naming the customer go."""
-        n = 0
-        want = customer_id.encode()
-        async for key in self._redis.scan_iter(match=f"{self._prefix}:*"):
-            fields = [f for f, v in (await self._redis.hgetall(key)).items() if v == want]
-            if fields:
-                n += int(await self._redis.hdel(key, *fields))
-        return n

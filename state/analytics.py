@@ -1,43 +1,20 @@
-"""Campaign analytics in ``states.db``: exact counts per rule x version x variant x step x
-metric, by day (kept ``retention_days``) and by hour (kept ``HOUR_RETENTION_DAYS``).
+"""Campaign analytics cells: exact counts per rule x version x variant x step x metric x
+hour, as the core's notes produce them (engine/analytics/observe.py) and the reports read
+them (engine/analytics/report.py). The embedded runtime keeps them in ``states.db``
+(engine/embedded/storage/analytics.py, which explains how they travel with checkpoints).
 
-Counts travel with the states whose processing produced them, so that a checkpoint
-holds either both or neither (engine/analytics/tally.py explains the whole scheme):
-
-- A customer's counts since its last checkpoint go in the same chunk of state rows as its
-  state, as a row whose id is ``PENDING_PREFIX + customer_id`` (``pending_row``). The
-  writers (``state.sqlite._write_states``) split those off into ``analytics_pending``,
-  in the same transaction as the states: a crash between two steps of a checkpoint
-  leaves a customer's newer state with its counts, or neither.
-- The row is the customer's cumulative counts since the last completed checkpoint
-  (``INSERT OR REPLACE``): a failed round's rows are overwritten by the next round's,
-  never added twice.
-- Once a checkpoint committed (its replay positions too), the engine folds every pending
-  row into ``analytics_day`` / ``analytics_hour`` and deletes them (``fold``), before
-  the next checkpoint starts; so does opening the store (a crash between a checkpoint's
-  steps, or before the fold, left some: their states are committed, so are they).
-
-``analytics_day_totals`` rolls each day row up into the six figures the all-rules report
-shows (``SUMMARY``: entries, sends, suppressions, holdouts, conversions, revenue cents),
-as integer columns updated in the same transaction as the day row, so the report reads
-18,250 rows of integers for a year of 50 rules instead of decoding every count. A store
-written before the table existed gets it filled from the day rows at its next fold.
-
-Rows are compact: one per (day, rule, version), its body a MessagePack list of
-``[variant, step, metric, count]`` (about 8-12 bytes a count; a rule-day of a two-step
-rule with two variants and a holdout is ~300-500 bytes).
+A customer's counts since its last checkpoint travel as a state row whose id is
+``PENDING_PREFIX + customer_id`` (``pending_row``), split off again by the writer
+(``split_pending``).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator
 
 import msgspec
 
 __all__ = [
-    "ANALYTICS_SCHEMA",
     "DAY_MS",
     "HOUR_MS",
     "HOUR_RETENTION_DAYS",
@@ -47,15 +24,10 @@ __all__ = [
     "DayTotals",
     "Period",
     "decode_pending",
-    "fold",
     "is_pending",
     "pending_row",
-    "prune",
-    "read_day_totals",
-    "read_periods",
     "split_pending",
     "summary_index",
-    "write_pending",
 ]
 
 HOUR_MS = 3_600_000
@@ -70,29 +42,8 @@ Cell = tuple[str, int, str, int, str, int]
 compiled op index of the step (-1: the rule as a whole), ``hour`` the hour number since
 the epoch (ms // HOUR_MS) of the processing time."""
 
-_Key = tuple[str, int, str]  # (variant, step, metric)
-_Adds = dict[tuple[int, str, int], Counter[_Key]]  # (period, rule, version) -> counts
-
 Period = tuple[int, str, int, list[tuple[str, int, str, int]]]
 """(day or hour number, rule id, version, [(variant, step, metric, count)])."""
-
-ANALYTICS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS analytics_pending (customer_id TEXT PRIMARY KEY, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS analytics_day (
-    day INTEGER NOT NULL, rule_id TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
-    PRIMARY KEY (day, rule_id, version)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS analytics_day_totals (
-    day INTEGER NOT NULL, rule_id TEXT NOT NULL, version INTEGER NOT NULL,
-    entered INTEGER NOT NULL, sends INTEGER NOT NULL, suppressed INTEGER NOT NULL,
-    holdout INTEGER NOT NULL, conversions INTEGER NOT NULL, cents INTEGER NOT NULL,
-    PRIMARY KEY (day, rule_id, version)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS analytics_hour (
-    hour INTEGER NOT NULL, rule_id TEXT NOT NULL, version INTEGER NOT NULL, body BLOB NOT NULL,
-    PRIMARY KEY (hour, rule_id, version)
-) WITHOUT ROWID;
-"""
 
 SUMMARY = ("entered", "sends", "suppressed", "holdout", "conversions", "cents")
 """The all-rules report's figures, in ``analytics_day_totals``' column order."""
@@ -121,7 +72,6 @@ def summary_index(metric: str) -> int | None:
 
 _enc = msgspec.msgpack.Encoder()
 _cells = msgspec.msgpack.Decoder(list[tuple[str, int, str, int, str, int, int]])
-_body = msgspec.msgpack.Decoder(list[tuple[str, int, str, int]])
 
 
 def pending_row(customer_id: str, counts: Counter[Cell]) -> tuple[str, bytes]:
@@ -151,111 +101,3 @@ def split_pending(
     states = [r for r in rows if not r[0].startswith(PENDING_PREFIX)]
     pending = [(r[0][cut:], r[1]) for r in rows if r[0].startswith(PENDING_PREFIX)]
     return states, pending
-
-
-def _merge(db: sqlite3.Connection, table: str, col: str, adds: _Adds) -> None:
-    for (period, rule_id, version), counts in adds.items():
-        row = db.execute(
-            f"SELECT body FROM {table} WHERE {col} = ? AND rule_id = ? AND version = ?",
-            (period, rule_id, version),
-        ).fetchone()
-        have: Counter[_Key] = Counter()
-        if row is not None:
-            for var, step, metric, n in _body.decode(row[0]):
-                have[(var, step, metric)] += n
-        have.update(counts)
-        body = _enc.encode(sorted((*k, n) for k, n in have.items() if n))
-        db.execute(
-            f"INSERT OR REPLACE INTO {table} ({col}, rule_id, version, body) VALUES (?, ?, ?, ?)",
-            (period, rule_id, version, body),
-        )
-
-
-def _add_totals(db: sqlite3.Connection, days: _Adds) -> None:
-    rows = []
-    for (day, rule_id, version), counts in days.items():
-        t = [0] * len(SUMMARY)
-        for (_, _, metric), n in counts.items():
-            i = summary_index(metric)
-            if i is not None:
-                t[i] += n
-        rows.append((day, rule_id, version, *t))
-    db.executemany(
-        "INSERT INTO analytics_day_totals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (day, rule_id, version) DO UPDATE SET "
-        + ", ".join(f"{c} = {c} + excluded.{c}" for c in SUMMARY),
-        rows,
-    )
-
-
-def _fill_totals(db: sqlite3.Connection) -> None:
-    """A store written before ``analytics_day_totals`` existed: roll its days up."""
-    if db.execute("SELECT 1 FROM analytics_day_totals LIMIT 1").fetchone() is not None:
-        return
-    days: _Adds = {}
-    for day, rule_id, version, body in db.execute(
-        "SELECT day, rule_id, version, body FROM analytics_day"
-    ):
-        c = days.setdefault((day, rule_id, version), Counter())
-        for var, step, metric, n in _body.decode(body):
-            c[(var, step, metric)] += n
-    _add_totals(db, days)
-
-
-def fold(db: sqlite3.Connection) -> int:
-    """Inside the caller's transaction: add every pending row to the day, day totals and
-    hour tables and delete them. Returns how many pending rows were folded."""
-    _fill_totals(db)
-    rows = db.execute("SELECT body FROM analytics_pending").fetchall()
-    if not rows:
-        return 0
-    days: _Adds = {}
-    hours: _Adds = {}
-    for (body,) in rows:
-        for (rule_id, version, variant, step, metric, hour), n in decode_pending(body).items():
-            key = (variant, step, metric)
-            days.setdefault((hour // 24, rule_id, version), Counter())[key] += n
-            hours.setdefault((hour, rule_id, version), Counter())[key] += n
-    _merge(db, "analytics_day", "day", days)
-    _add_totals(db, days)
-    _merge(db, "analytics_hour", "hour", hours)
-    db.execute("DELETE FROM analytics_pending")
-    return len(rows)
-
-
-def prune(db: sqlite3.Connection, now_ms: int, retention_days: float) -> None:
-    """Drop days older than ``retention_days`` and hours older than
-    ``HOUR_RETENTION_DAYS`` before ``now_ms`` (autocommit: each a range of the key)."""
-    day = int((now_ms - retention_days * DAY_MS) // DAY_MS)
-    db.execute("DELETE FROM analytics_day WHERE day < ?", (day,))
-    db.execute("DELETE FROM analytics_day_totals WHERE day < ?", (day,))
-    hour = (now_ms - HOUR_RETENTION_DAYS * DAY_MS) // HOUR_MS
-    db.execute("DELETE FROM analytics_hour WHERE hour < ?", (hour,))
-
-
-def write_pending(db: sqlite3.Connection, rows: Iterable[tuple[str, bytes]]) -> None:
-    """Inside the caller's transaction: each customer's cumulative pending counts."""
-    db.executemany(
-        "INSERT OR REPLACE INTO analytics_pending (customer_id, body) VALUES (?, ?)", rows
-    )
-
-
-def read_periods(
-    db: sqlite3.Connection, hourly: bool, first: int, last: int, rule_id: str | None = None
-) -> Iterator[Period]:
-    """Stored rows of days (or hours) ``first`` to ``last`` inclusive, one rule or all."""
-    table, col = ("analytics_hour", "hour") if hourly else ("analytics_day", "day")
-    sql = f"SELECT {col}, rule_id, version, body FROM {table} WHERE {col} BETWEEN ? AND ?"
-    args: tuple[object, ...] = (first, last)
-    if rule_id is not None:
-        sql += " AND rule_id = ?"
-        args = (first, last, rule_id)
-    for period, rid, version, body in db.execute(sql, args).fetchall():
-        yield int(period), str(rid), int(version), list(_body.decode(body))
-
-
-def read_day_totals(db: sqlite3.Connection, first: int, last: int) -> list[DayTotals]:
-    """The ``SUMMARY`` figures of every rule and version on days ``first`` to ``last``."""
-    sql = "SELECT day, rule_id, version, " + ", ".join(SUMMARY)
-    sql += " FROM analytics_day_totals WHERE day BETWEEN ? AND ?"
-    return [(r[0], r[1], r[2], r[3:]) for r in db.execute(sql, (first, last))]

@@ -104,7 +104,7 @@ def _series_point(c: list[Counter[tuple[str, int, str]]]) -> dict[str, Any]:
 
 
 Totals = dict[tuple[int, str, int], list[int]]
-"""(day, rule id, version) -> the ``SUMMARY`` figures (state/analytics.py)."""
+"""(day, rule id, version) -> the ``SUMMARY`` figures (engine/embedded/storage/analytics.py)."""
 
 
 def day_totals(stored: Iterable[DayTotals], mem: Counter[Cell], first: int, last: int) -> Totals:

@@ -4,8 +4,8 @@ Exactness through restarts and ``kill -9`` rests on one rule: a count is committ
 the same SQLite transaction as the customer state that includes the input that produced
 it. So counts are kept per customer (``pending``); when a checkpoint packs a customer's
 state it also ``take``s that customer's counts and writes them beside the state
-(``state.analytics.pending_row``: same chunk, same transaction). After a crash, the
-states restored hold exactly the inputs whose counts were committed, and the journal
+(``engine.embedded.storage.analytics.pending_row``: same chunk, same transaction). After a crash,
+the states restored hold exactly the inputs whose counts were committed, and the journal
 replay (which skips what a restored state holds) produces the others again, once.
 
 A checkpoint that fails gives its counts back (``give_back``), like its customers'

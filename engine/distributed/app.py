@@ -56,6 +56,8 @@ from engine.distributed.processing import PartitionEngine
 from engine.distributed.requests import ensure_replies_topic
 from engine.distributed.rules import RuleWatcher, files_from_paths
 from engine.distributed.segments import SegmentChange, segment_records
+from engine.distributed.storage.changelog import TableLog
+from engine.distributed.storage.redis import RedisState
 from engine.distributed.topics import key_partition
 from engine.intelligence.population import Population
 from engine.metrics import Metrics
@@ -63,8 +65,6 @@ from engine.send_policy import rule_within
 from engine.types import Action, Event
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
-from state.faust import TableLog
-from state.redis import RedisState
 
 __all__ = ["WorkerApp", "create_app"]
 

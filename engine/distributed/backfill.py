@@ -23,8 +23,8 @@ changelog rows, so a restart does not backfill again what reached the changelog.
   A restart evaluates again customers the previous run had not reached.
 
 Progress (``done`` of ``total``, ``running``) is kept in Redis per worker
-(:meth:`state.redis.RedisState.put_backfill`, every ``publish_every`` seconds while it
-runs and at the end); the ingest sums the live workers' entries into ``GET
+(:meth:`engine.distributed.storage.redis.RedisState.put_backfill`, every ``publish_every`` seconds
+while it runs and at the end); the ingest sums the live workers' entries into ``GET
 /v1/segments``' ``backfill``. A backfilled state is left inflated (the memory store
 compacts it again once idle for an hour); the embedded runtime packs it again at once.
 """

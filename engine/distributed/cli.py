@@ -273,10 +273,10 @@ def _add_ingest(
     from aiohttp import web
 
     from engine.distributed.metrics import MeteredIngest
+    from engine.distributed.storage.addresses import RedisAddressBook
+    from engine.distributed.storage.redis import RedisState
     from engine.http.app import create_app as create_http_app
     from engine.http.auth import Tokens
-    from state.addresses import RedisAddressBook
-    from state.redis import RedisState
 
     cfg = worker_app.cfg
 

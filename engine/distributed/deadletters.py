@@ -31,8 +31,8 @@ from typing import Any
 import msgspec
 import orjson
 
+from engine.distributed.storage.redis import RedisState
 from engine.types import Action, to_ms
-from state.redis import RedisState
 
 __all__ = ["DeadLetter", "ReplayResult", "group_of", "letters", "replay"]
 

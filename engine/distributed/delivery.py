@@ -42,9 +42,9 @@ from connectors.deadline import Deadlines
 from connectors.exceptions import Expired, SinkError
 from connectors.retry import RetryPolicy, next_attempt
 from connectors.routing import Router
+from engine.distributed.storage.redis import Claim, RedisState
 from engine.metrics import Metrics
 from engine.types import Action
-from state.redis import Claim, RedisState
 
 __all__ = ["Deliverer", "DeliveryStats", "MarkBatcher"]
 

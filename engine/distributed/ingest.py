@@ -30,13 +30,13 @@ from engine.clock import Clock, SystemClock
 from engine.distributed.requests import Kind, ReplyFollower
 from engine.distributed.rules import deploy_rules, stored_rule_files
 from engine.distributed.segments import SegmentFeed
-from engine.distributed.suppression import RedisSuppression
-from engine.embedded.exceptions import Backpressure, NotReady
+from engine.distributed.storage.redis import RedisState
+from engine.distributed.storage.suppression import RedisSuppression
 from engine.embedded.segment_index import SegmentIndex
+from engine.exceptions import Backpressure, NotReady
 from engine.tasks import cancel
 from engine.types import Event
 from rules.ruleset import RuleSet, load_stored
-from state.redis import RedisState
 
 __all__ = ["KafkaIngest"]
 

@@ -1,7 +1,7 @@
 """Population models on the distributed runtime: RFM boundaries over every partition and
 fitted CLV parameters, shared through Redis (docs/rfm.md, docs/predictions.md).
 
-Three users, one set of Redis keys (state/redis.py, "population models"):
+Three users, one set of Redis keys (engine/distributed/storage/redis.py, "population models"):
 
 - :class:`WorkerModels`, in each processing worker: hands its partitions'
   processors the :class:`~engine.intelligence.population.Population` every worker uses.
@@ -47,6 +47,8 @@ from typing import Any, Protocol
 import orjson
 
 from engine.clock import Clock, SystemClock
+from engine.distributed.storage.changelog import decode_row
+from engine.distributed.storage.redis import RedisState
 from engine.intelligence.clv import CLVParams, ParamsError
 from engine.intelligence.population import EMPTY, Population
 from engine.intelligence.rfm import (
@@ -59,9 +61,7 @@ from engine.intelligence.rfm import (
 )
 from engine.intelligence.scan import SLICE, add_store
 from state.customer import CustomerState
-from state.faust import decode_row
 from state.memory import MemoryStore
-from state.redis import RedisState
 
 __all__ = [
     "CLV",

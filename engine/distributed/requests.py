@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import orjson
 
-from engine.embedded.exceptions import NotReady
+from engine.exceptions import NotReady
 from engine.tasks import cancel
 
 __all__ = [

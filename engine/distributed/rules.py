@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from engine.distributed.storage.redis import RedisState, RulesRecord
 from rules.loader import rule_files
 from rules.ruleset import RECIPES_DIR, RuleSet, load_stored, load_texts
 from rules.versions import history_of
-from state.redis import RedisState, RulesRecord
 
 __all__ = [
     "RuleWatcher",
@@ -55,7 +55,8 @@ async def deploy_rules(redis: RedisState, files: Mapping[str, str]) -> tuple[Rul
 
 async def stored_rule_files(redis: RedisState, version: int) -> dict[str, str] | None:
     """The files of deployed version ``version`` while Redis keeps it (the last
-    RULES_HISTORY deploys, state/redis.py), else None: what a rollback deploys again."""
+    RULES_HISTORY deploys, engine/distributed/storage/redis.py), else None: what a rollback deploys
+    again."""
     for kept in await redis.rules_history():
         if kept.version == version:
             return kept.files

@@ -1,5 +1,5 @@
-"""Runtime errors the HTTP layer turns into status codes, and the start-up errors
-``nudge run`` reports in one line."""
+"""The start-up errors ``nudge run`` reports in one line (the errors the HTTP layer turns
+into status codes are in engine/exceptions.py)."""
 
 from __future__ import annotations
 
@@ -7,46 +7,7 @@ from pathlib import Path
 
 from engine.exceptions import NudgeError
 
-__all__ = [
-    "Backpressure",
-    "DataDirError",
-    "DataDirLocked",
-    "ListenError",
-    "NotReady",
-    "StartupError",
-    "StorageUnavailable",
-]
-
-
-class Backpressure(NudgeError):
-    """The pipeline is full: retry after ``retry_after`` seconds (HTTP 429)."""
-
-    def __init__(self, retry_after: float, queued: int) -> None:
-        super().__init__(f"pipeline full ({queued} events queued); retry in {retry_after:g}s")
-        self.retry_after = retry_after
-        self.queued = queued
-
-
-class NotReady(NudgeError):
-    """Still recovering or shutting down (HTTP 503)."""
-
-
-class StorageUnavailable(NudgeError):
-    """A write to the data directory failed: ``cause`` is ``disk_full`` (ENOSPC, SQLite's
-    "database or disk is full": HTTP 507) or ``io`` (any other I/O error: HTTP 503).
-    Nothing of the request was acknowledged; retry after ``retry_after`` seconds."""
-
-    def __init__(self, store: str, cause: str, detail: str, retry_after: float = 5.0) -> None:
-        what = "disk full" if cause == "disk_full" else "I/O error"
-        super().__init__(f"{store}: {what} ({detail}); retry in {retry_after:g}s")
-        self.store = store
-        self.cause = cause
-        self.detail = detail
-        self.retry_after = retry_after
-
-    @property
-    def status(self) -> int:
-        return 507 if self.cause == "disk_full" else 503
+__all__ = ["DataDirError", "DataDirLocked", "ListenError", "StartupError"]
 
 
 class StartupError(NudgeError):

@@ -20,8 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from engine.clock import Clock
-from engine.embedded.exceptions import Backpressure
 from engine.embedded.supervise import Supervisor
+from engine.exceptions import Backpressure
 from engine.types import Event
 
 __all__ = ["Batch", "GroupCommitWriter"]

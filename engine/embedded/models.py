@@ -11,9 +11,9 @@ and hands it to every partition's processor, which is all the pure core ever see
   at a time, so ingest and timers keep their latency: a compacted state is not inflated,
   only the fields RFM needs are decoded from its bytes.
 - **CLV parameters** are fitted off the event path, by ``nudge models fit`` in its own
-  process (:func:`fit_data_dir`), and stored versioned in ``states.db`` (state/sqlite.py,
-  ``save_model``). The runtime loads the latest at start and on demand
-  (``POST /v1/models/reload``). Until one exists every ``customer.predicted`` is null.
+  process (:func:`fit_data_dir`), and stored versioned in ``states.db``
+  (engine/embedded/storage/sqlite.py, ``save_model``). The runtime loads the latest at start and on
+  demand (``POST /v1/models/reload``). Until one exists every ``customer.predicted`` is null.
   With ``RuntimeConfig.refit_every_s`` (``nudge run --refit-every``; off by default) the
   runtime runs that fit itself on a schedule, in a subprocess, and reloads after each.
 
@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from engine.embedded.storage.sqlite import SqliteStore
 from engine.intelligence.clv import CLVParams, ParamsError
 from engine.intelligence.population import EMPTY, Population
 from engine.intelligence.rfm import REFRESH_EVERY_MS, RfmBoundaries, RfmBuilder, needs_refresh
 from engine.intelligence.scan import SLICE, add_store
 from engine.types import iso
-from state.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from engine.clock import Clock
@@ -63,6 +63,7 @@ class Host(Protocol):
     parts: list[Partition]
     clock: Clock
     store: SqliteStore | None
+
     @property
     def cfg(self) -> HostConfig: ...
 

@@ -11,8 +11,8 @@ after that position. Customers changed during the round are packed again in the 
 The loop's share is packing (~4 us per state; one slice of at least 50 states every
 ``tick``, sized to finish in ``spread`` seconds: ~170 states, under 1 ms, at 100,000
 changed states over 6 s), and appending the bytes to a buffered file. The SQLite work
-(``state.sqlite.write_snapshot``: states in steps of ~1 MB, the positions last) runs in a
-separate process (engine/embedded/spool.py), started with ``posix_spawn``, so the
+(``engine.embedded.storage.sqlite.write_snapshot``: states in steps of ~1 MB, the positions last)
+runs in a separate process (engine/embedded/spool.py), started with ``posix_spawn``, so the
 engine's memory is never shared copy-on-write. Against a fork at each checkpoint (the mode
 this replaced, removed 2026-11-24) it trades one burst of page-table copying and
 copy-on-write faults (the p99 tail of ``nudge run`` under load, BENCHMARKS.md) for a few

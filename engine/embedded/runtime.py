@@ -38,12 +38,7 @@ from engine.analytics.tally import ORPHAN, Taken
 from engine.clock import Clock, SystemClock
 from engine.customer_view import customer_json
 from engine.embedded.admission import DEFAULT_PRIORITIES, PRIORITIES, Admission
-from engine.embedded.exceptions import (
-    Backpressure,
-    DataDirError,
-    NotReady,
-    StorageUnavailable,
-)
+from engine.embedded.exceptions import DataDirError
 from engine.embedded.health import Health, probe_write
 from engine.embedded.history import customer_record
 from engine.embedded.ingest import Batch, GroupCommitWriter
@@ -55,8 +50,11 @@ from engine.embedded.partition import Partition
 from engine.embedded.segment_backfill import SegmentBackfill
 from engine.embedded.segment_index import SegmentIndex
 from engine.embedded.spool import EXIT_DISK_FULL, EXIT_IO
+from engine.embedded.storage.sqlite import SqliteStore
+from engine.embedded.storage.suppression import Suppression
 from engine.embedded.supervise import Supervisor
 from engine.events import encode_events
+from engine.exceptions import Backpressure, NotReady, StorageUnavailable
 from engine.intelligence.population import Population
 from engine.metrics import Metrics, type_label
 from engine.output import Output
@@ -65,8 +63,6 @@ from engine.types import Event
 from rules.loader import rule_files
 from rules.ruleset import RuleSet, load_ruleset, load_stored, load_texts
 from state.analytics import Cell, DayTotals, Period
-from state.sqlite import SqliteStore
-from state.suppression import Suppression
 
 __all__ = ["Runtime", "RuntimeConfig"]
 
@@ -693,7 +689,8 @@ class Runtime:
         self, first: int, last: int
     ) -> tuple[list[DayTotals], Counter[Cell]]:
         """``analytics_counts`` for the all-rules report: the stored day totals of days
-        ``first``..``last`` (state/analytics.py) and the counts still in memory."""
+        ``first``..``last`` (engine/embedded/storage/analytics.py) and the counts still in
+        memory."""
         assert self.store is not None
         while True:
             folds = self.analytics_folds

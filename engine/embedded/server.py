@@ -28,10 +28,10 @@ from engine.clock import Clock, ScaledClock, SystemClock
 from engine.embedded import CHECKPOINT_MODES
 from engine.embedded.exceptions import DataDirError, ListenError, StartupError
 from engine.embedded.runtime import Runtime, RuntimeConfig
+from engine.embedded.storage.addresses import SqliteAddressBook
 from engine.http.app import create_app
 from engine.http.auth import Tokens
 from engine.metrics import Metrics
-from state.addresses import SqliteAddressBook
 
 __all__ = ["HTTP_LIMITS", "ServeOptions", "serve"]
 

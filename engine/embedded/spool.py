@@ -2,8 +2,8 @@
 
 A paced checkpoint (engine/embedded/paced.py) packs the changed states into a spool file
 in the data directory, a slice at a time, and spawns this module, which loads the spool
-into SQLite (``state.sqlite.write_snapshot``) and deletes it: the SQLite work (~0.5 s of
-CPU and two fsyncs per 100,000 states) never runs in the engine's process.
+into SQLite (``engine.embedded.storage.sqlite.write_snapshot``) and deletes it: the SQLite work
+(~0.5 s of CPU and two fsyncs per 100,000 states) never runs in the engine's process.
 
 Format: MessagePack frames, each a 4-byte big-endian length and a body. Every frame but
 the last is a list of ``[customer_id, state bytes]`` rows; the last, the trailer, is
@@ -16,8 +16,8 @@ holds its events) and the next checkpoint writes a new spool.
     python -m engine.embedded.spool DATA_DIR SYNCHRONOUS SPOOL [PARENT_PID]
 
 ``NUDGE_CHECKPOINT_STEP`` (default 2,000) is how many states it commits per transaction
-(``state.sqlite.STATES_PER_COMMIT``), ``NUDGE_CHECKPOINT_STEP_PAUSE_MS`` (default 0) how
-long it waits between them: more spreads its disk writes over a longer commit. The crash
+(``engine.embedded.storage.sqlite.STATES_PER_COMMIT``), ``NUDGE_CHECKPOINT_STEP_PAUSE_MS`` (default
+0) how long it waits between them: more spreads its disk writes over a longer commit. The crash
 test sets both, so that its kill lands between a writer's steps.
 
 Exit codes: 0 committed, ``EXIT_DISK_FULL`` (28) the disk was full, ``EXIT_IO`` (5) an
@@ -48,8 +48,8 @@ from typing import IO, Any
 import msgspec
 
 from engine.embedded.health import DISK_FULL, storage_cause
+from engine.embedded.storage.sqlite import STATES_PER_COMMIT, write_snapshot
 from engine.logs import configure_logging
-from state.sqlite import STATES_PER_COMMIT, write_snapshot
 
 __all__ = [
     "EXIT_DISK_FULL",

@@ -22,9 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.sources.config import SourcesConfig
 from engine import console
-from engine.embedded.exceptions import NotReady
 from engine.events import INTERNAL_TYPES, decode_event, validate_properties
-from engine.exceptions import EventError
+from engine.exceptions import EventError, NotReady
 from engine.http import models, reports, segment, segments, webhooks
 from engine.http import rules as rule_routes
 from engine.http.auth import Tokens

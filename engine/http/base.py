@@ -14,9 +14,9 @@ import orjson
 from aiohttp import web
 
 from connectors.sources.exceptions import SourceError
-from engine.embedded.exceptions import Backpressure, NotReady, StorageUnavailable
 from engine.embedded.health import DISK_FULL, storage_cause
 from engine.events import encode_events
+from engine.exceptions import Backpressure, NotReady, StorageUnavailable
 from engine.http.auth import Tokens
 from engine.metrics import Metrics
 from engine.types import Event

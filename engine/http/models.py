@@ -61,7 +61,7 @@ def served_models(app: web.Application) -> ModelsBackend | None:
     cache = app[_SERVED]
     if "models" not in cache:
         from engine.distributed.models import RedisModels
-        from state.redis import RedisState
+        from engine.distributed.storage.redis import RedisState
 
         redis = getattr(backend, "redis", None)
         cache["models"] = RedisModels(redis) if isinstance(redis, RedisState) else None

@@ -35,7 +35,7 @@ __all__ = ["DEFAULT_DAYS", "MAX_DAYS", "MAX_HOURLY_DAYS", "install"]
 DEFAULT_DAYS = 30
 """Days reported when ``from`` is not given (ending at ``to``, default today)."""
 MAX_DAYS = 800
-MAX_HOURLY_DAYS = 8  # hours are kept 8 days (state/analytics.py)
+MAX_HOURLY_DAYS = 8  # hours are kept 8 days (engine/embedded/storage/analytics.py)
 
 
 def _backend(request: web.Request) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from engine.embedded.exceptions import NotReady
+from engine.exceptions import NotReady
 from engine.http.base import BACKEND, METRICS, auth, error, ok
 from rules.exceptions import RuleErrors
 from rules.ruleset import RuleSet

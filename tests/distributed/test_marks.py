@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from engine.distributed.delivery import MarkBatcher
-from state.redis import RedisState
+from engine.distributed.storage.redis import RedisState
 from tests.support.servers import RedisServer
 
 pytestmark = [pytest.mark.integration]

@@ -18,13 +18,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from engine.clock import VirtualClock
 from engine.distributed.models import CLV, RedisModels, WorkerModels
+from engine.distributed.storage.redis import RedisState
 from engine.intelligence.clv import CLVParams, ParamsError
 from engine.intelligence.population import Population
 from engine.intelligence.rfm import DAY_MS, EXACT_LIMIT, RfmBoundaries, RfmBuilder
 from engine.testing import START
 from state.customer import CustomerState, pack
 from state.memory import MemoryStore
-from state.redis import RedisState
 from tests.support.servers import RedisServer
 
 PARTS = 4

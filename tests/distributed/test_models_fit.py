@@ -14,14 +14,14 @@ import pytest
 
 from engine.cli import main
 from engine.distributed.models import CLV, changelog_states
+from engine.distributed.storage.changelog import encode_row
+from engine.distributed.storage.redis import RedisState
 from engine.intelligence.clv import CLVParams
 from engine.intelligence.fit import buyer_summaries, fit
 from engine.intelligence.rfm import DAY_MS
 from engine.testing import START
 from load_tests.clv_synth import simulate
 from state.customer import CustomerState
-from state.faust import encode_row
-from state.redis import RedisState
 from tests.support.fixtures import KafkaTopicFactory
 from tests.support.servers import KafkaServer, RedisServer
 

@@ -21,12 +21,12 @@ from engine.distributed.batching import Stamped
 from engine.distributed.models import CLV
 from engine.distributed.rules import publish_rules_async
 from engine.distributed.segments import SegmentFeed, segment_records
+from engine.distributed.storage.redis import RedisState
 from engine.embedded.segment_index import SegmentIndex
 from engine.intelligence.clv import CLVParams
 from engine.testing import START
 from engine.types import iso
 from rules.ruleset import RECIPES_DIR
-from state.redis import RedisState
 from tests.distributed.conftest import Cluster
 from tests.distributed.test_failover import wait_owned
 from tests.engine.embedded.conftest import running

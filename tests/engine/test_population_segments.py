@@ -10,6 +10,7 @@ from engine.intelligence.population import Population
 from engine.intelligence.rfm import RfmBoundaries, next_score_change, score
 from engine.segment_flips import RESOLUTION_MS
 from engine.testing import RuleKit
+from rules.expressions import ExpressionError
 from tests.engine.test_population import PARAMS, SETTINGS
 
 DAY = 86_400_000
@@ -140,11 +141,11 @@ def test_predicted_and_rfm_terms_take_the_fast_path_and_agree_with_cel() -> None
                 for seg in rs.segments:
                     try:
                         truth = seg.condition.test(scope)
-                    except (RuntimeError, TypeError, KeyError, ValueError):
+                    except ExpressionError:
                         truth = None
                     try:
                         fast = seg.test(scope)
-                    except (RuntimeError, TypeError, KeyError, ValueError):
+                    except ExpressionError:
                         fast = None
                     assert fast == truth, (seg.id, st.customer_id, days, pop)
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from engine.distributed.storage.addresses import RedisAddressBook
+from engine.embedded.storage.addresses import SqliteAddressBook
 from engine.types import Event
 from state.addresses import (
     AddressBook,
     MemoryAddressBook,
-    RedisAddressBook,
-    SqliteAddressBook,
     normalize,
     record_addresses,
 )
@@ -25,14 +25,13 @@ T0 = datetime(2026, 1, 5, 12, tzinfo=UTC)
 
 
 def _event(cid: str, etype: str, props: dict[str, Any]) -> Event:
-    return Event(event_id=f"e-{cid}-{etype}", type=etype, customer_id=cid, timestamp=T0,
-                 properties=props)
+    return Event(
+        event_id=f"e-{cid}-{etype}", type=etype, customer_id=cid, timestamp=T0, properties=props
+    )
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
-async def book(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[AddressBook]:
+async def book(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AddressBook]:
     if request.param == "memory":
         yield MemoryAddressBook()
     elif request.param == "sqlite":
@@ -66,8 +65,11 @@ async def test_record_lookup_replace(book: AddressBook) -> None:
 
 async def test_record_addresses_from_profile_events(book: AddressBook) -> None:
     events = [
-        _event("c1", "customer_updated",
-               {"attributes": {"email": " Ann@Example.COM ", "phone": "+1 (415) 555-0100"}}),
+        _event(
+            "c1",
+            "customer_updated",
+            {"attributes": {"email": " Ann@Example.COM ", "phone": "+1 (415) 555-0100"}},
+        ),
         _event("c2", "customer_signed_up", {"attributes": {"phone": "+33 6 12 34 56 78"}}),
         _event("c3", "order_completed", {"attributes": {"phone": "+15550000000"}}),
         _event("c4", "customer_updated", {"attributes": {"phone": 4155550100}}),

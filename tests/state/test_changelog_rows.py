@@ -1,13 +1,13 @@
-"""Changelog rows (state/faust.py): MessagePack now, JSON rows of earlier versions still
-decode to the same state."""
+"""Changelog rows (engine/distributed/storage/changelog.py): MessagePack now, JSON rows of earlier
+versions still decode to the same state."""
 
 from __future__ import annotations
 
 import orjson
 
+from engine.distributed.storage.changelog import decode_row, encode_row
 from engine.testing import RuleKit
 from state.customer import CustomerState
-from state.faust import decode_row, encode_row
 
 
 def _customer() -> CustomerState:

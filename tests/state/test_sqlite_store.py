@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from state.sqlite import SqliteStore, write_snapshot
+from engine.embedded.storage.sqlite import SqliteStore, write_snapshot
 
 
 def test_journal_seqs_consecutive_across_appends_and_reopen(tmp_path: Path) -> None:
@@ -133,9 +133,9 @@ def test_a_writer_commits_states_in_steps_and_positions_last(tmp_path: Path) -> 
 
 def test_states_move_from_state_db_on_first_open(tmp_path: Path) -> None:
     """A data directory from before states.db: its checkpoint is moved, once."""
+    from engine.embedded.storage.sqlite import SqliteStore
     from engine.testing import RuleKit
     from state.memory import MemoryStore
-    from state.sqlite import SqliteStore
 
     kit = RuleKit.from_paths()
     kit.send("cart_item_added", "m1", {"product_id": "p1", "price": 30.0})

@@ -15,18 +15,15 @@ from engine.analytics.report import (
     rules_summary,
     rules_summary_totals,
 )
-from state.analytics import (
+from engine.embedded.storage.analytics import (
     ANALYTICS_SCHEMA,
-    DAY_MS,
-    HOUR_MS,
-    Cell,
     fold,
-    pending_row,
     prune,
     read_day_totals,
     read_periods,
     write_pending,
 )
+from state.analytics import DAY_MS, HOUR_MS, Cell, pending_row
 
 DAY = 20_000
 

@@ -16,12 +16,12 @@ from aiohttp.test_utils import TestServer
 from connectors.sources.config import SourcesConfig
 from engine.clock import VirtualClock
 from engine.embedded.runtime import Runtime, RuntimeConfig
+from engine.embedded.storage.addresses import SqliteAddressBook
 from engine.http.app import create_app
 from engine.http.auth import Tokens
 from engine.metrics import Metrics
 from engine.testing import START
 from engine.types import iso
-from state.addresses import SqliteAddressBook
 from state.customer import load
 from tests.support.webhook import WebhookReceiver
 

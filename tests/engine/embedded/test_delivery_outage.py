@@ -24,9 +24,9 @@ from connectors.exceptions import SinkBackpressure, SinkError
 from connectors.routing import Router
 from engine.clock import VirtualClock
 from engine.embedded.outbox import Outbox
+from engine.embedded.storage.sqlite import SqliteStore
 from engine.metrics import Metrics
 from engine.types import Action
-from state.sqlite import SqliteStore
 
 T0 = 1_800_000_000_000
 

@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 from engine.embedded.models import CLV, fit_data_dir
+from engine.embedded.storage.sqlite import SqliteStore
 from engine.intelligence.clv import predict
 from engine.intelligence.population import Population
 from engine.testing import START
-from state.sqlite import SqliteStore
 from tests.engine.embedded.conftest import Harness, running
 from tests.engine.embedded.test_api import check_schema, ev
 

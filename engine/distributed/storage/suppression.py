@@ -10,8 +10,8 @@ import asyncio
 import logging
 import os
 
+from engine.distributed.storage.redis import RedisState
 from engine.tasks import cancel
-from state.redis import RedisState
 from state.suppression import digest
 
 __all__ = ["RedisSuppression"]

@@ -33,17 +33,15 @@ from typing import Any
 import msgspec
 import orjson
 
-from state.analytics import (
+from engine.embedded.storage.analytics import (
     ANALYTICS_SCHEMA,
-    DayTotals,
-    Period,
     fold,
     prune,
     read_day_totals,
     read_periods,
-    split_pending,
     write_pending,
 )
+from state.analytics import DayTotals, Period, split_pending
 from state.customer import CustomerState, load
 
 logger = logging.getLogger(__name__)
@@ -74,7 +72,8 @@ _STATES_SCHEMA = (
 CREATE TABLE IF NOT EXISTS states (customer_id TEXT PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-    + ANALYTICS_SCHEMA  # campaign analytics (state/analytics.py), committed with the states
+    # campaign analytics (engine/embedded/storage/analytics.py), committed with the states
+    + ANALYTICS_SCHEMA
 )
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -616,17 +615,17 @@ class SqliteStore:
         self, hourly: bool, first: int, last: int, rule_id: str | None = None
     ) -> list[Period]:
         """Committed campaign counts of days (or hours) ``first``..``last``
-        (state/analytics.py)."""
+        (engine/embedded/storage/analytics.py)."""
         return list(read_periods(self.sdb, hourly, first, last, rule_id))
 
     def analytics_day_totals(self, first: int, last: int) -> list[DayTotals]:
         """Every rule's committed report figures of days ``first``..``last``
-        (state/analytics.py ``analytics_day_totals``)."""
+        (engine/embedded/storage/analytics.py ``analytics_day_totals``)."""
         return read_day_totals(self.sdb, first, last)
 
     def analytics_fold(self) -> int:
         """After a checkpoint committed (and at open): its customers' pending counts join
-        the totals (state/analytics.py); how many customers' rows were folded."""
+        the totals (engine/embedded/storage/analytics.py); how many customers' rows were folded."""
         with _transaction(self.sdb):
             return fold(self.sdb)
 
