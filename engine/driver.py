@@ -11,7 +11,6 @@ from engine.output import Output
 from engine.processor import Processor
 from engine.types import Event
 from rules.ruleset import RuleSet
-from state.base import StateStore, TimerStore
 from state.memory import MemoryStore, MemoryTimers
 
 __all__ = ["Driver", "OutputHandler"]
@@ -26,19 +25,18 @@ class Driver:
         self,
         ruleset: RuleSet,
         *,
-        store: StateStore | None = None,
-        timers: TimerStore | None = None,
+        store: MemoryStore | None = None,
+        timers: MemoryTimers | None = None,
         clock: VirtualClock | None = None,
         on_output: OutputHandler | None = None,
     ) -> None:
-        self.store: StateStore = store if store is not None else MemoryStore()
-        self.timers: TimerStore = timers if timers is not None else MemoryTimers()
+        self.store = store if store is not None else MemoryStore()
+        self.timers = timers if timers is not None else MemoryTimers()
         self.clock = clock if clock is not None else VirtualClock()
         self.processor = Processor(ruleset, self.store, self.timers)
         self.on_output = on_output
         # idle customers are compacted in memory (state/memory.py): every `compact_every`
         # events, those untouched for `idle_ms` of this driver's clock
-        self._mem = self.store if isinstance(self.store, MemoryStore) else None
         self.idle_ms = 3_600_000
         self.compact_every = 20_000
         self._until_compact = self.compact_every
@@ -48,13 +46,12 @@ class Driver:
         self.local_forwards = True
 
     def _emit(self, out: Output) -> Output:
-        mem = self._mem
-        if mem is not None:
-            mem.touch(out.customer_id, self.clock.now())
-            self._until_compact -= 1
-            if self._until_compact <= 0:
-                self._until_compact = self.compact_every
-                mem.compact_idle(self.clock.now() - self.idle_ms)
+        mem = self.store
+        mem.touch(out.customer_id, self.clock.now())
+        self._until_compact -= 1
+        if self._until_compact <= 0:
+            self._until_compact = self.compact_every
+            mem.compact_idle(self.clock.now() - self.idle_ms)
         if self.on_output is not None:
             self.on_output(out)
         if out.forwards and self.local_forwards:

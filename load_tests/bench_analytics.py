@@ -28,9 +28,9 @@ from engine.analytics.report import (
     rules_summary,
     rules_summary_totals,
 )
-from engine.embedded.partition import Partition
 from engine.embedded.storage.sqlite import SqliteStore
 from engine.events import decode_event
+from engine.partition import Partition
 from engine.testing import START
 from engine.types import Event
 from load_tests.traffic import TrafficConfig, generate

@@ -12,8 +12,8 @@ __all__ = ["StateStore", "TimerStore"]
 
 class StateStore(Protocol):
     """Customer states by id. ``get`` returns the live object: the processor mutates it in
-    place and calls ``put`` when it created it or changed it, so a write-behind backend can
-    mark it dirty."""
+    place and calls ``put`` only when it creates one. Which states changed is tracked by
+    their owner from the outputs (engine/partition.py: every Output names its customer)."""
 
     def get(self, customer_id: str) -> CustomerState | None: ...
 

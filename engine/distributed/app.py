@@ -9,7 +9,7 @@ Topics (all with ``partitions`` partitions, keyed by customer id, raw bytes):
 
 Processing: the ``events`` topic is subscribed through faust (so the assignor
 co-partitions it with the changelog), but its records skip faust's per-message path: the
-consumer (:class:`~engine.distributed.batching.BatchConsumer`) hands each whole fetch to
+consumer (:class:`~engine.distributed.faust_adapter.BatchConsumer`) hands each whole fetch to
 :meth:`WorkerApp._on_batch`, which runs it through
 :class:`~engine.distributed.processing.PartitionEngine`, produces the actions and the
 changelog rows in record batches, awaits the broker's acks and only then lets the
@@ -47,9 +47,10 @@ from faust.types import TP
 
 from connectors.routing import Router
 from engine.distributed.backfill import WorkerBackfill
-from engine.distributed.batching import BatchApp, BatchSender, OutputPipeline, StampedPayload
+from engine.distributed.batching import BatchSender, OutputPipeline, StampedPayload
 from engine.distributed.config import WorkerConfig
 from engine.distributed.delivery import Deliverer
+from engine.distributed.faust_adapter import BatchApp, committed_offsets, producer_of
 from engine.distributed.metrics import MeteredEngine, OutputMeter
 from engine.distributed.models import WorkerModels
 from engine.distributed.processing import PartitionEngine
@@ -173,7 +174,7 @@ class WorkerApp:
         app.topics.add(self.events_topic)  # subscribed; records go to _on_batch
         app.batch_consumer.add_batch_handler(cfg.events_topic, self._on_batch)
         self.pipeline = OutputPipeline(
-            BatchSender(lambda: cast(Any, app.producer)._ensure_producer()),
+            BatchSender(lambda: producer_of(app)),
             cfg.actions_topic,
             self.log.topic,
             depth=cfg.output_depth,
@@ -344,13 +345,13 @@ class WorkerApp:
         part = engine.parts[index]
         now = _wall_ms()
         consumer = self.app.consumer
-        committed: dict[Any, Any] = getattr(consumer, "_committed_offset", {})
+        committed = committed_offsets(consumer)
         tp = TP(self.cfg.events_topic, index)
         try:
             hw = consumer.highwater(tp)
         except Exception:
             hw = None
-        done = max(part.last_offset + 1, committed.get(tp) or 0)
+        done = max(part.position, committed.get(tp) or 0)
         idle = now - self._last_input.get(index, 0) >= _IDLE_MS
         caught_up = hw is None or done >= hw or idle
         return now if caught_up else part.clock.now()

@@ -294,11 +294,13 @@ def consumer_lag(worker_app: Any) -> int | None:
     None before the engine runs (a delivery-only worker has no engine)."""
     from faust.types import TP
 
+    from engine.distributed.faust_adapter import committed_offsets
+
     engine = worker_app.engine
     if engine is None:
         return None
     consumer = worker_app.app.consumer
-    committed: dict[Any, Any] = getattr(consumer, "_committed_offset", {}) or {}
+    committed = committed_offsets(consumer)
     topic = worker_app.cfg.events_topic
     total = 0
     for index, part in list(engine.parts.items()):
@@ -309,6 +311,6 @@ def consumer_lag(worker_app: Any) -> int | None:
             hw = None
         if hw is None:
             continue
-        done = max(part.last_offset + 1, committed.get(tp) or 0)
+        done = max(part.position, committed.get(tp) or 0)
         total += max(0, int(hw) - done)
     return total

@@ -82,7 +82,7 @@ CLV = "clv"
 
 class HoldsCustomers(Protocol):
     """A partition as the models read it: its customers' store
-    (engine/distributed/partition.py ``OwnedPartition`` is one)."""
+    (engine/partition.py ``Partition`` is one)."""
 
     @property
     def store(self) -> MemoryStore: ...

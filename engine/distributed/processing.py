@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.customer_view import customer_json
-from engine.distributed.partition import OwnedPartition
 from engine.distributed.requests import (
     CustomerRequest,
     erased_body,
@@ -50,6 +49,7 @@ from engine.events import decode_event
 from engine.exceptions import EventError
 from engine.intelligence.population import EMPTY, Population
 from engine.output import Output
+from engine.partition import Partition
 from engine.types import Action, Event
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
@@ -138,7 +138,7 @@ class PartitionEngine:
     def __init__(self, ruleset: RuleSet, rules_version: int, flush: Flush) -> None:
         self.ruleset = ruleset
         self.rules_version = rules_version
-        self.parts: dict[int, OwnedPartition] = {}
+        self.parts: dict[int, Partition] = {}
         self._flush_out = flush
         self._actions: dict[int, list[Action]] = {}
         self._forwards: list[Event] = []
@@ -162,14 +162,11 @@ class PartitionEngine:
         return rs.use_population(population.key(rs.segments_population))
 
     # --- ownership -----------------------------------------------------------------
-    def assign(self, index: int, states: Iterable[CustomerState]) -> OwnedPartition:
+    def assign(self, index: int, states: Iterable[CustomerState]) -> Partition:
         """Take partition ``index`` with its restored states (timers rebuilt from them)."""
-        part = OwnedPartition(index, self.ruleset, self._output_handler(index))
+        part = Partition(index, self.ruleset, self._output_handler(index))
         part.driver.processor.population = self.population
-        n = 0
-        for st in states:
-            part.load(st)
-            n += 1
+        n = part.recover(states)
         self.parts[index] = part
         self.stats.timers_restored += len(part.timers)
         logger.info("partition %d: %d customers, %d timers restored", index, n, len(part.timers))
@@ -241,7 +238,7 @@ class PartitionEngine:
                 continue
             req = request_of(rec)
             if req is not None:  # a customer read or erase, in order with the events
-                part.last_offset = max(part.last_offset, rec.offset)
+                part.position = max(part.position, rec.offset + 1)
                 if req.id:
                     self._answer(part, req, rec.timestamp)
                     touched.add(rec.partition)
@@ -262,7 +259,7 @@ class PartitionEngine:
                     err.message,
                 )
                 continue
-            out = part.apply(rec.offset, rec.timestamp, ev)
+            out = part.apply(rec.offset + 1, rec.timestamp, ev)
             if out is None:
                 stats.skipped += 1
                 continue
@@ -278,7 +275,7 @@ class PartitionEngine:
         stats.processing_seconds += time.perf_counter() - t0
         return durable
 
-    def _answer(self, part: OwnedPartition, req: CustomerRequest, at: int) -> None:
+    def _answer(self, part: Partition, req: CustomerRequest, at: int) -> None:
         """Answer a customer request at its acceptance time ``at`` (the same answer on a
         reprocessing); an erase also drops the customer's segment memberships."""
         cid = req.customer_id
@@ -387,12 +384,11 @@ class PartitionEngine:
         for index in touched:
             part = self.parts.get(index)
             if part is not None:
-                dirty = part.take_dirty()
-                if dirty:
-                    rows[index] = dirty
-                gone = part.take_erased()
-                if gone:
-                    erased[index] = gone
+                changes = part.begin()
+                if changes.dirty:
+                    rows[index] = part.states(changes.dirty)
+                if changes.erased:
+                    erased[index] = changes.erased
         self.stats.actions += sum(len(a) for a in actions.values())
         self.stats.rows_written += sum(len(r) for r in rows.values())
         self.stats.forwards += len(forwards)

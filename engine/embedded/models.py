@@ -41,7 +41,7 @@ from engine.types import iso
 
 if TYPE_CHECKING:
     from engine.clock import Clock
-    from engine.embedded.partition import Partition
+    from engine.partition import Partition
 
 
 class HostConfig(Protocol):

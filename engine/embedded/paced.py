@@ -41,8 +41,8 @@ from pathlib import Path
 
 from engine.analytics.tally import ORPHAN, Taken
 from engine.embedded.outbox import Outbox
-from engine.embedded.partition import Partition
 from engine.embedded.spool import WRITER, SpoolWriter, writer_env
+from engine.partition import Changes, Partition
 from engine.types import Action
 
 __all__ = ["PacedRound", "remove_stale_spools", "run_writer", "spool_path", "wait_child"]
@@ -62,7 +62,7 @@ class PacedRound:
     tick: float = 0.01
     max_slice: int = 500
     seqs: dict[int, int] = field(default_factory=dict)
-    taken: list[tuple[Partition, list[str], list[str]]] = field(default_factory=list)
+    taken: list[tuple[Partition, Changes]] = field(default_factory=list)
     erased: set[str] = field(default_factory=set)  # customers erased during the round
     # analytics: the packed customers' pending counts, written beside their states
     # (engine/analytics/tally.py); given back if the round fails
@@ -71,18 +71,19 @@ class PacedRound:
     pack_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        self.seqs = {p.index: p.last_seq for p in self.parts}
-        self.taken = [(p, *p.take_dirty()) for p in self.parts]
+        self.taken = [(p, p.begin()) for p in self.parts]
+        self.seqs = {p.index: changes.position for p, changes in self.taken}
 
     async def pack(self, persist: Callable[[], Awaitable[list[tuple[Action, bool]]]]) -> None:
         """Pack the taken states into the spool, paced; then commit every action produced
         so far (``persist``: the outbox's own flush) and write the trailer, with the
         erasures and whatever actions ``persist`` could not commit."""
-        total = sum(len(d) for _, d, _ in self.taken)
+        total = sum(len(changes.dirty) for _, changes in self.taken)
         ticks = max(1.0, self.spread / self.tick)
         per_tick = min(self.max_slice, max(50, math.ceil(total / ticks)))
         with SpoolWriter(self.spool) as out:
-            for p, dirty, _ in self.taken:
+            for p, changes in self.taken:
+                dirty = changes.dirty
                 row = p.store.row
                 for i in range(0, len(dirty), per_tick):
                     t0 = time.perf_counter()
@@ -96,7 +97,7 @@ class PacedRound:
                     await asyncio.sleep(self.tick)
                 if p.tally is not None and (orphans := self._take_counts(p, [ORPHAN])):
                     out.rows(orphans)  # erased customers' counts
-            deleted = [cid for _, _, gone in self.taken for cid in gone]
+            deleted = [cid for _, changes in self.taken for cid in changes.erased]
             left = await persist()
             out.trailer(self.seqs, deleted, Outbox.rows(left), sorted(self.erased))
 
@@ -110,8 +111,8 @@ class PacedRound:
 
     def give_back(self) -> None:
         """A failed round: its customers go into the next one; its spool is removed."""
-        for p, dirty, deleted in self.taken:
-            p.restore_dirty(dirty, deleted)
+        for p, changes in self.taken:
+            p.abort(changes)
         for p, taken in self.counts:
             assert p.tally is not None
             p.tally.give_back(taken)

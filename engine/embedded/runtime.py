@@ -46,7 +46,6 @@ from engine.embedded.lock import DataDirLock, os_reason, secure_data_dir
 from engine.embedded.models import Models
 from engine.embedded.outbox import Outbox, forward_action
 from engine.embedded.paced import PacedRound, remove_stale_spools, run_writer, spool_path
-from engine.embedded.partition import Partition
 from engine.embedded.segment_backfill import SegmentBackfill
 from engine.embedded.segment_index import SegmentIndex
 from engine.embedded.spool import EXIT_DISK_FULL, EXIT_IO
@@ -58,11 +57,13 @@ from engine.exceptions import Backpressure, NotReady, StorageUnavailable
 from engine.intelligence.population import Population
 from engine.metrics import Metrics, type_label
 from engine.output import Output
+from engine.partition import Changes, Partition
 from engine.send_policy import quiet_hold, rule_within
 from engine.types import Event
 from rules.loader import rule_files
 from rules.ruleset import RuleSet, load_ruleset, load_stored, load_texts
 from state.analytics import Cell, DayTotals, Period
+from state.customer import CustomerState
 
 __all__ = ["Runtime", "RuntimeConfig"]
 
@@ -327,8 +328,11 @@ class Runtime:
         n = len(self.parts)
         store = self.store
         states = await self.db(lambda: list(store.load_states()))
+        owned: list[list[CustomerState]] = [[] for _ in range(n)]
         for st in states:
-            self.parts[partition_of(st.customer_id, n)].load(st)
+            owned[partition_of(st.customer_id, n)].append(st)
+        for p in self.parts:
+            p.recover(owned[p.index])
         if self.segment_index is not None:  # before the replay: it follows its changes
             self.segment_index.load(states, self.clock.now())
         seqs = await self.db(self.store.checkpoint_seqs)
@@ -336,7 +340,7 @@ class Runtime:
             floor = min(seqs.values(), default=0)
             seqs = dict.fromkeys(range(n), floor)
         for p in self.parts:
-            p.last_seq = seqs[p.index]
+            p.position = seqs[p.index]
         floor = min(seqs.values())
         rows = await self.jdb(lambda: list(store.journal_after(floor)))
         replayed = 0
@@ -350,7 +354,7 @@ class Runtime:
                 if ev is None:  # erased
                     continue
                 part = self.parts[partition_of(ev.customer_id, n)]
-                if first + i > part.last_seq:
+                if first + i > part.position:
                     part.apply(first + i, accepted_at, ev)
                     replayed += 1
         await self.outbox.flush()
@@ -454,7 +458,8 @@ class Runtime:
                 try:
                     for seq, accepted_at, ev in batch:
                         done += 1
-                        if not part.apply(seq, accepted_at, ev):
+                        out = part.apply(seq, accepted_at, ev)
+                        if out is None or out.duplicate:
                             m.events_duplicate.inc()
                 except Exception:  # skip the event that failed, keep the rest queued
                     queue[:0] = batch[done:]
@@ -518,14 +523,14 @@ class Runtime:
             await self._checkpoint_inline(chunk, spread)
 
     async def _checkpoint_inline(self, chunk: int, spread: float) -> None:
-        taken = [(p, *p.take_dirty()) for p in self.parts]
+        taken = [(p, p.begin()) for p in self.parts]
         unfolded = len(self._unfolded)
         actions: list[Any] = []
         try:
             await self._write_inline(taken, chunk, spread, actions)
         except BaseException:  # not written: all of it goes in the next one
-            for p, cids, gone in taken:
-                p.restore_dirty(cids, gone)
+            for p, changes in taken:
+                p.abort(changes)
             for p, counts in self._unfolded[unfolded:]:
                 assert p.tally is not None
                 p.tally.give_back(counts)
@@ -535,19 +540,19 @@ class Runtime:
 
     async def _write_inline(
         self,
-        taken: list[tuple[Partition, list[str], list[str]]],
+        taken: list[tuple[Partition, Changes]],
         chunk: int,
         spread: float,
         actions: list[Any],
     ) -> None:
         assert self.store is not None
         t0 = time.perf_counter()
-        seqs = {p.index: p.last_seq for p in self.parts}
+        seqs = {p.index: changes.position for p, changes in taken}
         dirty: list[tuple[Partition, str]] = []
         deleted: list[str] = []
-        for p, cids, gone in taken:
-            dirty += [(p, cid) for cid in cids]
-            deleted += gone
+        for p, changes in taken:
+            dirty += [(p, cid) for cid in changes.dirty]
+            deleted += changes.erased
         rows: list[tuple[str, bytes]] = []
         ser = 0.0
         pause = spread / max(1, len(dirty) // chunk)

@@ -47,7 +47,7 @@ import msgspec
 from state.customer import CustomerState, pack
 
 if TYPE_CHECKING:
-    from engine.embedded.partition import Partition
+    from engine.partition import Partition
     from rules.ruleset import RuleSet
 
 

@@ -31,7 +31,7 @@ PARTS = 4
 
 
 class Part:
-    """A partition as WorkerModels reads it (what OwnedPartition offers: ``.store``),
+    """A partition as WorkerModels reads it (what Partition offers: ``.store``),
     plus the population last applied to it."""
 
     def __init__(self) -> None:

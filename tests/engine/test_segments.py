@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.shard import Shard
+from engine.partition import Partition
 from engine.testing import RuleKit
 from rules.exceptions import RuleErrors
 from state.customer import SEGMENT_TIMER, pack, unpack
@@ -125,8 +125,8 @@ def test_the_segment_timer_survives_a_restore() -> None:
     k = kit()
     k.send("order_completed", "c1", {"order_id": "o1", "total": 30.0})
     st = k.state("c1")
-    shard = Shard(0, k.driver.processor.ruleset, lambda out: None)
-    shard.load(unpack(pack(st)))
+    shard = Partition(0, k.driver.processor.ruleset, lambda out: None)
+    shard.recover([unpack(pack(st))])
     assert shard.timers.pop_due(st.segments_due) == (st.segments_due, "c1", SEGMENT_TIMER)
 
 

@@ -9,9 +9,9 @@ from collections import Counter
 
 import orjson
 
-from engine.embedded.partition import Partition
 from engine.events import decode_event
 from engine.output import Output
+from engine.partition import Partition
 from load_tests.traffic import TrafficConfig, generate
 from rules.ruleset import RECIPES_DIR, load_ruleset
 

@@ -41,7 +41,7 @@ async def test_round_writes_changed_states_and_positions(harness: Harness) -> No
     status, _ = await harness.post_events(product_views(300, "a"))
     assert status == 202
     await harness.settle()
-    seqs = {p.index: p.last_seq for p in rt.parts}
+    seqs = {p.index: p.position for p in rt.parts}
     assert await rt.paced_checkpoint()
     states, stored_seqs = stored(harness.data)
     assert {f"ac{i}" for i in range(300)} <= set(states)
@@ -60,7 +60,7 @@ async def test_events_during_the_round_go_into_the_next(harness: Harness) -> Non
     nothing."""
     rt = harness.runtime
     await many_views(harness, 1500, "b")
-    start = {p.index: p.last_seq for p in rt.parts}
+    start = {p.index: p.position for p in rt.parts}
     task = asyncio.create_task(rt.paced_checkpoint())
     await asyncio.sleep(0.05)
     status, _ = await harness.post_events(product_views(20, "late"))
@@ -141,7 +141,7 @@ async def test_stop_during_a_round_cancels_it_and_checkpoints_in_process(
     await rt.stop()
     states, seqs = stored(harness.data)
     assert len([cid for cid in states if cid.startswith("s")]) == 1500
-    assert seqs == {p.index: p.last_seq for p in rt.parts}
+    assert seqs == {p.index: p.position for p in rt.parts}
 
 
 @pytest.mark.parametrize("checkpoint_interval", [0.2])  # the runtime's own rounds
@@ -168,7 +168,7 @@ async def test_stop_while_the_writer_hangs_kills_it_and_checkpoints_in_process(
         os.waitpid(writer, os.WNOHANG)
     states, seqs = stored(harness.data)
     assert {f"hc{i}" for i in range(30)} <= set(states)  # the final in-process checkpoint
-    assert seqs == {p.index: p.last_seq for p in rt.parts}
+    assert seqs == {p.index: p.position for p in rt.parts}
 
 
 def outbox_keys(harness: Harness) -> set[str]:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from engine.embedded.partition import Partition
 from engine.events import decode_event
+from engine.partition import Partition
 from rules.ruleset import load_ruleset
 from tests.engine.embedded.test_crash import ADMIN, Engine
 from tests.support.traces import make_events
