@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from dataclasses import replace
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from engine.settings import environment
 from rules.exceptions import RuleErrors
 from rules.loader import rule_files
 from rules.ruleset import load_ruleset
@@ -22,7 +22,7 @@ __all__ = ["add_admin_parsers"]
 def _admin_token(args: argparse.Namespace) -> str | None:
     if args.token:
         return str(args.token)
-    if env := os.environ.get("NUDGE_ADMIN_TOKEN"):
+    if env := environment().admin_token:
         return env
     path = Path(args.data) / "tokens.json"
     if path.exists():

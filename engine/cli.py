@@ -22,6 +22,7 @@ from engine.embedded import CHECKPOINT_MODES
 from engine.erasure import add_erase_parser
 from engine.logs import configure_logging
 from engine.rollback import add_rollback_parser
+from engine.settings import SettingsError, environment
 from engine.types import to_ms
 from load_tests.cli import add_loadtest_parsers
 from rules.exceptions import RuleErrors
@@ -268,12 +269,11 @@ def _add_segments_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 def _cmd_report(args: argparse.Namespace) -> int:
     """The report API's figures as a file (engine/analytics/document.py)."""
-    import os
 
     from engine.analytics.document import fetch, render
 
-    env = os.environ
-    token = args.token or env.get("NUDGE_READ_TOKEN") or env.get("NUDGE_ADMIN_TOKEN")
+    env = environment()
+    token = args.token or env.read_token or env.admin_token
     if not token:
         print("no token: --token, NUDGE_READ_TOKEN or NUDGE_ADMIN_TOKEN", file=sys.stderr)
         return 2
@@ -587,10 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    configure_logging()
-    args = build_parser().parse_args(argv)
     try:
+        configure_logging()
+        args = build_parser().parse_args(argv)
         return int(args.func(args))
+    except SettingsError as err:  # a NUDGE_ variable that does not parse: one line
+        print(f"nudge: {err}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `nudge deadletter list | head`: the reader is gone
         return _stdout_closed()
 

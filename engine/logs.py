@@ -4,7 +4,8 @@ one format, and the level from ``NUDGE_LOG_LEVEL`` (any Python level name; defau
 from __future__ import annotations
 
 import logging
-import os
+
+from engine.settings import environment
 
 __all__ = ["configure_logging"]
 
@@ -12,4 +13,4 @@ _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def configure_logging() -> None:
-    logging.basicConfig(level=os.environ.get("NUDGE_LOG_LEVEL", "INFO").upper(), format=_FORMAT)
+    logging.basicConfig(level=environment().log_level.upper(), format=_FORMAT)

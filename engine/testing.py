@@ -22,7 +22,7 @@ from engine.output import Output
 from engine.types import Action, Conversion, Event, Fire, from_ms
 from rules.ruleset import RuleSet, load_ruleset, load_texts
 
-__all__ = ["START", "ListSink", "ListSource", "RuleKit", "VirtualClock", "make_event"]
+__all__ = ["START", "ListSink", "RuleKit", "VirtualClock", "make_event"]
 
 START = int(datetime(2026, 1, 5, 12, 0, tzinfo=UTC).timestamp() * 1000)
 _ids = itertools.count(1)
@@ -45,16 +45,6 @@ def make_event(
         properties=properties or {},
         context=context or {},
     )
-
-
-class ListSource:
-    """Events from a list, in order."""
-
-    def __init__(self, events: Iterable[Event]) -> None:
-        self.events = list(events)
-
-    def __iter__(self) -> Any:
-        return iter(self.events)
 
 
 class ListSink:

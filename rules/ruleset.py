@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rules.compiler import CompiledRule, compile_rule
-from rules.durations import parse_cap, parse_duration, parse_range
+from rules.durations import parse_cap, parse_duration
 from rules.exceptions import RuleError, RuleErrors
 from rules.fields import lenient_fields
 from rules.loader import Positions, SourceDoc, parse_specs, rule_files
@@ -66,7 +66,6 @@ class RuleSet:
     goal_types: frozenset[str] = frozenset()
     counted: frozenset[str] = frozenset()
     channel_caps: dict[str, tuple[int, int]] = field(default_factory=dict)
-    quiet_default: tuple[int, int] | None = None
     lateness: int = 0
     future_tolerance: int = 0
     max_cap_period: int = 0
@@ -234,9 +233,6 @@ class RuleSet:
         }
         self.default_plan = TypePlan(seen_any, (), (), False, False)
         self.channel_caps = {c: parse_cap(v) for c, v in self.settings.channel_caps.items()}
-        self.quiet_default = (
-            parse_range(self.settings.quiet_hours) if self.settings.quiet_hours else None
-        )
         self.lateness = parse_duration(self.settings.allowed_lateness)
         self.future_tolerance = parse_duration(self.settings.future_tolerance)
         self.segments_any = tuple(g for g in self.segments if g.inputs is None)

@@ -11,7 +11,6 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import socket
 import sys
 from collections.abc import Iterator, Sequence
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from engine.logs import configure_logging
+from engine.settings import environment
 
 __all__ = ["add_topics_parser", "add_worker_parser", "config_from_args", "run_worker"]
 
@@ -214,7 +214,7 @@ def _load_tokens(args: argparse.Namespace) -> None:
 def _maybe_profile() -> None:
     """``NUDGE_WORKER_PROFILE=PATH``: profile the whole worker process with cProfile
     (one event loop thread) and write the stats to PATH at exit (SIGTERM stops cleanly)."""
-    path = os.environ.get("NUDGE_WORKER_PROFILE")
+    path = environment().worker_profile
     if not path:
         return
     import atexit

@@ -32,6 +32,7 @@ from engine.embedded.storage.addresses import SqliteAddressBook
 from engine.http.app import create_app
 from engine.http.auth import Tokens
 from engine.metrics import Metrics
+from engine.settings import environment
 
 __all__ = ["HTTP_LIMITS", "ServeOptions", "serve"]
 
@@ -86,10 +87,10 @@ class ServeOptions:
         self.checkpoint_interval = (
             checkpoint_interval
             if checkpoint_interval is not None
-            else float(os.environ.get("NUDGE_CHECKPOINT_INTERVAL", "10"))
+            else environment().checkpoint_interval
         )
         # None: NUDGE_CHECKPOINT_MODE, else paced (engine/embedded/runtime.py)
-        mode = checkpoint_mode or os.environ.get("NUDGE_CHECKPOINT_MODE", "paced")
+        mode = checkpoint_mode or environment().checkpoint_mode
         if mode not in CHECKPOINT_MODES:
             raise SystemExit(
                 f"NUDGE_CHECKPOINT_MODE: {mode!r} is not one of {', '.join(CHECKPOINT_MODES)}"

@@ -48,8 +48,9 @@ from typing import IO, Any
 import msgspec
 
 from engine.embedded.health import DISK_FULL, storage_cause
-from engine.embedded.storage.sqlite import STATES_PER_COMMIT, write_snapshot
+from engine.embedded.storage.sqlite import write_snapshot
 from engine.logs import configure_logging
+from engine.settings import environment
 
 __all__ = [
     "EXIT_DISK_FULL",
@@ -194,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with path.open("rb") as fh:
             seqs, deleted, outbox, after, chunks = read_spool(fh)
-            step = int(os.environ.get("NUDGE_CHECKPOINT_STEP", STATES_PER_COMMIT))
-            pause = float(os.environ.get("NUDGE_CHECKPOINT_STEP_PAUSE_MS", "0")) / 1000
+            env = environment()
+            step = env.checkpoint_step
+            pause = env.checkpoint_step_pause_ms / 1000
             write_snapshot(data_dir, synchronous, outbox, deleted, chunks, seqs, after, step, pause)
     except (OSError, sqlite3.Error) as err:
         cause = storage_cause(err)

@@ -18,6 +18,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.settings import environment
+
 __all__ = ["SCOPES", "Tokens"]
 
 SCOPES = ("write", "read", "admin")
@@ -51,9 +53,9 @@ class Tokens:
         """Tokens from the environment, else ``tokens.json`` (created when missing).
         Returns (tokens, path, created)."""
         path = data_dir / "tokens.json"
-        env_w, env_a = os.environ.get("NUDGE_WRITE_TOKEN"), os.environ.get("NUDGE_ADMIN_TOKEN")
-        if env_w and env_a:
-            return cls(env_w, env_a, os.environ.get("NUDGE_READ_TOKEN", "")), path, False
+        env = environment()
+        if env.write_token and env.admin_token:
+            return cls(env.write_token, env.admin_token, env.read_token or ""), path, False
         if path.exists():
             d = json.loads(path.read_text(encoding="utf-8"))
             tokens = cls(str(d["write"]), str(d["admin"]), str(d.get("read") or ""))

@@ -1,5 +1,5 @@
 """Redis for the distributed runtime: action idempotency keys, the deployed rule set (with
-pub/sub so every worker hot-reloads it) and per-channel rate limits.
+pub/sub so every worker hot-reloads it), population models and backfill progress.
 
 Every call retries while Redis is unreachable (connection refused, reset, timeout): a
 worker never sends an action without its key check, it waits instead. ``retry_for``
@@ -214,27 +214,6 @@ class RedisState:
     async def status(self, key: str) -> str | None:
         value = await self._retry(lambda: self._get(self._idem(key)), "get")
         return None if value is None else value.decode()
-
-    # --- rate limits ---------------------------------------------------------------
-    async def take_rate(self, channel: str, limit: int, period: int, now_ms: int) -> float:
-        """One send on ``channel`` under ``limit`` per ``period`` seconds, shared by every
-        worker (fixed windows). Returns 0.0 when allowed, else the seconds until the
-        window ends (nothing was taken)."""
-        window = now_ms // (period * 1000)
-        name = f"{self.prefix}:rate:{channel}:{window}"
-
-        async def op() -> int:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.incr(name)
-            pipe.expire(name, period + 1)
-            count, _ = await pipe.execute()
-            return int(count)
-
-        count = await self._retry(op, "rate")
-        if count <= limit:
-            return 0.0
-        await self._retry(lambda: self.client.decr(name), "rate")
-        return ((window + 1) * period * 1000 - now_ms) / 1000
 
     # --- population models (engine/distributed/models.py) -------------------------
     # CLV parameters: hash <prefix>:models:<kind>, version -> JSON body (never
