@@ -19,7 +19,6 @@ import contextlib
 import functools
 import gc
 import logging
-import os
 import sqlite3
 import time
 import zlib
@@ -34,10 +33,10 @@ import msgspec
 
 from connectors.deadletter import DeadLetterStore
 from connectors.routing import Router
-from engine.analytics.tally import ORPHAN, Taken
 from engine.clock import Clock, SystemClock
 from engine.customer_view import customer_json
 from engine.embedded.admission import DEFAULT_PRIORITIES, PRIORITIES, Admission
+from engine.embedded.checkpoints import Checkpoints
 from engine.embedded.exceptions import DataDirError
 from engine.embedded.health import Health, probe_write
 from engine.embedded.history import customer_record
@@ -45,10 +44,9 @@ from engine.embedded.ingest import Batch, GroupCommitWriter
 from engine.embedded.lock import DataDirLock, os_reason, secure_data_dir
 from engine.embedded.models import Models
 from engine.embedded.outbox import Outbox, forward_action
-from engine.embedded.paced import PacedRound, remove_stale_spools, run_writer, spool_path
+from engine.embedded.paced import remove_stale_spools
 from engine.embedded.segment_backfill import SegmentBackfill
 from engine.embedded.segment_index import SegmentIndex
-from engine.embedded.spool import EXIT_DISK_FULL, EXIT_IO
 from engine.embedded.storage.sqlite import SqliteStore
 from engine.embedded.storage.suppression import Suppression
 from engine.embedded.supervise import Supervisor
@@ -57,7 +55,7 @@ from engine.exceptions import Backpressure, NotReady, StorageUnavailable
 from engine.intelligence.population import Population
 from engine.metrics import Metrics, type_label
 from engine.output import Output
-from engine.partition import Changes, Partition
+from engine.partition import Partition
 from engine.send_policy import quiet_hold, rule_within
 from engine.types import Event
 from rules.loader import rule_files
@@ -69,8 +67,6 @@ __all__ = ["Runtime", "RuntimeConfig"]
 
 logger = logging.getLogger(__name__)
 
-_DAY = 86_400_000
-_TRIM_PAGE = 100  # journal rows deleted per call of the journal thread
 _journal_batch = msgspec.json.Decoder(list[Event | None])
 
 
@@ -146,12 +142,6 @@ class Runtime:
         self._tasks: list[str] = []  # the supervised tasks stop cancels
         self._starting: set[asyncio.Task[None]] = set()  # backfill (re)starts in flight
         self._stopping = False
-        self._no_writer = asyncio.Event()  # set while no checkpoint writer runs
-        self._no_writer.set()
-        # one checkpoint at a time: an older round committing after a newer one could
-        # overwrite newer states under newer positions
-        self._ckpt_lock = asyncio.Lock()
-        self._round: PacedRound | None = None  # the paced checkpoint packing now
         self.observers: list[Callable[[Output], None]] = []
         # segment id -> members, for the segments API and gauge (built at recovery)
         self.segment_index: SegmentIndex | None = None
@@ -159,10 +149,7 @@ class Runtime:
         self.models: Models | None = None
         # segments evaluated for existing customers after start and deploys
         self.segment_backfill = SegmentBackfill(self)
-        # analytics: counts a checkpoint took from the partitions that are not yet folded
-        # into the stored totals, and how many folds happened (engine/analytics/)
-        self._unfolded: list[tuple[Partition, Taken]] = []
-        self.analytics_folds = 0
+        self.checkpoints = Checkpoints(self)  # engine/embedded/checkpoints.py
         # faults: the data directory's lock, the background tasks, failed writes
         self.lock = DataDirLock(cfg.data_dir)
         self.supervisor = Supervisor(metrics, first=cfg.task_backoff_s, cap=cfg.task_backoff_max_s)
@@ -286,7 +273,7 @@ class Runtime:
             await self.models.stop()
         await self.supervisor.cancel(self._tasks)
         try:
-            await self.checkpoint()
+            await self.checkpoints.checkpoint()
         except Exception:  # a full disk at stop: the journal still holds everything
             logger.exception("final checkpoint failed; the next start replays the journal")
         await self.outbox.close()
@@ -511,224 +498,26 @@ class Runtime:
         for observe in self.observers:
             observe(out)
 
-    # --- checkpoints ---------------------------------------------------------------
+    # --- checkpoints (engine/embedded/checkpoints.py) ---------------------------------
     async def checkpoint(self, chunk: int = 250, spread: float = 0.0) -> None:
-        """Persist changed states in-process (at stop, and in "inline" mode): states are
-        serialized and written in chunks of ``chunk``, spread over about ``spread``
-        seconds. Each state carries the journal seq it includes, so a replay from the
-        partitions' positions taken at the start skips what a state already has. Each
-        chunk's states are committed after the actions produced up to their
-        serialization, so none is lost between state and outbox."""
-        async with self._ckpt_lock:
-            await self._checkpoint_inline(chunk, spread)
-
-    async def _checkpoint_inline(self, chunk: int, spread: float) -> None:
-        taken = [(p, p.begin()) for p in self.parts]
-        unfolded = len(self._unfolded)
-        actions: list[Any] = []
-        try:
-            await self._write_inline(taken, chunk, spread, actions)
-        except BaseException:  # not written: all of it goes in the next one
-            for p, changes in taken:
-                p.abort(changes)
-            for p, counts in self._unfolded[unfolded:]:
-                assert p.tally is not None
-                p.tally.give_back(counts)
-            del self._unfolded[unfolded:]
-            self.outbox.give_back(actions)
-            raise
-
-    async def _write_inline(
-        self,
-        taken: list[tuple[Partition, Changes]],
-        chunk: int,
-        spread: float,
-        actions: list[Any],
-    ) -> None:
-        assert self.store is not None
-        t0 = time.perf_counter()
-        seqs = {p.index: changes.position for p, changes in taken}
-        dirty: list[tuple[Partition, str]] = []
-        deleted: list[str] = []
-        for p, changes in taken:
-            dirty += [(p, cid) for cid in changes.dirty]
-            deleted += changes.erased
-        rows: list[tuple[str, bytes]] = []
-        ser = 0.0
-        pause = spread / max(1, len(dirty) // chunk)
-        for i in range(0, len(dirty), chunk):
-            t1 = time.perf_counter()
-            rows = [
-                (cid, body)
-                for p, cid in dirty[i : i + chunk]
-                if (body := p.store.row(cid)) is not None
-            ]
-            rows += self._take_counts(dirty[i : i + chunk], i + chunk >= len(dirty))
-            ser += time.perf_counter() - t1
-            if i + chunk < len(dirty):
-                done = self.outbox.rows(self.outbox.unpersisted())  # their events' actions
-                await self.db(self.store.write_states, rows, done)
-                rows = []
-                await asyncio.sleep(pause)  # pace it: ingest and timers keep their latency
-        if not dirty:
-            rows += self._take_counts([], True)
-        actions += self.outbox.take_buffer()
-        await self.db(self.store.checkpoint, rows, deleted, seqs, self.outbox.rows(actions))
-        del actions[:]  # committed: nothing to give back from here on
-        await self._fold_counts()
-        await self._checkpointed(seqs)
-        await self.outbox.dispatch_persisted(actions)
-        # Customer states are long-lived and acyclic: move everything alive now out of the
-        # cyclic GC's reach, or full collections over millions of objects stall the loop
-        # for hundreds of milliseconds (seen as p99 latency spikes).
-        gc.freeze()
-        took = time.perf_counter() - t0
-        self.metrics.checkpoint.observe(took)
-        logger.debug(
-            "checkpoint: %d states (serialized in %.3fs), %d actions, %.3fs in all",
-            len(dirty),
-            ser,
-            len(actions),
-            took,
-        )
+        """An inline checkpoint now (at stop, and for tests)."""
+        await self.checkpoints.checkpoint(chunk, spread)
 
     async def paced_checkpoint(self) -> bool:
-        """Checkpoint by packing the changed states on the loop, a slice at a time, over
-        ``checkpoint_spread`` of the interval, and committing them from a spawned writer
-        (engine/embedded/paced.py). Returns whether it was written; if not, the customers
-        it took are changed again for the next one and the previous checkpoint stands."""
-        async with self._ckpt_lock:
-            return await self._checkpoint_paced()
-
-    async def _checkpoint_paced(self) -> bool:
-        cfg = self.cfg
-        t0 = time.perf_counter()
-        rnd = PacedRound(
-            self.parts,
-            spool_path(cfg.data_dir, os.getpid()),
-            spread=cfg.checkpoint_interval * cfg.checkpoint_spread,
-        )
-        self._round = rnd
-        self._unfolded = rnd.counts  # analytics: read by reports until folded
-        try:
-            await rnd.pack(self.outbox.persist_all)
-        except BaseException:
-            rnd.give_back()
-            raise
-        finally:
-            self._round = None
-        self._no_writer.clear()
-        logger.debug("checkpoint: %d states packed; writer started", rnd.states)
-        try:
-            code = await run_writer(
-                cfg.data_dir, cfg.synchronous, rnd.spool, cfg.checkpoint_timeout
-            )
-        except BaseException:
-            rnd.give_back()
-            raise
-        finally:
-            self._no_writer.set()
-        if code != 0:
-            rnd.give_back()
-            if code in (EXIT_DISK_FULL, EXIT_IO):  # the writer logged the cause
-                cause = "database or disk is full" if code == EXIT_DISK_FULL else "disk I/O error"
-                self.health.failed("checkpoint", sqlite3.OperationalError(cause))
-            else:
-                logger.error(
-                    "checkpoint writer exited with %d; its states go in the next one", code
-                )
-            return False
-        await self._fold_counts()
-        await self._checkpointed(rnd.seqs)
-        took = time.perf_counter() - t0
-        self.metrics.checkpoint.observe(took)
-        logger.debug(
-            "checkpoint: %d states packed in %.3fs of loop time, %.3fs in all",
-            rnd.states,
-            rnd.pack_seconds,
-            took,
-        )
-        return True
-
-    # --- analytics (engine/analytics/) ---------------------------------------------------
-    def _take_counts(self, dirty: list[tuple[Partition, str]], last: bool) -> list[Any]:
-        """Inline checkpoints: the pending counts of ``dirty`` customers as state rows
-        (``last``: with the erased customers' counts too)."""
-        rows: list[Any] = []
-        for p in self.parts:
-            if p.tally is None:
-                continue
-            ids = [cid for q, cid in dirty if q is p]
-            if last:
-                ids.append(ORPHAN)
-            taken = p.tally.take(ids)
-            if taken:
-                self._unfolded.append((p, taken))
-                rows += p.tally.rows(taken)
-        return rows
-
-    async def _fold_counts(self) -> None:
-        """After a checkpoint committed: its counts join the stored totals, then leave
-        memory (in this order, with no await in between on the loop's side, so a report
-        never counts them twice nor misses them: ``analytics_counts``)."""
-        assert self.store is not None
-        if self.cfg.analytics:
-            await self.db(self.store.analytics_fold)
-        self._unfolded = []
-        self.analytics_folds += 1
+        """A paced checkpoint now; whether it was written."""
+        return await self.checkpoints.paced_checkpoint()
 
     async def analytics_counts(
         self, hourly: bool, first: int, last: int, rule_id: str | None = None
     ) -> tuple[list[Period], Counter[Cell]]:
-        """Every count so far for days (or hours) ``first``..``last``: the stored totals
-        and the counts still in memory (by cell, all periods: the caller filters)."""
-        assert self.store is not None
-        while True:
-            folds = self.analytics_folds
-            mem = self._analytics_memory()
-            stored = await self.db(self.store.analytics_periods, hourly, first, last, rule_id)
-            if folds == self.analytics_folds:  # no checkpoint folded meanwhile
-                return stored, mem
+        """The report API's counts (engine/http/reports.py)."""
+        return await self.checkpoints.analytics_counts(hourly, first, last, rule_id)
 
     async def analytics_totals(
         self, first: int, last: int
     ) -> tuple[list[DayTotals], Counter[Cell]]:
-        """``analytics_counts`` for the all-rules report: the stored day totals of days
-        ``first``..``last`` (engine/embedded/storage/analytics.py) and the counts still in
-        memory."""
-        assert self.store is not None
-        while True:
-            folds = self.analytics_folds
-            mem = self._analytics_memory()
-            stored = await self.db(self.store.analytics_day_totals, first, last)
-            if folds == self.analytics_folds:  # no checkpoint folded meanwhile
-                return stored, mem
-
-    def _analytics_memory(self) -> Counter[Cell]:
-        mem: Counter[Cell] = Counter()
-        for p in self.parts:
-            if p.tally is not None:
-                mem.update(p.tally.totals())
-        for _, taken in self._unfolded:
-            for counts in taken.values():
-                mem.update(counts)
-        return mem
-
-    async def _checkpointed(self, seqs: dict[int, int]) -> None:
-        """After a checkpoint committed: drop what it made redundant."""
-        assert self.store is not None
-        trim = self.clock.now() - int(self.cfg.journal_retention_days * _DAY)
-        upto = min(seqs.values(), default=0)
-        # a page per call: the group commits queued meanwhile run in between (the rows hold
-        # whole requests, so a page of 1,000 is ~15 MB of overflow pages to free, and
-        # three of those in one call held the journal thread for 100 ms and more)
-        while await self.jdb(self.store.trim_journal, upto, trim, _TRIM_PAGE, 1) == _TRIM_PAGE:
-            pass
-        await self.db(self.store.outbox_prune, self.clock.now() - _DAY)
-        if self.cfg.analytics:
-            await self.db(
-                self.store.analytics_prune, self.clock.now(), self.cfg.analytics_retention_days
-            )
+        """The all-rules report's day totals (engine/http/reports.py)."""
+        return await self.checkpoints.analytics_totals(first, last)
 
     async def _compact(self) -> int:
         """Compact idle customers (state/memory.py) a slice per loop turn."""
@@ -785,9 +574,9 @@ class Runtime:
             t0 = time.monotonic()
             try:
                 if mode == "paced":
-                    written = await self.paced_checkpoint()
+                    written = await self.checkpoints.paced_checkpoint()
                 else:
-                    await self.checkpoint(spread=self.cfg.checkpoint_interval * 0.4)
+                    await self.checkpoints.checkpoint(spread=self.cfg.checkpoint_interval * 0.4)
                     written = True
                 if written:
                     self.health.ok("checkpoint")
@@ -852,12 +641,8 @@ class Runtime:
         had_state = self.partition(customer_id).erase(customer_id)
         if self.segment_index is not None:
             self.segment_index.drop(customer_id)
-        if self._round is not None:  # a state it packed before now is deleted after it
-            self._round.erased.add(customer_id)
         self.outbox.erased.add(customer_id)
-        # a checkpoint writer may still write a state packed before the erasure: let it
-        # finish, then delete (the next checkpoint deletes it again regardless)
-        await self._no_writer.wait()
+        await self.checkpoints.erase(customer_id)  # a writer still running finishes first
         counts: dict[str, int] = await self.db(self.store.erase_customer, customer_id)
         counts["journal"] = await self.jdb(self.store.erase_from_journal, customer_id)
         dead = await self.db(self.dead.erase_customer, customer_id)
