@@ -2,11 +2,10 @@
 totals and daily series, one rule's funnel, variants and series, and an experiment's
 arms with lift, confidence interval, SRM check and verdict. Read token (or admin).
 
-The backend offers ``analytics_counts(hourly, first, last, rule_id)`` (stored counts and
-those still in memory: engine/embedded/runtime.py), optionally ``analytics_totals(first,
-last)`` (the all-rules report's day totals, likewise), ``ruleset``, ``clock`` and ``ready``;
-one without ``analytics_counts`` (the distributed ingest, today) answers 501
-``not_served_here``. Days are UTC days of processing time.
+Counts come from the backend's report source (engine/analytics/source.py: ``nudge run``
+itself, or the distributed ingest's Redis store); the backend also offers ``ruleset``,
+``clock`` and ``ready``. One without a source (the distributed ingest with analytics
+off) answers 501 ``not_served_here``. Days are UTC days of processing time.
 """
 
 from __future__ import annotations
@@ -23,9 +22,9 @@ from engine.analytics.report import (
     experiment,
     gather,
     rule_detail,
-    rules_summary,
     rules_summary_totals,
 )
+from engine.analytics.source import AnalyticsSource, source_of
 from engine.http.base import BACKEND, auth, error, ok
 from engine.types import from_ms
 from rules.compiler import CompiledRule
@@ -40,11 +39,12 @@ MAX_HOURLY_DAYS = 8  # hours are kept 8 days (engine/embedded/storage/analytics.
 
 def _backend(request: web.Request) -> Any:
     backend = request.app[BACKEND]
-    if not hasattr(backend, "analytics_counts"):
+    if source_of(backend) is None:
         return error(
             501,
             "not_served_here",
-            "this backend keeps no campaign analytics (the embedded runtime `nudge run` does)",
+            "this backend keeps no campaign analytics (`nudge run --analytics on`, "
+            "`nudge worker --analytics on` count them)",
         )
     if not backend.ready:
         return error(503, "not_ready", "starting, recovering or stopping")
@@ -104,10 +104,16 @@ def _rule(backend: Any, rule_id: str) -> CompiledRule | None:
     return rule if isinstance(rule, CompiledRule) else None
 
 
+def _source(backend: Any) -> AnalyticsSource:
+    source = source_of(backend)
+    assert source is not None  # checked by _open
+    return source
+
+
 async def _counts(
     backend: Any, hourly: bool, first: int, last: int, rule_id: str | None, version: int | None
 ) -> Counts:
-    stored, mem = await backend.analytics_counts(hourly, first, last, rule_id)
+    stored, mem = await _source(backend).analytics_counts(hourly, first, last, rule_id)
     return gather(stored, mem, hourly, first, last, rule_id, version)
 
 
@@ -117,12 +123,8 @@ async def list_rules(request: web.Request) -> web.Response:
         return opened
     backend, first, last = opened
     known = list(backend.ruleset.rules) if backend.ruleset is not None else []
-    if hasattr(backend, "analytics_totals"):  # the stored day totals: no count decoded
-        stored, mem = await backend.analytics_totals(first, last)
-        rules = rules_summary_totals(day_totals(stored, mem, first, last), first, last, known)
-    else:
-        counts = await _counts(backend, False, first, last, None, None)
-        rules = rules_summary(counts, first, last, known)
+    stored, mem = await _source(backend).analytics_totals(first, last)  # no count decoded
+    rules = rules_summary_totals(day_totals(stored, mem, first, last), first, last, known)
     return ok({"from": _iso_day(first), "to": _iso_day(last), "rules": rules})
 
 

@@ -18,28 +18,50 @@ Keys are the customer id as UTF-8 bytes, values the state as MessagePack
 (:func:`state.customer.pack`: one C call, about half the bytes of the JSON row); rows
 written as JSON (``to_row``) by earlier versions still decode. A deleted customer is a
 tombstone (``None``).
+
+Campaign analytics (``nudge worker --analytics on``, docs/analytics.md): a row may carry
+the customer's campaign counts since its previous row, framed before the state
+(``0xC1``, a byte MessagePack never uses, a 4-byte big-endian length, the counts as
+``state.analytics.pending_row`` packs them, then the state). The row is one record, so
+the counts are durable exactly when the state that includes their inputs is; the
+aggregator (engine/distributed/analytics.py) reads only the frame (:func:`row_counts`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
 
 from state.customer import CustomerState, load, pack
 
-__all__ = ["TableLog", "decode_row", "encode_row"]
+__all__ = ["TableLog", "decode_row", "encode_row", "row_counts"]
 
 logger = logging.getLogger(__name__)
 
 
-def encode_row(st: CustomerState) -> bytes:
-    return pack(st)
+_COUNTS = 0xC1  # never a MessagePack first byte (nor JSON's)
+
+
+def encode_row(st: CustomerState, counts: bytes | None = None) -> bytes:
+    body = pack(st)
+    if not counts:
+        return body
+    return b"\xc1" + len(counts).to_bytes(4, "big") + counts + body
+
+
+def row_counts(raw: bytes) -> bytes | None:
+    """The campaign counts a row carries (``decode_pending``), None when none."""
+    if not raw or raw[0] != _COUNTS:
+        return None
+    return raw[5 : 5 + int.from_bytes(raw[1:5], "big")]
 
 
 def decode_row(raw: bytes) -> CustomerState:
+    if raw and raw[0] == _COUNTS:
+        raw = raw[5 + int.from_bytes(raw[1:5], "big") :]
     return load(raw)
 
 
@@ -56,9 +78,15 @@ class TableLog:
         return str(self.table.changelog_topic.get_topic_name())
 
     @staticmethod
-    def records(states: Iterable[CustomerState]) -> list[tuple[bytes, bytes | None]]:
-        """The changelog records (key, value) of ``states``."""
-        return [(st.customer_id.encode(), encode_row(st)) for st in states]
+    def records(
+        states: Iterable[CustomerState], counts: Mapping[str, bytes] | None = None
+    ) -> list[tuple[bytes, bytes | None]]:
+        """The changelog records (key, value) of ``states``, with the campaign counts of
+        those in ``counts`` (customer id -> packed counts)."""
+        if not counts:
+            return [(st.customer_id.encode(), encode_row(st)) for st in states]
+        get = counts.get
+        return [(st.customer_id.encode(), encode_row(st, get(st.customer_id))) for st in states]
 
     def take_restored(self, partition: int) -> Iterator[CustomerState]:
         """Decode and remove the rows faust restored for ``partition`` (memory store)."""

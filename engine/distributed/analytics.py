@@ -1,0 +1,173 @@
+"""The distributed runtime's campaign counts: fold what the customers changelog carries
+into Redis (engine/distributed/storage/analytics.py), where the reports read them.
+
+Workers with ``--analytics on`` put each customer's counts since its previous row in
+front of its changelog row (engine/distributed/storage/changelog.py). A row is one Kafka
+record, written only after the batch's actions are acknowledged, and a worker that takes
+a partition over restores the last row of each customer and reprocesses only what those
+rows do not hold (the offset check in engine/partition.py): so the counts in the
+changelog are, per customer, those of the inputs its durable states include, each once,
+whatever the batch boundaries, timer ticks or failovers were.
+
+:class:`ChangelogAggregator` reads the changelog (every partition, no consumer group),
+from the offset after the one Redis says it folded last (``hw``), and folds each fetch
+of a partition in one Lua script that also moves ``hw``, only if ``hw`` is still what it
+read. A restart resumes from ``hw``; two aggregators (several ingests) never fold a
+record twice: the one that loses the race re-reads ``hw`` and seeks past it.
+
+What it cannot recover: records the broker compacted away before they were folded (a
+newer row of the same customer replaced them). Give the changelog a
+``min.compaction.lag.ms`` longer than any aggregator outage (docs/analytics.md); a
+compacted gap is logged and counted (``gaps``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from engine.distributed.storage.analytics import RedisAnalytics
+from engine.distributed.storage.changelog import row_counts
+from engine.tasks import cancel
+from state.analytics import Cell, decode_pending
+
+__all__ = ["ChangelogAggregator"]
+
+logger = logging.getLogger(__name__)
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ChangelogAggregator:
+    """Folds the counts of ``topic`` (the customers changelog) into ``store``.
+
+    ``folded``: records folded by this process; ``conflicts``: folds another aggregator
+    had already done; ``gaps``: compacted runs found between two folded offsets.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        store: RedisAnalytics,
+        *,
+        max_records: int = 20_000,
+        now: Callable[[], int] = _wall_ms,
+    ) -> None:
+        self.bootstrap = bootstrap.removeprefix("kafka://")
+        self.topic = topic
+        self.store = store
+        self.max_records = max_records
+        self.now = now
+        self.hw: dict[int, int | None] = {}
+        self.behind: dict[int, int] = {}
+        self.folded = 0
+        self.conflicts = 0
+        self.gaps = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def lag(self) -> int | None:
+        """Changelog records not yet folded, as of the last fetch (None: not started)."""
+        return sum(self.behind.values()) if self.behind else None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="analytics-aggregator")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        await cancel(task)
+
+    async def _run(self) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            tps = await self._assign(consumer)
+            while True:
+                try:
+                    await self._seek(consumer, tps)
+                    await self._follow(consumer, tps)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:  # Redis away, a broker error: resume from hw
+                    logger.warning("analytics aggregator: %r; resuming in 1s", err)
+                    await asyncio.sleep(1.0)
+        finally:
+            await consumer.stop()
+
+    async def _assign(self, consumer: Any) -> list[Any]:
+        """Every partition of the changelog, once the first worker created it."""
+        from aiokafka import TopicPartition
+
+        while True:
+            # the consumer's own metadata knows only assigned topics: ask the cluster
+            cluster = await consumer._client.fetch_all_metadata()
+            parts = cluster.partitions_for_topic(self.topic)
+            if parts:
+                tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+                consumer.assign(tps)
+                logger.info("analytics: folding %s (%d partitions)", self.topic, len(tps))
+                return tps
+            await asyncio.sleep(1.0)
+
+    async def _seek(self, consumer: Any, tps: list[Any]) -> None:
+        hw = await self.store.high_water()
+        for tp in tps:
+            got = hw.get(tp.partition)
+            self.hw[tp.partition] = got
+            if got is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, got + 1)
+
+    async def _follow(self, consumer: Any, tps: list[Any]) -> None:
+        while True:
+            batch = await consumer.getmany(*tps, timeout_ms=500, max_records=self.max_records)
+            for tp, recs in batch.items():
+                if not await self._fold(tp.partition, recs):
+                    return  # another aggregator folded some: re-read hw, seek past it
+            for tp in tps:
+                top = consumer.highwater(tp)
+                if top is not None:
+                    done = self.hw.get(tp.partition)
+                    self.behind[tp.partition] = max(0, top - (-1 if done is None else done) - 1)
+
+    async def _fold(self, partition: int, recs: list[Any]) -> bool:
+        expected = self.hw.get(partition)
+        if expected is not None:
+            recs = [r for r in recs if r.offset > expected]
+        if not recs:
+            return True
+        if expected is not None and recs[0].offset > expected + 1:
+            self.gaps += 1
+            logger.error(
+                "analytics: changelog partition %d compacted offsets %d..%d before they were "
+                "folded: counts may be missing (raise min.compaction.lag.ms)",
+                partition,
+                expected + 1,
+                recs[0].offset - 1,
+            )
+        counts: Counter[Cell] = Counter()
+        for rec in recs:
+            body = row_counts(rec.value) if rec.value else None
+            if body:
+                counts.update(decode_pending(body))
+        last = recs[-1].offset
+        if not await self.store.fold(partition, expected, last, counts, self.now()):
+            self.conflicts += 1
+            return False
+        self.hw[partition] = last
+        self.folded += len(recs)
+        return True
