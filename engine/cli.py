@@ -415,7 +415,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _priority(text: str) -> tuple[str, str]:
-    from engine.embedded.admission import PRIORITIES
+    from engine.admission import PRIORITIES
 
     etype, _, prio = text.partition("=")
     if not etype or prio not in PRIORITIES:

@@ -33,9 +33,9 @@ import msgspec
 
 from connectors.deadletter import DeadLetterStore
 from connectors.routing import Router
+from engine.admission import DEFAULT_PRIORITIES, PRIORITIES, Admission
 from engine.clock import Clock, SystemClock
 from engine.customer_view import customer_json
-from engine.embedded.admission import DEFAULT_PRIORITIES, PRIORITIES, Admission
 from engine.embedded.checkpoints import Checkpoints
 from engine.embedded.exceptions import DataDirError
 from engine.embedded.health import Health, probe_write
@@ -76,7 +76,7 @@ class RuntimeConfig:
     rules: list[str] | None = None
     partitions: int = 4
     max_queue: int = 200_000  # a hard cap in events; admission bounds the queue in time
-    # admission (engine/embedded/admission.py): seconds of queued work a request may wait
+    # admission (engine/admission.py): seconds of queued work a request may wait
     # behind (times its priority's factor), and event type -> low/normal/high overrides
     admission_target_s: float = 0.25
     priorities: dict[str, str] = field(default_factory=dict)

@@ -79,7 +79,7 @@ class ServeOptions:
         self.synchronous = synchronous
         self.compact_idle = compact_idle
         self.analytics = analytics  # campaign analytics (docs/analytics.md)
-        # time-bounded admission (engine/embedded/admission.py)
+        # time-bounded admission (engine/admission.py)
         self.admission_target = admission_target
         self.priorities = priorities or {}
         # None: NUDGE_CHECKPOINT_INTERVAL, else 10 s (tests shorten it by the environment

@@ -1,4 +1,4 @@
-"""Time-bounded admission (engine/embedded/admission.py): the decision on its own under a
+"""Time-bounded admission (engine/admission.py): the decision on its own under a
 fake clock, and `nudge run` under a real overload (views made expensive to process) where
 views are shed while every order, cart and consent request is admitted."""
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from engine.embedded.admission import Admission
+from engine.admission import Admission
 from engine.testing import START
 from engine.types import iso
 from tests.engine.embedded.conftest import Harness
