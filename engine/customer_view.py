@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.profile import consent_entries
 from engine.types import iso
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
@@ -54,6 +55,11 @@ def customer_json(st: CustomerState, rs: RuleSet, now: int) -> dict[str, Any]:
                 ch: {"at": iso(at), "event": etype, "source": source}
                 for ch, (at, etype, source) in sorted((st.consent_changes or {}).items())
             },
+            # every consent change kept (the last CONSENT_HISTORY_MAX), oldest first
+            "consent_history": [
+                {"at": iso(at), "consent": chans, "event": etype, "source": source}
+                for at, chans, etype, source in consent_entries(st.consent_history)
+            ],
             "orders": st.orders,
             "ltv": st.revenue,
             "aov": st.aov,

@@ -15,11 +15,12 @@ partitions, in either runtime):
    retried alias is applied once.
 
 What wins where both have a value (docs/semantics.md#identity): the known customer's
-profile attributes, consent and time zone; carts are joined (an item in both keeps the
-larger quantity and the known cart's price); counters, orders and revenue add up; an
-open flow of a rule moves over unless the known customer has one of that rule open
-(then the known one's stays); recently viewed products interleave by the order they
-were seen in each list, the known customer's last.
+profile attributes, consent and time zone (both consent histories are kept, by event
+time); carts are joined (an item in both keeps the larger quantity and the known
+cart's price); counters, orders and revenue add up; an open flow of a rule moves over
+unless the known customer has one of that rule open (then the known one's stays);
+recently viewed products interleave by the order they were seen in each list, the
+known customer's last.
 
 Pure: no I/O, no clock.
 """
@@ -32,7 +33,7 @@ import msgspec
 
 from engine.types import Event
 from state.base import TimerStore
-from state.customer import SEGMENT_TIMER, VIEWED_MAX, CustomerState
+from state.customer import CONSENT_HISTORY_MAX, SEGMENT_TIMER, VIEWED_MAX, CustomerState
 
 __all__ = ["MERGED_FROM_MAX", "hand_over", "merge", "merge_event"]
 
@@ -63,7 +64,7 @@ def hand_over(st: CustomerState, timers: TimerStore) -> CustomerState:
     if st.segments_due is not None:
         timers.cancel(st.customer_id, SEGMENT_TIMER)
     st.segments = st.segments_left = st.segments_due = st.segments_flip = None
-    st.timezone = st.consent = st.consent_changes = st.attributes = None
+    st.timezone = st.consent = st.consent_changes = st.consent_history = st.attributes = None
     st.orders, st.revenue = 0, 0.0
     st.first_order = st.last_order = None
     st.cart = st.cart_updated = st.viewed = st.counters = None
@@ -117,6 +118,9 @@ def merge(st: CustomerState, other: CustomerState, timers: TimerStore) -> bool:
     records = {ch: r for ch, r in (other.consent_changes or {}).items() if ch not in known}
     st.consent = _under(other.consent, st.consent)
     st.consent_changes = _under(records, st.consent_changes)
+    if other.consent_history:  # both histories, by event time (the anonymous first on ties)
+        both = sorted([*other.consent_history, *(st.consent_history or ())], key=lambda e: e[0])
+        st.consent_history = both[-CONSENT_HISTORY_MAX:]
     st.attributes = _under(other.attributes, st.attributes)
     st.undeliverable = _under(other.undeliverable, st.undeliverable)
     st.orders += other.orders

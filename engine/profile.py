@@ -13,7 +13,7 @@ from typing import Any
 from engine.intelligence.population import EMPTY, Population
 from engine.localtime import valid_timezone
 from engine.types import Event
-from state.customer import VIEWED_MAX, CustomerState
+from state.customer import CONSENT_HISTORY_MAX, VIEWED_MAX, CustomerState
 from state.windows import increment
 
 __all__ = [
@@ -21,8 +21,10 @@ __all__ = [
     "CUSTOMER_FIELDS",
     "DEFAULT_SOURCE",
     "apply_event",
+    "consent_entries",
     "consent_source",
     "customer_view",
+    "record_consent",
     "set_consent",
 ]
 
@@ -57,13 +59,44 @@ def set_consent(st: CustomerState, channel: str, value: bool, ts: int, ev: Event
     time (a late unsubscribe still switches it off)."""
     if st.consent is None:
         st.consent = {}
+    if st.consent.get(channel) is not value:
+        record_consent(st, {channel: value}, ts, ev)
     st.consent[channel] = value
     if st.consent_changes is None:
         st.consent_changes = {}
     st.consent_changes[channel] = (ts, sys.intern(ev.type), consent_source(ev))
 
 
-def _consent(st: CustomerState, props: dict[str, Any]) -> None:
+def record_consent(st: CustomerState, changed: dict[str, bool], ts: int, ev: Event) -> None:
+    """Add a consent change to the customer's history (``CustomerState.consent_history``):
+    the channels ``changed`` by ``ev`` (event time ``ts``), its type and source; the
+    oldest entry goes beyond CONSENT_HISTORY_MAX."""
+    changes = sys.intern(",".join(f"{ch}:{'on' if v else 'off'}" for ch, v in changed.items()))
+    entry = (ts, changes, sys.intern(ev.type), consent_source(ev))
+    history = st.consent_history
+    if history is None:
+        st.consent_history = [entry]
+        return
+    history.append(entry)
+    if len(history) > CONSENT_HISTORY_MAX:
+        del history[: len(history) - CONSENT_HISTORY_MAX]
+
+
+def consent_entries(
+    history: list[tuple[int, str, str, str]] | None,
+) -> list[tuple[int, dict[str, bool], str, str]]:
+    """The history entries decoded: (event time, channel -> consent, event type, source)."""
+    out = []
+    for ts, changes, etype, source in history or ():
+        chans = {}
+        for part in changes.split(","):
+            ch, _, v = part.partition(":")
+            chans[ch] = v == "on"
+        out.append((ts, chans, etype, source))
+    return out
+
+
+def _consent(st: CustomerState, props: dict[str, Any], ts: int, ev: Event) -> None:
     """A profile's consent statement (sign-up, update): sets the channels it names and
     drops their opt-out records, which described a statement now superseded (kept only
     for opt-out/in events: most customers state consent once, at sign-up, and a record
@@ -72,20 +105,25 @@ def _consent(st: CustomerState, props: dict[str, Any]) -> None:
     if not isinstance(consent, dict):
         return
     changes = st.consent_changes
+    changed: dict[str, bool] = {}
     for ch in _CHANNELS:
         v = consent.get(ch)
         if isinstance(v, bool):
             if st.consent is None:
                 st.consent = {}
+            if st.consent.get(ch) is not v:
+                changed[ch] = v
             st.consent[ch] = v
             if changes is not None:
                 changes.pop(ch, None)
     if changes is not None and not changes:
         st.consent_changes = None
+    if changed:
+        record_consent(st, changed, ts, ev)
 
 
-def _customer(st: CustomerState, props: dict[str, Any]) -> None:
-    _consent(st, props)
+def _customer(st: CustomerState, props: dict[str, Any], ts: int, ev: Event) -> None:
+    _consent(st, props, ts, ev)
     tz = props.get("timezone")
     if tz is not None and valid_timezone(tz):
         st.timezone = tz
@@ -178,7 +216,7 @@ def apply_event(
     elif t == "order_refunded":
         st.revenue = round(max(0.0, st.revenue - _num(props.get("amount"))), 2)
     elif t in ("customer_signed_up", "customer_updated"):
-        _customer(st, props)
+        _customer(st, props, ts, ev)
     elif t == "cart_replaced":
         cart: dict[str, list[float]] = {}
         for item in props["items"]:

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 __all__ = [
+    "CONSENT_HISTORY_MAX",
     "DEDUP_WINDOW",
     "SEGMENT_TIMER",
     "VIEWED_MAX",
@@ -35,6 +36,8 @@ SEGMENT_TIMER = "~segments"
 can take it (rule ids start with a letter)."""
 VIEWED_MAX = 5
 """Recently viewed products kept per customer, most recent last."""
+CONSENT_HISTORY_MAX = 20
+"""Consent changes kept per customer (``CustomerState.consent_history``), the latest."""
 
 
 class FlowInstance(msgspec.Struct, array_like=True, gc=False):
@@ -121,6 +124,11 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     # orders and revenue once per id, a refund once, whatever event ids carry them.
     # Appended last.
     facts: bytearray | None = None
+    # consent history: one entry per consent statement that changed a channel, in
+    # arrival order, the last CONSENT_HISTORY_MAX: (event time, changes, event type,
+    # source), changes as "email:off,sms:on" (engine/profile.py). Most customers state
+    # consent once: one entry, ~40 packed bytes. Appended last.
+    consent_history: list[tuple[int, str, str, str]] | None = None
 
     # --- derived views -------------------------------------------------------------
     @property

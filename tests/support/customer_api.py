@@ -70,13 +70,17 @@ async def _delete(api: CustomerApi, cid: str) -> dict[str, Any]:
 
 
 async def customer_cases(api: CustomerApi) -> None:
-    """View, 404, export, erase (twice), and timestamps before year 1000."""
+    """View, 404, export (consent history included), erase (twice), and timestamps
+    before year 1000."""
     t = api.now
     cart = [
         _ev(1, "product_viewed", "c9", {"product_id": "p1"}, t),
         _ev(2, "cart_item_added", "c9", {"product_id": "p1", "price": 10.0, "quantity": 2}, t),
         _ev(1, "page_viewed", "c606", {}, t) | {"timestamp": "0606-08-18T18:40:53Z"},
         _ev(1, "page_viewed", "c2", {}, t),
+        # consent history: a profile statement, then a provider's SMS STOP
+        _ev(1, "customer_updated", "c7", {"consent": {"email": True, "sms": True}}, t - H),
+        _ev(2, "sms_unsubscribed", "c7", {}, t) | {"context": {"source": "twilio"}},
     ]
     assert await api.post(cart) == 202
     await api.settled()
@@ -110,6 +114,19 @@ async def customer_cases(api: CustomerApi) -> None:
     else:  # the worker's state; the events stay in the topic
         assert doc["runtime"] == "distributed"
     assert (await api.call("GET", "/v1/customers/nobody/export"))[0] == 404
+    status, doc = await api.call("GET", "/v1/customers/c7/export")
+    assert status == 200, doc
+    check_schema("/v1/customers/{customer_id}/export", "get", 200, doc)
+    assert doc["state"]["profile"]["consent"]["sms"] is False
+    assert doc["state"]["profile"]["consent_history"] == [
+        {
+            "at": iso(t - H),
+            "consent": {"email": True, "sms": True},
+            "event": "customer_updated",
+            "source": "storefront",
+        },
+        {"at": iso(t), "consent": {"sms": False}, "event": "sms_unsubscribed", "source": "twilio"},
+    ]
 
     erased = await _delete(api, "c9")
     assert erased["customer_id"] == "c9"
