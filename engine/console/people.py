@@ -21,6 +21,7 @@ from engine.console.session import Session
 from engine.console.web import CONSOLE, redirect, render
 from engine.customer_view import customer_json
 from engine.embedded.history import customer_actions, customer_events
+from engine.exceptions import NotReady
 from engine.http.base import BACKEND
 from engine.http.segments import segment_rows
 from engine.types import iso
@@ -112,6 +113,8 @@ async def customer_page(request: web.Request, session: Session) -> web.StreamRes
     backend = request.app[BACKEND]
     cid = request.match_info["customer_id"]
     if not hasattr(backend, "partition"):
+        if hasattr(backend, "customer"):  # the distributed ingest: ask the owning worker
+            return await _remote_customer(request, session, backend, cid)
         return _not_served(request, session, "customer lookups (the embedded runtime does)")
     st = backend.partition(cid).store.get(cid)
     if st is None:
@@ -182,3 +185,31 @@ def _timeline(
         )
     items.sort(key=lambda i: str(i["at"] or ""), reverse=True)
     return items
+
+
+async def _remote_customer(
+    request: web.Request, session: Session, backend: Any, cid: str
+) -> web.StreamResponse:
+    """The distributed ingest's lookup: the owning worker's read of the customer
+    (engine/distributed/requests.py), the same view as ``GET /v1/customers/{id}``; no
+    journal or outbox here, so the timeline is the open flows."""
+    try:
+        status, view = await backend.customer(cid)
+    except NotReady as err:
+        return render(request, "error.html", session, 503, message=f"Try again: {err}.")
+    if status == 404:
+        return render(request, "customer_search.html", session, missing=cid)
+    if status != 200:
+        return render(request, "error.html", session, status, message="Lookup failed.")
+    return render(
+        request,
+        "customer.html",
+        session,
+        c=view,
+        rfm=None,
+        predicted=None,
+        segments=[],
+        timeline=_timeline(view, [], []),
+        scan=TIMELINE_SCAN,
+        journal=False,
+    )

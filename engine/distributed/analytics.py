@@ -30,18 +30,38 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from engine.analytics.tally import ORPHAN, Tally
 from engine.distributed.storage.analytics import RedisAnalytics
 from engine.distributed.storage.changelog import row_counts
 from engine.tasks import cancel
-from state.analytics import Cell, decode_pending
+from state.analytics import Cell, decode_pending, pending_row
+from state.customer import CustomerState
 
-__all__ = ["ChangelogAggregator"]
+__all__ = ["ChangelogAggregator", "take_row_counts"]
 
 logger = logging.getLogger(__name__)
 
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def take_row_counts(tally: Tally, dirty: list[str], rows: list[CustomerState]) -> dict[str, bytes]:
+    """The worker's side, at each changelog write of a partition: take the pending counts
+    of the ``dirty`` customers from ``tally`` and pack each onto its customer's row
+    (customer id -> packed counts, for ``TableLog.records``). Counts with no row of their
+    own (an erased customer's, kept under ``ORPHAN``) ride on the first row; with no row
+    at all they stay pending for the partition's next write."""
+    if not rows:
+        return {}
+    taken = tally.take([*dirty, ORPHAN])
+    if not taken:
+        return {}
+    first = rows[0].customer_id
+    have = {st.customer_id for st in rows}
+    for cid in [c for c in taken if c not in have]:
+        taken.setdefault(first, Counter()).update(taken.pop(cid))
+    return {cid: pending_row(cid, counts)[1] for cid, counts in taken.items()}
 
 
 class ChangelogAggregator:

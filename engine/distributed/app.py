@@ -218,6 +218,7 @@ class WorkerApp:
         ruleset.require_addresses(self._needs_address)
         meter = None if self.metrics is None else OutputMeter(self.metrics)
         self.engine = engine = MeteredEngine(ruleset, version, self._flush, meter)
+        engine.analytics = cfg.analytics  # counts ride on the changelog rows
         self.backfill = self._new_backfill(self.redis)
         self.models = WorkerModels(
             self.redis,
@@ -371,6 +372,7 @@ class WorkerApp:
         forwards: list[Event],
         segments: dict[int, list[SegmentChange]],
         erased: dict[int, list[str]],
+        counts: dict[int, dict[str, bytes]] | None = None,
     ) -> asyncio.Future[None]:
         """Actions to the actions topic (the customer's partition), identity forwards
         to the events topic (the target customer's partition, as the ingest keys it) and
@@ -398,7 +400,8 @@ class WorkerApp:
                 for p, acts in actions.items()
             },
             {
-                p: records(rows.get(p, ())) + [(cid.encode(), None) for cid in erased.get(p, ())]
+                p: records(rows.get(p, ()), (counts or {}).get(p))
+                + [(cid.encode(), None) for cid in erased.get(p, ())]
                 for p in rows.keys() | erased.keys()
             },
             also,

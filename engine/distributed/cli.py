@@ -70,6 +70,14 @@ def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="all: process events and deliver actions; process / deliver: one of them "
         "(delivery then is its own consumer group, <app-id>-deliver)",
     )
+    w.add_argument(
+        "--analytics",
+        choices=("on", "off"),
+        default="off",
+        help="campaign analytics: counts ride on the changelog rows; the --http-port "
+        "ingest folds them into Redis and serves the reports and console funnels "
+        "(docs/analytics.md)",
+    )
     w.set_defaults(func=run_worker)
     return w
 
@@ -110,6 +118,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         stats_file=args.stats_file,
         stats_interval=args.stats_interval,
         role=args.role,
+        analytics=getattr(args, "analytics", "off") == "on",
     )
 
 
@@ -288,6 +297,7 @@ def _add_ingest(
             redis=redis,
             segments_topic=cfg.segments_topic,
             replies_topic=cfg.replies_topic,
+            changelog_topic=cfg.changelog_topic if cfg.analytics else None,
             metrics=metrics,
         )
         await ingest.start()

@@ -32,6 +32,8 @@ class WorkerConfig:
     ``role``: ``all`` processes events and delivers actions in one process; ``process``
     and ``deliver`` split them (delivery then runs as its own consumer group,
     ``<app_id>-deliver``, and scales on its own).
+    ``analytics``: campaign counts ride on the changelog rows, and an ingest this worker
+    serves (``--http-port``) folds them into Redis for the reports (docs/analytics.md).
     """
 
     broker: str = "kafka://127.0.0.1:9092"
@@ -61,6 +63,7 @@ class WorkerConfig:
     stats_file: str | None = None
     stats_interval: float = 1.0
     role: str = "all"
+    analytics: bool = False
     datadir: str = str(Path(tempfile.gettempdir()) / "nudge-faust" / "{conf.name}")
 
     @property
@@ -79,6 +82,11 @@ class WorkerConfig:
     @property
     def dead_topic(self) -> str:
         return f"{self.actions_topic}-dead"
+
+    @property
+    def changelog_topic(self) -> str:
+        """The customer table's changelog (faust names it)."""
+        return f"{self.app_id}-customers-changelog"
 
     @property
     def replies_topic(self) -> str:

@@ -27,9 +27,11 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 
 from engine.clock import Clock, SystemClock
+from engine.distributed.analytics import ChangelogAggregator
 from engine.distributed.requests import Kind, ReplyFollower
 from engine.distributed.rules import deploy_rules, stored_rule_files
 from engine.distributed.segments import SegmentFeed
+from engine.distributed.storage.analytics import RedisAnalytics
 from engine.distributed.storage.redis import RedisState
 from engine.distributed.storage.suppression import RedisSuppression
 from engine.embedded.segment_index import SegmentIndex
@@ -66,6 +68,7 @@ class KafkaIngest:
         rules_poll: float = 2.0,
         replies_topic: str | None = None,
         request_timeout: float = 10.0,
+        changelog_topic: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap.removeprefix("kafka://")
         self.topic = topic
@@ -88,6 +91,13 @@ class KafkaIngest:
         self.replies: ReplyFollower | None = None
         if replies_topic is not None:
             self.replies = ReplyFollower(self.bootstrap, replies_topic, request_timeout)
+        # campaign reports (engine/http/reports.py): with ``changelog_topic``, the counts
+        # the workers' rows carry, folded into Redis here (engine/distributed/analytics.py)
+        self.analytics_source: RedisAnalytics | None = None
+        self.aggregator: ChangelogAggregator | None = None
+        if changelog_topic is not None and redis is not None:
+            self.analytics_source = RedisAnalytics(redis.client, redis.prefix)
+            self.aggregator = ChangelogAggregator(bootstrap, changelog_topic, self.analytics_source)
         self.segment_feed: SegmentFeed | None = None
         if segments_topic is not None:
             self.segment_feed = SegmentFeed(self.bootstrap, segments_topic, SegmentIndex(None))
@@ -137,6 +147,8 @@ class KafkaIngest:
             await self.replies.start()
         if self.suppression is not None:
             await self.suppression.start()
+        if self.aggregator is not None:
+            await self.aggregator.start()
         self.ready = True
 
     async def _follow_rules(self) -> None:
@@ -167,6 +179,8 @@ class KafkaIngest:
             await self.replies.stop()
         if self.suppression is not None:
             await self.suppression.stop()
+        if self.aggregator is not None:
+            await self.aggregator.stop()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.customer_view import customer_json
+from engine.distributed.analytics import take_row_counts
 from engine.distributed.requests import (
     CustomerRequest,
     erased_body,
@@ -68,7 +69,9 @@ class Flush(Protocol):
     (once those are acknowledged) ``rows`` by partition to the changelog, and a
     tombstone for each customer ``erased`` there, in submission order. Returns, once
     queued, a future that resolves when the broker acknowledged all. So a tombstone's
-    row is never written before the merge it sent is in Kafka."""
+    row is never written before the merge it sent is in Kafka. ``counts``: by partition,
+    customer id -> the campaign counts its row carries (analytics on:
+    engine/distributed/analytics.py)."""
 
     def __call__(
         self,
@@ -77,6 +80,7 @@ class Flush(Protocol):
         forwards: list[Event],
         segments: dict[int, list[SegmentChange]],
         erased: dict[int, list[str]],
+        counts: dict[int, dict[str, bytes]],
         /,
     ) -> Awaitable[asyncio.Future[None]]: ...
 
@@ -150,6 +154,8 @@ class PartitionEngine:
         # what customer.rfm / customer.predicted are computed against (engine/distributed/
         # models.py keeps it); a partition assigned later gets it too
         self.population: Population = EMPTY
+        # campaign analytics (docs/analytics.md): partitions assigned from now on count
+        self.analytics = False
 
     def set_population(self, population: Population) -> bool:
         """Use ``population`` in every owned partition's processor (and later ones).
@@ -164,7 +170,7 @@ class PartitionEngine:
     # --- ownership -----------------------------------------------------------------
     def assign(self, index: int, states: Iterable[CustomerState]) -> Partition:
         """Take partition ``index`` with its restored states (timers rebuilt from them)."""
-        part = Partition(index, self.ruleset, self._output_handler(index))
+        part = Partition(index, self.ruleset, self._output_handler(index), self.analytics)
         part.driver.processor.population = self.population
         n = part.recover(states)
         self.parts[index] = part
@@ -381,19 +387,22 @@ class PartitionEngine:
         self._segments.clear()
         rows: dict[int, list[CustomerState]] = {}
         erased: dict[int, list[str]] = {}
+        counts: dict[int, dict[str, bytes]] = {}
         for index in touched:
             part = self.parts.get(index)
             if part is not None:
                 changes = part.begin()
                 if changes.dirty:
                     rows[index] = part.states(changes.dirty)
+                    if part.tally is not None:
+                        counts[index] = take_row_counts(part.tally, changes.dirty, rows[index])
                 if changes.erased:
                     erased[index] = changes.erased
         self.stats.actions += sum(len(a) for a in actions.values())
         self.stats.rows_written += sum(len(r) for r in rows.values())
         self.stats.forwards += len(forwards)
         self.stats.segment_changes += sum(len(c) for c in segments.values())
-        return await self._flush_out(actions, rows, forwards, segments, erased)
+        return await self._flush_out(actions, rows, forwards, segments, erased, counts)
 
     def refresh_gauges(self) -> None:
         s = self.stats
