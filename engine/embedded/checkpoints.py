@@ -23,18 +23,39 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from engine.analytics.tally import ORPHAN, Taken
+from engine.clock import Clock
+from engine.embedded.config import RuntimeConfig
+from engine.embedded.health import Health
+from engine.embedded.outbox import Outbox
 from engine.embedded.paced import PacedRound, run_writer, spool_path
 from engine.embedded.spool import EXIT_DISK_FULL, EXIT_IO
+from engine.embedded.storage.sqlite import SqliteStore
+from engine.metrics import Metrics
 from engine.partition import Changes, Partition
 from state.analytics import Cell, DayTotals, Period
 
-if TYPE_CHECKING:
-    from engine.embedded.runtime import Runtime
+__all__ = ["Checkpoints", "Host"]
 
-__all__ = ["Checkpoints"]
+
+class Host(Protocol):
+    """What checkpoints need of the runtime (engine/embedded/runtime.py)."""
+
+    cfg: RuntimeConfig
+    clock: Clock
+    metrics: Metrics
+    health: Health
+    parts: list[Partition]
+    store: SqliteStore | None
+    outbox: Outbox
+
+    def db(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]: ...
+
+    def jdb(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +66,7 @@ _TRIM_PAGE = 100  # journal rows deleted per call of the journal thread
 class Checkpoints:
     """The checkpoints of one runtime, and the analytics counts they carry."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Host) -> None:
         self.rt = rt
         self._no_writer = asyncio.Event()  # set while no checkpoint writer runs
         self._no_writer.set()
