@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_PRIORITIES", "PRIORITIES", "Admission", "Decision"]
+__all__ = ["DEFAULT_PRIORITIES", "PRIORITIES", "Admission", "Decision", "parse_priority"]
 
 PRIORITIES = ("low", "normal", "high")
 _FACTOR = {"low": 0.5, "normal": 1.0, "high": 4.0}
@@ -67,6 +67,15 @@ DEFAULT_PRIORITIES: dict[str, str] = {
     ),
 }
 """Event type -> priority; types not named are ``normal``."""
+
+
+def parse_priority(text: str) -> tuple[str, str]:
+    """``TYPE=low|normal|high`` (a command-line override) -> (type, priority); raises
+    ValueError otherwise."""
+    etype, _, prio = text.partition("=")
+    if not etype or prio not in PRIORITIES:
+        raise ValueError(f"expected TYPE=low|normal|high, not {text!r}")
+    return etype, prio
 
 
 @dataclass

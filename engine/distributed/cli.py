@@ -64,6 +64,23 @@ def add_worker_parser(subparsers: Any) -> argparse.ArgumentParser:
     w.add_argument("--data", default="nudge-data", help="where tokens.json lives (ingest)")
     w.add_argument("--loglevel", default="INFO")
     w.add_argument(
+        "--admission-target",
+        type=float,
+        default=0.25,
+        metavar="SECONDS",
+        help="the --http-port ingest produces a request only if the events awaiting the "
+        "broker's acks drain within this many seconds at the measured pace (views: half, "
+        "orders, carts and consent: four times); else 429 with Retry-After "
+        "(docs/operations.md, Overload)",
+    )
+    w.add_argument(
+        "--priority",
+        type=_priority,
+        action="append",
+        metavar="TYPE=low|normal|high",
+        help="shedding priority of an event type at the ingest (repeatable)",
+    )
+    w.add_argument(
         "--role",
         choices=ROLES,
         default="all",
@@ -239,18 +256,30 @@ def _maybe_profile() -> None:
     prof.enable()
 
 
+def _priority(text: str) -> tuple[str, str]:
+    from engine.admission import parse_priority
+
+    try:
+        return parse_priority(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _metrics(worker_app: Any, ingest: bool) -> Any:
     """The process's metrics (engine/distributed/metrics.py), counted by the app."""
-    from engine.distributed.metrics import (
-        WorkerCollector,
-        consumer_lag,
-        serve_alongside,
-        worker_metrics,
-    )
+    from engine.distributed.lag import LagSeconds, consumer_lag, partition_lag
+    from engine.distributed.metrics import WorkerCollector, serve_alongside, worker_metrics
+
+    def processed_at() -> dict[int, int]:
+        engine = worker_app.engine
+        return engine.processed_at if engine is not None else {}
 
     metrics = worker_metrics(ingest)
     collector = WorkerCollector(
-        worker_app.stats, worker_app.cfg.role, lag=lambda: consumer_lag(worker_app)
+        worker_app.stats,
+        worker_app.cfg.role,
+        lag=lambda: consumer_lag(worker_app),
+        lag_seconds=LagSeconds(lambda: partition_lag(worker_app), processed_at),
     )
     serve_alongside(metrics, collector)
     worker_app.metrics = metrics
@@ -297,6 +326,8 @@ def _add_ingest(
             redis=redis,
             segments_topic=cfg.segments_topic,
             replies_topic=cfg.replies_topic,
+            admission_target=args.admission_target,
+            priorities=dict(args.priority or ()),
             changelog_topic=cfg.changelog_topic if cfg.analytics else None,
             metrics=metrics,
         )

@@ -3,6 +3,12 @@
 topic (key: customer id, timestamp: acceptance time) with ``acks=all`` and an idempotent
 producer, and answers only after the broker acknowledged every event of the request.
 
+Admission (engine/distributed/admission.py): a request is produced only if the events
+already awaiting the broker's acknowledgement drain within ``admission_target`` seconds
+(times its priority's factor, event types classed as on ``nudge run``) at the measured
+acknowledgement pace; else an immediate 429 with ``Retry-After``, never a wait behind a
+producer buffer (a slow, paused or unreachable broker included).
+
 Rule endpoints go to Redis (``PUT /v1/rules`` publishes a new version to every worker).
 Customer read and erase go to the worker owning the customer's partition, as requests in
 the ``events`` topic answered on the replies topic (engine/distributed/requests.py): the
@@ -26,7 +32,9 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaProducer
 
+from engine.admission import DEFAULT_PRIORITIES, Decision
 from engine.clock import Clock, SystemClock
+from engine.distributed.admission import BrokerAdmission
 from engine.distributed.analytics import ChangelogAggregator
 from engine.distributed.requests import Kind, ReplyFollower
 from engine.distributed.rules import deploy_rules, stored_rule_files
@@ -52,7 +60,9 @@ class KafkaIngest:
     """``accept((events, body))`` returns once every event is in Kafka (acks=all).
 
     Raises :class:`NotReady` before :meth:`start` / after :meth:`stop`, and
-    :class:`Backpressure` when more than ``max_inflight`` events await their acks.
+    :class:`Backpressure` when admission refuses the request (``admission_target``
+    seconds of queued work, ``priorities``: event type -> low/normal/high overrides) or
+    more than ``max_inflight`` events await their acks.
     """
 
     def __init__(
@@ -68,6 +78,8 @@ class KafkaIngest:
         rules_poll: float = 2.0,
         replies_topic: str | None = None,
         request_timeout: float = 10.0,
+        admission_target: float = 0.25,
+        priorities: dict[str, str] | None = None,
         changelog_topic: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap.removeprefix("kafka://")
@@ -75,6 +87,9 @@ class KafkaIngest:
         self.redis = redis
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.max_inflight = max_inflight
+        self.admission = BrokerAdmission(
+            admission_target, {**DEFAULT_PRIORITIES, **(priorities or {})}
+        )
         self.linger_ms = linger_ms
         self.ready = False
         self.inflight = 0
@@ -199,12 +214,19 @@ class KafkaIngest:
                 body = b"[" + b",".join(bytes(raws[i]) for i in kept) + b"]"
                 if not events:
                     return
+        queued = self.admission.queued
+        d = self.admission.decide(queued, (ev.type for ev in events))
+        self._judged(d, len(events))
+        if not d.admitted:
+            raise Backpressure(d.retry_after, queued)
         if self.inflight + len(events) > self.max_inflight:
             raise Backpressure(1.0, self.inflight)
         raws = _raw_list.decode(body)  # the events as sent, one message each
         accepted_at = self.clock.now()
         send = self._producer.send
         self.inflight += len(events)
+        pending = self.admission.sent(len(events))
+        ok = False
         try:
             futs = [
                 await send(
@@ -216,8 +238,13 @@ class KafkaIngest:
                 for ev, raw in zip(events, raws, strict=True)
             ]
             await asyncio.gather(*futs)
+            ok = True
         finally:
             self.inflight -= len(events)
+            self.admission.acked(pending, ok)
+
+    def _judged(self, decision: Decision, events: int) -> None:
+        """Admission judged a request of ``events`` (a hook for the metrics)."""
 
     async def customer(self, customer_id: str) -> tuple[int, dict[str, Any]]:
         """(status, body) of ``GET /v1/customers/{id}``, from the owning worker."""

@@ -20,7 +20,14 @@ A collector reads the worker's counters (:meth:`WorkerApp.stats`, the same numbe
 there, so nothing is read while a batch changes it): ``nudge_events_processed_total``,
 ``nudge_pending_timers``, ``nudge_customers``, ``nudge_ruleset_version``, ``nudge_up``,
 ``nudge_queue_depth`` (the consumer lag of the owned partitions: accepted events not yet
-processed) and the worker's own ``nudge_worker_*``.
+processed), ``nudge_worker_lag_seconds{partition}`` (the age of each owned partition's
+oldest unprocessed event, engine/distributed/lag.py) and the worker's own
+``nudge_worker_*``.
+
+The ingest's time-bounded admission toward the broker (engine/distributed/admission.py)
+counts ``nudge_admission_admitted_events`` / ``nudge_admission_shed_events{priority}`` and
+sets ``nudge_admission_drain_seconds`` / ``nudge_admission_limit_events`` as ``nudge run``
+does, its queue being the events awaiting the broker's acknowledgement.
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
+from engine.admission import PRIORITIES, Decision
 from engine.distributed.ingest import Batch, KafkaIngest
+from engine.distributed.lag import consumer_lag
 from engine.distributed.processing import Flush, PartitionEngine, Record
 from engine.driver import OutputHandler
 from engine.metrics import Metrics, type_label
@@ -74,6 +83,10 @@ _INGEST_ONLY = (
     "rule_deploys",
     "customers_erased",
     "segment_members",
+    "admission_admitted",
+    "admission_shed",
+    "admission_drain",
+    "admission_limit",
 )
 
 # stats()["engine"] key -> (metric name, help); counters
@@ -98,6 +111,7 @@ _DELIVERY_OUTCOMES = ("sent", "skipped_done", "waited_busy", "dead")
 _OUTAGES = "nudge_worker_redis_outages"
 _OTHER = ("nudge_up", "nudge_worker_partitions", "nudge_worker_deliveries")
 _LAG = "nudge_queue_depth"
+_LAG_SECONDS = "nudge_worker_lag_seconds"
 
 
 class WorkerCollector(Collector):
@@ -108,17 +122,19 @@ class WorkerCollector(Collector):
         stats: Callable[[], dict[str, Any]],
         role: str,
         lag: Callable[[], int | None] | None = None,
+        lag_seconds: Callable[[], dict[int, float] | None] | None = None,
     ) -> None:
         self._stats = stats
         self._role = role
         self._lag = lag
+        self._lag_seconds = lag_seconds
 
     @staticmethod
     def names() -> set[str]:
         """Every metric family name this collector can yield."""
         tables = (_ENGINE_COUNTERS, _ENGINE_GAUGES)
         names = {name for t in tables for name, _ in t.values()}
-        return names | {*_OTHER, _OUTAGES, _LAG}
+        return names | {*_OTHER, _OUTAGES, _LAG, _LAG_SECONDS}
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats()
@@ -134,6 +150,19 @@ class WorkerCollector(Collector):
                 "owned events partitions)",
                 value=lag,
             )
+        ages = None
+        if self._lag_seconds is not None and engine is not None:
+            ages = self._lag_seconds()
+        if ages is not None:
+            gauge = GaugeMetricFamily(
+                _LAG_SECONDS,
+                "Age of the oldest accepted event not yet processed, per owned events "
+                "partition (an upper bound; 0 when caught up)",
+                labels=["partition"],
+            )
+            for p, age in sorted(ages.items()):
+                gauge.add_metric([str(p)], age)
+            yield gauge
         if engine is not None:
             for key, (name, doc) in _ENGINE_COUNTERS.items():
                 yield CounterMetricFamily(name, doc, value=engine.get(key, 0))
@@ -230,13 +259,16 @@ class OutputMeter:
 
 
 class MeteredEngine(PartitionEngine):
-    """A :class:`PartitionEngine` whose outputs also go to ``meter`` (None: none), and
-    whose batches observe ``nudge_processing_seconds`` (core time per event)."""
+    """A :class:`PartitionEngine` whose outputs also go to ``meter`` (None: none), whose
+    batches observe ``nudge_processing_seconds`` (core time per event), and which keeps
+    the timestamp (ms) of the last record processed on each partition (``processed_at``,
+    for ``nudge_worker_lag_seconds``)."""
 
     def __init__(
         self, ruleset: RuleSet, rules_version: int, flush: Flush, meter: OutputMeter | None
     ) -> None:
         self._meter = meter
+        self.processed_at: dict[int, int] = {}
         super().__init__(ruleset, rules_version, flush)
 
     def _output_handler(self, index: int) -> OutputHandler:
@@ -254,7 +286,11 @@ class MeteredEngine(PartitionEngine):
     async def process(self, records: Iterable[Record]) -> Any:
         stats = self.stats
         events, core = stats.events, stats.core_seconds
+        records = list(records)
         durable = await super().process(records)
+        last = self.processed_at
+        for rec in records:  # offset order within a partition: the last one stays
+            last[rec.partition] = rec.timestamp
         n = stats.events - events
         if n and self._meter is not None:
             self._meter.metrics.processing.observe((stats.core_seconds - core) / n)
@@ -282,35 +318,15 @@ class MeteredIngest(KafkaIngest):
         for etype, n in Counter(type_label(ev.type) for ev in events).items():
             m.events_accepted.labels(etype).inc(n)
 
+    def _judged(self, decision: Decision, events: int) -> None:
+        m = self.metrics
+        counter = m.admission_admitted if decision.admitted else m.admission_shed
+        counter.labels(decision.priority).inc(events)
+        m.admission_drain.set(decision.drain)
+        for prio in PRIORITIES:
+            m.admission_limit.labels(prio).set(self.admission.limit_events(prio))
+
     async def erase(self, customer_id: str, suppress: bool = False) -> dict[str, Any]:
         erased = await super().erase(customer_id, suppress)
         self.metrics.customers_erased.inc()
         return erased
-
-
-def consumer_lag(worker_app: Any) -> int | None:
-    """Events of the worker's owned ``events`` partitions not yet processed: the
-    broker's high watermark (as of the last fetch) minus the next offset to process.
-    None before the engine runs (a delivery-only worker has no engine)."""
-    from faust.types import TP
-
-    from engine.distributed.faust_adapter import committed_offsets
-
-    engine = worker_app.engine
-    if engine is None:
-        return None
-    consumer = worker_app.app.consumer
-    committed = committed_offsets(consumer)
-    topic = worker_app.cfg.events_topic
-    total = 0
-    for index, part in list(engine.parts.items()):
-        tp = TP(topic, index)
-        try:
-            hw = consumer.highwater(tp)
-        except Exception:
-            hw = None
-        if hw is None:
-            continue
-        done = max(part.position, committed.get(tp) or 0)
-        total += max(0, int(hw) - done)
-    return total

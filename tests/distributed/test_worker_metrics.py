@@ -7,6 +7,7 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine.distributed.lag import LagSeconds
 from engine.distributed.metrics import WorkerCollector, serve_alongside, worker_metrics
 from engine.metrics import Metrics
 
@@ -47,7 +48,9 @@ def test_collector_replaces_the_runtime_members_in_the_api_registry() -> None:
 
 
 def test_collector_names_cover_what_it_yields() -> None:
-    collector = WorkerCollector(lambda: STATS, "all", lag=lambda: 12)
+    collector = WorkerCollector(
+        lambda: STATS, "all", lag=lambda: 12, lag_seconds=lambda: {0: 0.0, 2: 3.5}
+    )
     yielded = {fam.name for fam in collector.collect()}
     assert yielded == WorkerCollector.names()
 
@@ -74,3 +77,31 @@ def test_worker_registry_has_nudge_runs_names_it_updates() -> None:
     assert "nudge_events_accepted" not in fams
     assert "nudge_events_accepted" in with_http
     assert "nudge_journal_commit_seconds" in with_http
+
+
+def test_lag_seconds_is_the_age_of_the_oldest_unprocessed_event() -> None:
+    """Per partition: 0 when caught up; else now minus the later of the last processed
+    record's timestamp and the last time it was seen caught up (first seen, if neither)."""
+    wall = [1000.0]
+    lags: dict[int, int] = {0: 0, 1: 0, 2: 40}
+    processed: dict[int, int] = {}
+    ages = LagSeconds(lambda: dict(lags), lambda: processed, wall=lambda: wall[0])
+    assert ages() == {0: 0.0, 1: 0.0, 2: 0.0}  # 2: first seen with a backlog now
+    wall[0] = 1004.0
+    lags[0] = 500  # a burst after idling: caught up at 1000
+    processed[0] = 990_000  # its last record: before the last scrape
+    processed[1] = 1_003_500
+    lags[1] = 3
+    got = ages()
+    assert got == {0: 4.0, 1: 0.5, 2: 4.0}
+    wall[0] = 1010.0  # partition 0 stalls: its age grows with the wall clock
+    processed[2] = 1_009_000  # partition 2 moves, its backlog steady
+    assert ages() == {0: 10.0, 1: 6.5, 2: 1.0}
+    collector = WorkerCollector(lambda: STATS, "all", lag=lambda: 543, lag_seconds=ages)
+    metrics = worker_metrics(ingest=False)
+    serve_alongside(metrics, collector)
+    assert _families(metrics)["nudge_worker_lag_seconds"] == {
+        "partition=0": 10.0,
+        "partition=1": 6.5,
+        "partition=2": 1.0,
+    }
