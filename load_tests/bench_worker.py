@@ -20,11 +20,20 @@ action from one of the dead worker's partitions that came due after the kill, mi
 the kill time. The survivor's rebalance (all partitions owned, from its stats) is shown
 too. ``--session-timeout`` bounds how long the group waits for the dead worker.
 
+Campaign analytics (``--analytics off|on|both``, default off): the workers run with
+``--analytics`` on or off; ``both`` runs the throughput measurement off and on on the
+same servers, ``--repeat`` rounds (off-on, then on-off, ...), and prints every run and the
+medians. With analytics on, the changelog's counts are
+then folded into Redis by a :class:`~engine.distributed.analytics.ChangelogAggregator`
+in this process (the workers stopped): its records/s, and the sends it folded against
+the worker's actions.
+
 Uses ``--broker``/``--redis`` when given, else starts the test servers
 (tests/support/servers.py). Prints one JSON object.
 
     python -m load_tests.bench_worker --events 200000
     python -m load_tests.bench_worker --failover --session-timeout 10
+    python -m load_tests.bench_worker --events 100000 --seconds 0 --analytics both --repeat 3
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -188,6 +198,7 @@ class Bench:
             "--session-timeout", str(getattr(args, "session_timeout", 10.0)),
             "--stats-file", str(self.stats_path(name)), "--stats-interval", "0.1",
             "--loglevel", "WARNING", "--role", role,
+            "--analytics", "on" if getattr(args, "analytics_on", False) else "off",
         ]  # fmt: skip
         log = (self.tmp / f"{name}.log").open("wb")
         try:
@@ -343,7 +354,71 @@ async def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 result["latency_phase"] = await latency(args, b, procs)
         finally:
             stop(list(procs.values()))
+        if getattr(args, "analytics_on", False):
+            result["aggregator"] = await fold_changelog(b, result["actions"])
     return result
+
+
+async def fold_changelog(b: Bench, actions: int) -> dict[str, Any]:
+    """Fold the run's changelog into Redis with one aggregator (the workers stopped):
+    records/s, and the sends folded (equal to the worker's actions)."""
+    import redis.asyncio as aioredis
+
+    from engine.distributed.analytics import ChangelogAggregator
+    from engine.distributed.storage.analytics import RedisAnalytics
+
+    client = aioredis.Redis.from_url(b.redis_url)
+    try:
+        store = RedisAnalytics(client, prefix=f"bench{b.run_id}")
+        agg = ChangelogAggregator(b.broker, f"bench-{b.run_id}-customers-changelog", store)
+        t0 = time.perf_counter()
+        await agg.start()
+        while agg.lag() != 0:
+            await asyncio.sleep(0.02)
+        took = time.perf_counter() - t0
+        await agg.stop()
+        day = int(time.time() * 1000) // 86_400_000
+        totals = await store.day_totals(day - 1, day + 1)
+        sends = sum(t[1] for _, _, _, t in totals)
+    finally:
+        await client.aclose()
+    return {
+        "records": agg.folded,
+        "seconds": round(took, 2),
+        "records_per_second": round(agg.folded / max(took, 1e-9)),
+        "sends_folded": sends,
+        "sends_equal_actions": sends == actions,
+    }
+
+
+async def compare_analytics(args: argparse.Namespace) -> dict[str, Any]:
+    """The throughput run with analytics off, then on, on the same servers."""
+    servers: list[Any] = []
+    if args.broker is None or args.redis is None:
+        sys.path.insert(0, str(ROOT))
+        from tests.support.servers import start_kafka, start_redis
+
+        if args.broker is None:
+            servers.append(start_kafka())
+            args.broker = servers[-1].url
+        if args.redis is None:
+            servers.append(start_redis())
+            args.redis = servers[-1].url
+    try:
+        runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+        for i in range(args.repeat):  # off, on, on, off, ...: neither always goes first
+            for mode in ("off", "on") if i % 2 == 0 else ("on", "off"):
+                args.analytics_on = mode == "on"
+                runs[mode].append(await throughput(args))
+        out: dict[str, Any] = {f"analytics_{m}": r for m, r in runs.items()}
+        for k in ("events_per_second_wall", "events_per_worker_cpu_second"):
+            off = statistics.median(r[k] for r in runs["off"])
+            on = statistics.median(r[k] for r in runs["on"])
+            out[f"{k}_median"] = {"off": off, "on": on, "on_vs_off": round(on / max(off, 1), 3)}
+        return out
+    finally:
+        for srv in servers:
+            srv.stop()
 
 
 async def latency(args: argparse.Namespace, b: Bench, procs: dict[str, Any]) -> dict[str, Any]:
@@ -470,11 +545,21 @@ def main() -> None:
         help="process events in one worker (--role process), deliver in another (--role deliver)",
     )
     p.add_argument("--failover", action="store_true")
+    p.add_argument(
+        "--analytics",
+        choices=("off", "on", "both"),
+        default="off",
+        help="workers count campaign analytics; both: off and on, same servers",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="with --analytics both: rounds")
     p.add_argument("--kill-after", type=float, default=3.0, help="s after timers start")
     p.add_argument("--broker")
     p.add_argument("--redis")
     args = p.parse_args()
+    args.analytics_on = args.analytics == "on"
     run = failover if args.failover else throughput
+    if args.analytics == "both" and not args.failover:
+        run = compare_analytics
     print(orjson.dumps(asyncio.run(run(args))).decode())
 
 

@@ -13,7 +13,9 @@ whatever the batch boundaries, timer ticks or failovers were.
 from the offset after the one Redis says it folded last (``hw``), and folds each fetch
 of a partition in one Lua script that also moves ``hw``, only if ``hw`` is still what it
 read. A restart resumes from ``hw``; two aggregators (several ingests) never fold a
-record twice: the one that loses the race re-reads ``hw`` and seeks past it.
+record twice: the one that loses the race re-reads ``hw`` and seeks past it. To save the
+others the reading, one aggregator at a time holds a lease in Redis (renewed every third
+of ``lease_ms``); the others stand by and take over when it lapses.
 
 What it cannot recover: records the broker compacted away before they were folded (a
 newer row of the same customer replaced them). Give the changelog a
@@ -25,7 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -69,6 +74,7 @@ class ChangelogAggregator:
 
     ``folded``: records folded by this process; ``conflicts``: folds another aggregator
     had already done; ``gaps``: compacted runs found between two folded offsets.
+    ``lease_ms``: how long a lease lasts unrenewed (None: no lease, always fold).
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class ChangelogAggregator:
         store: RedisAnalytics,
         *,
         max_records: int = 20_000,
+        lease_ms: int | None = 6000,
         now: Callable[[], int] = _wall_ms,
     ) -> None:
         self.bootstrap = bootstrap.removeprefix("kafka://")
@@ -85,6 +92,10 @@ class ChangelogAggregator:
         self.store = store
         self.max_records = max_records
         self.now = now
+        self.lease_ms = lease_ms
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.leading = False
+        self._renewed = 0.0
         self.hw: dict[int, int | None] = {}
         self.behind: dict[int, int] = {}
         self.folded = 0
@@ -93,8 +104,11 @@ class ChangelogAggregator:
         self._task: asyncio.Task[None] | None = None
 
     def lag(self) -> int | None:
-        """Changelog records not yet folded, as of the last fetch (None: not started)."""
-        return sum(self.behind.values()) if self.behind else None
+        """Changelog records not yet folded, as of this aggregator's last fetch (None:
+        none yet, or standing by)."""
+        if not self.leading or not self.hw or len(self.behind) < len(self.hw):
+            return None  # standing by, or not every partition fetched yet
+        return sum(self.behind.values())
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="analytics-aggregator")
@@ -117,6 +131,9 @@ class ChangelogAggregator:
             tps = await self._assign(consumer)
             while True:
                 try:
+                    if not await self._lead():
+                        await asyncio.sleep((self.lease_ms or 3000) / 3000)
+                        continue
                     await self._seek(consumer, tps)
                     await self._follow(consumer, tps)
                 except asyncio.CancelledError:
@@ -142,6 +159,23 @@ class ChangelogAggregator:
                 return tps
             await asyncio.sleep(1.0)
 
+    async def _lead(self) -> bool:
+        """Whether this aggregator folds now: it holds the lease (renewed here when a
+        third of it has passed), or there is none."""
+        if self.lease_ms is None:
+            self.leading = True
+            return True
+        now = time.monotonic()
+        if self.leading and now - self._renewed < self.lease_ms / 3000:
+            return True
+        was = self.leading
+        self.leading = await self.store.lease(self.owner, self.lease_ms)
+        if self.leading:
+            self._renewed = now
+        if self.leading != was:
+            logger.info("analytics: %s folding", "now" if self.leading else "no longer")
+        return self.leading
+
     async def _seek(self, consumer: Any, tps: list[Any]) -> None:
         hw = await self.store.high_water()
         for tp in tps:
@@ -153,7 +187,7 @@ class ChangelogAggregator:
                 consumer.seek(tp, got + 1)
 
     async def _follow(self, consumer: Any, tps: list[Any]) -> None:
-        while True:
+        while await self._lead():
             batch = await consumer.getmany(*tps, timeout_ms=500, max_records=self.max_records)
             for tp, recs in batch.items():
                 if not await self._fold(tp.partition, recs):

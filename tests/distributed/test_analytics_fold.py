@@ -94,6 +94,13 @@ async def _stored(store: RedisAnalytics) -> Counter[tuple[str, int, str, int, st
     return got
 
 
+async def _until(cond: Any, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.05)
+
+
 def _flat(c: Counter[Cell]) -> Counter[tuple[str, int, str, int, str]]:
     out: Counter[tuple[str, int, str, int, str]] = Counter()
     for (rid, ver, variant, step, metric, _), n in c.items():
@@ -133,8 +140,13 @@ async def test_aggregators_fold_each_record_once(
     try:
         store = RedisAnalytics(client, prefix="agg")
         want = await _produce(kafka_server.bootstrap, topic, 600, 3)
-        one = ChangelogAggregator(kafka_server.bootstrap, topic, store, max_records=50)
-        two = ChangelogAggregator(kafka_server.bootstrap, topic, store, max_records=70)
+        # no lease: both fold, racing on the high water
+        one = ChangelogAggregator(
+            kafka_server.bootstrap, topic, store, max_records=50, lease_ms=None
+        )
+        two = ChangelogAggregator(
+            kafka_server.bootstrap, topic, store, max_records=70, lease_ms=None
+        )
         await one.start()
         await two.start()
         await _settle(one, two)
@@ -146,9 +158,21 @@ async def test_aggregators_fold_each_record_once(
         want += await _produce(kafka_server.bootstrap, topic, 200, 3)
         three = ChangelogAggregator(kafka_server.bootstrap, topic, store)
         await three.start()
-        await _settle(three)
+        await _until(lambda: three.folded == 200)
+        assert await _stored(store) == _flat(want)
+        # with the lease, a second aggregator stands by while the first folds ...
+        four = ChangelogAggregator(kafka_server.bootstrap, topic, store, lease_ms=1500)
+        await four.start()
+        want += await _produce(kafka_server.bootstrap, topic, 90, 3)
+        await _until(lambda: three.folded == 290)
+        await asyncio.sleep(1.0)  # four polls the lease meanwhile
+        assert (three.folded, four.folded, four.leading) == (290, 0, False)
+        # ... and takes over once the first stops renewing it
         await three.stop()
-        assert three.folded == 200
+        want += await _produce(kafka_server.bootstrap, topic, 60, 3)
+        await _until(lambda: four.folded == 60)
+        await four.stop()
+        assert four.folded == 60
         assert await _stored(store) == _flat(want)
     finally:
         await client.aclose()

@@ -10,7 +10,8 @@ Keys (``<prefix>:analytics:...``), each a hash of integer counts:
 - ``t:<day>``: ``rule US version US i`` -> the i-th ``SUMMARY`` figure (entries, sends,
   suppressions, holdouts, conversions, revenue cents) of the day: what the all-rules
   report reads (one hash a day instead of every count);
-- ``hw``: changelog partition -> the offset of the last changelog record folded.
+- ``hw``: changelog partition -> the offset of the last changelog record folded;
+- ``lease``: which aggregator folds now (the others stand by: :meth:`lease`).
 
 (US: the ASCII unit separator, which no rule id, variant or metric holds.)
 
@@ -60,6 +61,16 @@ return 1
 """
 
 
+# KEYS[1]: the lease. ARGV: owner, ms. Renew it if ours, take it if free.
+_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
 class RedisAnalytics:
     """Folded counts in Redis (``client``: a ``redis.asyncio.Redis``)."""
 
@@ -67,6 +78,7 @@ class RedisAnalytics:
         self.client = client
         self.base = f"{prefix}:analytics"
         self.hw_key = f"{self.base}:hw"
+        self.lease_key = f"{self.base}:lease"
         self.retention_days = retention_days
 
     # --- writes (the aggregator) ---------------------------------------------------
@@ -74,6 +86,11 @@ class RedisAnalytics:
         """Changelog partition -> offset of the last record folded."""
         raw = await self.client.hgetall(self.hw_key)
         return {int(k): int(v) for k, v in raw.items()}
+
+    async def lease(self, owner: str, ms: int) -> bool:
+        """Hold (take or renew) the folding lease for ``ms`` as ``owner``; False: another
+        aggregator holds it. Only saves work: folds are compare-and-set anyway."""
+        return bool(await self.client.eval(_LEASE, 1, self.lease_key, owner, ms))
 
     async def fold(
         self, partition: int, expected: int | None, last: int, counts: Counter[Cell], now_ms: int
