@@ -231,15 +231,20 @@ def test_every_metric_the_dashboard_and_alerts_query_exists(nudge: Nudge) -> Non
 
 def _worker_series() -> set[str]:
     """The series names a worker's /metrics has (its collector over every counter)."""
+    return {s.name for fam in _worker_families() for s in fam.samples}
+
+
+def _worker_families() -> list[Any]:
+    """A worker's /metrics families (its collector over every counter)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     from engine.distributed.metrics import WorkerCollector
 
     stats: dict[str, Any] = {"engine": {}, "delivery": {}, "redis_outages": 0}
     registry = CollectorRegistry()
-    registry.register(WorkerCollector(lambda: stats, "all", lag=lambda: 0))
-    text = generate_latest(registry).decode()
-    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+    collector = WorkerCollector(lambda: stats, "all", lag=lambda: 0, lag_seconds=lambda: {0: 0.0})
+    registry.register(collector)
+    return list(text_string_to_metric_families(generate_latest(registry).decode()))
 
 
 def test_label_names_used_by_queries_are_exported(nudge: Nudge) -> None:
@@ -251,7 +256,8 @@ def test_label_names_used_by_queries_are_exported(nudge: Nudge) -> None:
             used |= {label.strip() for label in group.split(",") if label.strip()}
         used |= set(re.findall(r"[{,]\s*([a-z_]+)\s*(?:=~|!~|!=|=)", expr))
     target_labels = {"job", "instance", "le"}  # added by Prometheus / histograms
-    assert used - target_labels - scrape.labels == set()
+    worker = {label for fam in _worker_families() for s in fam.samples for label in s.labels}
+    assert used - target_labels - scrape.labels - worker == set()
 
 
 def test_non_nudge_metrics_on_the_dashboard_exist(nudge: Nudge) -> None:

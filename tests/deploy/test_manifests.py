@@ -267,6 +267,7 @@ def test_k8s_files_parse_and_kustomization_lists_them() -> None:
             "Namespace",
             "PodDisruptionBudget",
             "PodDisruptionBudget",
+            "ScaledObject",
             "Service",
             "Service",
             "ServiceMonitor",
@@ -372,6 +373,35 @@ def test_k8s_replicas_do_not_exceed_partitions() -> None:
         for d in deployments
     )
     assert total <= partitions.pop()
+
+
+def test_k8s_keda_scales_the_workers_on_their_consumer_lag() -> None:
+    """The ScaledObject watches the workers' own group on their events topic and broker,
+    and its maximum, with the ingest pods and the rolling surges, fits the partitions."""
+    (scaled,) = _of_kind("ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    deployments = {d["metadata"]["name"]: d for d in _of_kind("Deployment")}
+    target = deployments[scaled["spec"]["scaleTargetRef"]["name"]]
+    assert target["metadata"]["name"] == "nudge-worker"
+    w = _parse(_container(target)["args"])
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert meta["bootstrapServers"] == w.broker.removeprefix("kafka://")
+    assert meta["topic"] == w.events_topic
+    assert meta["consumerGroup"] == w.app_id  # role all: the group is the app id
+    assert w.role in ("all", "process")
+    assert int(meta["lagThreshold"]) > int(meta["activationLagThreshold"]) > 0
+    assert meta["allowIdleConsumers"] == "false"
+    low, high = scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]
+    assert 1 <= low <= target["spec"]["replicas"] <= high
+    others = sum(
+        d["spec"]["replicas"] + d["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+        for name, d in deployments.items()
+        if name != "nudge-worker"
+    )
+    surge = target["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    assert high + surge + others <= w.partitions
 
 
 def test_k8s_services_pdbs_and_servicemonitor_select_the_pods() -> None:
