@@ -51,22 +51,28 @@ async def scan_kafka(bootstrap: str, needles: Iterable[bytes]) -> list[tuple[str
     """(topic/partition@offset, needle) for each record of every topic holding a needle
     in its key or value (topics read from their start to their end as of now)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
 
     wanted = [n for n in needles if n]
     hits: list[tuple[str, bytes]] = []
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap.removeprefix("kafka://"),
-        enable_auto_commit=False,
-        group_id=None,
-    )
+    server = bootstrap.removeprefix("kafka://")
+    # the partitions from the broker's metadata of every topic (a consumer knows only
+    # those of the topics it was assigned: partitions_for_topic is None for the others)
+    admin = AIOKafkaAdminClient(bootstrap_servers=server)
+    await admin.start()
+    try:
+        described = await admin.describe_topics()
+    finally:
+        await admin.close()
+    tps = [
+        TopicPartition(t["topic"], p["partition"])
+        for t in sorted(described, key=lambda t: str(t["topic"]))
+        if t.get("error_code", 0) == 0 and not t["topic"].startswith("__")
+        for p in sorted(t.get("partitions") or (), key=lambda p: int(p["partition"]))
+    ]
+    consumer = AIOKafkaConsumer(bootstrap_servers=server, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        tps = [
-            TopicPartition(t, p)
-            for t in sorted(await consumer.topics())
-            if not t.startswith("__")
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
         if not tps:
             return hits
         consumer.assign(tps)

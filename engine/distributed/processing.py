@@ -23,6 +23,10 @@ in Redis.
 
 Segment backfill (:meth:`PartitionEngine.backfill`, driven a slice at a time by
 engine/distributed/backfill.py under the same lock) is output like a timer's.
+
+An erase leaves a mark in the partition's changelog (engine/distributed/erase_marks.py):
+events of the erased id from before the erase, still in the topic, are skipped when the
+partition is processed again.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from typing import Protocol
 
 from engine.customer_view import customer_json
 from engine.distributed.analytics import take_row_counts
+from engine.distributed.erase_marks import DEFAULT_TTL, MARK_PREFIX, EraseMarks
 from engine.distributed.requests import (
     CustomerRequest,
     erased_body,
@@ -114,6 +119,7 @@ class InputRecord:
 class EngineStats:
     events: int = 0
     skipped: int = 0  # reprocessed offsets a restored state already held
+    erased_skipped: int = 0  # events from before their customer's erase (erase_marks.py)
     duplicates: int = 0
     future: int = 0  # stamped beyond future_tolerance ahead of the clock: processed at it
     undecodable: int = 0
@@ -143,6 +149,10 @@ class PartitionEngine:
         self.ruleset = ruleset
         self.rules_version = rules_version
         self.parts: dict[int, Partition] = {}
+        # erase marks by partition, and how long they are kept (ms; engine/distributed/
+        # erase_marks.py): the events topic's retention
+        self.marks: dict[int, EraseMarks] = {}
+        self.erase_mark_ttl = DEFAULT_TTL
         self._flush_out = flush
         self._actions: dict[int, list[Action]] = {}
         self._forwards: list[Event] = []
@@ -172,14 +182,22 @@ class PartitionEngine:
         """Take partition ``index`` with its restored states (timers rebuilt from them)."""
         part = Partition(index, self.ruleset, self._output_handler(index), self.analytics)
         part.driver.processor.population = self.population
-        n = part.recover(states)
+        marks = self.marks[index] = EraseMarks()
+        n = part.recover(st for st in states if not marks.restore(st))
         self.parts[index] = part
         self.stats.timers_restored += len(part.timers)
-        logger.info("partition %d: %d customers, %d timers restored", index, n, len(part.timers))
+        logger.info(
+            "partition %d: %d customers, %d timers, %d erase marks restored",
+            index,
+            n,
+            len(part.timers),
+            len(marks),
+        )
         return part
 
     def revoke(self, index: int) -> None:
         self.parts.pop(index, None)
+        self.marks.pop(index, None)
 
     def set_ruleset(self, ruleset: RuleSet, version: int) -> None:
         """Hot swap: every partition runs ``ruleset`` from its next input on."""
@@ -235,6 +253,7 @@ class PartitionEngine:
         each) and queue its output; returns the future of that output's durability."""
         t0 = time.perf_counter()
         parts = self.parts
+        marks = self.marks
         stats = self.stats
         touched: set[int] = set()
         for rec in records:
@@ -246,7 +265,7 @@ class PartitionEngine:
             if req is not None:  # a customer read or erase, in order with the events
                 part.position = max(part.position, rec.offset + 1)
                 if req.id:
-                    self._answer(part, req, rec.timestamp)
+                    self._answer(part, req, rec.timestamp, rec.offset + 1)
                     touched.add(rec.partition)
                 continue
             try:
@@ -265,6 +284,13 @@ class PartitionEngine:
                     err.message,
                 )
                 continue
+            held = marks.get(rec.partition)
+            cid = ev.customer_id
+            if (held and held.hides(cid, rec.offset + 1)) or cid.startswith(MARK_PREFIX):
+                # before its customer's erase (or posing as a mark row): as if not there
+                part.position = max(part.position, rec.offset + 1)
+                stats.erased_skipped += 1
+                continue
             out = part.apply(rec.offset + 1, rec.timestamp, ev)
             if out is None:
                 stats.skipped += 1
@@ -281,17 +307,22 @@ class PartitionEngine:
         stats.processing_seconds += time.perf_counter() - t0
         return durable
 
-    def _answer(self, part: Partition, req: CustomerRequest, at: int) -> None:
+    def _answer(self, part: Partition, req: CustomerRequest, at: int, position: int) -> None:
         """Answer a customer request at its acceptance time ``at`` (the same answer on a
-        reprocessing); an erase also drops the customer's segment memberships."""
+        reprocessing); an erase also drops the customer's segment memberships and marks
+        the id erased at ``position`` (the request's offset + 1)."""
         cid = req.customer_id
         self.stats.customer_requests += 1
         part.fire_until(at)  # what an event accepted then would see
         part.clock.set(at)
         if req.kind == "erase":
-            had = part.erase(cid)
+            held = part.store.get(cid)
+            # processed again (a restart before the commit) with the customer restored as
+            # it came back after this erase: that state is newer than the erase, keep it
+            had = False if held is not None and held.seq > position else part.erase(cid)
             if had:
                 self._dropped(part.index, cid)
+            self.marks.setdefault(part.index, EraseMarks()).add(cid, position, at)
             self.replies.append(reply_record(req.id, 200, erased_body(cid, had)))
             return
         st = part.store.get(cid)
@@ -396,8 +427,18 @@ class PartitionEngine:
                     rows[index] = part.states(changes.dirty)
                     if part.tally is not None:
                         counts[index] = take_row_counts(part.tally, changes.dirty, rows[index])
-                if changes.erased:
-                    erased[index] = changes.erased
+                if changes.erased:  # an id back in the same batch: its new row is enough
+                    # (a tombstone after it would delete the new customer on restore)
+                    back = set(changes.dirty)
+                    erased[index] = [c for c in changes.erased if c not in back]
+                marks = self.marks.get(index)
+                if marks is not None:  # new marks with the tombstones, expired ones dropped
+                    marks.expire(part.clock.now(), self.erase_mark_ttl)
+                    mark_rows, dropped = marks.take()
+                    if mark_rows:
+                        rows.setdefault(index, []).extend(mark_rows)
+                    if dropped:
+                        erased.setdefault(index, []).extend(dropped)
         self.stats.actions += sum(len(a) for a in actions.values())
         self.stats.rows_written += sum(len(r) for r in rows.values())
         self.stats.forwards += len(forwards)

@@ -5,7 +5,9 @@ produces the request to the ``events`` topic keyed by the customer id, so it lan
 that customer's partition, in order with its events, marked by the ``nudge-request``
 header (the event decoder never sees it). The owning worker answers it in turn: a read
 sees every event accepted before it; an erase drops the state and its timers, writes
-the changelog tombstone and the segment drops with the batch's output. The reply goes
+the changelog tombstone, the segment drops and an erase mark (engine/distributed/
+erase_marks.py: the id's earlier events, still in the topic, are skipped on a replay)
+with the batch's output. The reply goes
 to ``<app id>-replies`` (one partition, an hour's retention) keyed by the request id,
 once that output is acknowledged. The ingest follows the replies topic from its end and
 hands each reply to the request waiting for it.

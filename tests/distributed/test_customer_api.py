@@ -70,7 +70,7 @@ async def test_customer_api_on_the_distributed_ingest(
 
             async def settled() -> None:
                 async def all_there() -> bool:
-                    for cid in ("c9", "c606", "c2"):
+                    for cid in ("c9", "c606", "c2", "k7"):
                         if (await call("GET", f"/v1/customers/{cid}"))[0] != 200:
                             return False
                     return True

@@ -79,8 +79,8 @@ async def customer_cases(api: CustomerApi) -> None:
         _ev(1, "page_viewed", "c606", {}, t) | {"timestamp": "0606-08-18T18:40:53Z"},
         _ev(1, "page_viewed", "c2", {}, t),
         # consent history: a profile statement, then a provider's SMS STOP
-        _ev(1, "customer_updated", "c7", {"consent": {"email": True, "sms": True}}, t - H),
-        _ev(2, "sms_unsubscribed", "c7", {}, t) | {"context": {"source": "twilio"}},
+        _ev(1, "customer_updated", "k7", {"consent": {"email": True, "sms": True}}, t - H),
+        _ev(2, "sms_unsubscribed", "k7", {}, t) | {"context": {"source": "twilio"}},
     ]
     assert await api.post(cart) == 202
     await api.settled()
@@ -114,7 +114,7 @@ async def customer_cases(api: CustomerApi) -> None:
     else:  # the worker's state; the events stay in the topic
         assert doc["runtime"] == "distributed"
     assert (await api.call("GET", "/v1/customers/nobody/export"))[0] == 404
-    status, doc = await api.call("GET", "/v1/customers/c7/export")
+    status, doc = await api.call("GET", "/v1/customers/k7/export")
     assert status == 200, doc
     check_schema("/v1/customers/{customer_id}/export", "get", 200, doc)
     assert doc["state"]["profile"]["consent"]["sms"] is False
