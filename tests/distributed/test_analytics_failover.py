@@ -30,6 +30,35 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300
 
 READ, WRITE, ADMIN = "an-read-token", "an-write-token", "an-admin-token"
 
+# an experiment whose fires and conversions do not depend on timing either: every page
+# view enters (no wait), an order within 3 days converts once per customer and window
+EXPERIMENT = """id: page-ab
+trigger: {event: page_viewed}
+reentry: always
+experiment:
+  variants: {a: 45, b: 45}
+  holdout: 10
+  goal: {event: order_completed, within: 3d}
+steps:
+  - send: {channel: webhook, template: ab}
+"""
+
+
+def core_arms(c: Cluster, events: list[dict[str, Any]]) -> dict[tuple[str, str], Counter[str]]:
+    """(rule, variant) -> entered / sends / holdout / conversions, as the core counts."""
+    part = Partition(0, load_ruleset([str(c.rules_dir)]), lambda out: None, analytics=True)
+    evs = [decode_event(orjson.dumps(e)) for e in events]
+    for seq, ev in enumerate(evs, 1):
+        part.apply(seq, ev.ts, ev)
+    part.fire_until(evs[-1].ts + 3_600_000)
+    assert part.tally is not None
+    out: dict[tuple[str, str], Counter[str]] = {}
+    for (rid, _ver, variant, _pc, metric, _hour), n in part.tally.totals().items():
+        key = {"sent": "sends"}.get(metric.split(":")[0], metric)
+        if key in ("entered", "sends", "holdout", "conversions"):
+            out.setdefault((rid, variant), Counter())[key] += n
+    return out
+
 
 def core_counts(c: Cluster, events: list[dict[str, Any]]) -> dict[str, Counter[str]]:
     """rule -> metric (``sent:*`` as ``sends``, ``exited:*`` as ``exited``, ``reached@pc``)
@@ -46,6 +75,8 @@ def core_counts(c: Cluster, events: list[dict[str, Any]]) -> dict[str, Counter[s
         key = {"sent": "sends"}.get(key, key)
         if key == "reached":
             key = f"reached@{pc}"
+        elif key not in ("entered", "sends", "completed", "exited"):
+            continue  # per arm: core_arms
         out.setdefault(rid, Counter())[key] += n
     return out
 
@@ -71,6 +102,7 @@ async def test_counts_exact_through_a_failover(
     await hook.start()
     try:
         c: Cluster = cluster_factory(hook.url)
+        (c.rules_dir / "ab.yaml").write_text(EXPERIMENT)
         port = free_port()
         c.start_worker(
             "w1", "--analytics", "on", "--http-port", str(port), "--data", str(c.tmp / "in")
@@ -78,7 +110,8 @@ async def test_counts_exact_through_a_failover(
         c.start_worker("w2", "--analytics", "on")
         await wait_owned(c, ["w1", "w2"])
         # event times ahead of the clock: cart waits are pending at w2 when it dies
-        events = make_events(3000, int(time.time() * 1000) + 3000, customers=400)
+        # 397 customers: each gets every event type (page views, then orders that convert)
+        events = make_events(3000, int(time.time() * 1000) + 3000, customers=397)
         want = expected_keys(c.rules_dir, events)
         chunks = [events[i : i + 100] for i in range(0, len(events), 100)]
         for i, chunk in enumerate(chunks):
@@ -92,7 +125,7 @@ async def test_counts_exact_through_a_failover(
         rule_of = {d.key: d.body["rule_id"] for d in hook.deliveries}
         sent_by_rule = Counter(rule_of[k] for k in want)  # each action once
         expect = core_counts(c, events)
-        assert set(expect) == {"order-thanks", "viewed", "cart-later"}
+        assert set(expect) == {"order-thanks", "viewed", "cart-later", "page-ab"}
         assert {r: e["sends"] for r, e in expect.items()} == dict(sent_by_rule)
 
         url = f"http://127.0.0.1:{port}"
@@ -121,10 +154,27 @@ async def test_counts_exact_through_a_failover(
             async with s.get(f"{url}/v1/reports/rules", headers=auth) as r:
                 listing = {x["rule_id"]: x for x in (await r.json())["rules"]}
             assert {rid: x["sends"] for rid, x in listing.items()} == dict(sent_by_rule)
-            async with s.get(f"{url}/v1/reports/experiments/cart-later", headers=auth) as r:
+            # per arm: the experiment report's entries and conversions, the rule report's
+            # sends per variant, equal the core's (holdout entries get no send)
+            arms = core_arms(c, events)
+            assert {v for r, v in arms if r == "page-ab"} == {"a", "b", "holdout"}
+            assert arms[("page-ab", "holdout")]["conversions"] > 0
+            async with s.get(f"{url}/v1/reports/experiments/page-ab", headers=auth) as r:
                 assert r.status == 200
-                arms = (await r.json())["arms"]
-            assert sum(a["entered"] for a in arms) == expect["cart-later"]["entered"]
+                body = await r.json()
+            got_arms = {a["variant"]: (a["entered"], a["converted"]) for a in body["arms"]}
+            want_arms = {
+                v: (n["entered"], n["conversions"]) for (r, v), n in arms.items() if r == "page-ab"
+            }
+            assert got_arms == want_arms
+            async with s.get(f"{url}/v1/reports/rules/page-ab", headers=auth) as r:
+                detail = await r.json()
+            assert {v["variant"]: v["sends"] for v in detail["variants"]} == {
+                v: n["sends"] for (r, v), n in arms.items() if r == "page-ab"
+            }
+            assert detail["funnel"][0]["suppressed"] == {
+                "holdout": arms[("page-ab", "holdout")]["holdout"]
+            }
 
             # the console on the distributed ingest: the rule page shows the same funnel
             async with s.post(f"{url}/ui/login", data={"token": READ}) as r:
