@@ -87,6 +87,32 @@ def add_loadtest_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     lt.add_argument("--connections", type=int, default=256, help="HTTP connections at most")
     lt.add_argument("--drain", type=float, default=15.0, help="seconds to wait for probes")
     lt.add_argument("--late-ms", type=float, default=10.0, help="a send this late is late")
+    lt.add_argument(
+        "--senders",
+        type=int,
+        default=0,
+        help="send from N forked processes (0: this one); pin them apart from the engine "
+        "with taskset so the generator does not take the engine's core",
+    )
+    lt.add_argument(
+        "--recover",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="after --duration at --rate, go on for this long at --recover-rate and report "
+        "the time back to normal event-to-action p99",
+    )
+    lt.add_argument("--recover-rate", type=float, help="events per second during --recover")
+    lt.add_argument(
+        "--normal-p99-ms",
+        type=float,
+        help="the normal event-to-action p99 (default: the recovery's second half)",
+    )
+    lt.add_argument(
+        "--overload",
+        action="store_true",
+        help="an overload run: 429 answers are expected (reported as refused, exit 0)",
+    )
     lt.set_defaults(func=_cmd_loadtest)
 
 

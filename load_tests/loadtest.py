@@ -26,13 +26,29 @@ What it does:
    interpolated in the buckets); responses by status.
 5. Writes ``OUT/report.json``, ``OUT/report.md`` and ``latency_over_time.png``,
    ``latency_distribution.png``, ``throughput.png``; prints the Markdown summary.
+
+Overload runs (issue #18): ``--senders N`` forks N sender processes before the run
+(load_tests/sender.py) so the generator does not share a core with the engine's event
+loop when both are pinned (``taskset -c 0 nudge run ...``, ``taskset -c 1 nudge loadtest
+... --senders 1``); the webhook receiver stays in this process. ``--recover S
+--recover-rate R`` go on at a normal rate R for S seconds after the ``--duration`` at
+``--rate``; ``--overload`` makes 429 answers part of the test (counted as refused, exit
+0). The report then also has: the ingest latency of every answer (429s included), the
+refused requests and events, the accepted throughput during the overload, event-to-action
+latency of the probes sent during it, the target's RSS over the run (its
+``process_resident_memory_bytes``, sampled every second) and the time back to normal:
+the first second after the overload from which every one-second window of probes (by
+send time) has an event-to-action p99 within 1.5 x the normal p99 (the p99 of the
+recovery's second half, or ``--normal-p99-ms``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
+import re
 import sys
 import time
 import uuid
@@ -42,6 +58,7 @@ from typing import Any
 
 import orjson
 
+from load_tests.recovery import back_to_normal
 from load_tests.replay import events_url
 from load_tests.report import (
     bucket_quantile,
@@ -53,6 +70,7 @@ from load_tests.report import (
     render_markdown,
     write_plots,
 )
+from load_tests.sender import SenderPool, SendResult, Timeline, send_requests
 from load_tests.traffic import TrafficConfig, generate
 
 __all__ = ["PROBE_RULE", "PROBE_TYPE", "LoadtestOptions", "loadtest", "run_loadtest"]
@@ -72,8 +90,7 @@ steps:
       params: {{sent_at: "{{{{ trigger.sent_at }}}}"}}
 """
 TIMER_METRIC = "nudge_timer_lateness_seconds"
-_NOW = b'"@@LOADTEST_NOW@@"'
-_SENT = b'"@@LOADTEST_SENT_AT@@"'
+_RSS = re.compile(r"^process_resident_memory_bytes(?:\{[^}]*\})? ([0-9.e+]+)$", re.M)
 _HDR_MAX_US = 3_600_000_000  # one hour
 
 
@@ -94,12 +111,32 @@ class LoadtestOptions:
     drain: float = 15.0
     late_ms: float = 10.0
     warmup: float = 10.0
+    senders: int = 0  # 0: send from this process
+    recover: float = 0.0  # seconds at recover_rate after the run at rate
+    recover_rate: float = 0.0
+    normal_p99_ms: float | None = None
+    overload: bool = False  # 429 answers are expected: refused, not errors
 
 
 def _iso(epoch_s: float) -> bytes:
     ms = int(epoch_s * 1000)
     t = time.gmtime(ms // 1000)
     return (time.strftime('"%Y-%m-%dT%H:%M:%S', t) + f'.{ms % 1000:03d}Z"').encode()
+
+
+def make_timeline(opts: LoadtestOptions, run_id: str) -> Timeline:
+    """The run at ``rate`` for ``duration``, then the recovery at ``recover_rate``."""
+    bodies, counts = build_timeline(opts, run_id)
+    step = opts.batch / opts.rate
+    dues = [k * step for k in range(len(bodies))]
+    if opts.recover > 0 and opts.recover_rate > 0:
+        tail = dataclasses.replace(opts, rate=opts.recover_rate, duration=opts.recover)
+        more, more_counts = build_timeline(tail, run_id + "r")
+        step = opts.batch / opts.recover_rate
+        dues += [opts.duration + k * step for k in range(len(more))]
+        bodies += more
+        counts += more_counts
+    return Timeline(bodies, counts, dues)
 
 
 def _base(target: str) -> str:
@@ -237,24 +274,29 @@ async def _restore(session: Any, base: str, token: str, files: dict[str, str]) -
     print(f"restored the previous rule set: {r.status} {res.get('version')}", file=sys.stderr)
 
 
-async def _run(opts: LoadtestOptions, run_id: str) -> dict[str, Any]:
+async def _sample_rss(
+    session: Any, base: str, start: float, out: list[tuple[float, float]]
+) -> None:
+    """The target's RSS (MB) every second, from its ``/metrics``."""
+    while True:
+        text = await _metrics(session, base)
+        m = _RSS.search(text or "")
+        if m:
+            out.append((time.monotonic() - start, float(m.group(1)) / 1e6))
+        await asyncio.sleep(1.0)
+
+
+async def _run(
+    opts: LoadtestOptions, run_id: str, timeline: Timeline, pool: SenderPool | None
+) -> dict[str, Any]:
     from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
     from hdrh.histogram import HdrHistogram
 
     base = _base(opts.target)
     url = events_url(opts.target)
     headers = {"Authorization": f"Bearer {opts.token}", "Content-Type": "application/json"}
-    ingest = HdrHistogram(1, _HDR_MAX_US, 3)
-    from_sched = HdrHistogram(1, _HDR_MAX_US, 3)
     e2a = HdrHistogram(1, _HDR_MAX_US, 3)
-
-    t_gen = time.monotonic()
-    bodies, counts = build_timeline(opts, run_id)
-    print(
-        f"timeline: {sum(counts):,} events in {len(bodies):,} requests "
-        f"(built in {time.monotonic() - t_gen:.1f}s)",
-        file=sys.stderr,
-    )
+    counts = timeline.counts
 
     recv = _Receiver(e2a)
     app = web.Application()
@@ -263,13 +305,7 @@ async def _run(opts: LoadtestOptions, run_id: str) -> dict[str, Any]:
     await runner.setup()
     await web.TCPSite(runner, opts.hook_host, opts.hook_port).start()
     restore: dict[str, str] | None = None
-    statuses: dict[str, int] = {}
-    ingest_samples: list[tuple[float, float]] = []
-    sent_at_s: list[tuple[float, int]] = []
-    acked_at_s: list[tuple[float, int]] = []
-    lags: list[float] = []
-    probes_acked = 0
-    late = 0
+    rss: list[tuple[float, float]] = []
     try:
         async with ClientSession(
             connector=TCPConnector(limit=opts.connections),
@@ -309,53 +345,31 @@ async def _run(opts: LoadtestOptions, run_id: str) -> dict[str, Any]:
                     file=sys.stderr,
                 )
 
-            interval = opts.batch / opts.rate
-            late_s = opts.late_ms / 1000
-            loop_start = time.monotonic() + 0.05
+            loop_start = time.monotonic() + 0.2
             recv.start = loop_start
             recv.arrivals.clear()
             recv.measuring = True
-            tasks: set[asyncio.Task[None]] = set()
-
-            async def post(due: float, body: bytes, n: int) -> None:
-                nonlocal probes_acked
-                t0 = time.monotonic()
-                try:
-                    async with session.post(url, data=body, headers=headers) as r:
-                        status = r.status
-                        await r.read()
-                except (TimeoutError, ClientError, OSError):
-                    status = 0
-                t1 = time.monotonic()
-                key = str(status) if status else "connection_error"
-                statuses[key] = statuses.get(key, 0) + 1
-                if status == 202:
-                    ingest.record_value(max(1, round((t1 - t0) * 1e6)))
-                    from_sched.record_value(max(1, round((t1 - due) * 1e6)))
-                    ingest_samples.append((t0 - loop_start, (t1 - t0) * 1000))
-                    acked_at_s.append((t1 - loop_start, n))
-                    probes_acked += 1
-
-            for k, body in enumerate(bodies):
-                due = loop_start + k * interval
-                now = time.monotonic()
-                if due > now:
-                    await asyncio.sleep(due - now)
-                    now = time.monotonic()
-                lag = now - due
-                lags.append(lag)
-                if lag > late_s:
-                    late += 1
-                wall = time.time()
-                data = body.replace(_NOW, _iso(wall)).replace(_SENT, b"%.3f" % (wall * 1000))
-                sent_at_s.append((now - loop_start, counts[k]))
-                task = asyncio.create_task(post(due, data, counts[k]))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            send_end = time.monotonic()
-            bodies.clear()
-            while tasks:
-                await asyncio.gather(*list(tasks))
+            sampler = asyncio.create_task(_sample_rss(session, base, loop_start, rss))
+            try:
+                if pool is not None:
+                    pool.start(loop_start)
+                    span = timeline.dues[-1] if timeline.dues else 0.0
+                    sent = await pool.results(timeout=span + 180)
+                else:
+                    sent = await send_requests(
+                        url,
+                        headers,
+                        timeline,
+                        range(len(timeline.bodies)),
+                        loop_start,
+                        opts.connections,
+                        opts.late_ms,
+                    )
+            finally:
+                sampler.cancel()
+            send_end = loop_start + max((t for t, _ in sent.sent), default=0.0)
+            timeline.bodies.clear()
+            probes_acked = len(sent.acked)
             # wait for the probes still in the engine
             end = time.monotonic() + opts.drain
             while len(recv.probe_keys) < probes_acked and time.monotonic() < end:
@@ -365,10 +379,43 @@ async def _run(opts: LoadtestOptions, run_id: str) -> dict[str, Any]:
                 await _restore(session, base, opts.admin_token, restore)
     finally:
         await runner.cleanup()
+    return _report(opts, run_id, counts, sent, recv, send_end - loop_start, before, after, rss)
 
-    sent_time = max(1e-9, send_end - loop_start)
-    events_sent = sum(n for _, n in sent_at_s)
-    events_acked = sum(n for _, n in acked_at_s)
+
+def _hdr(values_ms: Any) -> Any:
+    from hdrh.histogram import HdrHistogram
+
+    h = HdrHistogram(1, _HDR_MAX_US, 3)
+    for v in values_ms:
+        h.record_value(max(1, round(v * 1000)))
+    return h
+
+
+def _report(
+    opts: LoadtestOptions,
+    run_id: str,
+    counts: list[int],
+    sent: SendResult,
+    recv: _Receiver,
+    sent_time: float,
+    before: str | None,
+    after: str | None,
+    rss: list[tuple[float, float]],
+) -> dict[str, Any]:
+    sent_time = max(1e-9, sent_time)
+    answers = sent.answers
+    statuses: dict[str, int] = {}
+    for _, _, status, _ in answers:
+        key = str(status) if status else "connection_error"
+        statuses[key] = statuses.get(key, 0) + 1
+    ok = [a for a in answers if a[2] == 202]
+    refused = [a for a in answers if a[2] == 429]
+    ingest = _hdr(ms for _, ms, _, _ in ok)
+    ingest_all = _hdr(ms for _, ms, status, _ in answers if status)
+    from_sched = _hdr((done - due) * 1000 for due, done in sent.acked)
+    events_sent = sum(n for _, n in sent.sent)
+    events_acked = sum(n for _, _, _, n in ok)
+    in_run = [a for a in ok if a[0] < opts.duration]
     timer: dict[str, Any] = {"available": before is not None and after is not None}
     if before is not None and after is not None:
         delta = histogram_delta(
@@ -380,9 +427,12 @@ async def _run(opts: LoadtestOptions, run_id: str) -> dict[str, Any]:
             p50=None if q50 is None else round(q50, 4),
             p99=None if q99 is None else round(q99, 4),
         )
-    lags.sort()
+    lags = sorted(sent.lags)
     ingest_dist = hdr_distribution(ingest)
-    e2a_dist = hdr_distribution(e2a)
+    e2a_dist = hdr_distribution(recv.hdr)
+    # probes by send time (arrival minus latency)
+    by_send = [(t - lat / 1000, lat) for t, lat in recv.samples]
+    overload_e2a = _hdr(lat for t, lat in by_send if t < opts.duration)
     report: dict[str, Any] = {
         "run_id": run_id,
         "config": {
@@ -392,8 +442,8 @@ async def _run(opts: LoadtestOptions, run_id: str) -> dict[str, Any]:
         },
         "requests": {
             "scheduled": len(counts),
-            "sent": len(sent_at_s),
-            "late": late,
+            "sent": len(sent.sent),
+            "late": sent.late,
             "late_threshold_ms": opts.late_ms,
             "max_send_lag_ms": round(lags[-1] * 1000, 3) if lags else 0.0,
             "p99_send_lag_ms": (
@@ -403,27 +453,48 @@ async def _run(opts: LoadtestOptions, run_id: str) -> dict[str, Any]:
             "events_acknowledged": events_acked,
             "send_rate": round(events_sent / sent_time, 1),
             "ack_rate": round(events_acked / sent_time, 1),
+            "accepted_rate_during_run": round(
+                sum(n for _, _, _, n in in_run) / max(1e-9, min(opts.duration, sent_time)), 1
+            ),
         },
+        "refused": {"requests": len(refused), "events": sum(n for _, _, _, n in refused)},
         "statuses": dict(sorted(statuses.items())),
-        "errors": {k: v for k, v in sorted(statuses.items()) if k != "202"},
+        "errors": {
+            k: v
+            for k, v in sorted(statuses.items())
+            if k != "202" and not (opts.overload and k == "429")
+        },
         "ingest_latency_ms": hdr_summary(ingest),
+        "ingest_all_answers_ms": hdr_summary(ingest_all),
         "ingest_from_schedule_ms": hdr_summary(from_sched),
-        "event_to_action_ms": hdr_summary(e2a),
+        "event_to_action_ms": hdr_summary(recv.hdr),
+        "event_to_action_during_run_ms": hdr_summary(overload_e2a),
         "probes": {
-            "sent": len(sent_at_s),
-            "acknowledged": probes_acked,
+            "sent": len(sent.sent),
+            "acknowledged": len(ok),
             "received": len(recv.probe_keys),
-            "missing": max(0, probes_acked - len(recv.probe_keys)),
+            "missing": max(0, len(ok) - len(recv.probe_keys)),
             "redelivered": recv.duplicates,
         },
         "actions_received": recv.actions,
         "timer_lateness_s": timer,
+        "rss_mb": {
+            "max": round(max((v for _, v in rss), default=0.0), 1) or None,
+            "last": round(rss[-1][1], 1) if rss else None,
+            "series": [(round(t, 1), round(v, 1)) for t, v in rss],
+        },
+        "recovery": back_to_normal(by_send, opts.duration, opts.recover, opts.normal_p99_ms)
+        if opts.recover > 0
+        else None,
         "series": {
             "events_sent_per_s": counts_per_second(
-                [t for t, _ in sent_at_s], [float(n) for _, n in sent_at_s]
+                [t for t, _ in sent.sent], [float(n) for _, n in sent.sent]
             ),
             "events_acknowledged_per_s": counts_per_second(
-                [t for t, _ in acked_at_s], [float(n) for _, n in acked_at_s]
+                [t for t, _, _, _ in ok], [float(n) for _, _, _, n in ok]
+            ),
+            "events_refused_per_s": counts_per_second(
+                [t for t, _, _, _ in refused], [float(n) for _, _, _, n in refused]
             ),
             "actions_per_s": counts_per_second(recv.arrivals),
         },
@@ -432,13 +503,15 @@ async def _run(opts: LoadtestOptions, run_id: str) -> dict[str, Any]:
     }
     plots = write_plots(
         opts.out,
-        ingest_samples,
+        [(t, ms) for t, ms, status, _ in answers if status],
         recv.samples,
         ingest_dist,
         e2a_dist,
         report["series"]["events_sent_per_s"],
         report["series"]["events_acknowledged_per_s"],
         report["series"]["actions_per_s"],
+        refused_per_s=report["series"]["events_refused_per_s"],
+        overload_end=opts.duration if opts.recover > 0 else None,
     )
     report["plots"] = [p.name for p in plots]
     return report
@@ -450,7 +523,29 @@ def loadtest(opts: LoadtestOptions) -> dict[str, Any]:
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / "probe.yaml").write_text(PROBE_RULE, encoding="utf-8")
     run_id = "lt" + uuid.uuid4().hex[:8]
-    report = _run_loop(opts, run_id)
+    t_gen = time.monotonic()
+    timeline = make_timeline(opts, run_id)
+    print(
+        f"timeline: {sum(timeline.counts):,} events in {len(timeline.bodies):,} requests "
+        f"(built in {time.monotonic() - t_gen:.1f}s)",
+        file=sys.stderr,
+    )
+    pool = None
+    if opts.senders > 0:  # forked before any event loop runs here
+        headers = {"Authorization": f"Bearer {opts.token}", "Content-Type": "application/json"}
+        pool = SenderPool(
+            opts.senders,
+            events_url(opts.target),
+            headers,
+            timeline,
+            opts.connections,
+            opts.late_ms,
+        )
+    try:
+        report = _run_loop(opts, run_id, timeline, pool)
+    finally:
+        if pool is not None:
+            pool.close()
     md = render_markdown(report)
     (opts.out / "report.json").write_bytes(
         orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"
@@ -460,13 +555,15 @@ def loadtest(opts: LoadtestOptions) -> dict[str, Any]:
     return report
 
 
-def _run_loop(opts: LoadtestOptions, run_id: str) -> dict[str, Any]:
+def _run_loop(
+    opts: LoadtestOptions, run_id: str, timeline: Timeline, pool: SenderPool | None
+) -> dict[str, Any]:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        return asyncio.run(_run(opts, run_id))
+        return asyncio.run(_run(opts, run_id, timeline, pool))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_run(opts, run_id))
+        return runner.run(_run(opts, run_id, timeline, pool))
 
 
 def run_loadtest(args: Any) -> int:
@@ -482,6 +579,9 @@ def run_loadtest(args: Any) -> int:
         print("--batch: 2 to 1000 events (one of them is the probe)", file=sys.stderr)
         return 2
     if not math.isfinite(args.rate):
+        return 2
+    if args.recover > 0 and not (args.recover_rate or 0) > 0:
+        print("--recover needs --recover-rate (the normal rate after the run)", file=sys.stderr)
         return 2
     out = Path(args.out)
     opts = LoadtestOptions(
@@ -499,6 +599,11 @@ def run_loadtest(args: Any) -> int:
         connections=args.connections,
         drain=args.drain,
         late_ms=args.late_ms,
+        senders=args.senders,
+        recover=args.recover,
+        recover_rate=args.recover_rate or 0.0,
+        normal_p99_ms=args.normal_p99_ms,
+        overload=args.overload,
     )
     if not opts.admin_token:
         print(

@@ -158,6 +158,28 @@ def _lat_row(name: str, s: Mapping[str, Any]) -> str:
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
+def _overload_rows(report: Mapping[str, Any]) -> list[str]:
+    """Throughput rows of an overload run: refused, accepted during the run, RSS, the
+    recovery."""
+    if "refused" not in report:
+        return []
+    req, rss = report["requests"], report.get("rss_mb") or {}
+    rows = [
+        f"| refused (429): requests / events | {_fmt(report['refused']['requests'])} / "
+        f"{_fmt(report['refused']['events'])} |",
+        f"| accepted rate during the run (events/s) | {_fmt(req['accepted_rate_during_run'])} |",
+        f"| target RSS max / last (MB) | {_fmt(rss.get('max'))} / {_fmt(rss.get('last'))} |",
+    ]
+    rec = report.get("recovery")
+    if rec:
+        rows.append(
+            f"| back to normal after the run (s) | {_fmt(rec['back_to_normal_s'])} "
+            f"(normal p99 {_fmt(rec['normal_p99_ms'])} ms, threshold "
+            f"{_fmt(rec['threshold_ms'])} ms) |"
+        )
+    return rows
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """The human summary of a loadtest report (also written to report.md)."""
     cfg = report["config"]
@@ -179,12 +201,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"| requests late to be sent (>{_fmt(req['late_threshold_ms'])} ms) "
         f"| {_fmt(req['late'])} (max lag {_fmt(req['max_send_lag_ms'])} ms) |",
         f"| actions received at the webhook | {_fmt(report['actions_received'])} |",
+        *_overload_rows(report),
         "",
         "| latency (ms) | count | p50 | p90 | p99 | p99.9 | max | mean |",
         "|---|---|---|---|---|---|---|---|",
         _lat_row("ingest (request start to 202)", report["ingest_latency_ms"]),
         _lat_row("ingest from schedule", report["ingest_from_schedule_ms"]),
         _lat_row("event to action (probe to webhook)", report["event_to_action_ms"]),
+        *(
+            [
+                _lat_row("ingest, every answer (429s too)", report["ingest_all_answers_ms"]),
+                _lat_row(
+                    "event to action, probes sent in the run",
+                    report["event_to_action_during_run_ms"],
+                ),
+            ]
+            if "ingest_all_answers_ms" in report
+            else []
+        ),
         "",
         f"Probes: {_fmt(report['probes']['sent'])} sent, "
         f"{_fmt(report['probes']['acknowledged'])} acknowledged, "
@@ -224,8 +258,13 @@ def write_plots(
     sent_per_s: Sequence[tuple[int, float]],
     acked_per_s: Sequence[tuple[int, float]],
     actions_per_s: Sequence[tuple[int, float]],
+    *,
+    refused_per_s: Sequence[tuple[int, float]] = (),
+    overload_end: float | None = None,
 ) -> list[Path]:
-    """latency_over_time.png, latency_distribution.png, throughput.png in ``out``."""
+    """latency_over_time.png, latency_distribution.png, throughput.png in ``out``
+    (``refused_per_s``: events answered 429; ``overload_end``: a line where the overload
+    stopped)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -239,13 +278,15 @@ def write_plots(
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
+        if overload_end is not None and xlabel.startswith("seconds"):
+            ax.axvline(overload_end, color="grey", linestyle=":", label="overload ends")
         ax.legend()
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
         return path
 
     fig, ax = plt.subplots(figsize=(10, 5))
-    for name, samples in (("ingest", ingest), ("event to action", e2a)):
+    for name, samples in (("ingest (every answer)", ingest), ("event to action", e2a)):
         series = per_second(samples)
         xs = [s["second"] for s in series]
         ax.plot(xs, [s["p50"] for s in series], label=f"{name} p50")
@@ -287,6 +328,7 @@ def write_plots(
         ("events sent/s", sent_per_s),
         ("events acknowledged/s", acked_per_s),
         ("actions received/s", actions_per_s),
+        *((("events refused (429)/s", refused_per_s),) if refused_per_s else ()),
     ):
         ax.plot([s for s, _ in counts], [v for _, v in counts], label=name)
     paths.append(

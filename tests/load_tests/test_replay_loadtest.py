@@ -192,3 +192,58 @@ def test_loadtest_writes_report_and_plots(engine: Engine, tmp_path: Path) -> Non
     with urllib.request.urlopen(req, timeout=10) as r:
         ids = [rule["id"] for rule in orjson.loads(r.read())["rules"]]
     assert "loadtest-probe" not in ids
+
+
+def test_loadtest_from_sender_processes_with_a_recovery(engine: Engine, tmp_path: Path) -> None:
+    """Two forked senders share the schedule; the run at --rate is followed by the
+    recovery at --recover-rate; the report has every answer's latency, the refused
+    count, the target's RSS and the recovery windows."""
+    out = tmp_path / "overload"
+    res = run_cli(
+        "loadtest",
+        "--target",
+        engine.base,
+        "--rate",
+        "600",
+        "--duration",
+        "2",
+        "--recover",
+        "2",
+        "--recover-rate",
+        "300",
+        "--senders",
+        "2",
+        "--overload",
+        "--customers",
+        "300",
+        "--batch",
+        "20",
+        "--token",
+        WRITE,
+        "--admin-token",
+        ADMIN,
+        "--hook-port",
+        str(engine.hook_port),
+        "--out",
+        str(out),
+    )
+    assert res.returncode == 0, res.stderr[-3000:] + engine.log.read_text()[-2000:]
+    report = orjson.loads((out / "report.json").read_bytes())
+    assert report["config"]["senders"] == 2
+    req = report["requests"]
+    assert req["scheduled"] == req["sent"] == 60 + 30
+    assert req["events_sent"] == 1200 + 600
+    answered = sum(v for k, v in report["statuses"].items() if k != "connection_error")
+    assert report["ingest_all_answers_ms"]["count"] == answered == 90
+    assert report["refused"]["requests"] == report["statuses"].get("429", 0)
+    assert req["events_acknowledged"] + report["refused"]["events"] == 1800
+    assert report["event_to_action_during_run_ms"]["count"] > 0
+    assert report["rss_mb"]["max"] > 10
+    rec = report["recovery"]
+    assert rec["normal_p99_ms"] > 0
+    assert [sec for sec, _ in rec["window_p99_ms"]] == [0, 1]
+    assert rec["back_to_normal_s"] in (0, 1, None)
+    md = (out / "report.md").read_text()
+    assert "back to normal after the run" in md
+    assert "every answer (429s too)" in md
+    assert (out / "throughput.png").read_bytes().startswith(b"\x89PNG")
