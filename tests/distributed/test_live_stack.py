@@ -8,12 +8,19 @@ rules: none fires on the healthy stack; each fires when its fault is injected: t
 traffic stops (NudgeNoEventsReceived), the sink refuses every action
 (NudgeDeadLettersGrowing, NudgeActionFailureRateHigh; NudgeSinkCircuitOpen may join
 them), a burst outruns the workers
-(NudgeEventBacklogHigh), a worker is killed (NudgeProcessDown).
+(NudgeEventBacklogHigh and NudgeWorkerLagHigh), a worker is killed (NudgeProcessDown).
+
+Overload at the ingest: it runs with an admission target its broker cannot meet
+(``--admission-target 0.002``), and a flood of concurrent requests gets immediate 429s
+with ``Retry-After`` (their answer times are printed), counted in
+``nudge_admission_shed_events_total`` and firing NudgeIngestThrottled; a lone request
+(the steady traffic) is still admitted.
 
 To run in minutes, the alert file is loaded with its durations shortened (``for`` 3 s,
-range windows and offsets 20 s) and the backlog threshold lowered from 100,000 to
-500 events; the expressions are otherwise the shipped ones. The workers run with
-``--batch-size 5`` so that a burst of 60,000 events builds a backlog on this machine.
+range windows and offsets 20 s), the backlog threshold lowered from 100,000 to
+500 events and the lag threshold from 30 s to 2 s; the expressions are otherwise the
+shipped ones. The workers run with ``--batch-size 5`` so that a burst of 60,000 events
+builds a backlog on this machine.
 """
 
 from __future__ import annotations
@@ -64,6 +71,9 @@ def fast_alerts(text: str) -> str:
     text = re.sub(r"\[\d+m\]", "[20s]", text)
     text = re.sub(r"offset \d+m", "offset 20s", text)
     text = text.replace("> 100000", "> 500")
+    lag = 'nudge_worker_lag_seconds{job=~"nudge.*"}) > 30'
+    assert lag in text
+    text = text.replace(lag, lag.replace("> 30", "> 2"))
     assert "[10m]" not in text
     assert "for: 10m" not in text
     return text
@@ -146,8 +156,16 @@ async def test_dashboard_and_alerts_on_a_live_distributed_stack(
     c.sinks_file.write_text(json.dumps({"default": "hook", "sinks": {"hook": hook_sink}}))
     ports = {name: free_port() for name in ("ingest", "w1", "w2")}
     for name, port in ports.items():
+        admission = ("--admission-target", "0.002") if name == "ingest" else ()
         c.start_worker(
-            name, "--http-port", str(port), "--data", str(c.tmp / name), "--batch-size", "5"
+            name,
+            "--http-port",
+            str(port),
+            "--data",
+            str(c.tmp / name),
+            "--batch-size",
+            "5",
+            *admission,
         )
     alerts = tmp_path / "alerts.yml"
     alerts.write_text(fast_alerts(ALERTS.read_text(encoding="utf-8")), encoding="utf-8")
@@ -192,9 +210,58 @@ async def test_dashboard_and_alerts_on_a_live_distributed_stack(
             admin = {"Authorization": f"Bearer {ADMIN}"}
             async with session.put(base + "/v1/rules", json={"files": files}, headers=admin) as r:
                 assert r.status == 200, await r.text()
+            # --- overload at the ingest: concurrent floods get fast 429s
+            answers: list[tuple[int, float, str | None]] = []
+
+            async def flood(k: int) -> None:
+                for j in range(5):  # rounds 1 s apart: the 429 series spans scrapes
+                    if j:
+                        await asyncio.sleep(1.0)
+                    stamp = iso(int(time.time() * 1000))
+                    events = [
+                        {
+                            "event_id": f"flood-{k}-{j}-{i}",
+                            "type": "flood_probe",
+                            "customer_id": f"f{i % 100}",
+                            "timestamp": stamp,
+                        }
+                        for i in range(200)
+                    ]
+                    t0 = time.perf_counter()
+                    async with session.post(base + "/v1/events", json=events, headers=auth) as r:
+                        await r.read()
+                        answers.append(
+                            (r.status, time.perf_counter() - t0, r.headers.get("Retry-After"))
+                        )
+
+            await asyncio.gather(*(flood(k) for k in range(8)))
+            refused = sorted(t for status, t, _ in answers if status == 429)
+            assert {status for status, _, _ in answers} <= {202, 429}, answers
+            assert refused, answers
+            assert all(int(ra or 0) >= 1 for status, _, ra in answers if status == 429)
+            print(
+                f"flood: {len(answers) - len(refused)} admitted, {len(refused)} refused; "
+                f"429 answer times p50 {refused[len(refused) // 2] * 1000:.1f} ms, "
+                f"max {refused[-1] * 1000:.1f} ms"
+            )
+            shed_query = 'sum(nudge_admission_shed_events_total{job="nudge-ingest"})'
+
+            def shed() -> float:
+                got = prom.query(shed_query)
+                return float(got[0]["value"][1]) if got else 0.0
+
+            await wait_for("the shed events scraped", lambda: shed() >= 200 * len(refused), 30, c)
+            assert shed() == 200 * len(refused)
+            await wait_for(
+                "NudgeIngestThrottled",
+                lambda: "NudgeIngestThrottled" in prom.fired_since(60),
+                60,
+                c,
+            )
+            await wait_for("the throttling alert resolved", lambda: not prom.firing(), 90, c)
+
             traffic = Traffic(session, base + "/v1/events")
             traffic_task = asyncio.create_task(traffic.run())
-            del auth
 
             # --- every dashboard query returns data (but nudge run's own panels)
             exprs = [e for e in dashboard_exprs(GRAFANA_VARS) if not e.startswith("label_")]
@@ -264,11 +331,15 @@ async def test_dashboard_and_alerts_on_a_live_distributed_stack(
             ]
             await produce(c.kafka.bootstrap, c.events_topic, burst)
             await wait_for(
-                "NudgeEventBacklogHigh",
-                lambda: "NudgeEventBacklogHigh" in prom.fired_since(60),
+                "NudgeEventBacklogHigh and NudgeWorkerLagHigh",
+                lambda: {"NudgeEventBacklogHigh", "NudgeWorkerLagHigh"} <= prom.fired_since(90),
                 150,
                 c,
             )
+            ages = prom.query(
+                'max_over_time(max(nudge_worker_lag_seconds{job=~"nudge.*"})[90s:1s])'
+            )
+            print("backlog: max lag in seconds", ages[0]["value"][1])
             lag = prom.query('max_over_time(max(nudge_queue_depth{job=~"nudge.*"})[60s:1s])')
             print("backlog: max lag", lag[0]["value"][1])
             await wait_for(
