@@ -125,24 +125,32 @@ class Partition:
         cid = out.customer_id
         if cid:
             self.dirty.add(cid)
-            if self.tally is not None:
-                self._count(out, cid)
+            tally = self.tally
+            # The processor notes what flows do (``Output.notes``); an output with no
+            # note, conversion or feedback event counts nothing and is skipped without
+            # a lookup.
+            if tally is not None and (
+                out.notes or out.conversions or (self._event is not None and self._feedback(out))
+            ):
+                event = self._event  # the input, if an event of this customer's
+                if event is not None and (out.timer_due is not None or event.customer_id != cid):
+                    event = None
+                counts = tally.counts(cid)
+                rs = self.driver.processor.ruleset
+                observe(rs, self.store.get(cid), out, event, self.clock.now(), counts)
+                if not counts:
+                    tally.drop_empty(cid)
         self._on_output(out)
 
-    # The processor notes what flows do (``Output.notes``); an output with no note,
-    # conversion or feedback event counts nothing and is skipped without a lookup.
-    def _count(self, out: Output, cid: str) -> None:
-        tally = self.tally
-        assert tally is not None
-        event = self._event  # the input, if an event of this customer's
-        if event is not None and (out.timer_due is not None or event.customer_id != cid):
-            event = None
-        if out.notes or out.conversions or (event is not None and event.type in FEEDBACK):
-            counts = tally.counts(cid)
-            rs = self.driver.processor.ruleset
-            observe(rs, self.store.get(cid), out, event, self.clock.now(), counts)
-            if not counts:
-                tally.drop_empty(cid)
+    def _feedback(self, out: Output) -> bool:
+        """Whether ``out`` is the output of a provider feedback event of its customer."""
+        event = self._event
+        return (
+            event is not None
+            and out.timer_due is None
+            and event.customer_id == out.customer_id
+            and event.type in FEEDBACK
+        )
 
     # --- customers ---------------------------------------------------------------------
     def erase(self, customer_id: str) -> bool:

@@ -89,20 +89,28 @@ def observe(
     """Count what ``out`` did (``event``: the input, None for a timer) at processing
     time ``now`` into ``add``: its flow notes, conversions and the feedback event."""
     hour = now // HOUR_MS
+    # add[k] = get(k, 0) + 1 rather than add[k] += 1: a Counter's missing key goes
+    # through its Python-level __missing__, and most keys here are new (a customer's
+    # counts start empty after each checkpoint)
+    get = add.get
     for kind, rid, version, variant, pc, detail in out.notes or ():
         if kind == "send":
             assert isinstance(detail, Fire)
-            add[(rid, version, variant, pc, "reached", hour)] += 1
-            add[(rid, version, detail.variant, pc, _outcome_metric(detail), hour)] += 1
-        elif kind == "reach":
-            add[(rid, version, variant, pc, "reached", hour)] += 1
+            k = (rid, version, variant, pc, "reached", hour)
+            add[k] = get(k, 0) + 1
+            k = (rid, version, detail.variant, pc, _outcome_metric(detail), hour)
+            add[k] = get(k, 0) + 1
+            continue
+        if kind == "reach":
+            k = (rid, version, variant, pc, "reached", hour)
         elif kind == "enter":
-            add[(rid, version, variant, -1, "entered", hour)] += 1
+            k = (rid, version, variant, -1, "entered", hour)
         elif kind == "exit":
             why = str(detail).partition(":")[0]  # segment_entered:<id> -> segment_entered
-            add[(rid, version, variant, -1, f"exited:{why}", hour)] += 1
+            k = (rid, version, variant, -1, f"exited:{why}", hour)
         else:
-            add[(rid, version, variant, -1, "completed", hour)] += 1
+            k = (rid, version, variant, -1, "completed", hour)
+        add[k] = get(k, 0) + 1
     if out.conversions:
         post = st.flows if st is not None and st.flows else None
         cents = _revenue_cents(event)
