@@ -38,8 +38,9 @@ from typing import Any
 from engine.analytics.tally import ORPHAN, Tally
 from engine.distributed.storage.analytics import RedisAnalytics
 from engine.distributed.storage.changelog import row_counts
+from engine.distributed.storage.counts import pack_counts, unpack_counts
 from engine.tasks import cancel
-from state.analytics import Cell, decode_pending, pending_row
+from state.analytics import Cell
 from state.customer import CustomerState
 
 __all__ = ["ChangelogAggregator", "take_row_counts"]
@@ -66,7 +67,7 @@ def take_row_counts(tally: Tally, dirty: list[str], rows: list[CustomerState]) -
     have = {st.customer_id for st in rows}
     for cid in [c for c in taken if c not in have]:
         taken.setdefault(first, Counter()).update(taken.pop(cid))
-    return {cid: pending_row(cid, counts)[1] for cid, counts in taken.items()}
+    return {cid: pack_counts(counts) for cid, counts in taken.items()}
 
 
 class ChangelogAggregator:
@@ -217,7 +218,10 @@ class ChangelogAggregator:
         for rec in recs:
             body = row_counts(rec.value) if rec.value else None
             if body:
-                counts.update(decode_pending(body))
+                try:
+                    counts.update(unpack_counts(body))
+                except ValueError as err:  # a newer worker's format: not this version's
+                    logger.error("analytics: offset %d of p%d: %s", rec.offset, partition, err)
         last = recs[-1].offset
         if not await self.store.fold(partition, expected, last, counts, self.now()):
             self.conflicts += 1

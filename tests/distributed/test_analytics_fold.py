@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 from engine.distributed.analytics import ChangelogAggregator
 from engine.distributed.storage.analytics import RedisAnalytics
 from engine.distributed.storage.changelog import decode_row, encode_row, row_counts
-from state.analytics import HOUR_MS, Cell, decode_pending, pending_row
+from engine.distributed.storage.counts import pack_counts, unpack_counts
+from state.analytics import HOUR_MS, Cell
 from state.customer import CustomerState
 from tests.support.servers import KafkaServer, RedisServer
 
@@ -40,10 +41,12 @@ def test_row_frame_round_trips() -> None:
     st = CustomerState("c1", NOW, NOW)
     plain = encode_row(st)
     assert row_counts(plain) is None
-    body = pending_row("c1", _counts(4))[1]
+    c = _counts(5)
+    c[("view", 2, "", 0, "feedback:opened", HOUR)] += 2  # a metric without a code
+    body = pack_counts(c)
     framed = encode_row(st, body)
     assert row_counts(framed) == body
-    assert decode_pending(body) == _counts(4)
+    assert unpack_counts(body) == c
     assert decode_row(framed).customer_id == "c1"
     assert decode_row(plain).customer_id == "c1"
 
@@ -61,7 +64,7 @@ async def _produce(bootstrap: str, topic: str, n: int, partitions: int) -> Count
             counts = _counts(i) if i % 4 else None  # some rows carry none
             if counts:
                 want.update(counts)
-            body = pending_row(st.customer_id, counts)[1] if counts else None
+            body = pack_counts(counts) if counts else None
             futs.append(
                 await producer.send(
                     topic,

@@ -9,17 +9,18 @@ from collections import Counter
 import orjson
 
 from engine.distributed.analytics import take_row_counts
+from engine.distributed.storage.counts import unpack_counts
 from engine.events import decode_event
 from engine.partition import Partition
 from rules.ruleset import load_texts
-from state.analytics import Cell, decode_pending
+from state.analytics import Cell
 from tests.support.traces import TIMING_FREE_RULES, make_events
 
 
 def _unpack(packed: dict[str, bytes]) -> Counter[Cell]:
     out: Counter[Cell] = Counter()
     for body in packed.values():
-        out.update(decode_pending(body))
+        out.update(unpack_counts(body))
     return out
 
 

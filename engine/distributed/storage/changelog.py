@@ -22,7 +22,7 @@ tombstone (``None``).
 Campaign analytics (``nudge worker --analytics on``, docs/analytics.md): a row may carry
 the customer's campaign counts since its previous row, framed before the state
 (``0xC1``, a byte MessagePack never uses, a 4-byte big-endian length, the counts as
-``state.analytics.pending_row`` packs them, then the state). The row is one record, so
+engine/distributed/storage/counts.py packs them, then the state). The row is one record, so
 the counts are durable exactly when the state that includes their inputs is; the
 aggregator (engine/distributed/analytics.py) reads only the frame (:func:`row_counts`).
 """
@@ -53,7 +53,7 @@ def encode_row(st: CustomerState, counts: bytes | None = None) -> bytes:
 
 
 def row_counts(raw: bytes) -> bytes | None:
-    """The campaign counts a row carries (``decode_pending``), None when none."""
+    """The campaign counts a row carries (``unpack_counts``), None when none."""
     if not raw or raw[0] != _COUNTS:
         return None
     return raw[5 : 5 + int.from_bytes(raw[1:5], "big")]
