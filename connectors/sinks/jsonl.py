@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,7 +35,10 @@ class JsonlSink:
     Concurrent sends are written in batches by one writer (group commit: one fsync covers
     every line queued meanwhile). The file is only ever appended to, except that
     :meth:`start` truncates an unterminated last line left by a crash (that line's ``send``
-    never returned, so the action will be sent again). A record is a line ending in ``\\n``.
+    never returned, so the action will be sent again), and :meth:`redact` overwrites an
+    erased customer's lines in place with ``{}`` and spaces (still a JSON Lines file:
+    every line a JSON value; :func:`read_jsonl_actions` skips them). A record is a line
+    ending in ``\\n``.
     """
 
     def __init__(
@@ -77,17 +81,20 @@ class JsonlSink:
         await done
 
     async def redact(self, customer_id: str) -> int:
-        """Rewrite the file without the lines of ``customer_id``'s actions (erasure),
-        after the writes queued now; sends meanwhile wait for the reopened file. The new
-        file replaces the old atomically (a crash leaves one or the other, whole).
-        Returns how many lines were dropped."""
+        """Redact the lines of ``customer_id``'s actions (erasure): each is overwritten in
+        place with ``{}`` and spaces (its length and every other line's offset stay), after the
+        writes queued now; sends meanwhile wait for the reopened file. A line is one
+        ``pwrite``, so a crash leaves each line whole or redacted; the file is fsynced
+        before this returns. The file is searched, not rewritten: the cost is a read at
+        memory speed (~0.1 s for 250 MB in the page cache), not a copy of the file.
+        Returns how many lines were redacted."""
         async with self._opening:
             if self._writer is not None:
                 await self._writer
             file, self._file = self._file, None
             if file is not None:
                 await asyncio.to_thread(_sync_close, file)
-            dropped = await asyncio.to_thread(_rewrite_without, self.path, customer_id)
+            dropped = await asyncio.to_thread(_redact_lines_of, self.path, customer_id)
         await self.start()
         return dropped
 
@@ -138,31 +145,38 @@ class JsonlSink:
             self._unsynced = 0
 
 
-def _rewrite_without(path: Path, customer_id: str) -> int:
-    if not path.exists():
+_REDACTED = b"{}"
+
+
+def _redact_lines_of(path: Path, customer_id: str) -> int:
+    """Overwrite with ``{}`` and spaces every complete line whose ``customer_id`` is
+    ``customer_id`` (found by its JSON string, then the exact field); returns how many."""
+    if not path.exists() or path.stat().st_size == 0:
         return 0
     needle = orjson.dumps(customer_id)
-    tmp = path.with_name(path.name + ".redact")
-    dropped = 0
-    with path.open("rb") as src, tmp.open("wb") as dst:
-        for line in src:
-            if needle in line:  # cheap filter, then the exact field
-                try:
-                    if orjson.loads(line).get("customer_id") == customer_id:
-                        dropped += 1
-                        continue
-                except (orjson.JSONDecodeError, AttributeError):
-                    pass
-            dst.write(line)
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
+    redacted = 0
+    fd = os.open(path, os.O_RDWR)
     try:
-        os.fsync(fd)
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
+            pos = mm.find(needle)
+            while pos >= 0:
+                start = mm.rfind(b"\n", 0, pos) + 1
+                end = mm.find(b"\n", pos)
+                if end < 0:  # an unterminated tail: not a record (start() truncates it)
+                    break
+                try:
+                    hit = orjson.loads(mm[start:end]).get("customer_id") == customer_id
+                except (orjson.JSONDecodeError, AttributeError):
+                    hit = False
+                if hit:
+                    os.pwrite(fd, _REDACTED.ljust(end - start), start)
+                    redacted += 1
+                pos = mm.find(needle, end)
+        if redacted:
+            os.fsync(fd)
     finally:
         os.close(fd)
-    return dropped
+    return redacted
 
 
 def _drop_partial_tail(file: IO[bytes], path: Path) -> None:
@@ -198,7 +212,8 @@ def _sync_close(file: IO[bytes]) -> None:
 def read_jsonl_actions(path: str | os.PathLike[str]) -> list[Action]:
     """Every action in a file written by :class:`JsonlSink`, in file order.
 
-    An unterminated last line (a crash mid-write, or a writer still appending) is ignored.
+    An unterminated last line (a crash mid-write, or a writer still appending) is ignored,
+    and so are blank lines and redacted ones (``{}``: an erased customer's).
     Any other line that is not a valid action raises :class:`ConnectorError` with
     ``field`` ``"<path>:<line number>"``. A missing file raises ``FileNotFoundError``.
     """
@@ -207,7 +222,7 @@ def read_jsonl_actions(path: str | os.PathLike[str]) -> list[Action]:
     lines.pop()  # after the last "\n": empty, or a partial line
     actions = []
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        if not line.strip() or line.rstrip() == _REDACTED:
             continue
         try:
             actions.append(_action_from_json(orjson.loads(line)))

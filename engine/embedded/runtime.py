@@ -522,9 +522,11 @@ class Runtime:
         m = self.metrics
         mode = self.cfg.checkpoint_mode
         took = 0.0
+        await self._index_journal()  # built once at start, then kept current
         while True:
             # a paced round takes most of the interval: rounds start an interval apart
             await asyncio.sleep(max(0.0, self.cfg.checkpoint_interval - took))
+            await self._index_journal()
             t0 = time.monotonic()
             try:
                 if mode == "paced":
@@ -583,6 +585,17 @@ class Runtime:
             "segments": dict(sorted((st.segments or {}).items())) if st is not None else {},
             **record,
         }
+
+    async def _index_journal(self) -> None:
+        """Bring the journal's customer index up to date, off the journal's thread (an
+        erase then reads only the rows it names: engine/embedded/storage/journal_index.py).
+        A failure is logged: the erase refreshes it again before it reads."""
+        if self.store is None:
+            return
+        try:
+            await asyncio.to_thread(self.store.refresh_index)
+        except Exception as err:
+            logger.warning("journal index not refreshed: %s", err)
 
     async def erase(self, customer_id: str, suppress: bool = False) -> dict[str, Any]:
         """Erase a customer everywhere in the data directory: state and timers (memory and

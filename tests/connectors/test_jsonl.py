@@ -116,3 +116,29 @@ def test_negative_cadence_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConnectorError) as info:
         JsonlSink(tmp_path / "a.jsonl", fsync_every=-1)
     assert info.value.field == "fsync_every"
+
+
+async def test_redact_blanks_the_customers_lines_in_place(
+    tmp_path: Path, make_action: ActionFactory
+) -> None:
+    """Erasure: the customer's lines become ``{}`` and spaces (same length, other lines
+    untouched, readers skip them); an id that only prefixes another (c1 / c12) or appears in another
+    customer's params is not taken for it; sends go on after."""
+    path = tmp_path / "actions.jsonl"
+    sink = JsonlSink(path)
+    await sink.send(make_action("a", customer_id="c1", params={"email": "c1@example.com"}))
+    await sink.send(make_action("b", customer_id="c12"))
+    await sink.send(make_action("c", customer_id="c2", params={"ref": "c1"}))
+    await sink.send(make_action("d", customer_id="c1"))
+    before = path.read_bytes()
+    assert await sink.redact("c1") == 2
+    after = path.read_bytes()
+    assert len(after) == len(before)
+    assert b"c1@example.com" not in after
+    assert b'"customer_id":"c1"' not in after
+    assert [orjson.loads(x) for x in after.splitlines()][::3] == [{}, {}]  # still JSON lines
+    assert [a.idempotency_key for a in read_jsonl_actions(path)] == ["b", "c"]
+    assert await sink.redact("c1") == 0  # nothing left of it
+    await sink.send(make_action("e", customer_id="c1"))  # a new customer under the id
+    await sink.close()
+    assert [a.idempotency_key for a in read_jsonl_actions(path)] == ["b", "c", "e"]

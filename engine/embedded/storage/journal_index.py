@@ -1,0 +1,132 @@
+"""Which journal rows hold a customer's events: an in-memory index, for erasure.
+
+Erasing a customer replaces its journaled events with ``null``. Reading the whole
+retained journal to find them costs O(journal): at 1M customers (a ~120 MB journal) over
+a second per erase. This index keeps, per journal row, a 16-bit fingerprint (CRC-32, low
+half) of each distinct customer id among its events: ~2 bytes an event, ~1 MB per
+500k events, built once at start and then kept current incrementally. An erase reads and
+decodes only the rows whose fingerprints include the id's; a fingerprint shared with
+another id costs a decode, never a miss (the row is decoded and each event's id compared
+exactly).
+
+Rows are read through a connection of the index's own (WAL: readers never block the
+journal's writer), rows appended since the last refresh at the next one (the runtime
+refreshes in the background after each checkpoint, and every erase first), rows trimmed
+from the journal dropped. Bodies that are not a plain JSON array (a format this module
+does not know) are indexed as holding every id, so they are always decoded by the erase.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import zlib
+from pathlib import Path
+
+import msgspec
+
+__all__ = ["JournalIndex", "fingerprint"]
+
+
+class _Cid(msgspec.Struct):
+    customer_id: str
+
+
+_ids = msgspec.json.Decoder(list[_Cid | None])
+
+
+def fingerprint(customer_id: str) -> bytes:
+    return (zlib.crc32(customer_id.encode()) & 0xFFFF).to_bytes(2, "little")
+
+
+def fingerprints(body: bytes) -> bytes | None:
+    """The sorted distinct fingerprints of the ids of a journal body's events (erased
+    ones, ``null``, left out); None for a body this module cannot read."""
+    try:
+        events = _ids.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    fps = {zlib.crc32(e.customer_id.encode()) & 0xFFFF for e in events if e is not None}
+    return b"".join(fp.to_bytes(2, "little") for fp in sorted(fps))
+
+
+def _holds(fps: bytes, fp: bytes) -> bool:
+    i = fps.find(fp)
+    while i >= 0:
+        if i % 2 == 0:
+            return True
+        i = fps.find(fp, i + 1)
+    return False
+
+
+class JournalIndex:
+    """Fingerprints of the journal at ``path``, by row (the row's first seq)."""
+
+    def __init__(self, path: Path, batch: int = 2000) -> None:
+        self.path = path
+        self.batch = batch
+        # in seq order (inserted in order); None: a body of unknown format (any id)
+        self._rows: dict[int, bytes | None] = {}
+        self.upto = 0  # the last row indexed
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            uri = f"file:{self.path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        return self._db
+
+    def refresh(self) -> int:
+        """Index the rows appended since the last refresh and forget the trimmed ones;
+        returns how many rows were read. Safe from any thread (one at a time)."""
+        if not self.path.exists():
+            return 0
+        with self._lock:
+            db = self._conn()
+            low = db.execute("SELECT MIN(seq) FROM journal").fetchall()[0][0]
+            rows = self._rows
+            if low is None:
+                rows.clear()
+            else:
+                trimmed = []
+                for seq in rows:  # oldest first
+                    if seq >= low:
+                        break
+                    trimmed.append(seq)
+                for seq in trimmed:
+                    del rows[seq]
+            n = 0
+            while True:
+                got = db.execute(
+                    "SELECT seq, body FROM journal WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (self.upto, self.batch),
+                ).fetchall()
+                for seq, body in got:
+                    rows[int(seq)] = fingerprints(bytes(body))
+                    self.upto = int(seq)
+                n += len(got)
+                if len(got) < self.batch:
+                    return n
+
+    def candidates(self, customer_id: str) -> list[int]:
+        """The rows (first seqs) that may hold an event of ``customer_id``."""
+        fp = fingerprint(customer_id)
+        with self._lock:
+            return [s for s, fps in self._rows.items() if fps is None or _holds(fps, fp)]
+
+    def rewritten(self, seq: int, body: bytes) -> None:
+        """Row ``seq`` was rewritten (an erase): index its new body."""
+        fps = fingerprints(body)
+        with self._lock:
+            if seq in self._rows:
+                self._rows[seq] = fps
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
