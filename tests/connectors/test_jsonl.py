@@ -142,3 +142,49 @@ async def test_redact_blanks_the_customers_lines_in_place(
     await sink.send(make_action("e", customer_id="c1"))  # a new customer under the id
     await sink.close()
     assert [a.idempotency_key for a in read_jsonl_actions(path)] == ["b", "c", "e"]
+
+
+async def test_redact_reads_only_the_chunks_the_line_index_names(
+    tmp_path: Path, make_action: ActionFactory
+) -> None:
+    """A file of several 1 MiB chunks: the customer's lines (one across a chunk boundary)
+    are all redacted while only the chunks that may hold them are read. The index is
+    built from the file when a sink opens it, kept as it appends, and not trusted once
+    the file changed behind it (the whole file is searched then)."""
+    from connectors.sinks import jsonl as jsonl_mod
+    from connectors.sinks.jsonl_index import CHUNK, LineIndex
+
+    path = tmp_path / "actions.jsonl"
+    first = JsonlSink(path, fsync_every=0)
+    for i in range(3000):  # written by an earlier process
+        await first.send(make_action(f"k{i}", customer_id=f"o{i}"))
+    await first.send(make_action("m0", customer_id="me"))
+    await first.close()
+    sink = JsonlSink(path, fsync_every=0)  # a restart: the index is built from the file
+    n, mine = 3000, 1
+    while path.stat().st_size < 4 * CHUNK:
+        if path.stat().st_size > 2 * CHUNK - 300 and mine == 1:  # across the boundary
+            await sink.send(make_action("m1", customer_id="me"))
+            mine += 1
+        await sink.send(make_action(f"k{n}", customer_id=f"o{n}"))
+        n += 1
+    await sink.send(make_action("m2", customer_id="me"))
+    await sink.close()
+    await sink.start()
+    index = sink._index
+    assert index is not None
+    assert index.size == path.stat().st_size
+    chunks = list(index.chunks("me"))
+    assert 3 <= len(chunks) < 5  # those holding its lines (and any collision), not all
+    blind = LineIndex()  # an index naming no chunk: nothing is read, nothing found
+    blind.size = index.size
+    assert jsonl_mod._redact_lines_of(path, "me", blind) == 0
+    assert await sink.redact("me") == 3
+    data = path.read_bytes()
+    assert b'"customer_id":"me"' not in data
+    assert len(read_jsonl_actions(path)) == n  # every other line whole
+    await sink.close()
+    # appended behind the sink's back: its index no longer describes the file
+    with path.open("ab") as f:
+        f.write(orjson.dumps(make_action("late", customer_id="me").to_json_dict()) + b"\n")
+    assert jsonl_mod._redact_lines_of(path, "me", index) == 1
