@@ -203,6 +203,13 @@ def run_once(timers: int, window: float, flooders: int, opts: argparse.Namespace
     within = next((c for le, c in delta if le == 0.25), 0.0)
     q50, q99 = bucket_quantile(0.5, delta), bucket_quantile(0.99, delta)
     accepted = sum(ok for ok, _ in flood)
+    # where a timer waits under saturation: the journal commit of the events accepted
+    # around its due time (timers fire no later than an event accepted after them)
+    commit = histogram_delta(
+        parse_histogram(before, "nudge_journal_commit_seconds"),
+        parse_histogram(after, "nudge_journal_commit_seconds"),
+    )
+    c50, c99 = bucket_quantile(0.5, commit), bucket_quantile(0.99, commit)
     return {
         "flooders": flooders,
         "timers": timers,
@@ -214,6 +221,8 @@ def run_once(timers: int, window: float, flooders: int, opts: argparse.Namespace
         "share_within_250ms": round(within / total, 4) if total else None,
         "flood_accepted_events_per_s": round(accepted / max(1e-9, stop_at - flood_start)),
         "flood_refused_events": sum(r for _, r in flood),
+        "journal_commit_p50_ms": None if c50 is None else round(c50 * 1000, 1),
+        "journal_commit_p99_ms": None if c99 is None else round(c99 * 1000, 1),
     }
 
 
