@@ -13,7 +13,9 @@ Rows are read through a connection of the index's own (WAL: readers never block 
 journal's writer), rows appended since the last refresh at the next one (the runtime
 refreshes in the background after each checkpoint, and every erase first), rows trimmed
 from the journal dropped. Bodies that are not a plain JSON array (a format this module
-does not know) are indexed as holding every id, so they are always decoded by the erase.
+does not know) are indexed as holding every id, so they are always decoded by the erase:
+a store whose bodies are sealed at rest passes ``open_body`` (body -> plaintext), else
+every sealed row would be one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -60,11 +63,15 @@ def _holds(fps: bytes, fp: bytes) -> bool:
 
 
 class JournalIndex:
-    """Fingerprints of the journal at ``path``, by row (the row's first seq)."""
+    """Fingerprints of the journal at ``path``, by row (the row's first seq); ``open_body``
+    turns a stored body into the JSON array (a store sealing bodies at rest)."""
 
-    def __init__(self, path: Path, batch: int = 2000) -> None:
+    def __init__(
+        self, path: Path, batch: int = 2000, open_body: Callable[[bytes], bytes] | None = None
+    ) -> None:
         self.path = path
         self.batch = batch
+        self._open_body = open_body
         # in seq order (inserted in order); None: a body of unknown format (any id)
         self._rows: dict[int, bytes | None] = {}
         self.upto = 0  # the last row indexed
@@ -105,8 +112,10 @@ class JournalIndex:
                     "SELECT seq, body FROM journal WHERE seq > ? ORDER BY seq LIMIT ?",
                     (self.upto, self.batch),
                 ).fetchall()
+                opened = self._open_body
                 for seq, body in got:
-                    rows[int(seq)] = fingerprints(bytes(body))
+                    raw = bytes(body)
+                    rows[int(seq)] = fingerprints(raw if opened is None else opened(raw))
                     self.upto = int(seq)
                 n += len(got)
                 if len(got) < self.batch:
