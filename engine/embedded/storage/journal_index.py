@@ -67,7 +67,7 @@ class JournalIndex:
     turns a stored body into the JSON array (a store sealing bodies at rest)."""
 
     def __init__(
-        self, path: Path, batch: int = 2000, open_body: Callable[[bytes], bytes] | None = None
+        self, path: Path, batch: int = 64, open_body: Callable[[bytes], bytes] | None = None
     ) -> None:
         self.path = path
         self.batch = batch
