@@ -194,8 +194,14 @@ async def _erase(
         "ready_s": round(ready, 1),
         "erased": len(times),
         "p50_ms": round(_pct(times, 0.50) * 1000, 1),
+        "p90_ms": round(_pct(times, 0.90) * 1000, 1),
         "p99_ms": round(_pct(times, 0.99) * 1000, 1),
         "max_ms": round(max(times) * 1000, 1),
+        # (position in the run, ms) of the slowest: a tail at regular positions is the
+        # paced checkpoint's writer, which an erase waits for (docs/operations.md)
+        "slowest": sorted(((i, round(t * 1000)) for i, t in enumerate(times)), key=lambda x: -x[1])[
+            :5
+        ],
         "counted": counts,
     }
 
@@ -247,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default="/tmp/nudge-bench-erase", help="kept between runs")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--settle", type=float, default=15.0, help="seconds after start, first")
+    p.add_argument("--settle", type=float, default=30.0,
+                   help="seconds after start first (the journal index is built)")  # fmt: skip
     p.add_argument("--baseline", help="a checkout of the earlier code, run first (off)")
     args = p.parse_args(argv)
     out = asyncio.run(run(args))
