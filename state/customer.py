@@ -127,7 +127,8 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     # consent history: one entry per consent statement that changed a channel, in
     # arrival order, the last CONSENT_HISTORY_MAX: (event time, changes, event type,
     # source), changes as "email:off,sms:on" (engine/profile.py). Most customers state
-    # consent once: one entry, ~40 packed bytes. Appended last.
+    # consent once: one entry, ~55 packed bytes (a sign-up naming two channels).
+    # Appended last.
     consent_history: list[tuple[int, str, str, str]] | None = None
 
     # --- derived views -------------------------------------------------------------
