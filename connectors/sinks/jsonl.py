@@ -114,7 +114,9 @@ class JsonlSink:
 
     def _open(self) -> IO[bytes]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(self.path, "a+b")  # noqa: SIM115 - held open until close()
+        # owner-only whatever the umask: the lines hold customers' ids and params
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        file = os.fdopen(fd, "a+b")  # held open until close()
         try:
             _drop_partial_tail(file, self.path)
             size = file.seek(0, os.SEEK_END)

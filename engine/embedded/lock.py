@@ -94,7 +94,14 @@ def _tighten(path: Path, mode: int, owner: int) -> None:
             path.chmod(mode)
 
 
-_DB_FILES = ("journal.db", "state.db", "states.db", "deadletter.db", "addresses.db")
+_DB_FILES = (
+    "journal.db",
+    "state.db",
+    "states.db",
+    "deadletter.db",
+    "addresses.db",
+    "suppressed.db",
+)
 
 
 def os_reason(err: BaseException) -> str:
