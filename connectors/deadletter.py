@@ -31,7 +31,7 @@ from connectors.retry import RetryPolicy, Sleep, deliver
 from connectors.sinks.base import Sink
 from engine.types import Action, Millis
 
-__all__ = ["DeadLetter", "DeadLetterStore", "NowMs"]
+__all__ = ["BodySealer", "DeadLetter", "DeadLetterStore", "NowMs"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,16 @@ _ADDED = {
 _COLUMNS = "key, sink, action, error, attempts, failed_at, reason"
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Action).decode
+
+
+class BodySealer(Protocol):
+    """Encryption at rest (the embedded runtime's engine/embedded/storage/crypt.py
+    ``Sealer``): a letter's action and error are sealed on the way in, opened on the way
+    out."""
+
+    def seal(self, body: bytes) -> bytes: ...
+
+    def open(self, body: bytes) -> bytes: ...
 
 
 class NowMs(Protocol):
@@ -90,9 +100,16 @@ class DeadLetterStore:
     exception, and runs its short SQLite calls on the event loop.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, now: NowMs = _wall_ms) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        now: NowMs = _wall_ms,
+        sealer: BodySealer | None = None,
+    ) -> None:
         self.path = Path(path)
         self._now = now
+        self._sealer = sealer
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._open()
@@ -120,7 +137,7 @@ class DeadLetterStore:
             keys = []
             for key, action in self._db.execute("SELECT key, action FROM dead_letters"):
                 try:
-                    if _decode(action).customer_id == customer_id:
+                    if _decode(self._opened(action)).customer_id == customer_id:
                         keys.append(key)
                 except msgspec.MsgspecError:
                     continue
@@ -158,8 +175,8 @@ class DeadLetterStore:
                 (
                     action.idempotency_key,
                     sink_name,
-                    _encode(action),
-                    error,
+                    self._sealed(_encode(action)),
+                    error if self._sealer is None else self._sealer.seal(error.encode()),
                     attempts,
                     self._now(),
                     reason,
@@ -213,7 +230,7 @@ class DeadLetterStore:
                 f"SELECT {_COLUMNS} FROM dead_letters WHERE replay = 1 ORDER BY key LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [_letter(*row) for row in rows]
+        return [self._letter(*row) for row in rows]
 
     def remove_many(self, keys: builtins.list[str]) -> int:
         """Delete the dead letters with these keys; returns how many there were."""
@@ -299,10 +316,25 @@ class DeadLetterStore:
             sql += " WHERE " + " AND ".join(where)
         with self._lock:
             rows = self._db.execute(f"{sql} ORDER BY {order} LIMIT ?", (*args, limit)).fetchall()
-        return [_letter(*row) for row in rows]
+        return [self._letter(*row) for row in rows]
 
+    def _sealed(self, body: bytes) -> bytes:
+        return body if self._sealer is None else self._sealer.seal(body)
 
-def _letter(
-    key: str, sink: str, blob: bytes, error: str, attempts: int, failed_at: int, reason: str
-) -> DeadLetter:
-    return DeadLetter(key, sink, _decode(blob), error, attempts, failed_at, reason)
+    def _opened(self, body: bytes) -> bytes:
+        return body if self._sealer is None else self._sealer.open(body)
+
+    def _letter(
+        self,
+        key: str,
+        sink: str,
+        blob: bytes,
+        error: str | bytes,
+        attempts: int,
+        failed_at: int,
+        reason: str,
+    ) -> DeadLetter:
+        if isinstance(error, bytes):  # sealed
+            error = self._opened(error).decode()
+        action = _decode(self._opened(blob))
+        return DeadLetter(key, sink, action, error, attempts, failed_at, reason)

@@ -78,7 +78,11 @@ def _cmd_deadletter(args: argparse.Namespace) -> int:
     if args.broker:
         return _deadletter_distributed(args)
 
-    store = DeadLetterStore(Path(args.data) / "deadletter.db")
+    from engine.embedded.storage.crypt import sealer_for_dir
+
+    # encryption at rest: NUDGE_DATA_KEY opens the letters (a missing or wrong key stops here)
+    sealer = sealer_for_dir(Path(args.data))
+    store = DeadLetterStore(Path(args.data) / "deadletter.db", sealer=sealer)
     try:
         if args.action == "list":
             for letter in store.list(args.limit, sink_name=args.sink):

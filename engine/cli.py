@@ -19,6 +19,7 @@ import orjson
 from engine.admin import add_admin_parsers
 from engine.distributed.cli import add_topics_parser, add_worker_parser
 from engine.embedded import CHECKPOINT_MODES
+from engine.embedded.storage.crypt import DataKeyError, generate_key
 from engine.erasure import add_erase_parser
 from engine.logs import configure_logging
 from engine.rollback import add_rollback_parser
@@ -577,6 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_report_parser(sub)
     add_erase_parser(sub)
+    dk = sub.add_parser(
+        "datakey",
+        help="print a new key for NUDGE_DATA_KEY (encryption at rest: docs/operations.md)",
+    )
+    dk.set_defaults(func=_cmd_datakey)
 
     bt = sub.add_parser("backtest", help="run rules over a recorded JSONL trace")
     bt.add_argument("--rules", nargs="+", default=[str(RECIPES_DIR)])
@@ -586,12 +592,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cmd_datakey(args: argparse.Namespace) -> int:
+    """A new data key on stdout (32 random bytes, base64): keep it in a secret store."""
+    print(generate_key())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         configure_logging()
         args = build_parser().parse_args(argv)
         return int(args.func(args))
-    except SettingsError as err:  # a NUDGE_ variable that does not parse: one line
+    except (SettingsError, DataKeyError) as err:  # a NUDGE_ variable, the data key: one line
         print(f"nudge: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `nudge deadletter list | head`: the reader is gone

@@ -10,12 +10,18 @@ engine's data directory) for the id and those values (and any ``--value``), and,
 ``--broker`` / ``--redis``, every record of every topic of the cluster and every Redis
 key and value: each hit is printed as ``where: what``; the exit status is 1 when there
 is any, 0 when there is none. The values searched are printed masked.
+
+A data directory encrypted at rest (docs/operations.md, "Data at rest") is searched as
+bytes all the same (plaintext where none should be); with its key in ``NUDGE_DATA_KEY``
+every sealed row of its SQLite files is opened and searched too (a wrong key stops the
+search with an error); without it, how many sealed rows were left unopened is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,7 +29,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["add_erase_parser", "scan_files", "scan_kafka", "scan_redis"]
+from engine.embedded.storage.crypt import Sealer, sealed_rows, sealer_for_dir, sealer_from_env
+
+__all__ = ["add_erase_parser", "scan_files", "scan_kafka", "scan_redis", "scan_sealed"]
 
 
 def _mask(value: bytes) -> str:
@@ -45,6 +53,32 @@ def scan_files(root: Path, needles: Iterable[bytes]) -> list[tuple[str, bytes]]:
             continue
         hits += [(str(path), n) for n in wanted if n in raw]
     return hits
+
+
+def scan_sealed(
+    root: Path, needles: Iterable[bytes], sealer: Sealer | None
+) -> tuple[list[tuple[str, bytes]], int]:
+    """(file, needle) for each sealed row of the SQLite files under ``root`` whose
+    plaintext holds a needle (``sealer`` opens them; DataKeyError if one does not), and
+    how many sealed rows there were."""
+    wanted = [n for n in needles if n]
+    hits: list[tuple[str, bytes]] = []
+    rows = 0
+    for path in sorted(root.rglob("*.db")):
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            for body in sealed_rows(db):
+                rows += 1
+                if sealer is None:
+                    continue
+                plain = sealer.open(body)
+                hits += [(f"{path} (sealed row)", n) for n in wanted if n in plain]
+        except sqlite3.DatabaseError as err:  # not SQLite: the byte scan covers it
+            if "not a database" not in str(err):
+                hits.append((f"{path} (unreadable: {err})", b""))
+        finally:
+            db.close()
+    return hits, rows
 
 
 async def scan_kafka(bootstrap: str, needles: Iterable[bytes]) -> list[tuple[str, bytes]]:
@@ -166,7 +200,15 @@ def _cmd_erase(args: argparse.Namespace) -> int:
             return 1
     if not args.verify:
         return 0
-    hits = scan_files(Path(args.data), needles) if Path(args.data).exists() else []
+    data = Path(args.data)
+    hits = scan_files(data, needles) if data.exists() else []
+    if data.exists():  # encryption at rest: open the sealed rows with NUDGE_DATA_KEY
+        sealer = sealer_for_dir(data) if sealer_from_env() is not None else None
+        sealed, rows = scan_sealed(data, needles, sealer)
+        hits += sealed
+        if rows and sealer is None:
+            print(f"{rows} sealed row(s) not searched: set NUDGE_DATA_KEY to open them",
+                  file=sys.stderr)  # fmt: skip
     if args.broker:
         hits += asyncio.run(scan_kafka(args.broker, needles))
     if args.redis:

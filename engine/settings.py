@@ -11,6 +11,9 @@ secrets are read by connectors/sources/config.py the same way.
 ``NUDGE_CHECKPOINT_STEP``                  states per checkpoint transaction (2,000)
 ``NUDGE_CHECKPOINT_STEP_PAUSE_MS``         pause between those transactions (0)
 ``NUDGE_WORKER_PROFILE``                   a path: cProfile the worker into it
+``NUDGE_DATA_KEY``                         encryption at rest: 32 bytes, base64
+                                           (``nudge datakey``; docs/operations.md)
+``NUDGE_DATA_KEY_PREVIOUS``                keys being rotated out, comma-separated
 ========================================  ==============================================
 
 Read at the moment of use (:func:`environment`), not at import: a test or a parent
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.exceptions import NudgeError
@@ -45,6 +48,8 @@ class Environment(BaseSettings):
     checkpoint_step: int = Field(default=2_000, ge=0)
     checkpoint_step_pause_ms: float = Field(default=0.0, ge=0)
     worker_profile: Path | None = None
+    data_key: SecretStr | None = None
+    data_key_previous: SecretStr | None = None
 
 
 def environment() -> Environment:

@@ -192,6 +192,7 @@ class Checkpoints:
             self.rt.parts,
             spool_path(cfg.data_dir, os.getpid()),
             spread=cfg.checkpoint_interval * cfg.checkpoint_spread,
+            sealer=cfg.sealer,
         )
         self._round = rnd
         self._unfolded = rnd.counts  # analytics: read by reports until folded

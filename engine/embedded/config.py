@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.embedded.storage.crypt import Sealer
+
 __all__ = ["RuntimeConfig"]
 
 
@@ -53,3 +55,5 @@ class RuntimeConfig:
     probe_interval: float = 1.0
     # what a request refused for a full disk or an I/O error is told to wait (Retry-After)
     storage_retry_after: float = 5.0
+    # encryption at rest (engine/embedded/storage/crypt.py): None keeps bodies in plaintext
+    sealer: Sealer | None = field(default=None, repr=False)

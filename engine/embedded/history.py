@@ -12,7 +12,10 @@ block the runtime's writers), newest first and bounded:
 - :func:`customer_record`: everything of one customer in the journal, the outbox, the
   dead-letter store and the actions file, in full, for ``GET /v1/customers/{id}/export``.
 
-All of them are blocking: call them in a thread.
+All of them are blocking: call them in a thread. With encryption at rest they open the
+bodies with the sealer of the store that opened the data directory in this process
+(engine/embedded/storage/crypt.py ``registered``); without one, a sealed body raises
+DataKeyError.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any
 
 import msgspec
 import orjson
+
+from engine.embedded.storage.crypt import opener, registered
 
 __all__ = ["customer_actions", "customer_events", "customer_record", "last_events"]
 
@@ -56,11 +61,12 @@ def _rows_newest_first(data_dir: Path, max_events: int) -> Iterator[tuple[int, l
     if not path.exists():
         return
     seen = 0
+    open_ = opener(registered(data_dir))
     with _readonly(path) as db:
         cur = db.execute("SELECT accepted_at, body FROM journal ORDER BY seq DESC")
         for accepted_at, body in cur:
             try:
-                raws = _raw_list.decode(body)
+                raws = _raw_list.decode(open_(bytes(body)))
             except msgspec.MsgspecError:
                 continue
             events = [bytes(r) for r in reversed(raws) if bytes(r) != b"null"]  # null: erased
@@ -118,9 +124,10 @@ def customer_actions(data_dir: Path, customer_id: str, limit: int = 100) -> list
             (customer_id, limit),
         ).fetchall()
     out = []
+    open_ = opener(registered(data_dir))
     for body, status in rows:
         try:
-            a = orjson.loads(body)
+            a = orjson.loads(open_(bytes(body)))
         except orjson.JSONDecodeError:
             continue
         if not isinstance(a, dict):
@@ -155,6 +162,7 @@ def customer_record(data_dir: Path, customer_id: str) -> dict[str, list[Any]]:
                 events.append({"accepted_at": accepted_at, "event": orjson.loads(raw)})
     events.reverse()  # oldest first
     outbox: list[Any] = []
+    open_ = opener(registered(data_dir))
     path = data_dir / "state.db"
     if path.exists():
         with _readonly(path) as db:
@@ -162,7 +170,10 @@ def customer_record(data_dir: Path, customer_id: str) -> dict[str, list[Any]]:
                 "SELECT body, status FROM outbox WHERE customer_id = ? ORDER BY cause_at",
                 (customer_id,),
             ).fetchall()
-        outbox = [{"status": str(status), "action": orjson.loads(body)} for body, status in rows]
+        outbox = [
+            {"status": str(status), "action": orjson.loads(open_(bytes(body)))}
+            for body, status in rows
+        ]
     dead: list[Any] = []
     path = data_dir / "deadletter.db"
     if path.exists():
@@ -170,8 +181,10 @@ def customer_record(data_dir: Path, customer_id: str) -> dict[str, list[Any]]:
             for action, error, failed_at in db.execute(
                 "SELECT action, error, failed_at FROM dead_letters ORDER BY failed_at"
             ):
-                a = orjson.loads(action)
+                a = orjson.loads(open_(bytes(action)))
                 if isinstance(a, dict) and a.get("customer_id") == customer_id:
+                    if isinstance(error, bytes):  # sealed
+                        error = open_(error).decode()
                     dead.append({"failed_at": failed_at, "error": error, "action": a})
     sent: list[Any] = []
     path = data_dir / "actions.jsonl"

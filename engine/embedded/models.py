@@ -286,7 +286,9 @@ def fit_data_dir(data_dir: str | Path, now_ms: int | None = None) -> CLVParams:
     path = Path(data_dir)
     if not (path / "states.db").exists():
         raise FileNotFoundError(f"{path}: no states.db (not a nudge data directory?)")
-    store = SqliteStore(path)
+    from engine.embedded.storage.crypt import sealer_from_env
+
+    store = SqliteStore(path, sealer=sealer_from_env())  # NUDGE_DATA_KEY if encrypted
     try:
         summaries, now_ms = buyer_summaries(
             store.load_states(), now_ms, wall_ms=time.time_ns() // 1_000_000

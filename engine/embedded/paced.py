@@ -42,6 +42,7 @@ from pathlib import Path
 from engine.analytics.tally import ORPHAN, Taken
 from engine.embedded.outbox import Outbox
 from engine.embedded.spool import WRITER, SpoolWriter, writer_env
+from engine.embedded.storage.crypt import Sealer
 from engine.partition import Changes, Partition
 from engine.types import Action
 
@@ -61,6 +62,7 @@ class PacedRound:
     spread: float
     tick: float = 0.01
     max_slice: int = 500
+    sealer: Sealer | None = None  # encryption at rest: states sealed into the spool
     seqs: dict[int, int] = field(default_factory=dict)
     taken: list[tuple[Partition, Changes]] = field(default_factory=list)
     erased: set[str] = field(default_factory=set)  # customers erased during the round
@@ -81,7 +83,7 @@ class PacedRound:
         total = sum(len(changes.dirty) for _, changes in self.taken)
         ticks = max(1.0, self.spread / self.tick)
         per_tick = min(self.max_slice, max(50, math.ceil(total / ticks)))
-        with SpoolWriter(self.spool) as out:
+        with SpoolWriter(self.spool, self.sealer) as out:
             for p, changes in self.taken:
                 dirty = changes.dirty
                 row = p.store.row

@@ -155,8 +155,9 @@ class Runtime:
         try:
             secure_data_dir(cfg.data_dir)
             remove_stale_spools(cfg.data_dir)
-            store = await self.db(SqliteStore, cfg.data_dir, cfg.synchronous)
-            self.dead = await self.db(DeadLetterStore, cfg.data_dir / "deadletter.db")
+            store = await self.db(SqliteStore, cfg.data_dir, cfg.synchronous, cfg.sealer)
+            dead = functools.partial(DeadLetterStore, sealer=cfg.sealer)
+            self.dead = await self.db(dead, cfg.data_dir / "deadletter.db")
             self.suppression = await self.db(Suppression, cfg.data_dir / "suppressed.db")
         except (OSError, sqlite3.Error) as err:
             raise DataDirError(cfg.data_dir, os_reason(err)) from err

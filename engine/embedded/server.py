@@ -29,6 +29,7 @@ from engine.embedded import CHECKPOINT_MODES
 from engine.embedded.exceptions import DataDirError, ListenError, StartupError
 from engine.embedded.runtime import Runtime, RuntimeConfig
 from engine.embedded.storage.addresses import SqliteAddressBook
+from engine.embedded.storage.crypt import sealer_from_env
 from engine.http.app import create_app
 from engine.http.auth import Tokens
 from engine.metrics import Metrics
@@ -132,6 +133,7 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         analytics=opts.analytics,
         admission_target_s=opts.admission_target,
         priorities=opts.priorities,
+        sealer=sealer_from_env(),  # NUDGE_DATA_KEY: encryption at rest
     )
     runtime = Runtime(cfg, metrics, clock)
     runtime.lock_data_dir()  # before anything is written there
@@ -141,7 +143,7 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
     except OSError as err:
         raise DataDirError(opts.data, f"{err.strerror or err} ({err.filename})") from err
     await runtime.start()
-    book = SqliteAddressBook(opts.data / "addresses.db")
+    book = SqliteAddressBook(opts.data / "addresses.db", cfg.sealer)
     app = create_app(runtime, tokens, metrics, sources=SourcesConfig.load(), address_book=book)
     runner = web.AppRunner(app, access_log=None, **HTTP_LIMITS)
     await runner.setup()

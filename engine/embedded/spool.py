@@ -48,6 +48,7 @@ from typing import IO, Any
 import msgspec
 
 from engine.embedded.health import DISK_FULL, storage_cause
+from engine.embedded.storage.crypt import Sealer, seal_outbox, seal_states
 from engine.embedded.storage.sqlite import write_snapshot
 from engine.logs import configure_logging
 from engine.settings import environment
@@ -90,15 +91,18 @@ def _frame(fh: IO[bytes], obj: Any) -> None:
 
 class SpoolWriter:
     """Write a spool incrementally: ``rows`` as often as needed, then ``trailer`` once.
-    Not synced: it only has to outlive this process until the writer has read it."""
+    Not synced: it only has to outlive this process until the writer has read it. With
+    ``sealer`` (encryption at rest) the states and actions are sealed here, in the spool
+    already: the writer stores them as they are and never needs the key."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         self._fh = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._sealer = sealer
 
     def rows(self, rows: list[tuple[str, bytes]]) -> None:
         if rows:
-            _frame(self._fh, rows)
+            _frame(self._fh, seal_states(self._sealer, rows))
 
     def trailer(
         self,
@@ -107,6 +111,7 @@ class SpoolWriter:
         outbox: list[tuple[str, str, bytes, int]],
         erased_after: list[str] | None = None,
     ) -> None:
+        outbox = seal_outbox(self._sealer, outbox)
         _frame(self._fh, (seqs, deleted, outbox, erased_after or []))
 
     def __enter__(self) -> SpoolWriter:

@@ -1,5 +1,7 @@
 """The embedded runtime's address book (state/addresses.py): a SQLite file in the data
-directory."""
+directory. With encryption at rest (engine/embedded/storage/crypt.py) an address is stored
+as its keyed hash (HMAC-SHA256): a lookup hashes the address it is given the same way, and
+the file never holds the address itself."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from engine.embedded.storage.crypt import Sealer
 
 __all__ = ["SqliteAddressBook"]
 
@@ -21,8 +25,9 @@ class SqliteAddressBook:
     customer's next profile event). Calls run on one dedicated thread, so the event loop
     never waits on the file and the connection is used by a single thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
         self.path = path
+        self._sealer = sealer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="addresses")
         self._db: sqlite3.Connection | None = None
         self._executor.submit(self._open).result()
@@ -37,7 +42,22 @@ class SqliteAddressBook:
             "CREATE TABLE IF NOT EXISTS addresses (channel TEXT NOT NULL, address TEXT NOT"
             " NULL, customer_id TEXT NOT NULL, PRIMARY KEY (channel, address)) WITHOUT ROWID"
         )
+        # which key hashed the stored addresses ('' none): rows of another one (plaintext
+        # before the key was set, or a rotated key's hashes) would never match a lookup, and
+        # plaintext ones must not stay; they go, and each customer's next profile event
+        # records its address again
+        db.execute("CREATE TABLE IF NOT EXISTS hashed (key_id TEXT NOT NULL)")
+        row = db.execute("SELECT key_id FROM hashed").fetchone()
+        now = "" if self._sealer is None else self._sealer.key_name
+        if (row[0] if row else "") != now:
+            db.execute("DELETE FROM addresses")
+            db.execute("DELETE FROM hashed")
+            db.execute("INSERT INTO hashed (key_id) VALUES (?)", (now,))
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db = db
+
+    def _address(self, address: str) -> str:
+        return address if self._sealer is None else self._sealer.mac(address)
 
     async def _call(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         def run() -> list[Any]:
@@ -50,13 +70,13 @@ class SqliteAddressBook:
         await self._call(
             "INSERT INTO addresses (channel, address, customer_id) VALUES (?, ?, ?)"
             " ON CONFLICT (channel, address) DO UPDATE SET customer_id = excluded.customer_id",
-            (channel, address, customer_id),
+            (channel, self._address(address), customer_id),
         )
 
     async def lookup(self, channel: str, address: str) -> str | None:
         rows = await self._call(
             "SELECT customer_id FROM addresses WHERE channel = ? AND address = ?",
-            (channel, address),
+            (channel, self._address(address)),
         )
         return str(rows[0][0]) if rows else None
 

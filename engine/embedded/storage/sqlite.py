@@ -41,6 +41,14 @@ from engine.embedded.storage.analytics import (
     read_periods,
     write_pending,
 )
+from engine.embedded.storage.crypt import (
+    Sealer,
+    check_key,
+    opener,
+    register,
+    seal_outbox,
+    seal_states,
+)
 from engine.embedded.storage.journal_index import JournalIndex
 from state.analytics import DayTotals, Period, split_pending
 from state.customer import CustomerState, load
@@ -313,19 +321,38 @@ class SqliteStore:
     ``trim_journal``, ``erase_from_journal``) use one connection and must be called from
     one thread; all others use the second connection, from a second thread."""
 
-    def __init__(self, data_dir: str | Path, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, data_dir: str | Path, synchronous: str = "FULL", sealer: Sealer | None = None
+    ) -> None:
         self.path = Path(data_dir)
         self.path.mkdir(parents=True, exist_ok=True)
         self.jdb = _connect(self.path / "journal.db", synchronous, _JOURNAL_SCHEMA)
         self.db = _connect(self.path / "state.db", synchronous, _SCHEMA)
         self.sdb = _connect(self.path / "states.db", synchronous, _STATES_SCHEMA)
+        # encryption at rest (engine/embedded/storage/crypt.py): bodies sealed on the way
+        # in, opened on the way out; a missing or wrong key stops here (DataKeyError)
+        self.sealer = sealer
+        self._open = opener(sealer)
+        try:
+            check_key(self.sdb, sealer, self.path)
+        except BaseException:
+            self.jdb.close()
+            self.db.close()
+            self.sdb.close()
+            raise
+        register(self.path, sealer)
         _migrate_states(self.db, self.sdb)
         with _transaction(self.sdb):  # a crash between a checkpoint's steps left some
             fold(self.sdb)
         row = self.jdb.execute("SELECT seq + n FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
         self._next_seq = int(row[0]) if row else 1  # appends are this connection's alone
         # which journal rows hold which customers' events, for erasure (refresh_index)
-        self.journal_index = JournalIndex(self.path / "journal.db")
+        self.journal_index = JournalIndex(
+            self.path / "journal.db", open_body=None if sealer is None else sealer.open
+        )
+
+    def _seal(self, body: bytes) -> bytes:
+        return body if self.sealer is None else self.sealer.seal(body)
 
     def close(self) -> None:
         self.journal_index.close()
@@ -341,8 +368,9 @@ class SqliteStore:
         first = self._next_seq
         rows = []
         seq = first
+        seal = None if self.sealer is None else self.sealer.seal
         for n, body in batches:
-            rows.append((seq, n, accepted_at, body))
+            rows.append((seq, n, accepted_at, body if seal is None else seal(body)))
             seq += n
         head = "INSERT INTO journal (seq, n, accepted_at, body) VALUES"
         if len(rows) <= _ROWS_PER_STATEMENT:  # the usual case: one statement, autocommit
@@ -367,7 +395,7 @@ class SqliteStore:
             if not rows:
                 return
             for r in rows:
-                yield int(r[0]), int(r[1]), bytes(r[2])
+                yield int(r[0]), int(r[1]), self._open(bytes(r[2]))
             at = int(rows[-1][0])
 
     def trim_journal(
@@ -413,8 +441,9 @@ class SqliteStore:
         changed = 0
         with _transaction(db):
             for seq, body in db.execute("SELECT seq, body FROM journal").fetchall():
-                new = fn(bytes(body))
+                new = fn(self._open(bytes(body)))
                 if new is not None:
+                    new = self._seal(new)
                     db.execute("UPDATE journal SET body = ? WHERE seq = ?", (new, seq))
                     changed += 1
         return changed
@@ -429,7 +458,7 @@ class SqliteStore:
         ``outbox``: the actions produced up to their serialization, committed first."""
         if outbox:
             self.outbox_add(outbox)
-        _write_states(self.sdb, [states], [], {})
+        _write_states(self.sdb, [seal_states(self.sealer, states)], [], {})
 
     def checkpoint(
         self,
@@ -442,7 +471,7 @@ class SqliteStore:
         lost), then the last states, erasures and each partition's replay start, the
         latter atomically."""
         self.outbox_add(outbox)
-        _write_states(self.sdb, [states], deleted, seqs)
+        _write_states(self.sdb, [seal_states(self.sealer, states)], deleted, seqs)
 
     def checkpoint_seqs(self) -> dict[int, int]:
         rows = self.sdb.execute("SELECT key, value FROM meta WHERE key LIKE 'checkpoint_seq:%'")
@@ -450,7 +479,7 @@ class SqliteStore:
 
     def load_states(self) -> Iterator[CustomerState]:
         for (body,) in self.sdb.execute("SELECT body FROM states"):
-            yield load(body)
+            yield load(self._open(body))
 
     # --- outbox --------------------------------------------------------------------
     def outbox_add(self, entries: list[tuple[str, str, bytes, int]]) -> None:
@@ -459,7 +488,7 @@ class SqliteStore:
         if not entries:
             return
         with _transaction(self.db):
-            _outbox_add(self.db, entries)
+            _outbox_add(self.db, seal_outbox(self.sealer, entries))
 
     def outbox_mark(self, keys: list[str], status: str) -> None:
         """Set the status of ``keys``, in one transaction."""
@@ -471,7 +500,7 @@ class SqliteStore:
         already present is kept), mark ``sent`` delivered; returns which of the entries'
         keys are still pending (the others were delivered before: a replay)."""
         with _transaction(self.db) as db:
-            _outbox_add(db, entries)
+            _outbox_add(db, seal_outbox(self.sealer, entries))
             _set_status(db, sent, "sent")
             return self.outbox_pending_keys([e[0] for e in entries])
 
@@ -504,7 +533,7 @@ class SqliteStore:
         rows = self.db.execute(
             "SELECT key, body, cause_at FROM outbox WHERE status = 'pending' ORDER BY rowid"
         )
-        return [(str(k), bytes(b), int(c)) for k, b, c in rows]
+        return [(str(k), self._open(bytes(b)), int(c)) for k, b, c in rows]
 
     def outbox_count(self, status: str) -> int:
         row = self.db.execute("SELECT COUNT(*) FROM outbox WHERE status = ?", (status,)).fetchone()
@@ -529,7 +558,7 @@ class SqliteStore:
                 row = db.execute("SELECT body FROM journal WHERE seq = ?", (seq,)).fetchone()
                 if row is None:  # trimmed meanwhile
                     continue
-                raws = _raw_list.decode(bytes(row[0]))
+                raws = _raw_list.decode(self._open(bytes(row[0])))
                 hit = False
                 for i, raw in enumerate(raws):
                     # msgspec.Raw never equals bytes: compare its bytes (an earlier erasure)
@@ -539,7 +568,9 @@ class SqliteStore:
                         erased += 1
                 if hit:
                     body = b"[" + b",".join(bytes(r) for r in raws) + b"]"
-                    db.execute("UPDATE journal SET body = ? WHERE seq = ?", (body, seq))
+                    db.execute(
+                        "UPDATE journal SET body = ? WHERE seq = ?", (self._seal(body), seq)
+                    )
                     index.rewritten(seq, body)
         return erased
 
