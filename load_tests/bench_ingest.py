@@ -13,26 +13,30 @@ process with batches of 100 events:
    phase: its pauses are not the engine's latency).
 
     python -m load_tests.bench_ingest --seconds 20
+    python -m load_tests.bench_ingest --seconds 20 --encrypt both   # at rest off, then on
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import ClientSession, TCPConnector, web
 
+from engine.embedded.storage.crypt import generate_key
 from load_tests.nudge_proc import start_nudge_run, wait_ready
 from rules.ruleset import RECIPES_DIR
 
@@ -393,16 +397,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     elif args.checkpoint_interval:
         extra += ["--checkpoint-interval", str(args.checkpoint_interval)]
 
+    key = generate_key() if args.encrypt == "on" else None  # encryption at rest
+
     def start() -> subprocess.Popen[bytes]:
-        return start_nudge_run(
-            tmp / "data",
-            port,
-            sinks,
-            tokens=(TOKEN, "bench-admin"),
-            rules=rules,
-            log=args.engine_log,
-            extra=tuple(extra),
-        )
+        with _data_key(key):  # the child's environment is copied at start
+            return start_nudge_run(
+                tmp / "data",
+                port,
+                sinks,
+                tokens=(TOKEN, "bench-admin"),
+                rules=rules,
+                log=args.engine_log,
+                extra=tuple(extra),
+            )
 
     proc = start()
     url = f"http://127.0.0.1:{port}/v1/events"
@@ -451,7 +458,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         **{k: round(v, 2) if isinstance(v, float) else v for k, v in lat.items()},
         "synchronous": args.synchronous,
         "analytics": args.analytics,
+        "encrypt": args.encrypt,
     }
+
+
+@contextlib.contextmanager
+def _data_key(key: str | None) -> Iterator[None]:
+    """``NUDGE_DATA_KEY`` set to ``key`` (unset for None) while the engine starts."""
+    old = os.environ.pop("NUDGE_DATA_KEY", None)
+    if key is not None:
+        os.environ["NUDGE_DATA_KEY"] = key
+    try:
+        yield
+    finally:
+        os.environ.pop("NUDGE_DATA_KEY", None)
+        if old is not None:
+            os.environ["NUDGE_DATA_KEY"] = old
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -511,8 +533,23 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="instead: load N customers and report resident memory",
     )
+    p.add_argument(
+        "--encrypt",
+        choices=["on", "off", "both"],
+        default="off",
+        help="encryption at rest (NUDGE_DATA_KEY, a fresh key); both: a run off, then on",
+    )
     args = p.parse_args(argv)
-    print(orjson.dumps(asyncio.run(run(args)), option=orjson.OPT_INDENT_2).decode())
+    if args.encrypt != "both":
+        print(orjson.dumps(asyncio.run(run(args)), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    out: dict[str, Any] = {}
+    for mode in ("off", "on"):
+        out[mode] = asyncio.run(run(argparse.Namespace(**{**vars(args), "encrypt": mode})))
+    rate = "sustained_processed_events_per_s"
+    off, on = out["off"][rate], out["on"][rate]
+    out["sustained_on_vs_off"] = round(on / off, 3) if off else None
+    print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
     return 0
 
 

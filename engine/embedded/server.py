@@ -112,6 +112,17 @@ def sinks_config(path: Path | None, data_dir: Path) -> dict[str, Any]:
     }
 
 
+def plain_sinks_inside(sinks: dict[str, Any], data_dir: Path) -> list[str]:
+    """The JSONL sinks of a routing config whose file is inside ``data_dir``."""
+    root = data_dir.resolve()
+    out = []
+    for name, spec in (sinks.get("sinks") or {}).items():
+        jsonl = isinstance(spec, dict) and spec.get("type") == "jsonl" and spec.get("path")
+        if jsonl and Path(spec["path"]).resolve().is_relative_to(root):
+            out.append(str(name))
+    return out
+
+
 async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
     # The SQLite threads (journal group commits, outbox) give up the GIL inside SQLite and
     # need it back to return; a busy event loop hands it over only every switch interval
@@ -137,6 +148,13 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
     )
     runtime = Runtime(cfg, metrics, clock)
     runtime.lock_data_dir()  # before anything is written there
+    if cfg.sealer is not None:
+        for name in plain_sinks_inside(cfg.sinks, opts.data):
+            logger.warning(
+                "data key set, but sink %s writes actions in plaintext inside the data"
+                " directory (sink output is outside encryption at rest: docs/operations.md)",
+                name,
+            )
     await _check_port(opts.host, opts.port)  # before a recovery that may take minutes
     try:
         tokens, token_path, created = Tokens.load_or_create(opts.data)
