@@ -360,7 +360,11 @@ def start_kafka(
     (workdir / "log4j2.properties").write_text(_LOG4J2)
     log4j = f"-Dlog4j2.configurationFile={workdir / 'log4j2.properties'}"
     jvm = [java, f"-Xmx{heap}", "-Xms128m", "-XX:+UseSerialGC", log4j, "-cp", f"{libs}/*"]
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # a cluster id starting with "-" is read by the storage tool as an option (seen once):
+    # draw again, as Kafka's own random-uuid does
+    cluster_id = "-"
+    while cluster_id.startswith("-"):
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     fmt = subprocess.run(
         [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
         capture_output=True,
