@@ -206,6 +206,11 @@ def test_encrypted_data_dir_holds_no_email_or_phone_and_opens_only_with_its_key(
             assert view["profile"]["attributes"]["email"] == mail
             assert view["profile"]["attributes"]["phone"] == phone
         until(lambda: len(got) >= pending, "the waiting webhooks delivered")
+        # the export opens the sealed journal and outbox rows
+        status, doc = request("GET", port, "/v1/customers/rest-c/export")
+        assert status == 200
+        assert PEOPLE["rest-c"][0] in orjson.dumps(doc).decode()
+        assert any(e["event"]["customer_id"] == "rest-c" for e in doc["events"])
         assert request("GET", port, "/v1/customers/rest-a", token=WRONG)[0] == 401
         assert {a["customer_id"] for a in got} >= set(LATER)
         # the erase works on sealed rows: the customer is gone, the others keep theirs

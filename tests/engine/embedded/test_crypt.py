@@ -102,6 +102,41 @@ def test_journal_states_and_outbox_are_sealed_and_read_back(tmp_path: Path) -> N
     store.close()
 
 
+def test_a_spool_holds_sealed_states_and_the_writer_stores_them_as_they_are(
+    tmp_path: Path,
+) -> None:
+    from engine.embedded.spool import SpoolWriter, read_spool
+    from engine.embedded.storage.sqlite import write_snapshot
+
+    sealer = Sealer([_key()])
+    SqliteStore(tmp_path, "NORMAL", sealer).close()
+    st = CustomerState("c1", 1, 1, attributes={"email": EMAIL.decode()})
+    action = b'{"customer_id":"c1","params":{"to":"' + EMAIL + b'"}}'
+    spool = tmp_path / "spool"
+    with SpoolWriter(spool, sealer) as out:
+        out.rows([("c1", pack(st))])
+        out.trailer({0: 1}, [], [("k1", "c1", action, 1)])
+    assert EMAIL not in spool.read_bytes()
+    with spool.open("rb") as fh:  # the writer process's side: no key
+        seqs, deleted, outbox, after, chunks = read_spool(fh)
+        write_snapshot(tmp_path, "NORMAL", outbox, deleted, chunks, seqs, after)
+    spool.unlink()
+    assert EMAIL not in _every_byte(tmp_path)
+    store = SqliteStore(tmp_path, "NORMAL", sealer)
+    assert [s.attributes for s in store.load_states()] == [{"email": EMAIL.decode()}]
+    assert store.outbox_pending() == [("k1", action, 1)]
+    store.close()
+
+
+def test_the_actions_file_inside_the_data_dir_is_named_for_the_warning(tmp_path: Path) -> None:
+    from engine.embedded.server import plain_sinks_inside, sinks_config
+
+    data = tmp_path / "data"
+    assert plain_sinks_inside(sinks_config(None, data), data) == ["file"]  # the default
+    elsewhere = {"sinks": {"out": {"type": "jsonl", "path": str(tmp_path / "a.jsonl")}}}
+    assert plain_sinks_inside(elsewhere, data) == []
+
+
 def test_dead_letters_are_sealed_and_still_erased(tmp_path: Path) -> None:
     sealer = Sealer([_key()])
     dead = DeadLetterStore(tmp_path / "deadletter.db", sealer=sealer)
