@@ -5,8 +5,8 @@ With a data key (``NUDGE_DATA_KEY``: 32 random bytes, base64; ``nudge datakey`` 
 one) every row body that can hold a customer's personal data is sealed with AES-256-GCM
 (the ``cryptography`` package) before it reaches a file: journal requests, checkpointed
 states, outbox actions, dead letters, and the checkpoint spool. Whole bodies, not fields:
-one seal per row is cheaper than one per attribute (``load_tests/bench_ingest.py
---encrypt``), and every attribute is covered, not only a configured list. What stays
+one seal per row is far cheaper than one per attribute (``load_tests/bench_seal.py``),
+and every attribute is covered, not only a configured list. What stays
 readable: customer ids (the tables' keys), seqs, times, statuses, rule versions and the
 campaign counts. Addresses (``addresses.db``) are stored as keyed hashes (HMAC-SHA256),
 which still look up but never reveal.
