@@ -355,6 +355,7 @@ class SqliteStore:
         return body if self.sealer is None else self.sealer.seal(body)
 
     def close(self) -> None:
+        register(self.path, None)
         self.journal_index.close()
         self.jdb.close()
         self.db.close()
