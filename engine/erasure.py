@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import sqlite3
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,9 @@ def scan_sealed(
     return hits, rows
 
 
-async def scan_kafka(bootstrap: str, needles: Iterable[bytes]) -> list[tuple[str, bytes]]:
+async def scan_kafka(
+    bootstrap: str, needles: Iterable[bytes], patience: float = 60.0
+) -> list[tuple[str, bytes]]:
     """(topic/partition@offset, needle) for each record of every topic holding a needle
     in its key or value (topics read from their start to their end as of now)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -104,19 +107,34 @@ async def scan_kafka(bootstrap: str, needles: Iterable[bytes]) -> list[tuple[str
         if t.get("error_code", 0) == 0 and not t["topic"].startswith("__")
         for p in sorted(t.get("partitions") or (), key=lambda p: int(p["partition"]))
     ]
-    consumer = AIOKafkaConsumer(bootstrap_servers=server, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=server,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     try:
         if not tps:
             return hits
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
+        # explicit offsets: seek_to_beginning right after assign() left the positions at
+        # the end on aiokafka 0.14 (the scan then read nothing and reported no hit)
+        for tp, first in (await consumer.beginning_offsets(tps)).items():
+            consumer.seek(tp, first)
         left = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
-        while left:
+        # until every partition is read to its end; an empty fetch is not the end (a busy
+        # broker may take longer than one poll), a partition whose position stopped below
+        # its end (records deleted, a transaction marker last) is done after `patience`
+        deadline = time.monotonic() + patience
+        while left and time.monotonic() < deadline:
             batch = await consumer.getmany(*left, timeout_ms=1000)
             if not batch:
-                break
+                for tp in list(left):
+                    if await consumer.position(tp) >= ends[tp]:
+                        left.discard(tp)
+                continue
             for tp, records in batch.items():
                 for rec in records:
                     blob = (rec.key or b"") + b"\0" + (rec.value or b"")
