@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from state.fingerprints import holds
+
 __all__ = [
     "CONSENT_HISTORY_MAX",
     "DEDUP_WINDOW",
@@ -161,7 +163,7 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
         if dedup is None:
             self.dedup = bytearray(fp)
             return True
-        if _holds(dedup, fp):
+        if holds(dedup, fp):
             return False
         n = len(dedup) >> 3
         at = self.dedup_at
@@ -193,7 +195,7 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
         if facts is None:
             self.facts = bytearray(fp)
             return True
-        if _holds(facts, fp):
+        if holds(facts, fp):
             return False
         facts += fp
         return True
@@ -207,16 +209,6 @@ class CustomerState(msgspec.Struct, array_like=True, gc=False):
     @classmethod
     def from_row(cls, row: list[Any]) -> CustomerState:
         return msgspec.convert(row, cls, str_keys=True)
-
-
-def _holds(fingerprints: bytearray, fp: bytes) -> bool:
-    """Whether ``fp`` is one of the 8-byte ``fingerprints`` (at an 8-byte boundary)."""
-    i = fingerprints.find(fp)
-    while i >= 0:
-        if i % 8 == 0:
-            return True
-        i = fingerprints.find(fp, i + 1)
-    return False
 
 
 _pack = msgspec.msgpack.Encoder().encode

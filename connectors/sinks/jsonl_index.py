@@ -11,9 +11,10 @@ cannot be read cheaply (an escaped character) marks its chunk as holding every i
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Iterator
 from typing import IO
+
+from state.fingerprints import holds, short
 
 __all__ = ["CHUNK", "LineIndex", "fingerprint"]
 
@@ -22,7 +23,7 @@ _KEY = b'"customer_id":"'
 
 
 def fingerprint(customer_id: str) -> bytes:
-    return (zlib.crc32(customer_id.encode()) & 0xFFFF).to_bytes(2, "little")
+    return short(customer_id.encode())
 
 
 def _line_fingerprint(line: bytes) -> bytes | None:
@@ -35,16 +36,7 @@ def _line_fingerprint(line: bytes) -> bytes | None:
     j = line.find(b'"', i)
     if j < 0 or b"\\" in line[i:j]:
         return None
-    return (zlib.crc32(line[i:j]) & 0xFFFF).to_bytes(2, "little")
-
-
-def _holds(fps: bytes | bytearray, fp: bytes) -> bool:
-    i = fps.find(fp)
-    while i >= 0:
-        if i % 2 == 0:
-            return True
-        i = fps.find(fp, i + 1)
-    return False
+    return short(line[i:j])
 
 
 class LineIndex:
@@ -96,5 +88,5 @@ class LineIndex:
         """The chunks that may hold a line of ``customer_id``."""
         fp = fingerprint(customer_id)
         for i, fps in enumerate(self._fps):
-            if i in self._any or _holds(fps, fp):
+            if i in self._any or holds(fps, fp):
                 yield i

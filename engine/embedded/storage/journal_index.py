@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+
+from state.fingerprints import holds, short
 
 __all__ = ["JournalIndex", "fingerprint"]
 
@@ -39,7 +40,7 @@ _ids = msgspec.json.Decoder(list[_Cid | None])
 
 
 def fingerprint(customer_id: str) -> bytes:
-    return (zlib.crc32(customer_id.encode()) & 0xFFFF).to_bytes(2, "little")
+    return short(customer_id.encode())
 
 
 def fingerprints(body: bytes) -> bytes | None:
@@ -49,17 +50,7 @@ def fingerprints(body: bytes) -> bytes | None:
         events = _ids.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    fps = {zlib.crc32(e.customer_id.encode()) & 0xFFFF for e in events if e is not None}
-    return b"".join(fp.to_bytes(2, "little") for fp in sorted(fps))
-
-
-def _holds(fps: bytes, fp: bytes) -> bool:
-    i = fps.find(fp)
-    while i >= 0:
-        if i % 2 == 0:
-            return True
-        i = fps.find(fp, i + 1)
-    return False
+    return b"".join(sorted({short(e.customer_id.encode()) for e in events if e is not None}))
 
 
 class JournalIndex:
@@ -125,7 +116,7 @@ class JournalIndex:
         """The rows (first seqs) that may hold an event of ``customer_id``."""
         fp = fingerprint(customer_id)
         with self._lock:
-            return [s for s, fps in self._rows.items() if fps is None or _holds(fps, fp)]
+            return [s for s, fps in self._rows.items() if fps is None or holds(fps, fp)]
 
     def rewritten(self, seq: int, body: bytes) -> None:
         """Row ``seq`` was rewritten (an erase): index its new body."""
