@@ -11,7 +11,8 @@ the email: the hits are only where Kafka keeps records until retention or compac
 (docs/operations.md, "Erasure"), none in Redis; after ``purge_consumed`` (DeleteRecords
 below the committed offsets) and the replies topic's, only the changelog's (the rows
 before the tombstone until compaction, the tombstone's key until delete.retention.ms)
-are left."""
+are left; once the changelog is compacted (made eager here: segments rolled every
+second, delete.retention.ms 0), no record of any topic holds the id or the email."""
 
 from __future__ import annotations
 
@@ -230,9 +231,69 @@ async def test_erased_customer_stays_erased_through_a_replay(
         left = _where(await scan_kafka(bootstrap, needles))
         print("left after the purge:", {t: sorted(n) for t, n in left.items()})
         assert set(left) <= {changelog}
+        # the changelog forgets the customer once compacted: its older rows go at the first
+        # clean after the tombstone, the tombstone itself after delete.retention.ms (set to
+        # 0 here; docs/operations.md gives the settings for production)
+        t0 = time.monotonic()
+        gone = await _compact_away(bootstrap, changelog, c.partitions, needles, within=150.0)
+        print(f"changelog compacted clean of the customer in {time.monotonic() - t0:.0f} s")
+        assert gone, _where(await scan_kafka(bootstrap, needles))
     finally:
         c.stop_all()
         await hook.stop()
+
+
+async def _compact_away(
+    bootstrap: str, topic: str, partitions: int, needles: list[bytes], within: float
+) -> bool:
+    """Make ``topic`` compact eagerly (segments roll every second, any dirt is worth a
+    clean, tombstones kept 0 ms), keep rolling its segments with filler tombstones, and
+    wait until no record holds a needle. True when that happened ``within`` seconds (the
+    broker's cleaner looks every 15 s by default)."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    adm = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await adm.start()
+    try:
+        answers = await adm.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    topic,
+                    configs={  # AlterConfigs replaces the topic's whole set: all of it here
+                        "cleanup.policy": "compact",
+                        "segment.ms": "1000",
+                        "min.cleanable.dirty.ratio": "0.001",
+                        "delete.retention.ms": "0",
+                        "min.compaction.lag.ms": "0",
+                        "max.compaction.lag.ms": "1000",
+                    },
+                )
+            ]
+        )
+    finally:
+        await adm.close()
+    for answer in answers:
+        for code, message, *_ in answer.resources:
+            assert code == 0, message
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        deadline = time.monotonic() + within
+        n = 0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.5)
+            n += 1
+            for p in range(partitions):  # a new record past segment.ms rolls the segment
+                await producer.send_and_wait(topic, None, key=f"\x00roll-{n}".encode(), partition=p)
+            hits = [h for h in await scan_kafka(bootstrap, needles) if h[0].startswith(topic)]
+            if not hits:
+                return True
+        return False
+    finally:
+        await producer.stop()
 
 
 async def _records_since(bootstrap: str, ends: dict[tuple[str, int], int]) -> list[bytes]:

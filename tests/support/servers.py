@@ -87,7 +87,11 @@ group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
 num.network.threads=2
 num.io.threads=2
-log.cleaner.enable=false"""
+log.cleaner.enable=true
+log.cleaner.threads=1
+log.cleaner.dedupe.buffer.size=8388608
+log.cleaner.io.buffer.size=524288
+log.cleaner.backoff.ms=1000"""
 
 
 class ServerStartError(RuntimeError):
