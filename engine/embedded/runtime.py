@@ -112,6 +112,27 @@ class Runtime:
             lambda: 0.0 if self.unready_reasons() else 1.0
         )
 
+    def _live_gauges(self) -> None:
+        """Gauges read when scraped (the scrape runs on the loop): queue, drain time,
+        admission limits, outbox, timers, customers. Set by the checkpoint loop they were
+        up to an interval (10 s) stale, and an overload's queue could not be seen."""
+        m = self.metrics
+
+        def backlog() -> float:
+            return float(self.queued + self.writer.buffered)
+
+        m.queue_depth.set_function(backlog)
+        m.admission_drain.set_function(lambda: self.admission.drain_time(int(backlog())))
+
+        def limit(prio: str) -> Callable[[], float]:
+            return lambda: float(self.admission.limit_events(prio))
+
+        for prio in PRIORITIES:
+            m.admission_limit.labels(prio).set_function(limit(prio))
+        m.outbox_pending.set_function(lambda: float(self.outbox.pending))
+        m.pending_timers.set_function(lambda: float(sum(len(p.timers) for p in self.parts)))
+        m.customers.set_function(lambda: float(sum(len(p.store) for p in self.parts)))
+
     def unready_reasons(self) -> list[str]:
         """Why ``/readyz`` answers 503 (empty: ready): starting or stopping, a vital
         background task down (waiting to restart), a storage fault."""
@@ -198,6 +219,7 @@ class Runtime:
             on_commit=self._on_commit,
             on_error=self._on_journal_error,
         )
+        self._live_gauges()
         await self._recover()
         self.models = Models(self)
         await self.models.start()
@@ -541,13 +563,6 @@ class Runtime:
                 if self.health.failed("checkpoint", err) is None:
                     logger.exception("checkpoint failed; will retry")
             await self._compact()  # also when no event arrives to trigger the drivers' sweep
-            m.pending_timers.set(sum(len(p.timers) for p in self.parts))
-            m.customers.set(sum(len(p.store) for p in self.parts))
-            m.queue_depth.set(self.queued + self.writer.buffered)
-            m.admission_drain.set(self.admission.drain_time(self.queued + self.writer.buffered))
-            for prio in PRIORITIES:
-                m.admission_limit.labels(prio).set(self.admission.limit_events(prio))
-            m.outbox_pending.set(self.outbox.pending)
             try:
                 m.dead_letters.set(await self.db(self.dead.count))
             except Exception as err:  # a gauge: never worth the task
