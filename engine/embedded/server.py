@@ -85,13 +85,12 @@ class ServeOptions:
         self.priorities = priorities or {}
         # None: NUDGE_CHECKPOINT_INTERVAL, else 10 s (tests shorten it by the environment
         # to crash mid-checkpoint)
+        env = environment()
         self.checkpoint_interval = (
-            checkpoint_interval
-            if checkpoint_interval is not None
-            else environment().checkpoint_interval
+            checkpoint_interval if checkpoint_interval is not None else env.checkpoint_interval
         )
         # None: NUDGE_CHECKPOINT_MODE, else paced (engine/embedded/runtime.py)
-        mode = checkpoint_mode or environment().checkpoint_mode
+        mode = checkpoint_mode or env.checkpoint_mode
         if mode not in CHECKPOINT_MODES:
             raise SystemExit(
                 f"NUDGE_CHECKPOINT_MODE: {mode!r} is not one of {', '.join(CHECKPOINT_MODES)}"
