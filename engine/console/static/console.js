@@ -25,8 +25,16 @@
       series.push({ label: f[1], stroke: palette[i % palette.length], width: 1.5 });
     });
     var width = Math.max(320, el.clientWidth || 800);
+    var x = { time: true };
+    var span = +el.getAttribute("data-span") || 0;  // seconds the x axis shows, ending now
+    if (span > 0) {
+      // a fixed window: with one sample, or samples seconds apart, uPlot's own range
+      // padding stretched the axis over years
+      var end = Math.max(Date.now() / 1000, xs.length ? xs[xs.length - 1] : 0);
+      x.range = function () { return [end - span, end]; };
+    }
     el.setAttribute("data-drawn", "1");
-    new uPlot({ width: width, height: 240, series: series, scales: { x: { time: true } } }, cols, el);
+    new uPlot({ width: width, height: 240, series: series, scales: { x: x } }, cols, el);
   }
   document.querySelectorAll("[data-chart]").forEach(draw);
 })();
