@@ -17,6 +17,14 @@ record twice: the one that loses the race re-reads ``hw`` and seeks past it. To 
 others the reading, one aggregator at a time holds a lease in Redis (renewed every third
 of ``lease_ms``); the others stand by and take over when it lapses.
 
+How far behind it is (``nudge_analytics_lag_records`` / ``nudge_analytics_lag_seconds``
+per changelog partition, engine/distributed/metrics.py): records between the last one
+folded and the partition's end as of the last fetch, and an upper bound on the age of
+the oldest one not yet folded: it was written after the last record folded (its
+timestamp) and after the last fetch that found the partition caught up, so the age is
+at most ``now`` minus the later of the two (0 while caught up). Only the aggregator that
+folds knows; one standing by reports no lag.
+
 What it cannot recover: records the broker compacted away before they were folded (a
 newer row of the same customer replaced them). Give the changelog a
 ``min.compaction.lag.ms`` longer than any aggregator outage (docs/analytics.md); a
@@ -87,18 +95,25 @@ class ChangelogAggregator:
         max_records: int = 20_000,
         lease_ms: int | None = 6000,
         now: Callable[[], int] = _wall_ms,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.bootstrap = bootstrap.removeprefix("kafka://")
         self.topic = topic
         self.store = store
         self.max_records = max_records
         self.now = now
+        self.wall = wall
         self.lease_ms = lease_ms
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.leading = False
         self._renewed = 0.0
         self.hw: dict[int, int | None] = {}
         self.behind: dict[int, int] = {}
+        # for the lag in seconds: partition -> timestamp (ms) of the last record folded,
+        # wall time (s) a fetch last found it caught up, wall time it was first seen behind
+        self.folded_at: dict[int, int] = {}
+        self.caught_up_at: dict[int, float] = {}
+        self._behind_since: dict[int, float] = {}
         self.folded = 0
         self.conflicts = 0
         self.gaps = 0
@@ -110,6 +125,33 @@ class ChangelogAggregator:
         if not self.leading or not self.hw or len(self.behind) < len(self.hw):
             return None  # standing by, or not every partition fetched yet
         return sum(self.behind.values())
+
+    def lag_records(self) -> dict[int, int] | None:
+        """:meth:`lag` per changelog partition (None: standing by, or not every
+        partition fetched yet)."""
+        if self.lag() is None:
+            return None
+        return dict(self.behind)
+
+    def lag_seconds(self) -> dict[int, float] | None:
+        """Per changelog partition, an upper bound on the age of the oldest record not
+        yet folded (0 when none), as of the last fetch (None as for :meth:`lag`). A
+        partition with nothing folded by this process nor seen caught up counts from
+        when it was first seen behind."""
+        behind = self.lag_records()
+        if behind is None:
+            return None
+        now = self.wall()
+        out: dict[int, float] = {}
+        for p, n in behind.items():
+            if n <= 0:
+                out[p] = 0.0
+                continue
+            folded = self.folded_at.get(p)
+            known = [t for t in (self.caught_up_at.get(p), folded and folded / 1000) if t]
+            since = max(known) if known else self._behind_since.get(p, now)
+            out[p] = max(0.0, now - since)
+        return out
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="analytics-aggregator")
@@ -178,6 +220,7 @@ class ChangelogAggregator:
         return self.leading
 
     async def _seek(self, consumer: Any, tps: list[Any]) -> None:
+        self.behind = {}  # measured again from this lead's first fetch
         hw = await self.store.high_water()
         for tp in tps:
             got = hw.get(tp.partition)
@@ -197,7 +240,13 @@ class ChangelogAggregator:
                 top = consumer.highwater(tp)
                 if top is not None:
                     done = self.hw.get(tp.partition)
-                    self.behind[tp.partition] = max(0, top - (-1 if done is None else done) - 1)
+                    n = max(0, top - (-1 if done is None else done) - 1)
+                    self.behind[tp.partition] = n
+                    if n:
+                        self._behind_since.setdefault(tp.partition, self.wall())
+                    else:
+                        self.caught_up_at[tp.partition] = self.wall()
+                        self._behind_since.pop(tp.partition, None)
 
     async def _fold(self, partition: int, recs: list[Any]) -> bool:
         expected = self.hw.get(partition)
@@ -227,5 +276,6 @@ class ChangelogAggregator:
             self.conflicts += 1
             return False
         self.hw[partition] = last
+        self.folded_at[partition] = recs[-1].timestamp
         self.folded += len(recs)
         return True

@@ -310,7 +310,7 @@ def _add_ingest(
     app's segments topic, docs/segments.md)."""
     from aiohttp import web
 
-    from engine.distributed.metrics import MeteredIngest
+    from engine.distributed.metrics import AggregatorCollector, MeteredIngest
     from engine.distributed.storage.addresses import RedisAddressBook
     from engine.distributed.storage.redis import RedisState
     from engine.http.app import create_app as create_http_app
@@ -332,6 +332,8 @@ def _add_ingest(
             metrics=metrics,
         )
         await ingest.start()
+        if ingest.aggregator is not None:
+            metrics.registry.register(AggregatorCollector(ingest.aggregator))
         tokens, _, _ = Tokens.load_or_create(Path(args.data))
         metrics.segment_members.source = ingest.segment_sizes
         book = RedisAddressBook(redis.client, prefix=f"{cfg.redis_prefix}:addresses")

@@ -28,6 +28,13 @@ The ingest's time-bounded admission toward the broker (engine/distributed/admiss
 counts ``nudge_admission_admitted_events`` / ``nudge_admission_shed_events{priority}`` and
 sets ``nudge_admission_drain_seconds`` / ``nudge_admission_limit_events`` as ``nudge run``
 does, its queue being the events awaiting the broker's acknowledgement.
+
+With campaign analytics (``--analytics on``), the ingest's changelog aggregator
+(:class:`AggregatorCollector`): ``nudge_analytics_folding`` (1 while this process folds,
+0 standing by), ``nudge_analytics_lag_records{partition}`` and
+``nudge_analytics_lag_seconds{partition}`` (how far the reports trail the changelog; only
+the folding process has them), ``nudge_analytics_folded_records_total`` and
+``nudge_analytics_gaps_total`` (compacted runs lost before they were folded).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from engine.admission import PRIORITIES, Decision
+from engine.distributed.analytics import ChangelogAggregator
 from engine.distributed.ingest import Batch, KafkaIngest
 from engine.distributed.lag import consumer_lag
 from engine.distributed.processing import Flush, PartitionEngine, Record
@@ -53,6 +61,7 @@ from engine.output import Output
 from rules.ruleset import RuleSet
 
 __all__ = [
+    "AggregatorCollector",
     "MeteredEngine",
     "MeteredIngest",
     "OutputMeter",
@@ -190,6 +199,50 @@ class WorkerCollector(Collector):
                 "Times Redis became unreachable (calls wait and retry)",
                 value=stats["redis_outages"],
             )
+
+
+class AggregatorCollector(Collector):
+    """The changelog aggregator's progress (engine/distributed/analytics.py), read at
+    each scrape on the ingest's event loop."""
+
+    def __init__(self, aggregator: ChangelogAggregator) -> None:
+        self._agg = aggregator
+
+    def collect(self) -> Iterator[Metric]:
+        agg = self._agg
+        yield GaugeMetricFamily(
+            "nudge_analytics_folding",
+            "1 while this process folds the changelog into the reports (holds the lease)",
+            value=1 if agg.leading else 0,
+        )
+        records, seconds = agg.lag_records(), agg.lag_seconds()
+        if records is not None and seconds is not None:
+            lag = GaugeMetricFamily(
+                "nudge_analytics_lag_records",
+                "Changelog records not yet folded into the reports, per changelog partition",
+                labels=["partition"],
+            )
+            age = GaugeMetricFamily(
+                "nudge_analytics_lag_seconds",
+                "Age of the oldest changelog record not yet folded into the reports, per "
+                "changelog partition (an upper bound; 0 when caught up)",
+                labels=["partition"],
+            )
+            for p in sorted(records):
+                lag.add_metric([str(p)], records[p])
+                age.add_metric([str(p)], seconds[p])
+            yield lag
+            yield age
+        yield CounterMetricFamily(
+            "nudge_analytics_folded_records",
+            "Changelog records folded into the reports by this process",
+            value=agg.folded,
+        )
+        yield CounterMetricFamily(
+            "nudge_analytics_gaps",
+            "Compacted changelog runs found before they were folded (counts may be missing)",
+            value=agg.gaps,
+        )
 
 
 def serve_alongside(metrics: Metrics, collector: WorkerCollector) -> None:

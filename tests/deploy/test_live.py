@@ -238,12 +238,17 @@ def _worker_families() -> list[Any]:
     """A worker's /metrics families (its collector over every counter)."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from engine.distributed.metrics import WorkerCollector
+    from engine.distributed.analytics import ChangelogAggregator
+    from engine.distributed.metrics import AggregatorCollector, WorkerCollector
 
     stats: dict[str, Any] = {"engine": {}, "delivery": {}, "redis_outages": 0}
     registry = CollectorRegistry()
     collector = WorkerCollector(lambda: stats, "all", lag=lambda: 0, lag_seconds=lambda: {0: 0.0})
     registry.register(collector)
+    # ... and its ingest's changelog aggregator (--analytics on), folding
+    aggregator = ChangelogAggregator("kafka://unused:9092", "changelog", None)  # type: ignore[arg-type]
+    aggregator.leading, aggregator.hw, aggregator.behind = True, {0: 5}, {0: 0}
+    registry.register(AggregatorCollector(aggregator))
     return list(text_string_to_metric_families(generate_latest(registry).decode()))
 
 

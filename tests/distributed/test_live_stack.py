@@ -159,6 +159,8 @@ async def test_dashboard_and_alerts_on_a_live_distributed_stack(
         admission = ("--admission-target", "0.002") if name == "ingest" else ()
         c.start_worker(
             name,
+            "--analytics",  # the campaign counts' panels (the ingests' aggregator)
+            "on",
             "--http-port",
             str(port),
             "--data",
