@@ -9,16 +9,24 @@
 
 Both answer with the stored periods (or day totals) and a Counter of cells still in
 memory; engine/analytics/report.py builds the same bodies from either.
+
+The console's customer timeline reads a :class:`HistorySource` the same way: what each
+runtime still holds of one customer's recent events and actions (``nudge run``: its
+journal and outbox, engine/embedded/history.py; the distributed ingest: the tail of the
+customer's partition of the ``events`` and ``actions`` topics with each action's
+delivery status in Redis, engine/distributed/history.py). Neither keeps a per-customer
+history: ``covers`` says in words what the timeline covers.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from state.analytics import Cell, DayTotals, Period
 
-__all__ = ["AnalyticsSource", "source_of"]
+__all__ = ["AnalyticsSource", "CustomerHistory", "HistorySource", "history_of", "source_of"]
 
 
 @runtime_checkable
@@ -46,3 +54,31 @@ def source_of(backend: Any) -> AnalyticsSource | None:
         return backend
     source = getattr(backend, "analytics_source", None)
     return source if isinstance(source, AnalyticsSource) else None
+
+
+@dataclass
+class CustomerHistory:
+    """One customer's recent past, newest first. ``events``: ``{"type", "event_id",
+    "timestamp", "accepted_at"}`` (the event's own RFC 3339 time, acceptance in epoch ms;
+    no properties); ``actions``: ``{"rule_id", "channel", "template", "variant",
+    "fire_at", "status"}`` (``fire_at`` epoch ms); ``covers``: what was searched, in
+    words, for the page."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    covers: str = ""
+
+
+@runtime_checkable
+class HistorySource(Protocol):
+    async def customer_history(self, customer_id: str, scan: int) -> CustomerHistory:
+        """``customer_id``'s events and actions among the last ``scan`` records the
+        runtime holds (its journal, or the customer's topic partitions), newest first;
+        nothing from before an erase of the id."""
+        ...
+
+
+def history_of(backend: Any) -> HistorySource | None:
+    """The timeline source of an HTTP backend that serves one itself (the distributed
+    ingest); None: the console reads the data directory (``nudge run``) or has none."""
+    return backend if isinstance(backend, HistorySource) else None

@@ -3,24 +3,26 @@
 Segments read the backend's segment index like ``GET /v1/segments`` (engine/http/
 segments.py); exports are that API's own streams. The customer page is
 ``GET /v1/customers/{id}``'s view (engine/customer_view.py) plus the population's scores and
-a timeline assembled from what the runtime keeps (engine/embedded/history.py): no store
-keeps a customer's whole history, and the page says what the timeline covers.
+a timeline assembled from what the runtime keeps (a ``HistorySource``, engine/analytics/
+source.py: ``nudge run``'s journal and outbox, engine/embedded/history.py; the distributed
+ingest's topic tails, engine/distributed/history.py): no store keeps a customer's whole
+history, and the page says what the timeline covers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from engine.analytics.source import CustomerHistory, history_of
 from engine.console import api
 from engine.console.session import Session
 from engine.console.web import CONSOLE, redirect, render
 from engine.customer_view import customer_json
-from engine.embedded.history import customer_actions, customer_events
+from engine.embedded.history import JournalHistory
 from engine.exceptions import NotReady
 from engine.http.base import BACKEND
 from engine.http.segments import segment_rows
@@ -29,7 +31,8 @@ from engine.types import iso
 __all__ = ["TIMELINE_SCAN", "customer_form", "customer_page", "export", "members", "segments"]
 
 TIMELINE_SCAN = 50_000
-"""Events of the journal (newest first) searched for a customer's timeline."""
+"""Events of the journal (the distributed runtime: records of each of the customer's topic
+partitions), newest first, searched for a customer's timeline."""
 MEMBERS_PAGE = 50
 
 
@@ -125,12 +128,10 @@ async def customer_page(request: web.Request, session: Session) -> web.StreamRes
     rfm = population.rfm_of(st, now) if population is not None else None
     predicted = population.predicted_of(st, now) if population is not None else None
     directory = _data_dir(backend)
-    events: list[dict[str, Any]] = []
-    actions: list[dict[str, Any]] = []
+    history = CustomerHistory(covers="This runtime keeps no journal here: only the open flows "
+                              "are shown.")  # fmt: skip
     if directory is not None:
-        events = await asyncio.to_thread(customer_events, directory, cid, TIMELINE_SCAN)
-        actions = await asyncio.to_thread(customer_actions, directory, cid)
-    timeline = _timeline(view, events, actions)
+        history = await JournalHistory(directory).customer_history(cid, TIMELINE_SCAN)
     return render(
         request,
         "customer.html",
@@ -139,9 +140,8 @@ async def customer_page(request: web.Request, session: Session) -> web.StreamRes
         rfm=rfm,
         predicted=predicted,
         segments=sorted((st.segments or {}).items()),
-        timeline=timeline,
-        scan=TIMELINE_SCAN,
-        journal=directory is not None,
+        timeline=_timeline(view, history.events, history.actions),
+        covers=history.covers,
     )
 
 
@@ -191,8 +191,9 @@ async def _remote_customer(
     request: web.Request, session: Session, backend: Any, cid: str
 ) -> web.StreamResponse:
     """The distributed ingest's lookup: the owning worker's read of the customer
-    (engine/distributed/requests.py), the same view as ``GET /v1/customers/{id}``; no
-    journal or outbox here, so the timeline is the open flows."""
+    (engine/distributed/requests.py), the same view as ``GET /v1/customers/{id}``, and
+    its events and actions from the ingest's history source (the topics' tails, with
+    the delivery statuses in Redis), or the open flows alone without one."""
     try:
         status, view = await backend.customer(cid)
     except NotReady as err:
@@ -201,6 +202,14 @@ async def _remote_customer(
         return render(request, "customer_search.html", session, missing=cid)
     if status != 200:
         return render(request, "error.html", session, status, message="Lookup failed.")
+    source = history_of(backend)
+    history = CustomerHistory(covers="This runtime serves no history: only the open flows "
+                              "are shown.")  # fmt: skip
+    if source is not None:
+        try:
+            history = await source.customer_history(cid, TIMELINE_SCAN)
+        except NotReady as err:
+            history.covers = f"The history is not available now ({err}): only the open flows."
     return render(
         request,
         "customer.html",
@@ -209,7 +218,6 @@ async def _remote_customer(
         rfm=None,
         predicted=None,
         segments=[],
-        timeline=_timeline(view, [], []),
-        scan=TIMELINE_SCAN,
-        journal=False,
+        timeline=_timeline(view, history.events, history.actions),
+        covers=history.covers,
     )

@@ -329,6 +329,7 @@ def _add_ingest(
             admission_target=args.admission_target,
             priorities=dict(args.priority or ()),
             changelog_topic=cfg.changelog_topic if cfg.analytics else None,
+            actions_topic=cfg.actions_topic,
             metrics=metrics,
         )
         await ingest.start()

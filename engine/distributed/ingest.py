@@ -14,6 +14,10 @@ Customer read and erase go to the worker owning the customer's partition, as req
 the ``events`` topic answered on the replies topic (engine/distributed/requests.py): the
 same answers as ``nudge run``, 503 with ``Retry-After`` when none comes in time.
 
+The console's customer timeline (engine/distributed/history.py): with ``actions_topic``,
+the customer's records among the tails of its partition of the ``events`` and ``actions``
+topics, found by the producer's own partitioner.
+
 Segments (engine/http/segments.py): with ``segments_topic`` the ingest follows the
 workers' membership topic into a segment index (engine/distributed/segments.py) and
 serves the listing, pages and exports from it once it has read the topic up to its end
@@ -33,9 +37,11 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 
 from engine.admission import DEFAULT_PRIORITIES, Decision
+from engine.analytics.source import CustomerHistory
 from engine.clock import Clock, SystemClock
 from engine.distributed.admission import BrokerAdmission
 from engine.distributed.analytics import ChangelogAggregator
+from engine.distributed.history import TopicHistory
 from engine.distributed.requests import Kind, ReplyFollower
 from engine.distributed.rules import deploy_rules, stored_rule_files
 from engine.distributed.segments import SegmentFeed
@@ -81,6 +87,7 @@ class KafkaIngest:
         admission_target: float = 0.25,
         priorities: dict[str, str] | None = None,
         changelog_topic: str | None = None,
+        actions_topic: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap.removeprefix("kafka://")
         self.topic = topic
@@ -113,6 +120,9 @@ class KafkaIngest:
         if changelog_topic is not None and redis is not None:
             self.analytics_source = RedisAnalytics(redis.client, redis.prefix)
             self.aggregator = ChangelogAggregator(bootstrap, changelog_topic, self.analytics_source)
+        self.history: TopicHistory | None = None
+        if actions_topic is not None:
+            self.history = TopicHistory(self.bootstrap, topic, actions_topic, redis)
         self.segment_feed: SegmentFeed | None = None
         if segments_topic is not None:
             self.segment_feed = SegmentFeed(self.bootstrap, segments_topic, SegmentIndex(None))
@@ -164,6 +174,8 @@ class KafkaIngest:
             await self.suppression.start()
         if self.aggregator is not None:
             await self.aggregator.start()
+        if self.history is not None:
+            await self.history.start()
         self.ready = True
 
     async def _follow_rules(self) -> None:
@@ -196,6 +208,8 @@ class KafkaIngest:
             await self.suppression.stop()
         if self.aggregator is not None:
             await self.aggregator.stop()
+        if self.history is not None:
+            await self.history.stop()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -254,6 +268,19 @@ class KafkaIngest:
         """(status, body) of ``GET /v1/customers/{id}/export``: what the owning worker
         holds (the events stay in the ``events`` topic until its retention)."""
         return await self._request("export", customer_id)
+
+    async def customer_history(self, customer_id: str, scan: int) -> CustomerHistory:
+        """The console's timeline: ``customer_id``'s records among the last ``scan`` of
+        its partitions (engine/distributed/history.py); empty without ``actions_topic``."""
+        if not self.ready or self._producer is None:
+            raise NotReady("ingest not connected to Kafka")
+        if self.history is None:
+            return CustomerHistory(covers="This ingest reads no topics for a timeline.")
+        from aiokafka.partitioner import DefaultPartitioner
+
+        parts = sorted(await self._producer.partitions_for(self.topic))
+        partition = DefaultPartitioner()(customer_id.encode(), parts, parts)  # as produced
+        return await self.history.read(customer_id, partition, scan)
 
     async def erase(self, customer_id: str, suppress: bool = False) -> dict[str, Any]:
         """What ``DELETE /v1/customers/{id}`` erased, on the owning worker; with

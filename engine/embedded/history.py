@@ -9,6 +9,8 @@ block the runtime's writers), newest first and bounded:
 - :func:`last_events`: the last N events as JSON lines, for the backtest preview;
 - :func:`customer_events`: one customer's events among the last ``scan`` events accepted;
 - :func:`customer_actions`: one customer's actions still in the outbox;
+- :class:`JournalHistory`: both, as the console's timeline source
+  (engine/analytics/source.py ``HistorySource``);
 - :func:`customer_record`: everything of one customer in the journal, the outbox, the
   dead-letter store and the actions file, in full, for ``GET /v1/customers/{id}/export``.
 
@@ -20,6 +22,7 @@ DataKeyError.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Iterator
@@ -29,9 +32,16 @@ from typing import Any
 import msgspec
 import orjson
 
+from engine.analytics.source import CustomerHistory
 from engine.embedded.storage.crypt import opener, registered
 
-__all__ = ["customer_actions", "customer_events", "customer_record", "last_events"]
+__all__ = [
+    "JournalHistory",
+    "customer_actions",
+    "customer_events",
+    "customer_record",
+    "last_events",
+]
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 
@@ -144,6 +154,26 @@ def customer_actions(data_dir: Path, customer_id: str, limit: int = 100) -> list
         )
     out.sort(key=lambda a: a["fire_at"] or 0, reverse=True)
     return out
+
+
+class JournalHistory:
+    """The timeline source of a data directory: :func:`customer_events` among the last
+    ``scan`` events journaled and :func:`customer_actions`, read in a thread."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    async def customer_history(self, customer_id: str, scan: int) -> CustomerHistory:
+        events = await asyncio.to_thread(customer_events, self.data_dir, customer_id, scan)
+        actions = await asyncio.to_thread(customer_actions, self.data_dir, customer_id)
+        return CustomerHistory(
+            events,
+            actions,
+            f"Events found among the last {scan:,} events the journal still holds (kept up "
+            "to its retention and until checkpointed), actions still in the outbox "
+            "(pending, failed, or sent in the last day), and the flows this customer is in. "
+            "Older history is not kept per customer.",
+        )
 
 
 def customer_record(data_dir: Path, customer_id: str) -> dict[str, list[Any]]:
