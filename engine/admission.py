@@ -3,18 +3,23 @@ ahead of it drains within a target, at the processing rate measured now (docs/
 operations.md, "Overload").
 
 The queue's drain time is ``queued events x seconds per event``, where seconds per event
-is the partitions' measured processing cost divided by the share of the event loop they
-get while they have work (HTTP parsing, journal commits and deliveries take the rest):
-both are moving averages, so the bound follows the machine, the rule set and the traffic
-mix. Under overload the queue therefore stays near the target, every accepted event is
-processed within about that time, and a refused client is told (``Retry-After``) how long
-the queue needs. When the overload ends, the queue is short already: nothing to drain.
+is the wall time the partitions took per event over recent windows in which a backlog
+lasted throughout (a moving average): everything else the loop does meanwhile (HTTP
+parsing, journal commits, deliveries, timers, checkpoints) is inside that time, so the
+bound follows the machine, the rule set and the traffic mix without a model of them. To
+it is added how long the outbox's delivery queue holds actions that are due now
+(``waiting``): an accepted event's action waits there too, so an engine whose deliveries
+fall behind refuses work instead of letting event-to-action grow. Under overload the
+queue therefore stays near the target, every accepted event is processed within about
+that time, and a refused client is told (``Retry-After``) how long the queue needs. When
+the overload ends, the queue is short already: nothing to drain.
 
 Shedding the least valuable first: each event type has a priority (``low`` for views that
 only feed counters, ``high`` for what changes money, carts, consent and identity, and
 provider feedback; ``normal`` otherwise). A request is classed by its most valuable event
 and admitted while the drain time stays under the target times its class's factor: low
-0.5, normal 1, high 4. So no order, cart or consent event is refused while views are
+0.5, normal 1, high 2 (with the default 0.25 s target, a high-priority request waits
+behind at most ~0.5 s of work). So no order, cart or consent event is refused while views are
 still admitted, and a request is admitted or refused whole (a client never has to find
 which of its events were dropped).
 """
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 __all__ = ["DEFAULT_PRIORITIES", "PRIORITIES", "Admission", "Decision", "parse_priority"]
 
 PRIORITIES = ("low", "normal", "high")
-_FACTOR = {"low": 0.5, "normal": 1.0, "high": 4.0}
+_FACTOR = {"low": 0.5, "normal": 1.0, "high": 2.0}
 
 DEFAULT_PRIORITIES: dict[str, str] = {
     "page_viewed": "low",
@@ -97,14 +102,15 @@ class Admission:
     target: float = 0.25
     priorities: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PRIORITIES))
     clock: Callable[[], float] = time.monotonic
-    # moving averages: processing seconds per event, and the partitions' share of the
-    # loop while they have work (start: a guess the first measurements replace)
-    cost: float = 20e-6
-    share: float = 0.5
-    alpha: float = 0.2
+    # wall seconds per event drained while a backlog lasted (a moving average; the
+    # start is a guess the first measured window replaces)
+    cost: float = 50e-6
+    alpha: float = 0.3
+    window: float = 0.25
     _window_start: float = 0.0
-    _busy: float = 0.0
+    _done: int = 0
     _saturated: bool = True
+    _measured: bool = False
 
     def priority(self, types: Iterable[str]) -> str:
         """The class of a request: its most valuable event's."""
@@ -120,12 +126,14 @@ class Admission:
 
     def drain_time(self, queued: int) -> float:
         """Seconds the partitions need for ``queued`` events at the measured pace."""
-        return queued * self.cost / max(self.share, 0.05)
+        return queued * self.cost
 
-    def decide(self, queued: int, types: Iterable[str]) -> Decision:
-        """Admit a request behind ``queued`` events, or say how long to wait."""
+    def decide(self, queued: int, types: Iterable[str], waiting: float = 0.0) -> Decision:
+        """Admit a request behind ``queued`` events, or say how long to wait.
+        ``waiting``: seconds its output would wait further downstream (the outbox's
+        delivery queue), added to the queue's drain time."""
         priority = self.priority(types)
-        drain = self.drain_time(queued)
+        drain = self.drain_time(queued) + waiting
         limit = self.target * _FACTOR[priority]
         if drain <= limit:
             return Decision(True, priority, drain)
@@ -133,30 +141,34 @@ class Admission:
 
     def limit_events(self, priority: str = "normal") -> int:
         """Events the queue may hold for a request of ``priority`` to be admitted."""
-        per = self.cost / max(self.share, 0.05)
-        return int(self.target * _FACTOR[priority] / per) if per > 0 else 0
+        return int(self.target * _FACTOR[priority] / self.cost) if self.cost > 0 else 0
 
     # --- measurements ------------------------------------------------------------
-    def processed(self, events: int, seconds: float) -> None:
-        """A partition processed ``events`` in ``seconds`` of loop time."""
-        if events > 0 and seconds > 0:
-            self.cost += self.alpha * (seconds / events - self.cost)
-        self._busy += seconds
+    def processed(self, events: int) -> None:
+        """The partitions processed ``events`` more."""
+        self._done += events
 
-    def tick(self, backlog: bool, window: float = 0.5) -> None:
-        """Call often (every loop turn of a partition, or a timer) with whether events
-        were queued: over each ``window`` seconds spent with a backlog throughout, the
-        partitions' busy share of the wall time updates ``share``."""
+    def tick(self, backlog: bool) -> None:
+        """Call often (every loop turn of a partition) with whether events were queued.
+        A window of ``window`` seconds with a backlog throughout measures the pace: its
+        wall time over the events processed in it. Everything else the loop did meanwhile
+        (HTTP, journal commits, deliveries, timers, checkpoints) is in that time, which
+        is what a queued event waits behind. Windows that were idle at some point say
+        nothing about the pace and are skipped."""
         now = self.clock()
         if not self._window_start:
             self._window_start = now
         if not backlog:
             self._saturated = False
         elapsed = now - self._window_start
-        if elapsed < window:
+        if elapsed < self.window:
             return
-        if self._saturated and self._busy > 0:
-            self.share += self.alpha * (min(1.0, self._busy / elapsed) - self.share)
+        if self._saturated and self._done > 0:
+            pace = elapsed / self._done
+            if self._measured:
+                self.cost += self.alpha * (pace - self.cost)
+            else:
+                self.cost, self._measured = pace, True
         self._window_start = now
-        self._busy = 0.0
+        self._done = 0
         self._saturated = backlog

@@ -150,7 +150,13 @@ class Metrics:
         )
         self.admission_drain = Gauge(
             "nudge_admission_drain_seconds",
-            "Estimated seconds the queued events need at the measured processing pace",
+            "Estimated seconds an accepted event waits: the queued events at the measured "
+            "pace, plus the outbox's delivery wait",
+            registry=r,
+        )
+        self.delivery_wait = Gauge(
+            "nudge_outbox_delivery_wait_seconds",
+            "Seconds the oldest due action has waited for a delivery task",
             registry=r,
         )
         self.admission_limit = Gauge(

@@ -45,8 +45,8 @@ class BrokerAdmission(Admission):
     :meth:`sent` when a request's events go to the producer and :meth:`acked` when they
     are acknowledged (or failed)."""
 
-    share: float = 1.0  # the broker is not shared with anything measured here
-    window: float = 0.25
+    cost: float = 20e-6  # seconds per acknowledged event (a guess the acks replace)
+    alpha: float = 0.2
     queued: int = 0
     _pending: deque[Pending] = field(default_factory=deque)
     _last: float = 0.0  # last time the busy time was accounted

@@ -94,6 +94,26 @@ _FORWARD_BATCH = 500
 _FORWARD_RETRY_S = 0.05
 
 
+class _Ready(asyncio.Queue[str]):
+    """Customers whose first action is due, each with when it was put (monotonic), so
+    the age of the oldest is known: how long the delivery tasks are behind."""
+
+    _queue: deque[tuple[str, float]]
+
+    def _init(self, maxsize: int) -> None:
+        self._queue = deque()
+
+    def _put(self, item: str) -> None:
+        self._queue.append((item, time.monotonic()))
+
+    def _get(self) -> str:
+        return self._queue.popleft()[0]
+
+    def oldest_age(self) -> float:
+        """Seconds the first in line has waited (0: none waits)."""
+        return time.monotonic() - self._queue[0][1] if self._queue else 0.0
+
+
 def forward_action(event: Event, now: int) -> Action:
     """An identity forward as an outbox row: keyed by (event id, target), so the replay
     of the input that made it finds it there."""
@@ -143,7 +163,7 @@ class Outbox:
         # per customer, the actions not settled yet, in the order they were made: only the
         # first is attempted (an SMS goes after its email, also across an outage)
         self._lanes: dict[str, deque[tuple[Action, bool]]] = {}
-        self._ready: asyncio.Queue[str] = asyncio.Queue()  # customers whose first is due
+        self._ready = _Ready()  # customers whose first action is due
         self._waiting: dict[str, int] = {}  # customer -> generation of its wait
         self._timers: list[tuple[int, int, str, str]] = []  # (due, gen, customer, sink)
         self._parked: dict[str, deque[tuple[str, int]]] = {}  # sink -> waiting on its breaker
@@ -642,6 +662,12 @@ class Outbox:
     @property
     def pending(self) -> int:
         return len(self._inflight) + len(self._buf)
+
+    def delivery_wait(self) -> float:
+        """Seconds the oldest due action has waited for a delivery task (0: none): the
+        admission adds it to an accepted event's expected wait. Actions waiting out a
+        retry, a breaker or quiet hours are not due, so not counted."""
+        return self._ready.oldest_age()
 
     @property
     def waiting(self) -> int:

@@ -122,7 +122,9 @@ class Runtime:
             return float(self.queued + self.writer.buffered)
 
         m.queue_depth.set_function(backlog)
-        m.admission_drain.set_function(lambda: self.admission.drain_time(int(backlog())))
+        m.admission_drain.set_function(
+            lambda: self.admission.drain_time(int(backlog())) + self.outbox.delivery_wait()
+        )
 
         def limit(prio: str) -> Callable[[], float]:
             return lambda: float(self.admission.limit_events(prio))
@@ -130,6 +132,7 @@ class Runtime:
         for prio in PRIORITIES:
             m.admission_limit.labels(prio).set_function(limit(prio))
         m.outbox_pending.set_function(lambda: float(self.outbox.pending))
+        m.delivery_wait.set_function(self.outbox.delivery_wait)
         m.pending_timers.set_function(lambda: float(sum(len(p.timers) for p in self.parts)))
         m.customers.set_function(lambda: float(sum(len(p.store) for p in self.parts)))
 
@@ -344,7 +347,8 @@ class Runtime:
                 return
         if admit:
             queued = self.queued + self.writer.buffered
-            d = self.admission.decide(queued, (ev.type for ev in batch[0]))
+            types = (ev.type for ev in batch[0])
+            d = self.admission.decide(queued, types, self.outbox.delivery_wait())
             m = self.metrics
             if not d.admitted:
                 m.admission_shed.labels(d.priority).inc(len(batch[0]))
@@ -434,7 +438,7 @@ class Runtime:
                 m.processing.observe(took / len(batch))
                 m.events_processed.inc(len(batch))
                 self.queued -= len(batch)
-                self.admission.processed(len(batch), took)
+                self.admission.processed(len(batch))
                 self.admission.tick(self.queued > 0)
                 await asyncio.sleep(0)
                 continue
