@@ -3,7 +3,7 @@ with ``--http-port`` (the ingest) on the real Kafka and Redis; the timeline show
 customer's events and actions newest first, from its partitions of the ``events`` and
 ``actions`` topics (another customer of the same partition left out), each action with
 its delivery status from Redis; a customer erased and seen again shows only what came
-after the erase."""
+after the erase. The consent history is the worker's view, as the export has it."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from playwright.sync_api import Page, expect
 
 from engine.types import iso
 from tests.console.conftest import Watched
+from tests.console.test_consent_page import consent_rows, export_rows
 from tests.distributed.conftest import Cluster, cluster_factory  # noqa: F401  (a fixture)
 from tests.support.servers import free_port
 
@@ -112,6 +113,17 @@ def test_distributed_customer_timeline(
     assert body["erased"]["state"] is True
     _post(base, c, [_ev(6, "order_completed", "c3", t + 3, order_id="o3", total=20.0)])
     _until("six actions delivered", lambda: len(_lines(sent)) == 6, c)
+    signup = _ev(7, "customer_signed_up", "c4", t, consent={"email": True, "sms": True})
+    unsub = {**_ev(8, "email_unsubscribed", "c4", t + 5), "context": {"source": "sendgrid"}}
+    _post(base, c, [signup])
+    _post(base, c, [unsub])
+    status, export = _until(
+        "c4's export",
+        lambda: (got := _call("GET", base + "/v1/customers/c4/export", ADMIN))[0] == 200 and got,
+        c,
+    )
+    history = export["state"]["profile"]["consent_history"]
+    assert [h["source"] for h in history] == ["storefront", "sendgrid"]
 
     page = watched.page
     page.goto(base + "/ui/")
@@ -154,3 +166,8 @@ def test_distributed_customer_timeline(
            == ["order-thanks / default (sent)"], c, timeout=30)  # fmt: skip
     assert _rows(page, "event", 3) == ["order_completed"]  # not the view before the erase
     watched.shot("distributed-customer-after-erase")
+
+    page.goto(base + "/ui/customers/c4")
+    expect(page.get_by_test_id("customer-id")).to_have_text("c4")
+    assert consent_rows(page) == export_rows(history)
+    assert [r[1] for r in consent_rows(page)] == ["email off", "email on, sms on"]
