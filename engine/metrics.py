@@ -73,6 +73,13 @@ class Metrics:
             "Events dropped at the edge: their customer was erased with suppression",
             registry=r,
         )
+        self.events_erased_skipped = Counter(
+            "nudge_events_erased_skipped",
+            "Events of an erased customer from before its erase, skipped when processed "
+            "again (nudge run: journal entries replayed at start; nudge worker: events "
+            "before the id's erase mark)",
+            registry=r,
+        )
         self.events_processed = Counter(
             "nudge_events_processed",
             "Events applied by the core (accepted minus processed = backlog)",

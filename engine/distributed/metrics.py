@@ -104,6 +104,10 @@ _ENGINE_COUNTERS = {
     "duplicates": ("nudge_events_duplicate", "Events ignored as duplicates (same event_id)"),
     "future": ("nudge_events_future", "Events stamped beyond future_tolerance ahead"),
     "skipped": ("nudge_worker_events_skipped", "Reprocessed events a restored state held"),
+    "erased_skipped": (
+        "nudge_events_erased_skipped",
+        "Events of an erased customer from before its erase mark, skipped when processed again",
+    ),
     "undecodable": ("nudge_worker_events_undecodable", "Event records skipped: not a valid event"),
     "timers_fired": ("nudge_worker_timers_fired", "Timers fired"),
     "actions": ("nudge_worker_actions_produced", "Actions produced to the actions topic"),

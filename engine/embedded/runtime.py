@@ -319,6 +319,7 @@ class Runtime:
                 continue
             for i, ev in enumerate(events):
                 if ev is None:  # erased
+                    self.metrics.events_erased_skipped.inc()
                     continue
                 part = self.parts[partition_of(ev.customer_id, n)]
                 if first + i > part.position:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.distributed.purge import purge_consumed
 from engine.erasure import scan_kafka, scan_redis
@@ -204,6 +205,15 @@ async def test_erased_customer_stays_erased_through_a_replay(
             assert [k for k in new if CID.encode() in k] == [], new
             engine = c.stats("w2")["engine"]
             print("replay:", {k: engine[k] for k in ("events", "skipped", "erased_skipped")})
+            # counted on the worker's /metrics as well, with nudge run's name
+            async with session.get(url + "/metrics") as r:
+                scraped = {
+                    s.name: s.value
+                    for fam in text_string_to_metric_families(await r.text())
+                    for s in fam.samples
+                }
+            assert scraped["nudge_events_erased_skipped_total"] >= len(mine)
+            assert scraped["nudge_events_erased_skipped_total"] >= engine["erased_skipped"]
 
         # what is left of the customer anywhere in Kafka and Redis
         needles = [CID.encode(), EMAIL.encode()]

@@ -45,6 +45,22 @@ def _hits(data: Path) -> list[tuple[str, str]]:
     return out
 
 
+def _metric(port: int, name: str) -> float:
+    """A sample's value on the process's /metrics (0 when absent)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name
+    )
+
+
 def _events(cid: str, n: int, email: str | None = None, phone: str = PHONE) -> list[dict[str, Any]]:
     evs: list[dict[str, Any]] = []
     if email is not None:
@@ -147,6 +163,8 @@ def test_erase_leaves_nothing_in_the_data_dir_even_after_kill_9(tmp_path: Path) 
 
         proc = start_nudge_run(data, port, sinks, tokens=(WRITE, ADMIN), log=log)
         wait_ready(port, proc, log)
+        # the erased entries were replayed from the journal (not checkpointed): skipped, counted
+        assert _metric(port, "nudge_events_erased_skipped_total") == e["journal_entries"]
         assert request("GET", port, f"/v1/customers/{CID}")[0] == 404
         assert request("GET", port, f"/v1/customers/{OTHER}")[0] == 200  # untouched
         assert _hits(data) == []
