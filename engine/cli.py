@@ -18,6 +18,7 @@ import orjson
 
 from engine.admin import add_admin_parsers
 from engine.distributed.cli import add_topics_parser, add_worker_parser
+from engine.distributed.purge import add_purge_parser
 from engine.embedded import CHECKPOINT_MODES
 from engine.embedded.storage.crypt import DataKeyError, generate_key
 from engine.erasure import add_erase_parser
@@ -574,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_worker_parser(sub)
     add_topics_parser(sub)
+    add_purge_parser(sub)
     add_loadtest_parsers(sub)
 
     _add_report_parser(sub)
