@@ -23,8 +23,8 @@ __all__ = [
     "Cell",
     "DayTotals",
     "Period",
-    "decode_pending",
     "is_pending",
+    "pending_cells",
     "pending_row",
     "split_pending",
     "summary_index",
@@ -84,11 +84,9 @@ def is_pending(row_id: str) -> bool:
     return row_id.startswith(PENDING_PREFIX)
 
 
-def decode_pending(body: bytes) -> Counter[Cell]:
-    out: Counter[Cell] = Counter()
-    for r, v, var, step, metric, hour, n in _cells.decode(body):
-        out[(r, v, var, step, metric, hour)] += n
-    return out
+def pending_cells(body: bytes) -> list[tuple[str, int, str, int, str, int, int]]:
+    """A pending row's counts: ``(*cell, count)`` each (a cell appears once a row)."""
+    return _cells.decode(body)
 
 
 def split_pending(

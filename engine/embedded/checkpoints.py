@@ -79,6 +79,9 @@ class Checkpoints:
         # into the stored totals, and how many folds happened (engine/analytics/)
         self._unfolded: list[tuple[Partition, Taken]] = []
         self.analytics_folds = 0
+        # states.db's count of folds committed (storage/analytics.py ``folds``) that does
+        # not include the round in ``_unfolded`` yet: read at each round's start
+        self._stored_folds = 0
 
     async def erase(self, customer_id: str) -> None:
         """A customer erased: the round packing now deletes it after what it packed, and
@@ -106,6 +109,7 @@ class Checkpoints:
             await self._checkpoint_inline(chunk, spread)
 
     async def _checkpoint_inline(self, chunk: int, spread: float) -> None:
+        await self._read_folds()
         taken = [(p, p.begin()) for p in self.rt.parts]
         unfolded = len(self._unfolded)
         actions: list[Any] = []
@@ -114,6 +118,8 @@ class Checkpoints:
         except BaseException:  # not written: all of it goes in the next one
             for p, changes in taken:
                 p.abort(changes)
+            if self._unfolded[unfolded:] and await self._is_folded():
+                self._folded()  # the fold committed in its thread (a cancelled await)
             for p, counts in self._unfolded[unfolded:]:
                 assert p.tally is not None
                 p.tally.give_back(counts)
@@ -188,6 +194,7 @@ class Checkpoints:
     async def _checkpoint_paced(self) -> bool:
         cfg = self.rt.cfg
         t0 = time.perf_counter()
+        await self._read_folds()
         rnd = PacedRound(
             self.rt.parts,
             spool_path(cfg.data_dir, os.getpid()),
@@ -210,14 +217,14 @@ class Checkpoints:
             code = await run_writer(
                 cfg.data_dir, cfg.synchronous, rnd.spool, cfg.checkpoint_timeout
             )
-        except BaseException:
-            rnd.give_back()
+        except BaseException:  # the writer was killed (and reaped) first
+            await self._writer_failed(rnd)
             raise
         finally:
             self._writing = None
             self._no_writer.set()
         if code != 0:
-            rnd.give_back()
+            await self._writer_failed(rnd)
             if code in (EXIT_DISK_FULL, EXIT_IO):  # the writer logged the cause
                 cause = "database or disk is full" if code == EXIT_DISK_FULL else "disk I/O error"
                 self.rt.health.failed("checkpoint", sqlite3.OperationalError(cause))
@@ -226,7 +233,7 @@ class Checkpoints:
                     "checkpoint writer exited with %d; its states go in the next one", code
                 )
             return False
-        await self._fold_counts()
+        self._folded()  # by the writer, in its last transaction
         await self._checkpointed(rnd.seqs)
         took = time.perf_counter() - t0
         self.rt.metrics.checkpoint.observe(took)
@@ -256,27 +263,63 @@ class Checkpoints:
         return rows
 
     async def _fold_counts(self) -> None:
-        """After a checkpoint committed: its counts join the stored totals, then leave
-        memory (in this order, with no await in between on the loop's side, so a report
-        never counts them twice nor misses them: ``analytics_counts``)."""
+        """After an inline checkpoint committed: its counts join the stored totals
+        (``_folded``)."""
         assert self.rt.store is not None
         if self.rt.cfg.analytics:
             await self.rt.db(self.rt.store.analytics_fold)
+        self._folded()
+
+    def _folded(self) -> None:
+        """The round's counts are in the stored totals: they leave memory."""
         self._unfolded = []
+        self._stored_folds += 1
         self.analytics_folds += 1
+
+    async def _read_folds(self) -> None:
+        """A round starts (none runs): the stored count of folds, for the reports."""
+        if self.rt.cfg.analytics and self.rt.store is not None:
+            self._stored_folds = await self.rt.db(self.rt.store.analytics_folds)
+
+    async def _writer_failed(self, rnd: PacedRound) -> None:
+        """A paced round whose writer failed or was killed: its customers go into the
+        next round. Its counts too, unless the writer's last transaction (positions and
+        fold) committed before it failed: then they are in the totals already, and
+        written again they would count twice."""
+        folded = bool(rnd.counts) and await self._is_folded()
+        rnd.give_back(counts=not folded)
+        if folded:
+            self._folded()
+        else:
+            self.analytics_folds += 1  # the round's counts moved back: reports retry
+
+    async def _is_folded(self) -> bool:
+        """Whether states.db committed a fold since the round started (called once
+        nothing can fold any more: the writer is dead, the SQLite thread's queue is
+        behind the fold)."""
+        if not self.rt.cfg.analytics or self.rt.store is None:
+            return False
+        try:
+            n: int = await self.rt.db(self.rt.store.analytics_folds)
+        except Exception as err:  # cannot tell: pending again, as before the writer folded
+            logger.error("checkpoint: fold count not read (%s); counts pending again", err)
+            return False
+        return n > self._stored_folds
 
     async def analytics_counts(
         self, hourly: bool, first: int, last: int, rule_id: str | None = None
     ) -> tuple[list[Period], Counter[Cell]]:
         """Every count so far for days (or hours) ``first``..``last``: the stored totals
         and the counts still in memory (by cell, all periods: the caller filters)."""
-        assert self.rt.store is not None
+        store = self.rt.store
+        assert store is not None
         while True:
             folds = self.analytics_folds
-            mem = self._analytics_memory()
-            stored = await self.rt.db(self.rt.store.analytics_periods, hourly, first, last, rule_id)
-            if folds == self.analytics_folds:  # no checkpoint folded meanwhile
-                return stored, mem
+            stored, n = await self.rt.db(
+                store.analytics_read, store.analytics_periods, hourly, first, last, rule_id
+            )
+            if folds == self.analytics_folds:  # no round ended meanwhile
+                return stored, self._analytics_memory(n)
 
     async def analytics_totals(
         self, first: int, last: int
@@ -284,22 +327,29 @@ class Checkpoints:
         """``analytics_counts`` for the all-rules report: the stored day totals of days
         ``first``..``last`` (engine/embedded/storage/analytics.py) and the counts still in
         memory."""
-        assert self.rt.store is not None
+        store = self.rt.store
+        assert store is not None
         while True:
             folds = self.analytics_folds
-            mem = self._analytics_memory()
-            stored = await self.rt.db(self.rt.store.analytics_day_totals, first, last)
-            if folds == self.analytics_folds:  # no checkpoint folded meanwhile
-                return stored, mem
+            stored, n = await self.rt.db(
+                store.analytics_read, store.analytics_day_totals, first, last
+            )
+            if folds == self.analytics_folds:  # no round ended meanwhile
+                return stored, self._analytics_memory(n)
 
-    def _analytics_memory(self) -> Counter[Cell]:
+    def _analytics_memory(self, stored_folds: int) -> Counter[Cell]:
+        """The counts in memory now, beside stored totals read with ``stored_folds``
+        folds committed: the round not yet seen folded is left out if its writer folded
+        it before that read (computed after the read, with no await: each count is then
+        either in those totals or here, once)."""
         mem: Counter[Cell] = Counter()
         for p in self.rt.parts:
             if p.tally is not None:
                 mem.update(p.tally.totals())
-        for _, taken in self._unfolded:
-            for counts in taken.values():
-                mem.update(counts)
+        if stored_folds <= self._stored_folds:
+            for _, taken in self._unfolded:
+                for counts in taken.values():
+                    mem.update(counts)
         return mem
 
     async def _checkpointed(self, seqs: dict[int, int]) -> None:

@@ -111,11 +111,13 @@ class PacedRound:
         self.counts.append((p, taken))
         return p.tally.rows(taken)
 
-    def give_back(self) -> None:
-        """A failed round: its customers go into the next one; its spool is removed."""
+    def give_back(self, counts: bool = True) -> None:
+        """A failed round: its customers go into the next one, and its campaign counts
+        unless not ``counts`` (its writer folded them before it failed:
+        engine/embedded/checkpoints.py); its spool is removed."""
         for p, changes in self.taken:
             p.abort(changes)
-        for p, taken in self.counts:
+        for p, taken in self.counts if counts else ():
             assert p.tally is not None
             p.tally.give_back(taken)
         self.counts.clear()  # in place: the runtime reads it until folded

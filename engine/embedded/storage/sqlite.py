@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import orjson
@@ -36,6 +36,7 @@ import orjson
 from engine.embedded.storage.analytics import (
     ANALYTICS_SCHEMA,
     fold,
+    folds,
     prune,
     read_day_totals,
     read_periods,
@@ -56,6 +57,8 @@ from state.customer import CustomerState, load
 logger = logging.getLogger(__name__)
 
 __all__ = ["JournalEntry", "OutboxEntry", "SqliteStore", "write_snapshot"]
+
+_T = TypeVar("_T")
 
 JournalEntry = tuple[int, int, bytes]  # first seq, accepted_at ms, JSON array of events
 OutboxEntry = tuple[str, bytes, int]  # idempotency key, action JSON, accepted_at of cause
@@ -192,11 +195,13 @@ def _write_states(
     deleted: Iterable[str],
     seqs: dict[int, int],
     erased_after: Iterable[str] = (),
+    fold_counts: bool = False,
 ) -> int:
     """In one transaction of ``states.db``: erasures first (a customer erased and then
     seen again keeps its new state), the states, ``erased_after`` (customers erased while
     a paced checkpoint packed: a state packed before the erasure must not stay), the
-    replay positions."""
+    replay positions; with ``fold_counts`` (a checkpoint's last transaction), the pending
+    campaign counts folded into the totals (engine/embedded/storage/analytics.py)."""
     delete = "DELETE FROM states WHERE customer_id = ?"
     with _transaction(sdb):
         sdb.executemany(delete, ((cid,) for cid in deleted))
@@ -212,6 +217,13 @@ def _write_states(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
             ((f"checkpoint_seq:{p}", str(s)) for p, s in seqs.items()),
         )
+        if fold_counts:
+            t0 = time.perf_counter()
+            folded = fold(sdb)
+            if folded:
+                logger.debug(
+                    "analytics: %d pending rows folded in %.3fs", folded, time.perf_counter() - t0
+                )
     return n
 
 
@@ -251,7 +263,7 @@ def _write_states_in_steps(
             step, first = [], []
             if pause:
                 time.sleep(pause)
-    n += _write_states(sdb, [step], first, seqs, gone)
+    n += _write_states(sdb, [step], first, seqs, gone, fold_counts=True)
     logger.debug("checkpoint writer: positions committed, %d states", n)
     return n
 
@@ -569,9 +581,7 @@ class SqliteStore:
                         erased += 1
                 if hit:
                     body = b"[" + b",".join(bytes(r) for r in raws) + b"]"
-                    db.execute(
-                        "UPDATE journal SET body = ? WHERE seq = ?", (self._seal(body), seq)
-                    )
+                    db.execute("UPDATE journal SET body = ? WHERE seq = ?", (self._seal(body), seq))
                     index.rewritten(seq, body)
         return erased
 
@@ -673,11 +683,27 @@ class SqliteStore:
         (engine/embedded/storage/analytics.py ``analytics_day_totals``)."""
         return read_day_totals(self.sdb, first, last)
 
+    def analytics_read(self, read: Callable[..., _T], *args: Any) -> tuple[_T, int]:
+        """``read(*args)`` (this store's ``analytics_periods`` or ``analytics_day_totals``)
+        and the number of folds committed, in one read transaction: whether the totals
+        read include a checkpoint the engine has not yet seen finish
+        (engine/embedded/checkpoints.py)."""
+        self.sdb.execute("BEGIN")
+        try:
+            return read(*args), folds(self.sdb)
+        finally:
+            self.sdb.execute("COMMIT")
+
     def analytics_fold(self) -> int:
-        """After a checkpoint committed (and at open): its customers' pending counts join
-        the totals (engine/embedded/storage/analytics.py); how many customers' rows were folded."""
+        """After an inline checkpoint committed: its customers' pending counts join the
+        totals (engine/embedded/storage/analytics.py); how many customers' rows were
+        folded. A paced checkpoint's writer folds them in its last transaction."""
         with _transaction(self.sdb):
             return fold(self.sdb)
+
+    def analytics_folds(self) -> int:
+        """How many folds of pending counts ``states.db`` has committed."""
+        return folds(self.sdb)
 
     def analytics_prune(self, now: int, retention_days: float) -> None:
         """Forget days older than ``retention_days`` and hours older than 8 days."""
