@@ -104,6 +104,24 @@ class Engine:
             assert r.status == 200, await r.text()
             return int((await r.json())["profile"]["orders"])
 
+    async def checkpoints(self, session: ClientSession) -> int:
+        """Checkpoints this process has completed (``nudge_checkpoint_seconds_count``)."""
+        async with session.get(f"http://127.0.0.1:{self.port}/metrics") as r:
+            text = await r.text()
+        for line in text.splitlines():
+            if line.startswith("nudge_checkpoint_seconds_count"):
+                return int(float(line.split()[-1]))
+        return 0
+
+    async def checkpointed(self, session: ClientSession, timeout: float = 30.0) -> None:
+        """Wait until a checkpoint begun after this call has completed (two more than
+        now: the one in progress may have taken its states before)."""
+        want = await self.checkpoints(session) + 2
+        end = time.monotonic() + timeout
+        while await self.checkpoints(session) < want:
+            assert time.monotonic() < end, "no checkpoint completed"
+            await asyncio.sleep(0.05)
+
     async def ready(self, session: ClientSession) -> None:
         assert self.proc is not None
         await asyncio.to_thread(wait_ready, self.port, self.proc, self.log, 30.0)
