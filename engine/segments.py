@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["baseline", "change_event", "drop_removed", "evaluate_segments"]
 
+_UNSET = object()
+
 
 def baseline(rs: RuleSet, consent: dict[str, bool]) -> tuple[str, ...]:
     """The segments a customer with no state yet is in, among those only some event types
@@ -119,17 +121,23 @@ def evaluate_segments(
         members = {**members, **dict.fromkeys(start, now)}
         changes += [(seg_id, True) for seg_id in start]
     etype = counted[0] if counted is not None and segments is not None else None
+    group: object = _UNSET  # customer.rfm.group, worked out once
     for seg in rs.segments if segments is None else segments:
         was = seg.id in members
-        if etype is not None and seg.unchanged_by(etype, was):
-            continue
-        if scope is None:
-            scope = RuleScope(st, now, consent, population=population)
-        try:
-            inside = seg.test(scope)
-        except ExpressionError as err:
-            out.errors.append(f"segment {seg.id}: {err}")
-            inside = was
+        if seg.rfm_group is not None:  # the condition is exactly "in this RFM group"
+            if group is _UNSET:
+                group = None if population is None else population.rfm_group(st, now)
+            inside = group == seg.rfm_group
+        else:
+            if etype is not None and seg.unchanged_by(etype, was):
+                continue
+            if scope is None:
+                scope = RuleScope(st, now, consent, population=population)
+            try:
+                inside = seg.test(scope)
+            except ExpressionError as err:
+                out.errors.append(f"segment {seg.id}: {err}")
+                inside = was
         if inside != was:
             if inside:
                 members = {**members, seg.id: now}
@@ -144,7 +152,9 @@ def evaluate_segments(
     # timer serves them all
     moves = None
     if population is not None and rs.segments_population:
-        if rs.segments_rfm:
+        if rs.segments_rfm_groups:  # only the group matters: when it changes
+            moves = population.next_rfm_group_change(st, now)
+        elif rs.segments_rfm:
             moves = population.next_rfm_change(st, now)
         predicted = rs.segments_predicted
         if predicted:

@@ -97,6 +97,9 @@ class RuleSet:
     # the population-dependent customer fields the segments read ("rfm", "predicted")
     segments_population: frozenset[str] = frozenset()
     segments_rfm: bool = False  # some segment reads customer.rfm
+    # every segment reading customer.rfm is an RFM-group one (``CompiledSegment.rfm_group``)
+    # and none reads anything: time matters to them only when the group changes
+    segments_rfm_groups: bool = False
     # the segments reading customer.predicted (when they turn is searched:
     # engine/segment_flips.py)
     segments_predicted: tuple[CompiledSegment, ...] = ()
@@ -271,6 +274,11 @@ class RuleSet:
         )
         self.segments_population = frozenset().union(*(g.population for g in self.segments))
         self.segments_rfm = "rfm" in self.segments_population
+        self.segments_rfm_groups = (
+            self.segments_rfm
+            and not self.segments_any
+            and all(g.rfm_group is not None for g in self.segments if "rfm" in g.population)
+        )
         self.segments_predicted = tuple(g for g in self.segments if "predicted" in g.population)
         self._conditions_digest = self.segments_digest = segments_digest(self.segments)
         periods = [p for _, p in self.channel_caps.values()]

@@ -30,6 +30,7 @@ __all__ = [
     "fast_terms",
     "input_types",
     "population_reads",
+    "rfm_group",
     "test_condition",
 ]
 
@@ -225,6 +226,22 @@ def count_thresholds(source: str) -> dict[tuple[str, str], int | None] | None:
 
 POPULATION_KEYS = frozenset({"rfm", "predicted"})
 
+_RFM_GROUP = re.compile(
+    r"^\s*customer\.rfm\s*!=\s*null\s*&&\s*customer\.rfm\.group\s*==\s*'([a-z_]+)'\s*$"
+)
+
+
+def rfm_group(source: str) -> str | None:
+    """The group ``g`` of a condition of the stock RFM-group shape, ``customer.rfm !=
+    null && customer.rfm.group == 'g'`` (rules/segments/rfm.yaml), or None. Such a
+    condition holds exactly when the customer's group is ``g`` (a customer without RFM
+    scores has none): the processor works the group out once for all of them
+    (engine/segments.py) and, when every segment reading ``customer.rfm`` has this shape,
+    sets the segment timer at the instant the group changes rather than every instant R
+    drops (``RuleSet.segments_rfm_groups``)."""
+    m = _RFM_GROUP.match(source)
+    return None if m is None else m.group(1)
+
 
 def population_reads(expr: Expression) -> frozenset[str]:
     """The population-dependent ``customer`` fields ``expr`` reads (``rfm``,
@@ -256,6 +273,8 @@ class CompiledSegment:
     thresholds: dict[tuple[str, str], int | None] | None = None
     # what it reads that depends on the whole base: "rfm", "predicted" (time moves both)
     population: frozenset[str] = frozenset()
+    # the RFM group its condition is exactly membership of (see ``rfm_group``), or None
+    rfm_group: str | None = None
 
     def unchanged_by(self, event_type: str, member: bool) -> bool:
         """Whether one more counted event of ``event_type`` certainly leaves membership
@@ -331,5 +350,6 @@ def compile_segment(
         _field_inputs(expr),
         count_thresholds(spec.condition),
         population_reads(expr),
+        rfm_group(spec.condition),
     )
     return compiled, []

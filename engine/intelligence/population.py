@@ -29,12 +29,10 @@ from engine.intelligence.clv import (
     predict,
     summary,
 )
-from engine.intelligence.rfm import RfmBoundaries, next_score_change, score
+from engine.intelligence.rfm import RfmBoundaries, next_group_change, next_score_change, score
 from state.customer import CustomerState
 
 __all__ = ["EMPTY", "Population"]
-
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +52,12 @@ class Population:
             return None
         got = score(bounds, st, now)
         return None if got is None else got.to_dict()
+
+    def rfm_group(self, st: CustomerState, now: int) -> str | None:
+        """``customer.rfm.group``, or None where ``customer.rfm`` is null."""
+        bounds = self.rfm
+        got = None if bounds is None else score(bounds, st, now)
+        return None if got is None else got.group
 
     def predicted_of(self, st: CustomerState, now: int) -> dict[str, Any] | None:
         """``customer.predicted``: ``{p_alive, expected_orders_90d, clv_365d,
@@ -96,6 +100,11 @@ class Population:
         alone): the instant R drops a score. (Predictions drift continuously: when a
         condition on them turns is searched, engine/segment_flips.py.)"""
         return None if self.rfm is None else next_score_change(self.rfm, st, now)
+
+    def next_rfm_group_change(self, st: CustomerState, now: int) -> int | None:
+        """When ``customer.rfm.group`` next changes for ``st`` with no event (None: not by
+        time alone); at most :meth:`next_rfm_change`'s instant, often later."""
+        return None if self.rfm is None else next_group_change(self.rfm, st, now)
 
 
 def _days_to_next(m: CLVParams, s: Summary, now: int) -> float | None:

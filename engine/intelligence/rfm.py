@@ -75,6 +75,7 @@ __all__ = [
     "SummaryError",
     "group_of",
     "needs_refresh",
+    "next_group_change",
     "next_score_change",
     "recency_days",
     "score",
@@ -301,6 +302,24 @@ def next_score_change(bounds: RfmBoundaries, st: CustomerState, now_ms: int) -> 
     if i == len(bounds.recency):
         return None  # R is 1 already
     return last + (bounds.recency[i] + 1) * DAY_MS
+
+
+def next_group_change(bounds: RfmBoundaries, st: CustomerState, now_ms: int) -> int | None:
+    """The first instant after ``now_ms`` at which the customer's named group changes
+    with no event (None: never): the first of the instants R drops
+    (:func:`next_score_change`) where the (R, FM) cell lands in another group. R 5 -> 4
+    keeps potential loyalists and champions where they are, for instance."""
+    now = score(bounds, st, now_ms)
+    if now is None:
+        return None
+    at: int | None = now_ms
+    while at is not None:
+        at = next_score_change(bounds, st, at)
+        if at is not None:
+            later = score(bounds, st, at)
+            if later is None or later.group != now.group:
+                return at
+    return None
 
 
 def score(bounds: RfmBoundaries, st: CustomerState, now_ms: int) -> Rfm | None:

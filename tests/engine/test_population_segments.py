@@ -5,9 +5,15 @@ segments' digest so the runtimes' backfill re-evaluates every customer."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
 from engine.intelligence.clv import predict
 from engine.intelligence.population import Population
 from engine.intelligence.rfm import RfmBoundaries, next_score_change, score
+from engine.scope import RuleScope
 from engine.segment_flips import RESOLUTION_MS
 from engine.testing import RuleKit
 from rules.expressions import ExpressionError
@@ -189,3 +195,64 @@ def test_kept_memberships_equal_the_truth_after_a_trace_with_a_population() -> N
             assert seg.test(scope) == kept, (st.customer_id, seg.id)
             members += kept
     assert members > 100  # the check saw memberships, RFM groups among them
+
+
+RFM_GROUPS = Path("rules/segments/rfm.yaml").read_text()
+
+
+def test_rfm_group_segments_come_back_when_the_group_changes() -> None:
+    # one order worth 80: F=1, M=3, FM=2. R 5 -> 4 (2 days) keeps a potential loyalist
+    # one; R 4 -> 3 (4 days) makes it about to sleep: the timer waits for that
+    k = RuleKit.from_yaml(SETTINGS, RFM_GROUPS)
+    assert k.driver.processor.ruleset.segments_rfm_groups
+    k.driver.processor.population = Population(BOUNDS, None)
+    k.send("order_completed", "c1", {"order_id": "o1", "total": 80.0})
+    st_ = k.state("c1")
+    last = st_.last_order
+    assert st_.segments is not None
+    assert "rfm-potential-loyalist" in st_.segments
+    assert next_score_change(BOUNDS, st_, k.now) == last + 2 * DAY
+    assert st_.segments_due == last + 4 * DAY
+    k.advance(days=3, hours=23)
+    assert "rfm-potential-loyalist" in (k.state("c1").segments or {})
+    k.advance(days=1)
+    assert k.state("c1").segments == {"rfm-about-to-sleep": last + 4 * DAY}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hs.lists(
+        hs.tuples(
+            hs.sampled_from(["order_completed", "order_refunded"]),
+            hs.integers(0, 2),  # customer
+            hs.integers(0, 40 * 24),  # hours later
+            hs.sampled_from([5.0, 30.0, 80.0, 700.0]),
+        ),
+        max_size=12,
+    )
+)
+def test_rfm_group_membership_is_the_condition_at_all_times(
+    events: list[tuple[str, int, int, float]],
+) -> None:
+    k = RuleKit.from_yaml(SETTINGS, RFM_GROUPS)
+    pop = Population(BOUNDS, None)
+    k.driver.processor.population = pop
+    rs = k.driver.processor.ruleset
+    consent = dict(rs.settings.default_consent)
+    start = k.now
+    for i, (etype, c, hours, amount) in enumerate([*events, ("", 0, 60 * 24, 0.0)]):
+        at = start + hours * HOUR
+        if at > k.now:
+            k.advance(hours=(at - k.now) / HOUR)
+        if etype == "order_completed":
+            k.send(etype, f"c{c}", {"order_id": f"o{i}", "total": amount})
+        elif etype:
+            k.send(etype, f"c{c}", {"order_id": f"o{i - 1}", "amount": amount})
+        for cid in ("c0", "c1", "c2"):
+            state = k.state(cid)
+            if state is None:
+                continue
+            scope = RuleScope(state, k.now, consent, population=pop)
+            for seg in rs.segments:
+                truth = seg.condition.test(scope)
+                assert (seg.id in (state.segments or {})) == truth, (seg.id, state)

@@ -21,6 +21,7 @@ from engine.intelligence.rfm import (
     RfmBuilder,
     group_of,
     needs_refresh,
+    next_group_change,
     recency_days,
     score,
 )
@@ -361,3 +362,25 @@ def test_exact_cuts_and_tie_shares(rows: list[tuple[int, int, int]]) -> None:
         assert sum(1 for s in scored if s and s.m > k) <= limit
     # and scoring does not depend on the order customers were fed in
     assert build(base[::-1]) == bounds
+
+
+@settings(max_examples=80)
+@given(boundaries(), st.integers(0, 1100), st.integers(1, 50), st.floats(0, 1e5, allow_nan=False))
+def test_next_group_change_is_the_first_day_the_group_differs(
+    bounds: RfmBoundaries, days: int, orders: int, revenue: float
+) -> None:
+    # the days since the last order, so R, change only at last + n days: scanning those
+    # instants finds the first one in another group (or none before R is 1 for good)
+    st_ = customer("p", days, orders, revenue)
+    now = NOW + 5 * HOUR
+    first = score(bounds, st_, now)
+    assert first is not None
+    assert st_.last_order is not None
+    expected = None
+    for n in range(days + 1, max(bounds.recency) + 3):
+        at = st_.last_order + n * DAY_MS
+        got = score(bounds, st_, at)
+        if at > now and got is not None and got.group != first.group:
+            expected = at
+            break
+    assert next_group_change(bounds, st_, now) == expected
