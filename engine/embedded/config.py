@@ -40,6 +40,10 @@ class RuntimeConfig:
     # one slice per partition; 500 held them up to ~26 ms (bench_ingest: outbox flushes
     # over 25 ms 26-99 per run at 500, 1-26 at 100)
     slice_events: int = 100
+    # and at most this long (an event started before it ends is finished): with four
+    # partitions a loop turn holds ~8 ms of processing, so an HTTP answer (a 429
+    # included) waits a few of those, not a few 100-event slices of expensive events
+    slice_seconds: float = 0.002
     # CLV refit schedule (engine/embedded/models.py): seconds between `nudge models fit`
     # subprocesses on the data directory, each followed by a reload; None: off
     refit_every_s: float | None = None

@@ -418,28 +418,33 @@ class Runtime:
         wake = self._wakes[index]
         m = self.metrics
         size = self.cfg.slice_events
+        budget = self.cfg.slice_seconds
+        clock = time.perf_counter
         while True:
             if queue:
-                batch = queue[:size]
-                del queue[:size]
-                t0 = time.perf_counter()
+                t0 = clock()
                 done = 0
                 try:
-                    for seq, accepted_at, ev in batch:
-                        done += 1
+                    for i in range(min(size, len(queue))):
+                        seq, accepted_at, ev = queue[i]
+                        done = i + 1
                         out = part.apply(seq, accepted_at, ev)
                         if out is None or out.duplicate:
                             m.events_duplicate.inc()
+                        if clock() - t0 >= budget:
+                            break
                 except Exception:  # skip the event that failed, keep the rest queued
-                    queue[:0] = batch[done:]
+                    del queue[:done]
                     self.queued -= done
                     logger.error("partition %d: event seq %d failed; skipped", index, seq)
                     raise
-                took = time.perf_counter() - t0
-                m.processing.observe(took / len(batch))
-                m.events_processed.inc(len(batch))
-                self.queued -= len(batch)
-                self.admission.processed(len(batch))
+                del queue[:done]
+                batch_n = done
+                took = clock() - t0
+                m.processing.observe(took / batch_n)
+                m.events_processed.inc(batch_n)
+                self.queued -= batch_n
+                self.admission.processed(batch_n)
                 self.admission.tick(self.queued > 0)
                 await asyncio.sleep(0)
                 continue
