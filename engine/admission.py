@@ -139,6 +139,14 @@ class Admission:
             return Decision(True, priority, drain)
         return Decision(False, priority, drain, max(1.0, math.ceil(drain - limit)))
 
+    def refuse_all(self, queued: int, waiting: float = 0.0) -> float | None:
+        """``Retry-After`` seconds if no class would be admitted now (the wait is over
+        even the high class's limit), else None: a request can then be refused before
+        its body is decoded, so refusing under a heavy overload costs little."""
+        drain = self.drain_time(queued) + waiting
+        limit = self.target * _FACTOR["high"]
+        return max(1.0, math.ceil(drain - limit)) if drain > limit else None
+
     def limit_events(self, priority: str = "normal") -> int:
         """Events the queue may hold for a request of ``priority`` to be admitted."""
         return int(self.target * _FACTOR[priority] / self.cost) if self.cost > 0 else 0

@@ -149,6 +149,12 @@ class Metrics:
             ["priority"],
             registry=r,
         )
+        self.admission_shed_early = Counter(
+            "nudge_admission_shed_early_requests",
+            "Requests refused (429) before their body was decoded: every priority over its "
+            "limit (their events are not in nudge_admission_shed_events_total)",
+            registry=r,
+        )
         self.admission_shed = Counter(
             "nudge_admission_shed_events",
             "Events refused (429) by the time-bounded admission, by request priority",

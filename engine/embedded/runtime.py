@@ -359,6 +359,18 @@ class Runtime:
         for etype, n in Counter(type_label(ev.type) for ev in batch[0]).items():
             self.metrics.events_accepted.labels(etype).inc(n)
 
+    def early_refusal(self) -> Backpressure | None:
+        """Backpressure if no request would be admitted now whatever its events (the
+        HTTP layer then answers 429 without decoding the body), else None."""
+        if not self.ready:
+            return None
+        queued = self.queued + self.writer.buffered
+        retry = self.admission.refuse_all(queued, self.outbox.delivery_wait())
+        if retry is None:
+            return None
+        self.metrics.admission_shed_early.inc()
+        return Backpressure(retry, queued)
+
     def _unsuppressed(self, batch: Batch) -> Batch:
         events = batch[0]
         kept = [ev for ev in events if ev.customer_id not in self.suppression]

@@ -36,6 +36,7 @@ from engine.http.base import (
     TOKENS,
     add_source_route,
     auth,
+    backpressure,
     error,
     errors_middleware,
     ok,
@@ -121,6 +122,9 @@ async def post_events(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     _max_body, max_events = request.app[LIMITS]
     body = await request.read()
+    early = getattr(request.app[BACKEND], "early_refusal", None)
+    if early is not None and (bp := early()) is not None:  # overloaded: no need to decode
+        return backpressure(bp)
     is_array = body.lstrip()[:1] == b"["
     events = _fast_decode(body, is_array)
     if events is None:  # something is wrong: find every bad event, name its field

@@ -135,6 +135,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return resp
 
 
+def backpressure(bp: Backpressure) -> web.Response:
+    """The 429 for a refused request, with ``Retry-After`` (whole seconds, at least 1)."""
+    resp = error(429, "backpressure", str(bp), retry_after=bp.retry_after)
+    resp.headers["Retry-After"] = str(max(1, round(bp.retry_after)))
+    return resp
+
+
 def auth(
     request: web.Request, scope: str, source: str = "native", header: str | None = None
 ) -> web.Response | None:
@@ -167,9 +174,7 @@ async def submit(
         await request.app[BACKEND].accept((events, body))
     except Backpressure as bp:
         metrics.events_rejected.labels(source, "backpressure").inc(len(events))
-        resp = error(429, "backpressure", str(bp), retry_after=bp.retry_after)
-        resp.headers["Retry-After"] = str(max(1, round(bp.retry_after)))
-        return resp
+        return backpressure(bp)
     except NotReady as nr:
         return error(503, "not_ready", str(nr))
     except StorageUnavailable as err:

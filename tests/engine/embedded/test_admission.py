@@ -55,6 +55,20 @@ def test_admitted_while_the_queue_drains_within_the_target_times_the_factor() ->
     assert late.drain == pytest.approx(0.6)
 
 
+def test_refused_before_decoding_only_when_no_class_is_admitted() -> None:
+    a = Admission(target=1.0, cost=0.001)
+    assert a.refuse_all(2_000) is None  # a high-priority request is still admitted
+    assert a.decide(2_000, ["order_completed"]).admitted
+    assert a.refuse_all(2_001) == 1.0
+    assert not a.decide(2_001, ["order_completed"]).admitted
+    assert a.refuse_all(1_000, waiting=3.2) == 3.0  # 4.2 s of wait, 2 s allowed
+    for queued in range(0, 5_000, 37):
+        if a.refuse_all(queued) is not None:
+            assert not any(
+                a.decide(queued, [t]).admitted for t in ("page_viewed", "x", "order_completed")
+            )
+
+
 def test_an_order_is_never_refused_while_a_view_would_be_admitted() -> None:
     a = Admission(target=0.3, cost=53e-6)
     for queued in range(0, 200_000, 97):
