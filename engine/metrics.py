@@ -232,6 +232,23 @@ class Metrics:
             ["route", "status"],
             registry=r,
         )
+        # server side of a request, from its handler's start (body read included) to its
+        # answer: what the engine adds to a client's latency (a 202 waits for the journal)
+        self.http_request_seconds = Histogram(
+            "nudge_http_request_seconds",
+            "Time from a request's handler start to its answer, by route",
+            ["route"],
+            buckets=_LAT,
+            registry=r,
+        )
+        # how late a short sleep on the event loop wakes: a loop turn's length, which
+        # every HTTP answer, journal completion and delivery waits for a few of
+        self.loop_lag = Histogram(
+            "nudge_event_loop_lag_seconds",
+            "How late the event loop runs a callback due now (sampled every 0.1 s)",
+            buckets=_LAT,
+            registry=r,
+        )
         self.rule_deploys = Counter(
             "nudge_rule_deploys",
             "Rule set deploys by result (ok, rejected)",

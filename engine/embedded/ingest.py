@@ -1,10 +1,18 @@
 """Group commit: accepted events are journaled in batches; a request is acknowledged only
 after the transaction holding its events committed.
 
-While one commit runs, new requests gather in the buffer and go in the next transaction,
-so the commit rate adapts to load without a timer. ``pending_since`` is the earliest
-acceptance time of events not yet handed to their partitions: partitions never fire a
-timer at or after it, so the live order of timers and events equals the replay order.
+One commit is in flight at a time, on the journal's thread. A request that finds none
+starts one at once, from its handler; requests that come while one runs gather in the
+buffer and go in the next, which the finished commit's callback starts (so the commit
+rate adapts to load without a timer). No task sits between a request and its commit:
+under load each hop through the event loop waits for a whole loop turn (tens of
+milliseconds when ingest saturates it), and a writer task awaiting an executor future
+took four of them from arrival to acknowledgement where this takes two (the handler
+submits; the thread's completion resolves the requests in the next turn).
+
+``pending_since`` is the earliest acceptance time of events not yet handed to their
+partitions: partitions never fire a timer at or after it, so the live order of timers
+and events equals the replay order.
 
 A failed commit (disk full, an I/O error) fails that commit's requests with what
 ``on_error`` makes of the exception (the runtime: ``StorageUnavailable``, answered 507 or
@@ -17,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import Future
 
 from engine.clock import Clock
-from engine.embedded.supervise import Supervisor
 from engine.exceptions import Backpressure
 from engine.types import Event
 
@@ -29,19 +37,21 @@ __all__ = ["Batch", "GroupCommitWriter"]
 logger = logging.getLogger(__name__)
 
 Batch = tuple[list[Event], bytes]  # one request: its events and their JSON array
-AppendFn = Callable[[int, list[tuple[int, bytes]]], Awaitable[int]]
+# starts appending rows on the journal's thread; the future holds their first seq
+SubmitFn = Callable[[int, list[tuple[int, bytes]]], "Future[int]"]
 DeliverFn = Callable[[int, int, list[Event]], None]  # first seq, accepted_at, events
 ErrorFn = Callable[[Exception], Exception]  # a failed commit's error -> what requests get
 
 
 class GroupCommitWriter:
-    """Buffers accepted events and journals them with ``append`` (first seq returned),
-    then hands them to ``deliver`` and acknowledges the requests."""
+    """Buffers accepted events and journals them with ``submit`` (on the journal's
+    thread; first seq returned), then hands them to ``deliver`` and acknowledges the
+    requests."""
 
     def __init__(
         self,
         clock: Clock,
-        append: AppendFn,
+        submit: SubmitFn,
         deliver: DeliverFn,
         *,
         max_queue: int,
@@ -50,7 +60,7 @@ class GroupCommitWriter:
         on_error: ErrorFn | None = None,
     ) -> None:
         self.clock = clock
-        self._append = append
+        self._submit = submit
         self._deliver = deliver
         self._max_queue = max_queue
         self._queued = queued
@@ -61,9 +71,10 @@ class GroupCommitWriter:
         self._waiters: list[asyncio.Future[None]] = []
         self._buf_since: int | None = None
         self._inflight_since: int | None = None
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._inflight = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def pending_since(self) -> int | None:
@@ -76,18 +87,9 @@ class GroupCommitWriter:
     def buffered(self) -> int:
         return self._buffered
 
-    def start(self, supervisor: Supervisor | None = None) -> None:
-        """Start the commit task (under ``supervisor``: restarted if it fails)."""
-        if supervisor is None:
-            self._task = asyncio.create_task(self._run(), name="journal-writer")
-        else:
-            self._task = supervisor.spawn("journal-writer", self._run)
-
     async def close(self) -> None:
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
+        """Returns once every buffered request is committed (or failed)."""
+        await self._idle.wait()
 
     async def accept(self, batch: Batch) -> None:
         """Journal one request's events; returns once they are durable. Raises
@@ -95,48 +97,79 @@ class GroupCommitWriter:
         queued = self._queued() + self._buffered
         if queued + len(batch[0]) > self._max_queue:
             raise Backpressure(1.0, queued)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
         if not self._buf:
             self._buf_since = self.clock.now()
         self._buf.append(batch)
         self._buffered += len(batch[0])
         self._waiters.append(fut)
-        self._wake.set()
+        self._idle.clear()
+        if not self._inflight:
+            self._commit()
         await fut
 
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if not self._buf:
-                if self._closing:
-                    return
-                continue
-            batches, waiters = self._buf, self._waiters
-            self._inflight_since = self._buf_since
-            self._buf, self._waiters, self._buf_since = [], [], None
-            n = self._buffered
-            self._buffered = 0
-            accepted_at = max(self.clock.now(), self._inflight_since or 0)
-            t0 = time.perf_counter()
-            try:
-                first = await self._append(accepted_at, [(len(e), body) for e, body in batches])
-            except Exception as err:  # disk full, I/O error: fail these requests, go on
+    def _commit(self) -> None:
+        """Start committing the buffer (nothing in flight)."""
+        batches, waiters = self._buf, self._waiters
+        self._inflight_since = self._buf_since
+        self._buf, self._waiters, self._buf_since = [], [], None
+        n = self._buffered
+        self._buffered = 0
+        accepted_at = max(self.clock.now(), self._inflight_since or 0)
+        rows = [(len(e), body) for e, body in batches]
+        self._inflight = True
+        t0 = time.perf_counter()
+        loop = self._loop
+        assert loop is not None
+
+        def done(f: Future[int]) -> None:  # on the journal's thread
+            loop.call_soon_threadsafe(self._committed, f, batches, waiters, n, accepted_at, t0)
+
+        try:
+            self._submit(accepted_at, rows).add_done_callback(done)
+        except Exception as err:  # the executor is shut down: fail these requests
+            failed: Future[int] = Future()
+            failed.set_exception(err)
+            self._committed(failed, batches, waiters, n, accepted_at, t0)
+
+    def _committed(
+        self,
+        f: Future[int],
+        batches: list[Batch],
+        waiters: list[asyncio.Future[None]],
+        n: int,
+        accepted_at: int,
+        t0: float,
+    ) -> None:
+        """On the loop, once the commit of ``batches`` ended: hand the events over and
+        acknowledge their requests (or fail them), then start the next commit."""
+        try:
+            err = f.exception()
+            if err is not None:
+                if not isinstance(err, Exception):
+                    raise err
                 failure = self._on_error(err) if self._on_error is not None else err
                 if failure is err:  # not a known storage error: worth a traceback
-                    logger.exception("journal append failed")
+                    logger.error("journal append failed", exc_info=err)
                 for fut in waiters:
                     if not fut.done():
                         fut.set_exception(failure)
-                self._inflight_since = None
-                continue
+                return
             try:
                 self._on_commit(n, time.perf_counter() - t0)
-                self._deliver(first, accepted_at, [ev for events, _ in batches for ev in events])
-            finally:  # committed: durable, acknowledged even if handing them over failed
-                self._inflight_since = None
-                for fut in waiters:
-                    if not fut.done():
-                        fut.set_result(None)
-            if self._buf or self._closing:  # closing: return once the buffer is empty
-                self._wake.set()
+                self._deliver(
+                    f.result(), accepted_at, [ev for events, _ in batches for ev in events]
+                )
+            except Exception:  # committed: durable, acknowledged even if handing over failed
+                logger.exception("handing over %d journaled events failed", n)
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+        finally:
+            self._inflight_since = None
+            self._inflight = False
+            if self._buf:
+                self._commit()
+            else:
+                self._idle.set()

@@ -1,8 +1,10 @@
 """Supervised background tasks: a task that raises is logged, counted and restarted.
 
-Every long-running task of the embedded runtime (partitions and their timers, the journal
-writer, the outbox's flush, delivery and forward loops, checkpoints and compaction) runs
-under a :class:`Supervisor`. When its coroutine raises, the supervisor
+Every long-running task of the embedded runtime (partitions and their timers, the outbox's
+flush, delivery and forward loops, checkpoints and compaction, the loop-lag and GC
+samplers) runs under a :class:`Supervisor` (the journal's group commit is no task: its
+requests and the commits' callbacks drive it, engine/embedded/ingest.py). When its
+coroutine raises, the supervisor
 
 - logs the exception with the task's name and how many times in a row it failed,
 - counts it in ``nudge_task_failures_total{task=...}`` (the task's kind: ``deliver``, not
@@ -17,7 +19,7 @@ held when it failed. Each task keeps what it must not lose in its owner's state 
 buffers) rather than in local variables, so the restarted coroutine picks it up; the
 outbox's delivery loop, for one, puts an action back before its exception escapes.
 
-A coroutine that returns ends its task for good (the journal writer does on close).
+A coroutine that returns ends its task for good.
 Cancellation (``stop``) is never counted as a failure.
 """
 

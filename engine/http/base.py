@@ -7,6 +7,7 @@ refusing a source's request (``reject``). engine/http/app.py (the API's own rout
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -100,6 +101,7 @@ def _route(request: web.Request) -> str:
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app[METRICS]
+    t0 = time.perf_counter()
     try:
         if len(request.raw_path) > MAX_URL:
             raise web.HTTPRequestURITooLong()
@@ -131,7 +133,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         else:
             logger.exception("unhandled error on %s %s", request.method, request.path)
             resp = error(500, "internal", "internal error")
-    metrics.http_requests.labels(_route(request), str(resp.status)).inc()
+    route = _route(request)
+    metrics.http_requests.labels(route, str(resp.status)).inc()
+    metrics.http_request_seconds.labels(route).observe(time.perf_counter() - t0)
     return resp
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from datetime import datetime
@@ -81,6 +82,16 @@ async def test_event_to_webhook_with_idempotency_key(harness: Harness) -> None:
     assert await metric(harness, "nudge_action_send_seconds_count") == 1
     assert await metric(harness, "nudge_outbox_flush_seconds_count") >= 1
     assert await metric(harness, "nudge_journal_commit_seconds_count") >= 1
+    # the server's side of the request, by route
+    assert await metric(harness, "nudge_http_request_seconds_count", route="/v1/events") == 1
+
+
+async def test_event_loop_lag_is_sampled(harness: Harness) -> None:
+    for _ in range(200):  # the sampler wakes every 0.1 s (real time)
+        if await metric(harness, "nudge_event_loop_lag_seconds_count") >= 2:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the loop-lag sampler observed fewer than 2 samples in 10 s")
 
 
 async def test_timer_fires_on_the_clock_alone(harness: Harness) -> None:
