@@ -41,7 +41,7 @@ class Output:
     # a merge, or an event under an id that was merged into another)
     forwards: list[Event] = field(default_factory=list)
     # segment membership changes: (customer id, segment id, entered?, at ms), in order
-    # (the runtime keeps its segment index with them: engine/embedded/segment_index.py)
+    # (the runtime keeps its segment index with them: engine/segment_index.py)
     segment_changes: list[tuple[str, str, bool, int]] = field(default_factory=list)
     # what the customer's flows did (``Note``), noted only when the runtime counts
     # campaign analytics (``Processor.notes``); None otherwise

@@ -12,10 +12,12 @@ memory; engine/analytics/report.py builds the same bodies from either.
 
 The console's customer timeline reads a :class:`HistorySource` the same way: what each
 runtime still holds of one customer's recent events and actions (``nudge run``: its
-journal and outbox, engine/embedded/history.py; the distributed ingest: the tail of the
-customer's partition of the ``events`` and ``actions`` topics with each action's
-delivery status in Redis, engine/distributed/history.py). Neither keeps a per-customer
-history: ``covers`` says in words what the timeline covers.
+journal and outbox, engine/embedded/history.py, handed to the app by the embedded
+server; the distributed ingest: the tail of the customer's partition of the ``events``
+and ``actions`` topics with each action's delivery status in Redis,
+engine/distributed/history.py, served by the ingest itself). Neither keeps a per-customer
+history: ``covers`` says in words what the timeline covers. :class:`RecentEvents` is the
+rule editor's preview source (``nudge run``'s journal; the distributed ingest has none).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from state.analytics import Cell, DayTotals, Period
 
-__all__ = ["AnalyticsSource", "CustomerHistory", "HistorySource", "history_of", "source_of"]
+__all__ = [
+    "AnalyticsSource",
+    "CustomerHistory",
+    "HistorySource",
+    "RecentEvents",
+    "history_of",
+    "source_of",
+]
 
 
 @runtime_checkable
@@ -78,7 +87,16 @@ class HistorySource(Protocol):
         ...
 
 
+@runtime_checkable
+class RecentEvents(Protocol):
+    async def recent_events(self, n: int) -> list[bytes]:
+        """The last ``n`` events accepted, oldest first, one JSON object each (the
+        console's rule preview); a runtime that keeps no journal does not offer it."""
+        ...
+
+
 def history_of(backend: Any) -> HistorySource | None:
     """The timeline source of an HTTP backend that serves one itself (the distributed
-    ingest); None: the console reads the data directory (``nudge run``) or has none."""
+    ingest); None: the app was given one (``nudge run``: its data directory's, by
+    ``create_app(history=...)``) or has none."""
     return backend if isinstance(backend, HistorySource) else None

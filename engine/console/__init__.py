@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from engine.analytics.source import HistorySource, history_of
 from engine.console import auth_pages, editor, pages, people
 from engine.console.sampler import Sampler
 from engine.console.session import Sessions
@@ -23,10 +24,20 @@ async def _root(request: web.Request) -> web.StreamResponse:
     return redirect("/ui/")
 
 
-def install(app: web.Application, *, sample_every_s: float = 10.0) -> None:
-    """Add the console's routes to ``app`` (after ``BACKEND`` and ``METRICS`` are set)."""
-    sampler = Sampler(app[METRICS], app[BACKEND], every_s=sample_every_s)
-    app[CONSOLE] = Console(Sessions(), sampler)
+def install(
+    app: web.Application,
+    *,
+    sample_every_s: float = 10.0,
+    history: HistorySource | None = None,
+) -> None:
+    """Add the console's routes to ``app`` (after ``BACKEND`` and ``METRICS`` are set).
+    ``history``: the customer timeline's source (and the rule preview's if it offers
+    ``RecentEvents``); None: the backend's own if it serves one (the distributed ingest)."""
+    backend = app[BACKEND]
+    sampler = Sampler(app[METRICS], backend, every_s=sample_every_s)
+    app[CONSOLE] = Console(
+        Sessions(), sampler, history if history is not None else history_of(backend)
+    )
     app.cleanup_ctx.append(sampler.cleanup_ctx)
     r = app.router
     r.add_get("/ui", _root)

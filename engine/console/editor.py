@@ -5,8 +5,9 @@ through the same backend calls as the API (``load_texts`` as ``POST /v1/rules/va
 ``backend.deploy`` and the deploy counter as ``PUT /v1/rules``). Errors are shown at their
 file, line and column on a listing of the file. The preview runs the candidate set and the
 running one over the same events with :func:`engine.backtest.backtest`: the last N events
-of the embedded runtime's journal (engine/embedded/history.py), or an uploaded JSONL trace
-(the distributed ingest keeps no journal). It starts from empty customer state, so it is a
+of the embedded runtime's journal (the console's history source when it offers
+``RecentEvents``: engine/embedded/history.py), or an uploaded JSONL trace (the distributed
+ingest keeps no journal). It starts from empty customer state, so it is a
 preview of what the rules do on those events, not a replay of production.
 """
 
@@ -15,15 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from engine.analytics.source import RecentEvents
 from engine.backtest import BacktestResult, backtest
 from engine.console.session import Session
-from engine.console.web import redirect, render
-from engine.embedded.history import last_events
+from engine.console.web import CONSOLE, redirect, render
 from engine.http.base import BACKEND, METRICS
 from rules.exceptions import RuleError, RuleErrors
 from rules.ruleset import RuleSet, load_texts
@@ -38,12 +38,6 @@ MAX_PREVIEW_EVENTS = 100_000
 
 def _files(backend: Any) -> dict[str, str]:
     return dict(getattr(backend, "rules_files", None) or {})
-
-
-def _journal_dir(backend: Any) -> Path | None:
-    cfg = getattr(backend, "cfg", None)
-    data = getattr(cfg, "data_dir", None)
-    return Path(data) if data is not None and (Path(data) / "journal.db").exists() else None
 
 
 async def edit_form(request: web.Request, session: Session) -> web.StreamResponse:
@@ -62,7 +56,6 @@ def _page(
     status: int = 200,
     **extra: Any,
 ) -> web.Response:
-    backend = request.app[BACKEND]
     ctx: dict[str, Any] = {
         "errors": [],
         "listing": [],
@@ -82,7 +75,7 @@ def _page(
         names=sorted(set(files) | {name}),
         name=name,
         text=text,
-        journal=_journal_dir(backend) is not None,
+        journal=isinstance(request.app[CONSOLE].history, RecentEvents),
         default_events=DEFAULT_PREVIEW_EVENTS,
         max_events=MAX_PREVIEW_EVENTS,
         **ctx,
@@ -143,15 +136,15 @@ async def _preview_lines(request: web.Request, form: Any) -> tuple[list[bytes], 
         data = upload.file.read()
         if data.strip():
             return data.splitlines(), f"the uploaded trace {upload.filename!r}"
-    directory = _journal_dir(request.app[BACKEND])
-    if directory is None:
+    journal: object = request.app[CONSOLE].history  # a timeline source; a journal too?
+    if not isinstance(journal, RecentEvents):
         return "This runtime keeps no journal of recent events: upload a JSONL trace."
     try:
         n = int(str(form.get("events") or DEFAULT_PREVIEW_EVENTS))
     except ValueError:
         n = DEFAULT_PREVIEW_EVENTS
     n = max(1, min(n, MAX_PREVIEW_EVENTS))
-    lines = await asyncio.to_thread(last_events, directory, n)
+    lines = await journal.recent_events(n)
     if not lines:
         return "The journal holds no events yet: upload a JSONL trace."
     return lines, f"the last {len(lines):,} events accepted"

@@ -3,26 +3,24 @@
 Segments read the backend's segment index like ``GET /v1/segments`` (engine/http/
 segments.py); exports are that API's own streams. The customer page is
 ``GET /v1/customers/{id}``'s view (engine/customer_view.py) plus the population's scores and
-a timeline assembled from what the runtime keeps (a ``HistorySource``, engine/analytics/
-source.py: ``nudge run``'s journal and outbox, engine/embedded/history.py; the distributed
-ingest's topic tails, engine/distributed/history.py): no store keeps a customer's whole
-history, and the page says what the timeline covers.
+a timeline assembled from what the runtime keeps (the app's ``HistorySource``,
+engine/analytics/source.py: ``nudge run``'s journal and outbox, engine/embedded/history.py;
+the distributed ingest's topic tails, engine/distributed/history.py): no store keeps a
+customer's whole history, and the page says what the timeline covers.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from engine.analytics.source import CustomerHistory, history_of
+from engine.analytics.source import CustomerHistory
 from engine.console import api
 from engine.console.session import Session
 from engine.console.web import CONSOLE, redirect, render
 from engine.customer_view import customer_json
-from engine.embedded.history import JournalHistory
 from engine.exceptions import NotReady
 from engine.http.base import BACKEND
 from engine.http.segments import segment_rows
@@ -106,12 +104,6 @@ def _quote(cid: str) -> str:
     return quote(cid, safe="")
 
 
-def _data_dir(backend: Any) -> Path | None:
-    cfg = getattr(backend, "cfg", None)
-    data = getattr(cfg, "data_dir", None)
-    return Path(data) if data is not None else None
-
-
 async def customer_page(request: web.Request, session: Session) -> web.StreamResponse:
     backend = request.app[BACKEND]
     cid = request.match_info["customer_id"]
@@ -127,11 +119,11 @@ async def customer_page(request: web.Request, session: Session) -> web.StreamRes
     population = getattr(getattr(backend, "models", None), "population", None)
     rfm = population.rfm_of(st, now) if population is not None else None
     predicted = population.predicted_of(st, now) if population is not None else None
-    directory = _data_dir(backend)
+    source = request.app[CONSOLE].history
     history = CustomerHistory(covers="This runtime keeps no journal here: only the open flows "
                               "are shown.")  # fmt: skip
-    if directory is not None:
-        history = await JournalHistory(directory).customer_history(cid, TIMELINE_SCAN)
+    if source is not None:
+        history = await source.customer_history(cid, TIMELINE_SCAN)
     return render(
         request,
         "customer.html",
@@ -202,7 +194,7 @@ async def _remote_customer(
         return render(request, "customer_search.html", session, missing=cid)
     if status != 200:
         return render(request, "error.html", session, status, message="Lookup failed.")
-    source = history_of(backend)
+    source = request.app[CONSOLE].history
     history = CustomerHistory(covers="This runtime serves no history: only the open flows "
                               "are shown.")  # fmt: skip
     if source is not None:

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 from markupsafe import Markup
 
+from engine.analytics.source import HistorySource
 from engine.console.sampler import Sampler
 from engine.console.session import COOKIE, WRITE_METHODS, Session, Sessions, same_origin
 from engine.types import iso
@@ -85,10 +86,12 @@ def _sparkline(values: list[float], width: int = 120, height: int = 24) -> Marku
 
 @dataclass
 class Console:
-    """The console's state in the app: sessions, the metrics ring, the templates."""
+    """The console's state in the app: sessions, the metrics ring, the customer timeline's
+    source (None: the runtime keeps no history), the templates."""
 
     sessions: Sessions
     sampler: Sampler
+    history: HistorySource | None = None
     env: jinja2.Environment = field(
         default_factory=lambda: jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),

@@ -48,8 +48,8 @@ from engine.distributed.segments import SegmentFeed
 from engine.distributed.storage.analytics import RedisAnalytics
 from engine.distributed.storage.redis import RedisState
 from engine.distributed.storage.suppression import RedisSuppression
-from engine.embedded.segment_index import SegmentIndex
 from engine.exceptions import Backpressure, NotReady
+from engine.segment_index import SegmentIndex
 from engine.tasks import cancel
 from engine.types import Event
 from rules.ruleset import RuleSet, load_stored

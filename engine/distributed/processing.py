@@ -50,12 +50,12 @@ from engine.distributed.requests import (
 )
 from engine.distributed.segments import SegmentChange
 from engine.driver import OutputHandler
-from engine.embedded.segment_backfill import held_digest
 from engine.events import decode_event
 from engine.exceptions import EventError
 from engine.intelligence.population import EMPTY, Population
 from engine.output import Output
 from engine.partition import Partition
+from engine.segment_digest import held_digest
 from engine.types import Action, Event
 from rules.ruleset import RuleSet
 from state.customer import CustomerState

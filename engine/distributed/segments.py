@@ -21,7 +21,7 @@ before a crash may be produced again at a later time (the backfill runs again).
 
 :class:`SegmentFeed` is the ingest's side: an aiokafka consumer with no group, every
 partition assigned, from the beginning, applying each record to a
-:class:`~engine.embedded.segment_index.SegmentIndex` (open: it keeps every segment seen,
+:class:`~engine.segment_index.SegmentIndex` (open: it keeps every segment seen,
 the listing shows those of the deployed rule set). It is :attr:`~SegmentFeed.caught_up`
 once it has read up to the end offsets it saw when it started.
 """
@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine.distributed.batching import Stamped
-from engine.embedded.segment_index import SegmentIndex
+from engine.segment_index import SegmentIndex
 from engine.tasks import cancel
 
 __all__ = ["DROP_HEADER", "SegmentChange", "SegmentFeed", "decode_key", "segment_records"]

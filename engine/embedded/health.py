@@ -2,8 +2,9 @@
 
 A write to the data directory that fails with a full disk (``ENOSPC``, ``EDQUOT``,
 SQLite's ``SQLITE_FULL``) or an I/O error (``EIO``, ``EROFS``, SQLite's ``SQLITE_IOERR``,
-``SQLITE_READONLY``, ``SQLITE_CANTOPEN``) is recorded here by store (``journal``,
-``outbox``, ``deadletter``, ``checkpoint``), counted in
+``SQLITE_READONLY``, ``SQLITE_CANTOPEN``; told apart by engine/storage_faults.py
+``storage_cause``) is recorded here by store (``journal``, ``outbox``, ``deadletter``,
+``checkpoint``), counted in
 ``nudge_storage_errors_total{store, cause}``, and named by ``/readyz`` until a write of
 that store succeeds again, or the runtime's storage probe (a small file written and
 synced in the data directory, every second while a fault is recorded) succeeds. Nothing
@@ -14,52 +15,23 @@ loop, the delivery tasks, the next checkpoint).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the checkpoint writer imports storage_cause: no prometheus there
+from engine.storage_faults import DISK_FULL, IO, storage_cause
+
+if TYPE_CHECKING:  # only the type: no prometheus import here
     from engine.metrics import Metrics
 
-__all__ = ["DISK_FULL", "IO", "STORES", "Health", "probe_write", "storage_cause"]
+__all__ = ["STORES", "Health", "probe_write"]
 
 logger = logging.getLogger(__name__)
 
-DISK_FULL = "disk_full"
-IO = "io"
 STORES = ("journal", "outbox", "deadletter", "checkpoint", "data")
-_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-_SQLITE_IO = {
-    sqlite3.SQLITE_IOERR,
-    sqlite3.SQLITE_READONLY,
-    sqlite3.SQLITE_CANTOPEN,
-    sqlite3.SQLITE_PROTOCOL,
-}
 _PROBE = ".nudge-probe"
 _PROBE_BYTES = 256 * 1024
-
-
-def storage_cause(err: BaseException) -> str | None:
-    """``disk_full``, ``io`` or None (not a storage error) for an exception of a write."""
-    if isinstance(err, OSError):
-        return DISK_FULL if err.errno in _FULL_ERRNOS else IO
-    if isinstance(err, sqlite3.Error):
-        code = getattr(err, "sqlite_errorcode", None)
-        if code is not None:
-            primary = code & 0xFF
-            if primary == sqlite3.SQLITE_FULL:
-                return DISK_FULL
-            if primary in _SQLITE_IO:
-                return IO
-        text = str(err)
-        if "database or disk is full" in text:
-            return DISK_FULL
-        if "disk I/O error" in text or "readonly database" in text:
-            return IO
-    return None
 
 
 def probe_write(data_dir: Path) -> None:

@@ -9,8 +9,9 @@ block the runtime's writers), newest first and bounded:
 - :func:`last_events`: the last N events as JSON lines, for the backtest preview;
 - :func:`customer_events`: one customer's events among the last ``scan`` events accepted;
 - :func:`customer_actions`: one customer's actions still in the outbox;
-- :class:`JournalHistory`: both, as the console's timeline source
-  (engine/analytics/source.py ``HistorySource``);
+- :class:`JournalHistory`: both, as the console's timeline source, and the last events
+  for its rule preview (engine/analytics/source.py ``HistorySource``, ``RecentEvents``;
+  ``nudge run`` passes it to ``create_app(history=...)``);
 - :func:`customer_record`: everything of one customer in the journal, the outbox, the
   dead-letter store and the actions file, in full, for ``GET /v1/customers/{id}/export``.
 
@@ -158,10 +159,14 @@ def customer_actions(data_dir: Path, customer_id: str, limit: int = 100) -> list
 
 class JournalHistory:
     """The timeline source of a data directory: :func:`customer_events` among the last
-    ``scan`` events journaled and :func:`customer_actions`, read in a thread."""
+    ``scan`` events journaled and :func:`customer_actions`; and :func:`last_events` for
+    the rule preview; read in a thread."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
+
+    async def recent_events(self, n: int) -> list[bytes]:
+        return await asyncio.to_thread(last_events, self.data_dir, n)
 
     async def customer_history(self, customer_id: str, scan: int) -> CustomerHistory:
         events = await asyncio.to_thread(customer_events, self.data_dir, customer_id, scan)

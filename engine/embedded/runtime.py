@@ -46,7 +46,6 @@ from engine.embedded.models import Models
 from engine.embedded.outbox import Outbox, forward_action
 from engine.embedded.paced import remove_stale_spools
 from engine.embedded.segment_backfill import SegmentBackfill
-from engine.embedded.segment_index import SegmentIndex
 from engine.embedded.storage.sqlite import SqliteStore
 from engine.embedded.storage.suppression import Suppression
 from engine.embedded.supervise import Supervisor
@@ -56,6 +55,7 @@ from engine.intelligence.population import Population
 from engine.metrics import Metrics, type_label
 from engine.output import Output
 from engine.partition import Partition
+from engine.segment_index import SegmentIndex
 from engine.send_policy import quiet_hold, rule_within
 from engine.types import Event
 from rules.loader import rule_files

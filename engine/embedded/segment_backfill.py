@@ -19,16 +19,16 @@ so an event queued earlier is never processed after it at a later time.
 
 It runs on the event loop a slice of customers at a time, in two passes per partition:
 finding who needs it (a live state's field; a compacted state's digest is decoded from its
-bytes alone, without inflating it: ~1.3 us a customer), then evaluating them (~16 us a
-customer with a send, inflating and compacting again included; 100k packed customers, one
-core). ``slice_size`` (100) customers are evaluated per loop turn, ~1.6 ms like a
-partition's slice of events (``RuntimeConfig.slice_events``), ten times as many digests
-read; 1M customers take some 20 s of loop time in all. A compacted state inflated for its
-backfill is compacted again right after, so a deploy does not bring every idle customer
-back into memory. A deploy during a backfill cancels it and starts over for the new rule
-set (customers already done under the previous one are evaluated again). A rule set
-without segments still backfills the states evaluated under some (digest set): that clears
-their memberships and their segment timer.
+bytes alone, without inflating it: engine/segment_digest.py, ~1.3 us a customer), then
+evaluating them (~16 us a customer with a send, inflating and compacting again included;
+100k packed customers, one core). ``slice_size`` (100) customers are evaluated per loop
+turn, ~1.6 ms like a partition's slice of events (``RuntimeConfig.slice_events``), ten
+times as many digests read; 1M customers take some 20 s of loop time in all. A compacted
+state inflated for its backfill is compacted again right after, so a deploy does not bring
+every idle customer back into memory. A deploy during a backfill cancels it and starts
+over for the new rule set (customers already done under the previous one are evaluated
+again). A rule set without segments still backfills the states evaluated under some
+(digest set): that clears their memberships and their segment timer.
 
 Progress: :attr:`progress` (``GET /v1/segments``' ``backfill``), and log lines at the start,
 every ``log_every`` customers and the end.
@@ -42,8 +42,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-import msgspec
-
+from engine.segment_digest import held_digest
 from state.customer import CustomerState, pack
 
 if TYPE_CHECKING:
@@ -63,33 +62,9 @@ class Host(Protocol):
     def safe_time(self) -> int: ...
 
 
-__all__ = ["SegmentBackfill", "held_digest"]
+__all__ = ["SegmentBackfill"]
 
 logger = logging.getLogger(__name__)
-
-_NIL_BYTES = b"\xc0"  # MessagePack nil
-_NIL = msgspec.Raw(_NIL_BYTES)
-# a packed CustomerState (array-like: a MessagePack array of its fields in order) with every
-# field but the digest left undecoded; a row of an earlier layout lacks the digest (None)
-_Digest: Any = msgspec.defstruct(
-    "_Digest",
-    [
-        (name, str | None, None) if name == "segments_digest" else (name, msgspec.Raw, _NIL)
-        for name in CustomerState.__struct_fields__
-    ],
-    array_like=True,
-    gc=False,
-)
-_decode_digest = msgspec.msgpack.Decoder(_Digest).decode
-
-
-def held_digest(held: CustomerState | bytes) -> tuple[str | None, bool]:
-    """A held state's ``segments_digest`` and whether it is a redirect (merged into
-    another id), without inflating packed bytes."""
-    if isinstance(held, CustomerState):
-        return held.segments_digest, held.merged_into is not None
-    d = _decode_digest(held)
-    return d.segments_digest, bytes(d.merged_into) != _NIL_BYTES
 
 
 class SegmentBackfill:

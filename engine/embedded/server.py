@@ -27,6 +27,7 @@ from connectors.sources.config import SourcesConfig
 from engine.clock import Clock, ScaledClock, SystemClock
 from engine.embedded import CHECKPOINT_MODES
 from engine.embedded.exceptions import DataDirError, ListenError, StartupError
+from engine.embedded.history import JournalHistory
 from engine.embedded.runtime import Runtime, RuntimeConfig
 from engine.embedded.storage.addresses import SqliteAddressBook
 from engine.embedded.storage.crypt import sealer_from_env
@@ -161,7 +162,14 @@ async def _serve(opts: ServeOptions, stop: asyncio.Event) -> None:
         raise DataDirError(opts.data, f"{err.strerror or err} ({err.filename})") from err
     await runtime.start()
     book = SqliteAddressBook(opts.data / "addresses.db", cfg.sealer)
-    app = create_app(runtime, tokens, metrics, sources=SourcesConfig.load(), address_book=book)
+    app = create_app(
+        runtime,
+        tokens,
+        metrics,
+        sources=SourcesConfig.load(),
+        address_book=book,
+        history=JournalHistory(runtime.cfg.data_dir),  # the console's timeline, rule preview
+    )
     runner = web.AppRunner(app, access_log=None, **HTTP_LIMITS)
     await runner.setup()
     site = web.TCPSite(runner, opts.host, opts.port)

@@ -47,11 +47,11 @@ from typing import IO, Any
 
 import msgspec
 
-from engine.embedded.health import DISK_FULL, storage_cause
 from engine.embedded.storage.crypt import Sealer, seal_outbox, seal_states
 from engine.embedded.storage.sqlite import write_snapshot
 from engine.logs import configure_logging
 from engine.settings import environment
+from engine.storage_faults import DISK_FULL, storage_cause
 
 __all__ = [
     "EXIT_DISK_FULL",

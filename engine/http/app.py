@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.sources.config import SourcesConfig
 from engine import console
+from engine.analytics.source import HistorySource
 from engine.events import INTERNAL_TYPES, decode_event, validate_properties
 from engine.exceptions import EventError, NotReady
 from engine.http import models, reports, segment, segments, webhooks
@@ -311,8 +312,11 @@ def create_app(
     max_events: int = 1000,
     sources: SourcesConfig | None = None,
     address_book: AddressBook | None = None,
+    history: HistorySource | None = None,
 ) -> web.Application:
-    """The API over ``backend`` (the embedded Runtime, or the distributed ingest)."""
+    """The API over ``backend`` (the embedded Runtime, or the distributed ingest).
+    ``history``: the console's customer timeline source when the backend does not serve
+    one itself (``nudge run``: its data directory's journal and outbox)."""
     app = web.Application(client_max_size=max_body, middlewares=[errors_middleware])
     app[BACKEND] = backend
     app[TOKENS] = tokens
@@ -324,7 +328,7 @@ def create_app(
     segment.install(app)
     segments.install(app)
     reports.install(app)
-    console.install(app)
+    console.install(app, history=history)
     models.install(app)
     webhooks.install(app, sources if sources is not None else SourcesConfig.load())
     app.router.add_get("/v1/rules", get_rules)

@@ -15,11 +15,11 @@ import orjson
 from aiohttp import web
 
 from connectors.sources.exceptions import SourceError
-from engine.embedded.health import DISK_FULL, storage_cause
 from engine.events import encode_events
 from engine.exceptions import Backpressure, NotReady, StorageUnavailable
 from engine.http.auth import Tokens
 from engine.metrics import Metrics
+from engine.storage_faults import DISK_FULL, storage_cause
 from engine.types import Event
 from state.addresses import AddressBook, record_addresses
 

@@ -2,7 +2,7 @@
 set with their sizes, a segment's members a page at a time, and the whole segment streamed
 as NDJSON or CSV (for ad audiences). Read token (or admin).
 
-Both backends answer from a segment index (engine/embedded/segment_index.py); nothing
+Both backends answer from a segment index (engine/segment_index.py); nothing
 here reads or inflates a customer's state. The embedded runtime keeps its index from its
 own partitions' changes; the distributed ingest (engine/distributed/ingest.py) from the
 workers' segments topic, 503 ``not_ready`` until it has read it up to its end as of the
@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from engine.embedded.segment_index import SegmentIndex
 from engine.http.base import BACKEND, auth, error, ok
+from engine.segment_index import SegmentIndex
 from engine.types import iso
 from rules.ruleset import RuleSet
 

@@ -22,8 +22,8 @@ from engine.distributed.models import CLV
 from engine.distributed.rules import publish_rules_async
 from engine.distributed.segments import SegmentFeed, segment_records
 from engine.distributed.storage.redis import RedisState
-from engine.embedded.segment_index import SegmentIndex
 from engine.intelligence.clv import CLVParams
+from engine.segment_index import SegmentIndex
 from engine.testing import START
 from engine.types import iso
 from rules.ruleset import RECIPES_DIR

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from connectors.sources.config import SourcesConfig
 from engine.clock import VirtualClock
+from engine.embedded.history import JournalHistory
 from engine.embedded.runtime import Runtime, RuntimeConfig
 from engine.embedded.storage.addresses import SqliteAddressBook
 from engine.http.app import create_app
@@ -122,7 +123,12 @@ async def running(
     tokens, _, _ = Tokens.load_or_create(cfg.data_dir)
     book = SqliteAddressBook(cfg.data_dir / "addresses.db")
     app: web.Application = create_app(
-        runtime, tokens, metrics, sources=sources or SourcesConfig(), address_book=book
+        runtime,
+        tokens,
+        metrics,
+        sources=sources or SourcesConfig(),
+        address_book=book,
+        history=JournalHistory(cfg.data_dir),  # as nudge run's server passes it
     )
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()

@@ -17,10 +17,10 @@ from aiohttp.test_utils import TestServer
 
 from connectors.sources.config import SourcesConfig
 from engine.cli import main
-from engine.embedded.segment_index import SegmentIndex
 from engine.http.app import create_app
 from engine.metrics import Metrics
 from engine.output import Output
+from engine.segment_index import SegmentIndex
 from engine.types import iso
 from rules.ruleset import load_texts
 from tests.engine.embedded.conftest import Harness, running

@@ -1,7 +1,7 @@
 """Who is in each segment, for the segments API, the CLI and the gauge (docs/segments.md).
 
 The pure core keeps a customer's memberships in their state; this index turns them around
-(segment -> members) for one embedded runtime, so listing a segment never walks or
+(segment -> members) for one runtime, so listing a segment never walks or
 inflates the states (MemoryStore keeps idle customers packed). It is built at recovery
 from the recovered states and then follows the journal replay and live processing through
 each Output's ``segment_changes``; erasures and identity hand-overs (an anonymous id
@@ -17,7 +17,8 @@ Memory: one dict entry per membership (customer id -> entered at ms), about 100 
 (the entry, the int; the id string is shared with the state only when it is the same
 object): 1M members of a segment ~100 MB. Only segments of the current rule set are kept;
 a segment removed by a deploy is dropped with its members. A segment added by a deploy
-fills as the background backfill (engine/embedded/segment_backfill.py) reaches each
+fills as the background backfill (engine/embedded/segment_backfill.py on ``nudge run``,
+engine/distributed/backfill.py on the workers) reaches each
 customer; one removed and added back before the backfill reached a customer whose state
 still holds the old membership lists that customer only at its next change.
 
