@@ -7,8 +7,12 @@ After a short trace every dashboard query returns data, except the panels only
 rules: none fires on the healthy stack; each fires when its fault is injected: the
 traffic stops (NudgeNoEventsReceived), the sink refuses every action
 (NudgeDeadLettersGrowing, NudgeActionFailureRateHigh; NudgeSinkCircuitOpen may join
-them), a burst outruns the workers
-(NudgeEventBacklogHigh and NudgeWorkerLagHigh), a worker is killed (NudgeProcessDown).
+them), the analytics lease is taken by a process that does not fold
+(NudgeAnalyticsNotFolding), a burst outruns the workers (NudgeEventBacklogHigh and
+NudgeWorkerLagHigh), a worker is killed (NudgeProcessDown). NudgeAnalyticsLagHigh is not
+fired here: the aggregator folds a fetch of up to 20,000 records at once and keeps up
+with the burst (its largest lag is printed), and one that stops folding drops or freezes
+its lag series (that case is NudgeAnalyticsNotFolding's); promtool unit tests cover it.
 
 Overload at the ingest: it runs with an admission target its broker cannot meet
 (``--admission-target 0.002``), and a flood of concurrent requests gets immediate 429s
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import ClientSession, ClientTimeout
 
 from engine.types import iso
@@ -320,6 +325,27 @@ async def test_dashboard_and_alerts_on_a_live_distributed_stack(
             hook.fail_next = 0
             await wait_for("the sink back", lambda: not prom.firing(), 90, c)
 
+            # --- fault: the analytics lease held by a process that does not fold (another
+            # deployment on the same Redis prefix): the workers write rows, none is folded
+            lease = f"{c.prefix}:analytics:lease"
+            rc = aioredis.Redis.from_url(c.redis_url)
+            try:
+                await rc.set(lease, "elsewhere:1:test", px=300_000)
+                got = await wait_for(
+                    "NudgeAnalyticsNotFolding",
+                    lambda: prom.firing().get("NudgeAnalyticsNotFolding"),
+                    90,
+                    c,
+                )
+                assert set(prom.firing()) == {"NudgeAnalyticsNotFolding"}, prom.firing()
+                folding = prom.query('sum(nudge_analytics_folding{job=~"nudge.*"})')
+                assert float(folding[0]["value"][1]) == 0  # every ingest stands by
+                print("not folding:", got)
+            finally:
+                await rc.delete(lease)  # an ingest takes it within 2 s and catches up
+                await rc.aclose()
+            await wait_for("folding again", lambda: not prom.firing(), 90, c)
+
             # --- fault: a burst the workers cannot keep up with
             stamp = iso(int(time.time() * 1000))
             burst: list[dict[str, Any] | bytes] = [
@@ -344,6 +370,10 @@ async def test_dashboard_and_alerts_on_a_live_distributed_stack(
             print("backlog: max lag in seconds", ages[0]["value"][1])
             lag = prom.query('max_over_time(max(nudge_queue_depth{job=~"nudge.*"})[60s:1s])')
             print("backlog: max lag", lag[0]["value"][1])
+            folds = prom.query(
+                'max_over_time(max(nudge_analytics_lag_seconds{job=~"nudge.*"})[150s:1s])'
+            )
+            print("backlog: max analytics lag in seconds", folds[0]["value"][1] if folds else "-")
             await wait_for(
                 "the backlog drained",
                 lambda: (
