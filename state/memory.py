@@ -101,38 +101,68 @@ class MemoryStore:
 class MemoryTimers:
     """A heap of (due, customer_id, rank, rule_id) with lazy updates. ``rank`` orders one
     customer's timers due at the same instant: the rule set's priority order
-    (:meth:`order`; default 0 for all, so rule id order). ``_due`` holds each timer's
-    current due time; a heap entry fires only if it matches it. Re-scheduling a timer to a
-    later time pushes nothing while the timer still has an earlier entry in the heap
-    (``_queued`` records one entry per timer): that entry, when it comes up, is moved to
-    the current due time. A flow that restarts on every event (browse abandonment on each
-    product view) therefore keeps one heap entry, not one per event; the heap grew to
-    twice the live timers every few seconds before, and rebuilding it stalled every
-    partition at once (11-22 ms each, seen as 40-70 ms latency spikes under bench_ingest).
-    Cancelled timers' entries are dropped when they come up, or in a rebuild if they pile
-    up."""
+    (:meth:`order`; default 0 for all, so rule id order). ``_timers`` holds each timer's
+    current due time, by rule id then customer id; a heap entry fires only if it matches
+    it. Re-scheduling a timer to a later time pushes nothing while the timer still has an
+    earlier entry in the heap: that entry, when it comes up, is moved to the current due
+    time. A flow that restarts on every event (browse abandonment on each product view)
+    therefore keeps one heap entry, not one per event; the heap grew to twice the live
+    timers every few seconds before, and rebuilding it stalled every partition at once
+    (11-22 ms each, seen as 40-70 ms latency spikes under bench_ingest). Cancelled timers'
+    entries are dropped when they come up, or in a rebuild if they pile up.
+
+    Memory: a timer is one slot in its rule's dict (keyed by the customer id object the
+    heap entry holds too: no key tuple) plus its heap entry, ~150 bytes; the record is
+    the due time itself while the timer's heap entry is at it (almost always), and a
+    (due, queued) pair only between a later re-schedule or a cancel and its entry coming
+    up (``queued``: the time of the entry known to be in the heap; ``due`` None:
+    cancelled). Every customer with counted segment windows holds one (the segment
+    timer), so this is per-customer memory (BENCHMARKS.md, bytes per customer)."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, str, int, str]] = []
-        self._due: dict[tuple[str, str], int] = {}
+        # rule id -> customer id -> due, or (due or None when cancelled, queued)
+        self._timers: dict[str, dict[str, int | tuple[int | None, int]]] = {}
+        self._n = 0  # pending timers
         self._rank: dict[str, int] = {}  # rule id -> rank (absent: ``_last``)
         self._last = 0
-        # timer -> the due time of one of its entries in the heap (none recorded: push)
-        self._queued: dict[tuple[str, str], int] = {}
 
     def schedule(self, customer_id: str, rule_id: str, due: int) -> None:
-        key = (customer_id, rule_id)
-        self._due[key] = due
-        queued = self._queued.get(key)
+        per = self._timers.get(rule_id)
+        if per is None:
+            per = self._timers[rule_id] = {}
+        rec = per.get(customer_id)
+        queued: int | None
+        if rec is None:
+            queued = None
+            self._n += 1
+        elif isinstance(rec, int):
+            queued = rec
+        else:
+            old, queued = rec
+            if old is None:
+                self._n += 1
         if queued is not None and queued <= due:
-            return  # that entry comes up first and is moved to ``due`` then
-        self._queued[key] = due
+            # that entry comes up first and is moved to ``due`` then
+            per[customer_id] = due if queued == due else (due, queued)
+            return
+        per[customer_id] = due
         heapq.heappush(self._heap, (due, customer_id, self._rank.get(rule_id, self._last), rule_id))
-        if len(self._heap) > 2 * len(self._due) + 1024:
+        if len(self._heap) > 2 * self._n + 1024:
             self._compact()
 
     def cancel(self, customer_id: str, rule_id: str) -> None:
-        self._due.pop((customer_id, rule_id), None)
+        per = self._timers.get(rule_id)
+        rec = None if per is None else per.get(customer_id)
+        if rec is None:
+            return
+        assert per is not None
+        if isinstance(rec, int):
+            per[customer_id] = (None, rec)
+            self._n -= 1
+        elif rec[0] is not None:
+            per[customer_id] = (None, rec[1])
+            self._n -= 1
 
     def order(self, ranks: dict[str, int]) -> None:
         """Order one customer's timers due at the same instant by ``ranks`` (rule id ->
@@ -150,31 +180,37 @@ class MemoryTimers:
         move early ones to their timer's due time. Returns the top entry (popped if it is
         due at or before ``now``), or None."""
         heap = self._heap
-        due_of = self._due
-        queued = self._queued
+        timers = self._timers
         while heap:
             item = heap[0]
             t, cid, rank, rid = item
-            key = (cid, rid)
-            due = due_of.get(key)
+            per = timers.get(rid)
+            rec = None if per is None else per.get(cid)
+            if rec is None:  # no record: a stale entry (fired, or forgotten)
+                heapq.heappop(heap)
+                continue
+            assert per is not None
+            if isinstance(rec, int):
+                due: int | None = rec
+                queued = rec
+            else:
+                due, queued = rec
             if due == t:
                 if now is None or t > now:
                     return item
                 heapq.heappop(heap)
-                del due_of[key]
-                if queued.get(key) == t:
-                    del queued[key]
+                del per[cid]  # fired: any other entry of it is stale now
+                self._n -= 1
                 return item
             if due is None:  # cancelled
                 heapq.heappop(heap)
-                if queued.get(key) == t:
-                    del queued[key]
+                if queued == t:  # its known entry: nothing of it is queued any more
+                    del per[cid]
                 continue
             # an early entry (the timer moved later since): move it to the due time
             heapq.heapreplace(heap, (due, cid, rank, rid))
-            q = queued.get(key)
-            if q is None or q == t or due < q:
-                queued[key] = due
+            if queued == t or due < queued:
+                per[cid] = due
         return None
 
     def pop_due(self, now: int) -> tuple[int, str, str] | None:
@@ -185,15 +221,29 @@ class MemoryTimers:
         item = self._settle(None)
         return None if item is None else item[0]
 
+    def _live(self) -> Iterator[tuple[int, str, str]]:
+        for rid, per in self._timers.items():
+            for cid, rec in per.items():
+                due = rec if isinstance(rec, int) else rec[0]
+                if due is not None:
+                    yield due, cid, rid
+
     def pending(self) -> list[tuple[int, str, str]]:
         """All pending timers in due order (for snapshots and the customer API)."""
-        return sorted((d, c, r) for (c, r), d in self._due.items())
+        return sorted(self._live())
 
     def _compact(self) -> None:
         rank, last = self._rank, self._last
-        self._heap = [(d, c, rank.get(r, last), r) for (c, r), d in self._due.items()]
+        live = list(self._live())
+        self._heap = [(d, c, rank.get(r, last), r) for d, c, r in live]
         heapq.heapify(self._heap)
-        self._queued = dict(self._due)
+        timers: dict[str, dict[str, int | tuple[int | None, int]]] = {}
+        for d, c, r in live:
+            per = timers.get(r)
+            if per is None:
+                per = timers[r] = {}
+            per[c] = d
+        self._timers = timers
 
     def __len__(self) -> int:
-        return len(self._due)
+        return self._n

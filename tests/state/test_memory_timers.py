@@ -76,3 +76,36 @@ def test_rescheduling_earlier_fires_at_the_earlier_time_once() -> None:
     timers.schedule("c1", "r", 100)
     assert timers.pop_due(100) == (100, "c1", "r")
     assert timers.pop_due(1_000) is None
+
+
+def test_cancel_then_reschedule_later_keeps_one_heap_entry() -> None:
+    """A flow ended and started again (cancel, then a later schedule) reuses the entry
+    still queued for it; the cancelled time does not fire."""
+    timers = MemoryTimers()
+    timers.schedule("c1", "r", 100)
+    timers.cancel("c1", "r")
+    assert len(timers) == 0
+    timers.schedule("c1", "r", 300)
+    assert len(timers) == 1
+    assert len(timers._heap) == 1
+    assert timers.pop_due(299) is None
+    assert timers.pop_due(300) == (300, "c1", "r")
+    assert len(timers) == 0
+    assert timers.pending() == []
+
+
+def test_rebuild_keeps_pending_timers_only() -> None:
+    """A deploy's reordering rebuilds the heap from the pending timers: cancelled ones
+    are gone, moved ones come up once at their new time."""
+    timers = MemoryTimers()
+    timers.schedule("c1", "a", 100)
+    timers.schedule("c1", "b", 100)
+    timers.schedule("c2", "a", 50)
+    timers.cancel("c2", "a")
+    timers.schedule("c1", "a", 400)  # later: its entry at 100 stays queued
+    timers.order({"b": 0, "a": 1})
+    assert len(timers._heap) == 2
+    assert timers.pending() == [(100, "c1", "b"), (400, "c1", "a")]
+    assert timers.pop_due(1_000) == (100, "c1", "b")
+    assert timers.pop_due(1_000) == (400, "c1", "a")
+    assert timers.pop_due(1_000) is None
