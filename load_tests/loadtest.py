@@ -6,8 +6,9 @@ What it does:
    :func:`load_tests.traffic.generate` (event ids prefixed by a run id), cut into batches of
    ``--batch``; request *k* is due at ``start + k * batch / rate``. Each request's last
    event is a *probe*: type ``loadtest_probe`` with ``properties.sent_at`` (epoch ms).
-2. Starts a webhook receiver on ``--hook-port`` (all paths). The engine under test must
-   route actions there, e.g. ``nudge run --sinks sinks.json`` with::
+2. Starts a webhook receiver on ``--hook-port`` (all paths; load_tests/receiver.py). The
+   engine under test must route actions there, e.g. ``nudge run --sinks sinks.json``
+   with::
 
        {"default": "hook",
         "sinks": {"hook": {"type": "webhook", "url": "http://127.0.0.1:8099/hook"}}}
@@ -16,8 +17,10 @@ What it does:
    ``nudge rules deploy YOUR_RULES OUT/probe.yaml --url TARGET`` (a deploy replaces the
    whole set), or pass ``--admin-token`` and this command appends it to the running set
    (GET then PUT /v1/rules) and restores the previous set at the end.
-3. Sends on schedule, never waiting for replies (no coordinated omission): each request
-   is its own task; a request that could not be sent on time is counted as late
+3. Sends on schedule, never waiting for replies (no coordinated omission), over at most
+   ``--connections`` keep-alive connections (load_tests/sender.py on
+   load_tests/http1.py; a request that finds none free waits for one, and that wait is
+   part of its latency); a request that could not be sent on time is counted as late
    (``--late-ms``, default 10 ms) and its latency is also recorded from its *scheduled*
    time. Timestamps are rewritten to the send time.
 4. Measures: ingest latency (request start to 202) in an HdrHistogram; event-to-action
@@ -58,6 +61,7 @@ from typing import Any
 
 import orjson
 
+from load_tests.receiver import WebhookReceiver
 from load_tests.recovery import back_to_normal
 from load_tests.replay import events_url
 from load_tests.report import (
@@ -188,53 +192,6 @@ def build_timeline(opts: LoadtestOptions, run_id: str) -> tuple[list[bytes], lis
     return bodies, counts
 
 
-class _Receiver:
-    """The webhook the engine delivers to; records probe latencies and action arrivals."""
-
-    def __init__(self, hdr: Any) -> None:
-        self.hdr = hdr
-        self.start = time.monotonic()
-        self.samples: list[tuple[float, float]] = []  # (s since start, latency ms)
-        self.arrivals: list[float] = []
-        self.probe_keys: set[str] = set()
-        self.actions = 0
-        self.duplicates = 0
-        self.warm = asyncio.Event()
-        self.measuring = False
-
-    async def hook(self, request: Any) -> Any:
-        from aiohttp import web
-
-        now_ms = time.time() * 1000
-        t = time.monotonic() - self.start
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return web.Response(status=400)
-        if not isinstance(body, dict):
-            return web.Response(status=400)
-        self.actions += 1
-        self.arrivals.append(t)
-        if body.get("rule_id") == PROBE_RULE_ID or body.get("template") == PROBE_TYPE:
-            self.warm.set()
-            key = request.headers.get("Idempotency-Key") or str(body.get("idempotency_key"))
-            if key in self.probe_keys:
-                self.duplicates += 1
-                return web.Response()
-            params = body.get("params")
-            sent = params.get("sent_at") if isinstance(params, dict) else None
-            try:
-                sent_ms = float(sent) if isinstance(sent, int | float | str) else None
-            except ValueError:
-                sent_ms = None
-            if sent_ms is not None and self.measuring:
-                self.probe_keys.add(key)
-                lat = max(0.0, now_ms - sent_ms)
-                self.hdr.record_value(max(1, round(lat * 1000)))
-                self.samples.append((t, lat))
-        return web.Response()
-
-
 async def _metrics(session: Any, base: str) -> str | None:
     from aiohttp import ClientError
 
@@ -289,7 +246,7 @@ async def _sample_rss(
 async def _run(
     opts: LoadtestOptions, run_id: str, timeline: Timeline, pool: SenderPool | None
 ) -> dict[str, Any]:
-    from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+    from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector
     from hdrh.histogram import HdrHistogram
 
     base = _base(opts.target)
@@ -298,12 +255,8 @@ async def _run(
     e2a = HdrHistogram(1, _HDR_MAX_US, 3)
     counts = timeline.counts
 
-    recv = _Receiver(e2a)
-    app = web.Application()
-    app.router.add_route("POST", "/{tail:.*}", recv.hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, opts.hook_host, opts.hook_port).start()
+    recv = WebhookReceiver(e2a, PROBE_RULE_ID, PROBE_TYPE)
+    await recv.listen(opts.hook_host, opts.hook_port)
     restore: dict[str, str] | None = None
     rss: list[tuple[float, float]] = []
     try:
@@ -346,9 +299,7 @@ async def _run(
                 )
 
             loop_start = time.monotonic() + 0.2
-            recv.start = loop_start
-            recv.arrivals.clear()
-            recv.measuring = True
+            recv.restart(loop_start)
             sampler = asyncio.create_task(_sample_rss(session, base, loop_start, rss))
             try:
                 if pool is not None:
@@ -378,7 +329,7 @@ async def _run(
             if restore is not None and opts.admin_token:
                 await _restore(session, base, opts.admin_token, restore)
     finally:
-        await runner.cleanup()
+        recv.close()
     return _report(opts, run_id, counts, sent, recv, send_end - loop_start, before, after, rss)
 
 
@@ -396,7 +347,7 @@ def _report(
     run_id: str,
     counts: list[int],
     sent: SendResult,
-    recv: _Receiver,
+    recv: WebhookReceiver,
     sent_time: float,
     before: str | None,
     after: str | None,
@@ -452,6 +403,18 @@ def _report(
             "events_sent": events_sent,
             "events_acknowledged": events_acked,
             "send_rate": round(events_sent / sent_time, 1),
+            # the rate offered at --rate alone (send_rate averages in the recovery)
+            "send_rate_during_run": round(
+                sum(n for t, n in sent.sent if t < opts.duration)
+                / max(1e-9, min(opts.duration, sent_time)),
+                1,
+            ),
+            "connections": sent.connections,
+            # only forked senders: in this process the receiver's CPU would be in it
+            "sender_cpu_s": round(sent.cpu_s, 3) if opts.senders > 0 else None,
+            "events_per_sender_cpu_s": (
+                round(events_sent / sent.cpu_s) if opts.senders > 0 and sent.cpu_s else None
+            ),
             "ack_rate": round(events_acked / sent_time, 1),
             "accepted_rate_during_run": round(
                 sum(n for _, _, _, n in in_run) / max(1e-9, min(opts.duration, sent_time)), 1

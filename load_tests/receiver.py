@@ -13,7 +13,7 @@ it replaces, so the report's figures mean what they did.
 
 It runs on :mod:`load_tests.http1` rather than aiohttp: at 20,000 actions a second an
 aiohttp server would need more than the load test's whole core (about 60 us of CPU a
-request, against ~15 here; ``python -m load_tests.bench_sender --receiver raw`` and
+request, against ~16 here; ``python -m load_tests.bench_sender --receiver raw`` and
 ``--receiver aiohttp``).
 """
 

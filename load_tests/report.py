@@ -197,6 +197,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"| events sent | {_fmt(req['events_sent'])} |",
         f"| events acknowledged (202) | {_fmt(req['events_acknowledged'])} |",
         f"| achieved send rate (events/s) | {_fmt(req['send_rate'])} |",
+        *(
+            [f"| achieved send rate at --rate (events/s) | {_fmt(req['send_rate_during_run'])} |"]
+            if cfg.get("recover") and "send_rate_during_run" in req
+            else []
+        ),
+        *(
+            [
+                f"| sender CPU (s) / events per sender CPU-second | {_fmt(req['sender_cpu_s'])}"
+                f" / {_fmt(req['events_per_sender_cpu_s'])} |"
+            ]
+            if req.get("sender_cpu_s")
+            else []
+        ),
         f"| acknowledged rate (events/s) | {_fmt(req['ack_rate'])} |",
         f"| requests late to be sent (>{_fmt(req['late_threshold_ms'])} ms) "
         f"| {_fmt(req['late'])} (max lag {_fmt(req['max_send_lag_ms'])} ms) |",

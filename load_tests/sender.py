@@ -12,10 +12,14 @@ merged by the parent.
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
+
+from load_tests.http1 import ClientPool
 
 __all__ = ["SendResult", "SenderPool", "Timeline", "send_requests"]
 
@@ -50,6 +54,8 @@ class SendResult:
     sent: list[tuple[float, int]] = field(default_factory=list)  # (sent at, events)
     lags: list[float] = field(default_factory=list)  # send time minus due time
     late: int = 0
+    connections: int = 0  # connections opened
+    cpu_s: float = 0.0  # CPU seconds of the sending process(es) while sending
 
     def merge(self, other: SendResult) -> None:
         self.answers += other.answers
@@ -57,6 +63,21 @@ class SendResult:
         self.sent += other.sent
         self.lags += other.lags
         self.late += other.late
+        self.connections += other.connections
+        self.cpu_s += other.cpu_s
+
+
+def _request_prefix(url: str, headers: dict[str, str]) -> tuple[str, int, bytes]:
+    """(host, port, the request's bytes up to the Content-Length value) for POSTs to
+    ``url`` (http only)."""
+    u = urlsplit(url)
+    if u.scheme != "http" or not u.hostname:
+        raise ValueError(f"not an http:// URL: {url!r}")
+    port = u.port or 80
+    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+    lines = [f"POST {path} HTTP/1.1", f"Host: {u.netloc}"]
+    lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "content-length"]
+    return u.hostname, port, ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
 
 
 async def send_requests(
@@ -67,50 +88,54 @@ async def send_requests(
     start: float,
     connections: int,
     late_ms: float,
+    timeout: float = 60.0,
 ) -> SendResult:
     """Send ``timeline``'s requests at ``indices``, each at ``start + due``
-    (``time.monotonic``), as its own task; returns once every one is answered."""
-    from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector
+    (``time.monotonic``), over at most ``connections`` keep-alive connections (a request
+    finding none free waits for one; that wait is part of its latency); returns once
+    every one is answered or has failed (no answer within ``timeout`` s: status 0).
 
+    Every request is stamped when it is handed to the connection pool: each event's
+    ``timestamp`` and the probe's ``sent_at`` are that instant (wall clock), so
+    event-to-action latency counts from the actual send, not the schedule."""
     res = SendResult()
     late_s = late_ms / 1000
-    tasks: set[asyncio.Task[None]] = set()
-    async with ClientSession(
-        connector=TCPConnector(limit=max(1, connections)), timeout=ClientTimeout(total=60)
-    ) as session:
+    host, port, prefix = _request_prefix(url, headers)
+    answers, acked = res.answers, res.acked
 
-        async def post(due: float, body: bytes, n: int) -> None:
-            t0 = time.monotonic()
-            try:
-                async with session.post(url, data=body, headers=headers) as r:
-                    status = r.status
-                    await r.read()
-            except (TimeoutError, ClientError, OSError):
-                status = 0
-            t1 = time.monotonic()
-            res.answers.append((t0 - start, (t1 - t0) * 1000, status, n))
-            if status == 202:
-                res.acked.append((due - start, t1 - start))
+    def on_answer(ctx: tuple[float, float, int], status: int, done: float) -> None:
+        t0, due, n = ctx
+        answers.append((t0 - start, (done - t0) * 1000, status, n))
+        if status == 202:
+            acked.append((due - start, done - start))
 
-        bodies, counts, dues = timeline.bodies, timeline.counts, timeline.dues
+    cpu0 = time.process_time()
+    pool = ClientPool(host, port, connections, on_answer, timeout)
+    bodies, counts, dues = timeline.bodies, timeline.counts, timeline.dues
+    sent, lags = res.sent, res.lags
+    monotonic, wall_clock = time.monotonic, time.time
+    try:
         for k in indices:
             due = start + dues[k]
-            now = time.monotonic()
-            if due > now:
-                await asyncio.sleep(due - now)
-                now = time.monotonic()
+            now = monotonic()
+            while due > now:  # whole milliseconds: the loop's timers round to 1 ms, and
+                # a sleep rounded down to 0 would spin until `due`
+                await asyncio.sleep(math.ceil((due - now) * 1000) / 1000)
+                now = monotonic()
             lag = now - due
-            res.lags.append(lag)
+            lags.append(lag)
             if lag > late_s:
                 res.late += 1
-            wall = time.time()
-            data = bodies[k].replace(_NOW, _iso(wall)).replace(_SENT, b"%.3f" % (wall * 1000))
-            res.sent.append((now - start, counts[k]))
-            task = asyncio.create_task(post(due, data, counts[k]))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        while tasks:
-            await asyncio.gather(*list(tasks))
+            wall = wall_clock()
+            body = bodies[k].replace(_NOW, _iso(wall)).replace(_SENT, b"%.3f" % (wall * 1000))
+            n = counts[k]
+            sent.append((now - start, n))
+            pool.submit((now, due, n), b"%s%d\r\n\r\n%s" % (prefix, len(body), body))
+        await pool.drain()
+    finally:
+        pool.close()
+    res.connections = pool.connections_opened
+    res.cpu_s = time.process_time() - cpu0
     return res
 
 
@@ -139,7 +164,9 @@ def _child(
         return
     indices = range(i, len(timeline.bodies), n)
     res = _run_loop(send_requests(url, headers, timeline, indices, start, connections, late_ms))
-    result_q.put((i, res.answers, res.acked, res.sent, res.lags, res.late))
+    result_q.put(
+        (i, res.answers, res.acked, res.sent, res.lags, res.late, res.connections, res.cpu_s)
+    )
 
 
 class SenderPool:
@@ -182,10 +209,10 @@ class SenderPool:
         loop = asyncio.get_running_loop()
         merged = SendResult()
         for _ in self._procs:
-            _, answers, acked, sent, lags, late = await loop.run_in_executor(
+            _, *fields = await loop.run_in_executor(
                 None, lambda: self._results.get(timeout=timeout)
             )
-            merged.merge(SendResult(answers, acked, sent, lags, late))
+            merged.merge(SendResult(*fields))
         for p in self._procs:
             p.join(timeout=10)
         return merged

@@ -169,6 +169,9 @@ def test_loadtest_writes_report_and_plots(engine: Engine, tmp_path: Path) -> Non
     assert report["requests"]["sent"] == 60
     assert report["requests"]["events_sent"] == 1500
     assert report["requests"]["events_acknowledged"] == 1500
+    assert 1 <= report["requests"]["connections"] <= 256  # keep-alive, at most --connections
+    assert report["requests"]["sender_cpu_s"] is None  # sent from the receiver's process
+    assert report["actions_received"] >= 60  # every probe reached the receiver
     assert report["errors"] == {}
     for key in ("ingest_latency_ms", "event_to_action_ms"):
         figures = report[key]
@@ -233,6 +236,9 @@ def test_loadtest_from_sender_processes_with_a_recovery(engine: Engine, tmp_path
     req = report["requests"]
     assert req["scheduled"] == req["sent"] == 60 + 30
     assert req["events_sent"] == 1200 + 600
+    assert req["sender_cpu_s"] > 0
+    assert req["events_per_sender_cpu_s"] > 0
+    assert req["connections"] >= 2  # each of the two sender processes opens its own
     answered = sum(v for k, v in report["statuses"].items() if k != "connection_error")
     assert report["ingest_all_answers_ms"]["count"] == answered == 90
     assert report["refused"]["requests"] == report["statuses"].get("429", 0)
