@@ -448,7 +448,9 @@ class Processor:
             out.notes = []
         st = self.store.get(customer_id)
         if rule_id == SEGMENT_TIMER:
-            if st is not None and st.segments_due == due:
+            # the timer fires at or after ``segments_due`` (later when the instants
+            # before change no membership: engine/segments.py _first_change)
+            if st is not None and st.segments_due is not None and st.segments_due <= due:
                 out.lateness = now - due if now > due else 0
                 st.segments_due = None  # fired: evaluating schedules the next one
                 # with the state unchanged only time can move a segment: those reading

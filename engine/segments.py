@@ -23,7 +23,7 @@ from rules.ruleset import RuleSet
 from rules.segments import CompiledSegment
 from state.base import TimerStore
 from state.customer import SEGMENT_TIMER, CustomerState
-from state.windows import counted_change, next_crossing
+from state.windows import counted_change, crossings, next_crossing
 
 if TYPE_CHECKING:
     from engine.intelligence.population import Population
@@ -169,6 +169,12 @@ def evaluate_segments(
                 flip = st.segments_flip = next_flip(predicted, st, now, consent, population)
             if flip is not None and (moves is None or flip < moves):
                 moves = flip
+    # the timer: at ``due`` (the earliest instant a segment can turn), later only when a
+    # recount finds the memberships unchanged at the instants before (see _first_change);
+    # any input that can move a count-timed segment puts it back at ``due``
+    rearm = segments is None or any(g.counts or g.inputs is None for g in segments)
+    if st.segments_due is not None and st.segments_due <= now:
+        recount = True  # passed over (no change then): the next crossing is unknown
     if recount:
         due = next_crossing(st.counters or {}, rs.segment_thresholds, now)
     elif counted is not None:
@@ -177,15 +183,59 @@ def evaluate_segments(
         if at is not None and (due is None or at < due):
             due = at
     elif moves is None:
+        if rearm and st.segments_due is not None:
+            timers.schedule(st.customer_id, SEGMENT_TIMER, st.segments_due)
         return changes
     else:
         due = st.segments_due
     if moves is not None and (due is None or moves < due):
         due = moves
-    if due != st.segments_due:
-        if st.segments_due is not None:
+    fire = due
+    if recount and due is not None and st.segments_digest == rs.segments_digest:
+        fire = _first_change(rs, st, now, consent, population, moves)
+    if fire is None:
+        if st.segments_due is not None or recount:
             timers.cancel(st.customer_id, SEGMENT_TIMER)
-        if due is not None:
-            timers.schedule(st.customer_id, SEGMENT_TIMER, due)
-        st.segments_due = due
+    elif recount or rearm or due != st.segments_due:
+        timers.schedule(st.customer_id, SEGMENT_TIMER, fire)
+    st.segments_due = due
     return changes
+
+
+_SEARCHED = 8
+"""Crossing instants a recount tries before setting the timer at the next one anyway."""
+
+
+def _first_change(
+    rs: RuleSet,
+    st: CustomerState,
+    now: int,
+    consent: dict[str, bool],
+    population: Population | None,
+    moves: int | None,
+) -> int | None:
+    """When the segment timer must fire, the state as it is: the first instant a count
+    crosses a threshold (state.windows.crossings) at which a count-timed segment's
+    membership differs from ``st``'s, or ``moves`` (what the population turns) if that
+    comes first; None: never. An instant where several counts drop at once and no
+    condition turns (a checkout and its order leaving the 24 hours together) is passed
+    over. Exact with no input in between, the counts being the only thing that moves
+    between those instants; an input that can move a count-timed segment puts the timer
+    back at ``segments_due`` (the earliest crossing: evaluate_segments), so nothing is
+    missed. A condition failing to evaluate, or more than ``_SEARCHED`` instants, stops
+    the search there (the timer fires then and searches again)."""
+    members = st.segments or {}
+    timed = rs.segments_timed_counts
+    for i, at in enumerate(crossings(st.counters or {}, rs.segment_thresholds, now)):
+        if moves is not None and at >= moves:
+            return moves
+        if i >= _SEARCHED:
+            return at
+        scope = RuleScope(st, at, consent, population=population)
+        for seg in timed:
+            try:
+                if seg.test(scope) != (seg.id in members):
+                    return at
+            except ExpressionError:
+                return at
+    return moves

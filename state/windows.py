@@ -20,6 +20,7 @@ __all__ = [
     "WindowSpec",
     "count",
     "counted_change",
+    "crossings",
     "increment",
     "next_change_of",
     "next_crossing",
@@ -169,6 +170,40 @@ def next_crossing(counters: Counters, spec: Thresholds, now: int) -> int | None:
                         due = at
                     break
     return due
+
+
+def crossings(counters: Counters, spec: Thresholds, now: int) -> list[int]:
+    """Every instant after ``now``, in order, at which one of the counts ``spec`` watches
+    crosses one of its thresholds if no event arrives (without thresholds: every instant
+    a counted bucket leaves); the first is :func:`next_crossing`. Between two of them (and
+    after the last) every watched count stays on the same side of all its thresholds."""
+    out: set[int] = set()
+    held: dict[tuple[int, int, int, tuple[int, ...]], list[tuple[int, int]]] = {}
+    for k, v in counters.items():
+        prefix = k >> 24
+        spans = spec.get(prefix)
+        if spans is None or not v:
+            continue
+        index = k & 0xFFFFFF
+        for length, size, ks in spans:
+            if index < (now - length) // size:
+                continue
+            if ks is None:
+                out.add((index + 1) * size + length)
+            else:
+                held.setdefault((prefix, length, size, ks), []).append((index, v))
+    for (_, length, size, ks), buckets in held.items():
+        total = sum(v for _, v in buckets)
+        buckets.sort()
+        for limit in ks:
+            left = total
+            for index, v in buckets:
+                if left <= limit:
+                    break
+                left -= v
+                if left <= limit:
+                    out.add((index + 1) * size + length)
+    return sorted(out)
 
 
 def next_change_of(counters: Counters, spec: WindowSpec, now: int) -> int | None:

@@ -149,3 +149,48 @@ def test_bad_segments_are_rejected_with_file_and_line(condition: str, reason: st
 def test_a_trigger_on_an_unknown_segment_is_an_error() -> None:
     with pytest.raises(RuleErrors, match="no segment 'lapsed'"):
         RuleKit.from_yaml(SETTINGS, WINBACK)
+
+
+CHECKOUT = """
+kind: segment
+id: checkout-abandoned
+condition: "count('checkout_started', '24h') > 0 && count('order_completed', '24h') == 0"
+"""
+
+
+def _buy_everything(k: RuleKit) -> None:
+    """A cart add, a checkout and its order in the same hour: every window drops the
+    checkout and the order together, and the cart with the order."""
+    k.send("cart_item_added", "c1", {"product_id": "p1", "price": 5.0})
+    k.send("checkout_started", "c1")
+    k.send("order_completed", "c1", {"order_id": "o1", "total": 5.0})
+
+
+def test_the_timer_passes_over_instants_where_no_membership_turns() -> None:
+    k = kit(CHECKOUT)
+    _buy_everything(k)
+    ordered = k.now
+    assert k.state("c1").segments is None
+    k.advance(days=2)  # the 24 hours leave (checkout and order together): no change
+    # the next crossing, the cart and the order leaving the 7 days together, turns
+    # nothing either: the timer is set at the lapsed flip, not there
+    flip = (ordered // DAY + 1) * DAY + 90 * DAY
+    assert k.state("c1").segments is None
+    assert k.advance(days=87) == 0
+    k.advance(days=3)
+    assert k.state("c1").segments == {"lapsed": flip}  # at the flip, on its own
+
+
+def test_an_input_after_a_passed_over_instant_makes_it_count_again() -> None:
+    """A cart add after the timer passed over the order leaving the 7 days: that instant
+    now enters carted-not-bought (the newer add is still in the window), on time."""
+    k = kit(CHECKOUT)
+    _buy_everything(k)
+    ordered = k.now
+    k.advance(days=2)
+    k.advance(days=1)
+    k.send("cart_item_added", "c1", {"product_id": "p2", "price": 5.0})
+    assert k.state("c1").segments is None  # the order is still in the 7 days
+    k.advance(days=6)
+    turn = (ordered // DAY + 1) * DAY + 7 * DAY
+    assert k.state("c1").segments == {"carted-not-bought": turn}

@@ -6,7 +6,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rules.segments import count_thresholds
-from state.windows import count, increment, next_change_of, next_crossing, watch, watch_thresholds
+from state.windows import (
+    count,
+    crossings,
+    increment,
+    next_change_of,
+    next_crossing,
+    watch,
+    watch_thresholds,
+)
 
 DAY = 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01, a day boundary
@@ -86,3 +94,44 @@ def test_crossing_is_the_first_instant_the_count_is_at_or_below(
     assert due is not None
     assert due > now
     assert at(due) <= limit < at(due - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    views=st.lists(st.integers(0, 20), min_size=1, max_size=10),
+    orders=st.lists(st.integers(0, 20), min_size=1, max_size=4),
+    limits=st.sets(st.integers(0, 4), min_size=1, max_size=3),
+    later=st.integers(0, 10 * DAY),
+)
+def test_crossings_are_every_instant_a_count_crosses_a_threshold(
+    views: list[int], orders: list[int], limits: set[int], later: int
+) -> None:
+    """The first is next_crossing; between two of them no count crosses a threshold
+    (checked at every bucket boundary), and at each one some count does."""
+    counters = _counters(views)
+    for d in orders:
+        increment(counters, "order_completed", T0 + d * DAY + 1000, T0 + max(views) * DAY)
+    now = T0 + max(views + orders) * DAY + 2000 + later
+    ks = tuple(sorted(limits))
+    pairs: dict[tuple[str, str], tuple[int, ...] | None] = {
+        ("product_viewed", "7d"): ks,
+        ("order_completed", "24h"): (0,),
+    }
+    spec = watch_thresholds(pairs)
+    found = crossings(counters, spec, now)
+    assert found == sorted(set(found))
+    assert (found[0] if found else None) == next_crossing(counters, spec, now)
+
+    def sides(t: int) -> tuple[bool, ...]:
+        v = count(counters, "product_viewed", "7d", t)
+        o = count(counters, "order_completed", "24h", t)
+        return (*(v <= k for k in ks), o <= 0)
+
+    t = now - now % 3_600_000 + 3_600_000  # every hour boundary up to the last window
+    previous = sides(now)
+    while t <= now + 40 * DAY:
+        side = sides(t)
+        assert (side != previous) == (t in found), t
+        previous = side
+        t += 3_600_000
+    assert all(f <= now + 40 * DAY for f in found)
