@@ -1,4 +1,4 @@
 """The embedded runtime (``nudge run``): one process, durable on local disk."""
 
-# how the periodic checkpoints are written (engine/embedded/runtime.py, docs/operations.md)
+# how the periodic checkpoints are written (engine/embedded/upkeep.py, docs/operations.md)
 CHECKPOINT_MODES = ("paced", "inline")

@@ -1,9 +1,13 @@
 """The embedded runtime: journal, partitions, timers, checkpoints and the outbox, wired.
 
-Start-up recovers: rules (latest deployed version, else the rule paths), checkpointed
-states (with their timers), then the journal after each partition's checkpoint position
-is replayed through the same deterministic core. Timers that came due while the process
-was down fire right after, and their lateness is observed in a metric.
+``Runtime`` owns the parts of one process and wires them; each concept is its own module:
+start-up recovery of rules, states and the journal (engine/embedded/recovery.py); the
+group commit (engine/embedded/ingest.py); the per-partition queues and processing loops
+(engine/embedded/queues.py); the checkpoint rounds and compaction
+(engine/embedded/upkeep.py, engine/embedded/checkpoints.py); the process-level loops,
+GC freeze, loop lag and storage probe (engine/embedded/samplers.py); the customer
+operations, view, export and erase (engine/embedded/customers.py). Admission, the
+partitions' outputs, deploys and the readiness stay here.
 
 Faults (docs/operations.md, "Faults"): the data directory is locked for the process's
 life (engine/embedded/lock.py); every background task runs under a supervisor that logs,
@@ -15,40 +19,34 @@ directory are recorded by store (engine/embedded/health.py) and retried by their
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import gc
 import logging
 import sqlite3
-import time
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
-
-import msgspec
 
 from connectors.deadletter import DeadLetterStore
 from connectors.routing import Router
 from engine.admission import DEFAULT_PRIORITIES, PRIORITIES, Admission
 from engine.clock import Clock, SystemClock
-from engine.customer_view import customer_json
+from engine.embedded import customers, recovery, samplers
 from engine.embedded.checkpoints import Checkpoints
 from engine.embedded.config import RuntimeConfig
 from engine.embedded.exceptions import DataDirError
-from engine.embedded.health import Health, probe_write
-from engine.embedded.history import customer_record
+from engine.embedded.health import Health
 from engine.embedded.ingest import Batch, GroupCommitWriter
 from engine.embedded.lock import DataDirLock, os_reason, secure_data_dir
 from engine.embedded.models import Models
 from engine.embedded.outbox import Outbox, forward_action
 from engine.embedded.paced import remove_stale_spools
+from engine.embedded.queues import PartitionQueues, partition_of
 from engine.embedded.segment_backfill import SegmentBackfill
 from engine.embedded.storage.sqlite import SqliteStore
 from engine.embedded.storage.suppression import Suppression
 from engine.embedded.supervise import Supervisor
+from engine.embedded.upkeep import Upkeep
 from engine.events import encode_events
 from engine.exceptions import Backpressure, NotReady, StorageUnavailable
 from engine.intelligence.population import Population
@@ -58,20 +56,12 @@ from engine.partition import Partition
 from engine.segment_index import SegmentIndex
 from engine.send_policy import quiet_hold, rule_within
 from engine.types import Event
-from rules.loader import rule_files
-from rules.ruleset import RuleSet, load_ruleset, load_stored, load_texts
+from rules.ruleset import RuleSet, load_texts
 from state.analytics import Cell, DayTotals, Period
-from state.customer import CustomerState
 
 __all__ = ["Runtime", "RuntimeConfig"]
 
 logger = logging.getLogger(__name__)
-
-_journal_batch = msgspec.json.Decoder(list[Event | None])
-
-
-def partition_of(customer_id: str, n: int) -> int:
-    return zlib.crc32(customer_id.encode()) % n
 
 
 class Runtime:
@@ -89,10 +79,16 @@ class Runtime:
         self._jexec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nudge-journal-db")
         self.store: SqliteStore | None = None
         self.parts: list[Partition] = []
-        self._queues: list[list[tuple[int, int, Event]]] = []
-        self._wakes: list[asyncio.Event] = []
         self.admission = Admission(cfg.admission_target_s, {**DEFAULT_PRIORITIES, **cfg.priorities})
-        self.queued = 0
+        # the events journaled and not yet applied, and the partition loops (queues.py)
+        self.queues = PartitionQueues(
+            self.clock,
+            metrics,
+            self.admission,
+            self.safe_time,
+            slice_events=cfg.slice_events,
+            slice_seconds=cfg.slice_seconds,
+        )
         self._tasks: list[str] = []  # the supervised tasks stop cancels
         self._starting: set[asyncio.Task[None]] = set()  # backfill (re)starts in flight
         self._stopping = False
@@ -111,6 +107,11 @@ class Runtime:
         metrics.ready.labels("embedded").set_function(
             lambda: 0.0 if self.unready_reasons() else 1.0
         )
+
+    @property
+    def queued(self) -> int:
+        """Events journaled and not yet applied by their partitions."""
+        return self.queues.queued
 
     def _live_gauges(self) -> None:
         """Gauges read when scraped (the scrape runs on the loop): queue, drain time,
@@ -197,8 +198,7 @@ class Runtime:
         for p in self.parts:
             p.driver.idle_ms = int(cfg.compact_idle_s * 1000)
             p.store.compact_limit = cfg.compact_slice  # the driver's sweeps: one slice each
-        self._queues = [[] for _ in range(n)]
-        self._wakes = [asyncio.Event() for _ in range(n)]
+        self.queues.attach(self.parts)
         self.outbox = Outbox(
             self.db,
             store,
@@ -216,26 +216,56 @@ class Runtime:
         self.writer = GroupCommitWriter(
             self.clock,
             self._append,
-            self._deliver,
+            self.queues.deliver,
             max_queue=cfg.max_queue,
             queued=lambda: self.queued,
             on_commit=self._on_commit,
             on_error=self._on_journal_error,
         )
         self._live_gauges()
-        await self._recover()
+        await recovery.recover(
+            self.parts,
+            store,
+            self.db,
+            self.jdb,
+            self.segment_index,
+            self.outbox,
+            self.metrics,
+            self.clock,
+        )
+        self.upkeep = Upkeep(
+            cfg,
+            self.clock,
+            self.metrics,
+            self.health,
+            self.checkpoints,
+            self.parts,
+            store,
+            functools.partial(self.db, self.dead.count),
+        )
         self.models = Models(self)
         await self.models.start()
         self.outbox.start()
         await self.outbox.load_pending()
         sup = self.supervisor
         for i in range(n):
-            sup.spawn(f"part-{i}", functools.partial(self._partition_loop, i), kind="partition")
+            sup.spawn(f"part-{i}", functools.partial(self.queues.run, i), kind="partition")
             self._tasks.append(f"part-{i}")
-        sup.spawn("checkpoint", self._checkpoint_loop)
-        sup.spawn("gc-freeze", self._gc_loop, vital=False)
-        sup.spawn("loop-lag", self._lag_loop, vital=False)
-        sup.spawn("storage-probe", self._probe_loop, vital=False)
+        sup.spawn("checkpoint", self.upkeep.loop)
+        sup.spawn(
+            "gc-freeze",
+            functools.partial(samplers.gc_freeze_loop, cfg.gc_freeze_interval),
+            vital=False,
+        )
+        sup.spawn(
+            "loop-lag",
+            functools.partial(samplers.lag_loop, self.metrics.loop_lag.observe),
+            vital=False,
+        )
+        probe = functools.partial(
+            samplers.probe_loop, cfg.probe_interval, self.health, cfg.data_dir, self.jdb
+        )
+        sup.spawn("storage-probe", probe, vital=False)
         self._tasks += ["checkpoint", "gc-freeze", "loop-lag", "storage-probe"]
         self.ready = True
         self.metrics.up.labels("embedded").set(1)
@@ -269,70 +299,10 @@ class Runtime:
 
     async def _load_rules(self) -> None:
         assert self.store is not None
-        latest = await self.db(self.store.latest_rules)
-        if latest is not None:
-            self.rules_version, self.rules_files = latest
-            # with the earlier rule versions its open flows may still run on
-            archive = await self.db(self.store.rules_archive, self.rules_version)
-            self.ruleset = load_stored(
-                sorted(self.rules_files.items()), self.rules_version, archive
-            )
-            self.ruleset.require_addresses(self.router.needs_address)
-        else:
-            rs = load_ruleset(self.cfg.rules)
-            files = {
-                str(f): f.read_text(encoding="utf-8")
-                for f in rule_files(self.cfg.rules or [str(_recipes())])
-            }
-            self.rules_version = await self.db(self.store.save_rules, self.clock.now(), files)
-            rs.require_addresses(self.router.needs_address)
-            self.rules_files, self.ruleset = files, rs
-        self.metrics.ruleset_version.set(self.rules_version)
-
-    async def _recover(self) -> None:
-        assert self.store is not None
-        t0 = time.perf_counter()
-        n = len(self.parts)
-        store = self.store
-        states = await self.db(lambda: list(store.load_states()))
-        owned: list[list[CustomerState]] = [[] for _ in range(n)]
-        for st in states:
-            owned[partition_of(st.customer_id, n)].append(st)
-        for p in self.parts:
-            p.recover(owned[p.index])
-        if self.segment_index is not None:  # before the replay: it follows its changes
-            self.segment_index.load(states, self.clock.now())
-        seqs = await self.db(self.store.checkpoint_seqs)
-        if sorted(seqs) != list(range(n)):  # first start, or partition count changed
-            floor = min(seqs.values(), default=0)
-            seqs = dict.fromkeys(range(n), floor)
-        for p in self.parts:
-            p.position = seqs[p.index]
-        floor = min(seqs.values())
-        rows = await self.jdb(lambda: list(store.journal_after(floor)))
-        replayed = 0
-        for first, accepted_at, body in rows:
-            try:
-                events = _journal_batch.decode(body)
-            except msgspec.MsgspecError:
-                logger.error("journal row %d no longer decodes; skipped", first)
-                continue
-            for i, ev in enumerate(events):
-                if ev is None:  # erased
-                    self.metrics.events_erased_skipped.inc()
-                    continue
-                part = self.parts[partition_of(ev.customer_id, n)]
-                if first + i > part.position:
-                    part.apply(first + i, accepted_at, ev)
-                    replayed += 1
-        await self.outbox.flush()
-        gc.freeze()
-        logger.info(
-            "recovered %d customers, replayed %d journal entries in %.2fs",
-            len(states),
-            replayed,
-            time.perf_counter() - t0,
+        self.rules_version, self.rules_files, self.ruleset = await recovery.load_rules(
+            self.store, self.db, self.router, self.cfg.rules, self.clock
         )
+        self.metrics.ruleset_version.set(self.rules_version)
 
     # --- ingest --------------------------------------------------------------------
     async def accept(self, batch: Batch, *, admit: bool = True) -> None:
@@ -402,18 +372,7 @@ class Runtime:
             return err
         return StorageUnavailable("journal", cause, str(err), self.cfg.storage_retry_after)
 
-    def _deliver(self, first: int, accepted_at: int, events: list[Event]) -> None:
-        n = len(self.parts)
-        touched = set()
-        for i, ev in enumerate(events):
-            p = partition_of(ev.customer_id, n)
-            self._queues[p].append((first + i, accepted_at, ev))
-            touched.add(p)
-        self.queued += len(events)
-        for p in touched:
-            self._wakes[p].set()
-
-    # --- processing ----------------------------------------------------------------
+    # --- processing (engine/embedded/queues.py) --------------------------------------
     def safe_time(self) -> int:
         """Timers may fire up to here without overtaking an accepted event."""
         now = self.clock.now()
@@ -422,55 +381,11 @@ class Runtime:
 
     def partition_idle(self, index: int) -> bool:
         """Whether partition ``index`` has no queued event (it may fire timers then)."""
-        return not self._queues[index]
-
-    async def _partition_loop(self, index: int) -> None:
-        part = self.parts[index]
-        queue = self._queues[index]
-        wake = self._wakes[index]
-        m = self.metrics
-        size = self.cfg.slice_events
-        budget = self.cfg.slice_seconds
-        clock = time.perf_counter
-        while True:
-            if queue:
-                t0 = clock()
-                done = 0
-                try:
-                    for i in range(min(size, len(queue))):
-                        seq, accepted_at, ev = queue[i]
-                        done = i + 1
-                        out = part.apply(seq, accepted_at, ev)
-                        if out is None or out.duplicate:
-                            m.events_duplicate.inc()
-                        if clock() - t0 >= budget:
-                            break
-                except Exception:  # skip the event that failed, keep the rest queued
-                    del queue[:done]
-                    self.queued -= done
-                    logger.error("partition %d: event seq %d failed; skipped", index, seq)
-                    raise
-                del queue[:done]
-                batch_n = done
-                took = clock() - t0
-                m.processing.observe(took / batch_n)
-                m.events_processed.inc(batch_n)
-                self.queued -= batch_n
-                self.admission.processed(batch_n)
-                self.admission.tick(self.queued > 0)
-                await asyncio.sleep(0)
-                continue
-            self.admission.tick(self.queued > 0)
-            part.fire_until(self.safe_time())
-            wake.clear()
-            nxt = part.timers.next_due()
-            timeout = (
-                0.05 if nxt is None else min(0.05, max(0.001, (nxt - self.clock.now()) / 1000))
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout)
+        return self.queues.idle(index)
 
     def _on_output(self, out: Output) -> None:
+        """Every partition's outputs: metrics, actions to the outbox, segment changes to
+        the index, then the observers."""
         m = self.metrics
         if out.timer_due is not None:
             m.timer_lateness.observe(max(0, self.clock.now() - out.timer_due) / 1000)
@@ -519,86 +434,8 @@ class Runtime:
         return await self.checkpoints.analytics_totals(first, last)
 
     async def _compact(self) -> int:
-        """Compact idle customers (state/memory.py) a slice per loop turn."""
-        before = self.clock.now() - int(self.cfg.compact_idle_s * 1000)
-        size = self.cfg.compact_slice
-        n = 0
-        for p in self.parts:
-            while (k := p.store.compact_idle(before, size)) > 0:
-                n += k
-                await asyncio.sleep(0)
-                if k < size:
-                    break
-        return n
-
-    async def _probe_loop(self) -> None:
-        """While a storage fault is recorded: every ``probe_interval`` seconds, write and
-        sync a small file in the data directory; once that succeeds, the faults are over
-        (a store that still fails records its own again), and /readyz turns ready with
-        no client having to retry first."""
-        while True:
-            await asyncio.sleep(self.cfg.probe_interval)
-            if not self.health.faults:
-                continue
-            try:
-                await self.jdb(probe_write, self.cfg.data_dir)
-            except OSError as err:
-                logger.debug("storage probe failed: %s", err)
-                continue
-            self.health.clear()
-
-    async def _lag_loop(self) -> None:
-        """``nudge_event_loop_lag_seconds``: how late a 0.1 s sleep wakes."""
-        observe = self.metrics.loop_lag.observe
-        clock = time.perf_counter
-        while True:
-            t0 = clock()
-            await asyncio.sleep(0.1)
-            observe(max(0.0, clock() - t0 - 0.1))
-
-    async def _gc_loop(self) -> None:
-        """Customer states are long-lived and acyclic, and a busy engine creates some
-        100k surviving containers a second. Left to the cyclic GC, each full collection
-        walks every survivor since the last freeze: measured 30-130 ms loop stalls about
-        every second under bench_ingest, collecting nothing. So, every
-        ``gc_freeze_interval``: collect the young generations (where cyclic garbage dies),
-        then move the survivors to the permanent generation. Every 0.25 s rather than every
-        second: each call then walks a quarter of the survivors (bench_ingest at 25k
-        events/s: worst calls 5-7 ms instead of 11-20 ms), and the automatic full
-        collections in between, which walk everything not yet frozen, became rare (1
-        against 5-6 per run, 15-49 ms each)."""
-        while True:
-            await asyncio.sleep(self.cfg.gc_freeze_interval)
-            gc.collect(1)
-            gc.freeze()
-
-    async def _checkpoint_loop(self) -> None:
-        m = self.metrics
-        mode = self.cfg.checkpoint_mode
-        took = 0.0
-        await self._index_journal()  # built once at start, then kept current
-        while True:
-            # a paced round takes most of the interval: rounds start an interval apart
-            await asyncio.sleep(max(0.0, self.cfg.checkpoint_interval - took))
-            await self._index_journal()
-            t0 = time.monotonic()
-            try:
-                if mode == "paced":
-                    written = await self.checkpoints.paced_checkpoint()
-                else:
-                    await self.checkpoints.checkpoint(spread=self.cfg.checkpoint_interval * 0.4)
-                    written = True
-                if written:
-                    self.health.ok("checkpoint")
-            except Exception as err:
-                if self.health.failed("checkpoint", err) is None:
-                    logger.exception("checkpoint failed; will retry")
-            await self._compact()  # also when no event arrives to trigger the drivers' sweep
-            try:
-                m.dead_letters.set(await self.db(self.dead.count))
-            except Exception as err:  # a gauge: never worth the task
-                logger.warning("dead letters not counted: %s", err)
-            took = time.monotonic() - t0 if mode == "paced" else 0.0
+        """Compact idle customers now (engine/embedded/upkeep.py)."""
+        return await self.upkeep.compact()
 
     # --- customers and rules ---------------------------------------------------------
     def _timezone_of(self, customer_id: str) -> str | None:
@@ -610,80 +447,18 @@ class Runtime:
         return self.parts[partition_of(customer_id, len(self.parts))]
 
     async def customer(self, customer_id: str) -> tuple[int, dict[str, Any]]:
-        """(status, body) of ``GET /v1/customers/{id}``: the customer's view, or 404."""
-        st = self.partition(customer_id).store.get(customer_id)
-        if st is None or self.ruleset is None:
-            return 404, {"error": {"code": "not_found", "message": f"no customer {customer_id!r}"}}
-        return 200, customer_json(st, self.ruleset, self.clock.now())
+        """(status, body) of ``GET /v1/customers/{id}`` (engine/embedded/customers.py)."""
+        return await customers.view(self, customer_id)
 
     async def export(self, customer_id: str) -> tuple[int, dict[str, Any]]:
-        """(status, body) of ``GET /v1/customers/{id}/export``: the customer's view (profile,
-        consent and its last changes, cart, flows, timers, segments) and everything the
-        data directory holds of them (engine/embedded/history.py ``customer_record``)."""
-        status, view = await self.customer(customer_id)
-        record = await asyncio.to_thread(customer_record, self.cfg.data_dir, customer_id)
-        if status == 404 and not any(record.values()):
-            return status, view
-        st = self.partition(customer_id).store.get(customer_id)
-        return 200, {
-            "customer_id": customer_id,
-            "runtime": "embedded",
-            "state": view if status == 200 else None,
-            "segments": dict(sorted((st.segments or {}).items())) if st is not None else {},
-            **record,
-        }
-
-    async def _index_journal(self) -> None:
-        """Bring the journal's customer index up to date, off the journal's thread (an
-        erase then reads only the rows it names: engine/embedded/storage/journal_index.py).
-        A failure is logged: the erase refreshes it again before it reads."""
-        if self.store is None:
-            return
-        try:
-            await asyncio.to_thread(self.store.refresh_index)
-        except Exception as err:
-            logger.warning("journal index not refreshed: %s", err)
+        """(status, body) of ``GET /v1/customers/{id}/export``
+        (engine/embedded/customers.py)."""
+        return await customers.export(self, customer_id)
 
     async def erase(self, customer_id: str, suppress: bool = False) -> dict[str, Any]:
-        """Erase a customer everywhere in the data directory: state and timers (memory and
-        checkpoint), journal entries, every outbox row, dead letters, the default
-        actions file's lines, and the SQLite WAL files that held older page images
-        (docs/operations.md, "Erasure"). The customer's id may come back later as a new,
-        empty customer whose actions flow at once, unless ``suppress``: then its later
-        events are dropped at the edge (state/suppression.py), the id kept only hashed."""
-        assert self.store is not None
-        had_state = self.partition(customer_id).erase(customer_id)
-        if self.segment_index is not None:
-            self.segment_index.drop(customer_id)
-        self.outbox.erased.add(customer_id)
-        await self.checkpoints.erase(customer_id)  # a writer still running finishes first
-        counts: dict[str, int] = await self.db(self.store.erase_customer, customer_id)
-        counts["journal"] = await self.jdb(self.store.erase_from_journal, customer_id)
-        dead = await self.db(self.dead.erase_customer, customer_id)
-        lines = 0
-        for sink in self.router.sinks.values():
-            redact = getattr(sink, "redact", None)  # a file sink (connectors/sinks/jsonl.py)
-            if redact is not None:
-                lines += await redact(customer_id)
-        # actions of the customer still in memory (queued before its rows were deleted)
-        # go, and the mark with them: a customer seen again gets its new actions
-        self.outbox.purge(customer_id)
-        self.outbox.erased.discard(customer_id)
-        if suppress:
-            await self.db(self.suppression.add, customer_id, self.clock.now())
-        await self.db(self.store.truncate_wals)
-        self.metrics.customers_erased.inc()
-        return {
-            "customer_id": customer_id,
-            "state": had_state,
-            "journal_entries": counts["journal"],
-            "pending_actions": counts["outbox"],
-            "checkpoint": counts["states"],
-            "outbox_rows": counts["outbox_rows"],
-            "dead_letters": dead,
-            "actions_file_lines": lines,
-            "suppressed": suppress,
-        }
+        """Erase a customer everywhere in the data directory, and with ``suppress`` drop
+        their later events (engine/embedded/customers.py)."""
+        return await customers.erase(self, customer_id, suppress)
 
     def population_changed(self, population: Population) -> None:
         """New RFM boundaries or CLV parameters (engine/embedded/models.py): when segments
@@ -724,9 +499,3 @@ class Runtime:
         assert self.store is not None
         files: dict[str, str] | None = await self.db(self.store.rules_files, version)
         return files
-
-
-def _recipes() -> Path:
-    from rules.ruleset import RECIPES_DIR
-
-    return RECIPES_DIR

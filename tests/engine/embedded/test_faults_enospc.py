@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-import engine.embedded.runtime as runtime_module
+import engine.embedded.samplers as samplers
 from engine.testing import START
 from engine.types import iso
 from tests.engine.embedded.conftest import Harness, running, webhook_sinks
@@ -89,7 +89,7 @@ async def test_injected_enospc_everywhere_then_space_returns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     disk = Disk()
-    monkeypatch.setattr(runtime_module, "probe_write", disk.wrap(runtime_module.probe_write, True))
+    monkeypatch.setattr(samplers, "probe_write", disk.wrap(samplers.probe_write, True))
     async with running(tmp_path / "data", sinks=half_refused) as h:
         rt = h.runtime
         assert rt.store is not None
