@@ -23,7 +23,7 @@ from rules.ruleset import RuleSet
 from rules.segments import CompiledSegment
 from state.base import TimerStore
 from state.customer import SEGMENT_TIMER, CustomerState
-from state.windows import counted_change, crossings, next_crossing
+from state.windows import counted_change, crossings
 
 if TYPE_CHECKING:
     from engine.intelligence.population import Population
@@ -172,18 +172,19 @@ def evaluate_segments(
     # the timer: at ``due`` (the earliest instant a segment can turn), later only when a
     # recount finds the memberships unchanged at the instants before (see _first_change);
     # any input that can move a count-timed segment puts it back at ``due``
-    rearm = segments is None or any(g.counts or g.inputs is None for g in segments)
     if st.segments_due is not None and st.segments_due <= now:
         recount = True  # passed over (no change then): the next crossing is unknown
+    found: list[int] = []
     if recount:
-        due = next_crossing(st.counters or {}, rs.segment_thresholds, now)
+        found = crossings(st.counters or {}, rs.segment_thresholds, now)
+        due = found[0] if found else None
     elif counted is not None:
         due = st.segments_due
         at = counted_change(rs.segment_windows, counted[0], counted[1], now)
         if at is not None and (due is None or at < due):
             due = at
     elif moves is None:
-        if rearm and st.segments_due is not None:
+        if st.segments_due is not None and _counts_moved(segments):
             timers.schedule(st.customer_id, SEGMENT_TIMER, st.segments_due)
         return changes
     else:
@@ -192,45 +193,64 @@ def evaluate_segments(
         due = moves
     fire = due
     if recount and due is not None and st.segments_digest == rs.segments_digest:
-        fire = _first_change(rs, st, now, consent, population, moves)
+        fire = _first_change(rs, st, found, consent, population, moves)
     if fire is None:
         if st.segments_due is not None or recount:
             timers.cancel(st.customer_id, SEGMENT_TIMER)
-    elif recount or rearm or due != st.segments_due:
+    elif (
+        recount
+        or counted is not None  # a count moved: re-armed at ``due``
+        or due != st.segments_due
+        or _counts_moved(segments)
+    ):
         timers.schedule(st.customer_id, SEGMENT_TIMER, fire)
     st.segments_due = due
     return changes
 
 
 _SEARCHED = 8
-"""Crossing instants a recount tries before setting the timer at the next one anyway."""
+"""Instants a recount evaluates before setting the timer at the next one anyway."""
+
+
+def _counts_moved(segments: tuple[CompiledSegment, ...] | None) -> bool:
+    """Whether an input that evaluated ``segments`` (None: all) can have moved a
+    count-timed segment's future (it is among them: the input is one of its types)."""
+    return segments is None or any(g.counts or g.inputs is None for g in segments)
 
 
 def _first_change(
     rs: RuleSet,
     st: CustomerState,
-    now: int,
+    found: list[int],
     consent: dict[str, bool],
     population: Population | None,
     moves: int | None,
 ) -> int | None:
     """When the segment timer must fire, the state as it is: the first instant a count
-    crosses a threshold (state.windows.crossings) at which a count-timed segment's
+    crosses a threshold (``found``: state.windows.crossings) at which a count-timed segment's
     membership differs from ``st``'s, or ``moves`` (what the population turns) if that
     comes first; None: never. An instant where several counts drop at once and no
     condition turns (a checkout and its order leaving the 24 hours together) is passed
     over. Exact with no input in between, the counts being the only thing that moves
     between those instants; an input that can move a count-timed segment puts the timer
     back at ``segments_due`` (the earliest crossing: evaluate_segments), so nothing is
-    missed. A condition failing to evaluate, or more than ``_SEARCHED`` instants, stops
-    the search there (the timer fires then and searches again)."""
+    missed. Only instants where several counts cross are evaluated (where one crosses
+    alone the timer stops: the crossing is there because a condition compares that
+    count). A condition failing to evaluate, or more than ``_SEARCHED`` instants
+    evaluated, stops the search there (the timer fires then and searches again)."""
     members = st.segments or {}
     timed = rs.segments_timed_counts
-    for i, at in enumerate(crossings(st.counters or {}, rs.segment_thresholds, now)):
+    i, n, searched = 0, len(found), 0
+    while i < n:
+        at = found[i]
+        j = i + 1
+        while j < n and found[j] == at:
+            j += 1
         if moves is not None and at >= moves:
             return moves
-        if i >= _SEARCHED:
-            return at
+        if j - i == 1 or searched == _SEARCHED:
+            return at  # one count crossing alone: taken as turning a condition
+        searched += 1
         scope = RuleScope(st, at, consent, population=population)
         for seg in timed:
             try:
@@ -238,4 +258,5 @@ def _first_change(
                     return at
             except ExpressionError:
                 return at
+        i = j
     return moves

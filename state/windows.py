@@ -175,9 +175,11 @@ def next_crossing(counters: Counters, spec: Thresholds, now: int) -> int | None:
 def crossings(counters: Counters, spec: Thresholds, now: int) -> list[int]:
     """Every instant after ``now``, in order, at which one of the counts ``spec`` watches
     crosses one of its thresholds if no event arrives (without thresholds: every instant
-    a counted bucket leaves); the first is :func:`next_crossing`. Between two of them (and
-    after the last) every watched count stays on the same side of all its thresholds."""
-    out: set[int] = set()
+    a counted bucket leaves), once per count and threshold crossing then (an instant
+    several counts cross at is there several times); the first is :func:`next_crossing`.
+    Between two of them (and after the last) every watched count stays on the same side
+    of all its thresholds."""
+    out: list[int] = []
     held: dict[tuple[int, int, int, tuple[int, ...]], list[tuple[int, int]]] = {}
     for k, v in counters.items():
         prefix = k >> 24
@@ -189,7 +191,7 @@ def crossings(counters: Counters, spec: Thresholds, now: int) -> list[int]:
             if index < (now - length) // size:
                 continue
             if ks is None:
-                out.add((index + 1) * size + length)
+                out.append((index + 1) * size + length)
             else:
                 held.setdefault((prefix, length, size, ks), []).append((index, v))
     for (_, length, size, ks), buckets in held.items():
@@ -202,8 +204,9 @@ def crossings(counters: Counters, spec: Thresholds, now: int) -> list[int]:
                     break
                 left -= v
                 if left <= limit:
-                    out.add((index + 1) * size + length)
-    return sorted(out)
+                    out.append((index + 1) * size + length)
+    out.sort()
+    return out
 
 
 def next_change_of(counters: Counters, spec: WindowSpec, now: int) -> int | None:
