@@ -174,6 +174,10 @@ def evaluate_segments(
     # any input that can move a count-timed segment puts it back at ``due``
     if st.segments_due is not None and st.segments_due <= now:
         recount = True  # passed over (no change then): the next crossing is unknown
+    elif counted is not None and segments is not None and _falls(segments, counted[0]):
+        # an order (a count compared with 0) usually leaves its windows with the counts
+        # it turned off (the checkout, the views): search now rather than fire for nothing
+        recount = True
     found: list[int] = []
     if recount:
         found = crossings(st.counters or {}, rs.segment_thresholds, now)
@@ -216,6 +220,12 @@ def _counts_moved(segments: tuple[CompiledSegment, ...] | None) -> bool:
     """Whether an input that evaluated ``segments`` (None: all) can have moved a
     count-timed segment's future (it is among them: the input is one of its types)."""
     return segments is None or any(g.counts or g.inputs is None for g in segments)
+
+
+def _falls(segments: tuple[CompiledSegment, ...], event_type: str) -> bool:
+    """Whether one more ``event_type`` can only turn one of ``segments`` false (its
+    count is compared with ``== 0`` or ``<``: rules.segments.directions)."""
+    return any(g.falling is not None and event_type in g.falling for g in segments)
 
 
 def _first_change(
