@@ -12,6 +12,10 @@ __all__ = ["ROLES", "WorkerConfig"]
 ROLES = ("all", "process", "deliver")
 
 
+# seconds Redis keeps an action's delivery status (its idempotency key)
+IDEMPOTENCY_TTL_S = 7 * 86_400
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """Everything a ``nudge worker`` needs.
@@ -57,7 +61,7 @@ class WorkerConfig:
     commit_interval: float = 1.0
     redis_prefix: str = "nudge"
     claim_ttl: int = 30
-    idempotency_ttl: int = 7 * 86_400
+    idempotency_ttl: int = IDEMPOTENCY_TTL_S
     delivery_concurrency: int = 64
     rules_poll: float = 5.0
     stats_file: str | None = None

@@ -35,6 +35,7 @@ import msgspec
 import orjson
 
 from engine.analytics.source import CustomerHistory
+from engine.distributed.config import IDEMPOTENCY_TTL_S
 from engine.distributed.requests import REQUEST_HEADER
 from engine.distributed.storage.redis import RedisState
 from engine.types import Action
@@ -68,8 +69,10 @@ class TopicHistory:
         *,
         limit: int = 100,
         timeout: float = 10.0,
+        status_ttl_s: int = IDEMPOTENCY_TTL_S,
     ) -> None:
         self.bootstrap = bootstrap.removeprefix("kafka://")
+        self.status_ttl_s = status_ttl_s
         self.events_topic = events_topic
         self.actions_topic = actions_topic
         self.redis = redis
@@ -144,7 +147,12 @@ class TopicHistory:
                 acts.append(a)
         events = events[::-1][: self.limit]
         acts = sorted(acts, key=lambda a: a.fire_at, reverse=True)[: self.limit]
-        statuses = await self._statuses([a.idempotency_key for a in acts])
+        stored = await self._statuses([a.idempotency_key for a in acts])
+        now_ms = int(time.time() * 1000)
+        statuses = [
+            status_label(got, a.fire_at, now_ms, self.status_ttl_s)
+            for a, got in zip(acts, stored, strict=True)
+        ]
         actions = [
             {
                 "rule_id": a.rule_id,
@@ -160,7 +168,8 @@ class TopicHistory:
             f"Events found among the last {scan:,} records of this customer's partition of "
             "the events topic (kept until the topic's retention), the actions produced for "
             "it in the same span (status from the delivery's idempotency keys in Redis: "
-            "sent, dead, sending, pending; unknown while Redis does not answer), and the "
+            "sent, dead, sending, pending; expired once older than the keys' TTL; unknown "
+            "while Redis does not answer), and the "
             "flows this customer is in. Nothing from before an erase of this id. Older "
             "history is not kept per customer."
         )
@@ -200,7 +209,7 @@ class TopicHistory:
             logger.warning("timeline: %s not read to its end in %gs", todo, self.timeout)
         return out, truncated, not todo
 
-    async def _statuses(self, keys: list[str]) -> list[str]:
+    async def _statuses(self, keys: list[str]) -> list[str | None]:
         redis = self.redis
         if redis is None or not keys:
             return ["produced"] * len(keys)
@@ -210,7 +219,17 @@ class TopicHistory:
             )
         except TimeoutError:  # Redis away: the page still shows the actions
             return ["unknown"] * len(keys)
-        return [s or "pending" for s in got]
+        return list(got)
+
+
+def status_label(stored: str | None, fire_at: int, now_ms: int, ttl_s: int) -> str:
+    """What the timeline shows for an action whose idempotency key in Redis holds
+    ``stored`` (None: no key): no key is ``pending`` while the action is younger than the
+    keys' TTL, ``expired`` after (Redis dropped its status: whether it was sent is no
+    longer recorded; it is not waiting)."""
+    if stored is not None:
+        return stored
+    return "expired" if fire_at < now_ms - ttl_s * 1000 else "pending"
 
 
 def _is_erase(value: bytes | None) -> bool:
