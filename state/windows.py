@@ -130,14 +130,15 @@ def watch_thresholds(pairs: dict[tuple[str, str], tuple[int, ...] | None]) -> Th
     return {k: tuple(v) for k, v in spec.items()}
 
 
-def next_crossing(counters: Counters, spec: Thresholds, now: int) -> int | None:
-    """When the first of the counts ``spec`` watches next crosses one of its thresholds
-    if no event arrives (None: none will): for thresholds ``ks``, the earliest instant
-    the count, now above some ``k``, drops to ``k`` (the buckets leave oldest first: the
-    instant the last bucket that keeps it above ``k`` leaves); without thresholds, the
-    earliest instant a counted bucket leaves (as :func:`next_change_of`)."""
-    due: int | None = None
-    held: dict[tuple[int, int, int, tuple[int, ...]], list[tuple[int, int]]] | None = None
+_Held = dict[tuple[int, int, int, tuple[int, ...]], list[tuple[int, int]]]
+
+
+def _watched(counters: Counters, spec: Thresholds, now: int) -> tuple[list[int], _Held]:
+    """The counted buckets ``spec`` watches, still in their windows at ``now``: the
+    instants they leave, for spans without thresholds; by (prefix, window length, bucket
+    size, thresholds) as (bucket index, count), for spans with them."""
+    leaves: list[int] = []
+    held: _Held = {}
     for k, v in counters.items():
         prefix = k >> 24
         spans = spec.get(prefix)
@@ -148,14 +149,21 @@ def next_crossing(counters: Counters, spec: Thresholds, now: int) -> int | None:
             if index < (now - length) // size:
                 continue
             if ks is None:
-                at = (index + 1) * size + length
-                if due is None or at < due:
-                    due = at
+                leaves.append((index + 1) * size + length)
             else:
-                if held is None:
-                    held = {}
                 held.setdefault((prefix, length, size, ks), []).append((index, v))
-    for (_, length, size, ks), buckets in (held or {}).items():
+    return leaves, held
+
+
+def next_crossing(counters: Counters, spec: Thresholds, now: int) -> int | None:
+    """When the first of the counts ``spec`` watches next crosses one of its thresholds
+    if no event arrives (None: none will): for thresholds ``ks``, the earliest instant
+    the count, now above some ``k``, drops to ``k`` (the buckets leave oldest first: the
+    instant the last bucket that keeps it above ``k`` leaves); without thresholds, the
+    earliest instant a counted bucket leaves (as :func:`next_change_of`)."""
+    leaves, held = _watched(counters, spec, now)
+    due = min(leaves, default=None)
+    for (_, length, size, ks), buckets in held.items():
         total = sum(v for _, v in buckets)
         buckets.sort()  # oldest first: the order they leave in
         for limit in ks:
@@ -179,21 +187,7 @@ def crossings(counters: Counters, spec: Thresholds, now: int) -> list[int]:
     several counts cross at is there several times); the first is :func:`next_crossing`.
     Between two of them (and after the last) every watched count stays on the same side
     of all its thresholds."""
-    out: list[int] = []
-    held: dict[tuple[int, int, int, tuple[int, ...]], list[tuple[int, int]]] = {}
-    for k, v in counters.items():
-        prefix = k >> 24
-        spans = spec.get(prefix)
-        if spans is None or not v:
-            continue
-        index = k & 0xFFFFFF
-        for length, size, ks in spans:
-            if index < (now - length) // size:
-                continue
-            if ks is None:
-                out.append((index + 1) * size + length)
-            else:
-                held.setdefault((prefix, length, size, ks), []).append((index, v))
+    out, held = _watched(counters, spec, now)
     for (_, length, size, ks), buckets in held.items():
         total = sum(v for _, v in buckets)
         buckets.sort()
