@@ -89,6 +89,15 @@ async def _one(pool: ClientPool, port: int, ctx: Any = None) -> None:
     await pool.drain()
 
 
+async def _two_in_a_row(port: int, timeout: float = 10.0) -> tuple[ClientPool, Answers]:
+    """Requests 1 then 2 (the second after the first's answer) on a one-connection pool."""
+    pool, answers = _pool(port, timeout=timeout)
+    await _one(pool, port, 1)
+    await _one(pool, port, 2)
+    pool.close()
+    return pool, answers
+
+
 async def test_keep_alive_reuses_one_connection() -> None:
     peers: set[Any] = set()
     routes = web.RouteTableDef()
@@ -171,10 +180,7 @@ async def test_connection_close_answer_opens_a_new_connection() -> None:
         return resp
 
     async with _app(routes) as port:
-        pool, answers = _pool(port)
-        await _one(pool, port, 1)
-        await _one(pool, port, 2)
-        pool.close()
+        pool, answers = await _two_in_a_row(port)
     assert answers == [(1, 202), (2, 202)]
     assert pool.connections_opened == 2
 
@@ -191,10 +197,7 @@ async def test_connection_close_answer_is_not_reused_even_if_the_socket_stays_op
         await reader.read()  # keeps the socket open, reads nothing more as a request
 
     async with _raw(serve) as port:
-        pool, answers = _pool(port, timeout=2.0)
-        await _one(pool, port, 1)
-        await _one(pool, port, 2)
-        pool.close()
+        _, answers = await _two_in_a_row(port, timeout=2.0)
     assert answers == [(1, 202), (2, 202)]
     assert connections == 2
 
@@ -214,10 +217,7 @@ async def test_chunked_answer_is_read_whole_and_the_connection_kept() -> None:
         return resp
 
     async with _app(routes) as port:
-        pool, answers = _pool(port)
-        await _one(pool, port, 1)
-        await _one(pool, port, 2)
-        pool.close()
+        pool, answers = await _two_in_a_row(port)
     assert answers == [(1, 202), (2, 202)]
     assert pool.connections_opened == 1
 
