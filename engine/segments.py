@@ -111,6 +111,16 @@ def evaluate_segments(
     loses its memberships of segments the rule set no longer has, without an exit.
     Evaluating all segments (``segments`` None) marks the state with the rule set's
     ``segments_digest``."""
+    if (
+        counted is not None
+        and segments is not None
+        and not (start or recount or timer)
+        and counted[0] in rs.segment_quiet
+        and st.segments_digest == rs.segments_digest
+        and st.segments_due is not None
+        and st.segments_due > now
+    ):
+        return _counted(rs, st, now, consent, timers, out, segments, counted, population)
     scope: RuleScope | None = None  # built for the first condition evaluated
     members = st.segments or {}
     changes: list[tuple[str, bool]] = []
@@ -131,13 +141,18 @@ def evaluate_segments(
         else:
             if etype is not None and seg.unchanged_by(etype, was):
                 continue
-            if scope is None:
-                scope = RuleScope(st, now, consent, population=population)
-            try:
-                inside = seg.test(scope)
-            except ExpressionError as err:
-                out.errors.append(f"segment {seg.id}: {err}")
-                inside = was
+            direct = seg.direct
+            test = None if direct is None else direct(st, now)
+            if test is not None:
+                inside = test
+            else:
+                if scope is None:
+                    scope = RuleScope(st, now, consent, population=population)
+                try:
+                    inside = seg.test(scope)
+                except ExpressionError as err:
+                    out.errors.append(f"segment {seg.id}: {err}")
+                    inside = was
         if inside != was:
             if inside:
                 members = {**members, seg.id: now}
@@ -212,6 +227,61 @@ def evaluate_segments(
     return changes
 
 
+def _counted(
+    rs: RuleSet,
+    st: CustomerState,
+    now: int,
+    consent: dict[str, bool],
+    timers: TimerStore,
+    out: Output,
+    segments: tuple[CompiledSegment, ...],
+    counted: tuple[str, int],
+    population: Population | None,
+) -> list[tuple[str, bool]]:
+    """:func:`evaluate_segments` for the commonest input, an event counted for the
+    segments (a product view) whose type is in ``rs.segment_quiet``: none of
+    ``segments`` reads the population and one more such event cannot only turn one of
+    them false, with the state current for the rule set and its timer ahead. What the
+    general path does then, without its searches: the memberships the type can turn, and
+    the timer at its instant or the counted bucket's leaving if earlier, re-armed (an
+    instant passed over before may matter now). What the population turns is in
+    ``segments_due`` already (every evaluation takes the earlier of the two, and nothing
+    of it moved)."""
+    etype, ts = counted
+    members = st.segments or {}
+    changes: list[tuple[str, bool]] = []
+    scope: RuleScope | None = None
+    for seg in segments:
+        was = seg.id in members
+        if seg.unchanged_by(etype, was):
+            continue
+        direct = seg.direct
+        inside = None if direct is None else direct(st, now)
+        if inside is None:
+            if scope is None:
+                scope = RuleScope(st, now, consent, population=population)
+            try:
+                inside = seg.test(scope)
+            except ExpressionError as err:
+                out.errors.append(f"segment {seg.id}: {err}")
+                inside = was
+        if inside != was:
+            if inside:
+                members = {**members, seg.id: now}
+            else:
+                members = {k: v for k, v in members.items() if k != seg.id}
+                st.segments_left = {**(st.segments_left or {}), seg.id: now}
+            changes.append((seg.id, inside))
+    st.segments = members or None
+    due = st.segments_due
+    assert due is not None
+    at = counted_change(rs.segment_windows, etype, ts, now)
+    if at is not None and at < due:
+        due = st.segments_due = at
+    timers.schedule(st.customer_id, SEGMENT_TIMER, due)
+    return changes
+
+
 _SEARCHED = 8
 """Instants a recount evaluates before setting the timer at the next one anyway."""
 
@@ -261,12 +331,18 @@ def _first_change(
         if j - i == 1 or searched == _SEARCHED:
             return at  # one count crossing alone: taken as turning a condition
         searched += 1
-        scope = RuleScope(st, at, consent, population=population)
+        scope: RuleScope | None = None
         for seg in timed:
-            try:
-                if seg.test(scope) != (seg.id in members):
+            direct = seg.direct
+            inside = None if direct is None else direct(st, at)
+            if inside is None:
+                if scope is None:
+                    scope = RuleScope(st, at, consent, population=population)
+                try:
+                    inside = seg.test(scope)
+                except ExpressionError:
                     return at
-            except ExpressionError:
+            if inside != (seg.id in members):
                 return at
         i = j
     return moves

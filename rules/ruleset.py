@@ -82,6 +82,9 @@ class RuleSet:
     segments_timed_rfm: tuple[CompiledSegment, ...] = ()  # of the others: reading rfm
     segment_counts: tuple[tuple[str, str], ...] = ()  # every (type, window) they count
     segment_count_types: frozenset[str] = frozenset()  # the types of those
+    # of those, the ones no segment they can change reads the population for, and that
+    # can only turn none of them false (engine/segments.py's path for a counted event)
+    segment_quiet: frozenset[str] = frozenset()
     segment_windows: WindowSpec = field(default_factory=dict)  # the same, for next_change_of
     # the same with the counts' thresholds, for next_crossing (the segment timer)
     segment_thresholds: Thresholds = field(default_factory=dict)
@@ -265,6 +268,14 @@ class RuleSet:
         self.segment_counts = tuple(sorted({c for g in self.segments for c in g.counts}))
         self.segment_count_types = frozenset(t for t, _ in self.segment_counts)
         self.segment_windows = watch(self.segment_counts)
+        self.segment_quiet = frozenset(
+            t
+            for t in self.segment_count_types
+            if not any(
+                g.population or g.falling is None or t in g.falling
+                for g in self.segment_plan.get(t, self.segments_any)
+            )
+        )
         self.segment_thresholds = watch_thresholds(segment_thresholds(self.segments))
         self.segment_ids = frozenset(g.id for g in self.segments)
         self.segment_inputs = frozenset(

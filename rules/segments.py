@@ -18,7 +18,8 @@ from rules.exceptions import RuleError
 from rules.expressions import Expression, ExpressionError, Scope
 from rules.loader import Positions
 from rules.spec import SegmentSpec
-from state.windows import WINDOWS
+from state.customer import CustomerState
+from state.windows import WINDOWS, counter
 
 __all__ = [
     "POPULATION_KEYS",
@@ -26,6 +27,7 @@ __all__ = [
     "CompiledSegment",
     "compile_segment",
     "count_thresholds",
+    "direct_test",
     "directions",
     "fast_terms",
     "input_types",
@@ -161,6 +163,66 @@ def fast_terms(source: str) -> tuple[Term, ...] | None:
     return tuple(terms)
 
 
+StateGetter = Callable[[CustomerState, int], Any]
+DirectTest = Callable[[CustomerState, int], "bool | None"]
+
+# the customer and cart fields read straight off the state, as engine/profile.py's
+# CUSTOMER_FIELDS and engine/scope.py's cart view give them (a property test holds them
+# equal: tests/engine/test_segment_fast_path.py)
+_STATE_FIELDS: dict[tuple[str, str], StateGetter] = {
+    ("customer", "orders"): lambda st, _: st.orders,
+    ("customer", "ltv"): lambda st, _: st.revenue,
+    ("customer", "aov"): lambda st, _: st.aov,
+    ("customer", "first_order"): lambda st, _: st.first_order or 0,
+    ("customer", "last_order"): lambda st, _: st.last_order or 0,
+    ("cart", "items"): lambda st, _: st.cart_items,
+    ("cart", "value"): lambda st, _: st.cart_value,
+}
+
+
+def _state_getter(part: str) -> tuple[StateGetter, Callable[[Any, Any], bool], Any] | None:
+    m = _TERM.match(part)
+    if m is None:
+        return None
+    var, key, sub, etype, window, op, lit = m.groups()
+    value = _literal(lit)
+    if value is None or sub is not None:
+        return None
+    if etype is not None:
+        if window not in WINDOWS:
+            return None
+        fn = counter(etype, window)
+        return (lambda st, now: fn(st.counters, now)), _OPS[op], value
+    get = _STATE_FIELDS.get((var, key))
+    return None if get is None else (get, _OPS[op], value)
+
+
+def direct_test(source: str) -> DirectTest | None:
+    """For a condition of simple comparisons joined by ``&&`` on the fields the state
+    holds (``customer.orders``, ``.ltv``, ``.aov``, ``.first_order``, ``.last_order``,
+    ``cart.items``, ``cart.value``, ``count()``), ``fn(state, now)``: whether it holds,
+    read straight off the state without a scope, or None where a value's type differs
+    from its literal's (CEL decides then). None for any other condition."""
+    terms = []
+    for part in source.split("&&"):
+        term = _state_getter(part)
+        if term is None:
+            return None
+        terms.append(term)
+    checks = tuple(terms)
+
+    def test(st: CustomerState, now: int) -> bool | None:
+        for get, op, literal in checks:
+            value = get(st, now)
+            if type(value) is not type(literal):
+                return None
+            if not op(value, literal):
+                return False
+        return True
+
+    return test
+
+
 def _count_terms(source: str) -> list[tuple[str, str, str, Any]] | None:
     """The ``count(type, window) op literal`` terms of a condition of simple comparisons
     joined by ``&&`` as (type, window, op, literal), or None when it is not that shape."""
@@ -275,11 +337,18 @@ class CompiledSegment:
     population: frozenset[str] = frozenset()
     # the RFM group its condition is exactly membership of (see ``rfm_group``), or None
     rfm_group: str | None = None
+    # the condition read straight off the state (see ``direct_test``), or None
+    direct: DirectTest | None = None
 
     def unchanged_by(self, event_type: str, member: bool) -> bool:
         """Whether one more counted event of ``event_type`` certainly leaves membership
         as it is (``member``: the customer is in the segment now)."""
-        if self.rising is None or self.falling is None or event_type in self.field_inputs:
+        if (
+            self.rising is None
+            or self.falling is None
+            or self.inputs is None  # reads what any event moves (last_seen...)
+            or event_type in self.field_inputs
+        ):
             return False
         return event_type not in (self.falling if member else self.rising)
 
@@ -351,5 +420,6 @@ def compile_segment(
         count_thresholds(spec.condition),
         population_reads(expr),
         rfm_group(spec.condition),
+        direct_test(spec.condition),
     )
     return compiled, []

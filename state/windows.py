@@ -12,6 +12,7 @@ than their retention are pruned when the dict grows.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 __all__ = [
     "WINDOWS",
@@ -20,6 +21,7 @@ __all__ = [
     "WindowSpec",
     "count",
     "counted_change",
+    "counter",
     "crossings",
     "increment",
     "next_change_of",
@@ -98,6 +100,26 @@ def count(counters: Counters, event_type: str, window: str, now: int) -> int:
         if k >> 24 == prefix and (k & 0xFFFFFF) >= first:
             n += v
     return n
+
+
+def counter(event_type: str, window: str) -> Callable[[Counters | None, int], int]:
+    """:func:`count` for one (type, window) worked out once: ``fn(counters, now)``
+    (segment conditions' count terms, evaluated straight on the state: rules/segments.py)."""
+    gran, length = WINDOWS[window]
+    prefix = type_code(event_type) << 2 | gran
+    size = _GRANS[gran][1]
+
+    def fn(counters: Counters | None, now: int) -> int:
+        if not counters:
+            return 0
+        first = (now - length) // size
+        n = 0
+        for k, v in counters.items():
+            if k >> 24 == prefix and (k & 0xFFFFFF) >= first:
+                n += v
+        return n
+
+    return fn
 
 
 WindowSpec = dict[int, tuple[tuple[int, int], ...]]

@@ -36,6 +36,8 @@ EVENTS = st.lists(
 def test_every_stock_segment_takes_the_fast_path() -> None:
     assert STOCK.segments
     assert all(seg.terms is not None for seg in STOCK.segments)
+    # and all of them read straight off the state, without a scope
+    assert all(seg.direct is not None for seg in STOCK.segments)
 
 
 def test_conditions_beyond_simple_comparisons_go_to_cel() -> None:
@@ -71,6 +73,8 @@ def test_fast_path_equals_cel(events: list[tuple[str, int, int, float]]) -> None
             for seg in STOCK.segments:
                 truth = seg.condition.test(scope)
                 assert seg.test(scope) == truth, (seg.id, state)
+                if seg.direct is not None:  # None: CEL decides (a type differs)
+                    assert seg.direct(state, kit.now) in (truth, None), (seg.id, state)
                 # the membership kept (baseline, per-type evaluation, timers) is the truth
                 assert (seg.id in (state.segments or {})) == truth, (seg.id, state)
             if cid == f"c{c}":  # the timer, kept up incrementally, is never late: at or
