@@ -249,21 +249,17 @@ class Processor:
 
     def _timed(self, st: CustomerState, due: int) -> tuple[CompiledSegment, ...]:
         """The segments a segment timer due at ``due`` evaluates: those reading counts (or
-        anything), plus those on RFM only if R drops at ``due`` (if they read only the
-        group: if it changes then), and those on predictions only if their searched turn
-        has come (engine/segment_flips.py)."""
+        anything), plus those on RFM: the RFM-group ones always (they read one group
+        lookup), others only if R drops at ``due``; and those on predictions only if
+        their searched turn has come (engine/segment_flips.py)."""
         rs = self._rs
         timed = rs.segments_timed_counts
-        if (
-            rs.segments_timed_rfm
-            and (
-                self._pop.next_rfm_group_change(st, due - 1)
-                if rs.segments_rfm_groups
-                else self._pop.next_rfm_change(st, due - 1)
-            )
-            == due
+        if rs.segments_timed_rfm and (
+            # RFM-group segments: their one group lookup costs less than finding out
+            # whether it changes at ``due``
+            rs.segments_rfm_groups or self._pop.next_rfm_change(st, due - 1) == due
         ):
-            timed = (*timed, *rs.segments_timed_rfm)
+            timed = rs.segments_timed_all
         flip = st.segments_flip
         if rs.segments_predicted and flip is not None and flip <= due:
             timed = (*timed, *(g for g in rs.segments_predicted if g not in timed))

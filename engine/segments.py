@@ -117,8 +117,7 @@ def evaluate_segments(
         and not (start or recount or timer)
         and counted[0] in rs.segment_quiet
         and st.segments_digest == rs.segments_digest
-        and st.segments_due is not None
-        and st.segments_due > now
+        and (st.segments_due is None or st.segments_due > now)
     ):
         return _counted(rs, st, now, consent, timers, out, segments, counted, population)
     scope: RuleScope | None = None  # built for the first condition evaluated
@@ -241,12 +240,12 @@ def _counted(
     """:func:`evaluate_segments` for the commonest input, an event counted for the
     segments (a product view) whose type is in ``rs.segment_quiet``: none of
     ``segments`` reads the population and one more such event cannot only turn one of
-    them false, with the state current for the rule set and its timer ahead. What the
-    general path does then, without its searches: the memberships the type can turn, and
-    the timer at its instant or the counted bucket's leaving if earlier, re-armed (an
-    instant passed over before may matter now). What the population turns is in
-    ``segments_due`` already (every evaluation takes the earlier of the two, and nothing
-    of it moved)."""
+    them false, with the state current for the rule set and its timer ahead (or none).
+    What the general path does then, without its searches: the memberships the type can
+    turn, and the timer at its instant or the counted bucket's leaving if earlier,
+    re-armed (an instant passed over before may matter now). What the population turns
+    is in ``segments_due`` already: every evaluation takes the earlier of the two (no
+    timer: it turns nothing), and nothing it depends on moved."""
     etype, ts = counted
     members = st.segments or {}
     changes: list[tuple[str, bool]] = []
@@ -274,11 +273,11 @@ def _counted(
             changes.append((seg.id, inside))
     st.segments = members or None
     due = st.segments_due
-    assert due is not None
     at = counted_change(rs.segment_windows, etype, ts, now)
-    if at is not None and at < due:
+    if at is not None and (due is None or at < due):
         due = st.segments_due = at
-    timers.schedule(st.customer_id, SEGMENT_TIMER, due)
+    if due is not None:
+        timers.schedule(st.customer_id, SEGMENT_TIMER, due)
     return changes
 
 

@@ -80,6 +80,7 @@ class RuleSet:
     segments_timed: tuple[CompiledSegment, ...] = ()
     segments_timed_counts: tuple[CompiledSegment, ...] = ()  # of those: counts, anything
     segments_timed_rfm: tuple[CompiledSegment, ...] = ()  # of the others: reading rfm
+    segments_timed_all: tuple[CompiledSegment, ...] = ()  # the two above
     segment_counts: tuple[tuple[str, str], ...] = ()  # every (type, window) they count
     segment_count_types: frozenset[str] = frozenset()  # the types of those
     # of those, the ones no segment they can change reads the population for, and that
@@ -256,6 +257,7 @@ class RuleSet:
             for g in self.segments_timed
             if g not in self.segments_timed_counts and "rfm" in g.population
         )
+        self.segments_timed_all = (*self.segments_timed_counts, *self.segments_timed_rfm)
         named = {t for g in self.segments for t in g.inputs or ()} | {"customer_merged"}
         self.segment_plan = {
             t: tuple(

@@ -94,11 +94,14 @@ def count(counters: Counters, event_type: str, window: str, now: int) -> int:
     """Events of ``event_type`` in the sliding ``window`` ending at ``now``."""
     spec = _count_specs.get((event_type, window))
     prefix, length, size = _count_spec(event_type, window) if spec is None else spec
+    # the keys of the window's buckets: one range (the prefix's top bits, then the index)
     first = (now - length) // size
+    lo = prefix << 24 | (first if first > 0 else 0)
+    hi = prefix << 24 | 0xFFFFFF
     n = 0
-    for k, v in counters.items():  # a loop, not sum(genexpr): ~2x faster on ~10 buckets
-        if k >> 24 == prefix and (k & 0xFFFFFF) >= first:
-            n += v
+    for k in counters:  # a loop, not sum(genexpr): ~2x faster on ~10 buckets
+        if lo <= k <= hi:
+            n += counters[k]
     return n
 
 
@@ -109,14 +112,18 @@ def counter(event_type: str, window: str) -> Callable[[Counters | None, int], in
     prefix = type_code(event_type) << 2 | gran
     size = _GRANS[gran][1]
 
+    top = prefix << 24
+    hi = top | 0xFFFFFF
+
     def fn(counters: Counters | None, now: int) -> int:
         if not counters:
             return 0
         first = (now - length) // size
+        lo = top | (first if first > 0 else 0)
         n = 0
-        for k, v in counters.items():
-            if k >> 24 == prefix and (k & 0xFFFFFF) >= first:
-                n += v
+        for k in counters:
+            if lo <= k <= hi:
+                n += counters[k]
         return n
 
     return fn
