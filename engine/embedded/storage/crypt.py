@@ -162,8 +162,7 @@ def open_plain(body: bytes) -> bytes:
     """``body`` if it is plaintext; a sealed one raises DataKeyError (no key given)."""
     if body[:2] == MAGIC:
         raise DataKeyError(
-            f"the data directory holds rows sealed with key {body[2:6].hex()}:"
-            " set NUDGE_DATA_KEY"
+            f"the data directory holds rows sealed with key {body[2:6].hex()}: set NUDGE_DATA_KEY"
         )
     return body
 
@@ -240,8 +239,6 @@ def sealed_rows(db: sqlite3.Connection) -> Iterable[bytes]:
                     yield value
                 elif isinstance(value, str) and value.startswith(MAGIC.hex()):
                     yield bytes.fromhex(value)
-
-
 
 
 def seal_states(sealer: Sealer | None, rows: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
