@@ -120,7 +120,6 @@ def evaluate_segments(
         and (st.segments_due is None or st.segments_due > now)
     ):
         return _counted(rs, st, now, consent, timers, out, segments, counted, population)
-    scope: RuleScope | None = None  # built for the first condition evaluated
     members = st.segments or {}
     changes: list[tuple[str, bool]] = []
     if members and st.segments_digest != rs.segments_digest:
@@ -130,36 +129,8 @@ def evaluate_segments(
         members = {**members, **dict.fromkeys(start, now)}
         changes += [(seg_id, True) for seg_id in start]
     etype = counted[0] if counted is not None and segments is not None else None
-    group: object = _UNSET  # customer.rfm.group, worked out once
-    for seg in rs.segments if segments is None else segments:
-        was = seg.id in members
-        if seg.rfm_group is not None:  # the condition is exactly "in this RFM group"
-            if group is _UNSET:
-                group = None if population is None else population.rfm_group(st, now)
-            inside = group == seg.rfm_group
-        else:
-            if etype is not None and seg.unchanged_by(etype, was):
-                continue
-            direct = seg.direct
-            test = None if direct is None else direct(st, now)
-            if test is not None:
-                inside = test
-            else:
-                if scope is None:
-                    scope = RuleScope(st, now, consent, population=population)
-                try:
-                    inside = seg.test(scope)
-                except ExpressionError as err:
-                    out.errors.append(f"segment {seg.id}: {err}")
-                    inside = was
-        if inside != was:
-            if inside:
-                members = {**members, seg.id: now}
-            else:
-                members = {k: v for k, v in members.items() if k != seg.id}
-                st.segments_left = {**(st.segments_left or {}), seg.id: now}
-            changes.append((seg.id, inside))
-    st.segments = members or None
+    segs = rs.segments if segments is None else segments
+    _turn(st, now, consent, population, out, segs, etype, members, changes)
     if segments is None:  # all of them: the state is current for this rule set's segments
         st.segments_digest = rs.segments_digest
     # over every segment's count() windows and what they read of the population: one
@@ -226,6 +197,56 @@ def evaluate_segments(
     return changes
 
 
+def _turn(
+    st: CustomerState,
+    now: int,
+    consent: dict[str, bool],
+    population: Population | None,
+    out: Output,
+    segments: tuple[CompiledSegment, ...],
+    etype: str | None,
+    members: dict[str, int],
+    changes: list[tuple[str, bool]],
+) -> None:
+    """Evaluate ``segments`` for ``st`` at ``now`` against ``members`` (its memberships
+    so far) and keep the result in ``st.segments`` (exits in ``segments_left``), each
+    change appended to ``changes`` as (segment id, entered?). ``etype``: one more counted
+    event of this type is the input (the segments it cannot move are skipped). The
+    RFM-group segments share one group lookup; a condition that fails to evaluate keeps
+    the membership (the error goes to ``out.errors``)."""
+    scope: RuleScope | None = None  # built for the first condition that needs it
+    group: object = _UNSET  # customer.rfm.group, worked out once
+    for seg in segments:
+        was = seg.id in members
+        if seg.rfm_group is not None:  # the condition is exactly "in this RFM group"
+            if group is _UNSET:
+                group = None if population is None else population.rfm_group(st, now)
+            inside = group == seg.rfm_group
+        else:
+            if etype is not None and seg.unchanged_by(etype, was):
+                continue
+            direct = seg.direct
+            test = None if direct is None else direct(st, now)
+            if test is not None:
+                inside = test
+            else:
+                if scope is None:
+                    scope = RuleScope(st, now, consent, population=population)
+                try:
+                    inside = seg.test(scope)
+                except ExpressionError as err:
+                    out.errors.append(f"segment {seg.id}: {err}")
+                    inside = was
+        if inside != was:
+            if inside:
+                members = {**members, seg.id: now}
+            else:
+                members = {k: v for k, v in members.items() if k != seg.id}
+                st.segments_left = {**(st.segments_left or {}), seg.id: now}
+            changes.append((seg.id, inside))
+    st.segments = members or None
+
+
 def _counted(
     rs: RuleSet,
     st: CustomerState,
@@ -247,31 +268,8 @@ def _counted(
     is in ``segments_due`` already: every evaluation takes the earlier of the two (no
     timer: it turns nothing), and nothing it depends on moved."""
     etype, ts = counted
-    members = st.segments or {}
     changes: list[tuple[str, bool]] = []
-    scope: RuleScope | None = None
-    for seg in segments:
-        was = seg.id in members
-        if seg.unchanged_by(etype, was):
-            continue
-        direct = seg.direct
-        inside = None if direct is None else direct(st, now)
-        if inside is None:
-            if scope is None:
-                scope = RuleScope(st, now, consent, population=population)
-            try:
-                inside = seg.test(scope)
-            except ExpressionError as err:
-                out.errors.append(f"segment {seg.id}: {err}")
-                inside = was
-        if inside != was:
-            if inside:
-                members = {**members, seg.id: now}
-            else:
-                members = {k: v for k, v in members.items() if k != seg.id}
-                st.segments_left = {**(st.segments_left or {}), seg.id: now}
-            changes.append((seg.id, inside))
-    st.segments = members or None
+    _turn(st, now, consent, population, out, segments, etype, st.segments or {}, changes)
     due = st.segments_due
     at = counted_change(rs.segment_windows, etype, ts, now)
     if at is not None and (due is None or at < due):

@@ -12,7 +12,7 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from rules.exceptions import RuleError
 from rules.expressions import Expression, ExpressionError, Scope
@@ -154,9 +154,17 @@ def fast_terms(source: str) -> tuple[Term, ...] | None:
     evaluated in Python; None when it is anything else (CEL evaluates it): a part that is
     not one such comparison (``||``, parentheses, negation, a literal holding ``&&``) does
     not match."""
+    return _conjunction(source, _term)
+
+
+_T = TypeVar("_T")
+
+
+def _conjunction(source: str, parse: Callable[[str], _T | None]) -> tuple[_T, ...] | None:
+    """Each ``&&``-joined part of ``source`` parsed by ``parse``; None if one is not."""
     terms = []
     for part in source.split("&&"):
-        term = _term(part)
+        term = parse(part)
         if term is None:
             return None
         terms.append(term)
@@ -203,13 +211,9 @@ def direct_test(source: str) -> DirectTest | None:
     ``cart.items``, ``cart.value``, ``count()``), ``fn(state, now)``: whether it holds,
     read straight off the state without a scope, or None where a value's type differs
     from its literal's (CEL decides then). None for any other condition."""
-    terms = []
-    for part in source.split("&&"):
-        term = _state_getter(part)
-        if term is None:
-            return None
-        terms.append(term)
-    checks = tuple(terms)
+    checks = _conjunction(source, _state_getter)
+    if checks is None:
+        return None
 
     def test(st: CustomerState, now: int) -> bool | None:
         for get, op, literal in checks:
