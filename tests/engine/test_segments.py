@@ -194,3 +194,21 @@ def test_an_input_after_a_passed_over_instant_makes_it_count_again() -> None:
     k.advance(days=6)
     turn = (ordered // DAY + 1) * DAY + 7 * DAY
     assert k.state("c1").segments == {"carted-not-bought": turn}
+
+
+def test_a_counted_event_can_turn_a_term_on_what_every_event_moves() -> None:
+    # last_seen moves with every event: one more view, rising for the count term, can
+    # still turn the segment false (the view that makes last_seen pass the limit)
+    start = 1_767_225_600_000  # 2026-01-01
+    limit = start + 2 * DAY
+    k = RuleKit.from_yaml(
+        SETTINGS,
+        "kind: segment\nid: early-browser\n"
+        f"condition: \"count('product_viewed', '7d') > 0 && customer.last_seen < {limit}\"\n",
+        start=start,
+    )
+    k.send("product_viewed", "c1", {"product_id": "p1"})
+    assert set(k.state("c1").segments or ()) == {"early-browser"}
+    k.advance(days=3)
+    k.send("product_viewed", "c1", {"product_id": "p1"})
+    assert k.state("c1").segments is None
