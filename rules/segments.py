@@ -123,6 +123,19 @@ def _literal(text: str) -> Any:
     return float(text) if "." in text else int(text)
 
 
+Parsed = tuple[str | None, str | None, str | None, str | None, str | None, str, Any]
+
+
+def _parse(part: str) -> Parsed | None:
+    """One simple comparison as (variable, key, sub-key, count type, count window,
+    operator, literal value), or None when ``part`` is not one."""
+    m = _TERM.match(part)
+    if m is None:
+        return None
+    var, key, sub, etype, window, op, lit = m.groups()
+    return var, key, sub, etype, window, op, _literal(lit)
+
+
 def _getter(
     var: str | None, key: str | None, sub: str | None, etype: str | None, window: str | None
 ) -> Getter:
@@ -136,11 +149,10 @@ def _getter(
 def _term(part: str) -> tuple[Getter, Callable[[Any, Any], bool], Any] | None:
     """One simple comparison as (getter, operator, literal), or None. ``x == null`` /
     ``x != null`` become a presence test: (is x there?, ==, False / True)."""
-    m = _TERM.match(part)
-    if m is None:
+    parsed = _parse(part)
+    if parsed is None:
         return None
-    var, key, sub, etype, window, op, lit = m.groups()
-    value = _literal(lit)
+    var, key, sub, etype, window, op, value = parsed
     if value is None:
         if op not in ("==", "!=") or var is None or key is None:
             return None
@@ -189,19 +201,18 @@ _STATE_FIELDS: dict[tuple[str, str], StateGetter] = {
 
 
 def _state_getter(part: str) -> tuple[StateGetter, Callable[[Any, Any], bool], Any] | None:
-    m = _TERM.match(part)
-    if m is None:
+    parsed = _parse(part)
+    if parsed is None:
         return None
-    var, key, sub, etype, window, op, lit = m.groups()
-    value = _literal(lit)
+    var, key, sub, etype, window, op, value = parsed
     if value is None or sub is not None:
         return None
     if etype is not None:
-        if window not in WINDOWS:
+        if window is None or window not in WINDOWS:
             return None
         fn = counter(etype, window)
         return (lambda st, now: fn(st.counters, now)), _OPS[op], value
-    get = _STATE_FIELDS.get((var, key))
+    get = None if var is None or key is None else _STATE_FIELDS.get((var, key))
     return None if get is None else (get, _OPS[op], value)
 
 
@@ -230,15 +241,14 @@ def direct_test(source: str) -> DirectTest | None:
 def _count_terms(source: str) -> list[tuple[str, str, str, Any]] | None:
     """The ``count(type, window) op literal`` terms of a condition of simple comparisons
     joined by ``&&`` as (type, window, op, literal), or None when it is not that shape."""
-    out = []
-    for part in source.split("&&"):
-        m = _TERM.match(part)
-        if m is None:
-            return None
-        _var, _key, _sub, etype, window, op, lit = m.groups()
-        if etype is not None:
-            out.append((etype, window, op, _literal(lit)))
-    return out
+    parts = _conjunction(source, _parse)
+    if parts is None:
+        return None
+    return [
+        (etype, window, op, value)
+        for _var, _key, _sub, etype, window, op, value in parts
+        if etype is not None and window is not None
+    ]
 
 
 def directions(source: str) -> tuple[frozenset[str], frozenset[str]] | None:
