@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.intelligence.population import EMPTY, Population
 from engine.localtime import in_range, next_local
-from engine.output import Output
+from engine.output import Output, send_metric
 from engine.scope import RuleScope
 from engine.types import Action, Fire
 from rules.compiler import Branch, CompiledRule, Jump, Send, Wait
@@ -159,7 +159,7 @@ class FlowRunner:
                 if op.name:
                     _mark(inst, op.name, t)
                 if notes is not None:
-                    notes.append(("reach", rule.id, inst.version, inst.variant, inst.pc, None))
+                    notes.append((rule.id, inst.version, inst.variant, inst.pc, "reached"))
                 inst.pc += 1
                 if op.ms is not None:
                     due = t + op.ms
@@ -172,12 +172,13 @@ class FlowRunner:
                 fired = len(out.fires)
                 sent = self._send(rule, st, inst, op, now, out)
                 if notes is not None and len(out.fires) > fired:
-                    notes.append(
-                        ("send", rule.id, inst.version, inst.variant, inst.pc, out.fires[-1])
-                    )
+                    fire = out.fires[-1]
+                    rid, version, pc = rule.id, inst.version, inst.pc
+                    notes.append((rid, version, inst.variant, pc, "reached"))
+                    notes.append((rid, version, fire.variant, pc, send_metric(fire)))
                 if not sent:  # deferred by quiet hours, or send_if ended the flow
                     if notes is not None and len(out.fires) > fired:
-                        notes.append(("exit", rule.id, inst.version, inst.variant, -1, "send_if"))
+                        notes.append((rule.id, inst.version, inst.variant, -1, "exited:send_if"))
                     return
                 inst.pc += 1
             elif isinstance(op, Branch):
@@ -192,7 +193,7 @@ class FlowRunner:
                 assert isinstance(op, Jump)
                 inst.pc = op.target
         if notes is not None:
-            notes.append(("complete", rule.id, inst.version, inst.variant, -1, None))
+            notes.append((rule.id, inst.version, inst.variant, -1, "completed"))
         self.close(st, inst)
 
     def _blocked(self, rule: CompiledRule, st: CustomerState, channel: str, now: int) -> str | None:

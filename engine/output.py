@@ -9,15 +9,33 @@ from dataclasses import dataclass, field
 
 from engine.types import Action, Conversion, Event, Fire
 
-__all__ = ["Note", "Output"]
+__all__ = ["Note", "Output", "exit_metric", "send_metric"]
 
-Note = tuple[str, str, int, str, int, Fire | str | None]
-"""What a flow did, for campaign analytics (engine/analytics/observe.py): (kind, rule id,
-version, variant, pc, detail). Kinds: ``enter`` (an instance started), ``send`` (the send
-op at pc ran: detail is its Fire), ``reach`` (the flow suspended at the wait at pc),
-``exit`` (it was ended by an event or segment change of the type in detail, by
-``send_if``, or ``restarted`` by its trigger), ``complete`` (it ran to its end, or its
-rule version is gone). pc is -1 when it is not about an op."""
+Note = tuple[str, int, str, int, str]
+"""What a flow did, for campaign analytics (engine/analytics/observe.py), already in the
+form of the count it adds to: (rule id, version, variant, step, metric), a
+``state.analytics.Cell`` without its hour. Metrics: ``entered`` (an instance started, step
+-1), ``reached`` (the flow suspended at the wait at step, or ran the send op at step),
+``sent:<channel>`` / ``holdout`` / ``suppressed:<reason>`` (that send's outcome, under the
+fire's variant), ``exited:<why>`` (ended by an event or segment change: its type, by
+``send_if``, or ``restarted`` by its trigger), ``completed`` (it ran to its end, or its
+rule version is gone). Step is -1 when it is not about an op. The processor builds the
+notes so that counting an output is one ``Counter.update`` (no per-note Python)."""
+
+
+def send_metric(fire: Fire) -> str:
+    """The metric of a send op's outcome: ``sent:email``, ``holdout``, ``suppressed:cap``."""
+    if fire.outcome == "sent":
+        return "sent:" + fire.channel
+    if fire.outcome == "holdout":
+        return "holdout"
+    return "suppressed:" + fire.outcome.removeprefix("suppressed_")
+
+
+def exit_metric(why: str) -> str:
+    """``exited:<why>``; a segment change's ``segment_entered:<id>`` counts as
+    ``exited:segment_entered``."""
+    return "exited:" + why.partition(":")[0]
 
 
 @dataclass(slots=True)

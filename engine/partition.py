@@ -74,6 +74,7 @@ class Partition:
         self.tally: Tally | None = Tally(index) if analytics else None
         self.driver.processor.notes = analytics  # what the flows did, for the counts
         self._event: Event | None = None  # analytics: the event being processed
+        self._feedback: Event | None = None  # ... when it is delivery feedback
 
     def set_ruleset(self, ruleset: RuleSet) -> None:
         self.driver.processor.ruleset = ruleset
@@ -108,10 +109,11 @@ class Partition:
         if st is not None and st.seq >= position:
             return None
         self._event = event
+        self._feedback = event if event.type in FEEDBACK else None
         try:
             out = self.driver.process(event)
         finally:
-            self._event = None
+            self._event = self._feedback = None
         st = self.store.get(event.customer_id)
         if st is not None:
             st.seq = position
@@ -126,31 +128,25 @@ class Partition:
         if cid:
             self.dirty.add(cid)
             tally = self.tally
-            # The processor notes what flows do (``Output.notes``); an output with no
-            # note, conversion or feedback event counts nothing and is skipped without
-            # a lookup.
-            if tally is not None and (
-                out.notes or out.conversions or (self._event is not None and self._feedback(out))
-            ):
-                event = self._event  # the input, if an event of this customer's
-                if event is not None and (out.timer_due is not None or event.customer_id != cid):
-                    event = None
-                counts = tally.counts(cid)
-                rs = self.driver.processor.ruleset
-                observe(rs, self.store.get(cid), out, event, self.clock.now(), counts)
-                if not counts:
-                    tally.drop_empty(cid)
+            if tally is not None:
+                # Most outputs count their flow notes only (no conversion, not a
+                # feedback event of their customer): one Counter.update, no state lookup.
+                fb = self._feedback
+                if out.conversions or (
+                    fb is not None and out.timer_due is None and fb.customer_id == cid
+                ):
+                    event = self._event  # the input, if an event of this customer's
+                    if event is not None and (
+                        out.timer_due is not None or event.customer_id != cid
+                    ):
+                        event = None
+                    rs = self.driver.processor.ruleset
+                    now = self.clock.now()
+                    observe(rs, self.store.get(cid), out, event, tally.counts(cid, now))
+                    tally.drop_empty(cid, now)
+                elif out.notes:
+                    tally.add(cid, self.clock.now(), out.notes)
         self._on_output(out)
-
-    def _feedback(self, out: Output) -> bool:
-        """Whether ``out`` is the output of a provider feedback event of its customer."""
-        event = self._event
-        return (
-            event is not None
-            and out.timer_due is None
-            and event.customer_id == out.customer_id
-            and event.type in FEEDBACK
-        )
 
     # --- customers ---------------------------------------------------------------------
     def erase(self, customer_id: str) -> bool:

@@ -19,7 +19,7 @@ import msgspec
 from engine.flows import FlowRunner, seen_slot
 from engine.identity import hand_over, merge, merge_event
 from engine.intelligence.population import EMPTY, Population
-from engine.output import Output
+from engine.output import Output, exit_metric
 from engine.profile import apply_event
 from engine.scope import RuleScope
 from engine.segments import baseline, change_event, drop_removed, evaluate_segments
@@ -341,7 +341,7 @@ class Processor:
                 ):
                     if out.notes is not None:
                         out.notes.append(
-                            ("exit", inst.rule_id, inst.version, inst.variant, -1, ev.type)
+                            (inst.rule_id, inst.version, inst.variant, -1, exit_metric(ev.type))
                         )
                     self._runner.close(st, inst)
                     break
@@ -391,7 +391,7 @@ class Processor:
                 return
         if inst is not None:  # on_retrigger: restart
             if out.notes is not None:
-                out.notes.append(("exit", rule.id, inst.version, inst.variant, -1, "restarted"))
+                out.notes.append((rule.id, inst.version, inst.variant, -1, "exited:restarted"))
             self._runner.close(st, inst)
         variant = assign_variant(st.customer_id, rule)
         trigger = kept_trigger(ev.properties, rule.trigger_keys) if rule.uses_trigger else None
@@ -400,7 +400,7 @@ class Processor:
             st.flows = {}
         st.flows[rule.id] = inst
         if out.notes is not None:
-            out.notes.append(("enter", rule.id, rule.version, variant, -1, None))
+            out.notes.append((rule.id, rule.version, variant, -1, "entered"))
         if rule.reentry != "always":  # only these policies ever read it back
             if st.entries is None:
                 st.entries = {}
@@ -464,7 +464,7 @@ class Processor:
         rule = self._rs.flow_rule(inst)
         if rule is None:
             if out.notes is not None:
-                out.notes.append(("complete", inst.rule_id, inst.version, inst.variant, -1, None))
+                out.notes.append((inst.rule_id, inst.version, inst.variant, -1, "completed"))
             self._runner.close(st, inst)
             return out
         self._runner.run(rule, st, inst, due, now, out)

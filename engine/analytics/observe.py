@@ -4,9 +4,10 @@ notes, conversions and the input event) and the customer's state after it.
 The core notes what each flow did when the runtime asks (``Processor.notes``,
 ``Output.notes``): an instance entered, a send op ran (with its fire's outcome), the flow
 suspended at a wait, it exited (by an ``exit_on`` event or segment change, or by
-``send_if``), it completed. Each becomes a cell at its rule version, arm and op, so the
-counts are exact whatever the rule version: an instance that runs on an earlier version
-counts on that version's steps.
+``send_if``), it completed. Each note is its cell already (``engine.output.Note``: rule
+version, arm, op and metric, without the hour), so counting an output's notes is one
+C-level count; the counts are exact whatever the rule version: an instance that runs on
+an earlier version counts on that version's steps.
 
 Conversions count once per goal window (the core's ``_conversions``: one goal event
 converts a rule once per customer however often it re-entered within the window), with
@@ -17,21 +18,30 @@ the customer's open instance, against its step too.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from engine.flows import attributed_step
-from engine.output import Output
-from engine.types import Event, Fire
+from engine.output import Note, Output
+from engine.types import Event
 from rules.compiler import CompiledRule, Send, Wait
 from rules.ruleset import RuleSet
-from state.analytics import HOUR_MS, Cell
 from state.customer import CustomerState
 
-__all__ = ["FEEDBACK", "Add", "observe", "step_label"]
+__all__ = ["FEEDBACK", "Add", "count", "observe", "step_label"]
 
-Add = Counter[Cell]
-"""Where ``observe`` adds its counts (a customer's pending counts: engine/analytics/tally.py)."""
+Add = dict[Note, int]
+"""Where ``observe`` adds its counts: one customer's pending counts of one hour, keyed by
+the cells without their hour (engine/analytics/tally.py)."""
+
+try:  # the C loop behind Counter.update, without its Python-level checks
+    from collections import _count_elements as count  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - another Python implementation
+
+    def count(add: Add, notes: Iterable[Note]) -> None:
+        for note in notes:
+            add[note] = add.get(note, 0) + 1
+
 
 FEEDBACK = {
     "email_delivered": "delivered",
@@ -70,57 +80,30 @@ def _duration(ms: int) -> str:
     return f"{ms}ms"
 
 
-def _outcome_metric(f: Fire) -> str:
-    if f.outcome == "sent":
-        return f"sent:{f.channel}"
-    if f.outcome == "holdout":
-        return "holdout"
-    return "suppressed:" + f.outcome.removeprefix("suppressed_")
-
-
 def observe(
     rs: RuleSet,
     st: CustomerState | None,
     out: Output,
     event: Event | None,
-    now: int,
     add: Add,
 ) -> None:
-    """Count what ``out`` did (``event``: the input, None for a timer) at processing
-    time ``now`` into ``add``: its flow notes, conversions and the feedback event."""
-    hour = now // HOUR_MS
-    # add[k] = get(k, 0) + 1 rather than add[k] += 1: a Counter's missing key goes
-    # through its Python-level __missing__, and most keys here are new (a customer's
-    # counts start empty after each checkpoint)
-    get = add.get
-    for kind, rid, version, variant, pc, detail in out.notes or ():
-        if kind == "send":
-            assert isinstance(detail, Fire)
-            k = (rid, version, variant, pc, "reached", hour)
-            add[k] = get(k, 0) + 1
-            k = (rid, version, detail.variant, pc, _outcome_metric(detail), hour)
-            add[k] = get(k, 0) + 1
-            continue
-        if kind == "reach":
-            k = (rid, version, variant, pc, "reached", hour)
-        elif kind == "enter":
-            k = (rid, version, variant, -1, "entered", hour)
-        elif kind == "exit":
-            why = str(detail).partition(":")[0]  # segment_entered:<id> -> segment_entered
-            k = (rid, version, variant, -1, f"exited:{why}", hour)
-        else:
-            k = (rid, version, variant, -1, "completed", hour)
-        add[k] = get(k, 0) + 1
+    """Count what ``out`` did (``event``: the input, None for a timer) into ``add`` (the
+    customer's counts of the hour it was processed in): its flow notes, conversions and
+    the feedback event."""
+    if out.notes:
+        count(add, out.notes)  # the notes are their cells already (engine/output.py Note)
     if out.conversions:
         post = st.flows if st is not None and st.flows else None
         cents = _revenue_cents(event)
         for c in out.conversions:
             version = _version(rs, post, c.rule_id)
-            add[(c.rule_id, version, c.variant, -1, "conversions", hour)] += 1
+            k = (c.rule_id, version, c.variant, -1, "conversions")
+            add[k] = add.get(k, 0) + 1
             if cents:
-                add[(c.rule_id, version, c.variant, -1, "revenue_cents", hour)] += cents
+                k = (c.rule_id, version, c.variant, -1, "revenue_cents")
+                add[k] = add.get(k, 0) + cents
     if event is not None and event.type in FEEDBACK:
-        _feedback(rs, add, st, event, hour)
+        _feedback(rs, add, st, event)
 
 
 def _version(rs: RuleSet, post: Any, rid: str) -> int:
@@ -139,7 +122,7 @@ def _revenue_cents(event: Event | None) -> int:
     return round(total * 100)
 
 
-def _feedback(rs: RuleSet, add: Add, st: CustomerState | None, event: Event, hour: int) -> None:
+def _feedback(rs: RuleSet, add: Add, st: CustomerState | None, event: Event) -> None:
     props = event.properties
     rid = props.get("rule_id")
     if not isinstance(rid, str) or not rid:
@@ -151,7 +134,8 @@ def _feedback(rs: RuleSet, add: Add, st: CustomerState | None, event: Event, hou
     if inst is not None and rule is not None and isinstance(key, str):
         pc = attributed_step(rule, inst, event.customer_id, key)
         if pc is not None:
-            add[(rid, inst.version, inst.variant, pc, kind, hour)] += 1
+            k = (rid, inst.version, inst.variant, pc, kind)
+            add[k] = add.get(k, 0) + 1
             return
     variant = ""
     if inst is not None:
@@ -159,4 +143,5 @@ def _feedback(rs: RuleSet, add: Add, st: CustomerState | None, event: Event, hou
     elif st is not None and st.goals:
         variant = next((g[1] for g in st.goals if g[0] == rid), "")
     version = inst.version if inst is not None else rule.version if rule is not None else 0
-    add[(rid, version, variant, -1, kind, hour)] += 1
+    k = (rid, version, variant, -1, kind)
+    add[k] = add.get(k, 0) + 1
