@@ -11,6 +11,7 @@ A customer's counts since its last checkpoint travel as a state row whose id is
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 import msgspec
 
@@ -21,8 +22,10 @@ __all__ = [
     "PENDING_PREFIX",
     "SUMMARY",
     "Cell",
+    "Counted",
     "DayTotals",
     "Period",
+    "counter",
     "is_pending",
     "pending_cells",
     "pending_row",
@@ -41,6 +44,9 @@ Cell = tuple[str, int, str, int, str, int]
 """(rule id, rule version, variant, step, metric, hour): one counter. ``step`` is the
 compiled op index of the step (-1: the rule as a whole), ``hour`` the hour number since
 the epoch (ms // HOUR_MS) of the processing time."""
+
+Counted = tuple[str, int, str, int, str, int, int]
+"""(*cell, count): a count as a pending row holds it (``pending_row``, ``pending_cells``)."""
 
 Period = tuple[int, str, int, list[tuple[str, int, str, int]]]
 """(day or hour number, rule id, version, [(variant, step, metric, count)])."""
@@ -74,17 +80,25 @@ _enc = msgspec.msgpack.Encoder()
 _cells = msgspec.msgpack.Decoder(list[tuple[str, int, str, int, str, int, int]])
 
 
-def pending_row(customer_id: str, counts: Counter[Cell]) -> tuple[str, bytes]:
+def pending_row(customer_id: str, counts: list[Counted]) -> tuple[str, bytes]:
     """The state-row form of a customer's pending counts."""
-    body = _enc.encode([(*cell, n) for cell, n in counts.items() if n])
-    return PENDING_PREFIX + customer_id, body
+    return PENDING_PREFIX + customer_id, _enc.encode(counts)
+
+
+def counter(counts: Iterable[Counted]) -> Counter[Cell]:
+    """``counts`` summed by cell."""
+    out: Counter[Cell] = Counter()
+    for rid, version, variant, step, metric, hour, n in counts:
+        cell = (rid, version, variant, step, metric, hour)
+        out[cell] = out.get(cell, 0) + n
+    return out
 
 
 def is_pending(row_id: str) -> bool:
     return row_id.startswith(PENDING_PREFIX)
 
 
-def pending_cells(body: bytes) -> list[tuple[str, int, str, int, str, int, int]]:
+def pending_cells(body: bytes) -> list[Counted]:
     """A pending row's counts: ``(*cell, count)`` each (a cell appears once a row)."""
     return _cells.decode(body)
 

@@ -17,8 +17,8 @@ next round.
 Pending counts are kept as the processor notes them (``engine.output.Note``: a cell
 without its hour), by hour then customer: counting an output is a lookup of its customer
 in the current hour's map and one C-level count of its notes (``observe.count``), with no
-Counter or per-hour map made per customer. ``take`` builds the cells
-(``state.analytics.Cell``) once per checkpoint, for the distinct ones only. Outside a
+Counter or per-hour map made per customer. ``take`` builds the counted cells
+(``state.analytics.Counted``, the pending row's own form) once per checkpoint. Outside a
 replay or a backtest the hour changes once an hour, so there is one hour map, two around
 the turn of an hour.
 """
@@ -30,14 +30,15 @@ from collections.abc import Iterable
 
 from engine.analytics.observe import Add, count
 from engine.output import Note
-from state.analytics import HOUR_MS, Cell, pending_row
+from state.analytics import HOUR_MS, Cell, Counted, counter, pending_row
 
 __all__ = ["ORPHAN", "Taken", "Tally"]
 
 ORPHAN = ""
 """The pending key of counts whose customer was erased (no customer id is empty)."""
 
-Taken = dict[str, Counter[Cell]]
+Taken = dict[str, list[Counted]]
+"""Counts taken for a checkpoint: customer id -> its counted cells (each cell once)."""
 
 
 class Tally:
@@ -87,17 +88,18 @@ class Tally:
             for cid in customer_ids:
                 counts = by_cid.pop(cid, None)
                 if counts:
-                    out[cid] = Counter({(*note, hour): n for note, n in counts.items()})
+                    out[cid] = [(*note, hour, n) for note, n in counts.items() if n]
         else:
             for cid in customer_ids:
-                cells = {
-                    (*note, hour): n
+                cells = [
+                    (*note, hour, n)
                     for hour, by_cid in hours.items()
                     if (counts := by_cid.pop(cid, None))
                     for note, n in counts.items()
-                }
+                    if n
+                ]
                 if cells:
-                    out[cid] = Counter(cells)
+                    out[cid] = cells
         for hour in [h for h, by_cid in hours.items() if not by_cid and h != self._hour]:
             del hours[hour]
         return out
@@ -115,9 +117,9 @@ class Tally:
         for cid, cells in taken.items():
             self._merge(cid, cells)
 
-    def _merge(self, cid: str, cells: Counter[Cell]) -> None:
+    def _merge(self, cid: str, cells: list[Counted]) -> None:
         hours = self.hours
-        for (rid, version, variant, step, metric, hour), n in cells.items():
+        for rid, version, variant, step, metric, hour, n in cells:
             counts = hours.setdefault(hour, {}).setdefault(cid, {})
             note = (rid, version, variant, step, metric)
             counts[note] = counts.get(note, 0) + n
@@ -130,10 +132,9 @@ class Tally:
 
     def totals(self) -> Counter[Cell]:
         """Every pending count, summed (for reports: committed + pending = all so far)."""
-        out: Counter[Cell] = Counter()
-        for hour, by_cid in self.hours.items():
-            for counts in by_cid.values():
-                for (rid, version, variant, step, metric), n in counts.items():
-                    cell = (rid, version, variant, step, metric, hour)
-                    out[cell] = out.get(cell, 0) + n
-        return out
+        return counter(
+            (*note, hour, n)
+            for hour, by_cid in self.hours.items()
+            for counts in by_cid.values()
+            for note, n in counts.items()
+        )

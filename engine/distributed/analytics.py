@@ -48,7 +48,7 @@ from engine.distributed.storage.analytics import RedisAnalytics
 from engine.distributed.storage.changelog import row_counts
 from engine.distributed.storage.counts import pack_counts, unpack_counts
 from engine.tasks import cancel
-from state.analytics import Cell
+from state.analytics import Cell, counter
 from state.customer import CustomerState
 
 __all__ = ["ChangelogAggregator", "take_row_counts"]
@@ -74,8 +74,8 @@ def take_row_counts(tally: Tally, dirty: list[str], rows: list[CustomerState]) -
     first = rows[0].customer_id
     have = {st.customer_id for st in rows}
     for cid in [c for c in taken if c not in have]:
-        taken.setdefault(first, Counter()).update(taken.pop(cid))
-    return {cid: pack_counts(counts) for cid, counts in taken.items()}
+        taken.setdefault(first, []).extend(taken.pop(cid))
+    return {cid: pack_counts(counter(counts)) for cid, counts in taken.items()}
 
 
 class ChangelogAggregator:

@@ -36,7 +36,7 @@ from engine.embedded.spool import EXIT_DISK_FULL, EXIT_IO
 from engine.embedded.storage.sqlite import SqliteStore
 from engine.metrics import Metrics
 from engine.partition import Changes, Partition
-from state.analytics import Cell, DayTotals, Period
+from state.analytics import Cell, DayTotals, Period, counter
 
 __all__ = ["Checkpoints", "Host"]
 
@@ -349,7 +349,7 @@ class Checkpoints:
         if stored_folds <= self._stored_folds:
             for _, taken in self._unfolded:
                 for counts in taken.values():
-                    mem.update(counts)
+                    mem.update(counter(counts))
         return mem
 
     async def _checkpointed(self, seqs: dict[int, int]) -> None:

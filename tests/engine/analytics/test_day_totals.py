@@ -23,7 +23,7 @@ from engine.embedded.storage.analytics import (
     read_periods,
     write_pending,
 )
-from state.analytics import DAY_MS, HOUR_MS, Cell, pending_row
+from state.analytics import DAY_MS, HOUR_MS, Cell, Counted, pending_row
 
 DAY = 20_000
 
@@ -50,6 +50,10 @@ def _cells(k: int) -> Counter[Cell]:
     )
 
 
+def _counted(k: int) -> list[Counted]:
+    return [(*cell, n) for cell, n in _cells(k).items()]
+
+
 def _report(db: sqlite3.Connection, mem: Counter[Cell]) -> tuple[list[Any], list[Any]]:
     first, last = DAY - 1, DAY + 3
     fast = rules_summary_totals(
@@ -63,7 +67,7 @@ def _report(db: sqlite3.Connection, mem: Counter[Cell]) -> tuple[list[Any], list
 def test_totals_follow_folds_and_prunes() -> None:
     db = _db()
     for k in range(3):
-        write_pending(db, [pending_row(f"c{k}", _cells(k))])
+        write_pending(db, [pending_row(f"c{k}", _counted(k))])
         fold(db)
     fast, slow = _report(db, _cells(9))
     assert fast == slow
@@ -78,13 +82,13 @@ def test_totals_follow_folds_and_prunes() -> None:
 def test_a_store_without_totals_gets_them_at_its_next_fold() -> None:
     db = _db()
     for k in range(2):
-        write_pending(db, [pending_row(f"c{k}", _cells(k))])
+        write_pending(db, [pending_row(f"c{k}", _counted(k))])
         fold(db)
     want = read_day_totals(db, 0, DAY + 9)
     db.execute("DELETE FROM analytics_day_totals")  # as written before the table existed
     fold(db)  # nothing pending: fills the totals from the day rows
     assert sorted(read_day_totals(db, 0, DAY + 9)) == sorted(want)
-    write_pending(db, [pending_row("c9", _cells(5))])
+    write_pending(db, [pending_row("c9", _counted(5))])
     fold(db)
     fast, slow = _report(db, Counter())
     assert fast == slow
@@ -92,7 +96,7 @@ def test_a_store_without_totals_gets_them_at_its_next_fold() -> None:
 
 def test_counts_totals_equal_the_stored_totals() -> None:
     db = _db()
-    write_pending(db, [pending_row("c", _cells(1))])
+    write_pending(db, [pending_row("c", _counted(1))])
     fold(db)
     counts = gather(read_periods(db, False, 0, DAY + 9), Counter(), False, 0, DAY + 9)
     stored = {(d, r, v): list(t) for d, r, v, t in read_day_totals(db, 0, DAY + 9)}
