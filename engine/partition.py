@@ -141,9 +141,9 @@ class Partition:
                     ):
                         event = None
                     rs = self.driver.processor.ruleset
-                    now = self.clock.now()
-                    observe(rs, self.store.get(cid), out, event, tally.counts(cid, now))
-                    tally.drop_empty(cid, now)
+                    counts = observe(rs, self.store.get(cid), out, event)
+                    if counts:
+                        tally.add_counts(cid, self.clock.now(), counts)
                 elif out.notes:
                     tally.add(cid, self.clock.now(), out.notes)
         self._on_output(out)

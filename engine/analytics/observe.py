@@ -18,7 +18,6 @@ the customer's open instance, against its step too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from engine.flows import attributed_step
@@ -28,20 +27,11 @@ from rules.compiler import CompiledRule, Send, Wait
 from rules.ruleset import RuleSet
 from state.customer import CustomerState
 
-__all__ = ["FEEDBACK", "Add", "count", "observe", "step_label"]
+__all__ = ["FEEDBACK", "Add", "observe", "step_label"]
 
-Add = dict[Note, int]
-"""Where ``observe`` adds its counts: one customer's pending counts of one hour, keyed by
-the cells without their hour (engine/analytics/tally.py)."""
-
-try:  # the C loop behind Counter.update, without its Python-level checks
-    from collections import _count_elements as count  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - another Python implementation
-
-    def count(add: Add, notes: Iterable[Note]) -> None:
-        for note in notes:
-            add[note] = add.get(note, 0) + 1
-
+Add = list[tuple[Note, int]]
+"""What ``observe`` counts: (cell without its hour, how many); the tally adds them to the
+customer's counts of the hour (engine/analytics/tally.py)."""
 
 FEEDBACK = {
     "email_delivered": "delivered",
@@ -85,25 +75,22 @@ def observe(
     st: CustomerState | None,
     out: Output,
     event: Event | None,
-    add: Add,
-) -> None:
-    """Count what ``out`` did (``event``: the input, None for a timer) into ``add`` (the
-    customer's counts of the hour it was processed in): its flow notes, conversions and
-    the feedback event."""
-    if out.notes:
-        count(add, out.notes)  # the notes are their cells already (engine/output.py Note)
+) -> Add:
+    """What ``out`` counts (``event``: the input, None for a timer): its flow notes,
+    conversions and the feedback event. (Outputs with notes only are counted by the
+    tally alone: ``Tally.add``.)"""
+    add: Add = [(note, 1) for note in out.notes or ()]
     if out.conversions:
         post = st.flows if st is not None and st.flows else None
         cents = _revenue_cents(event)
         for c in out.conversions:
             version = _version(rs, post, c.rule_id)
-            k = (c.rule_id, version, c.variant, -1, "conversions")
-            add[k] = add.get(k, 0) + 1
+            add.append(((c.rule_id, version, c.variant, -1, "conversions"), 1))
             if cents:
-                k = (c.rule_id, version, c.variant, -1, "revenue_cents")
-                add[k] = add.get(k, 0) + cents
+                add.append(((c.rule_id, version, c.variant, -1, "revenue_cents"), cents))
     if event is not None and event.type in FEEDBACK:
         _feedback(rs, add, st, event)
+    return add
 
 
 def _version(rs: RuleSet, post: Any, rid: str) -> int:
@@ -134,8 +121,7 @@ def _feedback(rs: RuleSet, add: Add, st: CustomerState | None, event: Event) -> 
     if inst is not None and rule is not None and isinstance(key, str):
         pc = attributed_step(rule, inst, event.customer_id, key)
         if pc is not None:
-            k = (rid, inst.version, inst.variant, pc, kind)
-            add[k] = add.get(k, 0) + 1
+            add.append(((rid, inst.version, inst.variant, pc, kind), 1))
             return
     variant = ""
     if inst is not None:
@@ -143,5 +129,4 @@ def _feedback(rs: RuleSet, add: Add, st: CustomerState | None, event: Event) -> 
     elif st is not None and st.goals:
         variant = next((g[1] for g in st.goals if g[0] == rid), "")
     version = inst.version if inst is not None else rule.version if rule is not None else 0
-    k = (rid, version, variant, -1, kind)
-    add[k] = add.get(k, 0) + 1
+    add.append(((rid, version, variant, -1, kind), 1))

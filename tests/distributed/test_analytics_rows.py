@@ -54,6 +54,6 @@ def test_counts_ride_on_rows_and_orphans_on_the_next() -> None:
     assert _unpack(packed) == before
 
     # a write with no row keeps what is pending for the next one
-    part.tally.counts("c1", HOUR_MS)[("viewed", 1, "", -1, "entered")] = 1
+    part.tally.add_counts("c1", HOUR_MS, [(("viewed", 1, "", -1, "entered"), 1)])
     assert take_row_counts(part.tally, [], []) == {}
     assert part.tally.totals() == Counter({("viewed", 1, "", -1, "entered", 1): 1})
