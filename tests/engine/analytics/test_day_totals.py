@@ -101,3 +101,21 @@ def test_counts_totals_equal_the_stored_totals() -> None:
     counts = gather(read_periods(db, False, 0, DAY + 9), Counter(), False, 0, DAY + 9)
     stored = {(d, r, v): list(t) for d, r, v, t in read_day_totals(db, 0, DAY + 9)}
     assert counts_totals(counts) == stored
+
+
+def test_equal_rows_fold_once_each() -> None:
+    """Customers who did the same in the same hour have byte-equal rows, which the fold
+    decodes once: each still counts, and apart from rows that differ."""
+    db = _db()
+    write_pending(db, [pending_row(f"c{k}", _counted(2)) for k in range(5)])
+    write_pending(db, [pending_row("odd", _counted(7))])
+    fold(db)
+    want: Counter[tuple[int, str, int, str, int, str]] = Counter()
+    for k, times in ((2, 5), (7, 1)):
+        for (rid, version, variant, step, metric, hour), n in _cells(k).items():
+            want[(hour, rid, version, variant, step, metric)] += n * times
+    got: Counter[tuple[int, str, int, str, int, str]] = Counter()
+    for hour, rid, version, cells in read_periods(db, True, 0, (DAY + 9) * 24):
+        for variant, step, metric, n in cells:
+            got[(hour, rid, version, variant, step, metric)] += n
+    assert got == want
