@@ -20,7 +20,7 @@ form of the count it adds to: (rule id, version, variant, step, metric), a
 fire's variant), ``exited:<why>`` (ended by an event or segment change: its type, by
 ``send_if``, or ``restarted`` by its trigger), ``completed`` (it ran to its end, or its
 rule version is gone). Step is -1 when it is not about an op. The processor builds the
-notes so that counting an output is one ``Counter.update`` (no per-note Python)."""
+notes so that counting an output needs no per-note Python (engine/analytics/tally.py)."""
 
 
 def send_metric(fire: Fire) -> str:

@@ -130,7 +130,7 @@ class Partition:
             tally = self.tally
             if tally is not None:
                 # Most outputs count their flow notes only (no conversion, not a
-                # feedback event of their customer): one Counter.update, no state lookup.
+                # feedback event of their customer): one C-level count, no state lookup.
                 fb = self._feedback
                 if out.conversions or (
                     fb is not None and out.timer_due is None and fb.customer_id == cid

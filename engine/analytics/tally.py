@@ -17,7 +17,7 @@ next round.
 Pending counts are kept by hour then customer, each note (``engine.output.Note``: a cell
 without its hour) as a small int the partition assigns it once (``_Ids``): counting an
 output is a lookup of its customer in the current hour's map and one C-level count of its
-notes' ids (``observe.count``). A customer's counts are then a dict of ints, which the
+notes' ids (``count``). A customer's counts are then a dict of ints, which the
 cyclic garbage collector does not track: counted as the notes themselves (tuples), every
 customer's counts were containers it walked, and with analytics on the engine spent
 about twice the time in collections. ``take`` builds the counted cells

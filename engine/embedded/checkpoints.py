@@ -348,8 +348,7 @@ class Checkpoints:
                 mem.update(p.tally.totals())
         if stored_folds <= self._stored_folds:
             for _, taken in self._unfolded:
-                for counts in taken.values():
-                    mem.update(counter(counts))
+                mem.update(counter(cell for counts in taken.values() for cell in counts))
         return mem
 
     async def _checkpointed(self, seqs: dict[int, int]) -> None:
