@@ -57,6 +57,8 @@ class RuntimeConfig:
     task_backoff_max_s: float = 30.0
     # seconds between storage probes while a write fault is recorded (health.py)
     probe_interval: float = 1.0
+    # seconds between refreshes of the journal's customer index (upkeep.py)
+    journal_index_interval: float = 1.0
     # what a request refused for a full disk or an I/O error is told to wait (Retry-After)
     storage_retry_after: float = 5.0
     # encryption at rest (engine/embedded/storage/crypt.py): None keeps bodies in plaintext

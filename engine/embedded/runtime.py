@@ -252,6 +252,7 @@ class Runtime:
             sup.spawn(f"part-{i}", functools.partial(self.queues.run, i), kind="partition")
             self._tasks.append(f"part-{i}")
         sup.spawn("checkpoint", self.upkeep.loop)
+        sup.spawn("journal-index", self.upkeep.index_loop, vital=False)
         sup.spawn(
             "gc-freeze",
             functools.partial(samplers.gc_freeze_loop, cfg.gc_freeze_interval),
@@ -266,7 +267,7 @@ class Runtime:
             samplers.probe_loop, cfg.probe_interval, self.health, cfg.data_dir, self.jdb
         )
         sup.spawn("storage-probe", probe, vital=False)
-        self._tasks += ["checkpoint", "gc-freeze", "loop-lag", "storage-probe"]
+        self._tasks += ["checkpoint", "journal-index", "gc-freeze", "loop-lag", "storage-probe"]
         self.ready = True
         self.metrics.up.labels("embedded").set(1)
         await self.segment_backfill.start(self.ruleset)

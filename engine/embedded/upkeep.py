@@ -1,12 +1,12 @@
-"""The runtime's periodic upkeep of its data: the checkpoint rounds and what runs with
-them.
+"""The runtime's periodic upkeep of its data: the checkpoint rounds and what runs with them.
 
 One supervised, vital task (:meth:`Upkeep.loop`): every ``checkpoint_interval`` (a paced
-round takes most of the interval, so rounds start an interval apart) it brings the
-journal's customer index up to date, writes a checkpoint (engine/embedded/checkpoints.py;
-a failure is recorded in the health, and retried next round), compacts idle customers
-(also when no event arrives to trigger the drivers' own sweep) and counts the dead
-letters for their gauge.
+round takes most of the interval, so rounds start an interval apart) it writes a
+checkpoint (engine/embedded/checkpoints.py; a failure is recorded in the health, and
+retried next round), compacts idle customers (also when no event arrives to trigger the
+drivers' own sweep) and counts the dead letters for their gauge. Beside it, a task that is
+not vital (:meth:`Upkeep.index_loop`) keeps the journal's customer index current, every
+``journal_index_interval``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from engine.partition import Partition
 __all__ = ["Upkeep"]
 
 logger = logging.getLogger(__name__)
+
+_INDEX_SLICE = 256 * 1024  # bytes of journal bodies per slice: ~1 ms of the loop
 
 
 class Upkeep:
@@ -59,11 +61,9 @@ class Upkeep:
         m = self.metrics
         mode = self.cfg.checkpoint_mode
         took = 0.0
-        await self.index_journal()  # built once at start, then kept current
         while True:
             # a paced round takes most of the interval: rounds start an interval apart
             await asyncio.sleep(max(0.0, self.cfg.checkpoint_interval - took))
-            await self.index_journal()
             t0 = time.monotonic()
             try:
                 if mode == "paced":
@@ -96,11 +96,24 @@ class Upkeep:
                     break
         return n
 
+    async def index_loop(self) -> None:
+        """Keep the journal's customer index current (built at start, then every
+        ``journal_index_interval``); runs until cancelled."""
+        while True:
+            await self.index_journal()
+            await asyncio.sleep(self.cfg.journal_index_interval)
+
     async def index_journal(self) -> None:
-        """Bring the journal's customer index up to date, off the journal's thread (an
-        erase then reads only the rows it names: engine/embedded/storage/journal_index.py).
-        A failure is logged: the erase refreshes it again before it reads."""
-        try:
-            await asyncio.to_thread(self.store.refresh_index)
-        except Exception as err:
-            logger.warning("journal index not refreshed: %s", err)
+        """Index the journal rows appended since the last call (an erase then reads only
+        the rows it names: engine/embedded/storage/journal_index.py), on the loop in slices
+        of ``_INDEX_SLICE`` bytes, the loop's other work between them. A failure is logged:
+        the erase refreshes the index before it reads."""
+        while True:
+            try:
+                more = self.store.index_step(_INDEX_SLICE)
+            except Exception as err:
+                logger.warning("journal index not refreshed: %s", err)
+                return
+            if not more:  # done; or None: an erase refreshes it now
+                return
+            await asyncio.sleep(0)

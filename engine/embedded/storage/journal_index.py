@@ -1,21 +1,26 @@
 """Which journal rows hold a customer's events: an in-memory index, for erasure.
 
-Erasing a customer replaces its journaled events with ``null``. Reading the whole
-retained journal to find them costs O(journal): at 1M customers (a ~120 MB journal) over
-a second per erase. This index keeps, per journal row, a 16-bit fingerprint (CRC-32, low
-half) of each distinct customer id among its events: ~2 bytes an event, ~1 MB per
-500k events, built once at start and then kept current incrementally. An erase reads and
-decodes only the rows whose fingerprints include the id's; a fingerprint shared with
-another id costs a decode, never a miss (the row is decoded and each event's id compared
-exactly).
+Erasing a customer replaces its journaled events with ``null``. Reading the whole retained
+journal to find them costs O(journal): at 1M customers (a ~120 MB journal) over a second
+per erase. This index keeps, per journal row, a 16-bit fingerprint (CRC-32, low half) of
+each distinct customer id among its events: ~2 bytes an event, ~1 MB per 500k events,
+built once at start and then kept current incrementally. An erase reads and decodes only
+the rows whose fingerprints include the id's; a fingerprint shared with another id costs a
+decode, never a miss (the row is decoded and each event's id compared exactly).
 
 Rows are read through a connection of the index's own (WAL: readers never block the
 journal's writer), rows appended since the last refresh at the next one (the runtime
-refreshes in the background after each checkpoint, and every erase first), rows trimmed
-from the journal dropped. Bodies that are not a plain JSON array (a format this module
-does not know) are indexed as holding every id, so they are always decoded by the erase:
-a store whose bodies are sealed at rest passes ``open_body`` (body -> plaintext), else
-every sealed row would be one.
+indexes every second, on its event loop in slices of ~256 KB, and every erase refreshes
+first), rows trimmed from the journal dropped. Not in a thread: indexing is Python work
+(~40 us a row of 100 events), and a thread running it beside the event loop and the
+journal's thread makes each of them wait for the GIL at every hand-over. At 25,000
+events/s that made the checkpoint round's refresh of ~2,500 rows last ~1 s and was most of
+``nudge run``'s p99 (load_tests/bench_ingest.py: 0.56-0.62% of the probes over 50 ms
+without it, 1.7-6.6% with it, same host, alternating).
+
+Bodies that are not a plain JSON array (a format this module does not know) are indexed as
+holding every id, so they are always decoded by the erase: a store whose bodies are sealed
+at rest passes ``open_body`` (body -> plaintext), else every sealed row would be one.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class _Cid(msgspec.Struct):
 
 
 _ids = msgspec.json.Decoder(list[_Cid | None])
+_STEP_BATCH = 4  # rows per read in a step: a request's row is ~13 KB at 100 events
 
 
 def fingerprint(customer_id: str) -> bytes:
@@ -84,33 +90,56 @@ class JournalIndex:
         if not self.path.exists():
             return 0
         with self._lock:
-            db = self._conn()
-            low = db.execute("SELECT MIN(seq) FROM journal").fetchall()[0][0]
-            rows = self._rows
-            if low is None:
-                rows.clear()
-            else:
-                trimmed = []
-                for seq in rows:  # oldest first
-                    if seq >= low:
-                        break
-                    trimmed.append(seq)
-                for seq in trimmed:
-                    del rows[seq]
-            n = 0
-            while True:
-                got = db.execute(
-                    "SELECT seq, body FROM journal WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (self.upto, self.batch),
-                ).fetchall()
-                opened = self._open_body
-                for seq, body in got:
-                    raw = bytes(body)
-                    rows[int(seq)] = fingerprints(raw if opened is None else opened(raw))
-                    self.upto = int(seq)
-                n += len(got)
-                if len(got) < self.batch:
-                    return n
+            return self._read(None)[0]
+
+    def step(self, budget: int) -> bool | None:
+        """A slice of :meth:`refresh` for the event loop's own thread: index appended rows
+        until about ``budget`` bytes of bodies are read; True if more are left. Never
+        waits: None if a refresh runs on another thread now (an erase's; try later)."""
+        if not self.path.exists():
+            return False
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._read(budget)[1]
+        finally:
+            self._lock.release()
+
+    def _read(self, budget: int | None) -> tuple[int, bool]:
+        """Forget the trimmed rows, then index appended ones, a batch per read transaction
+        (a long one would hold back the journal's WAL checkpoints); stops once ``budget``
+        bytes are read (None: at the end). Returns the rows read and whether any are left."""
+        db = self._conn()
+        low = db.execute("SELECT MIN(seq) FROM journal").fetchall()[0][0]
+        rows = self._rows
+        if low is None:
+            rows.clear()
+        else:
+            trimmed = []
+            for seq in rows:  # oldest first
+                if seq >= low:
+                    break
+                trimmed.append(seq)
+            for seq in trimmed:
+                del rows[seq]
+        opened = self._open_body
+        batch = self.batch if budget is None else _STEP_BATCH
+        n = size = 0
+        while True:
+            got = db.execute(
+                "SELECT seq, body FROM journal WHERE seq > ? ORDER BY seq LIMIT ?",
+                (self.upto, batch),
+            ).fetchall()
+            for seq, body in got:
+                raw = bytes(body)
+                size += len(raw)
+                rows[int(seq)] = fingerprints(raw if opened is None else opened(raw))
+                self.upto = int(seq)
+            n += len(got)
+            if len(got) < batch:
+                return n, False
+            if budget is not None and size >= budget:
+                return n, True
 
     def candidates(self, customer_id: str) -> list[int]:
         """The rows (first seqs) that may hold an event of ``customer_id``."""

@@ -558,6 +558,10 @@ class SqliteStore:
         journal_index.py): any thread, in the background; returns the rows read."""
         return self.journal_index.refresh()
 
+    def index_step(self, budget: int) -> bool | None:
+        """A slice of :meth:`refresh_index` for the event loop (``JournalIndex.step``)."""
+        return self.journal_index.step(budget)
+
     def erase_from_journal(self, customer_id: str) -> int:
         """Replace a customer's journaled events with ``null`` (seq numbering stays);
         returns how many. Only the rows the journal index names are read (the index is

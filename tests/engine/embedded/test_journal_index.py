@@ -83,3 +83,29 @@ def test_trimmed_rows_are_forgotten_and_a_fresh_store_indexes_from_disk(tmp_path
     assert again.erase_from_journal("c1") == 1
     assert _ids_in(again) == [[None]]
     again.close()
+
+
+def test_the_loops_steps_read_a_budget_at_a_time_and_never_wait(tmp_path: Path) -> None:
+    """The runtime indexes on its event loop (engine/embedded/upkeep.py): each step reads
+    about ``budget`` bytes of bodies, says whether rows are left, and gives way (None)
+    while another thread refreshes, instead of waiting for it."""
+    store = SqliteStore(tmp_path, synchronous="NORMAL")
+    bodies = [_body(f"c{i}", f"d{i}", tag=str(i)) for i in range(12)]
+    store.append(1, bodies)
+    index = store.journal_index
+    size = len(bodies[0][1])
+    steps = []
+    while (more := store.index_step(size)) is True:
+        steps.append(len(index))
+    assert more is False
+    # whole batches of 4 rows a step; a full batch may be the last (the next step says so)
+    assert steps == [4, 8, 12]
+    assert len(index) == 12
+    seqs = [int(s) for (s,) in store.jdb.execute("SELECT seq FROM journal ORDER BY seq")]
+    assert index.candidates("c7") == [seqs[7]]
+    store.append(2, [_body("c1", tag="late")])
+    with index._lock:  # an erase's refresh, on another thread
+        assert store.index_step(size) is None
+    assert store.index_step(size) is False
+    assert len(index) == 13
+    store.close()
