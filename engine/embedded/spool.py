@@ -50,7 +50,6 @@ import msgspec
 from engine.embedded.storage.crypt import Sealer, seal_outbox, seal_states
 from engine.embedded.storage.sqlite import write_snapshot
 from engine.logs import configure_logging
-from engine.settings import environment
 from engine.storage_faults import DISK_FULL, storage_cause
 
 __all__ = [
@@ -171,11 +170,35 @@ def read_spool(
     return seqs, deleted, outbox, after, (_rows.decode(_body(fh, *f)) for f in rows)
 
 
+_SETTINGS = "NUDGE_WRITER_SETTINGS"  # the engine's settings the writer needs, as JSON
+
+
 def writer_env() -> dict[str, str]:
     """The environment for the writer: this one, with this interpreter's import path, so
-    it imports the same ``engine`` and ``state`` however the engine was started."""
+    it imports the same ``engine`` and ``state`` however the engine was started, and the
+    settings it needs as read here (``_writer_settings``)."""
+    from engine.settings import environment  # loaded already in an engine
+
+    env = environment()
     path = os.pathsep.join(p for p in sys.path if p)
-    return {**os.environ, "PYTHONPATH": path}
+    given = [env.log_level, env.checkpoint_step, env.checkpoint_step_pause_ms]
+    return {**os.environ, "PYTHONPATH": path, _SETTINGS: msgspec.json.encode(given).decode()}
+
+
+def _writer_settings() -> tuple[str, int, float]:
+    """The log level, states per commit and pause between commits (seconds): handed over
+    by the engine (``writer_env``). Reading them here with engine.settings would import
+    pydantic-settings, ~0.2 s of CPU at every checkpoint round (the writer is a fresh
+    process each time, started beside a busy engine); a writer started otherwise reads
+    them itself."""
+    given = os.environ.get(_SETTINGS)
+    if given is None:
+        from engine.settings import environment
+
+        env = environment()
+        return env.log_level, env.checkpoint_step, env.checkpoint_step_pause_ms / 1000
+    level, step, pause_ms = msgspec.json.decode(given, type=tuple[str, int, float])
+    return level, step, pause_ms / 1000
 
 
 def die_with_parent(parent: int) -> bool:
@@ -193,16 +216,14 @@ def die_with_parent(parent: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     data_dir, synchronous, spool = args[:3]
-    configure_logging()
+    level, step, pause = _writer_settings()
+    configure_logging(level)
     if len(args) > 3 and not die_with_parent(int(args[3])):
         return 1
     path = Path(spool)
     try:
         with path.open("rb") as fh:
             seqs, deleted, outbox, after, chunks = read_spool(fh)
-            env = environment()
-            step = env.checkpoint_step
-            pause = env.checkpoint_step_pause_ms / 1000
             write_snapshot(data_dir, synchronous, outbox, deleted, chunks, seqs, after, step, pause)
     except (OSError, sqlite3.Error) as err:
         cause = storage_cause(err)

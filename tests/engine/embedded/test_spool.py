@@ -4,11 +4,15 @@ round-trips, and an incomplete one is refused."""
 from __future__ import annotations
 
 import io
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from engine.embedded.spool import SpoolWriter, read_spool
+from engine.embedded.spool import SpoolWriter, read_spool, writer_env
+from engine.embedded.storage.sqlite import SqliteStore
 
 
 def test_spool_round_trip(tmp_path: Path) -> None:
@@ -53,3 +57,37 @@ def test_a_truncated_spool_is_refused() -> None:
         read_spool(io.BytesIO(b"\x00\x00\x00\x10abc"))
     with pytest.raises(ValueError, match="empty"):
         read_spool(io.BytesIO(b""))
+
+
+def test_the_writer_takes_its_settings_from_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer is a fresh process at every checkpoint round: it is handed the settings
+    it needs (``writer_env``) instead of importing pydantic-settings to read them (~0.2 s
+    of CPU a round beside the engine). A setting the engine read before it changed is
+    the one used, and the writer never imports pydantic-settings."""
+    data = tmp_path / "data"
+    SqliteStore(data, synchronous="NORMAL").close()
+    spool = data / "w.spool"
+    with SpoolWriter(spool) as out:
+        out.rows([("c1", b"\x01"), ("c2", b"\x02")])
+        out.trailer({0: 5}, [], [])
+    monkeypatch.setenv("NUDGE_CHECKPOINT_STEP", "1")
+    env = writer_env()
+    env["NUDGE_CHECKPOINT_STEP"] = "many"  # invalid: read again here, it would fail
+    code = (
+        "import sys; from engine.embedded import spool; rc = spool.main(sys.argv[1:]); "
+        "assert 'pydantic_settings' not in sys.modules, 'imported'; sys.exit(rc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(data), "NORMAL", str(spool)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not spool.exists()
+    db = sqlite3.connect(data / "states.db")
+    assert db.execute("SELECT COUNT(*) FROM states").fetchone()[0] == 2
+    db.close()
