@@ -41,6 +41,7 @@ Batch = tuple[list[Event], bytes]  # one request: its events and their JSON arra
 SubmitFn = Callable[[int, list[tuple[int, bytes]]], "Future[int]"]
 DeliverFn = Callable[[int, int, list[Event]], None]  # first seq, accepted_at, events
 ErrorFn = Callable[[Exception], Exception]  # a failed commit's error -> what requests get
+RowsFn = Callable[[int, list[list[Event]]], None]  # first seq, the rows' events
 
 
 class GroupCommitWriter:
@@ -58,6 +59,7 @@ class GroupCommitWriter:
         queued: Callable[[], int],
         on_commit: Callable[[int, float], None],
         on_error: ErrorFn | None = None,
+        on_rows: RowsFn | None = None,
     ) -> None:
         self.clock = clock
         self._submit = submit
@@ -66,6 +68,7 @@ class GroupCommitWriter:
         self._queued = queued
         self._on_commit = on_commit
         self._on_error = on_error
+        self._on_rows = on_rows  # told of each committed row (the journal's index)
         self._buf: list[Batch] = []
         self._buffered = 0
         self._waiters: list[asyncio.Future[None]] = []
@@ -165,6 +168,8 @@ class GroupCommitWriter:
                 self._deliver(
                     f.result(), accepted_at, [ev for events, _ in batches for ev in events]
                 )
+                if self._on_rows is not None:  # after: a failure here loses nothing
+                    self._on_rows(f.result(), [events for events, _ in batches])
             except Exception:  # committed: durable, acknowledged even if handing over failed
                 logger.exception("handing over %d journaled events failed", n)
             for fut in waiters:

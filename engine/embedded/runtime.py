@@ -221,6 +221,7 @@ class Runtime:
             queued=lambda: self.queued,
             on_commit=self._on_commit,
             on_error=self._on_journal_error,
+            on_rows=store.journal_index.note,
         )
         self._live_gauges()
         await recovery.recover(

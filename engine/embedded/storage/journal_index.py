@@ -11,8 +11,12 @@ decode, never a miss (the row is decoded and each event's id compared exactly).
 Rows are read through a connection of the index's own (WAL: readers never block the
 journal's writer), rows appended since the last refresh at the next one (the runtime
 indexes every second, on its event loop in slices of ~256 KB, and every erase refreshes
-first), rows trimmed from the journal dropped. Not in a thread: indexing is Python work
-(~40 us a row of 100 events), and a thread running it beside the event loop and the
+first), rows trimmed from the journal dropped. The runtime also hands over each row it
+journaled with the customer ids of its events (:meth:`JournalIndex.note`, after the
+group commit): a refresh takes those as they are, so under load it reads from the journal
+only the rows it was not handed (at start, or a row noted late), and decodes nothing.
+Reading is not done in a thread: indexing is Python work (~45 us a row of 100 events read
+and decoded, ~20 us noted), and a thread running it beside the event loop and the
 journal's thread makes each of them wait for the GIL at every hand-over. At 25,000
 events/s that made the checkpoint round's refresh of ~2,500 rows last ~1 s and was most of
 ``nudge run``'s p99 (load_tests/bench_ingest.py: 0.56-0.62% of the probes over 50 ms
@@ -26,15 +30,26 @@ at rest passes ``open_body`` (body -> plaintext), else every sealed row would be
 from __future__ import annotations
 
 import sqlite3
+import struct
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
+from zlib import crc32
 
 import msgspec
 
 from state.fingerprints import holds, short
 
-__all__ = ["JournalIndex", "fingerprint"]
+__all__ = ["Identified", "JournalIndex", "fingerprint"]
+
+
+class Identified(Protocol):
+    """An event as :meth:`JournalIndex.note` reads it."""
+
+    @property
+    def customer_id(self) -> str: ...
 
 
 class _Cid(msgspec.Struct):
@@ -49,6 +64,15 @@ def fingerprint(customer_id: str) -> bytes:
     return short(customer_id.encode())
 
 
+def of_ids(ids: Iterable[str]) -> bytes:
+    """The distinct fingerprints of ``ids`` (``short`` of each, in the order of their
+    values): what :func:`fingerprints` finds in a body holding events of exactly those
+    customers. One pass of C calls per id and one pack: this runs on the event loop for
+    every event journaled."""
+    values = sorted({crc32(cid.encode()) & 0xFFFF for cid in ids})
+    return struct.pack(f"<{len(values)}H", *values)
+
+
 def fingerprints(body: bytes) -> bytes | None:
     """The sorted distinct fingerprints of the ids of a journal body's events (erased
     ones, ``null``, left out); None for a body this module cannot read."""
@@ -56,7 +80,7 @@ def fingerprints(body: bytes) -> bytes | None:
         events = _ids.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return b"".join(sorted({short(e.customer_id.encode()) for e in events if e is not None}))
+    return of_ids(e.customer_id for e in events if e is not None)
 
 
 class JournalIndex:
@@ -64,7 +88,11 @@ class JournalIndex:
     turns a stored body into the JSON array (a store sealing bodies at rest)."""
 
     def __init__(
-        self, path: Path, batch: int = 64, open_body: Callable[[bytes], bytes] | None = None
+        self,
+        path: Path,
+        batch: int = 64,
+        open_body: Callable[[bytes], bytes] | None = None,
+        empty_from: int = 0,
     ) -> None:
         self.path = path
         self.batch = batch
@@ -72,11 +100,41 @@ class JournalIndex:
         # in seq order (inserted in order); None: a body of unknown format (any id)
         self._rows: dict[int, bytes | None] = {}
         self.upto = 0  # the last row indexed
+        # the seq after the last indexed row's events; 0: unknown until the journal is read
+        # (``empty_from``: the journal is empty and its next row will have this seq)
+        self._next = empty_from
+        # rows handed over by ``note`` (seq, events, fingerprints), not yet taken: appended
+        # on the event loop without the lock (a deque's append and popleft are atomic)
+        self._noted: deque[tuple[int, int, bytes]] = deque()
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def note(self, first: int, rows: Sequence[Sequence[Identified]]) -> None:
+        """Rows just journaled, from seq ``first`` on, each as its events in order: taken
+        by the next refresh instead of read from the journal and decoded. Never waits
+        (the caller is the event loop)."""
+        seq = first
+        noted = self._noted
+        for events in rows:
+            noted.append((seq, len(events), of_ids(e.customer_id for e in events)))
+            seq += len(events)
+
+    def _take_noted(self) -> None:
+        """Index the noted rows that follow the last indexed one, drop those indexed
+        already (read from the journal before their note came), keep those after a gap
+        (rows not indexed yet: the journal is read first). Under the lock."""
+        noted = self._noted
+        while noted:
+            seq, n, fps = noted[0]
+            if not self._next or seq > self._next:
+                return  # not known to follow the last indexed row
+            noted.popleft()
+            if seq == self._next:
+                self._rows[seq] = fps
+                self.upto, self._next = seq, seq + n
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -122,21 +180,23 @@ class JournalIndex:
                 trimmed.append(seq)
             for seq in trimmed:
                 del rows[seq]
+        self._take_noted()
         opened = self._open_body
         batch = self.batch if budget is None else _STEP_BATCH
         n = size = 0
         while True:
             got = db.execute(
-                "SELECT seq, body FROM journal WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, n, body FROM journal WHERE seq > ? ORDER BY seq LIMIT ?",
                 (self.upto, batch),
             ).fetchall()
-            for seq, body in got:
+            for seq, count, body in got:
                 raw = bytes(body)
                 size += len(raw)
                 rows[int(seq)] = fingerprints(raw if opened is None else opened(raw))
-                self.upto = int(seq)
+                self.upto, self._next = int(seq), int(seq) + int(count)
             n += len(got)
             if len(got) < batch:
+                self._take_noted()
                 return n, False
             if budget is not None and size >= budget:
                 return n, True

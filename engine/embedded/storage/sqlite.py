@@ -360,7 +360,9 @@ class SqliteStore:
         self._next_seq = int(row[0]) if row else 1  # appends are this connection's alone
         # which journal rows hold which customers' events, for erasure (refresh_index)
         self.journal_index = JournalIndex(
-            self.path / "journal.db", open_body=None if sealer is None else sealer.open
+            self.path / "journal.db",
+            open_body=None if sealer is None else sealer.open,
+            empty_from=0 if row else self._next_seq,
         )
 
     def _seal(self, body: bytes) -> bytes:

@@ -5,6 +5,7 @@ decode, never a miss), and forgets trimmed rows."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -109,3 +110,53 @@ def test_the_loops_steps_read_a_budget_at_a_time_and_never_wait(tmp_path: Path) 
     assert store.index_step(size) is False
     assert len(index) == 13
     store.close()
+
+
+@dataclass(frozen=True)
+class _Ev:
+    customer_id: str
+
+
+def _noted(store: SqliteStore, *rows: tuple[str, ...]) -> None:
+    """Journal ``rows`` (each the ids of its events) as one commit and hand them over as
+    the runtime does after it (engine/embedded/ingest.py ``on_rows``)."""
+    first = store.append(1, [_body(*ids, tag=f"{ids}") for ids in rows])
+    store.journal_index.note(first, [[_Ev(cid) for cid in ids] for ids in rows])
+
+
+def test_rows_handed_over_after_the_commit_are_not_read_again(tmp_path: Path) -> None:
+    """The group commit hands each row it journaled to the index with its events' ids: a
+    refresh takes them without reading the journal, and an erase finds the customer in
+    them."""
+    store = SqliteStore(tmp_path, synchronous="NORMAL")
+    _noted(store, ("c1", "c2"), ("c3",))
+    _noted(store, ("c4", "c1", "c1"))
+    assert store.refresh_index() == 0  # nothing read from the journal
+    seqs = [int(s) for (s,) in store.jdb.execute("SELECT seq FROM journal ORDER BY seq")]
+    assert store.journal_index.candidates("c1") == [seqs[0], seqs[2]]
+    assert store.journal_index.candidates("c3") == [seqs[1]]
+    assert store.erase_from_journal("c1") == 3
+    assert _ids_in(store) == [[None, "c2"], ["c3"], ["c4", None, None]]
+    store.close()
+
+
+def test_a_row_not_handed_over_is_read_and_later_notes_wait_for_it(tmp_path: Path) -> None:
+    """A note is taken only right after the last indexed row: a row committed without
+    one (or whose note comes late) is read from the journal, and a note of a row indexed
+    already is dropped. A restarted store reads its journal before taking any note."""
+    store = SqliteStore(tmp_path, synchronous="NORMAL")
+    store.append(1, [_body("c1", tag="unnoted")])
+    _noted(store, ("c2",))
+    assert store.refresh_index() == 2  # the unnoted row, and the one after it
+    _noted(store, ("c3",))
+    assert store.refresh_index() == 0
+    seqs = [int(s) for (s,) in store.jdb.execute("SELECT seq FROM journal ORDER BY seq")]
+    for cid, seq in zip(("c1", "c2", "c3"), seqs, strict=True):
+        assert store.journal_index.candidates(cid) == [seq]
+    store.close()
+    again = SqliteStore(tmp_path, synchronous="NORMAL")  # the rows before: on disk only
+    _noted(again, ("c4",))
+    assert again.refresh_index() == 4
+    assert again.journal_index.candidates("c1") == [seqs[0]]
+    assert again.erase_from_journal("c4") == 1
+    again.close()
