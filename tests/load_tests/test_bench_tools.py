@@ -47,3 +47,10 @@ def test_writer_stalls_runs_both_ways(
     assert report["small_fsyncs"] > 0
     assert report["max_ms"] >= report["p99_ms"] > 0
     assert list(tmp_path.iterdir()) == []  # its data directory is removed
+
+
+def test_the_journal_index_benchmark_indexes_both_ways() -> None:
+    """bench_journal_index: read back, every row is read; noted, none (it asserts both)."""
+    from load_tests import bench_journal_index
+
+    assert bench_journal_index.main(["--rows", "20", "--trials", "1"]) == 0
