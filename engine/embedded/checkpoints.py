@@ -56,6 +56,8 @@ class Host(Protocol):
 
     def jdb(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]: ...
 
+    def events_drained(self) -> Awaitable[None]: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +202,7 @@ class Checkpoints:
             spool_path(cfg.data_dir, os.getpid()),
             spread=cfg.checkpoint_interval * cfg.checkpoint_spread,
             sealer=cfg.sealer,
+            between=self.rt.events_drained,
         )
         self._round = rnd
         self._unfolded = rnd.counts  # analytics: read by reports until folded

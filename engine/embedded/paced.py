@@ -63,6 +63,9 @@ class PacedRound:
     tick: float = 0.01
     max_slice: int = 500
     sealer: Sealer | None = None  # encryption at rest: states sealed into the spool
+    # awaited after each slice's tick: the runtime's wait until no event is queued (the
+    # packing goes between the events' slices, not in their way), bounded
+    between: Callable[[], Awaitable[None]] | None = None
     seqs: dict[int, int] = field(default_factory=dict)
     taken: list[tuple[Partition, Changes]] = field(default_factory=list)
     erased: set[str] = field(default_factory=set)  # customers erased during the round
@@ -97,6 +100,8 @@ class PacedRound:
                     took = time.perf_counter() - t0
                     self.pack_seconds += took
                     await asyncio.sleep(self.tick)
+                    if self.between is not None:
+                        await self.between()
                 if p.tally is not None and (orphans := self._take_counts(p, [ORPHAN])):
                     out.rows(orphans)  # erased customers' counts
             deleted = [cid for _, changes in self.taken for cid in changes.erased]

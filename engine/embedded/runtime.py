@@ -23,7 +23,7 @@ import functools
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -112,6 +112,11 @@ class Runtime:
     def queued(self) -> int:
         """Events journaled and not yet applied by their partitions."""
         return self.queues.queued
+
+    def events_drained(self) -> Awaitable[None]:
+        """Background work's turn: once no event is queued for the partitions, or after
+        ``background_wait_s`` (engine/embedded/queues.py ``drained``)."""
+        return self.queues.drained(self.cfg.background_wait_s)
 
     def _live_gauges(self) -> None:
         """Gauges read when scraped (the scrape runs on the loop): queue, drain time,

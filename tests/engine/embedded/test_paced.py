@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from engine.embedded.paced import PacedRound
+from engine.embedded.queues import PartitionQueues
 from engine.embedded.spool import SpoolWriter
 from engine.testing import START
-from engine.types import iso
+from engine.types import Event, from_ms, iso
 from state.analytics import is_pending
 from tests.engine.embedded.conftest import Harness, product_views, stored
 
@@ -270,3 +271,54 @@ async def test_inline_mode_checkpoints_through_the_engines_own_thread(
     assert {f"ic{i}" for i in range(40)} <= set(states)
     assert not list(harness.data.glob("*.spool"))
     assert set(seqs) == {p.index for p in rt.parts}
+
+
+async def test_packing_waits_between_slices_until_no_event_is_queued(harness: Harness) -> None:
+    """The packing is background work: after each slice's tick it waits for the
+    partitions' queues to empty (bounded), so the events' slices go first. The runtime's
+    wait returns at once with nothing queued, once the partitions applied what was
+    queued, and after its bound when they never do."""
+    rt = harness.runtime
+    await asyncio.wait_for(rt.events_drained(), 5)  # nothing queued
+    await many_views(harness, 300, "w")
+    events = [_event(f"w-late{i}") for i in range(40)]
+    rt.queues.deliver(10**9, START, events)  # the partitions' loops apply them
+    assert rt.queued == 40
+    await asyncio.wait_for(rt.events_drained(), 30)
+    assert rt.queued == 0
+
+    queued_then: list[int] = []
+
+    async def between() -> None:
+        queued_then.append(rt.queued)
+        await rt.events_drained()
+
+    rnd = PacedRound(
+        rt.parts,
+        harness.data / "checkpoint-test.spool",
+        spread=0.01,
+        tick=0.001,
+        max_slice=50,
+        between=between,
+    )
+    await rnd.pack(rt.outbox.persist_all)
+    assert len(queued_then) >= 300 // 50  # once after every slice
+    rnd.give_back()
+
+    idle = PartitionQueues(
+        rt.clock, rt.metrics, rt.admission, lambda: 0, slice_events=100, slice_seconds=0.002
+    )
+    idle.attach(rt.parts)
+    idle.deliver(1, START, [_event("never-applied")])  # no loop runs these queues
+    await asyncio.wait_for(idle.drained(0.05), 30)  # returns at its bound
+    assert idle.queued == 1
+
+
+def _event(customer_id: str) -> Event:
+    return Event(
+        event_id=f"e-{customer_id}",
+        type="product_viewed",
+        customer_id=customer_id,
+        timestamp=from_ms(START),
+        properties={"product_id": "p1"},
+    )
