@@ -62,6 +62,24 @@ def test_trim_deletes_the_checkpointed_and_expired_prefix_only(tmp_path: Path) -
     store.close()
 
 
+def test_a_journal_trimmed_to_nothing_continues_after_the_checkpoint(tmp_path: Path) -> None:
+    """A quiet shop: every row checkpointed and past retention, the journal trimmed empty,
+    then a restart. The next event's seq follows the stored positions; starting again at
+    1 would make every known customer's next events look like ones its state holds
+    (``Partition.apply`` skips those) and the replay after a crash start past them."""
+    store = SqliteStore(tmp_path)
+    for t, n in ((10, 3), (20, 2)):
+        store.append(t, [(n, b"[]")])
+    store.checkpoint([], [], {0: 5, 1: 4}, [])
+    assert store.trim_journal(upto_seq=4, before=10**6) == 1  # seqs 1-3
+    assert store.trim_journal(upto_seq=5, before=10**6) == 1  # seqs 4-5
+    assert _journal_seqs(store) == []
+    store.close()
+    again = SqliteStore(tmp_path)
+    assert again.append(30, [(1, b"[]")]) == 6
+    again.close()
+
+
 def test_trim_a_page_at_a_time(tmp_path: Path) -> None:
     """The runtime trims a page per call, so group commits run in between."""
     store = SqliteStore(tmp_path)

@@ -357,7 +357,11 @@ class SqliteStore:
         with _transaction(self.sdb):  # a crash between a checkpoint's steps left some
             fold(self.sdb)
         row = self.jdb.execute("SELECT seq + n FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
-        self._next_seq = int(row[0]) if row else 1  # appends are this connection's alone
+        # appends are this connection's alone. A journal trimmed to nothing (every row
+        # checkpointed and past retention) goes on after the stored positions: a seq given
+        # again would be taken for an event the states hold (Partition.apply skips it)
+        after = max(self.checkpoint_seqs().values(), default=0) + 1
+        self._next_seq = max(int(row[0]), after) if row else after
         # which journal rows hold which customers' events, for erasure (refresh_index)
         self.journal_index = JournalIndex(
             self.path / "journal.db",
