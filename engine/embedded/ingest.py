@@ -165,11 +165,10 @@ class GroupCommitWriter:
                 return
             try:
                 self._on_commit(n, time.perf_counter() - t0)
-                self._deliver(
-                    f.result(), accepted_at, [ev for events, _ in batches for ev in events]
-                )
+                first = f.result()
+                self._deliver(first, accepted_at, [ev for events, _ in batches for ev in events])
                 if self._on_rows is not None:  # after: a failure here loses nothing
-                    self._on_rows(f.result(), [events for events, _ in batches])
+                    self._on_rows(first, [events for events, _ in batches])
             except Exception:  # committed: durable, acknowledged even if handing over failed
                 logger.exception("handing over %d journaled events failed", n)
             for fut in waiters:

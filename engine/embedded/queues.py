@@ -96,6 +96,12 @@ class PartitionQueues:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), limit)
 
+    def _applied(self, n: int) -> None:
+        """``n`` queued events left their partition's queue."""
+        self.queued -= n
+        if not self.queued:
+            self._drained.set()
+
     def idle(self, index: int) -> bool:
         """Whether partition ``index`` has no queued event (it may fire timers then)."""
         return not self._queues[index]
@@ -126,9 +132,7 @@ class PartitionQueues:
                             break
                 except Exception:  # skip the event that failed, keep the rest queued
                     del queue[:done]
-                    self.queued -= done
-                    if not self.queued:
-                        self._drained.set()
+                    self._applied(done)
                     logger.error("partition %d: event seq %d failed; skipped", index, seq)
                     raise
                 del queue[:done]
@@ -136,9 +140,7 @@ class PartitionQueues:
                 took = clock() - t0
                 m.processing.observe(took / batch_n)
                 m.events_processed.inc(batch_n)
-                self.queued -= batch_n
-                if not self.queued:
-                    self._drained.set()
+                self._applied(batch_n)
                 self.admission.processed(batch_n)
                 self.admission.tick(self.queued > 0)
                 await asyncio.sleep(0)

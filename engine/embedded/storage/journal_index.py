@@ -30,17 +30,15 @@ at rest passes ``open_body`` (body -> plaintext), else every sealed row would be
 from __future__ import annotations
 
 import sqlite3
-import struct
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
-from zlib import crc32
 
 import msgspec
 
-from state.fingerprints import holds, short
+from state.fingerprints import holds, short, shorts
 
 __all__ = ["Identified", "JournalIndex", "fingerprint"]
 
@@ -64,15 +62,6 @@ def fingerprint(customer_id: str) -> bytes:
     return short(customer_id.encode())
 
 
-def of_ids(ids: Iterable[str]) -> bytes:
-    """The distinct fingerprints of ``ids`` (``short`` of each, in the order of their
-    values): what :func:`fingerprints` finds in a body holding events of exactly those
-    customers. One pass of C calls per id and one pack: this runs on the event loop for
-    every event journaled."""
-    values = sorted({crc32(cid.encode()) & 0xFFFF for cid in ids})
-    return struct.pack(f"<{len(values)}H", *values)
-
-
 def fingerprints(body: bytes) -> bytes | None:
     """The sorted distinct fingerprints of the ids of a journal body's events (erased
     ones, ``null``, left out); None for a body this module cannot read."""
@@ -80,7 +69,7 @@ def fingerprints(body: bytes) -> bytes | None:
         events = _ids.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    return of_ids(e.customer_id for e in events if e is not None)
+    return shorts(e.customer_id for e in events if e is not None)
 
 
 class JournalIndex:
@@ -119,7 +108,7 @@ class JournalIndex:
         seq = first
         noted = self._noted
         for events in rows:
-            noted.append((seq, len(events), of_ids(e.customer_id for e in events)))
+            noted.append((seq, len(events), shorts(e.customer_id for e in events)))
             seq += len(events)
 
     def _take_noted(self) -> None:

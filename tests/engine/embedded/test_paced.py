@@ -16,8 +16,8 @@ import pytest
 from engine.embedded.paced import PacedRound
 from engine.embedded.queues import PartitionQueues
 from engine.embedded.spool import SpoolWriter
-from engine.testing import START
-from engine.types import Event, from_ms, iso
+from engine.testing import START, make_event
+from engine.types import Event, iso
 from state.analytics import is_pending
 from tests.engine.embedded.conftest import Harness, product_views, stored
 
@@ -281,7 +281,7 @@ async def test_packing_waits_between_slices_until_no_event_is_queued(harness: Ha
     rt = harness.runtime
     await asyncio.wait_for(rt.events_drained(), 5)  # nothing queued
     await many_views(harness, 300, "w")
-    events = [_event(f"w-late{i}") for i in range(40)]
+    events = [_view(f"w-late{i}") for i in range(40)]
     rt.queues.deliver(10**9, START, events)  # the partitions' loops apply them
     assert rt.queued == 40
     await asyncio.wait_for(rt.events_drained(), 30)
@@ -309,16 +309,10 @@ async def test_packing_waits_between_slices_until_no_event_is_queued(harness: Ha
         rt.clock, rt.metrics, rt.admission, lambda: 0, slice_events=100, slice_seconds=0.002
     )
     idle.attach(rt.parts)
-    idle.deliver(1, START, [_event("never-applied")])  # no loop runs these queues
+    idle.deliver(1, START, [_view("never-applied")])  # no loop runs these queues
     await asyncio.wait_for(idle.drained(0.05), 30)  # returns at its bound
     assert idle.queued == 1
 
 
-def _event(customer_id: str) -> Event:
-    return Event(
-        event_id=f"e-{customer_id}",
-        type="product_viewed",
-        customer_id=customer_id,
-        timestamp=from_ms(START),
-        properties={"product_id": "p1"},
-    )
+def _view(customer_id: str) -> Event:
+    return make_event("product_viewed", customer_id, START, {"product_id": "p1"})
