@@ -31,9 +31,9 @@ from engine.output import Output
 from load_tests.clv_synth import TRUE
 from load_tests.storefront import StorefrontConfig, storefront
 from rules.ruleset import RECIPES_DIR, load_ruleset
-from state.memory import MemoryStore
+from state.memory import MemoryStore, MemoryTimers
 
-__all__ = ["main", "trace_path"]
+__all__ = ["main", "run_trace", "trace_path", "trace_population"]
 
 _DAY = 86_400_000
 
@@ -80,23 +80,28 @@ def _by_type(lines: list[bytes]) -> dict[str, dict[str, float]]:
     }
 
 
-def _run(
+def run_trace(
     lines: list[bytes],
     rules: list[str] | None = None,
     population: Population | None = None,
     drain_days: int = 400,
+    timers: MemoryTimers | None = None,
 ) -> tuple[Driver, BacktestResult, float]:
-    """The trace through a Driver, then its timers drained for ``drain_days``; returns the
-    seconds of both (``result.errors['event_phase_ms']``: the events alone)."""
+    """The trace through a Driver (``timers``: its timer store), then its timers drained
+    for ``drain_days``; returns the seconds of both (``result.errors``: 'event_phase_ms',
+    the events alone; 'actions'; 'timers_fired'; 'segment_changes')."""
     rs = load_ruleset(rules)
     result = BacktestResult()
-    actions = 0
+    actions = fired = changes = 0
 
     def collect(out: Output) -> None:
-        nonlocal actions
+        nonlocal actions, fired, changes
         actions += len(out.actions)
+        changes += len(out.segment_changes)
+        if out.timer_due is not None:
+            fired += 1
 
-    driver = Driver(rs, on_output=collect)
+    driver = Driver(rs, on_output=collect, timers=timers)
     if population is not None:  # what a runtime hands the processors (RFM, CLV)
         driver.processor.population = population
         rs.use_population(population.key(rs.segments_population))
@@ -110,11 +115,13 @@ def _run(
     driver.drain(driver.clock.now() + drain_days * _DAY)
     elapsed_all = time.perf_counter() - t0
     result.errors["actions"] = actions
+    result.errors["timers_fired"] = fired
+    result.errors["segment_changes"] = changes
     result.errors["event_phase_ms"] = round(elapsed * 1000)
     return driver, result, elapsed_all if elapsed_all > elapsed else elapsed
 
 
-def _population(lines: list[bytes]) -> Population:
+def trace_population(lines: list[bytes]) -> Population:
     """RFM boundaries over the trace's customers at its end, and a CLV model (the
     parameters load_tests/clv_synth.py simulates from): what `nudge run` would hold."""
     driver = Driver(load_ruleset())
@@ -169,13 +176,13 @@ def _compare(
     events/s of the events alone, memory of each."""
     recipes = [str(RECIPES_DIR)]
     sides = {"off": recipes, "on": [*recipes, *extra]}
-    pops = {"off": None, "on": _population(lines) if population else None}
+    pops = {"off": None, "on": trace_population(lines) if population else None}
     rates: dict[str, list[int]] = {"off": [], "on": []}
     event_rates: dict[str, list[int]] = {"off": [], "on": []}
     actions: dict[str, int] = {}
     for _ in range(rounds):
         for side, rules in sides.items():
-            driver, result, elapsed = _run(lines, rules, pops[side])
+            driver, result, elapsed = run_trace(lines, rules, pops[side])
             rates[side].append(round(result.events / elapsed))
             event_rates[side].append(
                 round(result.events * 1000 / max(1, result.errors["event_phase_ms"]))
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(orjson.dumps(by_type, option=orjson.OPT_INDENT_2).decode())
         return 0
 
-    driver, result, elapsed = _run(lines)
+    driver, result, elapsed = run_trace(lines)
     report: dict[str, Any] = {
         "events": result.events,
         "rejected": len(result.rejected),
