@@ -249,6 +249,13 @@ class Metrics:
             buckets=_LAT,
             registry=r,
         )
+        # how much of the time the loop's thread is on a CPU: the ingest-to-action p99
+        # follows it, not the event rate (BENCHMARKS.md: it turns at 72-78% busy)
+        self.loop_busy = Gauge(
+            "nudge_event_loop_busy_ratio",
+            "Share of the last second the event loop's thread ran on a CPU (0-1)",
+            registry=r,
+        )
         self.rule_deploys = Counter(
             "nudge_rule_deploys",
             "Rule set deploys by result (ok, rejected)",

@@ -269,11 +269,23 @@ class Runtime:
             functools.partial(samplers.lag_loop, self.metrics.loop_lag.observe),
             vital=False,
         )
+        sup.spawn(
+            "loop-busy",
+            functools.partial(samplers.busy_loop, self.metrics.loop_busy.set),
+            vital=False,
+        )
         probe = functools.partial(
             samplers.probe_loop, cfg.probe_interval, self.health, cfg.data_dir, self.jdb
         )
         sup.spawn("storage-probe", probe, vital=False)
-        self._tasks += ["checkpoint", "journal-index", "gc-freeze", "loop-lag", "storage-probe"]
+        self._tasks += [
+            "checkpoint",
+            "journal-index",
+            "gc-freeze",
+            "loop-lag",
+            "loop-busy",
+            "storage-probe",
+        ]
         self.ready = True
         self.metrics.up.labels("embedded").set(1)
         await self.segment_backfill.start(self.ruleset)

@@ -94,6 +94,16 @@ async def test_event_loop_lag_is_sampled(harness: Harness) -> None:
     raise AssertionError("the loop-lag sampler observed fewer than 2 samples in 10 s")
 
 
+async def test_event_loop_busy_share_is_sampled(harness: Harness) -> None:
+    for _ in range(200):  # the sampler reports every second (real time)
+        busy = await metric(harness, "nudge_event_loop_busy_ratio")
+        if busy > 0:  # the loop thread ran (these requests): some share of a second
+            assert busy <= 1
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("nudge_event_loop_busy_ratio stayed 0 for 10 s")
+
+
 async def test_timer_fires_on_the_clock_alone(harness: Harness) -> None:
     cid = "c1"  # arm "a" of abandoned-cart (c-cart would be in the holdout)
     status, _ = await harness.post_events(
