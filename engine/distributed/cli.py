@@ -169,6 +169,7 @@ def run_worker(args: argparse.Namespace) -> NoReturn:
             _add_ingest(worker_app, args, socks["http"], metrics)
         if "metrics" in socks:
             _add_metrics(worker_app, args, socks["metrics"], metrics)
+        _add_loop_samplers(worker_app, metrics)
     worker = faust.Worker(
         worker_app.app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False
     )
@@ -301,6 +302,19 @@ def _add_metrics(
         logger.info("metrics on http://%s:%d/metrics", args.http_host, args.metrics_port)
 
     worker_app.app.task(serve)
+
+
+def _add_loop_samplers(worker_app: Any, metrics: Any) -> None:
+    """The event loop's lag and busy share (engine/loop_samplers.py), sampled on faust's
+    loop as they are on ``nudge run``'s."""
+    import asyncio
+
+    from engine.loop_samplers import busy_loop, lag_loop
+
+    async def sample() -> None:
+        await asyncio.gather(lag_loop(metrics.loop_lag.observe), busy_loop(metrics.loop_busy.set))
+
+    worker_app.app.task(sample)
 
 
 def _add_ingest(

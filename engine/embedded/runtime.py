@@ -5,7 +5,8 @@ start-up recovery of rules, states and the journal (engine/embedded/recovery.py)
 group commit (engine/embedded/ingest.py); the per-partition queues and processing loops
 (engine/embedded/queues.py); the checkpoint rounds and compaction
 (engine/embedded/upkeep.py, engine/embedded/checkpoints.py); the process-level loops,
-GC freeze, loop lag and storage probe (engine/embedded/samplers.py); the customer
+GC freeze and storage probe (engine/embedded/samplers.py), the event loop's lag and busy
+share (engine/loop_samplers.py); the customer
 operations, view, export and erase (engine/embedded/customers.py). Admission, the
 partitions' outputs, deploys and the readiness stay here.
 
@@ -29,6 +30,7 @@ from typing import Any
 
 from connectors.deadletter import DeadLetterStore
 from connectors.routing import Router
+from engine import loop_samplers
 from engine.admission import DEFAULT_PRIORITIES, PRIORITIES, Admission
 from engine.clock import Clock, SystemClock
 from engine.embedded import customers, recovery, samplers
@@ -266,12 +268,12 @@ class Runtime:
         )
         sup.spawn(
             "loop-lag",
-            functools.partial(samplers.lag_loop, self.metrics.loop_lag.observe),
+            functools.partial(loop_samplers.lag_loop, self.metrics.loop_lag.observe),
             vital=False,
         )
         sup.spawn(
             "loop-busy",
-            functools.partial(samplers.busy_loop, self.metrics.loop_busy.set),
+            functools.partial(loop_samplers.busy_loop, self.metrics.loop_busy.set),
             vital=False,
         )
         probe = functools.partial(

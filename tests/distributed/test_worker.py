@@ -96,6 +96,9 @@ async def test_events_to_actions_match_backtest(cluster_factory: Any) -> None:
         assert m["nudge_up{role=worker-all}"] == 1
         assert m["nudge_events_processed_total"] == len(events)
         assert m["nudge_worker_partitions"] == 4
+        # the event loop's measures, sampled on faust's loop (engine/loop_samplers.py)
+        assert m["nudge_event_loop_lag_seconds_count"] > 0
+        assert 0 < m["nudge_event_loop_busy_ratio"] <= 1
         settled = m["nudge_worker_deliveries_total{outcome=sent}"]
         assert settled + m["nudge_worker_deliveries_total{outcome=skipped_done}"] == len(want)
 

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from engine.embedded.samplers import busy_loop, busy_ratio
+from engine.loop_samplers import busy_loop, busy_ratio
 
 
 @pytest.mark.parametrize(
