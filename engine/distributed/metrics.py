@@ -81,6 +81,8 @@ _EMBEDDED_ONLY = (
     "task_failures",
     "storage_errors",
     "ready",
+    "delivery_wait",  # the outbox's (admission of nudge run)
+    "admission_shed_early",  # refused before decoding: nudge run's admission only
 )
 # ... and those only its HTTP ingest (--http-port) updates
 _INGEST_ONLY = (

@@ -71,7 +71,13 @@ def test_worker_registry_has_nudge_runs_names_it_updates() -> None:
         "nudge_build_info",
     ):
         assert name in fams
-    for name in ("nudge_checkpoint_seconds", "nudge_outbox_pending", "nudge_ready"):
+    for name in (
+        "nudge_checkpoint_seconds",
+        "nudge_outbox_pending",
+        "nudge_ready",
+        "nudge_outbox_delivery_wait_seconds",  # never set on a worker: it would read 0 s
+        "nudge_admission_shed_early_requests",
+    ):
         assert name not in fams
         assert name not in with_http
     assert "nudge_events_accepted" not in fams
