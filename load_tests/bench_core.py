@@ -28,12 +28,21 @@ from engine.intelligence.clv import CLVParams
 from engine.intelligence.population import Population
 from engine.intelligence.rfm import RfmBuilder
 from engine.output import Output
+from engine.types import Event
 from load_tests.clv_synth import TRUE
 from load_tests.storefront import StorefrontConfig, storefront
 from rules.ruleset import RECIPES_DIR, load_ruleset
 from state.memory import MemoryStore, MemoryTimers
 
-__all__ = ["main", "run_trace", "trace_path", "trace_population"]
+__all__ = [
+    "main",
+    "median_ratio",
+    "run_trace",
+    "time_by_type",
+    "trace_path",
+    "trace_population",
+    "use_population",
+]
 
 _DAY = 86_400_000
 
@@ -54,11 +63,9 @@ def trace_path(customers: int, events: int, seed: int) -> Path:
     return _trace(path, customers, events, seed)
 
 
-def _by_type(lines: list[bytes]) -> dict[str, dict[str, float]]:
-    """Microseconds per event by event type (``feed`` timed one event at a time; timers
+def time_by_type(driver: Driver, events: list[Event]) -> tuple[dict[str, float], dict[str, int]]:
+    """``events`` fed to ``driver`` one at a time: seconds and events by event type (timers
     that come due fire inside the next event's ``feed`` and are counted with it)."""
-    driver = Driver(load_ruleset())
-    events = list(read_trace(lines, BacktestResult()))
     gc.collect()
     gc.freeze()
     spent: dict[str, float] = {}
@@ -69,6 +76,12 @@ def _by_type(lines: list[bytes]) -> dict[str, dict[str, float]]:
         driver.feed(ev)
         spent[ev.type] = spent.get(ev.type, 0.0) + clock() - t0
         count[ev.type] = count.get(ev.type, 0) + 1
+    return spent, count
+
+
+def _by_type(lines: list[bytes]) -> dict[str, dict[str, float]]:
+    """Microseconds per event by event type (:func:`time_by_type`)."""
+    spent, count = time_by_type(Driver(load_ruleset()), list(read_trace(lines, BacktestResult())))
     total = sum(spent.values())
     return {
         t: {
@@ -102,9 +115,8 @@ def run_trace(
             fired += 1
 
     driver = Driver(rs, on_output=collect, timers=timers)
-    if population is not None:  # what a runtime hands the processors (RFM, CLV)
-        driver.processor.population = population
-        rs.use_population(population.key(rs.segments_population))
+    if population is not None:
+        use_population(driver, population)
     gc.collect()
     gc.freeze()  # long-lived state: keep the cyclic GC off the hot path's back
     t0 = time.perf_counter()
@@ -119,6 +131,19 @@ def run_trace(
     result.errors["segment_changes"] = changes
     result.errors["event_phase_ms"] = round(elapsed * 1000)
     return driver, result, elapsed_all if elapsed_all > elapsed else elapsed
+
+
+def use_population(driver: Driver, population: Population) -> None:
+    """Hand ``driver``'s processor ``population`` (RFM, CLV), as a runtime does."""
+    rs = driver.processor.ruleset
+    driver.processor.population = population
+    rs.use_population(population.key(rs.segments_population))
+
+
+def median_ratio(off: list[int], on: list[int]) -> float:
+    """The median of the rounds' on/off ratios (pairs in order), to 3 decimals."""
+    ratios = sorted(b / a for a, b in zip(off, on, strict=True))
+    return round(ratios[len(ratios) // 2], 3)
 
 
 def trace_population(lines: list[bytes]) -> Population:
@@ -150,8 +175,7 @@ def _memory(
     base = tracemalloc.get_traced_memory()[0]
     driver = Driver(rs)
     if population is not None:
-        driver.processor.population = population
-        rs.use_population(population.key(rs.segments_population))
+        use_population(driver, population)
     res = BacktestResult()
     for ev in read_trace(lines, res):
         driver.feed(ev)
@@ -205,8 +229,7 @@ def _compare(
             **_memory(lines, rules, pops[side]),
         }
     for name, got in (("", rates), ("_events_alone", event_rates)):
-        ratios = sorted(on / off for off, on in zip(got["off"], got["on"], strict=True))
-        report[f"on_over_off_median{name}"] = round(ratios[len(ratios) // 2], 3)
+        report[f"on_over_off_median{name}"] = median_ratio(got["off"], got["on"])
     return report
 
 

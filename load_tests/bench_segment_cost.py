@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-import time
 from typing import Any
 
 import orjson
@@ -26,7 +25,14 @@ import orjson
 from engine.backtest import BacktestResult, read_trace
 from engine.driver import Driver
 from engine.intelligence.population import Population
-from load_tests.bench_core import run_trace, trace_path, trace_population
+from load_tests.bench_core import (
+    median_ratio,
+    run_trace,
+    time_by_type,
+    trace_path,
+    trace_population,
+    use_population,
+)
 from rules.ruleset import RECIPES_DIR, load_ruleset
 from state.customer import SEGMENT_TIMER
 from state.memory import MemoryTimers
@@ -40,11 +46,6 @@ class NoSegmentTimer(MemoryTimers):
     def schedule(self, customer_id: str, rule_id: str, due: int) -> None:
         if rule_id != SEGMENT_TIMER:
             super().schedule(customer_id, rule_id, due)
-
-
-def _ratio(off: list[int], on: list[int]) -> float:
-    ratios = sorted(b / a for a, b in zip(off, on, strict=True))
-    return round(ratios[len(ratios) // 2], 3)
 
 
 def _whole(
@@ -71,7 +72,7 @@ def _whole(
         report[case] = {
             "events_per_s_off": rates["off"],
             "events_per_s_on": rates["on"],
-            "on_over_off_median": _ratio(rates["off"], rates["on"]),
+            "on_over_off_median": median_ratio(rates["off"], rates["on"]),
             "segment_timer_fires": fired["on"] - fired["off"],
             "segment_changes": changes,
         }
@@ -85,24 +86,12 @@ def _by_type(
     events = list(read_trace(lines, BacktestResult()))
     best: dict[str, dict[str, float]] = {"off": {}, "on": {}}
     count: dict[str, int] = {}
-    clock = time.perf_counter
     for _ in range(rounds):
         for side, rules in sides.items():
-            rs = load_ruleset(rules)
-            driver = Driver(rs, timers=NoSegmentTimer())
+            driver = Driver(load_ruleset(rules), timers=NoSegmentTimer())
             if side == "on":
-                driver.processor.population = pop
-                rs.use_population(pop.key(rs.segments_population))
-            gc.collect()
-            gc.freeze()
-            spent: dict[str, float] = {}
-            for ev in events:
-                t0 = clock()
-                driver.feed(ev)
-                spent[ev.type] = spent.get(ev.type, 0.0) + clock() - t0
-            count = dict.fromkeys(spent, 0)
-            for ev in events:
-                count[ev.type] += 1
+                use_population(driver, pop)
+            spent, count = time_by_type(driver, events)
             mine = best[side]
             for t, s in spent.items():
                 mine[t] = min(mine.get(t, s), s)
