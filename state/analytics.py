@@ -5,7 +5,9 @@ them (engine/analytics/report.py). The embedded runtime keeps them in ``states.d
 
 A customer's counts since its last checkpoint travel as a state row whose id is
 ``PENDING_PREFIX + customer_id`` (``pending_row``), split off again by the writer
-(``split_pending``).
+(``split_pending``). In a paced checkpoint's spool they travel under note ids instead
+(``ids_row``, after the ``notes_row`` that names them), and the writer process makes the
+pending rows of them (``IdRows``): the cells are built off the event loop.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ __all__ = [
     "Cell",
     "Counted",
     "DayTotals",
+    "IdRows",
     "Period",
     "counter",
+    "ids_row",
     "is_pending",
+    "notes_row",
     "pending_cells",
     "pending_row",
     "split_pending",
@@ -79,6 +84,13 @@ def summary_index(metric: str) -> int | None:
 _enc = msgspec.msgpack.Encoder()
 _cells = msgspec.msgpack.Decoder(list[tuple[str, int, str, int, str, int, int]])
 
+NOTES_PREFIX = "\x00notes:"
+IDS_PREFIX = "\x00ids:"
+Note = tuple[str, int, str, int, str]
+"""A cell without its hour (engine.output.Note)."""
+_notes = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, int, str, int, str]]])
+_ids = msgspec.msgpack.Decoder(list[tuple[int, dict[int, int]]])
+
 
 def pending_row(customer_id: str, counts: list[Counted]) -> tuple[str, bytes]:
     """The state-row form of a customer's pending counts."""
@@ -95,7 +107,9 @@ def counter(counts: Iterable[Counted]) -> Counter[Cell]:
 
 
 def is_pending(row_id: str) -> bool:
-    return row_id.startswith(PENDING_PREFIX)
+    """Whether a state row carries campaign counts (in any form: ``pending_row``,
+    ``ids_row``, ``notes_row``) rather than a customer's state."""
+    return row_id.startswith((PENDING_PREFIX, IDS_PREFIX, NOTES_PREFIX))
 
 
 def pending_cells(body: bytes) -> list[Counted]:
@@ -113,3 +127,57 @@ def split_pending(
     states = [r for r in rows if not r[0].startswith(PENDING_PREFIX)]
     pending = [(r[0][cut:], r[1]) for r in rows if r[0].startswith(PENDING_PREFIX)]
     return states, pending
+
+
+def notes_row(table: int, start: int, notes: list[Note]) -> tuple[str, bytes]:
+    """A spool row naming the note ids ``start``, ``start + 1``, ... of note table
+    ``table`` (a partition's tally) for the ``ids_row``s after it."""
+    return f"{NOTES_PREFIX}{table}", _enc.encode((start, notes))
+
+
+def ids_row(table: int, key: str, hours: list[tuple[int, dict[int, int]]]) -> tuple[str, bytes]:
+    """A spool row of the pending counts kept under ``key`` (a customer id, or a
+    partition's orphan key): [(hour, {note id: count})], ids of note table ``table``."""
+    return f"{IDS_PREFIX}{table}:{key}", _enc.encode(hours)
+
+
+class IdRows:
+    """The writer's side of ``notes_row`` / ``ids_row``: a spool's chunks, read in order,
+    with each ``ids_row`` made the ``pending_row`` it stands for and the note tables
+    dropped. A note id no table row named is an error (``ValueError``): the spool is
+    refused, never written with counts lost."""
+
+    def __init__(self) -> None:
+        self._tables: dict[str, list[Note]] = {}
+
+    def resolve(self, rows: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        if not any(r[0].startswith((NOTES_PREFIX, IDS_PREFIX)) for r in rows):
+            return rows
+        out: list[tuple[str, bytes]] = []
+        for key, body in rows:
+            if key.startswith(NOTES_PREFIX):
+                start, notes = _notes.decode(body)
+                table = self._tables.setdefault(key[len(NOTES_PREFIX) :], [])
+                if start != len(table):
+                    raise ValueError(
+                        f"spool note table {key!r}: ids from {start}, {len(table)} known"
+                    )
+                table += notes
+            elif key.startswith(IDS_PREFIX):
+                name, _, cid = key[len(IDS_PREFIX) :].partition(":")
+                table = self._tables.get(name, [])
+                try:
+                    cells = [
+                        (*table[i], hour, n)
+                        for hour, counts in _ids.decode(body)
+                        for i, n in counts.items()
+                        if n
+                    ]
+                except IndexError:
+                    raise ValueError(
+                        f"spool counts of {cid!r}: a note id not in table {name}"
+                    ) from None
+                out.append(pending_row(cid, cells))
+            else:
+                out.append((key, body))
+        return out

@@ -68,7 +68,7 @@ def take_row_counts(tally: Tally, dirty: list[str], rows: list[CustomerState]) -
     at all they stay pending for the partition's next write."""
     if not rows:
         return {}
-    taken = tally.take([*dirty, ORPHAN])
+    taken = tally.cells(tally.take([*dirty, ORPHAN]))
     if not taken:
         return {}
     first = rows[0].customer_id

@@ -350,8 +350,10 @@ class Checkpoints:
             if p.tally is not None:
                 mem.update(p.tally.totals())
         if stored_folds <= self._stored_folds:
-            for _, taken in self._unfolded:
-                mem.update(counter(cell for counts in taken.values() for cell in counts))
+            for p, taken in self._unfolded:
+                assert p.tally is not None
+                cells = p.tally.cells(taken).values()
+                mem.update(counter(cell for counts in cells for cell in counts))
         return mem
 
     async def _checkpointed(self, seqs: dict[int, int]) -> None:

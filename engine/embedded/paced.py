@@ -72,6 +72,7 @@ class PacedRound:
     # analytics: the packed customers' pending counts, written beside their states
     # (engine/analytics/tally.py); given back if the round fails
     counts: list[tuple[Partition, Taken]] = field(default_factory=list)
+    notes_sent: dict[int, int] = field(default_factory=dict)  # per partition, to the spool
     states: int = 0
     pack_seconds: float = 0.0
 
@@ -109,12 +110,17 @@ class PacedRound:
             out.trailer(self.seqs, deleted, Outbox.rows(left), sorted(self.erased))
 
     def _take_counts(self, p: Partition, ids: list[str]) -> list[tuple[str, bytes]]:
+        """The counts of ``ids`` as spool rows: under note ids for the writer to resolve
+        (``Tally.id_rows``); as pending rows when sealed (the writer holds no key)."""
         assert p.tally is not None
         taken = p.tally.take(ids)
         if not taken:
             return []
         self.counts.append((p, taken))
-        return p.tally.rows(taken)
+        if self.sealer is not None:
+            return p.tally.rows(taken)
+        rows, self.notes_sent[p.index] = p.tally.id_rows(taken, self.notes_sent.get(p.index, 0))
+        return rows
 
     def give_back(self, counts: bool = True) -> None:
         """A failed round: its customers go into the next one, and its campaign counts

@@ -6,9 +6,11 @@ into SQLite (``engine.embedded.storage.sqlite.write_snapshot``) and deletes it: 
 (~0.5 s of CPU and two fsyncs per 100,000 states) never runs in the engine's process.
 
 Format: MessagePack frames, each a 4-byte big-endian length and a body. Every frame but
-the last is a list of ``[customer_id, state bytes]`` rows; the last, the trailer, is
-``[seqs, deleted, outbox rows, erased after]`` (erasures to apply before the states, and
-after them), written once every state is in (a round only knows its actions at the end).
+the last is a list of ``[customer_id, state bytes]`` rows (campaign counts among them as
+note ids: ``state.analytics.IdRows`` makes them pending-count rows as they are read); the
+last, the trailer, is ``[seqs, deleted, outbox rows, erased after]`` (erasures to apply
+before the states, and after them), written once every state is in (a round only knows
+its actions at the end).
 A spool without its trailer is incomplete and refused. A spool is never read by the
 engine itself: if the writer fails, the checkpoint did not happen (the journal still
 holds its events) and the next checkpoint writes a new spool.
@@ -51,6 +53,7 @@ from engine.embedded.storage.crypt import Sealer, seal_outbox, seal_states
 from engine.embedded.storage.sqlite import write_snapshot
 from engine.logs import configure_logging
 from engine.storage_faults import DISK_FULL, storage_cause
+from state.analytics import IdRows
 
 __all__ = [
     "EXIT_DISK_FULL",
@@ -158,7 +161,8 @@ def read_spool(
     list[str],
     Iterator[list[tuple[str, bytes]]],
 ]:
-    """The trailer's parts and an iterator over the state chunks of an open spool."""
+    """The trailer's parts and an iterator over the state chunks of an open spool (counts
+    under note ids resolved)."""
     frames = _offsets(fh)
     if not frames:
         raise ValueError("empty spool")
@@ -167,7 +171,8 @@ def read_spool(
         seqs, deleted, outbox, after = _trailer.decode(_body(fh, *last))
     except msgspec.ValidationError as e:  # ends with a rows frame: cut off before the end
         raise ValueError(f"incomplete spool (no trailer): {e}") from e
-    return seqs, deleted, outbox, after, (_rows.decode(_body(fh, *f)) for f in rows)
+    ids = IdRows()
+    return seqs, deleted, outbox, after, (ids.resolve(_rows.decode(_body(fh, *f))) for f in rows)
 
 
 _SETTINGS = "NUDGE_WRITER_SETTINGS"  # the engine's settings the writer needs, as JSON

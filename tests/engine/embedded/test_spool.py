@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from engine.analytics.tally import ORPHAN, Tally
 from engine.embedded.spool import SpoolWriter, read_spool, writer_env
 from engine.embedded.storage.sqlite import SqliteStore
+from state.analytics import HOUR_MS, PENDING_PREFIX, is_pending, pending_cells
 
 
 def test_spool_round_trip(tmp_path: Path) -> None:
@@ -91,3 +93,66 @@ def test_the_writer_takes_its_settings_from_the_engine(
     db = sqlite3.connect(data / "states.db")
     assert db.execute("SELECT COUNT(*) FROM states").fetchone()[0] == 2
     db.close()
+
+
+def _tally() -> Tally:
+    """Counts of two customers over two hours, and an erased customer's (orphaned)."""
+    t = Tally(3)
+    t.add("c1", 10 * HOUR_MS, [("r", 1, "a", 0, "reached"), ("r", 1, "a", 0, "sent:email")])
+    t.add("c1", 11 * HOUR_MS, [("r", 1, "a", 0, "reached")])
+    t.add("c2", 11 * HOUR_MS, [("w", 2, "", -1, "entered")])
+    t.add_counts("gone", 11 * HOUR_MS, [(("w", 2, "", -1, "revenue_cents"), 1999)])
+    t.orphan("gone")
+    return t
+
+
+def test_counts_under_note_ids_reach_the_writer_as_pending_rows(tmp_path: Path) -> None:
+    """A paced round writes counts under note ids (the loop does not build the cells);
+    the writer's read gives the same pending rows the engine would have built, also for
+    notes first seen between two slices and for the orphaned counts."""
+    expected, sent = _tally(), _tally()
+    late = [("x", 1, "b", 2, "suppressed:consent")]
+    path = tmp_path / "ids.spool"
+    with SpoolWriter(path) as out:
+        rows, n = sent.id_rows(sent.take(["c1"]), 0)
+        out.rows([("c1", b"state1"), *rows])
+        sent.add("c2", 11 * HOUR_MS, late)  # a note the first slice's table did not name
+        rows, n = sent.id_rows(sent.take(["c2", ORPHAN]), n)
+        out.rows([*rows, ("c2", b"state2")])
+        out.trailer({3: 5}, [], [])
+    assert n == 5
+    expected.add("c2", 11 * HOUR_MS, late)
+    first = expected.rows(expected.take(["c1"]))
+    second = expected.rows(expected.take(["c2", ORPHAN]))
+    with path.open("rb") as fh:
+        chunks = list(read_spool(fh)[4])
+    assert chunks == [[("c1", b"state1"), *first], [*second, ("c2", b"state2")]]
+    cells = {k: sorted(pending_cells(v)) for k, v in chunks[1] if is_pending(k)}
+    assert cells == {
+        PENDING_PREFIX + "c2": [
+            ("w", 2, "", -1, "entered", 11, 1),
+            ("x", 1, "b", 2, "suppressed:consent", 11, 1),
+        ],
+        PENDING_PREFIX + "\x00orphans:3": [("w", 2, "", -1, "revenue_cents", 11, 1999)],
+    }
+
+
+def test_counts_under_a_note_id_no_row_named_are_refused(tmp_path: Path) -> None:
+    """A writer never commits counts it cannot name: the spool is refused."""
+    t = _tally()
+    rows, _ = t.id_rows(t.take(["c1"]), 0)
+    path = tmp_path / "bad.spool"
+    with SpoolWriter(path) as out:
+        out.rows(rows[1:])  # the note table left out
+        out.trailer({3: 5}, [], [])
+    with path.open("rb") as fh, pytest.raises(ValueError, match="not in table 3"):
+        list(read_spool(fh)[4])
+
+
+def test_given_back_counts_are_pending_again_under_the_same_ids() -> None:
+    t = _tally()
+    before = t.totals()
+    taken = t.take(["c1", "c2", ORPHAN])
+    assert not t.totals()
+    t.give_back(taken)
+    assert t.totals() == before
