@@ -87,7 +87,9 @@ def verify(body: bytes, signature: str | None, secret: str) -> None:
     HMAC-SHA256 of ``body`` under ``secret``."""
     if not signature:
         raise SourceError(
-            f"missing {SIGNATURE_HEADER} header", status=401, code="bad_signature",
+            f"missing {SIGNATURE_HEADER} header",
+            status=401,
+            code="bad_signature",
             field=SIGNATURE_HEADER,
         )
     expected = hmac.new(secret.encode(), body, hashlib.sha256).digest()
@@ -97,14 +99,14 @@ def verify(body: bytes, signature: str | None, secret: str) -> None:
         got = b""
     if not hmac.compare_digest(expected, got):
         raise SourceError(
-            "signature does not match the body", status=401, code="bad_signature",
+            "signature does not match the body",
+            status=401,
+            code="bad_signature",
             field=SIGNATURE_HEADER,
         )
 
 
-def parse(
-    body: bytes, headers: Mapping[str, str], secret: str, now: datetime
-) -> ShopifyWebhook:
+def parse(body: bytes, headers: Mapping[str, str], secret: str, now: datetime) -> ShopifyWebhook:
     """Verify and decode one delivery. Raises SourceError: 401 ``bad_signature``; 400
     ``missing_header`` (no topic or webhook id), ``invalid_json`` (not a JSON object)."""
     verify(body, headers.get(SIGNATURE_HEADER), secret)

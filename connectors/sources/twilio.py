@@ -122,7 +122,9 @@ def verify(
     got = (headers.get(SIGNATURE_HEADER) or "").strip()
     if not got:
         raise SourceError(
-            f"missing {SIGNATURE_HEADER} header", status=401, code="bad_signature",
+            f"missing {SIGNATURE_HEADER} header",
+            status=401,
+            code="bad_signature",
             field=SIGNATURE_HEADER,
         )
     algorithm = "HMAC_SHA1"
@@ -132,7 +134,9 @@ def verify(
             algorithm = value.strip().upper()
     if algorithm not in _HASHES:
         raise SourceError(
-            f"unsupported signature algorithm {algorithm}", status=401, code="bad_signature",
+            f"unsupported signature algorithm {algorithm}",
+            status=401,
+            code="bad_signature",
             field=SETTINGS_HEADER,
         )
     pairs = list(params)
@@ -141,8 +145,10 @@ def verify(
         if hmac.compare_digest(expected.encode(), got.encode()):
             return
     raise SourceError(
-        "signature does not match the URL and parameters", status=401,
-        code="bad_signature", field=SIGNATURE_HEADER,
+        "signature does not match the URL and parameters",
+        status=401,
+        code="bad_signature",
+        field=SIGNATURE_HEADER,
     )
 
 
@@ -153,9 +159,7 @@ def _param(params: Mapping[str, str], name: str) -> str:
     return value[:_MAX_ID]
 
 
-def status_event(
-    params: Mapping[str, str], query: Mapping[str, str], now: datetime
-) -> Event | str:
+def status_event(params: Mapping[str, str], query: Mapping[str, str], now: datetime) -> Event | str:
     """The event of a status callback, or why there is none: ``ignored`` (queued, sent,
     accepted, ... : not an outcome), ``unknown_recipient`` (no ``customer`` in the
     callback URL: a message Nudge did not send). ``event_id`` is ``MessageSid:Status``,

@@ -28,9 +28,9 @@ PUBLIC_B64 = base64.b64encode(
 KEY = sendgrid.load_key(PUBLIC_B64)
 
 
-def signed(body: bytes, timestamp: int = NOW, key: ec.EllipticCurvePrivateKey = PRIVATE) -> dict[
-    str, str
-]:
+def signed(
+    body: bytes, timestamp: int = NOW, key: ec.EllipticCurvePrivateKey = PRIVATE
+) -> dict[str, str]:
     sig = key.sign(str(timestamp).encode() + body, ec.ECDSA(hashes.SHA256()))
     return {
         sendgrid.SIGNATURE_HEADER: base64.b64encode(sig).decode(),
@@ -65,9 +65,11 @@ def parse(events: list[dict[str, Any]], now: float = NOW) -> sendgrid.SendgridBa
 
 
 def test_load_key_takes_base64_der_and_pem() -> None:
-    pem = PRIVATE.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    pem = (
+        PRIVATE.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     assert sendgrid.load_key(pem).public_numbers() == KEY.public_numbers()
     with pytest.raises(ConnectorError):
         sendgrid.load_key("not a key")
@@ -79,9 +81,7 @@ def test_sendgrid_published_example_verifies() -> None:
         "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEDr2LjtURuePQzplybdC+u4CwrqDqBaWjcMMsTbhdbcwHBce"
         "pxo7yAQGhHPTnlvFYPAZFceEu/1FwCM/QmGUhA=="
     )
-    payload = (
-        b'{"category":"example_payload","event":"test_event","message_id":"message_id"}'
-    )
+    payload = b'{"category":"example_payload","event":"test_event","message_id":"message_id"}'
     headers = {
         sendgrid.SIGNATURE_HEADER: "MEUCIQCtIHJeH93Y+qpYeWrySphQgpNGNr/U+UyUlBkU6n7RAwIgJTz2C+8a"
         "8xonZGi6BpSzoQsbVRamr2nlxFDWYNH2j/0=",

@@ -43,10 +43,23 @@ ORDER: dict[str, Any] = {
     "cart_token": "c1-token",
     "customer": {"id": 115310627314723954, "email": "jon@example.com"},
     "line_items": [
-        {"id": 1, "product_id": 632910392, "variant_id": 808950810, "price": "99.00",
-         "quantity": 2, "sku": "IPOD", "title": "IPod Nano"},
-        {"id": 2, "product_id": None, "variant_id": None, "price": "1.65", "quantity": 1,
-         "title": "Tip"},
+        {
+            "id": 1,
+            "product_id": 632910392,
+            "variant_id": 808950810,
+            "price": "99.00",
+            "quantity": 2,
+            "sku": "IPOD",
+            "title": "IPod Nano",
+        },
+        {
+            "id": 2,
+            "product_id": None,
+            "variant_id": None,
+            "price": "1.65",
+            "quantity": 1,
+            "title": "Tip",
+        },
     ],
 }
 
@@ -104,11 +117,18 @@ def test_orders_create_is_order_completed() -> None:
     assert ev.properties["total"] == 199.65
     assert ev.properties["currency"] == "USD"
     assert ev.properties["products"] == [
-        {"product_id": "632910392", "price": 99.0, "quantity": 2, "variant_id": "808950810",
-         "sku": "IPOD", "title": "IPod Nano"}
+        {
+            "product_id": "632910392",
+            "price": 99.0,
+            "quantity": 2,
+            "variant_id": "808950810",
+            "sku": "IPOD",
+            "title": "IPod Nano",
+        }
     ]
     assert shopify.order_customer(parse("orders/create", ORDER)) == (
-        "820982911946154508", "115310627314723954"
+        "820982911946154508",
+        "115310627314723954",
     )
 
 
@@ -155,7 +175,9 @@ def test_refund_sums_successful_refund_transactions() -> None:
     validate_properties(ev)
     assert ev.type == "order_refunded"
     assert ev.properties == {
-        "order_id": "820982911946154508", "amount": 50.0, "refund_id": "509562969"
+        "order_id": "820982911946154508",
+        "amount": 50.0,
+        "refund_id": "509562969",
     }
     assert ev.timestamp == datetime(2026, 1, 6, 10, tzinfo=UTC)
 
@@ -166,8 +188,13 @@ def test_cart_webhook_replaces_the_anonymous_cart() -> None:
         "token": "eeafa272cebfd4b22385bc4b645e762c",
         "updated_at": "2026-01-05T12:30:00Z",
         "line_items": [
-            {"product_id": 788032119674292922, "variant_id": 1, "price": "19.99",
-             "quantity": 3, "title": "Shirt"},
+            {
+                "product_id": 788032119674292922,
+                "variant_id": 1,
+                "price": "19.99",
+                "quantity": 3,
+                "title": "Shirt",
+            },
         ],
     }
     [ev] = shopify.to_events(parse("carts/update", cart))
@@ -175,8 +202,13 @@ def test_cart_webhook_replaces_the_anonymous_cart() -> None:
     assert ev.type == "cart_replaced"
     assert ev.customer_id == "anon:eeafa272cebfd4b22385bc4b645e762c"
     assert ev.properties["items"] == [
-        {"product_id": "788032119674292922", "price": 19.99, "quantity": 3, "variant_id": "1",
-         "title": "Shirt"}
+        {
+            "product_id": "788032119674292922",
+            "price": 19.99,
+            "quantity": 3,
+            "variant_id": "1",
+            "title": "Shirt",
+        }
     ]
     [empty] = shopify.to_events(parse("carts/update", {**cart, "line_items": []}, "wh-2"))
     assert empty.properties == {"items": []}
@@ -201,7 +233,9 @@ def test_checkout_starts_once_per_token_and_aliases_the_cart() -> None:
     assert alias.properties == {"user_id": "207119551"}
     assert (started.type, started.customer_id) == ("checkout_started", "207119551")
     assert started.properties == {
-        "checkout_token": "chk-token", "cart_value": 398.0, "currency": "EUR"
+        "checkout_token": "chk-token",
+        "cart_value": 398.0,
+        "currency": "EUR",
     }
     assert [e.event_id for e in again] == [alias.event_id, started.event_id]
     # a guest checkout stays on the anonymous cart's customer, with no alias

@@ -117,7 +117,9 @@ def test_delivered_callback() -> None:
     assert not isinstance(ev, str)
     validate_properties(ev)
     assert (ev.type, ev.customer_id, ev.event_id) == (
-        "sms_delivered", "c 1/é", "SM0123456789abcdef:delivered"
+        "sms_delivered",
+        "c 1/é",
+        "SM0123456789abcdef:delivered",
     )
     assert ev.properties == {
         "message_sid": "SM0123456789abcdef",
@@ -190,7 +192,6 @@ def test_inbound_without_sid_is_400() -> None:
     with pytest.raises(SourceError) as err:
         twilio.inbound_event({"From": "+1", "Body": "hi"}, "c1", NOW)
     assert (err.value.status, err.value.field) == (400, "MessageSid")
-
 
 
 def test_the_sinks_status_callback_is_the_one_parsed_here() -> None:

@@ -189,6 +189,7 @@ async def test_every_file_of_a_data_dir_is_owner_only_whatever_the_umask(tmp_pat
         "timestamp": iso(START),
         "properties": {"attributes": {"email": EMAIL.decode()}, "consent": {"email": True}},
     }
+
     def sinks(url: str) -> dict[str, Any]:  # emails to the actions file, the rest to url
         return {
             "default": "hook",
