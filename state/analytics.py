@@ -29,6 +29,7 @@ __all__ = [
     "IdRows",
     "Period",
     "counter",
+    "id_cells",
     "ids_row",
     "is_pending",
     "notes_row",
@@ -88,7 +89,7 @@ NOTES_PREFIX = "\x00notes:"
 IDS_PREFIX = "\x00ids:"
 Note = tuple[str, int, str, int, str]
 """A cell without its hour (engine.output.Note)."""
-_notes = msgspec.msgpack.Decoder(tuple[int, list[tuple[str, int, str, int, str]]])
+_notes = msgspec.msgpack.Decoder(tuple[int, list[Note]])
 _ids = msgspec.msgpack.Decoder(list[tuple[int, dict[int, int]]])
 
 
@@ -129,6 +130,12 @@ def split_pending(
     return states, pending
 
 
+def id_cells(notes: list[Note], hours: list[tuple[int, dict[int, int]]]) -> list[Counted]:
+    """Counts kept under note ids ([(hour, {note id: count})], ids indexing ``notes``) as
+    counted cells, each once; zero counts left out."""
+    return [(*notes[i], hour, n) for hour, counts in hours for i, n in counts.items() if n]
+
+
 def notes_row(table: int, start: int, notes: list[Note]) -> tuple[str, bytes]:
     """A spool row naming the note ids ``start``, ``start + 1``, ... of note table
     ``table`` (a partition's tally) for the ``ids_row``s after it."""
@@ -167,12 +174,7 @@ class IdRows:
                 name, _, cid = key[len(IDS_PREFIX) :].partition(":")
                 table = self._tables.get(name, [])
                 try:
-                    cells = [
-                        (*table[i], hour, n)
-                        for hour, counts in _ids.decode(body)
-                        for i, n in counts.items()
-                        if n
-                    ]
+                    cells = id_cells(table, _ids.decode(body))
                 except IndexError:
                     raise ValueError(
                         f"spool counts of {cid!r}: a note id not in table {name}"

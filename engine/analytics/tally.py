@@ -36,7 +36,16 @@ from collections import Counter
 from collections.abc import Iterable
 
 from engine.output import Note
-from state.analytics import HOUR_MS, Cell, Counted, counter, ids_row, notes_row, pending_row
+from state.analytics import (
+    HOUR_MS,
+    Cell,
+    Counted,
+    counter,
+    id_cells,
+    ids_row,
+    notes_row,
+    pending_row,
+)
 
 __all__ = ["ORPHAN", "Taken", "Tally"]
 
@@ -136,10 +145,7 @@ class Tally:
     def cells(self, taken: Taken) -> dict[str, list[Counted]]:
         """``taken`` as counted cells, by customer (each cell once)."""
         notes = self._ids.notes
-        return {
-            cid: [(*notes[i], hour, n) for hour, counts in got for i, n in counts.items() if n]
-            for cid, got in taken.items()
-        }
+        return {cid: id_cells(notes, got) for cid, got in taken.items()}
 
     def customers(self) -> set[str]:
         """The ids with pending counts (``ORPHAN`` for erased customers')."""
